@@ -1,0 +1,73 @@
+#!/usr/bin/env node
+// The whole test suite: type-check, lint, build (or reuse) SPIRE, then every *.test.ts with Node's
+// test runner. Integration tests (*.spire.test.ts, *.e2e.test.ts) start real SPIRE, Redis-backed
+// tests use 127.0.0.1:6379; none of them is skipped.
+//
+//   npm test                 everything
+//   npm test -- --unit       only unit tests (no SPIRE)
+//   npm test -- path/to/x.test.ts ...   just those files
+import { spawnSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ensureSpire } from './build-spire.mjs';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+const unitOnly = args.includes('--unit');
+const explicit = args.filter((a) => !a.startsWith('--'));
+
+function step(name, cmd, cmdArgs) {
+  process.stderr.write(`\n== ${name}\n`);
+  const r = spawnSync(cmd, cmdArgs, { cwd: root, stdio: 'inherit' });
+  if (r.status !== 0) {
+    process.stderr.write(`${name} failed\n`);
+    process.exit(r.status ?? 1);
+  }
+}
+
+function findTests(dir, out = []) {
+  for (const name of readdirSync(dir)) {
+    if (name === 'node_modules' || name === 'dist' || name.startsWith('.')) continue;
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) findTests(p, out);
+    else if (name.endsWith('.test.ts')) out.push(relative(root, p));
+  }
+  return out;
+}
+
+const isIntegration = (f) => /\.(spire|e2e|redis)\.test\.ts$/.test(f);
+
+if (explicit.length === 0) {
+  step('type-check (tsc --noEmit)', 'npx', ['tsc', '-p', 'tsconfig.json', '--noEmit']);
+  step('lint (biome check)', 'npx', ['biome', 'check', '.']);
+}
+
+let files = explicit.length ? explicit : findTests(root).sort();
+if (unitOnly) files = files.filter((f) => !isIntegration(f));
+if (files.some(isIntegration)) {
+  process.stderr.write('\n== SPIRE binaries\n');
+  process.env.TASKPASS_SPIRE_BIN = await ensureSpire();
+  process.stderr.write(`using ${process.env.TASKPASS_SPIRE_BIN}\n`);
+}
+
+process.stderr.write(`\n== node --test (${files.length} files)\n`);
+const r = spawnSync(
+  process.execPath,
+  [
+    '--conditions=taskpass:source',
+    '--import',
+    'tsx',
+    '--test',
+    `--test-concurrency=${Math.max(2, availableParallelism())}`,
+    '--test-timeout=180000',
+    ...files,
+  ],
+  {
+    cwd: root,
+    stdio: 'inherit',
+    env: { ...process.env, TASKPASS_LOG_LEVEL: process.env.TASKPASS_LOG_LEVEL ?? 'silent' },
+  },
+);
+process.exit(r.status ?? 1);
