@@ -1,0 +1,432 @@
+// Live sources: each keeps a watch open and caches the latest full state. A new message replaces
+// the whole state object in one assignment, so a reader never sees half of an update. When the
+// Workload API says PermissionDenied the state is dropped (SPIFFE_Workload_API.md §5.2.1): a
+// workload whose identity was revoked must stop presenting it and stop trusting those bundles.
+import { EventEmitter } from 'node:events';
+import { type JwtBundle, JwtBundleSet, type JwtBundleSource } from '../bundle/jwt.ts';
+import { type X509Bundle, X509BundleSet, type X509BundleSource } from '../bundle/x509.ts';
+import { isSpiffeError, SpiffeError } from '../errors.ts';
+import type { TrustDomain } from '../id.ts';
+import type { JwtSvid } from '../svid/jwt.ts';
+import type { X509Svid, X509SvidSource } from '../svid/x509.ts';
+import {
+  type CallSignalOptions,
+  type FetchJwtSvidParams,
+  WorkloadApiClient,
+  type X509Context,
+} from './client.ts';
+import { type BackoffStrategy, FirstUpdateGate, type Watcher, type WorkloadApiLogger } from './watcher.ts';
+
+/** Options shared by every source. */
+export interface SourceOptions {
+  /** Use this client (the source does not close it). Default: a new client the source owns. */
+  client?: WorkloadApiClient;
+  /** For the source's own client; default `SPIFFE_ENDPOINT_SOCKET`. */
+  address?: string;
+  logger?: WorkloadApiLogger;
+  /** For the source's own client. */
+  backoff?: BackoffStrategy;
+  /**
+   * Reject `create()` with `ERR_SPIFFE_TIMEOUT` if no first update arrives in time. Default: wait
+   * as long as it takes (SPIRE holds the first message until every SVID of the workload is ready).
+   */
+  timeoutMs?: number;
+}
+
+/** Events of every source: `'update'` after each new state, `'error'` for each Workload API failure. */
+export interface SourceEvents {
+  update: [];
+  error: [Error];
+}
+
+function closedError(what: string): SpiffeError {
+  return new SpiffeError('ERR_SPIFFE_CLOSED', `the ${what} is closed`);
+}
+
+/** What every source does the same way: own (or borrow) a client, run watches, gate, close. */
+class SourceRuntime {
+  readonly client: WorkloadApiClient;
+  readonly #ownsClient: boolean;
+  readonly #stop = new AbortController();
+  readonly #gates: FirstUpdateGate[] = [];
+  readonly #running: Promise<void>[] = [];
+  readonly #logger: WorkloadApiLogger | undefined;
+  readonly #timeoutMs: number | undefined;
+  readonly #what: string;
+
+  constructor(what: string, opts: SourceOptions) {
+    this.#what = what;
+    this.#logger = opts.logger;
+    this.#timeoutMs = opts.timeoutMs;
+    if (opts.client) {
+      this.client = opts.client;
+      this.#ownsClient = false;
+    } else {
+      const clientOpts: ConstructorParameters<typeof WorkloadApiClient>[0] = {};
+      if (opts.address !== undefined) clientOpts.address = opts.address;
+      if (opts.logger !== undefined) clientOpts.logger = opts.logger;
+      if (opts.backoff !== undefined) clientOpts.backoff = opts.backoff;
+      this.client = new WorkloadApiClient(clientOpts);
+      this.#ownsClient = true;
+    }
+  }
+
+  get closed(): boolean {
+    return this.#stop.signal.aborted;
+  }
+
+  assertOpen(): void {
+    if (this.closed) throw closedError(this.#what);
+  }
+
+  /** Starts one watch; `apply` receives updates, `report` every error (and the fatal one). */
+  watch<T>(
+    start: (w: Watcher<T>, signal: AbortSignal) => Promise<void>,
+    apply: (v: T) => void,
+    report: (e: Error) => void,
+  ): void {
+    const gate = new FirstUpdateGate(this.#what, this.#timeoutMs);
+    this.#gates.push(gate);
+    const run = start(
+      {
+        onUpdate: (v) => {
+          apply(v);
+          gate.updated();
+        },
+        onError: (e) => {
+          gate.noteError(e);
+          report(e);
+        },
+      },
+      this.#stop.signal,
+    ).then(
+      () => gate.fail(closedError(this.#what)),
+      (e: unknown) => {
+        // Already reported through onError; the watch is over, so nothing more will arrive.
+        const err = e instanceof Error ? e : new Error(String(e));
+        gate.fail(err);
+        this.#logger?.warn?.({ err: err.message }, `${this.#what}: watch stopped`);
+      },
+    );
+    this.#running.push(run);
+  }
+
+  async ready(): Promise<void> {
+    await Promise.all(this.#gates.map((g) => g.ready));
+  }
+
+  async close(): Promise<void> {
+    if (!this.closed) {
+      this.#stop.abort();
+      for (const g of this.#gates) g.fail(closedError(this.#what));
+    }
+    // Wait for the streams to wind down so no handle outlives close().
+    await Promise.allSettled(this.#running);
+    if (this.#ownsClient) this.client.close();
+  }
+
+  emitError(emitter: EventEmitter<SourceEvents>, e: Error): void {
+    // An 'error' event without a listener would throw out of a gRPC callback; log instead.
+    if (emitter.listenerCount('error') > 0) emitter.emit('error', e);
+    else this.#logger?.warn?.({ code: isSpiffeError(e) ? e.code : undefined, err: e.message }, this.#what);
+  }
+}
+
+export interface X509SourceOptions extends SourceOptions {
+  /** Chooses the SVID `getX509Svid()` returns (e.g. by hint). Default: `svids[0]`. */
+  picker?: (svids: readonly X509Svid[]) => X509Svid | undefined;
+}
+
+interface X509State {
+  readonly context: X509Context;
+  readonly svid: X509Svid | undefined;
+}
+
+/**
+ * The workload's X.509-SVID and bundles, kept current from the Workload API. Emits `'update'` on
+ * every new state (rotation) and on redaction, `'error'` on each failure (`ERR_SPIFFE_NO_IDENTITY`
+ * when the agent has no identity for this workload).
+ *
+ * @example
+ * ```ts
+ * await using source = await X509Source.create(); // SPIFFE_ENDPOINT_SOCKET
+ * const svid = source.getX509Svid();
+ * source.on('update', () => reloadTls(source.getX509Svid()));
+ * ```
+ */
+export class X509Source extends EventEmitter<SourceEvents> implements X509SvidSource, X509BundleSource {
+  readonly #rt: SourceRuntime;
+  readonly #picker: X509SourceOptions['picker'];
+  #state: X509State | undefined;
+
+  private constructor(opts: X509SourceOptions) {
+    super();
+    this.#rt = new SourceRuntime('X509Source', opts);
+    this.#picker = opts.picker;
+    this.#rt.watch<X509Context>(
+      (w, signal) => this.#rt.client.watchX509Context(w, signal),
+      (ctx) => this.#apply(ctx),
+      (e) => this.#onError(e),
+    );
+  }
+
+  /**
+   * Starts watching and resolves on the first update.
+   *
+   * @throws SpiffeError `ERR_SPIFFE_TIMEOUT` (with `timeoutMs`), `ERR_SPIFFE_INVALID_ADDRESS`,
+   *   `ERR_SPIFFE_WORKLOAD_API` (InvalidArgument/Unimplemented), `ERR_SPIFFE_CLOSED`
+   */
+  static async create(opts: X509SourceOptions = {}): Promise<X509Source> {
+    const source = new X509Source(opts);
+    try {
+      await source.#rt.ready();
+    } catch (e) {
+      await source.close();
+      throw e;
+    }
+    return source;
+  }
+
+  #apply(context: X509Context): void {
+    let svid: X509Svid | undefined = context.svids[0];
+    if (this.#picker) {
+      try {
+        svid = this.#picker(context.svids);
+      } catch (e) {
+        svid = undefined;
+        this.#rt.emitError(this, e instanceof Error ? e : new Error(String(e)));
+      }
+    }
+    this.#state = { context, svid };
+    this.emit('update');
+  }
+
+  #onError(e: Error): void {
+    const redact = isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY') && this.#state !== undefined;
+    if (redact) this.#state = undefined;
+    this.#rt.emitError(this, e);
+    if (redact) this.emit('update');
+  }
+
+  /**
+   * The current SVID (`svids[0]`, or the picker's choice).
+   *
+   * @throws SpiffeError `ERR_SPIFFE_NO_IDENTITY` when redacted (or the picker chose none),
+   *   `ERR_SPIFFE_CLOSED`
+   */
+  getX509Svid(): X509Svid {
+    this.#rt.assertOpen();
+    const svid = this.#state?.svid;
+    if (!svid) {
+      throw new SpiffeError(
+        'ERR_SPIFFE_NO_IDENTITY',
+        this.#state
+          ? 'the picker chose no X.509-SVID'
+          : 'the Workload API has no X.509-SVID for this workload',
+      );
+    }
+    return svid;
+  }
+
+  /** The bundle of `td` (own or federated); undefined if unknown or redacted. */
+  getX509BundleForTrustDomain(td: TrustDomain): X509Bundle | undefined {
+    this.#rt.assertOpen();
+    return this.#state?.context.bundles.get(td);
+  }
+
+  /** Every bundle in the current state (the TLS helpers use this to build their `ca` list). */
+  getX509Bundles(): X509BundleSet {
+    this.#rt.assertOpen();
+    return this.#state?.context.bundles ?? new X509BundleSet();
+  }
+
+  /**
+   * The whole current context.
+   *
+   * @throws SpiffeError `ERR_SPIFFE_NO_IDENTITY` when redacted, `ERR_SPIFFE_CLOSED`
+   */
+  getX509Context(): X509Context {
+    this.#rt.assertOpen();
+    if (!this.#state) {
+      throw new SpiffeError(
+        'ERR_SPIFFE_NO_IDENTITY',
+        'the Workload API has no X.509 context for this workload',
+      );
+    }
+    return this.#state.context;
+  }
+
+  /** Stops the watch (and closes the client if the source created it). Idempotent. */
+  async close(): Promise<void> {
+    await this.#rt.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/**
+ * JWT bundles kept current from the Workload API, plus JWT-SVID fetching (delegated to the client:
+ * the agent caches tokens itself).
+ *
+ * @example
+ * ```ts
+ * await using jwt = await JwtSource.create();
+ * const svid = await jwt.fetchJwtSvid({ audience: ['https://broker.example.org'] });
+ * const peer = await parseAndValidateJwtSvid(token, jwt, 'https://broker.example.org');
+ * ```
+ */
+export class JwtSource extends EventEmitter<SourceEvents> implements JwtBundleSource {
+  readonly #rt: SourceRuntime;
+  #bundles: JwtBundleSet | undefined;
+
+  private constructor(opts: SourceOptions) {
+    super();
+    this.#rt = new SourceRuntime('JwtSource', opts);
+    this.#rt.watch<JwtBundleSet>(
+      (w, signal) => this.#rt.client.watchJwtBundles(w, signal),
+      (set) => {
+        this.#bundles = set;
+        this.emit('update');
+      },
+      (e) => {
+        const redact = isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY') && this.#bundles !== undefined;
+        if (redact) this.#bundles = undefined;
+        this.#rt.emitError(this, e);
+        if (redact) this.emit('update');
+      },
+    );
+  }
+
+  /** Starts watching JWT bundles and resolves on the first update. @throws SpiffeError */
+  static async create(opts: SourceOptions = {}): Promise<JwtSource> {
+    const source = new JwtSource(opts);
+    try {
+      await source.#rt.ready();
+    } catch (e) {
+      await source.close();
+      throw e;
+    }
+    return source;
+  }
+
+  /** A JWT-SVID from the agent. @throws SpiffeError */
+  fetchJwtSvid(params: FetchJwtSvidParams & CallSignalOptions): Promise<JwtSvid> {
+    this.#rt.assertOpen();
+    return this.#rt.client.fetchJwtSvid(params);
+  }
+
+  /** Every JWT-SVID the agent issues for the audience. @throws SpiffeError */
+  fetchJwtSvids(params: FetchJwtSvidParams & CallSignalOptions): Promise<JwtSvid[]> {
+    this.#rt.assertOpen();
+    return this.#rt.client.fetchJwtSvids(params);
+  }
+
+  getJwtBundleForTrustDomain(td: TrustDomain): JwtBundle | undefined {
+    this.#rt.assertOpen();
+    return this.#bundles?.get(td);
+  }
+
+  /** The current set; empty when redacted. */
+  getJwtBundles(): JwtBundleSet {
+    this.#rt.assertOpen();
+    return this.#bundles ?? new JwtBundleSet();
+  }
+
+  async close(): Promise<void> {
+    await this.#rt.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/**
+ * X.509 and JWT bundles kept current from the Workload API, for workloads that verify peers. Uses
+ * FetchX509Bundles, which SPIRE can serve without an identity (`allow_unauthenticated_verifiers`).
+ *
+ * @example
+ * ```ts
+ * await using bundles = await BundleSource.create();
+ * verifyX509Svid(peerChain, bundles);
+ * ```
+ */
+export class BundleSource extends EventEmitter<SourceEvents> implements X509BundleSource, JwtBundleSource {
+  readonly #rt: SourceRuntime;
+  // Two independent streams, so two fields; each is still replaced in one assignment.
+  #x509: X509BundleSet | undefined;
+  #jwt: JwtBundleSet | undefined;
+
+  private constructor(opts: SourceOptions) {
+    super();
+    this.#rt = new SourceRuntime('BundleSource', opts);
+    this.#rt.watch<X509BundleSet>(
+      (w, signal) => this.#rt.client.watchX509Bundles(w, signal),
+      (set) => {
+        this.#x509 = set;
+        this.emit('update');
+      },
+      (e) => {
+        const redact = isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY') && this.#x509 !== undefined;
+        if (redact) this.#x509 = undefined;
+        this.#rt.emitError(this, e);
+        if (redact) this.emit('update');
+      },
+    );
+    this.#rt.watch<JwtBundleSet>(
+      (w, signal) => this.#rt.client.watchJwtBundles(w, signal),
+      (set) => {
+        this.#jwt = set;
+        this.emit('update');
+      },
+      (e) => {
+        const redact = isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY') && this.#jwt !== undefined;
+        if (redact) this.#jwt = undefined;
+        this.#rt.emitError(this, e);
+        if (redact) this.emit('update');
+      },
+    );
+  }
+
+  /** Starts both watches and resolves once each has delivered its first update. @throws SpiffeError */
+  static async create(opts: SourceOptions = {}): Promise<BundleSource> {
+    const source = new BundleSource(opts);
+    try {
+      await source.#rt.ready();
+    } catch (e) {
+      await source.close();
+      throw e;
+    }
+    return source;
+  }
+
+  getX509BundleForTrustDomain(td: TrustDomain): X509Bundle | undefined {
+    this.#rt.assertOpen();
+    return this.#x509?.get(td);
+  }
+
+  getJwtBundleForTrustDomain(td: TrustDomain): JwtBundle | undefined {
+    this.#rt.assertOpen();
+    return this.#jwt?.get(td);
+  }
+
+  getX509Bundles(): X509BundleSet {
+    this.#rt.assertOpen();
+    return this.#x509 ?? new X509BundleSet();
+  }
+
+  getJwtBundles(): JwtBundleSet {
+    this.#rt.assertOpen();
+    return this.#jwt ?? new JwtBundleSet();
+  }
+
+  async close(): Promise<void> {
+    await this.#rt.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
