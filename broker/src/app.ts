@@ -1,0 +1,201 @@
+// The broker as a fastify application with no listen(): server.ts owns the port, TLS and shutdown;
+// tests build it with static sources and use inject(). Each group of routes lives in its own
+// encapsulated scope with its own authentication hook, so nothing leaks onto /healthz and friends.
+import type { X509Certificate } from 'node:crypto';
+import swagger from '@fastify/swagger';
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyRequest,
+  type FastifyServerFactory,
+} from 'fastify';
+import type { Logger } from 'pino';
+import { type AuditLog, createAuditLog } from './audit.ts';
+import { agentMatcherFromConfig, idListMatcher, type WorkloadAuthenticator } from './auth.ts';
+import type { BrokerConfig } from './config.ts';
+import { BROKER_ERRORS, TaskpassError } from './errors.ts';
+import { type BrokerMetrics, createMetrics } from './metrics.ts';
+import type { KeysPort, PolicyPort } from './ports.ts';
+import type { revocationFeedRoutes } from './revocation-hub.ts';
+import { adminRoutes } from './routes/admin.ts';
+import { authenticateRequest, type RouteContext, socketPeerChain } from './routes/context.ts';
+import { oauthRoutes } from './routes/oauth.ts';
+import { publicRoutes } from './routes/public.ts';
+import { ErrorBody, OAuthErrorBody } from './routes/schemas.ts';
+import { taskRoutes } from './routes/tasks.ts';
+import { TaskService } from './service.ts';
+import type { Store } from './store/types.ts';
+import type { UserTokenVerifier } from './user-tokens.ts';
+
+type FeedOptions = Parameters<typeof revocationFeedRoutes>[1];
+
+/** Everything the app needs, handed in (live sources in server.ts, static ones in tests). */
+export interface AppDeps {
+  config: BrokerConfig;
+  store: Store;
+  keys: KeysPort;
+  /** The current policy set (PolicyWatcher swaps it on reload). */
+  policies: { current(): PolicyPort };
+  identity: {
+    /** Authenticates workloads from the mTLS chain or a JWT-SVID. */
+    agentAuth: WorkloadAuthenticator;
+    /** Does the broker hold its own SVID (readiness)? Default: true. */
+    svidReady?: () => boolean;
+  };
+  userTokens: UserTokenVerifier;
+  hub: FeedOptions['hub'];
+  logger: Logger;
+  /** Epoch milliseconds (tests move time). */
+  now?: () => number;
+  /**
+   * The peer certificate chain of a request, leaf first. Default: from the TLS socket. Tests
+   * override it because inject() has no TLS.
+   */
+  peerCertificates?: (req: FastifyRequest) => readonly X509Certificate[] | undefined;
+  /** server.ts passes an HTTPS server factory here. */
+  serverFactory?: FastifyServerFactory;
+  audit?: AuditLog;
+  metrics?: BrokerMetrics;
+  /** The feed routes plugin; default: revocationFeedRoutes from revocation-hub.ts (loaded lazily). */
+  feedRoutes?: typeof revocationFeedRoutes;
+}
+
+function subscriberCount(hub: unknown): number {
+  const h = hub as { subscriberCount?: number | (() => number); size?: number };
+  if (typeof h.subscriberCount === 'function') return h.subscriberCount();
+  if (typeof h.subscriberCount === 'number') return h.subscriberCount;
+  return typeof h.size === 'number' ? h.size : 0;
+}
+
+/** Builds the broker application (routes registered; call `ready()` or `inject()`). */
+export function buildApp(deps: AppDeps): FastifyInstance {
+  const { config } = deps;
+  const now = deps.now ?? Date.now;
+  const app = Fastify({
+    loggerInstance: deps.logger,
+    bodyLimit: config.bodyLimit,
+    ...(deps.serverFactory ? { serverFactory: deps.serverFactory } : {}),
+    ajv: { customOptions: { removeAdditional: false } },
+    return503OnClosing: true,
+  }) as unknown as FastifyInstance;
+
+  const metrics = deps.metrics ?? createMetrics(() => subscriberCount(deps.hub));
+  const audit = deps.audit ?? createAuditLog(deps.logger, config.audit.destination);
+  const service = new TaskService({
+    config,
+    store: deps.store,
+    keys: deps.keys,
+    policies: deps.policies,
+    audit,
+    metrics,
+    now,
+  });
+  const ctx: RouteContext = {
+    config,
+    store: deps.store,
+    keys: deps.keys,
+    policies: deps.policies,
+    userTokens: deps.userTokens,
+    auth: deps.identity.agentAuth,
+    service,
+    audit,
+    metrics,
+    matchers: { agent: agentMatcherFromConfig(config), admin: idListMatcher(config.admins) },
+    now,
+    peerChain: deps.peerCertificates ?? socketPeerChain,
+    svidReady: deps.identity.svidReady ?? (() => true),
+  };
+
+  app.decorateRequest('workload', null);
+  app.addSchema(ErrorBody);
+  app.addSchema(OAuthErrorBody);
+
+  app.setErrorHandler((err: FastifyError | TaskpassError, req, reply) => {
+    if (err instanceof TaskpassError) {
+      if (err.status >= 500) req.log.error({ err }, 'request failed');
+      const body: Record<string, unknown> = { code: err.code, message: err.message };
+      if (err.code === 'TASKPASS_INTERNAL') body.message = 'internal error';
+      else if (err.details) Object.assign(body, err.details, body);
+      if (err.code === 'TASKPASS_RATE_LIMITED') reply.header('retry-after', '60');
+      return reply.code(err.status).send(body);
+    }
+    if (err.validation) {
+      return reply.code(400).send({ code: 'TASKPASS_BAD_REQUEST', message: err.message });
+    }
+    if (
+      typeof err.statusCode === 'number' &&
+      err.statusCode >= 400 &&
+      err.statusCode < 500 &&
+      err.code?.startsWith('FST_')
+    ) {
+      return reply.code(err.statusCode).send({ code: 'TASKPASS_BAD_REQUEST', message: err.message });
+    }
+    req.log.error({ err }, 'unexpected error');
+    return reply.code(500).send({ code: 'TASKPASS_INTERNAL', message: 'internal error' });
+  });
+  app.setNotFoundHandler((req, reply) =>
+    reply
+      .code(404)
+      .send({ code: 'TASKPASS_BAD_REQUEST', message: `no route ${req.method} ${req.url.split('?')[0]}` }),
+  );
+
+  app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Taskpass broker',
+        version: '0.1.0',
+        description: `Per-call tokens for MCP tool calls. Error codes: ${Object.keys(BROKER_ERRORS).join(', ')}.`,
+      },
+      servers: [{ url: config.issuer }],
+      components: {
+        // OpenAPI 3.1 `mutualTLS` is missing from the 3.0 typings the plugin uses.
+        securitySchemes: {
+          mtls: { type: 'mutualTLS', description: 'X.509-SVID client certificate' },
+          jwtSvid: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT-SVID' },
+        } as unknown as Record<string, { type: 'http'; scheme: string }>,
+      },
+    },
+  });
+
+  app.register(async (scope) => publicRoutes(scope, ctx));
+  app.register(async (scope) => taskRoutes(scope, ctx));
+  app.register(async (scope) => oauthRoutes(scope, ctx));
+  app.register(async (scope) => adminRoutes(scope, ctx));
+  app.register(async (scope) => {
+    const mode = config.feed.auth;
+    const preHandler =
+      mode === 'none'
+        ? async () => {}
+        : async (req: FastifyRequest) => {
+            const id = await authenticateRequest(ctx, req);
+            if (mode === 'agents' && !ctx.matchers.agent(id.spiffeId)) {
+              throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'the revocation feed is for agents only');
+            }
+            req.workload = id;
+          };
+    const feedRoutes = deps.feedRoutes ?? (await import('./revocation-hub.ts')).revocationFeedRoutes;
+    await scope.register(feedRoutes, {
+      hub: deps.hub,
+      heartbeatMs: config.feed.heartbeatMs,
+      store: deps.store,
+      preHandler,
+    } as FeedOptions);
+  });
+
+  // In a plugin scope so that it is registered after swagger's onRoute hook is in place.
+  app.register(async (scope) => {
+    scope.get(
+      '/openapi.json',
+      {
+        schema: {
+          summary: 'This OpenAPI document',
+          tags: ['ops'],
+          response: { 200: { type: 'object', additionalProperties: true } },
+        },
+      },
+      async () => app.swagger(),
+    );
+  });
+  return app;
+}

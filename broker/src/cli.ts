@@ -1,0 +1,297 @@
+#!/usr/bin/env node
+// `taskpass` — run and operate the broker.
+//   taskpass serve [--config file]
+//   taskpass policy validate <dir> | policy test <dir>
+//   taskpass tasks list [--broker URL] [--status s] | tasks revoke <id> [--broker URL] [--reason r]
+//   taskpass token decode <jwt> | token explain <jwt> [--broker URL]
+// Admin calls use the caller's own X.509-SVID from the Workload API over mTLS (https URLs), or plain
+// HTTP for a tls:none test broker. Exit codes: 0 ok, 1 failure/denied, 2 usage error.
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { parseArgs } from 'node:util';
+import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from 'jose';
+import { TaskpassError } from './errors.ts';
+
+/** Where the CLI writes (tests capture it). */
+export interface CliIo {
+  out: (s: string) => void;
+  err: (s: string) => void;
+  env: NodeJS.ProcessEnv;
+}
+
+const USAGE = `usage:
+  taskpass serve [--config <file>]
+  taskpass policy validate <dir>
+  taskpass policy test <dir>
+  taskpass tasks list [--broker <url>] [--status <status>] [--agent <id>]
+  taskpass tasks revoke <task-id> [--broker <url>] [--reason <text>]
+  taskpass token decode <jwt>
+  taskpass token explain <jwt> [--broker <url>]
+Environment: TASKPASS_CONFIG, TASKPASS_BROKER_URL, SPIFFE_ENDPOINT_SOCKET, TASKPASS_JWT_SVID (http brokers).`;
+
+class UsageError extends Error {}
+
+interface HttpResult {
+  status: number;
+  body: string;
+}
+
+async function call(
+  url: string,
+  method: string,
+  io: CliIo,
+  body?: { type: string; data: string },
+  auth: 'mtls' | 'none' = 'mtls',
+): Promise<HttpResult> {
+  const u = new URL(url);
+  const headers: Record<string, string> = body ? { 'content-type': body.type } : {};
+  let tlsOpts: Record<string, unknown> = {};
+  let close: (() => Promise<void>) | undefined;
+  if (u.protocol === 'https:' && auth === 'mtls') {
+    const { X509Source } = await import('@taskpass/spiffe');
+    const source = await X509Source.create({});
+    close = () => source.close();
+    const svid = source.getX509Svid();
+    // The broker's certificate is checked against our trust bundle; the hostname is not what SPIFFE
+    // authenticates, so only the chain is verified here.
+    const ca: string[] = [];
+    const b = source.getX509BundleForTrustDomain(svid.id.trustDomain);
+    for (const a of b?.authorities ?? []) ca.push(a.toString());
+    tlsOpts = {
+      key: svid.privateKeyPem(),
+      cert: svid.certChainPem(),
+      ca,
+      checkServerIdentity: () => undefined,
+    };
+  }
+  if (u.protocol === 'http:' && auth === 'mtls' && io.env.TASKPASS_JWT_SVID) {
+    // A tls:none broker cannot see a client certificate: authenticate with a JWT-SVID instead.
+    headers.authorization = `Bearer ${io.env.TASKPASS_JWT_SVID}`;
+  }
+  try {
+    return await new Promise<HttpResult>((resolve, reject) => {
+      const req = (u.protocol === 'https:' ? httpsRequest : httpRequest)(
+        u,
+        { method, headers, timeout: 10_000, ...tlsOpts },
+        (res) => {
+          let data = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => {
+            data += c;
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: data }));
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error(`timeout calling ${url}`)));
+      req.on('error', reject);
+      if (body) req.write(body.data);
+      req.end();
+    });
+  } finally {
+    await close?.();
+  }
+}
+
+function brokerUrl(v: Record<string, unknown>, io: CliIo, required: boolean): string | undefined {
+  const url = (typeof v.broker === 'string' ? v.broker : undefined) ?? io.env.TASKPASS_BROKER_URL;
+  if (!url && required) throw new UsageError('--broker <url> (or TASKPASS_BROKER_URL) is required');
+  return url?.replace(/\/$/, '');
+}
+
+function explainText(header: Record<string, unknown>, c: Record<string, unknown>, nowSec: number): string {
+  const lines: string[] = [];
+  const d = Array.isArray(c.authorization_details)
+    ? (c.authorization_details[0] as Record<string, unknown>)
+    : undefined;
+  const act = c.act as { sub?: string } | undefined;
+  lines.push(
+    `token ${String(c.jti)} (kid ${String(header.kid)}, ${String(header.alg)}, typ ${String(header.typ)})`,
+  );
+  lines.push(`  issued by   ${String(c.iss)}`);
+  lines.push(`  for user    ${String(c.sub)}${act?.sub === c.sub ? ' (autonomous task)' : ''}`);
+  lines.push(`  agent       ${String(act?.sub ?? c.client_id)}`);
+  lines.push(`  task        ${String(c.txn)}`);
+  lines.push(`  template    ${String(c.tpl)}`);
+  if (d?.type === 'mcp_session')
+    lines.push(`  permits     MCP session requests on ${String(c.aud)}; no tool call`);
+  else if (d) {
+    lines.push(
+      `  permits     ${String(d.action)} call of tool ${String(d.tool)} on resource ${String(d.resource)} at ${String(c.aud)}`,
+    );
+    if (d.args_sha256) lines.push(`  arguments   bound to sha256 ${String(d.args_sha256)}`);
+  }
+  lines.push(`  single use  ${c.single_use === true ? 'yes' : 'no'}`);
+  const cnf = c.cnf as Record<string, string> | undefined;
+  lines.push(
+    `  bound to    ${cnf?.['x5t#S256'] ? `client certificate x5t#S256 ${cnf['x5t#S256']}` : 'nothing (bearer; JWT-SVID agent)'}`,
+  );
+  const iat = Number(c.iat);
+  const exp = Number(c.exp);
+  lines.push(
+    `  lifetime    ${exp - iat}s, ${exp > nowSec ? `expires in ${exp - nowSec}s` : `expired ${nowSec - exp}s ago`} (${new Date(exp * 1000).toISOString()})`,
+  );
+  return lines.join('\n');
+}
+
+/** Runs the CLI; resolves with the exit code. */
+export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
+  try {
+    const { values, positionals } = parseArgs({
+      args: [...argv],
+      allowPositionals: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        broker: { type: 'string' },
+        status: { type: 'string' },
+        agent: { type: 'string' },
+        reason: { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+    const [cmd, sub, arg] = positionals;
+    if (values.help || !cmd) {
+      io.out(USAGE);
+      return values.help ? 0 : 2;
+    }
+    if (cmd === 'serve') {
+      const { loadConfig } = await import('./config.ts');
+      const { startBroker } = await import('./server.ts');
+      const config = loadConfig({ ...(values.config ? { file: values.config } : {}), env: io.env });
+      await startBroker(config);
+      return -1; // keep running
+    }
+    if (cmd === 'policy' && (sub === 'validate' || sub === 'test')) {
+      if (!arg) throw new UsageError(`taskpass policy ${sub} <dir>`);
+      const policy = await import('./policy/index.ts');
+      if (sub === 'validate') {
+        const set = await policy.loadPolicyDir(arg);
+        io.out(`ok: ${set.templates.length} template(s) in ${arg}`);
+        return 0;
+      }
+      const result = await policy.runFixtures(arg);
+      for (const f of result.failures) io.err(`FAIL ${f.file}: ${f.message}`);
+      io.out(`${result.passed} passed, ${result.failures.length} failed`);
+      return result.failures.length === 0 ? 0 : 1;
+    }
+    if (cmd === 'tasks' && sub === 'list') {
+      const base = brokerUrl(values, io, true)!;
+      const q = new URLSearchParams();
+      if (values.status) q.set('status', values.status);
+      if (values.agent) q.set('agent', values.agent);
+      const r = await call(`${base}/admin/v1/tasks${q.size ? `?${q}` : ''}`, 'GET', io);
+      if (r.status !== 200) return fail(io, r);
+      const { tasks } = JSON.parse(r.body) as { tasks: Record<string, unknown>[] };
+      if (values.json) io.out(JSON.stringify(tasks, null, 2));
+      else {
+        io.out(['TASK', 'STATUS', 'AGENT', 'SUB', 'EXPIRES'].join('\t'));
+        for (const t of tasks) {
+          io.out(
+            [t.task_id, t.status, t.agent, t.sub, new Date(Number(t.expires_at) * 1000).toISOString()].join(
+              '\t',
+            ),
+          );
+        }
+      }
+      return 0;
+    }
+    if (cmd === 'tasks' && sub === 'revoke') {
+      if (!arg) throw new UsageError('taskpass tasks revoke <task-id>');
+      const base = brokerUrl(values, io, true)!;
+      const r = await call(`${base}/admin/v1/tasks/${encodeURIComponent(arg)}/revoke`, 'POST', io, {
+        type: 'application/json',
+        data: JSON.stringify(values.reason ? { reason: values.reason } : {}),
+      });
+      if (r.status !== 200) return fail(io, r);
+      const b = JSON.parse(r.body) as { task_id: string; revocation_seq: number };
+      io.out(`revoked ${b.task_id} (revocation seq ${b.revocation_seq})`);
+      return 0;
+    }
+    if (cmd === 'token' && (sub === 'decode' || sub === 'explain')) {
+      if (!arg) throw new UsageError(`taskpass token ${sub} <jwt>`);
+      let header: Record<string, unknown>;
+      let claims: Record<string, unknown>;
+      try {
+        header = decodeProtectedHeader(arg) as Record<string, unknown>;
+        claims = decodeJwt(arg) as Record<string, unknown>;
+      } catch {
+        io.err('not a JWT');
+        return 1;
+      }
+      if (sub === 'decode') {
+        io.out(JSON.stringify({ header, claims }, null, 2));
+        io.out('(decoded without verification)');
+        return 0;
+      }
+      io.out(explainText(header, claims, Math.floor(Date.now() / 1000)));
+      const base = brokerUrl(values, io, false);
+      if (!base) {
+        io.out('  signature   not checked (give --broker to verify against its JWKS and introspect)');
+        return 0;
+      }
+      const jwks = await call(`${base}/.well-known/jwks.json`, 'GET', io, undefined, 'none');
+      let verified = false;
+      try {
+        await jwtVerify(arg, createLocalJWKSet(JSON.parse(jwks.body) as JSONWebKeySet), {
+          typ: 'at+jwt',
+          algorithms: ['ES256'],
+        });
+        verified = true;
+        io.out('  signature   valid (broker JWKS)');
+      } catch (e) {
+        io.out(`  signature   INVALID or expired: ${(e as Error).message}`);
+      }
+      const intro = await call(`${base}/oauth2/introspect`, 'POST', io, {
+        type: 'application/x-www-form-urlencoded',
+        data: new URLSearchParams({ token: arg }).toString(),
+      });
+      if (intro.status === 200) {
+        const a = JSON.parse(intro.body) as { active: boolean };
+        io.out(
+          `  broker      ${a.active ? 'active' : 'NOT active (expired, revoked, task closed or consumed)'}`,
+        );
+        return verified && a.active ? 0 : 1;
+      }
+      io.out(`  broker      introspection refused (${intro.status})`);
+      return verified ? 0 : 1;
+    }
+    throw new UsageError(`unknown command: ${positionals.join(' ')}`);
+  } catch (e) {
+    if (e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      io.err(`taskpass: ${(e as Error).message}\n${USAGE}`);
+      return 2;
+    }
+    if (e instanceof TaskpassError) {
+      io.err(`taskpass: ${e.code}: ${e.message}`);
+      return 1;
+    }
+    io.err(`taskpass: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
+function fail(io: CliIo, r: HttpResult): number {
+  let msg = r.body;
+  try {
+    const b = JSON.parse(r.body) as { code?: string; message?: string };
+    if (b.code) msg = `${b.code}: ${b.message ?? ''}`;
+  } catch {}
+  io.err(`taskpass: broker answered ${r.status}: ${msg}`);
+  return 1;
+}
+
+function defaultIo(): CliIo {
+  return {
+    out: (s) => process.stdout.write(`${s}\n`),
+    err: (s) => process.stderr.write(`${s}\n`),
+    env: process.env,
+  };
+}
+
+const isMain =
+  process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/\\/g, '/').split('/').pop() ?? '');
+if (isMain && /cli\.(ts|js)$/.test(process.argv[1] ?? '')) {
+  runCli(process.argv.slice(2)).then((code) => {
+    if (code >= 0) process.exitCode = code;
+  });
+}

@@ -1,0 +1,319 @@
+// Broker configuration: one zod schema with defaults, loaded once from a YAML/JSON file and the
+// environment, validated, then deep-frozen. Invalid configuration fails at start-up with
+// TASKPASS_CONFIG_INVALID and the path of every offending field, never on the first request.
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { TaskpassError } from './errors.ts';
+
+const UNIT_SECONDS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
+
+/**
+ * Parses a duration: a number of seconds, or a string like `90s`, `15m`, `24h`, `7d`, `500ms`.
+ * Returns whole seconds (rounded up, so `500ms` is 1s), or undefined when malformed.
+ */
+export function parseDurationSec(v: string | number): number | undefined {
+  if (typeof v === 'number') return Number.isFinite(v) && v >= 0 ? Math.ceil(v) : undefined;
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(v.trim());
+  if (!m) return undefined;
+  return Math.ceil(Number(m[1]) * (UNIT_SECONDS[m[2] ?? 's'] ?? 1));
+}
+
+const Duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  const sec = parseDurationSec(v);
+  if (sec === undefined || sec <= 0) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `invalid duration ${JSON.stringify(v)} (use e.g. 60s, 15m, 24h)`,
+    });
+    return z.NEVER;
+  }
+  return sec;
+});
+
+const SpiffeIdString = z
+  .string()
+  .regex(/^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._~:@+=*-]+)*$/, 'must be a SPIFFE ID (spiffe://td/path)');
+const TrustDomainString = z
+  .string()
+  .transform((s) => s.replace(/^spiffe:\/\//, ''))
+  .pipe(z.string().regex(/^[a-z0-9._-]{1,255}$/, 'must be a trust domain name'));
+
+const TrustedIssuer = z
+  .object({
+    issuer: z.string().url(),
+    audience: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]),
+    jwksUri: z.string().url().optional(),
+    jwks: z.object({ keys: z.array(z.record(z.string(), z.unknown())).min(1) }).optional(),
+    discovery: z.boolean().optional(),
+    algorithms: z
+      .array(
+        z.enum(['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']),
+      )
+      .min(1)
+      .default(['RS256', 'ES256']),
+    clockToleranceSec: z.number().int().min(0).max(300).default(30),
+  })
+  .strict()
+  .refine(
+    (t) => [t.jwksUri !== undefined, t.jwks !== undefined, t.discovery === true].filter(Boolean).length === 1,
+    {
+      message: 'exactly one of jwksUri, jwks or discovery: true is required',
+    },
+  );
+
+/** The configuration schema (exported for tests and `taskpass config check`). */
+export const ConfigSchema = z
+  .object({
+    /** The broker's issuer URL: `iss` of every token and base of the RFC 8414 metadata. */
+    issuer: z.string().url(),
+    listen: z
+      .object({
+        host: z.string().default('0.0.0.0'),
+        port: z.coerce.number().int().min(0).max(65535).default(8443),
+      })
+      .strict()
+      .prefault({}),
+    tls: z
+      .object({
+        /** `spiffe`: serve HTTPS with the broker's own X.509-SVID. `none`: plain HTTP, tests only. */
+        mode: z.enum(['spiffe', 'none']).default('spiffe'),
+        /** Refuse TLS connections without a client certificate (then JWT-SVID-only agents cannot connect). */
+        requireClientCert: z.boolean().default(false),
+      })
+      .strict()
+      .prefault({}),
+    workloadApi: z
+      .object({
+        /** e.g. `unix:///run/spire/agent.sock`; default: SPIFFE_ENDPOINT_SOCKET. */
+        address: z.string().min(1).optional(),
+        timeoutMs: z.number().int().positive().default(15000),
+      })
+      .strict()
+      .prefault({}),
+    trustDomain: TrustDomainString,
+    federatedTrustDomains: z.array(TrustDomainString).default([]),
+    /** Which workloads count as agents (the /v1 task API). Empty lists: every ID in `trustDomain`. */
+    agents: z
+      .object({
+        trustDomains: z.array(TrustDomainString).default([]),
+        /** SPIFFE ID patterns: `*` one segment, `prefix*`, final `**`. */
+        ids: z.array(SpiffeIdString).default([]),
+      })
+      .strict()
+      .prefault({}),
+    /** Audience a JWT-SVID must carry to authenticate to the broker; default: `issuer`. */
+    jwtSvidAudience: z.string().min(1).optional(),
+    /** SPIFFE IDs allowed on /admin. */
+    admins: z.array(SpiffeIdString).default([]),
+    users: z
+      .object({ trustedIssuers: z.array(TrustedIssuer).default([]) })
+      .strict()
+      .prefault({}),
+    policiesDir: z.string().min(1).default('policies'),
+    store: z
+      .object({
+        sqlite: z
+          .object({ path: z.string().min(1) })
+          .strict()
+          .optional(),
+        redis: z
+          .object({ url: z.string().min(1), keyPrefix: z.string().default('taskpass:') })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .prefault({})
+      .transform((s) => (s.sqlite || s.redis ? s : { sqlite: { path: 'taskpass.db' } }))
+      .refine((s) => !(s.sqlite && s.redis), { message: 'choose one of store.sqlite or store.redis' }),
+    tokens: z
+      .object({
+        /** Used when a template gives no ttl (session tokens). */
+        defaultTtl: Duration.default(60),
+        /** Hard cap on every token lifetime, whatever a template says. */
+        maxTtl: Duration.default(300),
+      })
+      .strict()
+      .prefault({}),
+    keys: z
+      .object({ rotateEvery: Duration.default(86400), prepublish: Duration.default(3600) })
+      .strict()
+      .prefault({}),
+    feed: z
+      .object({
+        heartbeatMs: z.number().int().min(100).default(5000),
+        /** Who may read the revocation feed: `workloads` (any authenticated SPIFFE workload of a
+         *  trusted trust domain), `agents` (the agent matcher), or `none` (unauthenticated). */
+        auth: z.enum(['workloads', 'agents', 'none']).default('workloads'),
+      })
+      .strict()
+      .prefault({}),
+    rateLimit: z
+      .object({ perAgentPerMinute: z.number().int().positive().default(1200) })
+      .strict()
+      .prefault({}),
+    introspection: z
+      .object({
+        /** Let callers consume single-use tokens with `consume=true` on /oauth2/introspect. */
+        allowConsume: z.boolean().default(true),
+      })
+      .strict()
+      .prefault({}),
+    audit: z
+      .object({
+        /** `log` (the broker log, `audit: true`), `stdout`, `stderr`, or a file path. */
+        destination: z.string().min(1).default('log'),
+      })
+      .strict()
+      .prefault({}),
+    bodyLimit: z.number().int().min(1024).max(10_485_760).default(65536),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  })
+  .strict()
+  .refine((c) => c.keys.prepublish < c.keys.rotateEvery, {
+    message: 'keys.prepublish must be shorter than keys.rotateEvery',
+    path: ['keys', 'prepublish'],
+  })
+  .refine((c) => c.tokens.defaultTtl <= c.tokens.maxTtl, {
+    message: 'tokens.defaultTtl must not exceed tokens.maxTtl',
+    path: ['tokens', 'defaultTtl'],
+  })
+  .transform((c) => ({ ...c, jwtSvidAudience: c.jwtSvidAudience ?? c.issuer }));
+
+/** The validated, frozen broker configuration. Durations are in seconds. */
+export type BrokerConfig = Readonly<z.output<typeof ConfigSchema>>;
+/** What a configuration file may contain (durations as `60s` strings or seconds). */
+export type BrokerConfigInput = z.input<typeof ConfigSchema>;
+/** One trusted user-token issuer. */
+export type TrustedIssuerConfig = BrokerConfig['users']['trustedIssuers'][number];
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) deepFreeze(v);
+  }
+  return o;
+}
+
+/** Validates a raw configuration object and returns it frozen; throws TASKPASS_CONFIG_INVALID. */
+export function parseConfig(raw: unknown, source = 'configuration'): BrokerConfig {
+  const r = ConfigSchema.safeParse(raw);
+  if (!r.success) {
+    const issues = r.error.issues.map((i) => ({
+      path: i.path.map(String).join('.') || '(root)',
+      message: i.message,
+    }));
+    throw new TaskpassError(
+      'TASKPASS_CONFIG_INVALID',
+      `${source} is invalid: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`,
+      { issues },
+    );
+  }
+  return deepFreeze(r.data);
+}
+
+type Json = Record<string, unknown>;
+
+function setPath(o: Json, path: readonly string[], value: unknown): void {
+  let cur = o;
+  for (const k of path.slice(0, -1)) {
+    const next = cur[k];
+    if (next === null || typeof next !== 'object' || Array.isArray(next)) cur[k] = {};
+    cur = cur[k] as Json;
+  }
+  cur[path[path.length - 1]!] = value;
+}
+
+const list = (s: string): string[] =>
+  s
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
+const bool = (s: string): boolean | string =>
+  s === 'true' || s === '1' ? true : s === 'false' || s === '0' ? false : s;
+const int = (s: string): number | string => (/^\d+$/.test(s) ? Number(s) : s);
+
+/** Environment variables and the configuration field each one sets (env wins over the file). */
+export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?: (s: string) => unknown }>> =
+  {
+    TASKPASS_ISSUER: { path: ['issuer'] },
+    TASKPASS_LISTEN_HOST: { path: ['listen', 'host'] },
+    TASKPASS_LISTEN_PORT: { path: ['listen', 'port'], conv: int },
+    TASKPASS_TLS_MODE: { path: ['tls', 'mode'] },
+    TASKPASS_TLS_REQUIRE_CLIENT_CERT: { path: ['tls', 'requireClientCert'], conv: bool },
+    TASKPASS_WORKLOAD_API_ADDRESS: { path: ['workloadApi', 'address'] },
+    TASKPASS_TRUST_DOMAIN: { path: ['trustDomain'] },
+    TASKPASS_FEDERATED_TRUST_DOMAINS: { path: ['federatedTrustDomains'], conv: list },
+    TASKPASS_AGENT_IDS: { path: ['agents', 'ids'], conv: list },
+    TASKPASS_JWT_SVID_AUDIENCE: { path: ['jwtSvidAudience'] },
+    TASKPASS_ADMINS: { path: ['admins'], conv: list },
+    TASKPASS_POLICIES_DIR: { path: ['policiesDir'] },
+    TASKPASS_STORE_SQLITE_PATH: { path: ['store', 'sqlite', 'path'] },
+    TASKPASS_STORE_REDIS_URL: { path: ['store', 'redis', 'url'] },
+    TASKPASS_FEED_AUTH: { path: ['feed', 'auth'] },
+    TASKPASS_RATE_LIMIT_PER_AGENT_PER_MINUTE: { path: ['rateLimit', 'perAgentPerMinute'], conv: int },
+    TASKPASS_AUDIT_DESTINATION: { path: ['audit', 'destination'] },
+    TASKPASS_BODY_LIMIT: { path: ['bodyLimit'], conv: int },
+    TASKPASS_LOG_LEVEL: { path: ['logLevel'] },
+  };
+
+/**
+ * Loads the configuration: the file named by `--config <path>` (or TASKPASS_CONFIG; YAML or JSON),
+ * then TASKPASS_* environment variables on top, then validation. Throws TASKPASS_CONFIG_INVALID.
+ */
+export function loadConfig(
+  opts: { argv?: readonly string[]; env?: NodeJS.ProcessEnv; file?: string } = {},
+): BrokerConfig {
+  const env = opts.env ?? process.env;
+  let file = opts.file;
+  if (!file && opts.argv) {
+    const { values } = parseArgs({
+      args: [...opts.argv],
+      options: { config: { type: 'string', short: 'c' } },
+      strict: false,
+      allowPositionals: true,
+    });
+    if (typeof values.config === 'string') file = values.config;
+  }
+  file ??= env.TASKPASS_CONFIG;
+  let raw: Json = {};
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new TaskpassError(
+        'TASKPASS_CONFIG_INVALID',
+        `cannot read configuration file ${file}: ${(e as Error).message}`,
+        {
+          file,
+        },
+      );
+    }
+    let parsed: unknown;
+    try {
+      parsed = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
+    } catch (e) {
+      throw new TaskpassError('TASKPASS_CONFIG_INVALID', `cannot parse ${file}: ${(e as Error).message}`, {
+        file,
+      });
+    }
+    if (parsed !== null && parsed !== undefined) {
+      if (typeof parsed !== 'object' || Array.isArray(parsed)) {
+        throw new TaskpassError(
+          'TASKPASS_CONFIG_INVALID',
+          `${file} must contain a mapping at the top level`,
+          { file },
+        );
+      }
+      raw = parsed as Json;
+    }
+  }
+  for (const [name, spec] of Object.entries(ENV_VARS)) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    setPath(raw, spec.path, spec.conv ? spec.conv(v) : v);
+  }
+  return parseConfig(raw, file ?? 'configuration');
+}

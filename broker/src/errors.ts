@@ -1,0 +1,105 @@
+/**
+ * Every error the broker returns has a stable code, an HTTP status and a one-line description.
+ * HTTP bodies are `{ code, message }` (plus `template` on denials). docs/errors.md lists every code;
+ * a test keeps this table and the docs in sync.
+ */
+export const BROKER_ERRORS = {
+  TASKPASS_BAD_REQUEST: {
+    status: 400,
+    description: 'The request body, query or parameters failed validation.',
+  },
+  TASKPASS_INVALID_RESOURCE: {
+    status: 400,
+    description: 'The resource string is not a valid resource (grammar, length, dot segments).',
+  },
+  TASKPASS_UNAUTHENTICATED: {
+    status: 401,
+    description: 'No valid agent credential (mTLS X.509-SVID or JWT-SVID for the broker audience).',
+  },
+  TASKPASS_USER_TOKEN_INVALID: {
+    status: 401,
+    description:
+      'The delegating user token is invalid: unknown issuer, bad signature, audience, expiry or algorithm.',
+  },
+  TASKPASS_TASK_NOT_FOUND: { status: 404, description: 'No such task.' },
+  TASKPASS_TASK_NOT_OWNED: { status: 403, description: 'The task belongs to another agent.' },
+  TASKPASS_TASK_CLOSED: {
+    status: 409,
+    description: 'The task is completed, failed, cancelled or revoked; its tokens are revoked.',
+  },
+  TASKPASS_TASK_EXPIRED: { status: 403, description: 'The task has expired; it behaves as revoked.' },
+  TASKPASS_DENIED_NO_TEMPLATE: {
+    status: 403,
+    description: 'No scope template covers this agent (and user): deny by default.',
+  },
+  TASKPASS_DELEGATION_REQUIRED: {
+    status: 403,
+    description: 'The templates for this agent require a delegating user token.',
+  },
+  TASKPASS_DENIED_USER: {
+    status: 403,
+    description: 'The delegating user does not meet the template user conditions.',
+  },
+  TASKPASS_DENIED_AUDIENCE: {
+    status: 403,
+    description: 'No template allows this agent to call this MCP server (audience).',
+  },
+  TASKPASS_DENIED_TOOL: { status: 403, description: 'No template allows this tool on this MCP server.' },
+  TASKPASS_DENIED_ACTION: {
+    status: 403,
+    description: 'The tool is allowed, but not with this action class.',
+  },
+  TASKPASS_DENIED_RESOURCE: {
+    status: 403,
+    description: 'The tool and action are allowed, but not on this resource.',
+  },
+  TASKPASS_DENIED_CALL_LIMIT: {
+    status: 403,
+    description: 'The template caps calls of this tool per task and the cap is reached.',
+  },
+  TASKPASS_DENIED_PREREQUISITE: {
+    status: 403,
+    description: 'The template requires an earlier step in this task that has not happened.',
+  },
+  TASKPASS_FORBIDDEN_ADMIN: { status: 403, description: 'The caller is not an administrator.' },
+  TASKPASS_RATE_LIMITED: { status: 429, description: 'Too many requests from this agent.' },
+  TASKPASS_STORE_UNAVAILABLE: {
+    status: 503,
+    description: 'The store could not make the change durable; nothing was acknowledged.',
+  },
+  TASKPASS_INTERNAL: {
+    status: 500,
+    description: 'Unexpected error; details are in the broker log, never in the response.',
+  },
+  TASKPASS_POLICY_INVALID: {
+    status: 400,
+    description: 'A scope template file is invalid (file, path and reason are given).',
+  },
+  TASKPASS_CONFIG_INVALID: {
+    status: 500,
+    description: 'The broker configuration is invalid (reported at start-up).',
+  },
+} as const satisfies Record<string, { status: number; description: string }>;
+
+export type BrokerErrorCode = keyof typeof BROKER_ERRORS;
+
+export class TaskpassError extends Error {
+  readonly code: BrokerErrorCode;
+  readonly status: number;
+  readonly details: Record<string, unknown> | undefined;
+  constructor(
+    code: BrokerErrorCode,
+    message: string,
+    details?: Record<string, unknown>,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'TaskpassError';
+    this.code = code;
+    this.status = BROKER_ERRORS[code].status;
+    this.details = details;
+  }
+  toJSON(): Record<string, unknown> {
+    return { code: this.code, message: this.message, ...this.details };
+  }
+}

@@ -1,0 +1,41 @@
+// Public API of @taskpass/broker.
+export { type AppDeps, buildApp } from './app.ts';
+export { type AuditEvent, type AuditLog, createAuditLog } from './audit.ts';
+export {
+  agentMatcherFromConfig,
+  bearerOf,
+  type Credentials,
+  type IdMatcher,
+  peerChainFromSocket,
+  spiffeIdPatternMatcher,
+  type WorkloadAuthenticator,
+  type WorkloadIdentity,
+  x5tS256Of,
+} from './auth.ts';
+export { runCli } from './cli.ts';
+export {
+  type BrokerConfig,
+  type BrokerConfigInput,
+  ConfigSchema,
+  ENV_VARS,
+  loadConfig,
+  parseConfig,
+  parseDurationSec,
+  type TrustedIssuerConfig,
+} from './config.ts';
+export { BROKER_ERRORS, type BrokerErrorCode, TaskpassError } from './errors.ts';
+export { type BrokerMetrics, createMetrics } from './metrics.ts';
+export {
+  type ActClaim,
+  type AuthorizationDetail,
+  type MintInput,
+  mintToken,
+  type TokenClaims,
+} from './mint.ts';
+export type { CeilingEntry, KeysPort, PolicyDecision, PolicyPort, PolicyUser } from './ports.ts';
+export { authorizationServerMetadata } from './routes/public.ts';
+export { type RunningBroker, startBroker } from './server.ts';
+export { checkResource, type IssuedToken, TaskService } from './service.ts';
+export type * from './store/types.ts';
+export { createUserTokenVerifier, type UserTokenVerifier, type VerifiedUser } from './user-tokens.ts';
+export { createWorkloadAuthenticator } from './workload-auth.ts';

@@ -1,0 +1,260 @@
+// The broker's token signing keys: ES256, persisted in the store, rotated with overlap.
+//
+// Life of a key (all times in the store, epoch seconds):
+//   createdAt   published in the JWKS (not signing yet: verifiers with a cached JWKS learn it first)
+//   activeFrom  = createdAt + prepublish: becomes the signing key
+//   retireAt    = activeFrom + rotateEvery: the successor (published since retireAt - prepublish)
+//               takes over
+//   retireAt + maxTokenTtl: the last token it signed has expired; deleted from store and JWKS.
+//
+// The signing key is always "the key with the latest activeFrom that has been reached" (ties broken
+// by the smaller kid), so replicas sharing a store agree without talking to each other, and a
+// broker that was down past a retireAt keeps signing with the old (still published) key until a
+// successor has been published for a full prepublish period.
+import type { KeyObject, webcrypto } from 'node:crypto';
+import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
+import type { Logger } from 'pino';
+import type { Store, StoredSigningKey } from './store/types.ts';
+
+/** Options of {@link SigningKeys.open}. */
+export interface SigningKeysOptions {
+  /** How long a key signs (seconds). */
+  rotateEverySec: number;
+  /**
+   * How long a new key is published before it signs (seconds). Must be at least the verifiers'
+   * JWKS cache lifetime, and shorter than `rotateEverySec`.
+   */
+  prepublishSec: number;
+  /** Longest lifetime of any token the broker signs (seconds): how long a retired key stays published. */
+  maxTokenTtlSec: number;
+  /** Clock, epoch milliseconds (tests move time). Default `Date.now`. */
+  now?: () => number;
+  logger?: Logger;
+  /** Start the rotation timer in `open()` (default true; tests drive `rotateIfDue` themselves). */
+  autoStart?: boolean;
+  /** How often `start()` checks the schedule and reloads keys made by other replicas (ms). Default: min(prepublish/4, 60 s). */
+  checkEveryMs?: number;
+}
+
+/** A public signing key as served in the JWKS. */
+export interface PublicSigningJwk {
+  kty: 'EC';
+  crv: 'P-256';
+  x: string;
+  y: string;
+  kid: string;
+  alg: 'ES256';
+  use: 'sig';
+  [k: string]: unknown;
+}
+
+interface LoadedKey {
+  stored: StoredSigningKey;
+  privateKey: webcrypto.CryptoKey;
+  publicJwk: PublicSigningJwk;
+}
+
+const byActivation = (a: StoredSigningKey, b: StoredSigningKey): number =>
+  a.activeFrom - b.activeFrom || (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0);
+
+function publicOf(stored: StoredSigningKey): PublicSigningJwk {
+  const p = stored.publicJwk as { kty?: unknown; crv?: unknown; x?: unknown; y?: unknown };
+  if (p.kty !== 'EC' || p.crv !== 'P-256' || typeof p.x !== 'string' || typeof p.y !== 'string') {
+    throw new Error(`signing key ${stored.kid}: stored public key is not a P-256 EC JWK`);
+  }
+  // Rebuilt field by field so that nothing else stored with the key can reach the JWKS.
+  return { kty: 'EC', crv: 'P-256', x: p.x, y: p.y, kid: stored.kid, alg: 'ES256', use: 'sig' };
+}
+
+/**
+ * The broker's ES256 signing keys. `current()` and `jwks()` are synchronous reads of the loaded
+ * set; `rotateIfDue()` (run by `start()`'s timer) publishes successors and deletes expired keys.
+ */
+export class SigningKeys {
+  readonly #store: Store;
+  readonly #opts: Required<Omit<SigningKeysOptions, 'logger' | 'autoStart'>> & { logger: Logger | undefined };
+  #keys: LoadedKey[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  #rotating: Promise<void> = Promise.resolve();
+  #warnedStale = false;
+
+  private constructor(store: Store, opts: SigningKeysOptions) {
+    if (!(opts.rotateEverySec > 0 && opts.prepublishSec >= 0 && opts.maxTokenTtlSec > 0)) {
+      throw new RangeError('SigningKeys: rotateEverySec and maxTokenTtlSec must be > 0, prepublishSec >= 0');
+    }
+    if (opts.prepublishSec >= opts.rotateEverySec) {
+      throw new RangeError('SigningKeys: prepublishSec must be shorter than rotateEverySec');
+    }
+    this.#store = store;
+    this.#opts = {
+      rotateEverySec: opts.rotateEverySec,
+      prepublishSec: opts.prepublishSec,
+      maxTokenTtlSec: opts.maxTokenTtlSec,
+      now: opts.now ?? Date.now,
+      logger: opts.logger,
+      checkEveryMs: opts.checkEveryMs ?? Math.max(1000, Math.min((opts.prepublishSec * 1000) / 4, 60_000)),
+    };
+  }
+
+  /**
+   * Loads the keys from the store, creating (or scheduling) keys as needed, so that `current()`
+   * works when it resolves, and starts the rotation timer unless `autoStart: false`. The store
+   * must be initialised.
+   */
+  static async open(store: Store, opts: SigningKeysOptions): Promise<SigningKeys> {
+    const k = new SigningKeys(store, opts);
+    await k.rotateIfDue();
+    if (opts.autoStart ?? true) k.start();
+    return k;
+  }
+
+  #nowSec(): number {
+    return Math.floor(this.#opts.now() / 1000);
+  }
+
+  /** The key that signs now (hot path, synchronous). */
+  current(): { kid: string; privateKey: webcrypto.CryptoKey | KeyObject } {
+    const now = this.#nowSec();
+    let pick: LoadedKey | undefined;
+    for (const k of this.#keys) if (k.stored.activeFrom <= now) pick = k; // sorted by activation
+    if (!pick) throw new Error('SigningKeys: no signing key is active (open() not awaited?)');
+    if (pick.stored.retireAt <= now && !this.#warnedStale) {
+      // Keeps signing with a published key rather than failing; the timer publishes a successor.
+      this.#warnedStale = true;
+      this.#opts.logger?.warn({ kid: pick.stored.kid }, 'signing key past its retireAt; rotation is late');
+      void this.rotateIfDue().catch(() => {});
+    }
+    return { kid: pick.stored.kid, privateKey: pick.privateKey };
+  }
+
+  /** Public keys to publish: next, current, and retired ones whose tokens may still be valid. */
+  jwks(): { keys: PublicSigningJwk[] } {
+    return { keys: this.#keys.map((k) => ({ ...k.publicJwk })) };
+  }
+
+  /** The loaded schedule (no key material), for tests and diagnostics. */
+  schedule(): { kid: string; createdAt: number; activeFrom: number; retireAt: number }[] {
+    return this.#keys.map(({ stored: s }) => ({
+      kid: s.kid,
+      createdAt: s.createdAt,
+      activeFrom: s.activeFrom,
+      retireAt: s.retireAt,
+    }));
+  }
+
+  /**
+   * Reloads the keys from the store, publishes a successor when the current key retires within
+   * `prepublishSec`, and deletes keys whose last token has expired. `nowMs` defaults to the clock.
+   * Runs one at a time (a call made during a run waits for it, then runs with its own time).
+   */
+  rotateIfDue(nowMs?: number): Promise<void> {
+    const run = this.#rotating.then(() => this.#rotate(Math.floor((nowMs ?? this.#opts.now()) / 1000)));
+    this.#rotating = run.catch(() => {});
+    return run;
+  }
+
+  async #rotate(now: number): Promise<void> {
+    const { prepublishSec, rotateEverySec, maxTokenTtlSec } = this.#opts;
+    let stored = (await this.#store.loadSigningKeys()).sort(byActivation);
+
+    const activeAt = (keys: StoredSigningKey[], t: number) => keys.filter((k) => k.activeFrom <= t).at(-1);
+    const current = activeAt(stored, now);
+    const latest = stored.at(-1);
+    let fresh: StoredSigningKey | undefined;
+    if (!current) {
+      if (!latest) {
+        // Nothing to sign with and nothing published: the first key must sign at once.
+        fresh = await this.#generate(now, now, now + rotateEverySec);
+      }
+      // else: a key is published and waits for its activeFrom; tokens cannot be signed until then.
+    } else if (latest === current && now >= current.retireAt - prepublishSec) {
+      // Late (broker was down, or timers stopped): the successor still waits a full prepublish.
+      const activeFrom = Math.max(current.retireAt, now + prepublishSec);
+      fresh = await this.#generate(now, activeFrom, activeFrom + rotateEverySec);
+    }
+    if (fresh) {
+      // Another replica may have done the same meanwhile: keep its key rather than adding a second.
+      const again = (await this.#store.loadSigningKeys()).sort(byActivation);
+      const theirs = again.filter((k) => k.activeFrom >= (current ? current.activeFrom + 1 : 0));
+      if (current ? theirs.length === 0 : again.length === 0) {
+        await this.#store.saveSigningKey(fresh);
+        this.#opts.logger?.info(
+          { kid: fresh.kid, activeFrom: fresh.activeFrom, retireAt: fresh.retireAt },
+          'signing key published',
+        );
+      }
+      stored = (await this.#store.loadSigningKeys()).sort(byActivation);
+    }
+
+    // A key stops signing when its successor becomes active; its tokens live maxTokenTtl longer.
+    const signer = activeAt(stored, now);
+    const keep: StoredSigningKey[] = [];
+    for (const [i, k] of stored.entries()) {
+      const successor = stored.slice(i + 1).find((s) => s.activeFrom > k.activeFrom);
+      const stoppedAt = successor && successor.activeFrom <= now ? successor.activeFrom : undefined;
+      const expired = k !== signer && stoppedAt !== undefined && stoppedAt + maxTokenTtlSec <= now;
+      if (expired) {
+        await this.#store.deleteSigningKey(k.kid);
+        this.#opts.logger?.info({ kid: k.kid }, 'signing key removed');
+      } else keep.push(k);
+    }
+    await this.#install(keep);
+  }
+
+  async #install(stored: StoredSigningKey[]): Promise<void> {
+    const known = new Map(this.#keys.map((k) => [k.stored.kid, k]));
+    const next: LoadedKey[] = [];
+    for (const s of stored) {
+      const had = known.get(s.kid);
+      if (had) {
+        next.push({ ...had, stored: s });
+        continue;
+      }
+      const privateKey = (await importJWK(s.privateJwk as JWK, 'ES256', {
+        extractable: false,
+      })) as webcrypto.CryptoKey;
+      next.push({ stored: s, privateKey, publicJwk: publicOf(s) });
+    }
+    this.#keys = next;
+    this.#warnedStale = false;
+  }
+
+  async #generate(createdAt: number, activeFrom: number, retireAt: number): Promise<StoredSigningKey> {
+    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+    const pub = await exportJWK(publicKey);
+    const priv = await exportJWK(privateKey);
+    const kid = await calculateJwkThumbprint(pub, 'sha256');
+    return {
+      kid,
+      alg: 'ES256',
+      privateJwk: { ...priv, kid, alg: 'ES256' },
+      publicJwk: { kty: pub.kty, crv: pub.crv, x: pub.x, y: pub.y, kid, alg: 'ES256', use: 'sig' },
+      createdAt,
+      activeFrom,
+      retireAt,
+    };
+  }
+
+  /** Checks the schedule every `checkEveryMs` (the timer does not keep the process alive). */
+  start(): void {
+    if (this.#timer) return;
+    this.#timer = setInterval(() => {
+      this.rotateIfDue().catch((err: unknown) =>
+        this.#opts.logger?.error({ err }, 'signing key rotation failed; retrying at the next check'),
+      );
+    }, this.#opts.checkEveryMs);
+    this.#timer.unref();
+  }
+
+  /** Stops the timer. */
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** Stops the timer and waits for a running rotation. */
+  async close(): Promise<void> {
+    this.stop();
+    await this.#rotating;
+  }
+}

@@ -1,0 +1,404 @@
+// The decision engine: an immutable set of compiled templates answering "may this agent, for this
+// user, get a token for this call?". Deny by default: a call is allowed only when one template
+// matches agent, delegation, user, audience, tool, action and resource and its workflow rules hold.
+//
+// Denials name the most specific failure. Within one template the checks run in a fixed order —
+// agent, delegation, user, audience, tool, action, resource, call limit, prerequisite — and the
+// first one that fails gives the code. Across templates (agent covered), the "closest template" is
+// the one whose call side (audience → tool → action → resource → call limit → prerequisite) got
+// furthest, preferring one whose delegation/user conditions hold, then the smallest id. So a
+// support user asking for a refund that only a leads-only template allows is told
+// TASKPASS_DENIED_USER by that template, not TASKPASS_DENIED_TOOL by an unrelated one.
+//
+// Workflow context. A task's history is the list of call tokens already ISSUED in it (IssuedCall),
+// whether or not they were used. A "step" for tool T is an issued call token for T on the same MCP
+// server (same audience) — and, with `same_resource: true`, for the same resource string.
+// IssuedCall carries no audience, so the audience of a past call is that of the template that
+// issued it (`IssuedCall.template`). When that template is no longer loaded, the call still counts
+// towards call limits but never satisfies a prerequisite: both fail closed.
+import type { BrokerErrorCode } from '../errors.ts';
+import type { CeilingEntry, PolicyPort, PolicyUser } from '../ports.ts';
+import type { Action, IssuedCall } from '../store/types.ts';
+import {
+  type CompiledPattern,
+  mustCompile,
+  type PatternContext,
+  parseSpiffeId,
+  validateResource,
+} from './pattern.ts';
+import type { Template, TemplateTool } from './schema.ts';
+
+/** The verified delegating user as templates see it. */
+export type { PolicyUser } from '../ports.ts';
+
+/** Input of {@link PolicySet.decide}. */
+export interface DecideInput {
+  /** The agent's SPIFFE ID. */
+  agent: string;
+  /** The delegating user, or undefined for an autonomous task. */
+  user?: PolicyUser | undefined;
+  /** The MCP server's resource URI. */
+  audience: string;
+  tool: string;
+  action: Action;
+  resource: string;
+  /** Call tokens already issued in this task (any order). */
+  history: readonly IssuedCall[];
+}
+
+/** Allowed: the template that allowed it, its owner, the token lifetime and single-use flag. */
+export interface Allow {
+  allow: true;
+  template: string;
+  owner: string;
+  ttlSec: number;
+  singleUse: boolean;
+}
+
+/** Denied: the most specific code, a human sentence, and the closest template considered. */
+export interface Deny {
+  allow: false;
+  code: BrokerErrorCode;
+  reason: string;
+  template?: string;
+}
+
+/** A decision of {@link PolicySet.decide}. */
+export type Decision = Allow | Deny;
+
+/** Result of {@link PolicySet.admits}. */
+export type Admission = { ok: true } | { ok: false; code: BrokerErrorCode; reason: string };
+
+interface CompiledTool {
+  def: TemplateTool;
+  resources: CompiledPattern[];
+}
+
+interface CompiledTemplate {
+  def: Template;
+  agents: CompiledPattern[];
+  tools: CompiledTool[];
+}
+
+// Stage order = specificity: a later stage is a more specific reason.
+const STAGES = [
+  'TASKPASS_DENIED_NO_TEMPLATE',
+  'TASKPASS_DELEGATION_REQUIRED',
+  'TASKPASS_DENIED_USER',
+  'TASKPASS_DENIED_AUDIENCE',
+  'TASKPASS_DENIED_TOOL',
+  'TASKPASS_DENIED_ACTION',
+  'TASKPASS_DENIED_RESOURCE',
+  'TASKPASS_DENIED_CALL_LIMIT',
+  'TASKPASS_DENIED_PREREQUISITE',
+] as const satisfies readonly BrokerErrorCode[];
+
+type Failure = { stage: number; reason: string };
+
+/** How one template judged a call. */
+interface Verdict {
+  /** Delegation/user failure (stage 1 or 2), if any. */
+  principal: Failure | undefined;
+  /** First call-side failure (stage 3..8), if any. */
+  call: Failure | undefined;
+  /** 0 = audience failed … 6 = every call-side check passed. */
+  callDepth: number;
+  singleUse: boolean;
+}
+
+/**
+ * An immutable, compiled set of scope templates. Build it with {@link PolicySet.from} (or through
+ * the loader); every method is synchronous and never throws for any input.
+ */
+export class PolicySet implements PolicyPort {
+  /** Templates, sorted by id. */
+  readonly templates: readonly Template[];
+  private readonly compiled: readonly CompiledTemplate[];
+  private readonly audienceOf: ReadonlyMap<string, string>;
+
+  private constructor(templates: readonly Template[]) {
+    const sorted = [...templates].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const ids = new Set<string>();
+    for (const t of sorted) {
+      if (ids.has(t.id)) throw new Error(`duplicate template id "${t.id}"`);
+      ids.add(t.id);
+    }
+    this.templates = Object.freeze(sorted.map((t) => deepFreeze(structuredClone(t))));
+    this.compiled = this.templates.map((def) => ({
+      def,
+      agents: def.agents.map((a) => mustCompile(a, 'agent')),
+      tools: def.tools.map((tool) => ({
+        def: tool,
+        resources: tool.resources.map((r) => mustCompile(r, 'resource')),
+      })),
+    }));
+    this.audienceOf = new Map(this.templates.map((t) => [t.id, t.audience]));
+  }
+
+  /**
+   * Builds a set from parsed templates (see schema.ts). Throws on duplicate ids or patterns that
+   * do not compile; the loader reports those as file errors first.
+   */
+  static from(templates: readonly Template[]): PolicySet {
+    return new PolicySet(templates);
+  }
+
+  /** A set that denies everything. */
+  static empty(): PolicySet {
+    return new PolicySet([]);
+  }
+
+  /** The template with this id. */
+  get(id: string): Template | undefined {
+    return this.compiled.find((c) => c.def.id === id)?.def;
+  }
+
+  /** Decides one call token request. Deny by default; see the module comment for the order. */
+  decide(input: DecideInput): Decision {
+    const res = validateResource(input.resource);
+    if (!res.ok) return { allow: false, code: res.code, reason: res.reason };
+    const agent = agentSegments(input.agent);
+    const resource = input.resource.split('/');
+    const ctx: PatternContext = { user: input.user, agent: input.agent };
+    let best: { verdict: Verdict; rank: number; template: CompiledTemplate } | undefined;
+    for (const t of this.compiled) {
+      if (!agent || !t.agents.some((p) => p.matchSegments(agent))) continue;
+      const v = this.evaluate(t, resource, ctx, input);
+      if (!v.principal && !v.call) {
+        return {
+          allow: true,
+          template: t.def.id,
+          owner: t.def.owner,
+          ttlSec: t.def.ttlSec,
+          singleUse: v.singleUse,
+        };
+      }
+      const rank = v.callDepth * 2 + (v.principal ? 0 : 1);
+      if (!best || rank > best.rank) best = { verdict: v, rank, template: t };
+    }
+    if (!best) {
+      return {
+        allow: false,
+        code: 'TASKPASS_DENIED_NO_TEMPLATE',
+        reason: `no scope template covers agent ${input.agent}; everything is denied by default`,
+      };
+    }
+    const f = (best.verdict.principal ?? best.verdict.call)!;
+    return { allow: false, code: STAGES[f.stage]!, reason: f.reason, template: best.template.def.id };
+  }
+
+  /** May this agent open a task, for this user (or autonomously when user is undefined)? */
+  admits(agent: string, user: PolicyUser | undefined): Admission {
+    const segs = agentSegments(agent);
+    let best: Failure | undefined;
+    for (const t of this.compiled) {
+      const f = admitTemplate(t, segs, user);
+      if (!f) return { ok: true };
+      if (!best || f.stage > best.stage) best = f;
+    }
+    if (!best || best.stage === 0) {
+      return {
+        ok: false,
+        code: 'TASKPASS_DENIED_NO_TEMPLATE',
+        reason: `no scope template covers agent ${agent}; everything is denied by default`,
+      };
+    }
+    return { ok: false, code: STAGES[best.stage]!, reason: best.reason };
+  }
+
+  /**
+   * Everything this agent may get for this user: one entry per admitting template, placeholders
+   * substituted. Resource patterns whose placeholders have no valid value are left out (they can
+   * match nothing), and so are tools left with no resource.
+   */
+  ceiling(agent: string, user: PolicyUser | undefined): CeilingEntry[] {
+    const segs = agentSegments(agent);
+    const ctx: PatternContext = { user, agent };
+    const out: CeilingEntry[] = [];
+    for (const t of this.compiled) {
+      if (admitTemplate(t, segs, user)) continue;
+      const tools: CeilingEntry['tools'] = [];
+      for (const tool of t.tools) {
+        const resources = tool.resources
+          .map((r) => r.render(ctx))
+          .filter((r): r is string => r !== undefined);
+        if (resources.length) tools.push({ tool: tool.def.tool, action: tool.def.action, resources });
+      }
+      if (tools.length) out.push({ template: t.def.id, audience: t.def.audience, tools });
+    }
+    return out;
+  }
+
+  /** Longest task lifetime any admitting template allows (0 when none admits). */
+  maxTaskTtlSec(agent: string, user: PolicyUser | undefined): number {
+    const segs = agentSegments(agent);
+    let max = 0;
+    for (const t of this.compiled) {
+      if (!admitTemplate(t, segs, user)) max = Math.max(max, t.def.maxTaskTtlSec);
+    }
+    return max;
+  }
+
+  /**
+   * Session token (initialize, tools/list; no tool call) for an audience: the first admitting
+   * template for that audience (by id), or undefined.
+   */
+  session(
+    agent: string,
+    user: PolicyUser | undefined,
+    audience: string,
+  ): { template: string; owner: string; ttlSec: number } | undefined {
+    const segs = agentSegments(agent);
+    for (const t of this.compiled) {
+      if (t.def.audience === audience && !admitTemplate(t, segs, user)) {
+        return { template: t.def.id, owner: t.def.owner, ttlSec: t.def.ttlSec };
+      }
+    }
+    return undefined;
+  }
+
+  /** Judges a call against one template whose agent patterns match. */
+  private evaluate(
+    t: CompiledTemplate,
+    resource: readonly string[],
+    ctx: PatternContext,
+    input: DecideInput,
+  ): Verdict {
+    const principal = principalMismatch(t.def, input.user);
+    const v = (callDepth: number, call?: Failure, singleUse = false): Verdict => ({
+      principal,
+      call,
+      callDepth,
+      singleUse,
+    });
+    const def = t.def;
+    if (def.audience !== input.audience) {
+      return v(0, {
+        stage: 3,
+        reason: `template "${def.id}" is for MCP server ${def.audience}, not ${input.audience}`,
+      });
+    }
+    const byName = t.tools.filter((x) => x.def.tool === input.tool);
+    if (byName.length === 0) {
+      return v(1, {
+        stage: 4,
+        reason: `template "${def.id}" does not allow tool "${input.tool}" on ${def.audience}`,
+      });
+    }
+    const tool = byName.find((x) => x.def.action === input.action);
+    if (!tool) {
+      const allowed = byName.map((x) => x.def.action).join(' or ');
+      return v(2, {
+        stage: 5,
+        reason: `template "${def.id}" allows tool "${input.tool}" only with action ${allowed}, not ${input.action}`,
+      });
+    }
+    if (!tool.resources.some((p) => p.matchSegments(resource, ctx))) {
+      return v(3, {
+        stage: 6,
+        reason: `template "${def.id}" allows tool "${input.tool}" only on ${tool.def.resources.join(', ')}, not on ${input.resource}`,
+      });
+    }
+    const limit = tool.def.maxCallsPerTask;
+    if (limit !== undefined) {
+      // Unknown templates count: a reload must not reset a task's call budget.
+      const used = input.history.filter((h) => {
+        if (h.tool !== input.tool) return false;
+        const aud = this.audienceOf.get(h.template);
+        return aud === undefined || aud === def.audience;
+      }).length;
+      if (used >= limit) {
+        return v(4, {
+          stage: 7,
+          reason: `template "${def.id}" allows at most ${limit} call(s) of "${input.tool}" per task and ${used} ha${used === 1 ? 's' : 've'} been issued`,
+        });
+      }
+    }
+    for (const req of tool.def.requires) {
+      const done = input.history.some(
+        (h) =>
+          h.tool === req.tool &&
+          this.audienceOf.get(h.template) === def.audience &&
+          (!req.sameResource || h.resource === input.resource),
+      );
+      if (!done) {
+        return v(5, {
+          stage: 8,
+          reason: `template "${def.id}" allows "${input.tool}" only after "${req.tool}"${req.sameResource ? ` on the same resource (${input.resource})` : ''} earlier in this task`,
+        });
+      }
+    }
+    return v(6, undefined, tool.def.singleUse);
+  }
+}
+
+function agentSegments(agent: string): string[] | undefined {
+  const id = parseSpiffeId(agent);
+  return id && [id.trustDomain, ...id.path];
+}
+
+/** Undefined when the template admits this agent and user; else where it stopped and why. */
+function admitTemplate(
+  t: CompiledTemplate,
+  agent: readonly string[] | undefined,
+  user: PolicyUser | undefined,
+): Failure | undefined {
+  if (!agent || !t.agents.some((p) => p.matchSegments(agent))) {
+    return { stage: 0, reason: `template "${t.def.id}" does not cover this agent` };
+  }
+  return principalMismatch(t.def, user);
+}
+
+/** Delegation and user conditions (the agent already matched). */
+function principalMismatch(def: Template, user: PolicyUser | undefined): Failure | undefined {
+  if (def.delegation === 'required' && !user) {
+    return {
+      stage: 1,
+      reason: `template "${def.id}" requires a delegating user token; this task has none`,
+    };
+  }
+  if (def.delegation === 'forbidden' && user) {
+    return {
+      stage: 2,
+      reason: `template "${def.id}" is for autonomous tasks only, but this task acts for user ${user.sub}`,
+    };
+  }
+  if (user && def.users) {
+    const why = userMismatch(def, user);
+    if (why) {
+      return {
+        stage: 2,
+        reason: `user ${user.sub} does not meet the conditions of template "${def.id}": ${why}`,
+      };
+    }
+  }
+  return undefined;
+}
+
+function userMismatch(def: Template, user: PolicyUser): string | undefined {
+  const cond = def.users!;
+  if (cond.issuers && !cond.issuers.includes(user.iss)) {
+    return `the user token's issuer must be ${cond.issuers.join(' or ')}`;
+  }
+  for (const c of cond.claims) {
+    const v = c.name === 'sub' ? user.sub : c.name === 'iss' ? user.iss : ownClaim(user.claims, c.name);
+    const values = Array.isArray(v) ? v : [v];
+    if (!values.some((x) => c.values.includes(x as string | number | boolean))) {
+      // Only the claim's name: its values may be personal data.
+      return `claim "${c.name}" must ${Array.isArray(v) ? 'contain' : 'be'} one of ${c.values.map((x) => JSON.stringify(x)).join(', ')}`;
+    }
+  }
+  return undefined;
+}
+
+function ownClaim(claims: Record<string, unknown>, name: string): unknown {
+  return Object.hasOwn(claims, name) ? claims[name] : undefined;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}

@@ -1,0 +1,58 @@
+// What route modules share: the dependencies, the task service and request authentication.
+import type { X509Certificate } from 'node:crypto';
+import type { FastifyRequest } from 'fastify';
+import type { AuditLog } from '../audit.ts';
+import {
+  bearerOf,
+  type IdMatcher,
+  peerChainFromSocket,
+  type WorkloadAuthenticator,
+  type WorkloadIdentity,
+} from '../auth.ts';
+import type { BrokerConfig } from '../config.ts';
+import type { BrokerMetrics } from '../metrics.ts';
+import type { KeysPort, PolicyPort } from '../ports.ts';
+import type { TaskService } from '../service.ts';
+import type { Store } from '../store/types.ts';
+import type { UserTokenVerifier } from '../user-tokens.ts';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The authenticated workload, set by the auth hook of the scope (null outside). */
+    workload: WorkloadIdentity | null;
+  }
+}
+
+/** Shared by all route modules. */
+export interface RouteContext {
+  config: BrokerConfig;
+  store: Store;
+  keys: KeysPort;
+  policies: { current(): PolicyPort };
+  userTokens: UserTokenVerifier;
+  auth: WorkloadAuthenticator;
+  service: TaskService;
+  audit: AuditLog;
+  metrics: BrokerMetrics;
+  matchers: { agent: IdMatcher; admin: IdMatcher };
+  /** Epoch milliseconds. */
+  now: () => number;
+  /** The peer certificate chain of a request (socket, or the test seam). */
+  peerChain: (req: FastifyRequest) => readonly X509Certificate[] | undefined;
+  svidReady: () => boolean;
+}
+
+/** Default peer-chain lookup: the TLS socket's peer certificate chain. */
+export const socketPeerChain = (req: FastifyRequest): readonly X509Certificate[] | undefined =>
+  peerChainFromSocket(req.raw.socket);
+
+/** Authenticates a request from its mTLS chain or `Authorization: Bearer <JWT-SVID>`. */
+export function authenticateRequest(ctx: RouteContext, req: FastifyRequest): Promise<WorkloadIdentity> {
+  return ctx.auth.authenticate({
+    peerChain: ctx.peerChain(req),
+    jwtSvid: bearerOf(req.headers.authorization),
+  });
+}
+
+/** Epoch seconds now. */
+export const nowSec = (ctx: RouteContext): number => Math.floor(ctx.now() / 1000);

@@ -1,0 +1,373 @@
+// The standards face: RFC 8693 token exchange, RFC 7662 introspection, RFC 7009 revocation.
+// Form-encoded requests; errors are RFC 6749 §5.2 bodies `{ error, error_description }` plus our
+// stable `code` (and `template` on policy denials).
+//
+// Token exchange, concretely:
+//   grant_type            urn:ietf:params:oauth:grant-type:token-exchange (only)
+//   actor                 the mTLS X.509-SVID, or actor_token (JWT-SVID, actor_token_type
+//                         urn:ietf:params:oauth:token-type:jwt), or client_assertion (JWT-SVID,
+//                         client_assertion_type urn:ietf:params:oauth:client-assertion-type:jwt-spiffe),
+//                         or Authorization: Bearer <JWT-SVID>
+//   subject_token         the delegating user's token (subject_token_type …:id_token or …:jwt);
+//                         may be omitted for autonomous tasks that a template allows (a relaxation of
+//                         RFC 8693, which requires it)
+//   resource (or audience) the MCP server's resource URI → `aud`
+//   authorization_details JSON array with exactly one `mcp_tool_call` (or `mcp_session`) entry
+//   task_id               (extension) an open task of the caller; when absent a one-shot task is
+//                         opened (purpose from `purpose`) and its id returned as `task_id`
+import formbody from '@fastify/formbody';
+import type { FastifyError, FastifyInstance } from 'fastify';
+import { createLocalJWKSet, type JSONWebKeySet, type JWTPayload, jwtVerify } from 'jose';
+import type { WorkloadIdentity } from '../auth.ts';
+import { type BrokerErrorCode, TaskpassError } from '../errors.ts';
+import type { AuthorizationDetail } from '../mint.ts';
+import type { VerifiedUser } from '../user-tokens.ts';
+import { authenticateRequest, nowSec, type RouteContext } from './context.ts';
+import {
+  EmptyObject,
+  IntrospectBody,
+  IntrospectResponse,
+  oauthErrorResponses,
+  RevokeBody,
+  TokenExchangeBody,
+  type TokenExchangeBodyT,
+  TokenExchangeResponse,
+} from './schemas.ts';
+
+export const GRANT_TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+export const TOKEN_TYPE_ACCESS = 'urn:ietf:params:oauth:token-type:access_token';
+export const TOKEN_TYPE_JWT = 'urn:ietf:params:oauth:token-type:jwt';
+export const TOKEN_TYPE_ID = 'urn:ietf:params:oauth:token-type:id_token';
+export const CLIENT_ASSERTION_JWT_SPIFFE = 'urn:ietf:params:oauth:client-assertion-type:jwt-spiffe';
+
+/** An RFC 6749 §5.2 error. */
+export class OAuthError extends Error {
+  constructor(
+    readonly error: string,
+    message: string,
+    readonly status = 400,
+    readonly code?: string,
+    readonly template?: string,
+  ) {
+    super(message);
+    this.name = 'OAuthError';
+  }
+}
+
+const OAUTH_OF: Partial<Record<BrokerErrorCode, [string, number]>> = {
+  TASKPASS_UNAUTHENTICATED: ['invalid_client', 401],
+  TASKPASS_BAD_REQUEST: ['invalid_request', 400],
+  TASKPASS_USER_TOKEN_INVALID: ['invalid_grant', 400],
+  TASKPASS_TASK_NOT_FOUND: ['invalid_grant', 400],
+  TASKPASS_TASK_NOT_OWNED: ['invalid_grant', 400],
+  TASKPASS_TASK_CLOSED: ['invalid_grant', 400],
+  TASKPASS_TASK_EXPIRED: ['invalid_grant', 400],
+  TASKPASS_DELEGATION_REQUIRED: ['invalid_grant', 400],
+  TASKPASS_DENIED_USER: ['invalid_grant', 400],
+  TASKPASS_DENIED_NO_TEMPLATE: ['unauthorized_client', 400],
+  TASKPASS_DENIED_AUDIENCE: ['invalid_target', 400],
+  TASKPASS_DENIED_TOOL: ['invalid_authorization_details', 400],
+  TASKPASS_DENIED_ACTION: ['invalid_authorization_details', 400],
+  TASKPASS_DENIED_RESOURCE: ['invalid_authorization_details', 400],
+  TASKPASS_DENIED_CALL_LIMIT: ['invalid_authorization_details', 400],
+  TASKPASS_DENIED_PREREQUISITE: ['invalid_authorization_details', 400],
+  TASKPASS_INVALID_RESOURCE: ['invalid_authorization_details', 400],
+  TASKPASS_RATE_LIMITED: ['slow_down', 429],
+  TASKPASS_STORE_UNAVAILABLE: ['temporarily_unavailable', 503],
+};
+
+function parseDetails(raw: string | undefined): AuthorizationDetail {
+  if (!raw) throw new OAuthError('invalid_authorization_details', 'authorization_details is required');
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch {
+    throw new OAuthError('invalid_authorization_details', 'authorization_details is not JSON');
+  }
+  if (!Array.isArray(v) || v.length !== 1 || typeof v[0] !== 'object' || v[0] === null) {
+    throw new OAuthError(
+      'invalid_authorization_details',
+      'authorization_details must be an array of exactly one object',
+    );
+  }
+  const d = v[0] as Record<string, unknown>;
+  if (d.type === 'mcp_session' && Object.keys(d).length === 1) return { type: 'mcp_session' };
+  if (d.type !== 'mcp_tool_call') {
+    throw new OAuthError(
+      'invalid_authorization_details',
+      'authorization_details type must be mcp_tool_call or mcp_session',
+    );
+  }
+  const { tool, resource, action, args_sha256 } = d;
+  const extra = Object.keys(d).filter(
+    (k) => !['type', 'tool', 'resource', 'action', 'args_sha256'].includes(k),
+  );
+  if (
+    typeof tool !== 'string' ||
+    tool.length === 0 ||
+    tool.length > 256 ||
+    typeof resource !== 'string' ||
+    (action !== 'read' && action !== 'write' && action !== 'admin') ||
+    (args_sha256 !== undefined &&
+      (typeof args_sha256 !== 'string' || !/^[A-Za-z0-9_-]{43}$/.test(args_sha256))) ||
+    extra.length > 0
+  ) {
+    throw new OAuthError(
+      'invalid_authorization_details',
+      'mcp_tool_call needs tool, resource, action (read|write|admin) and optionally args_sha256, nothing else',
+    );
+  }
+  return { type: 'mcp_tool_call', tool, resource, action, ...(args_sha256 ? { args_sha256 } : {}) };
+}
+
+/** Verifies a token this broker issued (signature, iss, typ, exp); undefined when not valid. */
+export async function verifyOwnToken(ctx: RouteContext, token: string): Promise<JWTPayload | undefined> {
+  try {
+    const jwks = (await ctx.keys.jwks()) as JSONWebKeySet;
+    const { payload } = await jwtVerify(token, createLocalJWKSet(jwks), {
+      issuer: ctx.config.issuer,
+      typ: 'at+jwt',
+      algorithms: ['ES256'],
+      requiredClaims: ['exp', 'iat', 'jti', 'sub', 'aud'],
+      currentDate: new Date(ctx.now()),
+    });
+    return payload;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Registers /oauth2/{token,introspect,revoke} in a form-encoded scope with OAuth error bodies. */
+export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Promise<void> {
+  await app.register(formbody, { bodyLimit: ctx.config.bodyLimit });
+
+  app.setErrorHandler((err: FastifyError | TaskpassError | OAuthError, req, reply) => {
+    reply.header('cache-control', 'no-store');
+    if (err instanceof OAuthError) {
+      return reply.code(err.status).send({
+        error: err.error,
+        error_description: err.message,
+        ...(err.code ? { code: err.code } : {}),
+        ...(err.template ? { template: err.template } : {}),
+      });
+    }
+    if (err instanceof TaskpassError) {
+      const [error, status] = OAUTH_OF[err.code] ?? ['server_error', 500];
+      if (status >= 500) req.log.error({ err }, 'oauth request failed');
+      const template = typeof err.details?.template === 'string' ? err.details.template : undefined;
+      return reply.code(status).send({
+        error,
+        error_description: status >= 500 && error === 'server_error' ? 'internal error' : err.message,
+        code: err.code,
+        ...(template ? { template } : {}),
+      });
+    }
+    const fe = err as FastifyError;
+    if (fe.validation || (fe.statusCode && fe.statusCode < 500 && fe.code?.startsWith('FST_'))) {
+      return reply.code(fe.statusCode && fe.statusCode !== 400 ? fe.statusCode : 400).send({
+        error: 'invalid_request',
+        error_description: fe.message,
+        code: 'TASKPASS_BAD_REQUEST',
+      });
+    }
+    req.log.error({ err }, 'oauth request failed');
+    return reply
+      .code(500)
+      .send({ error: 'server_error', error_description: 'internal error', code: 'TASKPASS_INTERNAL' });
+  });
+
+  const tokenEndpoint = `${ctx.config.issuer.replace(/\/$/, '')}/oauth2/token`;
+
+  async function authClient(
+    req: Parameters<typeof authenticateRequest>[1],
+    body: Partial<TokenExchangeBodyT>,
+  ): Promise<WorkloadIdentity> {
+    try {
+      if (body.client_assertion_type !== undefined || body.client_assertion !== undefined) {
+        if (body.client_assertion_type !== CLIENT_ASSERTION_JWT_SPIFFE || !body.client_assertion) {
+          throw new OAuthError(
+            'invalid_client',
+            `client_assertion_type must be ${CLIENT_ASSERTION_JWT_SPIFFE}`,
+            401,
+          );
+        }
+        return await ctx.auth.authenticate(
+          { jwtSvid: body.client_assertion },
+          { audience: [ctx.config.jwtSvidAudience, tokenEndpoint] },
+        );
+      }
+      if (body.actor_token !== undefined) {
+        if (body.actor_token_type !== TOKEN_TYPE_JWT) {
+          throw new OAuthError('invalid_request', `actor_token_type must be ${TOKEN_TYPE_JWT}`);
+        }
+        return await ctx.auth.authenticate({ jwtSvid: body.actor_token });
+      }
+      return await authenticateRequest(ctx, req);
+    } catch (e) {
+      if (e instanceof OAuthError) throw e;
+      throw new OAuthError('invalid_client', 'client authentication failed', 401, 'TASKPASS_UNAUTHENTICATED');
+    }
+  }
+
+  app.post<{ Body: TokenExchangeBodyT }>(
+    '/oauth2/token',
+    {
+      schema: {
+        summary: 'RFC 8693 token exchange: user token + agent identity → one call token',
+        tags: ['oauth'],
+        consumes: ['application/x-www-form-urlencoded'],
+        body: TokenExchangeBody,
+        response: { 200: TokenExchangeResponse, ...oauthErrorResponses },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body;
+      reply.header('cache-control', 'no-store').header('pragma', 'no-cache');
+      if (b.grant_type !== GRANT_TOKEN_EXCHANGE) {
+        throw new OAuthError('unsupported_grant_type', `only ${GRANT_TOKEN_EXCHANGE} is supported`);
+      }
+      const agent = await authClient(req, b);
+      if (!ctx.matchers.agent(agent.spiffeId)) {
+        throw new OAuthError(
+          'invalid_client',
+          'this SPIFFE ID is not an allowed agent',
+          401,
+          'TASKPASS_UNAUTHENTICATED',
+        );
+      }
+      if (
+        b.requested_token_type !== undefined &&
+        b.requested_token_type !== TOKEN_TYPE_ACCESS &&
+        b.requested_token_type !== TOKEN_TYPE_JWT
+      ) {
+        throw new OAuthError('invalid_request', `requested_token_type must be ${TOKEN_TYPE_ACCESS}`);
+      }
+      const audience = b.resource ?? b.audience;
+      if (!audience) throw new OAuthError('invalid_target', 'resource (the MCP server URI) is required');
+      if (b.resource !== undefined && b.audience !== undefined && b.resource !== b.audience) {
+        throw new OAuthError('invalid_target', 'resource and audience disagree');
+      }
+      const detail = parseDetails(b.authorization_details);
+      let user: VerifiedUser | undefined;
+      if (b.subject_token !== undefined) {
+        if (b.subject_token_type !== TOKEN_TYPE_ID && b.subject_token_type !== TOKEN_TYPE_JWT) {
+          throw new OAuthError(
+            'invalid_request',
+            `subject_token_type must be ${TOKEN_TYPE_ID} or ${TOKEN_TYPE_JWT}`,
+          );
+        }
+        user = await ctx.userTokens.verify(b.subject_token);
+      } else if (b.subject_token_type !== undefined) {
+        throw new OAuthError('invalid_request', 'subject_token_type without subject_token');
+      }
+      let task: Awaited<ReturnType<typeof ctx.service.usableTask>>;
+      if (b.task_id) {
+        task = await ctx.service.usableTask(agent, b.task_id);
+        if (user && (task.userIssuer !== user.iss || task.sub !== user.sub)) {
+          throw new OAuthError(
+            'invalid_grant',
+            'subject_token is not the user of this task',
+            400,
+            'TASKPASS_DENIED_USER',
+          );
+        }
+      } else {
+        ({ task } = await ctx.service.openTask(
+          agent,
+          { purpose: b.purpose ?? 'oauth2 token exchange' },
+          user,
+        ));
+      }
+      const issued =
+        detail.type === 'mcp_session'
+          ? await ctx.service.issueSession(agent, task, audience)
+          : await ctx.service.issueCall(agent, task, { audience, ...detail });
+      return {
+        access_token: issued.accessToken,
+        issued_token_type: TOKEN_TYPE_ACCESS,
+        token_type: 'Bearer',
+        expires_in: issued.expiresIn,
+        authorization_details: [issued.detail],
+        task_id: task.id,
+      };
+    },
+  );
+
+  app.post<{ Body: { token: string; token_type_hint?: string; consume?: 'true' | 'false' } }>(
+    '/oauth2/introspect',
+    {
+      schema: {
+        summary:
+          'RFC 7662 introspection (authenticated workloads). consume=true (extension) also spends a single-use token: a second consume answers active=false.',
+        tags: ['oauth'],
+        consumes: ['application/x-www-form-urlencoded'],
+        body: IntrospectBody,
+        response: { 200: IntrospectResponse, ...oauthErrorResponses },
+      },
+    },
+    async (req, reply) => {
+      reply.header('cache-control', 'no-store');
+      let caller: WorkloadIdentity;
+      try {
+        caller = await authenticateRequest(ctx, req);
+      } catch {
+        throw new OAuthError(
+          'invalid_client',
+          'authenticate with an X.509-SVID or a JWT-SVID',
+          401,
+          'TASKPASS_UNAUTHENTICATED',
+        );
+      }
+      void caller;
+      const p = await verifyOwnToken(ctx, req.body.token);
+      if (!p || typeof p.jti !== 'string') return { active: false };
+      const txn = typeof p.txn === 'string' ? p.txn : undefined;
+      if ((await ctx.store.isRevoked('token', p.jti)) || (txn && (await ctx.store.isRevoked('task', txn)))) {
+        return { active: false };
+      }
+      if (txn) {
+        const task = await ctx.store.getTask(txn);
+        if (task?.status !== 'open' || task.expiresAt <= nowSec(ctx)) return { active: false };
+      }
+      if (req.body.consume === 'true' && p.single_use === true) {
+        if (!ctx.config.introspection.allowConsume)
+          throw new OAuthError('invalid_request', 'consume is disabled');
+        if (!(await ctx.store.markUsed(p.jti, p.exp!))) return { active: false };
+      }
+      return { active: true, token_type: 'Bearer', ...p };
+    },
+  );
+
+  app.post<{ Body: { token: string; token_type_hint?: string } }>(
+    '/oauth2/revoke',
+    {
+      schema: {
+        summary:
+          'RFC 7009 revocation by possession: any authenticated workload holding a valid token may revoke it',
+        tags: ['oauth'],
+        consumes: ['application/x-www-form-urlencoded'],
+        body: RevokeBody,
+        response: { 200: EmptyObject, ...oauthErrorResponses },
+      },
+    },
+    async (req) => {
+      let caller: WorkloadIdentity;
+      try {
+        caller = await authenticateRequest(ctx, req);
+      } catch {
+        throw new OAuthError(
+          'invalid_client',
+          'authenticate with an X.509-SVID or a JWT-SVID',
+          401,
+          'TASKPASS_UNAUTHENTICATED',
+        );
+      }
+      const p = await verifyOwnToken(ctx, req.body.token);
+      // Unknown, invalid or expired tokens: nothing to do, and RFC 7009 §2.2 says 200 all the same.
+      if (p && typeof p.jti === 'string' && !(await ctx.store.isRevoked('token', p.jti))) {
+        await ctx.service.revokeToken(caller, p.jti, p.exp!, typeof p.txn === 'string' ? p.txn : undefined);
+      }
+      return {};
+    },
+  );
+}

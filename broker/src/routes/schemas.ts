@@ -1,0 +1,340 @@
+// Request and response JSON schemas for every route. Response schemas are a security control:
+// fastify serializes only the properties listed here, so nothing else (a stack, a key, a token in
+// an unexpected field) can leave the broker.
+
+const str = { type: 'string' } as const;
+const int = { type: 'integer' } as const;
+
+/** `{ code, message, ... }` error body of the broker API. */
+export const ErrorBody = {
+  $id: 'TaskpassError',
+  type: 'object',
+  required: ['code', 'message'],
+  properties: {
+    code: str,
+    message: str,
+    template: str,
+    reason: str,
+    issues: {
+      type: 'array',
+      items: { type: 'object', properties: { path: str, message: str } },
+    },
+  },
+} as const;
+
+/** RFC 6749 §5.2 error body (plus our stable `code`). */
+export const OAuthErrorBody = {
+  $id: 'OAuthError',
+  type: 'object',
+  required: ['error'],
+  properties: { error: str, error_description: str, code: str, template: str },
+} as const;
+
+export const errorResponses = {
+  '4xx': { $ref: 'TaskpassError#' },
+  '5xx': { $ref: 'TaskpassError#' },
+} as const;
+export const oauthErrorResponses = {
+  '4xx': { $ref: 'OAuthError#' },
+  '5xx': { $ref: 'OAuthError#' },
+} as const;
+
+export const TaskIdParams = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' } },
+} as const;
+
+const Action = { type: 'string', enum: ['read', 'write', 'admin'] } as const;
+
+export const Ceiling = {
+  type: 'array',
+  items: {
+    type: 'object',
+    required: ['template', 'audience', 'tools'],
+    properties: {
+      template: str,
+      audience: str,
+      tools: {
+        type: 'array',
+        items: {
+          type: 'object',
+          required: ['tool', 'action', 'resources'],
+          properties: { tool: str, action: Action, resources: { type: 'array', items: str } },
+        },
+      },
+    },
+  },
+} as const;
+
+export const OpenTaskBody = {
+  type: 'object',
+  required: ['purpose'],
+  additionalProperties: false,
+  properties: {
+    purpose: { type: 'string', minLength: 1, maxLength: 512 },
+    user_token: { type: 'string', minLength: 1, maxLength: 16384 },
+    ttl_seconds: { type: 'integer', minimum: 1, maximum: 86400 * 7 },
+  },
+} as const;
+export interface OpenTaskBodyT {
+  purpose: string;
+  user_token?: string;
+  ttl_seconds?: number;
+}
+
+export const OpenTaskResponse = {
+  type: 'object',
+  required: ['task_id', 'status', 'expires_at', 'sub', 'agent', 'ceiling'],
+  properties: { task_id: str, status: str, expires_at: int, sub: str, agent: str, ceiling: Ceiling },
+} as const;
+
+export const TaskView = {
+  type: 'object',
+  required: ['task_id', 'status', 'agent', 'sub', 'purpose', 'created_at', 'expires_at'],
+  properties: {
+    task_id: str,
+    status: { type: 'string', enum: ['open', 'completed', 'failed', 'cancelled', 'revoked'] },
+    agent: str,
+    sub: str,
+    purpose: str,
+    created_at: int,
+    expires_at: int,
+    finished_at: int,
+  },
+} as const;
+
+const Audience = { type: 'string', minLength: 1, maxLength: 2048 } as const;
+
+export const CallTokenBody = {
+  type: 'object',
+  required: ['audience', 'tool', 'resource', 'action'],
+  additionalProperties: false,
+  properties: {
+    audience: Audience,
+    tool: { type: 'string', minLength: 1, maxLength: 256 },
+    resource: { type: 'string', minLength: 1, maxLength: 512 },
+    action: Action,
+    args_sha256: { type: 'string', pattern: '^[A-Za-z0-9_-]{43}$' },
+  },
+} as const;
+export interface CallTokenBodyT {
+  audience: string;
+  tool: string;
+  resource: string;
+  action: 'read' | 'write' | 'admin';
+  args_sha256?: string;
+}
+
+export const SessionTokenBody = {
+  type: 'object',
+  required: ['audience'],
+  additionalProperties: false,
+  properties: { audience: Audience },
+} as const;
+
+export const TokenResponse = {
+  type: 'object',
+  required: ['access_token', 'token_type', 'expires_in', 'expires_at', 'jti', 'single_use', 'template'],
+  properties: {
+    access_token: str,
+    token_type: { type: 'string', enum: ['Bearer'] },
+    expires_in: int,
+    expires_at: int,
+    jti: str,
+    single_use: { type: 'boolean' },
+    template: str,
+  },
+} as const;
+
+export const CompleteBody = {
+  type: 'object',
+  required: ['status'],
+  additionalProperties: false,
+  properties: { status: { type: 'string', enum: ['completed', 'failed', 'cancelled'] } },
+} as const;
+
+export const CompleteResponse = {
+  type: 'object',
+  required: ['task_id', 'status', 'revocation_seq'],
+  properties: { task_id: str, status: str, revocation_seq: int },
+} as const;
+
+export const AdminListQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    status: { type: 'string', enum: ['open', 'completed', 'failed', 'cancelled', 'revoked'] },
+    agent: { type: 'string', maxLength: 2048 },
+    limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+  },
+} as const;
+
+export const AdminListResponse = {
+  type: 'object',
+  required: ['tasks'],
+  properties: { tasks: { type: 'array', items: TaskView } },
+} as const;
+
+export const AdminRevokeBody = {
+  type: ['object', 'null'],
+  additionalProperties: false,
+  properties: { reason: { type: 'string', minLength: 1, maxLength: 256 } },
+} as const;
+
+export const Jwks = {
+  type: 'object',
+  required: ['keys'],
+  properties: {
+    keys: {
+      type: 'array',
+      // Only public EC members are listed: a private `d` can never be served.
+      items: {
+        type: 'object',
+        required: ['kty', 'kid'],
+        properties: { kty: str, crv: str, x: str, y: str, kid: str, alg: str, use: str },
+      },
+    },
+  },
+} as const;
+
+export const AsMetadata = {
+  type: 'object',
+  required: ['issuer', 'token_endpoint', 'jwks_uri'],
+  properties: {
+    issuer: str,
+    token_endpoint: str,
+    introspection_endpoint: str,
+    revocation_endpoint: str,
+    jwks_uri: str,
+    grant_types_supported: { type: 'array', items: str },
+    response_types_supported: { type: 'array', items: str },
+    token_endpoint_auth_methods_supported: { type: 'array', items: str },
+    introspection_endpoint_auth_methods_supported: { type: 'array', items: str },
+    revocation_endpoint_auth_methods_supported: { type: 'array', items: str },
+    token_endpoint_auth_signing_alg_values_supported: { type: 'array', items: str },
+    tls_client_certificate_bound_access_tokens: { type: 'boolean' },
+    authorization_details_types_supported: { type: 'array', items: str },
+    access_token_signing_alg_values_supported: { type: 'array', items: str },
+  },
+} as const;
+
+export const TokenExchangeBody = {
+  type: 'object',
+  required: ['grant_type'],
+  properties: {
+    grant_type: { type: 'string', maxLength: 256 },
+    subject_token: { type: 'string', maxLength: 16384 },
+    subject_token_type: { type: 'string', maxLength: 256 },
+    actor_token: { type: 'string', maxLength: 16384 },
+    actor_token_type: { type: 'string', maxLength: 256 },
+    client_assertion: { type: 'string', maxLength: 16384 },
+    client_assertion_type: { type: 'string', maxLength: 256 },
+    resource: { type: 'string', maxLength: 2048 },
+    audience: { type: 'string', maxLength: 2048 },
+    authorization_details: { type: 'string', maxLength: 8192 },
+    requested_token_type: { type: 'string', maxLength: 256 },
+    scope: { type: 'string', maxLength: 1024 },
+    task_id: { type: 'string', maxLength: 64 },
+    purpose: { type: 'string', maxLength: 512 },
+  },
+} as const;
+export interface TokenExchangeBodyT {
+  grant_type: string;
+  subject_token?: string;
+  subject_token_type?: string;
+  actor_token?: string;
+  actor_token_type?: string;
+  client_assertion?: string;
+  client_assertion_type?: string;
+  resource?: string;
+  audience?: string;
+  authorization_details?: string;
+  requested_token_type?: string;
+  scope?: string;
+  task_id?: string;
+  purpose?: string;
+}
+
+const AuthzDetails = {
+  type: 'array',
+  items: {
+    type: 'object',
+    required: ['type'],
+    properties: { type: str, tool: str, resource: str, action: str, args_sha256: str },
+  },
+} as const;
+
+export const TokenExchangeResponse = {
+  type: 'object',
+  required: ['access_token', 'issued_token_type', 'token_type', 'expires_in'],
+  properties: {
+    access_token: str,
+    issued_token_type: str,
+    token_type: str,
+    expires_in: int,
+    authorization_details: AuthzDetails,
+    task_id: str,
+  },
+} as const;
+
+export const IntrospectBody = {
+  type: 'object',
+  required: ['token'],
+  properties: {
+    token: { type: 'string', maxLength: 16384 },
+    token_type_hint: { type: 'string', maxLength: 64 },
+    consume: { type: 'string', enum: ['true', 'false'] },
+  },
+} as const;
+
+export const IntrospectResponse = {
+  type: 'object',
+  required: ['active'],
+  properties: {
+    active: { type: 'boolean' },
+    iss: str,
+    sub: str,
+    aud: str,
+    client_id: str,
+    exp: int,
+    iat: int,
+    jti: str,
+    txn: str,
+    token_type: str,
+    tpl: str,
+    single_use: { type: 'boolean' },
+    act: { type: 'object', additionalProperties: true },
+    cnf: { type: 'object', properties: { 'x5t#S256': str } },
+    authorization_details: AuthzDetails,
+  },
+} as const;
+
+export const RevokeBody = {
+  type: 'object',
+  required: ['token'],
+  properties: {
+    token: { type: 'string', maxLength: 16384 },
+    token_type_hint: { type: 'string', maxLength: 64 },
+  },
+} as const;
+
+export const EmptyObject = { type: 'object', properties: {} } as const;
+
+export const Health = { type: 'object', required: ['status'], properties: { status: str } } as const;
+export const Ready = {
+  type: 'object',
+  required: ['status', 'checks'],
+  properties: {
+    status: { type: 'string', enum: ['ready', 'not_ready'] },
+    checks: {
+      type: 'object',
+      properties: {
+        store: { type: 'boolean' },
+        policies: { type: 'boolean' },
+        svid: { type: 'boolean' },
+        keys: { type: 'boolean' },
+      },
+    },
+  },
+} as const;

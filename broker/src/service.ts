@@ -1,0 +1,363 @@
+// Task and token logic shared by the /v1 API and the OAuth token exchange: open a task, check that a
+// task is usable by its caller, decide + mint + record a call token, complete or revoke a task.
+// Every state change is durable in the store before the caller is answered.
+import { randomBytes } from 'node:crypto';
+import type { AuditLog } from './audit.ts';
+import type { WorkloadIdentity } from './auth.ts';
+import type { BrokerConfig } from './config.ts';
+import { TaskpassError } from './errors.ts';
+import type { BrokerMetrics } from './metrics.ts';
+import { type AuthorizationDetail, mintToken } from './mint.ts';
+import type { CeilingEntry, KeysPort, PolicyPort, PolicyUser } from './ports.ts';
+import type { Action, FinishStatus, Revocation, Store, TaskRecord } from './store/types.ts';
+import type { VerifiedUser } from './user-tokens.ts';
+
+/** A minted token and what the client needs to know about it. */
+export interface IssuedToken {
+  accessToken: string;
+  jti: string;
+  expiresAt: number;
+  expiresIn: number;
+  singleUse: boolean;
+  template: string;
+  detail: AuthorizationDetail;
+}
+
+const RESOURCE_SEGMENT = /^[A-Za-z0-9._~:@+=-]+$/;
+
+/** Resource grammar of docs/design.md §5; throws TASKPASS_INVALID_RESOURCE. */
+export function checkResource(resource: string): void {
+  const ok =
+    Buffer.byteLength(resource) <= 512 &&
+    resource.split('/').every((s) => s !== '.' && s !== '..' && RESOURCE_SEGMENT.test(s));
+  if (!ok) {
+    throw new TaskpassError(
+      'TASKPASS_INVALID_RESOURCE',
+      'resource must be /-separated segments of [A-Za-z0-9._~:@+=-], at most 512 bytes, no . or .. segments',
+    );
+  }
+}
+
+/** Task ids: `tsk_` + 128 random bits. */
+export const newTaskId = (): string => `tsk_${randomBytes(16).toString('base64url')}`;
+
+async function durable<T>(what: string, p: Promise<T>): Promise<T> {
+  try {
+    return await p;
+  } catch (e) {
+    if (e instanceof TaskpassError) throw e;
+    throw new TaskpassError(
+      'TASKPASS_STORE_UNAVAILABLE',
+      `the store could not ${what}; nothing was recorded`,
+      undefined,
+      {
+        cause: e,
+      },
+    );
+  }
+}
+
+/** Everything the service needs. */
+export interface ServiceDeps {
+  config: BrokerConfig;
+  store: Store;
+  keys: KeysPort;
+  policies: { current(): PolicyPort };
+  audit: AuditLog;
+  metrics: BrokerMetrics;
+  /** Epoch milliseconds. */
+  now: () => number;
+}
+
+/** The user a task acts for, as templates see it (undefined for autonomous tasks). */
+export function taskUser(task: TaskRecord): PolicyUser | undefined {
+  return task.userIssuer ? { iss: task.userIssuer, sub: task.sub, claims: task.userClaims ?? {} } : undefined;
+}
+
+/** Task and token operations. */
+export class TaskService {
+  constructor(private readonly d: ServiceDeps) {}
+
+  private nowSec(): number {
+    return Math.floor(this.d.now() / 1000);
+  }
+
+  /** Opens a task for `agent`, on behalf of `user` when given. */
+  async openTask(
+    agent: WorkloadIdentity,
+    input: { purpose: string; ttlSec?: number | undefined },
+    user: VerifiedUser | undefined,
+  ): Promise<{ task: TaskRecord; ceiling: CeilingEntry[] }> {
+    const now = this.nowSec();
+    const policy = this.d.policies.current();
+    const pu: PolicyUser | undefined = user
+      ? { iss: user.iss, sub: user.sub, claims: user.claims }
+      : undefined;
+    const admit = policy.admits(agent.id, pu);
+    if (!admit.ok) {
+      this.d.audit.record({
+        event: 'task.denied',
+        agent: agent.id,
+        user: user?.sub,
+        code: admit.code,
+        reason: admit.reason,
+      });
+      throw new TaskpassError(admit.code, admit.reason);
+    }
+    const maxTtl = policy.maxTaskTtlSec(agent.id, pu);
+    let expiresAt = now + Math.min(input.ttlSec ?? maxTtl, maxTtl);
+    if (user) expiresAt = Math.min(expiresAt, user.exp);
+    if (expiresAt <= now)
+      throw new TaskpassError('TASKPASS_USER_TOKEN_INVALID', 'the user token has expired');
+    const task: TaskRecord = {
+      id: newTaskId(),
+      agent: agent.id,
+      sub: user?.sub ?? agent.id,
+      purpose: input.purpose,
+      status: 'open',
+      createdAt: now,
+      expiresAt,
+    };
+    if (user) {
+      task.userIssuer = user.iss;
+      task.userClaims = user.claims;
+    }
+    const ceiling = policy.ceiling(agent.id, pu);
+    await durable('record the task', this.d.store.createTask(task));
+    this.d.audit.record({
+      event: 'task.opened',
+      agent: agent.id,
+      user: task.sub,
+      task: task.id,
+      exp: expiresAt,
+    });
+    return { task, ceiling };
+  }
+
+  /** Loads a task the caller owns: 404, then ownership, then closed, then expired. */
+  async usableTask(agent: WorkloadIdentity, id: string): Promise<TaskRecord> {
+    const task = await this.ownedTask(agent, id);
+    if (task.status !== 'open') {
+      throw new TaskpassError('TASKPASS_TASK_CLOSED', `task ${id} is ${task.status}; its tokens are revoked`);
+    }
+    if (task.expiresAt <= this.nowSec())
+      throw new TaskpassError('TASKPASS_TASK_EXPIRED', `task ${id} has expired`);
+    return task;
+  }
+
+  /** Loads a task and checks it belongs to the caller (status not checked). */
+  async ownedTask(agent: WorkloadIdentity, id: string): Promise<TaskRecord> {
+    const task = await this.d.store.getTask(id);
+    if (!task) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+    if (task.agent !== agent.id)
+      throw new TaskpassError('TASKPASS_TASK_NOT_OWNED', `task ${id} belongs to another agent`);
+    return task;
+  }
+
+  private tokenExp(now: number, ttlSec: number, task: TaskRecord): number {
+    return Math.min(now + Math.min(ttlSec, this.d.config.tokens.maxTtl), task.expiresAt);
+  }
+
+  /** Decides, mints and records one call token. */
+  async issueCall(
+    agent: WorkloadIdentity,
+    task: TaskRecord,
+    req: {
+      audience: string;
+      tool: string;
+      resource: string;
+      action: Action;
+      args_sha256?: string | undefined;
+    },
+  ): Promise<IssuedToken> {
+    const started = performance.now();
+    checkResource(req.resource);
+    const history = await this.d.store.listIssued(task.id);
+    const decision = this.d.policies.current().decide({
+      agent: agent.id,
+      user: taskUser(task),
+      audience: req.audience,
+      tool: req.tool,
+      action: req.action,
+      resource: req.resource,
+      history,
+    });
+    const base = {
+      agent: agent.id,
+      user: task.sub,
+      task: task.id,
+      tool: req.tool,
+      resource: req.resource,
+      action: req.action,
+      audience: req.audience,
+    };
+    if (!decision.allow) {
+      this.d.metrics.decisions.inc({ result: 'deny', reason: decision.code });
+      this.d.audit.record({
+        event: 'token.denied',
+        ...base,
+        template: decision.template,
+        code: decision.code,
+        reason: decision.reason,
+      });
+      throw new TaskpassError(
+        decision.code,
+        decision.reason,
+        decision.template
+          ? { template: decision.template, reason: decision.reason }
+          : { reason: decision.reason },
+      );
+    }
+    const now = this.nowSec();
+    const exp = this.tokenExp(now, decision.ttlSec, task);
+    const detail: AuthorizationDetail = {
+      type: 'mcp_tool_call',
+      tool: req.tool,
+      resource: req.resource,
+      action: req.action,
+      ...(req.args_sha256 ? { args_sha256: req.args_sha256 } : {}),
+    };
+    const key = this.d.keys.current();
+    const { token, jti } = mintToken({
+      issuer: this.d.config.issuer,
+      kid: key.kid,
+      privateKey: key.privateKey,
+      sub: task.sub,
+      agent: agent.id,
+      audience: req.audience,
+      iat: now,
+      exp,
+      taskId: task.id,
+      detail,
+      ...(agent.x5tS256 ? { x5tS256: agent.x5tS256 } : {}),
+      singleUse: decision.singleUse,
+      template: decision.template,
+    });
+    await durable(
+      'record the issued call',
+      this.d.store.recordIssued({
+        taskId: task.id,
+        jti,
+        tool: req.tool,
+        resource: req.resource,
+        action: req.action,
+        template: decision.template,
+        issuedAt: now,
+        expiresAt: exp,
+      }),
+    );
+    this.d.metrics.decisions.inc({ result: 'allow', reason: 'allowed' });
+    this.d.metrics.issuance.observe((performance.now() - started) / 1000);
+    this.d.audit.record({
+      event: 'token.issued',
+      ...base,
+      template: decision.template,
+      owner: decision.owner,
+      jti,
+      exp,
+    });
+    return {
+      accessToken: token,
+      jti,
+      expiresAt: exp,
+      expiresIn: exp - now,
+      singleUse: decision.singleUse,
+      template: decision.template,
+      detail,
+    };
+  }
+
+  /** Mints a session token (permits no tool call) for an audience in the task's ceiling. */
+  async issueSession(agent: WorkloadIdentity, task: TaskRecord, audience: string): Promise<IssuedToken> {
+    const s = this.d.policies.current().session(agent.id, taskUser(task), audience);
+    if (!s) {
+      this.d.metrics.decisions.inc({ result: 'deny', reason: 'TASKPASS_DENIED_AUDIENCE' });
+      this.d.audit.record({
+        event: 'token.denied',
+        agent: agent.id,
+        user: task.sub,
+        task: task.id,
+        audience,
+        code: 'TASKPASS_DENIED_AUDIENCE',
+      });
+      throw new TaskpassError(
+        'TASKPASS_DENIED_AUDIENCE',
+        `no template allows this agent to call ${audience}`,
+      );
+    }
+    const now = this.nowSec();
+    const exp = this.tokenExp(now, s.ttlSec || this.d.config.tokens.defaultTtl, task);
+    const detail: AuthorizationDetail = { type: 'mcp_session' };
+    const key = this.d.keys.current();
+    const { token, jti } = mintToken({
+      issuer: this.d.config.issuer,
+      kid: key.kid,
+      privateKey: key.privateKey,
+      sub: task.sub,
+      agent: agent.id,
+      audience,
+      iat: now,
+      exp,
+      taskId: task.id,
+      detail,
+      ...(agent.x5tS256 ? { x5tS256: agent.x5tS256 } : {}),
+      singleUse: false,
+      template: s.template,
+    });
+    this.d.audit.record({
+      event: 'session.issued',
+      agent: agent.id,
+      user: task.sub,
+      task: task.id,
+      audience,
+      template: s.template,
+      owner: s.owner,
+      jti,
+      exp,
+    });
+    return {
+      accessToken: token,
+      jti,
+      expiresAt: exp,
+      expiresIn: exp - now,
+      singleUse: false,
+      template: s.template,
+      detail,
+    };
+  }
+
+  /** Finishes a task; resolves after the revocation is durable. */
+  async finish(
+    by: WorkloadIdentity,
+    id: string,
+    status: FinishStatus,
+    reason: string,
+  ): Promise<{ task: TaskRecord; revocation: Revocation }> {
+    const r = await durable(
+      'record the revocation',
+      this.d.store.finishTask(id, status, this.nowSec(), reason),
+    );
+    if (!r.alreadyFinished) this.d.metrics.revocations.inc({ kind: 'task' });
+    this.d.audit.record({
+      event: status === 'revoked' ? 'task.revoked' : 'task.completed',
+      agent: r.task.agent,
+      user: r.task.sub,
+      task: id,
+      status: r.task.status,
+      reason,
+      by: by.id,
+    });
+    return { task: r.task, revocation: r.revocation };
+  }
+
+  /** Revokes one token by jti (RFC 7009 / admin), durably. */
+  async revokeToken(by: WorkloadIdentity, jti: string, until: number, task?: string): Promise<Revocation> {
+    const r = await durable(
+      'record the revocation',
+      this.d.store.revokeToken(jti, until, `revoked by ${by.id}`),
+    );
+    this.d.metrics.revocations.inc({ kind: 'token' });
+    this.d.audit.record({ event: 'token.revoked', jti, task, by: by.id });
+    return r;
+  }
+}

@@ -1,0 +1,40 @@
+// Store selection: SQLite for one process, Redis for several replicas.
+import type { Logger } from 'pino';
+import { RedisStore } from './redis.ts';
+import { SqliteStore } from './sqlite.ts';
+import type { Store } from './types.ts';
+
+export { RedisStore, type RedisStoreOptions } from './redis.ts';
+export { defaultSqlitePath, SqliteStore, type SqliteStoreOptions } from './sqlite.ts';
+export type * from './types.ts';
+
+/** Which store to use: the explicit form. */
+export type StoreConfig = { kind: 'sqlite'; path: string } | { kind: 'redis'; url: string; prefix?: string };
+
+/** The `store` section of the broker configuration file (exactly one of the two is set). */
+export interface StoreConfigSection {
+  sqlite?: { path: string } | undefined;
+  redis?: { url: string; keyPrefix?: string | undefined } | undefined;
+}
+
+/**
+ * Creates (does not initialise) the store. Accepts the explicit `{ kind, ... }` form or the
+ * configuration file's `{ sqlite } | { redis }` section. Call `init()` before use.
+ */
+export function createStore(config: StoreConfig | StoreConfigSection, opts: { logger?: Logger } = {}): Store {
+  const logger = opts.logger ? { logger: opts.logger } : {};
+  if ('kind' in config) {
+    if (config.kind === 'sqlite') return new SqliteStore({ path: config.path, ...logger });
+    return new RedisStore({
+      url: config.url,
+      ...(config.prefix ? { prefix: config.prefix } : {}),
+      ...logger,
+    });
+  }
+  if (config.sqlite && config.redis) throw new Error('choose one of store.sqlite or store.redis');
+  if (config.redis) {
+    const { url, keyPrefix } = config.redis;
+    return new RedisStore({ url, ...(keyPrefix ? { prefix: keyPrefix } : {}), ...logger });
+  }
+  return new SqliteStore({ ...(config.sqlite ? { path: config.sqlite.path } : {}), ...logger });
+}

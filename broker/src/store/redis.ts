@@ -1,0 +1,506 @@
+// The shared store for several broker replicas: one Redis (standalone or Sentinel; not Cluster —
+// the scripts touch several keys that would live in different slots).
+//
+// Durability: a Redis write is on disk before the reply only with AOF and `appendfsync always`.
+// Operators must enable both for the broker's "durable before acknowledged" guarantee on
+// revocations; init() logs a warning when it can see that they are off.
+//
+// Layout under the key prefix P (default "taskpass:"):
+//   P task:<id>            hash (TTL: expiry + retention)     P tasks / P tasks:exp  zsets of ids
+//   P issued:<task>        list of JSON calls (same TTL as the task)
+//   P seq                  last revocation seq (INCR; never reset, never reused)
+//   P revs                 zset seq -> seq                     P revs:until  zset until -> seq
+//   P revdata              hash seq -> JSON revocation
+//   P revoked:<kind>:<id>  seq (expires with what it covers)   P used:<jti>  single-use marker
+//   P keys                 hash kid -> JSON signing key
+//   channel P revocations  every revocation, as JSON, published by the script that made it
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from 'pino';
+import { TaskpassError } from '../errors.ts';
+import type {
+  FinishStatus,
+  IssuedCall,
+  Revocation,
+  Store,
+  StoredSigningKey,
+  TaskRecord,
+  TaskStatus,
+} from './types.ts';
+
+/** Options of {@link RedisStore}. */
+export interface RedisStoreOptions {
+  /** `redis://[user:pass@]host:port[/db]` or `rediss://...`. */
+  url: string;
+  /** Prefix of every key and of the pub/sub channel. Default `"taskpass:"`. */
+  prefix?: string;
+  logger?: Logger;
+  /** Seconds a task is kept after it expired (see SqliteStoreOptions). Default 300. */
+  taskRetentionSec?: number;
+  /** Extra ioredis options (tests, TLS). */
+  redisOptions?: RedisOptions;
+}
+
+// Every script is atomic in Redis: a revocation's seq, its entries and the task status change are
+// one step, so a reader never sees a seq without its revocation (no gaps to wait for).
+const CREATE_TASK = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return 1`;
+
+// KEYS: task, seq, revs, revs:until, revdata, revoked marker
+// ARGV: status, at, reason, channel, id, retention
+const FINISH_TASK = `
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing'} end
+if st ~= 'open' then
+  local s = redis.call('HGET', KEYS[1], 'revSeq') or '0'
+  local j = redis.call('HGET', KEYS[5], s) or ''
+  return {'already', s, j}
+end
+local exp = tonumber(redis.call('HGET', KEYS[1], 'expiresAt'))
+local seq = redis.call('INCR', KEYS[2])
+local json = cjson.encode({seq = seq, kind = 'task', id = ARGV[5], ['until'] = exp, reason = ARGV[3]})
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finishedAt', ARGV[2], 'revSeq', seq)
+redis.call('ZADD', KEYS[3], seq, seq)
+redis.call('ZADD', KEYS[4], exp, seq)
+redis.call('HSET', KEYS[5], seq, json)
+redis.call('SET', KEYS[6], seq)
+redis.call('EXPIREAT', KEYS[6], exp + tonumber(ARGV[6]))
+redis.call('PUBLISH', ARGV[4], json)
+return {'ok', tostring(seq), json}`;
+
+// KEYS: seq, revs, revs:until, revdata, revoked marker
+// ARGV: jti, until, reason, channel, retention
+const REVOKE_TOKEN = `
+local seq = redis.call('INCR', KEYS[1])
+local u = tonumber(ARGV[2])
+local json = cjson.encode({seq = seq, kind = 'token', id = ARGV[1], ['until'] = u, reason = ARGV[3]})
+redis.call('ZADD', KEYS[2], seq, seq)
+redis.call('ZADD', KEYS[3], u, seq)
+redis.call('HSET', KEYS[4], seq, json)
+redis.call('SET', KEYS[5], seq)
+redis.call('EXPIREAT', KEYS[5], u + tonumber(ARGV[5]))
+redis.call('PUBLISH', ARGV[4], json)
+return json`;
+
+// The issued-calls list must live as long as its task, or per-task call limits would reset.
+const RECORD_ISSUED = `
+redis.call('RPUSH', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
+return 1`;
+
+// KEYS: revs, revs:until, revdata; ARGV: now
+const SWEEP_REVOCATIONS = `
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, s in ipairs(old) do
+  redis.call('ZREM', KEYS[1], s)
+  redis.call('HDEL', KEYS[3], s)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+return #old`;
+
+const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex');
+
+function parseRevocation(json: string): Revocation | undefined {
+  try {
+    const o = JSON.parse(json) as Partial<Revocation>;
+    if (
+      typeof o.seq === 'number' &&
+      (o.kind === 'task' || o.kind === 'token') &&
+      typeof o.id === 'string' &&
+      typeof o.until === 'number' &&
+      typeof o.reason === 'string'
+    ) {
+      return { seq: o.seq, kind: o.kind, id: o.id, until: o.until, reason: o.reason };
+    }
+  } catch {
+    // falls through: not a revocation
+  }
+  return undefined;
+}
+
+function taskFromHash(h: Record<string, string>): TaskRecord | undefined {
+  if (!h.id) return undefined;
+  const t: TaskRecord = {
+    id: h.id,
+    agent: h.agent ?? '',
+    sub: h.sub ?? '',
+    purpose: h.purpose ?? '',
+    status: (h.status ?? 'open') as TaskStatus,
+    createdAt: Number(h.createdAt),
+    expiresAt: Number(h.expiresAt),
+  };
+  if (h.userIssuer !== undefined) t.userIssuer = h.userIssuer;
+  if (h.userClaims !== undefined) t.userClaims = JSON.parse(h.userClaims) as Record<string, unknown>;
+  if (h.finishedAt !== undefined) t.finishedAt = Number(h.finishedAt);
+  return t;
+}
+
+/** {@link Store} on Redis (ioredis), shared by several broker replicas. */
+export class RedisStore implements Store {
+  readonly prefix: string;
+  readonly #url: string;
+  readonly #logger: Logger | undefined;
+  readonly #retention: number;
+  readonly #redisOptions: RedisOptions;
+  readonly #events = new EventEmitter();
+  #redis: Redis | undefined;
+  #sub: Redis | undefined;
+  #init: Promise<void> | undefined;
+  // Revocations reach listeners in seq order, once each, with gaps filled from the store.
+  #lastEmitted = 0;
+  #chain: Promise<void> = Promise.resolve();
+
+  constructor(opts: RedisStoreOptions) {
+    this.#url = opts.url;
+    this.prefix = opts.prefix ?? 'taskpass:';
+    this.#logger = opts.logger;
+    this.#retention = opts.taskRetentionSec ?? 300;
+    this.#redisOptions = opts.redisOptions ?? {};
+    this.#events.setMaxListeners(0);
+  }
+
+  #k(...parts: string[]): string {
+    return this.prefix + parts.join(':');
+  }
+  get #channel(): string {
+    return this.#k('revocations');
+  }
+  get #r(): Redis {
+    if (!this.#redis) throw new Error('RedisStore: init() has not been called (or the store is closed)');
+    return this.#redis;
+  }
+
+  init(): Promise<void> {
+    this.#init ??= this.#doInit().catch(async (e: unknown) => {
+      this.#init = undefined;
+      await this.close();
+      throw e;
+    });
+    return this.#init;
+  }
+
+  async #doInit(): Promise<void> {
+    const options: RedisOptions = {
+      lazyConnect: true,
+      // Fail a write rather than hold it for long: the caller answers 503 and nothing is acked.
+      maxRetriesPerRequest: 2,
+      connectTimeout: 5000,
+      ...this.#redisOptions,
+    };
+    const redis = new Redis(this.#url, options);
+    redis.on('error', (err: Error) =>
+      this.#logger?.warn({ err: err.message }, 'redis store connection error'),
+    );
+    this.#redis = redis;
+    await redis.connect();
+    await this.#checkDurability(redis);
+
+    // Deliveries wait until the starting seq is known (set below).
+    let open: () => void = () => {};
+    this.#chain = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const sub = redis.duplicate();
+    sub.on('error', (err: Error) => this.#logger?.warn({ err: err.message }, 'redis feed connection error'));
+    this.#sub = sub;
+    sub.on('message', (channel: string, message: string) => {
+      if (channel !== this.#channel) return;
+      const r = parseRevocation(message);
+      if (r) this.#enqueue(() => this.#deliver(r));
+    });
+    let first = true;
+    sub.on('ready', () => {
+      // After a reconnect, messages published while we were away are lost: read them back.
+      if (!first) this.#enqueue(() => this.#catchUp());
+      first = false;
+    });
+    await sub.connect();
+    await sub.subscribe(this.#channel);
+    // Subscribed first, then the starting point: everything after it arrives on the channel.
+    try {
+      this.#lastEmitted = await this.currentSeq();
+    } finally {
+      open();
+    }
+  }
+
+  async #checkDurability(redis: Redis): Promise<void> {
+    try {
+      const aof = (await redis.call('CONFIG', 'GET', 'appendonly')) as string[];
+      const fsync = (await redis.call('CONFIG', 'GET', 'appendfsync')) as string[];
+      if (aof[1] !== 'yes' || fsync[1] !== 'always') {
+        this.#logger?.warn(
+          { appendonly: aof[1], appendfsync: fsync[1] },
+          'redis is not configured with appendonly yes + appendfsync always: an acknowledged revocation may be lost if Redis crashes',
+        );
+      }
+    } catch (err) {
+      this.#logger?.warn(
+        { err: err instanceof Error ? err.message : String(err) },
+        'cannot read the redis persistence settings (CONFIG disabled?); make sure appendonly yes and appendfsync always are set',
+      );
+    }
+  }
+
+  #enqueue(step: () => Promise<void>): void {
+    this.#chain = this.#chain.then(step).catch((err: unknown) => {
+      this.#logger?.error({ err }, 'redis revocation feed: delivery failed');
+    });
+  }
+
+  // Our own revocations do not depend on the subscriber connection being up; the channel copy
+  // that follows is dropped as a repeat.
+  #deliverLocal(r: Revocation): void {
+    if (this.#sub) this.#enqueue(() => this.#deliver(r));
+  }
+
+  async #deliver(r: Revocation): Promise<void> {
+    if (r.seq <= this.#lastEmitted) return;
+    if (r.seq > this.#lastEmitted + 1) await this.#catchUp(r.seq - 1);
+    this.#emit(r);
+  }
+
+  async #catchUp(upTo = Number.POSITIVE_INFINITY): Promise<void> {
+    if (!this.#redis) return;
+    // now = 0: everything still stored, even if expired, so that nothing is skipped silently.
+    for (const m of await this.revocationsSince(this.#lastEmitted, 0)) {
+      if (m.seq > upTo) break;
+      this.#emit(m);
+    }
+  }
+
+  #emit(r: Revocation): void {
+    if (r.seq <= this.#lastEmitted) return;
+    this.#lastEmitted = r.seq;
+    try {
+      this.#events.emit('revocation', r);
+    } catch (err) {
+      this.#logger?.error({ err, seq: r.seq }, 'revocation listener threw');
+    }
+  }
+
+  async close(): Promise<void> {
+    const { a, b } = { a: this.#sub, b: this.#redis };
+    this.#sub = undefined;
+    this.#redis = undefined;
+    this.#init = undefined;
+    await Promise.all(
+      [a, b].map(async (c) => {
+        if (!c) return;
+        try {
+          await c.quit();
+        } catch {
+          c.disconnect();
+        }
+      }),
+    );
+  }
+
+  // EVALSHA with a fallback to EVAL: the script cache is lost when Redis restarts.
+  async #script(lua: string, keys: string[], args: (string | number)[]): Promise<unknown> {
+    const r = this.#r;
+    try {
+      return await r.evalsha(sha1(lua), keys.length, ...keys, ...args);
+    } catch (e) {
+      if (e instanceof Error && e.message.startsWith('NOSCRIPT'))
+        return r.eval(lua, keys.length, ...keys, ...args);
+      throw e;
+    }
+  }
+
+  async createTask(task: TaskRecord): Promise<void> {
+    const fields: string[] = [
+      'id',
+      task.id,
+      'agent',
+      task.agent,
+      'sub',
+      task.sub,
+      'purpose',
+      task.purpose,
+      'status',
+      task.status,
+      'createdAt',
+      String(task.createdAt),
+      'expiresAt',
+      String(task.expiresAt),
+    ];
+    if (task.userIssuer !== undefined) fields.push('userIssuer', task.userIssuer);
+    if (task.userClaims !== undefined) fields.push('userClaims', JSON.stringify(task.userClaims));
+    if (task.finishedAt !== undefined) fields.push('finishedAt', String(task.finishedAt));
+    const created = await this.#script(
+      CREATE_TASK,
+      [this.#k('task', task.id), this.#k('tasks'), this.#k('tasks', 'exp')],
+      [task.id, task.createdAt, task.expiresAt + this.#retention, ...fields],
+    );
+    if (created !== 1) throw new Error(`task ${task.id} already exists`);
+  }
+
+  async getTask(id: string): Promise<TaskRecord | undefined> {
+    return taskFromHash(await this.#r.hgetall(this.#k('task', id)));
+  }
+
+  async listTasks(
+    filter: { status?: TaskStatus; agent?: string; limit?: number } = {},
+  ): Promise<TaskRecord[]> {
+    const limit = Math.max(0, Math.floor(filter.limit ?? 100));
+    const out: TaskRecord[] = [];
+    const batch = 200;
+    for (let start = 0; out.length < limit; start += batch) {
+      const ids = await this.#r.zrevrange(this.#k('tasks'), start, start + batch - 1);
+      if (ids.length === 0) break;
+      const p = this.#r.pipeline();
+      for (const id of ids) p.hgetall(this.#k('task', id));
+      const res = (await p.exec()) ?? [];
+      for (const [err, h] of res) {
+        if (err) throw err;
+        const t = taskFromHash(h as Record<string, string>);
+        if (!t) continue; // expired by TTL; sweep removes the id from the index
+        if (filter.status && t.status !== filter.status) continue;
+        if (filter.agent && t.agent !== filter.agent) continue;
+        out.push(t);
+        if (out.length >= limit) break;
+      }
+    }
+    return out;
+  }
+
+  async finishTask(
+    id: string,
+    status: FinishStatus,
+    at: number,
+    reason: string,
+  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyFinished: boolean }> {
+    const res = (await this.#script(
+      FINISH_TASK,
+      [
+        this.#k('task', id),
+        this.#k('seq'),
+        this.#k('revs'),
+        this.#k('revs', 'until'),
+        this.#k('revdata'),
+        this.#k('revoked', 'task', id),
+      ],
+      [status, at, reason, this.#channel, id, this.#retention],
+    )) as string[];
+    if (res[0] === 'missing') throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+    const task = await this.getTask(id);
+    if (!task) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+    let revocation = parseRevocation(res[2] ?? '');
+    // An earlier revocation may have been swept (its `until` passed); it covered nothing any more.
+    revocation ??= { seq: Number(res[1]), kind: 'task', id, until: task.expiresAt, reason: task.status };
+    if (res[0] === 'ok') this.#deliverLocal(revocation);
+    return { task, revocation, alreadyFinished: res[0] === 'already' };
+  }
+
+  async recordIssued(call: IssuedCall): Promise<void> {
+    await this.#script(
+      RECORD_ISSUED,
+      [this.#k('issued', call.taskId), this.#k('task', call.taskId)],
+      [JSON.stringify(call), call.expiresAt + this.#retention],
+    );
+  }
+
+  async listIssued(taskId: string): Promise<IssuedCall[]> {
+    return (await this.#r.lrange(this.#k('issued', taskId), 0, -1)).map((j) => JSON.parse(j) as IssuedCall);
+  }
+
+  async revokeToken(jti: string, until: number, reason: string): Promise<Revocation> {
+    const json = (await this.#script(
+      REVOKE_TOKEN,
+      [
+        this.#k('seq'),
+        this.#k('revs'),
+        this.#k('revs', 'until'),
+        this.#k('revdata'),
+        this.#k('revoked', 'token', jti),
+      ],
+      [jti, until, reason, this.#channel, this.#retention],
+    )) as string;
+    const r = parseRevocation(json);
+    if (!r) throw new Error('redis returned a malformed revocation');
+    this.#deliverLocal(r);
+    return r;
+  }
+
+  async revocationsSince(since: number, now: number): Promise<Revocation[]> {
+    const seqs = await this.#r.zrangebyscore(this.#k('revs'), `(${since}`, '+inf');
+    if (seqs.length === 0) return [];
+    const out: Revocation[] = [];
+    for (let i = 0; i < seqs.length; i += 1000) {
+      const chunk = seqs.slice(i, i + 1000);
+      const jsons = await this.#r.hmget(this.#k('revdata'), ...chunk);
+      for (const j of jsons) {
+        const r = j === null ? undefined : parseRevocation(j);
+        if (r && r.until > now) out.push(r);
+      }
+    }
+    return out.sort((a, b) => a.seq - b.seq);
+  }
+
+  async currentSeq(): Promise<number> {
+    return Number((await this.#r.get(this.#k('seq'))) ?? 0);
+  }
+
+  async isRevoked(kind: 'task' | 'token', id: string): Promise<boolean> {
+    if ((await this.#r.exists(this.#k('revoked', kind, id))) === 1) return true;
+    if (kind === 'task') {
+      const st = await this.#r.hget(this.#k('task', id), 'status');
+      return st !== null && st !== 'open';
+    }
+    return false;
+  }
+
+  async markUsed(jti: string, until: number): Promise<boolean> {
+    // A minute beyond `until` absorbs clock differences between the replicas and Redis.
+    const ttlMs = Math.max(60_000, until * 1000 - Date.now() + 60_000);
+    return (await this.#r.set(this.#k('used', jti), '1', 'PX', ttlMs, 'NX')) === 'OK';
+  }
+
+  async loadSigningKeys(): Promise<StoredSigningKey[]> {
+    const all = await this.#r.hgetall(this.#k('keys'));
+    return Object.values(all).map((j) => JSON.parse(j) as StoredSigningKey);
+  }
+
+  async saveSigningKey(key: StoredSigningKey): Promise<void> {
+    await this.#r.hset(this.#k('keys'), key.kid, JSON.stringify(key));
+  }
+
+  async deleteSigningKey(kid: string): Promise<void> {
+    await this.#r.hdel(this.#k('keys'), kid);
+  }
+
+  onRevocation(listener: (r: Revocation) => void): () => void {
+    this.#events.on('revocation', listener);
+    return () => {
+      this.#events.off('revocation', listener);
+    };
+  }
+
+  async sweep(now: number): Promise<void> {
+    const r = this.#r;
+    await this.#script(
+      SWEEP_REVOCATIONS,
+      [this.#k('revs'), this.#k('revs', 'until'), this.#k('revdata')],
+      [now],
+    );
+    // Scored by expiry + retention (see CREATE_TASK).
+    const ids = await r.zrangebyscore(this.#k('tasks', 'exp'), '-inf', now);
+    for (let i = 0; i < ids.length; i += 500) {
+      const chunk = ids.slice(i, i + 500);
+      const p = r.multi();
+      for (const id of chunk) p.del(this.#k('task', id), this.#k('issued', id));
+      p.zrem(this.#k('tasks'), ...chunk);
+      p.zrem(this.#k('tasks', 'exp'), ...chunk);
+      await p.exec();
+    }
+    // Markers (revoked:, used:) expire by TTL.
+  }
+}

@@ -1,0 +1,474 @@
+// The embedded store: one SQLite file, one broker process. WAL with synchronous=FULL, so a
+// committed transaction (a revocation in particular) has been fsynced before the promise resolves.
+// better-sqlite3 is synchronous; every method does its work before returning its promise, which
+// keeps each call atomic with respect to the others in this process.
+import { EventEmitter } from 'node:events';
+import { mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import Database from 'better-sqlite3';
+import type { Logger } from 'pino';
+import { TaskpassError } from '../errors.ts';
+import type {
+  Action,
+  FinishStatus,
+  IssuedCall,
+  Revocation,
+  Store,
+  StoredSigningKey,
+  TaskRecord,
+  TaskStatus,
+} from './types.ts';
+
+/** Options of {@link SqliteStore}. */
+export interface SqliteStoreOptions {
+  /** Database file; `":memory:"` for tests. Default: {@link defaultSqlitePath}. */
+  path?: string;
+  logger?: Logger;
+  /**
+   * Seconds a task (and its issued calls) is kept after it expired before `sweep` drops it, so
+   * that status queries shortly after expiry still answer. Default 300.
+   */
+  taskRetentionSec?: number;
+}
+
+/** `$TASKPASS_DATA_DIR/taskpass.db`, or `./taskpass.db` when the variable is unset. */
+export function defaultSqlitePath(): string {
+  return join(resolve(process.env.TASKPASS_DATA_DIR ?? '.'), 'taskpass.db');
+}
+
+// Append-only: a released schema is never edited, only followed by a new step.
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE tasks (
+    id          TEXT PRIMARY KEY,
+    agent       TEXT NOT NULL,
+    sub         TEXT NOT NULL,
+    user_issuer TEXT,
+    user_claims TEXT,
+    purpose     TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    revocation_seq INTEGER
+  ) STRICT;
+  CREATE INDEX tasks_created ON tasks (created_at DESC);
+  CREATE INDEX tasks_expires ON tasks (expires_at);
+  CREATE TABLE issued (
+    jti        TEXT PRIMARY KEY,
+    task_id    TEXT NOT NULL,
+    tool       TEXT NOT NULL,
+    resource   TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    template   TEXT NOT NULL,
+    issued_at  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX issued_task ON issued (task_id);
+  -- The last seq handed out lives in its own row: revocations are swept, seqs are never reused.
+  CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+  INSERT INTO counters (name, value) VALUES ('revocation_seq', 0);
+  CREATE TABLE revocations (
+    seq    INTEGER PRIMARY KEY,
+    kind   TEXT NOT NULL,
+    id     TEXT NOT NULL,
+    until  INTEGER NOT NULL,
+    reason TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX revocations_subject ON revocations (kind, id);
+  CREATE INDEX revocations_until ON revocations (until);
+  CREATE TABLE used (jti TEXT PRIMARY KEY, until INTEGER NOT NULL) STRICT;
+  CREATE INDEX used_until ON used (until);
+  CREATE TABLE signing_keys (
+    kid         TEXT PRIMARY KEY,
+    alg         TEXT NOT NULL,
+    private_jwk TEXT NOT NULL,
+    public_jwk  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    active_from INTEGER NOT NULL,
+    retire_at   INTEGER NOT NULL
+  ) STRICT;
+  `,
+];
+
+interface TaskRow {
+  id: string;
+  agent: string;
+  sub: string;
+  user_issuer: string | null;
+  user_claims: string | null;
+  purpose: string;
+  status: string;
+  created_at: number;
+  expires_at: number;
+  finished_at: number | null;
+  revocation_seq: number | null;
+}
+interface IssuedRow {
+  jti: string;
+  task_id: string;
+  tool: string;
+  resource: string;
+  action: string;
+  template: string;
+  issued_at: number;
+  expires_at: number;
+}
+interface RevocationRow {
+  seq: number;
+  kind: string;
+  id: string;
+  until: number;
+  reason: string;
+}
+interface KeyRow {
+  kid: string;
+  alg: string;
+  private_jwk: string;
+  public_jwk: string;
+  created_at: number;
+  active_from: number;
+  retire_at: number;
+}
+
+function taskFromRow(r: TaskRow): TaskRecord {
+  const t: TaskRecord = {
+    id: r.id,
+    agent: r.agent,
+    sub: r.sub,
+    purpose: r.purpose,
+    status: r.status as TaskStatus,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+  };
+  if (r.user_issuer !== null) t.userIssuer = r.user_issuer;
+  if (r.user_claims !== null) t.userClaims = JSON.parse(r.user_claims) as Record<string, unknown>;
+  if (r.finished_at !== null) t.finishedAt = r.finished_at;
+  return t;
+}
+
+const revocationFromRow = (r: RevocationRow): Revocation => ({
+  seq: r.seq,
+  kind: r.kind as Revocation['kind'],
+  id: r.id,
+  until: r.until,
+  reason: r.reason,
+});
+
+const issuedFromRow = (r: IssuedRow): IssuedCall => ({
+  taskId: r.task_id,
+  jti: r.jti,
+  tool: r.tool,
+  resource: r.resource,
+  action: r.action as Action,
+  template: r.template,
+  issuedAt: r.issued_at,
+  expiresAt: r.expires_at,
+});
+
+/** {@link Store} on one SQLite file (better-sqlite3): the single-process default. */
+export class SqliteStore implements Store {
+  readonly path: string;
+  readonly #logger: Logger | undefined;
+  readonly #retention: number;
+  readonly #events = new EventEmitter();
+  #db: Database.Database | undefined;
+
+  constructor(opts: SqliteStoreOptions = {}) {
+    this.path = opts.path ?? defaultSqlitePath();
+    this.#logger = opts.logger;
+    this.#retention = opts.taskRetentionSec ?? 300;
+    // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
+    this.#events.setMaxListeners(0);
+  }
+
+  get #conn(): Database.Database {
+    if (!this.#db) throw new Error('SqliteStore: init() has not been called (or the store is closed)');
+    return this.#db;
+  }
+
+  async init(): Promise<void> {
+    if (this.#db) return;
+    if (this.path !== ':memory:') mkdirSync(dirname(resolve(this.path)), { recursive: true });
+    const db = new Database(this.path);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      db.pragma('foreign_keys = ON');
+      db.pragma('busy_timeout = 5000');
+      this.#migrate(db);
+    } catch (e) {
+      db.close();
+      throw e;
+    }
+    this.#db = db;
+  }
+
+  #migrate(db: Database.Database): void {
+    db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
+    const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
+    let version = row?.version ?? 0;
+    if (!row) db.prepare('INSERT INTO schema_version (version) VALUES (0)').run();
+    if (version > MIGRATIONS.length) {
+      throw new Error(
+        `SqliteStore: ${this.path} has schema version ${version}, newer than this broker (${MIGRATIONS.length})`,
+      );
+    }
+    for (; version < MIGRATIONS.length; version++) {
+      const sql = MIGRATIONS[version] as string;
+      db.transaction(() => {
+        db.exec(sql);
+        db.prepare('UPDATE schema_version SET version = ?').run(version + 1);
+      }).immediate();
+      this.#logger?.info({ store: 'sqlite', version: version + 1 }, 'store schema migrated');
+    }
+  }
+
+  async close(): Promise<void> {
+    const db = this.#db;
+    this.#db = undefined;
+    db?.close();
+  }
+
+  async createTask(task: TaskRecord): Promise<void> {
+    this.#conn
+      .prepare(
+        `INSERT INTO tasks (id, agent, sub, user_issuer, user_claims, purpose, status, created_at, expires_at, finished_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        task.id,
+        task.agent,
+        task.sub,
+        task.userIssuer ?? null,
+        task.userClaims === undefined ? null : JSON.stringify(task.userClaims),
+        task.purpose,
+        task.status,
+        task.createdAt,
+        task.expiresAt,
+        task.finishedAt ?? null,
+      );
+  }
+
+  async getTask(id: string): Promise<TaskRecord | undefined> {
+    const r = this.#conn.prepare('SELECT * FROM tasks WHERE id = ?').get(id) as TaskRow | undefined;
+    return r && taskFromRow(r);
+  }
+
+  async listTasks(
+    filter: { status?: TaskStatus; agent?: string; limit?: number } = {},
+  ): Promise<TaskRecord[]> {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (filter.status) {
+      where.push('status = ?');
+      args.push(filter.status);
+    }
+    if (filter.agent) {
+      where.push('agent = ?');
+      args.push(filter.agent);
+    }
+    args.push(Math.max(0, Math.floor(filter.limit ?? 100)));
+    const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?`;
+    return (this.#conn.prepare(sql).all(...args) as TaskRow[]).map(taskFromRow);
+  }
+
+  async finishTask(
+    id: string,
+    status: FinishStatus,
+    at: number,
+    reason: string,
+  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyFinished: boolean }> {
+    const db = this.#conn;
+    const result = db
+      .transaction(() => {
+        const row = db.prepare('SELECT * FROM tasks WHERE id = ?').get(id) as TaskRow | undefined;
+        if (!row) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+        if (row.status !== 'open') {
+          return { task: taskFromRow(row), revocation: this.#earlierRevocation(row), alreadyFinished: true };
+        }
+        const seq = this.#nextSeq(db);
+        const revocation: Revocation = { seq, kind: 'task', id, until: row.expires_at, reason };
+        this.#insertRevocation(db, revocation);
+        db.prepare('UPDATE tasks SET status = ?, finished_at = ?, revocation_seq = ? WHERE id = ?').run(
+          status,
+          at,
+          seq,
+          id,
+        );
+        return {
+          task: taskFromRow({ ...row, status, finished_at: at, revocation_seq: seq }),
+          revocation,
+          alreadyFinished: false,
+        };
+      })
+      .immediate();
+    if (!result.alreadyFinished) this.#emit(result.revocation);
+    return result;
+  }
+
+  // The revocation row may already have been swept (its `until` passed); the task row still says
+  // which seq it had, and a swept revocation covers nothing any more, so rebuilding it is exact.
+  #earlierRevocation(row: TaskRow): Revocation {
+    const seq = row.revocation_seq ?? 0;
+    const r = this.#conn.prepare('SELECT * FROM revocations WHERE seq = ?').get(seq) as
+      | RevocationRow
+      | undefined;
+    return r
+      ? revocationFromRow(r)
+      : { seq, kind: 'task', id: row.id, until: row.expires_at, reason: row.status };
+  }
+
+  #nextSeq(db: Database.Database): number {
+    const r = db
+      .prepare("UPDATE counters SET value = value + 1 WHERE name = 'revocation_seq' RETURNING value")
+      .get() as { value: number };
+    return r.value;
+  }
+
+  #insertRevocation(db: Database.Database, r: Revocation): void {
+    db.prepare('INSERT INTO revocations (seq, kind, id, until, reason) VALUES (?, ?, ?, ?, ?)').run(
+      r.seq,
+      r.kind,
+      r.id,
+      r.until,
+      r.reason,
+    );
+  }
+
+  #emit(r: Revocation): void {
+    try {
+      this.#events.emit('revocation', { ...r });
+    } catch (err) {
+      // A failing listener must not turn a durable revocation into a reported failure.
+      this.#logger?.error({ err, seq: r.seq }, 'revocation listener threw');
+    }
+  }
+
+  async recordIssued(call: IssuedCall): Promise<void> {
+    this.#conn
+      .prepare(
+        `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        call.jti,
+        call.taskId,
+        call.tool,
+        call.resource,
+        call.action,
+        call.template,
+        call.issuedAt,
+        call.expiresAt,
+      );
+  }
+
+  async listIssued(taskId: string): Promise<IssuedCall[]> {
+    return (
+      this.#conn.prepare('SELECT * FROM issued WHERE task_id = ? ORDER BY rowid').all(taskId) as IssuedRow[]
+    ).map(issuedFromRow);
+  }
+
+  async revokeToken(jti: string, until: number, reason: string): Promise<Revocation> {
+    const db = this.#conn;
+    const revocation = db
+      .transaction(() => {
+        const r: Revocation = { seq: this.#nextSeq(db), kind: 'token', id: jti, until, reason };
+        this.#insertRevocation(db, r);
+        return r;
+      })
+      .immediate();
+    this.#emit(revocation);
+    return revocation;
+  }
+
+  async revocationsSince(since: number, now: number): Promise<Revocation[]> {
+    return (
+      this.#conn
+        .prepare('SELECT * FROM revocations WHERE seq > ? AND until > ? ORDER BY seq')
+        .all(since, now) as RevocationRow[]
+    ).map(revocationFromRow);
+  }
+
+  async currentSeq(): Promise<number> {
+    const r = this.#conn.prepare("SELECT value FROM counters WHERE name = 'revocation_seq'").get() as {
+      value: number;
+    };
+    return r.value;
+  }
+
+  async isRevoked(kind: 'task' | 'token', id: string): Promise<boolean> {
+    const db = this.#conn;
+    if (db.prepare('SELECT 1 FROM revocations WHERE kind = ? AND id = ? LIMIT 1').get(kind, id)) return true;
+    // A finished task stays revoked after its revocation row was swept.
+    if (kind === 'task') {
+      const t = db.prepare('SELECT status FROM tasks WHERE id = ?').get(id) as { status: string } | undefined;
+      return t !== undefined && t.status !== 'open';
+    }
+    return false;
+  }
+
+  async markUsed(jti: string, until: number): Promise<boolean> {
+    return (
+      this.#conn.prepare('INSERT OR IGNORE INTO used (jti, until) VALUES (?, ?)').run(jti, until).changes ===
+      1
+    );
+  }
+
+  async loadSigningKeys(): Promise<StoredSigningKey[]> {
+    return (this.#conn.prepare('SELECT * FROM signing_keys ORDER BY active_from, kid').all() as KeyRow[]).map(
+      (r) => ({
+        kid: r.kid,
+        alg: 'ES256',
+        privateJwk: JSON.parse(r.private_jwk) as Record<string, unknown>,
+        publicJwk: JSON.parse(r.public_jwk) as Record<string, unknown>,
+        createdAt: r.created_at,
+        activeFrom: r.active_from,
+        retireAt: r.retire_at,
+      }),
+    );
+  }
+
+  async saveSigningKey(key: StoredSigningKey): Promise<void> {
+    this.#conn
+      .prepare(
+        `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (kid) DO UPDATE SET active_from = excluded.active_from, retire_at = excluded.retire_at`,
+      )
+      .run(
+        key.kid,
+        key.alg,
+        JSON.stringify(key.privateJwk),
+        JSON.stringify(key.publicJwk),
+        key.createdAt,
+        key.activeFrom,
+        key.retireAt,
+      );
+  }
+
+  async deleteSigningKey(kid: string): Promise<void> {
+    this.#conn.prepare('DELETE FROM signing_keys WHERE kid = ?').run(kid);
+  }
+
+  onRevocation(listener: (r: Revocation) => void): () => void {
+    this.#events.on('revocation', listener);
+    return () => {
+      this.#events.off('revocation', listener);
+    };
+  }
+
+  async sweep(now: number): Promise<void> {
+    const db = this.#conn;
+    db.transaction(() => {
+      const cutoff = now - this.#retention;
+      db.prepare('DELETE FROM issued WHERE task_id IN (SELECT id FROM tasks WHERE expires_at <= ?)').run(
+        cutoff,
+      );
+      db.prepare('DELETE FROM tasks WHERE expires_at <= ?').run(cutoff);
+      db.prepare('DELETE FROM revocations WHERE until <= ?').run(now);
+      db.prepare('DELETE FROM used WHERE until <= ?').run(now);
+    }).immediate();
+  }
+}

@@ -1,0 +1,115 @@
+// The broker's state, behind one interface with two implementations: SQLite (embedded default,
+// one process) and Redis (several replicas). Every method that records a revocation resolves only
+// once the revocation is durable; callers answer the client after that, never before.
+
+export type TaskStatus = 'open' | 'completed' | 'failed' | 'cancelled' | 'revoked';
+export type FinishStatus = Exclude<TaskStatus, 'open'>;
+export type Action = 'read' | 'write' | 'admin';
+
+export interface TaskRecord {
+  id: string;
+  /** Agent SPIFFE ID (the caller that opened the task). */
+  agent: string;
+  /** Delegating user's subject, or the agent's SPIFFE ID for autonomous tasks. */
+  sub: string;
+  /** Issuer of the user token, when there was one. */
+  userIssuer?: string;
+  /** Verified claims of the user token that templates may use (groups, roles, email, ...). */
+  userClaims?: Record<string, unknown>;
+  purpose: string;
+  status: TaskStatus;
+  /** Epoch seconds. */
+  createdAt: number;
+  expiresAt: number;
+  finishedAt?: number;
+}
+
+/** One call token issued inside a task; the workflow context ("steps taken") is built from these. */
+export interface IssuedCall {
+  taskId: string;
+  jti: string;
+  tool: string;
+  resource: string;
+  action: Action;
+  template: string;
+  /** Epoch seconds. */
+  issuedAt: number;
+  expiresAt: number;
+}
+
+export interface Revocation {
+  seq: number;
+  kind: 'task' | 'token';
+  /** Task id or token jti. */
+  id: string;
+  /** Epoch seconds after which no token it covers can still be valid (so it can be forgotten). */
+  until: number;
+  reason: string;
+}
+
+export interface StoredSigningKey {
+  kid: string;
+  alg: 'ES256';
+  /** Private JWK (kept only in the store; never logged, never served). */
+  privateJwk: Record<string, unknown>;
+  publicJwk: Record<string, unknown>;
+  /** Epoch seconds: published from createdAt, signs from activeFrom, stops signing at retireAt,
+   *  and is removed from the JWKS once retireAt + max token lifetime has passed. */
+  createdAt: number;
+  activeFrom: number;
+  retireAt: number;
+}
+
+export interface Store {
+  /** Creates schema / connects. Idempotent. */
+  init(): Promise<void>;
+  close(): Promise<void>;
+
+  createTask(task: TaskRecord): Promise<void>;
+  getTask(id: string): Promise<TaskRecord | undefined>;
+  listTasks(filter?: { status?: TaskStatus; agent?: string; limit?: number }): Promise<TaskRecord[]>;
+  /**
+   * Marks an open task finished and appends a durable task revocation in one atomic step.
+   * Resolves with the revocation (and `alreadyFinished: true` with the earlier one when the task
+   * was already finished). Rejects when the task does not exist.
+   */
+  finishTask(
+    id: string,
+    status: FinishStatus,
+    at: number,
+    reason: string,
+  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyFinished: boolean }>;
+
+  /** Records an issued call token (workflow context and per-task counts). */
+  recordIssued(call: IssuedCall): Promise<void>;
+  /** Calls issued so far in a task (oldest first). */
+  listIssued(taskId: string): Promise<IssuedCall[]>;
+
+  /** Appends a durable token revocation (RFC 7009, admin). */
+  revokeToken(jti: string, until: number, reason: string): Promise<Revocation>;
+  /** Revocations with seq > since whose `until` is after `now` (all live ones when since = 0). */
+  revocationsSince(since: number, now: number): Promise<Revocation[]>;
+  /** Highest revocation seq so far (0 when none). */
+  currentSeq(): Promise<number>;
+  /** Is this task id or jti revoked (used by introspection)? */
+  isRevoked(kind: 'task' | 'token', id: string): Promise<boolean>;
+
+  /**
+   * Single-use bookkeeping at the broker (introspection): true the first time a jti is seen,
+   * false after; entries may be dropped after `until`.
+   */
+  markUsed(jti: string, until: number): Promise<boolean>;
+
+  loadSigningKeys(): Promise<StoredSigningKey[]>;
+  saveSigningKey(key: StoredSigningKey): Promise<void>;
+  deleteSigningKey(kid: string): Promise<void>;
+
+  /**
+   * Revocations appended by any replica, pushed to this process (Redis pub/sub between replicas;
+   * an in-process emitter for SQLite). Returns an unsubscribe function.
+   */
+  onRevocation(listener: (r: Revocation) => void): () => void;
+
+  /** Drops expired tasks' bookkeeping, old replay entries and revocations past `until`. */
+  sweep(now: number): Promise<void>;
+}

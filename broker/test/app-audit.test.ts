@@ -1,0 +1,87 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import pino from 'pino';
+import { createAuditLog } from '../src/audit.ts';
+import { parseConfig } from '../src/config.ts';
+import { createUserTokenVerifier } from '../src/user-tokens.ts';
+
+test('audit records whitelisted fields only, never a token', () => {
+  const lines: string[] = [];
+  const log = pino({ level: 'info' }, { write: (s: string) => lines.push(s) });
+  const audit = createAuditLog(log);
+  audit.record({
+    event: 'token.issued',
+    agent: 'spiffe://td/a',
+    task: 't',
+    jti: 'j',
+    template: 'x',
+    ...{ token: 'eyJsecret' },
+  });
+  const rec = JSON.parse(lines[0]!);
+  assert.equal(rec.audit, true);
+  assert.equal(rec.event, 'token.issued');
+  assert.equal(rec.jti, 'j');
+  assert.ok(!lines[0]!.includes('eyJsecret'));
+});
+
+test('user tokens via OIDC discovery; pinned algorithms and audience', async () => {
+  const { privateKey, publicKey } = await generateKeyPair('RS256');
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'r1', alg: 'RS256' };
+  const cfg = parseConfig({
+    issuer: 'https://b.test',
+    trustDomain: 'td',
+    users: {
+      trustedIssuers: [
+        { issuer: 'https://idp.test', audience: 'tp', discovery: true, algorithms: ['RS256'] },
+      ],
+    },
+  });
+  const fetched: string[] = [];
+  const discoveryFetch = async (url: string) => {
+    fetched.push(url);
+    return {
+      ok: true,
+      status: 200,
+      json: async () => ({ issuer: 'https://idp.test', jwks_uri: 'https://idp.test/jwks' }),
+    };
+  };
+  const v = createUserTokenVerifier(cfg.users.trustedIssuers, { fetch: discoveryFetch });
+  const tok = await new SignJWT({ email: 'a@x' })
+    .setProtectedHeader({ alg: 'RS256', kid: 'r1' })
+    .setIssuer('https://idp.test')
+    .setAudience('tp')
+    .setSubject('alice')
+    .setExpirationTime('5m')
+    .sign(privateKey);
+  // The remote JWKS fetch goes to the network; serve it from a stub global fetch.
+  const orig = globalThis.fetch;
+  globalThis.fetch = (async () =>
+    new Response(JSON.stringify({ keys: [jwk] }), {
+      headers: { 'content-type': 'application/json' },
+    })) as typeof fetch;
+  try {
+    const u = await v.verify(tok);
+    assert.equal(u.sub, 'alice');
+    assert.equal(u.iss, 'https://idp.test');
+    assert.equal(u.claims.email, 'a@x');
+    assert.deepEqual(fetched, ['https://idp.test/.well-known/openid-configuration']);
+    const noExp = await new SignJWT({})
+      .setProtectedHeader({ alg: 'RS256', kid: 'r1' })
+      .setIssuer('https://idp.test')
+      .setAudience('tp')
+      .setSubject('alice')
+      .sign(privateKey);
+    await assert.rejects(v.verify(noExp), { code: 'TASKPASS_USER_TOKEN_INVALID' });
+    const hs = await new SignJWT({})
+      .setProtectedHeader({ alg: 'HS256' })
+      .setIssuer('https://idp.test')
+      .setAudience('tp')
+      .setSubject('alice')
+      .setExpirationTime('5m')
+      .sign(new Uint8Array(32));
+    await assert.rejects(v.verify(hs), { code: 'TASKPASS_USER_TOKEN_INVALID' });
+  } finally {
+    globalThis.fetch = orig;
+  }
+});

@@ -1,0 +1,339 @@
+// Test fixtures for the broker app: an in-memory store, a tiny policy engine with two templates,
+// static signing keys, a feed stub, a fake workload authenticator, and a local user-token issuer.
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { exportJWK, SignJWT } from 'jose';
+import pino from 'pino';
+import { buildApp } from '../src/app.ts';
+import type { WorkloadAuthenticator, WorkloadIdentity } from '../src/auth.ts';
+import { type BrokerConfig, parseConfig } from '../src/config.ts';
+import { TaskpassError } from '../src/errors.ts';
+import type { PolicyDecision, PolicyDeny, PolicyPort, PolicyUser } from '../src/ports.ts';
+import type {
+  FinishStatus,
+  IssuedCall,
+  Revocation,
+  Store,
+  StoredSigningKey,
+  TaskRecord,
+} from '../src/store/types.ts';
+import { createUserTokenVerifier } from '../src/user-tokens.ts';
+
+export const TD = 'taskpass.local';
+export const AGENT = `spiffe://${TD}/agents/support/1`;
+export const OTHER_AGENT = `spiffe://${TD}/agents/support/2`;
+export const OPS_AGENT = `spiffe://${TD}/agents/ops`;
+export const ADMIN = `spiffe://${TD}/admin/alice`;
+export const VERIFIER = `spiffe://${TD}/mcp/tickets`;
+export const ISSUER = 'https://broker.test';
+export const IDP = 'https://idp.test';
+export const TICKETS = 'https://tickets.test/mcp';
+export const OPS = 'https://ops.test/mcp';
+
+/** In-memory Store (same contract as store/types.ts). */
+export class MemoryStore implements Store {
+  tasks = new Map<string, TaskRecord>();
+  issued: IssuedCall[] = [];
+  revs: Revocation[] = [];
+  used = new Set<string>();
+  keys: StoredSigningKey[] = [];
+  listeners = new Set<(r: Revocation) => void>();
+  failWrites = false;
+  async init() {}
+  async close() {}
+  async createTask(t: TaskRecord) {
+    if (this.failWrites) throw new Error('disk full');
+    this.tasks.set(t.id, structuredClone(t));
+  }
+  async getTask(id: string) {
+    const t = this.tasks.get(id);
+    return t ? structuredClone(t) : undefined;
+  }
+  async listTasks(f: { status?: TaskRecord['status']; agent?: string; limit?: number } = {}) {
+    return [...this.tasks.values()]
+      .filter((t) => (!f.status || t.status === f.status) && (!f.agent || t.agent === f.agent))
+      .slice(0, f.limit ?? 100);
+  }
+  private push(r: Omit<Revocation, 'seq'>): Revocation {
+    const rev = { ...r, seq: this.revs.length + 1 };
+    this.revs.push(rev);
+    for (const l of this.listeners) l(rev);
+    return rev;
+  }
+  async finishTask(id: string, status: FinishStatus, at: number, reason: string) {
+    if (this.failWrites) throw new Error('disk full');
+    const t = this.tasks.get(id);
+    if (!t) throw new Error('no task');
+    if (t.status !== 'open') {
+      const r = this.revs.find((x) => x.kind === 'task' && x.id === id)!;
+      return { task: structuredClone(t), revocation: r, alreadyFinished: true };
+    }
+    t.status = status;
+    t.finishedAt = at;
+    return {
+      task: structuredClone(t),
+      revocation: this.push({ kind: 'task', id, until: t.expiresAt, reason }),
+      alreadyFinished: false,
+    };
+  }
+  async recordIssued(c: IssuedCall) {
+    if (this.failWrites) throw new Error('disk full');
+    this.issued.push(c);
+  }
+  async listIssued(taskId: string) {
+    return this.issued.filter((c) => c.taskId === taskId);
+  }
+  async revokeToken(jti: string, until: number, reason: string) {
+    return this.push({ kind: 'token', id: jti, until, reason });
+  }
+  async revocationsSince(since: number, now: number) {
+    return this.revs.filter((r) => r.seq > since && r.until > now);
+  }
+  async currentSeq() {
+    return this.revs.length;
+  }
+  async isRevoked(kind: 'task' | 'token', id: string) {
+    return this.revs.some((r) => r.kind === kind && r.id === id);
+  }
+  async markUsed(jti: string) {
+    if (this.used.has(jti)) return false;
+    this.used.add(jti);
+    return true;
+  }
+  async loadSigningKeys() {
+    return this.keys;
+  }
+  async saveSigningKey(k: StoredSigningKey) {
+    this.keys.push(k);
+  }
+  async deleteSigningKey(kid: string) {
+    this.keys = this.keys.filter((k) => k.kid !== kid);
+  }
+  onRevocation(l: (r: Revocation) => void) {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+  async sweep() {}
+}
+
+/** Two templates: delegated ticket support (read + single-use write after a read), autonomous ops. */
+export class TinyPolicy implements PolicyPort {
+  private support(agent: string) {
+    return agent.startsWith(`spiffe://${TD}/agents/support/`);
+  }
+  admits(agent: string, user: PolicyUser | undefined) {
+    if (this.support(agent)) {
+      if (!user)
+        return {
+          ok: false as const,
+          code: 'TASKPASS_DELEGATION_REQUIRED' as const,
+          reason: 'tickets-support requires a user',
+        };
+      const groups = user.claims.groups;
+      if (user.iss !== IDP || !Array.isArray(groups) || !groups.includes('support')) {
+        return {
+          ok: false as const,
+          code: 'TASKPASS_DENIED_USER' as const,
+          reason: 'user is not in group support',
+        };
+      }
+      return { ok: true as const };
+    }
+    if (agent === OPS_AGENT) return { ok: true as const };
+    return {
+      ok: false as const,
+      code: 'TASKPASS_DENIED_NO_TEMPLATE' as const,
+      reason: 'no template for this agent',
+    };
+  }
+  ceiling(agent: string) {
+    if (this.support(agent)) {
+      return [
+        {
+          template: 'tickets-support',
+          audience: TICKETS,
+          tools: [
+            { tool: 'get_ticket', action: 'read' as const, resources: ['tickets/*'] },
+            { tool: 'close_ticket', action: 'write' as const, resources: ['tickets/*'] },
+          ],
+        },
+      ];
+    }
+    return [
+      {
+        template: 'ops-auto',
+        audience: OPS,
+        tools: [{ tool: 'restart', action: 'admin' as const, resources: ['services/*'] }],
+      },
+    ];
+  }
+  maxTaskTtlSec() {
+    return 900;
+  }
+  decide(i: Parameters<PolicyPort['decide']>[0]): PolicyDecision {
+    const deny = (code: PolicyDeny['code'], reason: string, template?: string): PolicyDecision => ({
+      allow: false,
+      code,
+      reason,
+      template,
+    });
+    const a = this.admits(i.agent, i.user);
+    if (!a.ok) return deny(a.code, a.reason);
+    const tpl = this.support(i.agent) ? 'tickets-support' : 'ops-auto';
+    const aud = this.support(i.agent) ? TICKETS : OPS;
+    if (i.audience !== aud) return deny('TASKPASS_DENIED_AUDIENCE', `no template allows ${i.audience}`);
+    const tools = this.ceiling(i.agent)[0]!.tools;
+    const t = tools.filter((x) => x.tool === i.tool);
+    if (t.length === 0) return deny('TASKPASS_DENIED_TOOL', `tool ${i.tool} not allowed`, tpl);
+    const ta = t.find((x) => x.action === i.action);
+    if (!ta) return deny('TASKPASS_DENIED_ACTION', `action ${i.action} not allowed for ${i.tool}`, tpl);
+    const prefix = ta.resources[0]!.slice(0, -1);
+    if (!i.resource.startsWith(prefix) || i.resource.slice(prefix.length).includes('/')) {
+      return deny('TASKPASS_DENIED_RESOURCE', `resource ${i.resource} not allowed`, tpl);
+    }
+    if (i.tool === 'close_ticket') {
+      if (i.history.filter((h) => h.tool === 'close_ticket').length >= 1) {
+        return deny('TASKPASS_DENIED_CALL_LIMIT', 'close_ticket at most once per task', tpl);
+      }
+      if (!i.history.some((h) => h.tool === 'get_ticket' && h.resource === i.resource)) {
+        return deny('TASKPASS_DENIED_PREREQUISITE', 'get_ticket on the same resource must come first', tpl);
+      }
+    }
+    return {
+      allow: true,
+      template: tpl,
+      owner: 'support-platform@example.com',
+      ttlSec: 60,
+      singleUse: i.action !== 'read',
+    };
+  }
+  session(agent: string, _u: PolicyUser | undefined, audience: string) {
+    const c = this.ceiling(agent).find((x) => x.audience === audience);
+    return c ? { template: c.template, ttlSec: 120 } : undefined;
+  }
+}
+
+/** A fake authenticator: the "JWT-SVID" `tsvid.<base64url id>` and the "chain" marker are trusted. */
+export function fakeAuth(): WorkloadAuthenticator {
+  const identity = (id: string, method: 'mtls' | 'jwt-svid'): WorkloadIdentity => {
+    const m = /^spiffe:\/\/([^/]+)(\/.*)$/.exec(id);
+    if (!m) throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'bad id');
+    const spiffeId = {
+      trustDomain: { name: m[1]! },
+      path: m[2]!,
+      toString: () => id,
+    } as unknown as WorkloadIdentity['spiffeId'];
+    return {
+      id,
+      spiffeId,
+      trustDomain: m[1]!,
+      method,
+      ...(method === 'mtls' ? { x5tS256: 'thumb-of-' + id } : {}),
+    };
+  };
+  return {
+    async authenticate(c) {
+      if (c.peerChain?.length) return identity((c.peerChain[0] as unknown as { id: string }).id, 'mtls');
+      if (c.jwtSvid?.startsWith('tsvid.'))
+        return identity(Buffer.from(c.jwtSvid.slice(6), 'base64url').toString(), 'jwt-svid');
+      throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'no credential');
+    },
+  };
+}
+
+/** A local user-token issuer with a static JWKS. */
+export async function userIssuer() {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'idp-1', alg: 'ES256' };
+  const sign = (
+    claims: Record<string, unknown>,
+    opts: { exp?: number; iss?: string; aud?: string; key?: KeyObject } = {},
+  ) =>
+    new SignJWT({ groups: ['support'], ...claims })
+      .setProtectedHeader({ alg: 'ES256', kid: 'idp-1' })
+      .setIssuer(opts.iss ?? IDP)
+      .setAudience(opts.aud ?? 'taskpass')
+      .setSubject(typeof claims.sub === 'string' ? claims.sub : 'alice')
+      .setIssuedAt()
+      .setExpirationTime(opts.exp ?? Math.floor(Date.now() / 1000) + 3600)
+      .sign(opts.key ?? privateKey);
+  return { jwk, sign };
+}
+
+/** A fake JWT-SVID for `id` (accepted by fakeAuth). */
+export const svid = (id: string): string => `tsvid.${Buffer.from(id).toString('base64url')}`;
+
+export interface TestBroker {
+  app: FastifyInstance;
+  store: MemoryStore;
+  config: BrokerConfig;
+  publicJwk: Record<string, unknown>;
+  user: Awaited<ReturnType<typeof userIssuer>>;
+  clock: { now: number };
+  /** Headers for a JWT-SVID-authenticated agent. */
+  jwt(id: string): Record<string, string>;
+  /** Headers that make the peer-cert seam present an mTLS chain for `id`. */
+  mtls(id: string): Record<string, string>;
+}
+
+/** Builds the app with the fakes above; `x-test-peer` drives the peer-certificate seam. */
+export async function testBroker(extra: Record<string, unknown> = {}): Promise<TestBroker> {
+  const user = await userIssuer();
+  const config = parseConfig({
+    issuer: ISSUER,
+    trustDomain: TD,
+    tls: { mode: 'none' },
+    admins: [ADMIN],
+    agents: { ids: [`spiffe://${TD}/agents/**`] },
+    users: {
+      trustedIssuers: [
+        { issuer: IDP, audience: 'taskpass', jwks: { keys: [user.jwk] }, algorithms: ['ES256'] },
+      ],
+    },
+    rateLimit: { perAgentPerMinute: 1000 },
+    ...extra,
+  });
+  const store = new MemoryStore();
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const publicJwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+  const clock = { now: Date.now() };
+  const policy = new TinyPolicy();
+  const app = buildApp({
+    config,
+    store,
+    keys: { current: () => ({ kid: 'k1', privateKey }), jwks: () => ({ keys: [publicJwk] }) },
+    policies: { current: () => policy },
+    identity: { agentAuth: fakeAuth() },
+    userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
+    hub: {} as never,
+    logger: pino({ level: 'silent' }),
+    now: () => clock.now,
+    peerCertificates: (req: FastifyRequest) => {
+      const id = req.headers['x-test-peer'];
+      return typeof id === 'string' ? ([{ id }] as never) : undefined;
+    },
+    feedRoutes: (async (f: FastifyInstance, o: { preHandler: (r: FastifyRequest) => Promise<void> }) => {
+      f.get(
+        '/v1/revocations',
+        {
+          preHandler: o.preHandler,
+          schema: { response: { 200: { type: 'object', properties: { seq: { type: 'integer' } } } } },
+        },
+        async () => ({
+          seq: await store.currentSeq(),
+        }),
+      );
+    }) as never,
+  });
+  await app.ready();
+  return {
+    app,
+    store,
+    config,
+    publicJwk,
+    user,
+    clock,
+    jwt: (id) => ({ authorization: `Bearer ${svid(id)}` }),
+    mtls: (id) => ({ 'x-test-peer': id }),
+  };
+}

@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { runCli } from '../src/cli.ts';
+import { ADMIN, AGENT, svid, TICKETS, testBroker } from './app-support.ts';
+
+function io(env: NodeJS.ProcessEnv = {}) {
+  const out: string[] = [];
+  const err: string[] = [];
+  return { io: { out: (s: string) => out.push(s), err: (s: string) => err.push(s), env }, out, err };
+}
+
+test('usage errors exit 2; token decode/explain work offline', async () => {
+  const u = io();
+  assert.equal(await runCli(['frobnicate'], u.io), 2);
+  assert.match(u.err.join('\n'), /unknown command/);
+  assert.equal(await runCli([], io().io), 2);
+  assert.equal(await runCli(['token', 'decode', 'not-a-jwt'], io().io), 1);
+
+  const b = await testBroker();
+  const task = await b.app.inject({
+    method: 'POST',
+    url: '/v1/tasks',
+    headers: b.mtls(AGENT),
+    payload: { purpose: 'p', user_token: await b.user.sign({}) },
+  });
+  const tok = (
+    await b.app.inject({
+      method: 'POST',
+      url: `/v1/tasks/${task.json().task_id}/tokens`,
+      headers: b.mtls(AGENT),
+      payload: { audience: TICKETS, tool: 'get_ticket', resource: 'tickets/9', action: 'read' },
+    })
+  ).json().access_token as string;
+  const d = io();
+  assert.equal(await runCli(['token', 'decode', tok], d.io), 0);
+  assert.equal(JSON.parse(d.out[0]!).claims.tpl, 'tickets-support');
+  const e = io();
+  assert.equal(await runCli(['token', 'explain', tok], e.io), 0);
+  const text = e.out.join('\n');
+  assert.match(text, /template +tickets-support/);
+  assert.match(text, /read call of tool get_ticket on resource tickets\/9/);
+  assert.match(text, /bound to +client certificate/);
+
+  // against a listening tls:none broker: verify + introspect, list and revoke as admin
+  const url = await b.app.listen({ host: '127.0.0.1', port: 0 });
+  try {
+    const v = io({ TASKPASS_JWT_SVID: svid(AGENT) });
+    assert.equal(await runCli(['token', 'explain', tok, '--broker', url], v.io), 0, v.out.join('\n'));
+    assert.match(v.out.join('\n'), /signature +valid/);
+    assert.match(v.out.join('\n'), /broker +active/);
+    const denied = io({ TASKPASS_JWT_SVID: svid(AGENT) });
+    assert.equal(await runCli(['tasks', 'list', '--broker', url], denied.io), 1);
+    assert.match(denied.err.join('\n'), /TASKPASS_FORBIDDEN_ADMIN/);
+    const l = io({ TASKPASS_JWT_SVID: svid(ADMIN), TASKPASS_BROKER_URL: url });
+    assert.equal(await runCli(['tasks', 'list'], l.io), 0);
+    assert.match(l.out.join('\n'), new RegExp(task.json().task_id));
+    const r = io({ TASKPASS_JWT_SVID: svid(ADMIN) });
+    assert.equal(
+      await runCli(['tasks', 'revoke', task.json().task_id, '--broker', url, '--reason', 'test'], r.io),
+      0,
+    );
+    assert.match(r.out.join('\n'), /revoked tsk_/);
+    const after = io({ TASKPASS_JWT_SVID: svid(AGENT) });
+    assert.equal(await runCli(['token', 'explain', tok, '--broker', url], after.io), 1);
+    assert.match(after.out.join('\n'), /NOT active/);
+  } finally {
+    await b.app.close();
+  }
+});

@@ -1,0 +1,112 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { loadConfig, parseConfig, parseDurationSec } from '../src/config.ts';
+import { TaskpassError } from '../src/errors.ts';
+
+const minimal = { issuer: 'https://broker.test:8443', trustDomain: 'taskpass.local' };
+
+test('defaults are applied and the result is deeply frozen', () => {
+  const c = parseConfig(minimal);
+  assert.equal(c.listen.port, 8443);
+  assert.equal(c.tls.mode, 'spiffe');
+  assert.equal(c.jwtSvidAudience, 'https://broker.test:8443');
+  assert.deepEqual(c.store, { sqlite: { path: 'taskpass.db' } });
+  assert.equal(c.tokens.defaultTtl, 60);
+  assert.equal(c.keys.rotateEvery, 86400);
+  assert.equal(c.feed.auth, 'workloads');
+  assert.equal(c.feed.heartbeatMs, 5000);
+  assert.ok(Object.isFrozen(c) && Object.isFrozen(c.listen) && Object.isFrozen(c.admins));
+  assert.throws(() => {
+    (c.listen as { port: number }).port = 1;
+  }, TypeError);
+});
+
+test('durations, trust-domain prefixes and issuers', () => {
+  assert.equal(parseDurationSec('15m'), 900);
+  assert.equal(parseDurationSec('500ms'), 1);
+  assert.equal(parseDurationSec('x'), undefined);
+  const c = parseConfig({
+    ...minimal,
+    trustDomain: 'spiffe://taskpass.local',
+    tokens: { defaultTtl: '30s', maxTtl: '2m' },
+    users: {
+      trustedIssuers: [{ issuer: 'https://idp.test', audience: 'taskpass', jwks: { keys: [{ kty: 'EC' }] } }],
+    },
+    store: { redis: { url: 'redis://127.0.0.1:6379' } },
+  });
+  assert.equal(c.trustDomain, 'taskpass.local');
+  assert.equal(c.tokens.maxTtl, 120);
+  assert.deepEqual(c.users.trustedIssuers[0]?.algorithms, ['RS256', 'ES256']);
+  assert.equal(c.store.redis?.url, 'redis://127.0.0.1:6379');
+});
+
+function invalid(raw: unknown): { path: string; message: string }[] {
+  try {
+    parseConfig(raw);
+  } catch (e) {
+    assert.ok(e instanceof TaskpassError);
+    assert.equal(e.code, 'TASKPASS_CONFIG_INVALID');
+    return e.details?.issues as { path: string; message: string }[];
+  }
+  assert.fail('expected TASKPASS_CONFIG_INVALID');
+}
+
+test('invalid configurations name the offending path', () => {
+  assert.ok(invalid({ trustDomain: 'x' }).some((i) => i.path === 'issuer'));
+  assert.ok(invalid({ ...minimal, tls: { mode: 'plain' } }).some((i) => i.path === 'tls.mode'));
+  assert.ok(
+    invalid({ ...minimal, tokens: { defaultTtl: 'soon' } }).some((i) => i.path === 'tokens.defaultTtl'),
+  );
+  assert.ok(invalid({ ...minimal, typo: 1 }).length > 0);
+  assert.ok(invalid({ ...minimal, admins: ['not-a-spiffe-id'] }).some((i) => i.path === 'admins.0'));
+  assert.ok(
+    invalid({ ...minimal, users: { trustedIssuers: [{ issuer: 'https://i', audience: 'a' }] } }).some((i) =>
+      i.path.startsWith('users.trustedIssuers.0'),
+    ),
+  );
+  assert.ok(
+    invalid({ ...minimal, keys: { rotateEvery: '1h', prepublish: '2h' } }).some(
+      (i) => i.path === 'keys.prepublish',
+    ),
+  );
+  assert.ok(
+    invalid({ ...minimal, store: { sqlite: { path: 'a' }, redis: { url: 'redis://x' } } }).some(
+      (i) => i.path === 'store',
+    ),
+  );
+});
+
+test('loadConfig reads YAML from --config and lets TASKPASS_* env override it', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-config-'));
+  const file = join(dir, 'broker.yaml');
+  writeFileSync(
+    file,
+    'issuer: https://broker.test\ntrustDomain: taskpass.local\nlisten:\n  port: 9000\nadmins: []\n',
+  );
+  const c = loadConfig({
+    argv: ['serve', '--config', file],
+    env: {
+      TASKPASS_LISTEN_PORT: '9443',
+      TASKPASS_ADMINS: 'spiffe://taskpass.local/admin/a, spiffe://taskpass.local/admin/b',
+      TASKPASS_TLS_MODE: 'none',
+    },
+  });
+  assert.equal(c.listen.port, 9443);
+  assert.equal(c.tls.mode, 'none');
+  assert.deepEqual(c.admins, ['spiffe://taskpass.local/admin/a', 'spiffe://taskpass.local/admin/b']);
+  const j = join(dir, 'broker.json');
+  writeFileSync(j, JSON.stringify(minimal));
+  assert.equal(loadConfig({ env: { TASKPASS_CONFIG: j } }).issuer, minimal.issuer);
+  assert.throws(
+    () => loadConfig({ file: join(dir, 'missing.yaml'), env: {} }),
+    /cannot read configuration file/,
+  );
+  writeFileSync(file, 'issuer: [unclosed');
+  assert.throws(
+    () => loadConfig({ file, env: {} }),
+    (e: unknown) => e instanceof TaskpassError && e.code === 'TASKPASS_CONFIG_INVALID',
+  );
+});

@@ -1,0 +1,66 @@
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { test } from 'node:test';
+import { createLocalJWKSet, decodeProtectedHeader, exportJWK, generateKeyPair, jwtVerify } from 'jose';
+import { mintToken } from '../src/mint.ts';
+
+const base = {
+  issuer: 'https://broker.test',
+  kid: 'k1',
+  sub: 'alice',
+  agent: 'spiffe://td/agents/a',
+  audience: 'https://mcp.test/mcp',
+  iat: 1_700_000_000,
+  exp: 1_700_000_060,
+  taskId: 'tsk_1',
+  detail: { type: 'mcp_tool_call', tool: 'get_ticket', resource: 'tickets/1', action: 'read' } as const,
+  singleUse: false,
+  template: 'tpl-a',
+};
+
+test('mintToken produces an ES256 at+jwt that jose verifies, with every claim', async () => {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256' };
+  const { token, jti } = mintToken({ ...base, privateKey, x5tS256: 'abc', singleUse: true });
+  assert.deepEqual(decodeProtectedHeader(token), { alg: 'ES256', typ: 'at+jwt', kid: 'k1' });
+  const { payload } = await jwtVerify(token, createLocalJWKSet({ keys: [jwk] }), {
+    issuer: base.issuer,
+    audience: base.audience,
+    typ: 'at+jwt',
+    algorithms: ['ES256'],
+    currentDate: new Date((base.iat + 1) * 1000),
+  });
+  assert.deepEqual(payload, {
+    iss: base.issuer,
+    sub: 'alice',
+    act: { sub: base.agent },
+    client_id: base.agent,
+    aud: base.audience,
+    iat: base.iat,
+    exp: base.exp,
+    jti,
+    txn: 'tsk_1',
+    authorization_details: [base.detail],
+    cnf: { 'x5t#S256': 'abc' },
+    single_use: true,
+    tpl: 'tpl-a',
+  });
+  assert.match(jti, /^[A-Za-z0-9_-]{22}$/);
+});
+
+test('mintToken accepts a WebCrypto key, omits cnf/single_use when not set, and nests act', async () => {
+  const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+  const { token } = mintToken({ ...base, privateKey, priorAct: { sub: 'spiffe://td/agents/parent' } });
+  const { payload } = await jwtVerify(token, publicKey, { currentDate: new Date((base.iat + 1) * 1000) });
+  assert.equal(payload.cnf, undefined);
+  assert.equal(payload.single_use, undefined);
+  assert.deepEqual(payload.act, { sub: base.agent, act: { sub: 'spiffe://td/agents/parent' } });
+});
+
+test('mintToken refuses exp <= iat and unique jtis', () => {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  assert.throws(() => mintToken({ ...base, privateKey, exp: base.iat }));
+  const a = mintToken({ ...base, privateKey }).jti;
+  const b = mintToken({ ...base, privateKey }).jti;
+  assert.notEqual(a, b);
+});

@@ -1,0 +1,279 @@
+// The Store contract, run against every implementation (SQLite and Redis).
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { test } from 'node:test';
+import { TaskpassError } from '../src/errors.ts';
+import type { Revocation, Store, StoredSigningKey, TaskRecord } from '../src/store/types.ts';
+
+/** A fresh, initialised store (each call gets its own empty namespace) and its cleanup. */
+export type MakeStore = () => Promise<{ store: Store; cleanup: () => Promise<void> }>;
+
+const nowSec = () => Math.floor(Date.now() / 1000);
+
+function task(over: Partial<TaskRecord> = {}): TaskRecord {
+  const now = nowSec();
+  return {
+    id: `task-${randomUUID()}`,
+    agent: 'spiffe://taskpass.local/agents/support/a1',
+    sub: 'alice',
+    purpose: 'answer ticket T-1',
+    status: 'open',
+    createdAt: now,
+    expiresAt: now + 600,
+    ...over,
+  };
+}
+
+async function withStore(make: MakeStore, fn: (s: Store) => Promise<void>): Promise<void> {
+  const { store, cleanup } = await make();
+  try {
+    await fn(store);
+  } finally {
+    await cleanup();
+  }
+}
+
+const waitFor = async (cond: () => boolean, ms = 2000): Promise<void> => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out waiting');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+/** Registers the contract tests for one implementation. */
+export function storeContract(name: string, make: MakeStore): void {
+  test(`${name}: init is idempotent; tasks round-trip with optional fields`, () =>
+    withStore(make, async (s) => {
+      await s.init();
+      const a = task({ userIssuer: 'https://idp', userClaims: { groups: ['support'], n: 1 } });
+      const b = task({ createdAt: a.createdAt + 1 });
+      await s.createTask(a);
+      await s.createTask(b);
+      assert.deepEqual(await s.getTask(a.id), a);
+      assert.deepEqual(await s.getTask(b.id), b);
+      assert.equal(await s.getTask('nope'), undefined);
+      await assert.rejects(s.createTask(a), 'a task id is never overwritten');
+    }));
+
+  test(`${name}: listTasks filters by status and agent, newest first, with a limit`, () =>
+    withStore(make, async (s) => {
+      const now = nowSec();
+      const t1 = task({ createdAt: now - 3 });
+      const t2 = task({ createdAt: now - 2, agent: 'spiffe://taskpass.local/agents/other' });
+      const t3 = task({ createdAt: now - 1 });
+      for (const t of [t1, t2, t3]) await s.createTask(t);
+      await s.finishTask(t3.id, 'completed', now, 'done');
+      assert.deepEqual(
+        (await s.listTasks()).map((t) => t.id),
+        [t3.id, t2.id, t1.id],
+      );
+      assert.deepEqual(
+        (await s.listTasks({ status: 'open' })).map((t) => t.id),
+        [t2.id, t1.id],
+      );
+      assert.deepEqual(
+        (await s.listTasks({ agent: t1.agent })).map((t) => t.id),
+        [t3.id, t1.id],
+      );
+      assert.deepEqual(
+        (await s.listTasks({ limit: 1 })).map((t) => t.id),
+        [t3.id],
+      );
+    }));
+
+  test(`${name}: finishTask is atomic, idempotent and appends one task revocation`, () =>
+    withStore(make, async (s) => {
+      const t = task();
+      await s.createTask(t);
+      const seen: Revocation[] = [];
+      const off = s.onRevocation((r) => seen.push(r));
+      const at = nowSec();
+      const r1 = await s.finishTask(t.id, 'completed', at, 'task completed');
+      assert.equal(r1.alreadyFinished, false);
+      assert.equal(r1.task.status, 'completed');
+      assert.equal(r1.task.finishedAt, at);
+      assert.deepEqual(r1.revocation, {
+        seq: 1,
+        kind: 'task',
+        id: t.id,
+        until: t.expiresAt,
+        reason: 'task completed',
+      });
+      assert.equal((await s.getTask(t.id))?.status, 'completed');
+      assert.equal(await s.currentSeq(), 1);
+
+      const r2 = await s.finishTask(t.id, 'revoked', at + 5, 'again');
+      assert.equal(r2.alreadyFinished, true);
+      assert.equal(r2.task.status, 'completed', 'the first outcome stands');
+      assert.deepEqual(r2.revocation, r1.revocation);
+      assert.equal(await s.currentSeq(), 1, 'no second revocation');
+
+      await waitFor(() => seen.length >= 1);
+      await new Promise((r) => setTimeout(r, 30));
+      assert.deepEqual(seen, [r1.revocation], 'onRevocation fired once');
+      off();
+
+      await assert.rejects(s.finishTask('missing', 'completed', at, 'x'), (e: unknown) => {
+        assert.ok(e instanceof TaskpassError);
+        assert.equal(e.code, 'TASKPASS_TASK_NOT_FOUND');
+        return true;
+      });
+      assert.equal(await s.currentSeq(), 1, 'a failed finish consumes no seq');
+    }));
+
+  test(`${name}: concurrent finishes of one task yield exactly one revocation`, () =>
+    withStore(make, async (s) => {
+      const t = task();
+      await s.createTask(t);
+      const at = nowSec();
+      const rs = await Promise.all(
+        (['completed', 'failed', 'cancelled', 'revoked'] as const).map((st) =>
+          s.finishTask(t.id, st, at, st),
+        ),
+      );
+      assert.equal(rs.filter((r) => !r.alreadyFinished).length, 1);
+      assert.equal(new Set(rs.map((r) => r.revocation.seq)).size, 1);
+      assert.equal(await s.currentSeq(), 1);
+    }));
+
+  test(`${name}: issued calls are kept in order per task`, () =>
+    withStore(make, async (s) => {
+      const t = task();
+      await s.createTask(t);
+      const now = nowSec();
+      const calls = ['get_ticket', 'close_ticket', 'get_ticket'].map((tool, i) => ({
+        taskId: t.id,
+        jti: `jti-${randomUUID()}`,
+        tool,
+        resource: 'tickets/T-1',
+        action: tool === 'get_ticket' ? ('read' as const) : ('write' as const),
+        template: 'tickets-support',
+        issuedAt: now + i,
+        expiresAt: now + 60 + i,
+      }));
+      for (const c of calls) await s.recordIssued(c);
+      assert.deepEqual(await s.listIssued(t.id), calls);
+      assert.deepEqual(await s.listIssued('other'), []);
+    }));
+
+  test(`${name}: token revocations, revocationsSince, currentSeq, isRevoked`, () =>
+    withStore(make, async (s) => {
+      const now = nowSec();
+      assert.equal(await s.currentSeq(), 0);
+      assert.deepEqual(await s.revocationsSince(0, now), []);
+      const a = await s.revokeToken('jti-a', now + 60, 'rfc7009');
+      const b = await s.revokeToken('jti-b', now - 1, 'already expired');
+      const t = task();
+      await s.createTask(t);
+      const c = (await s.finishTask(t.id, 'revoked', now, 'admin')).revocation;
+      assert.deepEqual([a.seq, b.seq, c.seq], [1, 2, 3]);
+      assert.deepEqual(a, { seq: 1, kind: 'token', id: 'jti-a', until: now + 60, reason: 'rfc7009' });
+      assert.deepEqual(await s.revocationsSince(0, now), [a, c], 'only live ones');
+      assert.deepEqual(await s.revocationsSince(1, now), [c]);
+      assert.deepEqual(await s.revocationsSince(3, now), []);
+      assert.deepEqual(await s.revocationsSince(0, now - 10), [a, b, c]);
+      assert.equal(await s.currentSeq(), 3);
+      assert.equal(await s.isRevoked('token', 'jti-a'), true);
+      assert.equal(await s.isRevoked('token', 'jti-zzz'), false);
+      assert.equal(await s.isRevoked('task', t.id), true);
+      const open = task();
+      await s.createTask(open);
+      assert.equal(await s.isRevoked('task', open.id), false);
+      assert.equal(await s.isRevoked('task', 'jti-a'), false, 'kinds are separate');
+    }));
+
+  test(`${name}: seq is strictly increasing under concurrency`, () =>
+    withStore(make, async (s) => {
+      const until = nowSec() + 60;
+      const rs = await Promise.all(Array.from({ length: 50 }, (_, i) => s.revokeToken(`j${i}`, until, 'x')));
+      assert.deepEqual(
+        rs.map((r) => r.seq).sort((x, y) => x - y),
+        Array.from({ length: 50 }, (_, i) => i + 1),
+      );
+      assert.equal(await s.currentSeq(), 50);
+    }));
+
+  test(`${name}: markUsed is true exactly once`, () =>
+    withStore(make, async (s) => {
+      const until = nowSec() + 60;
+      assert.equal(await s.markUsed('jti-1', until), true);
+      assert.equal(await s.markUsed('jti-1', until), false);
+      assert.equal(await s.markUsed('jti-2', until), true);
+      const many = await Promise.all(Array.from({ length: 20 }, () => s.markUsed('jti-3', until)));
+      assert.equal(many.filter(Boolean).length, 1, 'concurrent callers: one winner');
+    }));
+
+  test(`${name}: signing keys save, update, load and delete`, () =>
+    withStore(make, async (s) => {
+      const k = (kid: string, activeFrom: number): StoredSigningKey => ({
+        kid,
+        alg: 'ES256',
+        privateJwk: { kty: 'EC', crv: 'P-256', x: 'x', y: 'y', d: 'd' },
+        publicJwk: { kty: 'EC', crv: 'P-256', x: 'x', y: 'y' },
+        createdAt: activeFrom - 10,
+        activeFrom,
+        retireAt: activeFrom + 100,
+      });
+      assert.deepEqual(await s.loadSigningKeys(), []);
+      await s.saveSigningKey(k('k1', 100));
+      await s.saveSigningKey(k('k2', 200));
+      const sort = (ks: StoredSigningKey[]) => ks.sort((x, y) => x.activeFrom - y.activeFrom);
+      assert.deepEqual(sort(await s.loadSigningKeys()), [k('k1', 100), k('k2', 200)]);
+      await s.saveSigningKey({ ...k('k1', 100), retireAt: 500 });
+      assert.equal((await s.loadSigningKeys()).find((x) => x.kid === 'k1')?.retireAt, 500);
+      await s.deleteSigningKey('k1');
+      assert.deepEqual(await s.loadSigningKeys(), [k('k2', 200)]);
+    }));
+
+  test(`${name}: onRevocation delivers in seq order and unsubscribes`, () =>
+    withStore(make, async (s) => {
+      const got: number[] = [];
+      const off = s.onRevocation((r) => got.push(r.seq));
+      const until = nowSec() + 60;
+      for (let i = 0; i < 5; i++) await s.revokeToken(`j${i}`, until, 'x');
+      await waitFor(() => got.length === 5);
+      assert.deepEqual(got, [1, 2, 3, 4, 5]);
+      off();
+      await s.revokeToken('j-late', until, 'x');
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(got.length, 5);
+    }));
+
+  test(`${name}: sweep drops expired revocations, tasks, calls and replay entries, never seqs`, () =>
+    withStore(make, async (s) => {
+      const now = nowSec();
+      const old = task({ createdAt: now - 100, expiresAt: now + 10 });
+      const young = task({ expiresAt: now + 10_000 });
+      await s.createTask(old);
+      await s.createTask(young);
+      await s.recordIssued({
+        taskId: old.id,
+        jti: 'j-old',
+        tool: 't',
+        resource: 'r',
+        action: 'read',
+        template: 'x',
+        issuedAt: now,
+        expiresAt: now + 10,
+      });
+      await s.finishTask(old.id, 'completed', now, 'done');
+      const keep = await s.revokeToken('j-keep', now + 5000, 'x');
+      assert.equal(await s.markUsed('u-1', now + 10), true);
+
+      const later = now + 3600; // past `old`'s expiry plus any retention
+      await s.sweep(later);
+      assert.equal(await s.getTask(old.id), undefined);
+      assert.deepEqual(await s.listIssued(old.id), []);
+      assert.ok(await s.getTask(young.id));
+      assert.deepEqual(await s.revocationsSince(0, later - 1), [keep]);
+      assert.deepEqual(await s.revocationsSince(0, 0), [keep], 'expired revocations are gone');
+      assert.deepEqual(
+        (await s.listTasks()).map((t) => t.id),
+        [young.id],
+      );
+      assert.equal(await s.currentSeq(), 2, 'the seq survives the sweep');
+      const next = await s.revokeToken('j-next', now + 60, 'x');
+      assert.equal(next.seq, 3, 'never reused');
+    }));
+}

@@ -1,0 +1,126 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import Database from 'better-sqlite3';
+import { createStore } from '../src/store/index.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
+import { storeContract } from './store-contract.ts';
+
+storeContract('sqlite :memory:', async () => {
+  const store = new SqliteStore({ path: ':memory:' });
+  await store.init();
+  return { store, cleanup: () => store.close() };
+});
+
+function tempDir(): { dir: string; [Symbol.dispose](): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'taskpass-store-'));
+  return { dir, [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+const nowSec = () => Math.floor(Date.now() / 1000);
+
+test('sqlite file: WAL journal, parent directories created, schema version recorded', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'nested', 'broker.db');
+  const s = new SqliteStore({ path });
+  await s.init();
+  await s.close();
+  const db = new Database(path, { readonly: true });
+  try {
+    assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
+    assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 1);
+  } finally {
+    db.close();
+  }
+  const again = new SqliteStore({ path });
+  await again.init(); // migrations are not re-applied
+  await again.close();
+});
+
+test('sqlite file: revocations and seq survive a restart; seq is never reused', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const now = nowSec();
+  const a = new SqliteStore({ path });
+  await a.init();
+  await a.createTask({
+    id: 't1',
+    agent: 'a',
+    sub: 'u',
+    purpose: 'p',
+    status: 'open',
+    createdAt: now,
+    expiresAt: now + 5,
+  });
+  const fin = await a.finishTask('t1', 'completed', now, 'done');
+  const tok = await a.revokeToken('j1', now + 600, 'x');
+  assert.equal(await a.markUsed('once', now + 600), true);
+  await a.close();
+
+  const b = new SqliteStore({ path });
+  await b.init();
+  assert.equal(await b.currentSeq(), 2);
+  assert.deepEqual(await b.revocationsSince(0, now), [fin.revocation, tok]);
+  assert.equal(await b.isRevoked('task', 't1'), true);
+  assert.equal((await b.getTask('t1'))?.status, 'completed');
+  assert.equal(await b.markUsed('once', now + 600), false, 'single use survives a restart');
+  // Sweep everything away, restart again: the next seq still follows the last one handed out.
+  await b.sweep(now + 100_000);
+  assert.equal(await b.isRevoked('task', 't1'), false);
+  await b.close();
+
+  const c = new SqliteStore({ path });
+  await c.init();
+  assert.equal(await c.currentSeq(), 2);
+  assert.equal((await c.revokeToken('j2', now + 60, 'x')).seq, 3);
+  await c.close();
+});
+
+test('sqlite: finishing an already-finished task after its revocation was swept still answers', async () => {
+  const s = new SqliteStore({ path: ':memory:' });
+  await s.init();
+  const now = nowSec();
+  await s.createTask({
+    id: 't',
+    agent: 'a',
+    sub: 'u',
+    purpose: 'p',
+    status: 'open',
+    createdAt: now,
+    expiresAt: now + 10,
+  });
+  const first = await s.finishTask('t', 'cancelled', now, 'stop');
+  await s.sweep(now + 20); // revocation past `until`, task still within retention
+  const again = await s.finishTask('t', 'completed', now + 20, 'late');
+  assert.equal(again.alreadyFinished, true);
+  assert.equal(again.revocation.seq, first.revocation.seq);
+  assert.equal(again.task.status, 'cancelled');
+  assert.equal(await s.isRevoked('task', 't'), true, 'a finished task stays revoked');
+  await s.close();
+});
+
+test('sqlite: a newer schema than the code is refused', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const s = new SqliteStore({ path });
+  await s.init();
+  await s.close();
+  const db = new Database(path);
+  db.prepare('UPDATE schema_version SET version = 99').run();
+  db.close();
+  await assert.rejects(new SqliteStore({ path }).init(), /schema version 99/);
+});
+
+test('sqlite: methods before init() fail clearly; createStore picks SQLite', async () => {
+  const s = new SqliteStore({ path: ':memory:' });
+  await assert.rejects(s.currentSeq(), /init\(\)/);
+  const viaKind = createStore({ kind: 'sqlite', path: ':memory:' });
+  assert.ok(viaKind instanceof SqliteStore);
+  const viaSection = createStore({ sqlite: { path: ':memory:' } });
+  assert.ok(viaSection instanceof SqliteStore);
+  await viaSection.init();
+  assert.equal(await viaSection.currentSeq(), 0);
+  await viaSection.close();
+});

@@ -1,0 +1,136 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, test } from 'node:test';
+import { Redis } from 'ioredis';
+import pino from 'pino';
+import { createStore } from '../src/store/index.ts';
+import { RedisStore } from '../src/store/redis.ts';
+import type { Revocation } from '../src/store/types.ts';
+import { storeContract } from './store-contract.ts';
+
+const URL = 'redis://127.0.0.1:6379';
+const admin = new Redis(URL);
+after(() => admin.quit());
+
+async function dropPrefix(prefix: string): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+    cursor = next;
+    if (keys.length) await admin.del(...keys);
+  } while (cursor !== '0');
+}
+
+const prefix = () => `taskpass-test:${randomUUID()}:`;
+
+storeContract('redis', async () => {
+  const p = prefix();
+  const store = new RedisStore({ url: URL, prefix: p });
+  await store.init();
+  return {
+    store,
+    cleanup: async () => {
+      await store.close();
+      await dropPrefix(p);
+    },
+  };
+});
+
+const waitFor = async (cond: () => boolean, ms = 3000): Promise<void> => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out waiting');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+test('redis: a revocation made on one replica reaches the other replica, in order', async () => {
+  const p = prefix();
+  const a = new RedisStore({ url: URL, prefix: p });
+  const b = new RedisStore({ url: URL, prefix: p });
+  await a.init();
+  await b.init();
+  try {
+    const onB: Revocation[] = [];
+    const onA: Revocation[] = [];
+    b.onRevocation((r) => onB.push(r));
+    a.onRevocation((r) => onA.push(r));
+    const now = Math.floor(Date.now() / 1000);
+    await a.createTask({
+      id: 't',
+      agent: 'x',
+      sub: 'u',
+      purpose: 'p',
+      status: 'open',
+      createdAt: now,
+      expiresAt: now + 60,
+    });
+    const fin = await a.finishTask('t', 'completed', now, 'done');
+    const tok = await b.revokeToken('j', now + 60, 'r');
+    await waitFor(() => onB.length === 2 && onA.length === 2);
+    assert.deepEqual(onB, [fin.revocation, tok]);
+    assert.deepEqual(onA, [fin.revocation, tok]);
+    // Both replicas see the same task and the same sequence.
+    assert.equal((await b.getTask('t'))?.status, 'completed');
+    assert.equal((await b.finishTask('t', 'failed', now, 'x')).alreadyFinished, true);
+    assert.equal(await a.currentSeq(), 2);
+  } finally {
+    await a.close();
+    await b.close();
+    await dropPrefix(p);
+  }
+});
+
+test('redis: a lost pub/sub message is filled in from the store (no gap reaches listeners)', async () => {
+  const p = prefix();
+  const s = new RedisStore({ url: URL, prefix: p });
+  await s.init();
+  try {
+    const got: number[] = [];
+    s.onRevocation((r) => got.push(r.seq));
+    const until = Math.floor(Date.now() / 1000) + 60;
+    // Written behind the store's back, as if its message had been lost: seq 1 without a publish.
+    await admin.set(`${p}seq`, 1);
+    await admin.zadd(`${p}revs`, 1, '1');
+    await admin.zadd(`${p}revs:until`, until, '1');
+    await admin.hset(
+      `${p}revdata`,
+      '1',
+      JSON.stringify({ seq: 1, kind: 'token', id: 'lost', until, reason: 'x' }),
+    );
+    await s.revokeToken('j2', until, 'x');
+    await waitFor(() => got.length === 2);
+    assert.deepEqual(got, [1, 2]);
+  } finally {
+    await s.close();
+    await dropPrefix(p);
+  }
+});
+
+test('redis: init warns when AOF fsync-always is off (never fails for it); createStore picks Redis', async () => {
+  const lines: string[] = [];
+  const logger = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
+  const p = prefix();
+  const s = createStore({ redis: { url: URL, keyPrefix: p } }, { logger });
+  assert.ok(s instanceof RedisStore);
+  await s.init();
+  await s.init();
+  const [, aof] = (await admin.call('CONFIG', 'GET', 'appendonly')) as string[];
+  const [, fsync] = (await admin.call('CONFIG', 'GET', 'appendfsync')) as string[];
+  if (aof !== 'yes' || fsync !== 'always') assert.ok(lines.some((l) => l.includes('appendfsync always')));
+  else assert.equal(lines.length, 0);
+  await s.close();
+  const k = createStore({ kind: 'redis', url: URL, prefix: p });
+  assert.ok(k instanceof RedisStore && k.prefix === p);
+  await dropPrefix(p);
+});
+
+test('redis: an unreachable Redis fails init and writes instead of hanging', async () => {
+  const s = new RedisStore({
+    url: 'redis://127.0.0.1:1',
+    prefix: prefix(),
+    redisOptions: { retryStrategy: () => null, connectTimeout: 500 },
+  });
+  await assert.rejects(s.init());
+  await assert.rejects(s.currentSeq(), /init\(\)/);
+});
