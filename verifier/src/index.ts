@@ -1,0 +1,79 @@
+/**
+ * @taskpass/verifier — per-call token checks for MCP servers.
+ *
+ * Framework-neutral core ({@link createVerifier}), node:http/express and fastify adapters, the
+ * revocation feed client, RFC 9728 metadata, and MCP SDK glue.
+ */
+export {
+  type Action,
+  type CallAuth,
+  type ClientCertificate,
+  certificateThumbprint,
+  createVerifier,
+  type FetchLike,
+  META_ACTION,
+  META_RESOURCE,
+  META_TOKEN,
+  type SessionAuth,
+  type ToolCall,
+  type ToolPolicy,
+  type Verifier,
+  type VerifierOptions,
+} from './core.ts';
+export {
+  JSONRPC_HEADER_MISMATCH,
+  JSONRPC_INVALID_REQUEST,
+  JSONRPC_PARSE_ERROR,
+  VERIFIER_ERRORS,
+  VerifierError,
+  type VerifierErrorCode,
+} from './errors.ts';
+export {
+  type FastifyHookHost,
+  type FastifyReplyLike,
+  type FastifyRequestLike,
+  taskpassFastify,
+  taskpassPreHandler,
+} from './fastify.ts';
+export {
+  clientCertificateOf,
+  type MiddlewareOptions,
+  sendRefusal,
+  type TaskpassRequest,
+  taskpassMiddleware,
+} from './http.ts';
+export {
+  type PrmOptions,
+  type ProtectedResourceMetadata,
+  prmHandler,
+  protectedResourceMetadata,
+  protectedResourceMetadataPath,
+  protectedResourceMetadataUrl,
+  registerProtectedResourceMetadata,
+} from './prm.ts';
+export { MemoryReplayCache, type ReplayCache, ReplayCacheFullError } from './replay.ts';
+export {
+  authorizeMcpRequest,
+  bearerToken,
+  type HttpRefusal,
+  type McpHttpRequest,
+  refusal,
+  type TaskpassAuthExtra,
+  wwwAuthenticate,
+} from './request.ts';
+export {
+  argsSha256,
+  compileResourceTemplate,
+  isValidResource,
+  type ResourceDeriver,
+  type ToolArgs,
+} from './resource.ts';
+export {
+  type BrokerConnection,
+  pullRevocations,
+  type Revocation,
+  RevocationFeedClient,
+  type RevocationFeedOptions,
+  type RevocationSource,
+} from './revocation.ts';
+export { callerOf, type ExtraLike, taskpassTokenVerifier, withTaskpass } from './sdk.ts';

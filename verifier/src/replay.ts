@@ -1,0 +1,72 @@
+// Single-use enforcement: a jti is remembered until the token it belongs to can no longer be
+// accepted (exp + clock tolerance), then forgotten.
+
+/**
+ * Where spent jtis are remembered. `markUsed` must be atomic: it returns true the first time a jti
+ * is seen and false afterwards. Implement it over Redis (`SET key 1 NX EXAT until`) to share
+ * single use between replicas of one MCP server.
+ */
+export interface ReplayCache {
+  /** Records `jti` until `untilSec` (epoch seconds); true if it was not recorded yet. */
+  markUsed(jti: string, untilSec: number): boolean | Promise<boolean>;
+}
+
+/** Thrown (as a plain signal) when the in-memory cache is full of live entries. */
+export class ReplayCacheFullError extends Error {
+  override readonly name = 'ReplayCacheFullError';
+}
+
+/**
+ * In-process replay cache: a Map in insertion order. Tokens live seconds and are inserted roughly
+ * in expiry order, so each insert drops a few expired entries from the front (amortized O(1)); a
+ * full sweep runs only when the map doubles. When `maxEntries` live entries are held, new ones are
+ * refused rather than old ones evicted: forgetting a live jti would allow a replay.
+ *
+ * @example
+ * ```ts
+ * const cache = new MemoryReplayCache({ maxEntries: 1_000_000 });
+ * cache.markUsed('jti-1', Math.floor(Date.now() / 1000) + 60); // true
+ * cache.markUsed('jti-1', Math.floor(Date.now() / 1000) + 60); // false
+ * ```
+ */
+export class MemoryReplayCache implements ReplayCache {
+  readonly #entries = new Map<string, number>();
+  readonly #max: number;
+  readonly #now: () => number;
+  #sweepAt = 1024;
+
+  constructor(opts: { maxEntries?: number; now?: () => number } = {}) {
+    this.#max = opts.maxEntries ?? 1_000_000;
+    this.#now = opts.now ?? Date.now;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  markUsed(jti: string, untilSec: number): boolean {
+    const nowSec = this.#now() / 1000;
+    const seen = this.#entries.get(jti);
+    if (seen !== undefined && seen >= nowSec) return false;
+    this.#dropFront(nowSec, 4);
+    if (this.#entries.size >= this.#sweepAt) this.sweep();
+    if (this.#entries.size >= this.#max) throw new ReplayCacheFullError('replay cache is full');
+    this.#entries.delete(jti);
+    this.#entries.set(jti, untilSec);
+    return true;
+  }
+
+  /** Drops every expired entry (O(n); called automatically when the map doubles). */
+  sweep(): void {
+    const nowSec = this.#now() / 1000;
+    for (const [k, until] of this.#entries) if (until < nowSec) this.#entries.delete(k);
+    this.#sweepAt = Math.max(1024, this.#entries.size * 2);
+  }
+
+  #dropFront(nowSec: number, n: number): void {
+    for (const [k, until] of this.#entries) {
+      if (n-- <= 0 || until >= nowSec) return;
+      this.#entries.delete(k);
+    }
+  }
+}

@@ -1,0 +1,202 @@
+// The framework-neutral part of the HTTP adapters: given the HTTP method, headers, parsed JSON-RPC
+// body and client certificate of one Streamable HTTP request, decide which token check applies and
+// build the SDK AuthInfo; and turn a refusal into status, headers and body. http.ts and
+// fastify.ts only move these values in and out of their framework.
+import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
+import type { CallAuth, ClientCertificate, SessionAuth, Verifier } from './core.ts';
+import { JSONRPC_HEADER_MISMATCH, JSONRPC_INVALID_REQUEST, VerifierError } from './errors.ts';
+import type { ToolArgs } from './resource.ts';
+
+/** What the adapters put in `AuthInfo.extra`. */
+export interface TaskpassAuthExtra {
+  taskpass: CallAuth | SessionAuth;
+}
+
+/** One HTTP request as the neutral core sees it. */
+export interface McpHttpRequest {
+  /** HTTP method (POST carries JSON-RPC; GET opens the SSE stream; DELETE ends a session). */
+  method: string;
+  /** Lower-case header names, as node:http gives them. */
+  headers: Record<string, string | string[] | undefined>;
+  /** The parsed JSON body (POST); undefined otherwise. */
+  body?: unknown;
+  clientCertificate?: ClientCertificate | undefined;
+}
+
+/** A refusal ready to send. */
+export interface HttpRefusal {
+  status: number;
+  headers: Record<string, string>;
+  body: unknown;
+}
+
+interface JsonRpcMessage {
+  jsonrpc?: unknown;
+  method?: unknown;
+  id?: unknown;
+  params?: { name?: unknown; uri?: unknown; arguments?: unknown } | undefined;
+}
+
+function header(h: McpHttpRequest['headers'], name: string): string | undefined {
+  const v = h[name];
+  return Array.isArray(v) ? v.join(', ') : v;
+}
+
+/** The Bearer token of an Authorization header, or undefined (other schemes count as absent). */
+export function bearerToken(authorization: string | undefined): string | undefined {
+  if (!authorization) return undefined;
+  const sp = authorization.indexOf(' ');
+  if (sp < 0 || authorization.slice(0, sp).toLowerCase() !== 'bearer') return undefined;
+  const t = authorization.slice(sp + 1).trim();
+  return t === '' ? undefined : t;
+}
+
+function badRequest(
+  code: 'TASKPASS_VERIFY_BAD_REQUEST',
+  msg: string,
+  rpc = JSONRPC_INVALID_REQUEST,
+): VerifierError {
+  return new VerifierError(code, msg, { jsonRpcCode: rpc });
+}
+
+// Names an Mcp-Name header must agree with (2026-07-28 transport: tool/prompt name or resource URI).
+function nameOf(m: JsonRpcMessage): string | undefined {
+  if (m.method === 'tools/call' || m.method === 'prompts/get') {
+    return typeof m.params?.name === 'string' ? m.params.name : undefined;
+  }
+  if (m.method === 'resources/read') return typeof m.params?.uri === 'string' ? m.params.uri : undefined;
+  return undefined;
+}
+
+/**
+ * Checks one Streamable HTTP request: a `tools/call` needs a call token for that exact call; every
+ * other request (initialize, tools/list, ping, notifications, GET/DELETE) a session token or a
+ * call token for this server. A JSON-RPC batch may hold at most one `tools/call` (its token then
+ * also covers the batch's other messages). Resolves with the SDK `AuthInfo` to set as `req.auth`.
+ * Throws {@link VerifierError}.
+ *
+ * @example
+ * ```ts
+ * const auth = await authorizeMcpRequest(verifier, { method: 'POST', headers: req.headers, body });
+ * ```
+ */
+export async function authorizeMcpRequest(verifier: Verifier, req: McpHttpRequest): Promise<AuthInfo> {
+  const token = bearerToken(header(req.headers, 'authorization'));
+  let call: JsonRpcMessage | undefined;
+  if (req.method === 'POST') {
+    const body = req.body;
+    const messages = (Array.isArray(body) ? body : [body]) as unknown[];
+    if (messages.length === 0) throw badRequest('TASKPASS_VERIFY_BAD_REQUEST', 'empty JSON-RPC batch');
+    for (const m of messages) {
+      if (typeof m !== 'object' || m === null || typeof (m as JsonRpcMessage).jsonrpc !== 'string') {
+        throw badRequest('TASKPASS_VERIFY_BAD_REQUEST', 'the body is not a JSON-RPC message');
+      }
+      if ((m as JsonRpcMessage).method === 'tools/call') {
+        // One token names one call; two calls in one POST would need two tokens.
+        if (call) {
+          throw new VerifierError(
+            'TASKPASS_VERIFY_BATCH_NOT_ALLOWED',
+            'a batch may hold at most one tools/call',
+            {
+              jsonRpcCode: JSONRPC_INVALID_REQUEST,
+            },
+          );
+        }
+        call = m as JsonRpcMessage;
+      }
+    }
+    checkHeaders(req.headers, call ?? (messages.length === 1 ? (messages[0] as JsonRpcMessage) : undefined));
+  }
+
+  let auth: CallAuth | SessionAuth;
+  if (call) {
+    const name = call.params?.name;
+    const args = call.params?.arguments;
+    if (typeof name !== 'string')
+      throw badRequest('TASKPASS_VERIFY_BAD_REQUEST', 'tools/call without params.name');
+    if (args !== undefined && (typeof args !== 'object' || args === null || Array.isArray(args))) {
+      throw badRequest('TASKPASS_VERIFY_BAD_REQUEST', 'tools/call params.arguments must be an object');
+    }
+    auth = await verifier.verifyCall(token, {
+      tool: name,
+      args: args as ToolArgs | undefined,
+      clientCertificate: req.clientCertificate,
+    });
+  } else {
+    auth = await verifier.verifySession(token, { clientCertificate: req.clientCertificate });
+  }
+  const extra: TaskpassAuthExtra = { taskpass: auth };
+  return {
+    token: token!,
+    clientId: auth.clientId,
+    scopes: [],
+    expiresAt: auth.expiresAt,
+    resource: new URL(verifier.audience),
+    extra: extra as unknown as Record<string, unknown>,
+  };
+}
+
+function checkHeaders(h: McpHttpRequest['headers'], m: JsonRpcMessage | undefined): void {
+  const mcpName = header(h, 'mcp-name');
+  const mcpMethod = header(h, 'mcp-method');
+  if (mcpName === undefined && mcpMethod === undefined) return;
+  const mismatch = (what: string) =>
+    new VerifierError(
+      'TASKPASS_VERIFY_HEADER_MISMATCH',
+      `the ${what} header does not match the request body`,
+      {
+        jsonRpcCode: JSONRPC_HEADER_MISMATCH,
+      },
+    );
+  if (mcpMethod !== undefined && mcpMethod !== m?.method) throw mismatch('Mcp-Method');
+  if (mcpName !== undefined && (m === undefined || mcpName !== nameOf(m))) throw mismatch('Mcp-Name');
+}
+
+function quote(s: string): string {
+  // RFC 7230 quoted-string of printable ASCII: the description may echo a client-chosen tool name,
+  // and a non-Latin-1 character would make node:http throw instead of answering.
+  const clipped = s.length > 200 ? `${s.slice(0, 200)}…` : s;
+  return clipped.replace(/[\\"]/g, '\\$&').replace(/[^\x20-\x7e]/g, '?');
+}
+
+/**
+ * The RFC 6750 challenge for a refusal:
+ * `Bearer error="invalid_token", error_description="…", resource_metadata="…"`.
+ */
+export function wwwAuthenticate(err: VerifierError, resourceMetadataUrl: string | undefined): string {
+  const parts: string[] = [];
+  const e = err.oauthError;
+  if (e) parts.push(`error="${e}"`, `error_description="${quote(err.message)}"`);
+  if (resourceMetadataUrl) parts.push(`resource_metadata="${quote(resourceMetadataUrl)}"`);
+  return parts.length ? `Bearer ${parts.join(', ')}` : 'Bearer';
+}
+
+/**
+ * Turns any error thrown by {@link authorizeMcpRequest} into the HTTP answer: 401/403 with
+ * `WWW-Authenticate` and `{ code, message }`; 400 with a JSON-RPC error (`data.code` is ours);
+ * 503 with `Retry-After`; anything unexpected becomes a bare 500.
+ */
+export function refusal(err: unknown, resourceMetadataUrl: string | undefined, body?: unknown): HttpRefusal {
+  const e =
+    err instanceof VerifierError
+      ? err
+      : new VerifierError('TASKPASS_VERIFY_INTERNAL', 'internal error', { cause: err });
+  const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' };
+  if (e.status === 401 || e.status === 403)
+    headers['www-authenticate'] = wwwAuthenticate(e, resourceMetadataUrl);
+  if (e.status === 503) headers['retry-after'] = '5';
+  if (e.status === 400) {
+    const id =
+      !Array.isArray(body) && typeof body === 'object' && body !== null ? (body as JsonRpcMessage).id : null;
+    return {
+      status: 400,
+      headers,
+      body: {
+        jsonrpc: '2.0',
+        id: typeof id === 'string' || typeof id === 'number' ? id : null,
+        error: { code: e.jsonRpcCode ?? JSONRPC_INVALID_REQUEST, message: e.message, data: { code: e.code } },
+      },
+    };
+  }
+  return { status: e.status, headers, body: e.toJSON() };
+}

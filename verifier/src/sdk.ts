@@ -1,0 +1,128 @@
+// Glue to @modelcontextprotocol/sdk v1: a token verifier for requireBearerAuth, a stdio tool
+// wrapper reading the token from _meta, and callerOf() for tool handlers.
+import {
+  InsufficientScopeError,
+  InvalidTokenError,
+  ServerError,
+} from '@modelcontextprotocol/sdk/server/auth/errors.js';
+import type { OAuthTokenVerifier } from '@modelcontextprotocol/sdk/server/auth/provider.js';
+import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { type CallAuth, META_TOKEN, type SessionAuth, type Verifier } from './core.ts';
+import { VerifierError } from './errors.ts';
+import type { TaskpassAuthExtra } from './request.ts';
+import type { ToolArgs } from './resource.ts';
+
+/**
+ * An `OAuthTokenVerifier` for the SDK's `requireBearerAuth`. It sees only the token, not the
+ * JSON-RPC body, so it can only check a session-level grant (a session token or any call token for
+ * this server): use it for servers already built on requireBearerAuth, and put
+ * {@link taskpassMiddleware} (or {@link withTaskpass}) in front of tool calls for per-call checks.
+ * `expiresAt` is always set; refusals are `InvalidTokenError` (401) or `InsufficientScopeError` (403).
+ *
+ * @example
+ * ```ts
+ * app.use('/mcp', requireBearerAuth({ verifier: taskpassTokenVerifier(verifier), resourceMetadataUrl }));
+ * ```
+ */
+export function taskpassTokenVerifier(verifier: Verifier): OAuthTokenVerifier {
+  return {
+    async verifyAccessToken(token: string): Promise<AuthInfo> {
+      let auth: SessionAuth;
+      try {
+        auth = await verifier.verifySession(token);
+      } catch (e) {
+        if (e instanceof VerifierError) {
+          const msg = `${e.code}: ${e.message}`;
+          if (e.status === 403) throw new InsufficientScopeError(msg);
+          if (e.status >= 500) throw new ServerError(msg);
+          throw new InvalidTokenError(msg);
+        }
+        throw new ServerError('token verification failed');
+      }
+      const extra: TaskpassAuthExtra = { taskpass: auth };
+      return {
+        token,
+        clientId: auth.clientId,
+        scopes: [],
+        expiresAt: auth.expiresAt,
+        resource: new URL(verifier.audience),
+        extra: extra as unknown as Record<string, unknown>,
+      };
+    },
+  };
+}
+
+/** The `extra` fields the helpers read (a subset of the SDK's RequestHandlerExtra). */
+export interface ExtraLike {
+  authInfo?: AuthInfo | undefined;
+  _meta?: Record<string, unknown> | undefined;
+}
+
+/**
+ * Who is calling: the verified {@link CallAuth} of this tool call, or undefined when the request
+ * was not a verified call (no middleware, or a session-level check only).
+ *
+ * @example
+ * ```ts
+ * mcp.registerTool('get_ticket', { inputSchema: { ticket_id: z.string() } }, async (args, extra) => {
+ *   const who = callerOf(extra); // { user, agent, task, resource, … }
+ *   …
+ * });
+ * ```
+ */
+export function callerOf(extra: ExtraLike | undefined): CallAuth | undefined {
+  const t = (extra?.authInfo?.extra as Partial<TaskpassAuthExtra> | undefined)?.taskpass;
+  return t?.kind === 'call' ? t : undefined;
+}
+
+/**
+ * Wraps a tool handler so that it runs only with a valid call token for this exact call. Over
+ * stdio the token is `params._meta["dev.taskpass/token"]`; over HTTP a call the middleware already
+ * verified for this tool passes through. A refusal is an `isError` result whose text starts with
+ * the error code (stdio has no HTTP status to carry it).
+ *
+ * @example
+ * ```ts
+ * mcp.registerTool('close_ticket', { inputSchema: { ticket_id: z.string() } },
+ *   withTaskpass(async ({ ticket_id }, extra) => { … callerOf(extra) … }, { verifier, tool: 'close_ticket' }));
+ * ```
+ */
+export function withTaskpass<A extends ToolArgs, E extends ExtraLike, R extends CallToolResult>(
+  handler: (args: A, extra: E) => R | Promise<R>,
+  opts: { verifier: Verifier; tool: string },
+): (args: A, extra: E) => Promise<R | CallToolResult> {
+  return async (args, extra) => {
+    const already = callerOf(extra);
+    if (already && already.tool === opts.tool) return handler(args, extra);
+    const token = extra._meta?.[META_TOKEN];
+    let auth: CallAuth;
+    try {
+      auth = await opts.verifier.verifyCall(typeof token === 'string' ? token : undefined, {
+        tool: opts.tool,
+        args,
+      });
+    } catch (e) {
+      const err =
+        e instanceof VerifierError
+          ? e
+          : new VerifierError('TASKPASS_VERIFY_INTERNAL', 'internal error', { cause: e });
+      const { code, message } = err.toJSON();
+      return {
+        isError: true,
+        content: [{ type: 'text', text: `${code}: ${message}` }],
+        _meta: { 'dev.taskpass/error': code },
+      };
+    }
+    const extraTaskpass: TaskpassAuthExtra = { taskpass: auth };
+    const authInfo: AuthInfo = {
+      token: token as string,
+      clientId: auth.clientId,
+      scopes: [],
+      expiresAt: auth.expiresAt,
+      resource: new URL(opts.verifier.audience),
+      extra: extraTaskpass as unknown as Record<string, unknown>,
+    };
+    return handler(args, { ...extra, authInfo });
+  };
+}

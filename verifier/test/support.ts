@@ -1,0 +1,170 @@
+// Test fixtures: a broker signing key with its JWKS, a token minter shaped like broker/src/mint.ts,
+// and tiny HTTP servers (JWKS, revocation feed) on 127.0.0.1:0.
+import { randomUUID, type webcrypto } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { exportJWK, generateKeyPair, type JSONWebKeySet, type JWK, SignJWT } from 'jose';
+import type { Revocation } from '../src/revocation.ts';
+
+export const ISSUER = 'https://broker.taskpass.test';
+export const AUDIENCE = 'https://tickets.taskpass.test/mcp';
+export const AGENT = 'spiffe://taskpass.test/agents/support/a1';
+export const USER = 'alice';
+
+export interface Key {
+  kid: string;
+  privateKey: webcrypto.CryptoKey;
+  jwk: JWK;
+}
+
+export async function newKey(kid: string = randomUUID()): Promise<Key> {
+  const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+  const jwk = { ...(await exportJWK(publicKey)), kid, alg: 'ES256', use: 'sig' };
+  return { kid, privateKey, jwk };
+}
+
+export const jwksOf = (...keys: Key[]): JSONWebKeySet => ({ keys: keys.map((k) => k.jwk) });
+
+export interface MintOptions {
+  key: Key;
+  claims?: Record<string, unknown>;
+  /** Claims to delete after defaults are applied. */
+  drop?: string[];
+  header?: Record<string, unknown>;
+  detail?: Record<string, unknown>;
+  /** Seconds relative to now. */
+  iat?: number;
+  ttl?: number;
+  now?: number;
+}
+
+/** Mints a Taskpass call token (defaults: get_ticket read on tickets/T-1). */
+export async function mint(o: MintOptions): Promise<string> {
+  const now = Math.floor((o.now ?? Date.now()) / 1000);
+  const iat = now + (o.iat ?? 0);
+  const claims: Record<string, unknown> = {
+    iss: ISSUER,
+    sub: USER,
+    act: { sub: AGENT },
+    client_id: AGENT,
+    aud: AUDIENCE,
+    iat,
+    exp: iat + (o.ttl ?? 60),
+    jti: randomUUID(),
+    txn: 'task-1',
+    authorization_details: [
+      { type: 'mcp_tool_call', tool: 'get_ticket', resource: 'tickets/T-1', action: 'read', ...o.detail },
+    ],
+    tpl: 'tickets-support-read',
+    ...o.claims,
+  };
+  for (const d of o.drop ?? []) delete claims[d];
+  return new SignJWT(claims)
+    .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid: o.key.kid, ...o.header })
+    .sign(o.key.privateKey);
+}
+
+export async function listen(
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<{ server: Server; url: string; close(): Promise<void> }> {
+  const server = createServer(handler);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as AddressInfo;
+  return {
+    server,
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
+
+/** A JWKS server whose key set can be swapped; counts fetches. */
+export async function jwksServer(initial: JSONWebKeySet) {
+  let jwks = initial;
+  let fetches = 0;
+  const s = await listen((_req, res) => {
+    fetches++;
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(jwks));
+  });
+  return {
+    ...s,
+    uri: `${s.url}/.well-known/jwks.json`,
+    set(j: JSONWebKeySet) {
+      jwks = j;
+    },
+    get fetches() {
+      return fetches;
+    },
+  };
+}
+
+/** A fake broker revocation feed (SSE per docs/design.md §4) plus the pull route. */
+export async function feedServer() {
+  const log: Revocation[] = [];
+  const streams = new Set<ServerResponse>();
+  const connects: { lastEventId: string | undefined }[] = [];
+  let seq = 0;
+  const send = (res: ServerResponse, event: string, data: unknown, id?: number) =>
+    res.write(`event: ${event}\n${id === undefined ? '' : `id: ${id}\n`}data: ${JSON.stringify(data)}\n\n`);
+  const s = await listen((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    if (url.pathname === '/v1/revocations') {
+      const since = Number(url.searchParams.get('since') ?? 0);
+      res
+        .writeHead(200, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ seq, revocations: log.filter((r) => r.seq > since) }));
+      return;
+    }
+    if (url.pathname !== '/v1/revocations/stream') {
+      res.writeHead(404).end();
+      return;
+    }
+    const last = req.headers['last-event-id'];
+    connects.push({ lastEventId: typeof last === 'string' ? last : undefined });
+    const since = typeof last === 'string' ? Number(last) : 0;
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    send(res, 'snapshot', { seq, revocations: log.filter((r) => r.seq > since) }, seq);
+    streams.add(res);
+    res.on('close', () => streams.delete(res));
+  });
+  return {
+    ...s,
+    connects,
+    get streams() {
+      return streams.size;
+    },
+    /** Records a revocation; `silent` keeps it off open streams (a dropped event). */
+    revoke(kind: 'task' | 'token', id: string, opts: { silent?: boolean } = {}): Revocation {
+      const r: Revocation = {
+        seq: ++seq,
+        kind,
+        id,
+        until: Math.floor(Date.now() / 1000) + 120,
+        reason: 'test',
+      };
+      log.push(r);
+      if (!opts.silent) for (const res of streams) send(res, 'revoked', r, r.seq);
+      return r;
+    },
+    heartbeat() {
+      for (const res of streams) send(res, 'heartbeat', { seq, now: Math.floor(Date.now() / 1000) });
+    },
+    /** Drops every open stream (the client should reconnect and resume). */
+    dropStreams() {
+      for (const res of streams) res.destroy();
+      streams.clear();
+    },
+  };
+}
+
+/** Polls until `f` is true (or fails after `ms`). */
+export async function until(f: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
