@@ -1,0 +1,587 @@
+// MCP client integration (docs/design.md §6). Over Streamable HTTP a fetch wrapper gives each
+// tools/call POST its own call token as the Bearer, and every other request the task's session
+// token; over stdio the call token rides in params._meta["dev.taskpass/token"].
+import { createHash } from 'node:crypto';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import type { RequestOptions } from '@modelcontextprotocol/sdk/shared/protocol.js';
+import type { FetchLike } from '@modelcontextprotocol/sdk/shared/transport.js';
+import type { Action } from './broker-client.ts';
+import { AgentPluginError } from './errors.ts';
+import type { Task } from './task.ts';
+
+export type { FetchLike };
+
+/** `_meta` keys of docs/design.md §6. */
+export const META_RESOURCE = 'dev.taskpass/resource';
+export const META_ACTION = 'dev.taskpass/action';
+/** `_meta` key carrying the call token over stdio. */
+export const META_TOKEN = 'dev.taskpass/token';
+
+/** A tools/call's `params.arguments`. */
+export type ToolArgs = Record<string, unknown>;
+
+/**
+ * How the agent author maps one tool's calls to a Taskpass resource and action class.
+ * `resource` is a template such as `tickets/{ticket_id}` (each placeholder names an argument, dotted
+ * paths reach into objects, and fills exactly one segment) or a function of the arguments.
+ */
+export interface ToolDeclaration {
+  resource: string | ((args: ToolArgs) => string);
+  action: Action;
+  /** Also bind the token to the exact arguments (`args_sha256`). Default false. */
+  bindArgs?: boolean;
+}
+
+/** Declarations by tool name. */
+export type ToolDeclarations = Record<string, ToolDeclaration>;
+
+/** The part of an MCP `Tool` (from tools/list) the plugin reads. */
+export interface ToolLike {
+  name: string;
+  annotations?: { readOnlyHint?: boolean } & Record<string, unknown>;
+  _meta?: Record<string, unknown>;
+}
+
+/** What a tools/call needs from the broker. */
+export interface ResolvedCall {
+  resource: string;
+  action: Action;
+  argsSha256?: string;
+}
+
+const RESOURCE_RE = /^[A-Za-z0-9._~:@+=-]+(\/[A-Za-z0-9._~:@+=-]+)*$/;
+const SEGMENT_RE = /^[A-Za-z0-9._~:@+=-]+$/;
+const PLACEHOLDER_RE = /^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$/;
+const ACTIONS: readonly string[] = ['read', 'write', 'admin'];
+
+/** True when `r` is a valid Taskpass resource (grammar, ≤ 512 bytes, no `.`/`..` segments). */
+export function isValidResource(r: string): boolean {
+  if (Buffer.byteLength(r) > 512 || !RESOURCE_RE.test(r)) return false;
+  return r.split('/').every((s) => s !== '.' && s !== '..');
+}
+
+type Deriver = (args: ToolArgs) => string;
+
+function underivable(msg: string, cause?: unknown): AgentPluginError {
+  return new AgentPluginError(
+    'TASKPASS_AGENT_RESOURCE_UNDERIVABLE',
+    msg,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/**
+ * Compiles a resource template (`tickets/{ticket_id}`) the way the verifier does, so agent and
+ * server derive the same resource. Throws a plain Error on a malformed template.
+ */
+function compileTemplate(template: string): Deriver {
+  const parts: (string | string[])[] = [];
+  let i = 0;
+  while (i < template.length) {
+    const open = template.indexOf('{', i);
+    if (open < 0) {
+      parts.push(template.slice(i));
+      break;
+    }
+    if (open > i) parts.push(template.slice(i, open));
+    const close = template.indexOf('}', open);
+    if (close < 0) throw new Error(`resource template "${template}": unclosed "{"`);
+    const name = template.slice(open + 1, close);
+    if (!PLACEHOLDER_RE.test(name))
+      throw new Error(`resource template "${template}": bad placeholder "${name}"`);
+    parts.push(name.split('.'));
+    i = close + 1;
+  }
+  const skeleton = parts.map((p) => (typeof p === 'string' ? p : 'x')).join('');
+  if (!isValidResource(skeleton))
+    throw new Error(`resource template "${template}" is not a valid resource pattern`);
+  return (args) => {
+    let out = '';
+    for (const p of parts) {
+      if (typeof p === 'string') {
+        out += p;
+        continue;
+      }
+      let v: unknown = args;
+      for (const k of p)
+        v = v !== null && typeof v === 'object' && Object.hasOwn(v, k) ? (v as ToolArgs)[k] : undefined;
+      const name = p.join('.');
+      const s =
+        typeof v === 'string' ? v : typeof v === 'number' && Number.isSafeInteger(v) ? String(v) : undefined;
+      if (s === undefined) throw underivable(`argument "${name}" is missing or not a string/integer`);
+      // One placeholder fills exactly one segment: "1/../2" or "*" must never widen the resource.
+      if (!SEGMENT_RE.test(s) || s === '.' || s === '..') {
+        throw underivable(`argument "${name}" is not a valid resource segment`);
+      }
+      out += s;
+    }
+    if (!isValidResource(out)) throw underivable('the derived resource is not a valid resource');
+    return out;
+  };
+}
+
+function checkedFunction(fn: (args: ToolArgs) => string): Deriver {
+  return (args) => {
+    let r: unknown;
+    try {
+      r = fn(args);
+    } catch (e) {
+      throw underivable('the resource mapper threw', e);
+    }
+    if (typeof r !== 'string' || !isValidResource(r))
+      throw underivable('the resource mapper returned no valid resource');
+    return r;
+  };
+}
+
+function canonicalJson(v: unknown): string {
+  if (v === null || typeof v !== 'object') {
+    const s = JSON.stringify(v);
+    if (s === undefined) throw new TypeError('arguments are not JSON');
+    return s;
+  }
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  const o = v as Record<string, unknown>;
+  const items: string[] = [];
+  for (const k of Object.keys(o).sort())
+    if (o[k] !== undefined) items.push(`${JSON.stringify(k)}:${canonicalJson(o[k])}`);
+  return `{${items.join(',')}}`;
+}
+
+/**
+ * `args_sha256` of call arguments: base64url(SHA-256(canonical JSON)) with sorted keys and no
+ * whitespace, the same hash the verifier computes.
+ *
+ * @example
+ * ```ts
+ * argsSha256({ b: 1, a: 'x' }) === argsSha256({ a: 'x', b: 1 }); // true
+ * ```
+ */
+export function argsSha256(args: ToolArgs | undefined): string {
+  return createHash('sha256')
+    .update(canonicalJson(args ?? {}))
+    .digest('base64url');
+}
+
+interface Entry {
+  derive: Deriver;
+  action: Action;
+  bindArgs: boolean;
+}
+
+/** Options of {@link ToolCatalog}. */
+export interface ToolCatalogOptions {
+  /**
+   * Use resource/action hints the MCP server publishes in its tools' `_meta` for tools without a
+   * declaration. Default true: a hint can only shape tokens whose audience is that same server, and
+   * the broker still checks every request against the task's templates.
+   */
+  useServerHints?: boolean;
+}
+
+/**
+ * Knows, for each tool, how a call maps to a resource and action: the agent author's declarations
+ * first, then hints learned from the server's tools/list. Shared by {@link taskpassFetch} and the
+ * stdio helpers.
+ *
+ * @example
+ * ```ts
+ * const catalog = new ToolCatalog({ get_ticket: { resource: 'tickets/{ticket_id}', action: 'read' } });
+ * catalog.learn(await mcp.listTools()); // server-published hints for the other tools
+ * catalog.resolve('get_ticket', { ticket_id: 'T-42' }); // { resource: 'tickets/T-42', action: 'read' }
+ * ```
+ */
+export class ToolCatalog {
+  readonly useServerHints: boolean;
+  readonly #declared = new Map<string, Entry>();
+  readonly #hints = new Map<string, Entry | string>(); // string: why the hint is unusable
+  readonly #pending = new Set<Promise<void>>();
+
+  constructor(declared: ToolDeclarations = {}, opts: ToolCatalogOptions = {}) {
+    this.useServerHints = opts.useServerHints ?? true;
+    for (const [name, d] of Object.entries(declared)) {
+      if (!d || !ACTIONS.includes(d.action)) {
+        throw new AgentPluginError(
+          'TASKPASS_AGENT_CONFIG_INVALID',
+          `tool "${name}": action must be read, write or admin`,
+        );
+      }
+      let derive: Deriver;
+      if (typeof d.resource === 'function') derive = checkedFunction(d.resource);
+      else {
+        try {
+          derive = compileTemplate(d.resource);
+        } catch (e) {
+          throw new AgentPluginError(
+            'TASKPASS_AGENT_CONFIG_INVALID',
+            `tool "${name}": ${(e as Error).message}`,
+          );
+        }
+      }
+      this.#declared.set(name, { derive, action: d.action, bindArgs: d.bindArgs === true });
+    }
+  }
+
+  /**
+   * Learns server-published hints (`_meta["dev.taskpass/resource"]`, `_meta["dev.taskpass/action"]`,
+   * else `annotations.readOnlyHint` → read, otherwise write) from a tools/list result or its tools.
+   * Tools without a resource hint are forgotten. Ignored when `useServerHints` is false.
+   */
+  learn(result: { tools: readonly ToolLike[] } | readonly ToolLike[]): void {
+    if (!this.useServerHints) return;
+    const tools = Array.isArray(result) ? result : (result as { tools: readonly ToolLike[] }).tools;
+    if (!Array.isArray(tools)) return;
+    for (const t of tools as readonly ToolLike[]) {
+      if (!t || typeof t.name !== 'string') continue;
+      const meta = t._meta ?? {};
+      const res = meta[META_RESOURCE];
+      if (typeof res !== 'string') {
+        this.#hints.delete(t.name);
+        continue;
+      }
+      const act = meta[META_ACTION];
+      let action: Action;
+      if (typeof act === 'string' && ACTIONS.includes(act)) action = act as Action;
+      else if (act !== undefined) {
+        this.#hints.set(
+          t.name,
+          `the server's action hint ${JSON.stringify(act)} is not read, write or admin`,
+        );
+        continue;
+      } else action = t.annotations?.readOnlyHint === true ? 'read' : 'write';
+      try {
+        this.#hints.set(t.name, { derive: compileTemplate(res), action, bindArgs: false });
+      } catch (e) {
+        this.#hints.set(t.name, `the server's resource hint is unusable: ${(e as Error).message}`);
+      }
+    }
+  }
+
+  /** True when a call of `tool` can be resolved (declared, or a usable hint was learned). */
+  has(tool: string): boolean {
+    return this.#declared.has(tool) || typeof this.#hints.get(tool) === 'object';
+  }
+
+  /**
+   * The resource and action for a call.
+   *
+   * @throws AgentPluginError `TASKPASS_AGENT_NO_RESOURCE_MAPPER` / `TASKPASS_AGENT_RESOURCE_UNDERIVABLE`.
+   */
+  resolve(tool: string, args: ToolArgs | undefined): ResolvedCall {
+    let e = this.#declared.get(tool);
+    if (!e && this.useServerHints) {
+      const h = this.#hints.get(tool);
+      if (typeof h === 'string') throw underivable(`tool "${tool}": ${h}`);
+      e = h;
+    }
+    if (!e) {
+      throw new AgentPluginError(
+        'TASKPASS_AGENT_NO_RESOURCE_MAPPER',
+        `tool "${tool}" has no declared resource mapper${this.useServerHints ? ' and the server published no hint for it' : ''}`,
+      );
+    }
+    const resource = e.derive(args ?? {});
+    return { resource, action: e.action, ...(e.bindArgs ? { argsSha256: argsSha256(args) } : {}) };
+  }
+
+  /** @internal Tracks a tools/list answer still being read (SSE), so calls wait for its hints. */
+  track(p: Promise<void>): void {
+    this.#pending.add(p);
+    p.finally(() => this.#pending.delete(p)).catch(() => undefined);
+  }
+
+  /** @internal Waits (bounded) for tools/list answers still being read. */
+  async settled(maxWaitMs = 5000): Promise<void> {
+    if (this.#pending.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.#pending]),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, maxWaitMs);
+        timer.unref?.();
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+}
+
+/** Options of {@link taskpassFetch}. */
+export interface TaskpassFetchOptions {
+  /** The MCP server's resource URI, exactly as the broker templates name it (the token `aud`). */
+  audience: string;
+  /** Per-tool resource mappers and action classes, or a shared {@link ToolCatalog}. */
+  tools?: ToolDeclarations | ToolCatalog;
+  /** See {@link ToolCatalogOptions.useServerHints} (ignored when `tools` is a catalog). Default true. */
+  useServerHints?: boolean;
+  /** The fetch to wrap. Default the global `fetch`. */
+  fetch?: FetchLike;
+}
+
+/** The fetch returned by {@link taskpassFetch}. */
+export interface TaskpassFetch extends FetchLike {
+  /** The catalog resolving tools/calls (declarations plus learned hints). */
+  readonly catalog: ToolCatalog;
+  /** Learns server hints from a tools/list result (they are also learned from the traffic). */
+  learnTools(result: { tools: readonly ToolLike[] } | readonly ToolLike[]): void;
+}
+
+interface RpcMessage {
+  jsonrpc?: unknown;
+  id?: unknown;
+  method?: unknown;
+  params?: { name?: unknown; arguments?: unknown } | null;
+  result?: { tools?: unknown } | null;
+}
+
+function parseBody(body: unknown): RpcMessage[] | undefined {
+  if (typeof body !== 'string') return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(body);
+  } catch {
+    return undefined;
+  }
+  const list = Array.isArray(v) ? v : [v];
+  return list.filter((m): m is RpcMessage => typeof m === 'object' && m !== null);
+}
+
+function callOf(m: RpcMessage): { name: string; args: ToolArgs | undefined } {
+  const name = m.params?.name;
+  const args = m.params?.arguments;
+  if (typeof name !== 'string') {
+    throw new AgentPluginError('TASKPASS_AGENT_BAD_MCP_MESSAGE', 'tools/call without a string params.name');
+  }
+  if (args !== undefined && (typeof args !== 'object' || args === null || Array.isArray(args))) {
+    throw new AgentPluginError(
+      'TASKPASS_AGENT_BAD_MCP_MESSAGE',
+      `tools/call "${name}": params.arguments must be an object`,
+    );
+  }
+  return { name, args: args as ToolArgs | undefined };
+}
+
+/**
+ * A `fetch` for the SDK's `StreamableHTTPClientTransport` that authorizes every request with the
+ * task: a `tools/call` POST gets a call token for exactly that tool, the resource derived from its
+ * arguments and its action class (declared mapper first, else the server's published hint); every
+ * other request (initialize, tools/list, ping, notifications, the GET SSE stream, DELETE) gets the
+ * task's session token, which permits no tool call.
+ *
+ * Batches: a JSON-RPC batch may hold at most one `tools/call` (its call token then covers the
+ * batch's other messages, as the verifier accepts); a batch with two or more is refused with
+ * `TASKPASS_AGENT_BATCH_MULTIPLE_CALLS` before anything is sent, since one header carries one token
+ * and the verifier would refuse it too. The SDK v1 client itself never batches.
+ *
+ * Hints are learned from tools/list answers passing through (JSON or SSE) unless
+ * `useServerHints: false`.
+ *
+ * Errors from the broker are thrown from the fetch, so `client.callTool()` rejects with the same
+ * {@link TaskpassDeniedError} (code, reason, template).
+ *
+ * @example
+ * ```ts
+ * const transport = new StreamableHTTPClientTransport(new URL('https://tickets.taskpass.local/mcp'), {
+ *   fetch: taskpassFetch(task, {
+ *     audience: 'https://tickets.taskpass.local/mcp',
+ *     tools: { get_ticket: { resource: 'tickets/{ticket_id}', action: 'read' } },
+ *   }),
+ * });
+ * const mcp = new Client({ name: 'support-agent', version: '1.0.0' });
+ * await mcp.connect(transport);
+ * await mcp.callTool({ name: 'get_ticket', arguments: { ticket_id: 'T-42' } });
+ * ```
+ */
+export function taskpassFetch(task: Task, opts: TaskpassFetchOptions): TaskpassFetch {
+  if (typeof opts?.audience !== 'string' || opts.audience === '') {
+    throw new AgentPluginError(
+      'TASKPASS_AGENT_CONFIG_INVALID',
+      'taskpassFetch needs the MCP server audience',
+    );
+  }
+  const catalog =
+    opts.tools instanceof ToolCatalog
+      ? opts.tools
+      : new ToolCatalog(
+          opts.tools ?? {},
+          opts.useServerHints === undefined ? {} : { useServerHints: opts.useServerHints },
+        );
+  const base: FetchLike = opts.fetch ?? ((url, init) => fetch(url, init));
+  const audience = opts.audience;
+
+  const wrapped = async (url: string | URL, init?: RequestInit): Promise<Response> => {
+    const method = (init?.method ?? 'GET').toUpperCase();
+    const messages = method === 'POST' ? parseBody(init?.body) : undefined;
+    let token: string;
+    const listIds: unknown[] = [];
+    const calls = (messages ?? []).filter((m) => m.method === 'tools/call');
+    if (calls.length > 1) {
+      throw new AgentPluginError(
+        'TASKPASS_AGENT_BATCH_MULTIPLE_CALLS',
+        `a JSON-RPC batch holds ${calls.length} tools/call requests; send them one per POST`,
+      );
+    }
+    for (const m of messages ?? []) if (m.method === 'tools/list' && m.id !== undefined) listIds.push(m.id);
+    const call = calls[0];
+    if (call) {
+      const { name, args } = callOf(call);
+      if (!catalog.has(name)) await catalog.settled();
+      const r = catalog.resolve(name, args);
+      token = (
+        await task.token({
+          audience,
+          tool: name,
+          resource: r.resource,
+          action: r.action,
+          ...(r.argsSha256 !== undefined ? { argsSha256: r.argsSha256 } : {}),
+        })
+      ).accessToken;
+    } else {
+      token = (await task.sessionToken(audience)).accessToken;
+    }
+    const headers = new Headers(init?.headers);
+    headers.set('authorization', `Bearer ${token}`);
+    const res = await base(url, { ...init, headers });
+    if (listIds.length === 0 || !catalog.useServerHints || !res.ok || !res.body) return res;
+    return learnFromResponse(catalog, res, listIds);
+  };
+  return Object.assign(wrapped, {
+    catalog,
+    learnTools: (result: { tools: readonly ToolLike[] } | readonly ToolLike[]) => catalog.learn(result),
+  });
+}
+
+function learnFrom(catalog: ToolCatalog, msg: unknown, ids: Set<unknown>): void {
+  for (const m of Array.isArray(msg) ? msg : [msg]) {
+    const r = m as RpcMessage | null;
+    if (r && typeof r === 'object' && ids.has(r.id) && r.result && Array.isArray(r.result.tools)) {
+      ids.delete(r.id);
+      catalog.learn({ tools: r.result.tools as ToolLike[] });
+    }
+  }
+}
+
+async function learnFromResponse(catalog: ToolCatalog, res: Response, listIds: unknown[]): Promise<Response> {
+  const ids = new Set(listIds);
+  const type = (res.headers.get('content-type') ?? '').toLowerCase();
+  if (type.includes('application/json')) {
+    try {
+      learnFrom(catalog, await res.clone().json(), ids);
+    } catch {
+      // Not our business: the SDK reports unparsable answers.
+    }
+    return res;
+  }
+  if (!type.includes('text/event-stream') || !res.body) return res;
+  // SSE: read a copy of the stream alongside the SDK until the tools/list answer has passed.
+  const [forSdk, forUs] = res.body.tee();
+  catalog.track(
+    readSse(
+      forUs,
+      (data) => learnFrom(catalog, data, ids),
+      () => ids.size === 0,
+    ),
+  );
+  return new Response(forSdk, { status: res.status, statusText: res.statusText, headers: res.headers });
+}
+
+async function readSse(
+  stream: ReadableStream<Uint8Array>,
+  onData: (json: unknown) => void,
+  done: () => boolean,
+): Promise<void> {
+  const reader = stream.getReader();
+  const decoder = new TextDecoder();
+  let buf = '';
+  let data: string[] = [];
+  try {
+    while (!done()) {
+      const { value, done: end } = await reader.read();
+      if (end) break;
+      buf += decoder.decode(value, { stream: true });
+      let nl = buf.search(/\r\n|\r|\n/);
+      while (nl >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + (buf.startsWith('\r\n', nl) ? 2 : 1));
+        if (line === '') {
+          if (data.length > 0) {
+            try {
+              onData(JSON.parse(data.join('\n')));
+            } catch {
+              // not JSON: not a JSON-RPC message
+            }
+          }
+          data = [];
+          if (done()) break;
+        } else if (line.startsWith('data:')) {
+          data.push(line.slice(line.startsWith('data: ') ? 6 : 5));
+        }
+        nl = buf.search(/\r\n|\r|\n/);
+      }
+    }
+  } catch {
+    // The SDK's copy reports stream errors.
+  } finally {
+    // Stop buffering our copy; the SDK's copy is unaffected.
+    reader.cancel().catch(() => undefined);
+  }
+}
+
+/** Options of {@link withCallToken} and {@link taskpassCallTool}. */
+export interface CallToolTokenOptions {
+  /** The MCP server's resource URI (as the broker templates name it). */
+  audience: string;
+  /** Per-tool mappers, or a {@link ToolCatalog} (which may hold hints learned from `listTools()`). */
+  tools: ToolDeclarations | ToolCatalog;
+}
+
+/** tools/call params as `Client.callTool` takes them. */
+export type CallToolParams = Parameters<Client['callTool']>[0];
+
+/**
+ * Adds a call token for this call to `params._meta["dev.taskpass/token"]` (the stdio channel; over
+ * HTTP use {@link taskpassFetch}). Returns new params; the input is not modified.
+ *
+ * @example
+ * ```ts
+ * const params = await withCallToken(task, { name: 'get_ticket', arguments: { ticket_id: 'T-42' } }, { audience, tools });
+ * await stdioClient.callTool(params);
+ * ```
+ */
+export async function withCallToken(
+  task: Task,
+  params: CallToolParams,
+  opts: CallToolTokenOptions,
+): Promise<CallToolParams> {
+  const catalog =
+    opts.tools instanceof ToolCatalog ? opts.tools : new ToolCatalog(opts.tools, { useServerHints: false });
+  const { name, args } = callOf({ params });
+  const r = catalog.resolve(name, args);
+  const t = await task.token({
+    audience: opts.audience,
+    tool: name,
+    resource: r.resource,
+    action: r.action,
+    ...(r.argsSha256 !== undefined ? { argsSha256: r.argsSha256 } : {}),
+  });
+  return { ...params, _meta: { ...params._meta, [META_TOKEN]: t.accessToken } };
+}
+
+/**
+ * `client.callTool()` with a call token in `_meta` (for stdio servers).
+ *
+ * @example
+ * ```ts
+ * const result = await taskpassCallTool(mcp, task, { name: 'get_ticket', arguments: { ticket_id: 'T-42' } }, {
+ *   audience: 'https://tickets.taskpass.local/mcp',
+ *   tools: { get_ticket: { resource: 'tickets/{ticket_id}', action: 'read' } },
+ * });
+ * ```
+ */
+export async function taskpassCallTool(
+  client: Pick<Client, 'callTool'>,
+  task: Task,
+  params: CallToolParams,
+  opts: CallToolTokenOptions & { requestOptions?: RequestOptions },
+): Promise<Awaited<ReturnType<Client['callTool']>>> {
+  return client.callTool(await withCallToken(task, params, opts), undefined, opts.requestOptions);
+}

@@ -1,0 +1,260 @@
+// A task handle: the agent's side of one task at the broker. It caches tokens (read and session
+// tokens while valid; single-use tokens never) and ends the task on `await using` disposal.
+import type {
+  Action,
+  BrokerClient,
+  CallTokenRequest,
+  CeilingEntry,
+  CompleteResult,
+  FinishStatus,
+  IssuedToken,
+  OpenedTask,
+} from './broker-client.ts';
+import { AgentPluginError, BrokerError } from './errors.ts';
+
+/**
+ * Where the handle is: `open`; `finishing` while complete/fail/cancel is in flight; the finish
+ * status once the broker confirmed it; `closed` when the broker reported the task closed or expired
+ * (revoked by an administrator, or timed out).
+ */
+export type TaskState = 'open' | 'finishing' | FinishStatus | 'closed';
+
+/** What {@link Task.token} asks for: one tool call at one MCP server. */
+export interface TokenRequest {
+  /** The MCP server's resource URI. */
+  audience: string;
+  tool: string;
+  resource: string;
+  action: Action;
+  /** Binds the token to exact arguments (`argsSha256(args)`). */
+  argsSha256?: string;
+}
+
+interface Cached {
+  token: IssuedToken;
+  epoch: number;
+}
+
+// Codes with which the broker says the task can no longer be used.
+const CLOSED_CODES = new Set(['TASKPASS_TASK_CLOSED', 'TASKPASS_TASK_EXPIRED']);
+const MAX_CACHED = 256;
+
+/**
+ * One open task at the broker. Get it from {@link BrokerClient.openTask}.
+ *
+ * Tokens: {@link Task.token} reuses a read (not single-use) token for the same audience, tool,
+ * resource, action and argument hash while it stays valid for `tokenReuseMarginSec` more seconds;
+ * a single-use token is never handed out twice. {@link Task.sessionToken} is cached the same way.
+ *
+ * Ending: call {@link Task.complete}, {@link Task.fail} or {@link Task.cancel}; with `await using`
+ * a task still open when the scope exits (normally or by an exception) is cancelled, which revokes
+ * every token it issued.
+ *
+ * @example
+ * ```ts
+ * {
+ *   await using task = await broker.openTask({ purpose: 'close duplicate T-7', userToken });
+ *   await doWork(task);     // throws? → the task is cancelled on the way out
+ *   await task.complete();  // explicit completion: disposal then does nothing
+ * }
+ * ```
+ */
+export class Task {
+  readonly id: string;
+  readonly expiresAt: Date;
+  /** The user the task acts for (the agent's SPIFFE ID for autonomous tasks). */
+  readonly sub: string;
+  /** The agent's SPIFFE ID as the broker authenticated it. */
+  readonly agent: string;
+  readonly purpose: string;
+  /** The most the task may ever do: templates, audiences, tools, resource patterns. */
+  readonly ceiling: readonly CeilingEntry[];
+  readonly #client: BrokerClient;
+  #state: TaskState = 'open';
+  #finishing: Promise<CompleteResult> | undefined;
+  #finishingStatus: FinishStatus | undefined;
+  readonly #calls = new Map<string, Cached>();
+  readonly #sessions = new Map<string, Cached>();
+  readonly #inflight = new Map<string, Promise<IssuedToken>>();
+
+  /** @internal Use {@link BrokerClient.openTask}. */
+  constructor(client: BrokerClient, t: OpenedTask) {
+    this.#client = client;
+    this.id = t.id;
+    this.expiresAt = t.expiresAt;
+    this.sub = t.sub;
+    this.agent = t.agent;
+    this.purpose = t.purpose;
+    this.ceiling = Object.freeze(t.ceiling.map((c) => Object.freeze({ ...c })));
+  }
+
+  /** The handle's state. */
+  get state(): TaskState {
+    return this.#state;
+  }
+
+  /** True while tokens can be requested. */
+  get isOpen(): boolean {
+    return this.#state === 'open';
+  }
+
+  /**
+   * A call token for one tool call (cached for read tokens, see the class comment).
+   *
+   * @throws TaskpassDeniedError when the broker refuses; AgentPluginError `TASKPASS_AGENT_TASK_NOT_OPEN`
+   *   after the task was finished.
+   * @example
+   * ```ts
+   * const t = await task.token({ audience: 'https://tickets.taskpass.local/mcp', tool: 'get_ticket', resource: 'tickets/T-42', action: 'read' });
+   * headers.set('authorization', `Bearer ${t.accessToken}`);
+   * ```
+   */
+  async token(req: TokenRequest): Promise<IssuedToken> {
+    const key = JSON.stringify([
+      'call',
+      req.audience,
+      req.tool,
+      req.resource,
+      req.action,
+      req.argsSha256 ?? '',
+    ]);
+    const r: CallTokenRequest = {
+      audience: req.audience,
+      tool: req.tool,
+      resource: req.resource,
+      action: req.action,
+      ...(req.argsSha256 !== undefined ? { argsSha256: req.argsSha256 } : {}),
+    };
+    return this.#cached(this.#calls, key, () => this.#client.callToken(this.id, r));
+  }
+
+  /**
+   * The session token for an MCP server (initialize, tools/list, ping, notifications, GET/DELETE):
+   * it permits no tool call. Cached while valid.
+   */
+  async sessionToken(audience: string): Promise<IssuedToken> {
+    return this.#cached(this.#sessions, JSON.stringify(['session', audience]), () =>
+      this.#client.sessionToken(this.id, audience),
+    );
+  }
+
+  /** Completes the task; its tokens are revoked once this resolves. */
+  complete(): Promise<CompleteResult> {
+    return this.#finish('completed');
+  }
+
+  /** Ends the task as failed. */
+  fail(): Promise<CompleteResult> {
+    return this.#finish('failed');
+  }
+
+  /** Cancels the task. */
+  cancel(): Promise<CompleteResult> {
+    return this.#finish('cancelled');
+  }
+
+  /**
+   * `await using` support: cancels the task if it is still open. Does nothing after an explicit
+   * complete/fail/cancel, or when the broker already closed the task. Other failures (broker
+   * unreachable) are thrown, since the task's tokens then stay valid until they expire.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#finishing) await this.#finishing.catch(() => undefined);
+    if (this.#state !== 'open') return;
+    try {
+      await this.cancel();
+    } catch (e) {
+      if (e instanceof BrokerError && CLOSED_CODES.has(e.code)) return;
+      throw e;
+    }
+  }
+
+  /** No secrets, but keep logs short. */
+  toJSON(): Record<string, unknown> {
+    return { id: this.id, state: this.#state, sub: this.sub, agent: this.agent, expiresAt: this.expiresAt };
+  }
+
+  async #cached(
+    map: Map<string, Cached>,
+    key: string,
+    fetch: () => Promise<IssuedToken>,
+  ): Promise<IssuedToken> {
+    this.#assertOpen();
+    const hit = this.#fresh(map.get(key));
+    if (hit) return hit;
+    const pending = this.#inflight.get(key);
+    if (pending) {
+      // Share a concurrent request's token only if it turns out reusable.
+      const t = await pending.catch(() => undefined);
+      if (t && !t.singleUse && this.#fresh(map.get(key)) === t) return t;
+      this.#assertOpen();
+    }
+    const epoch = this.#client.identityEpoch;
+    const p = fetch();
+    this.#inflight.set(key, p);
+    try {
+      const t = await p;
+      if (!t.singleUse && this.#state === 'open') {
+        if (map.size >= MAX_CACHED) this.#prune(map);
+        map.set(key, { token: t, epoch });
+      }
+      return t;
+    } catch (e) {
+      if (e instanceof BrokerError && CLOSED_CODES.has(e.code)) this.#closedByBroker();
+      throw e;
+    } finally {
+      if (this.#inflight.get(key) === p) this.#inflight.delete(key);
+    }
+  }
+
+  #fresh(c: Cached | undefined): IssuedToken | undefined {
+    if (!c || c.epoch !== this.#client.identityEpoch) return undefined;
+    return this.#client.clock() < c.token.validUntilMs - this.#client.tokenReuseMarginSec * 1000
+      ? c.token
+      : undefined;
+  }
+
+  #prune(map: Map<string, Cached>): void {
+    for (const [k, c] of map) if (!this.#fresh(c)) map.delete(k);
+    // Still full of valid tokens: drop the oldest (Map keeps insertion order).
+    while (map.size >= MAX_CACHED) map.delete(map.keys().next().value as string);
+  }
+
+  #assertOpen(): void {
+    if (this.#state !== 'open') {
+      throw new AgentPluginError('TASKPASS_AGENT_TASK_NOT_OPEN', `task ${this.id} is ${this.#state}`);
+    }
+  }
+
+  #closedByBroker(): void {
+    this.#state = 'closed';
+    this.#calls.clear();
+    this.#sessions.clear();
+  }
+
+  async #finish(status: FinishStatus): Promise<CompleteResult> {
+    if (this.#finishing && this.#finishingStatus === status) return this.#finishing;
+    this.#assertOpen();
+    this.#state = 'finishing';
+    this.#finishingStatus = status;
+    // Forget cached tokens at once: they are about to be revoked.
+    this.#calls.clear();
+    this.#sessions.clear();
+    const p = this.#client.complete(this.id, status);
+    this.#finishing = p;
+    try {
+      const r = await p;
+      this.#state = status;
+      return r;
+    } catch (e) {
+      if (e instanceof BrokerError && CLOSED_CODES.has(e.code)) this.#state = 'closed';
+      else this.#state = 'open'; // nothing was finished: the caller may retry
+      throw e;
+    } finally {
+      if (this.#finishing === p) {
+        this.#finishing = undefined;
+        this.#finishingStatus = undefined;
+      }
+    }
+  }
+}
