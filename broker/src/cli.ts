@@ -165,8 +165,12 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
       if (!arg) throw new UsageError(`taskpass policy ${sub} <dir>`);
       const policy = await import('./policy/index.ts');
       if (sub === 'validate') {
-        const set = await policy.loadPolicyDir(arg);
-        io.out(`ok: ${set.templates.length} template(s) in ${arg}`);
+        const r = await policy.loadPolicyDir(arg);
+        if (!r.ok) {
+          io.err(policy.formatPolicyErrors(r.errors));
+          return 1;
+        }
+        io.out(`ok: ${r.set.templates.length} template(s) in ${r.files.length} file(s) under ${arg}`);
         return 0;
       }
       const result = await policy.runFixtures(arg);
