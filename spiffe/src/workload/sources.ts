@@ -132,6 +132,68 @@ class SourceRuntime {
   }
 }
 
+/**
+ * What the three sources share: the runtime, the first-update gate in `create()`, redaction of a
+ * whole stream's state on PermissionDenied, and closing.
+ */
+abstract class LiveSource extends EventEmitter<SourceEvents> implements AsyncDisposable {
+  protected readonly rt: SourceRuntime;
+
+  protected constructor(what: string, opts: SourceOptions) {
+    super();
+    this.rt = new SourceRuntime(what, opts);
+  }
+
+  /** Resolves `source` once every watch delivered its first update; closes it on failure. */
+  protected static async started<S extends LiveSource>(source: S): Promise<S> {
+    try {
+      await source.rt.ready();
+    } catch (e) {
+      await source.close();
+      throw e;
+    }
+    return source;
+  }
+
+  /** An error handler that drops the state (`drop`) on PermissionDenied and says so with `'update'`. */
+  protected redacting(has: () => boolean, drop: () => void): (e: Error) => void {
+    return (e) => {
+      const redact = isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY') && has();
+      if (redact) drop();
+      this.rt.emitError(this, e);
+      if (redact) this.emit('update');
+    };
+  }
+
+  /** Watches a stream whose whole state is one value, replaced on each update. */
+  protected watchValue<T>(
+    start: (w: Watcher<T>, signal: AbortSignal) => Promise<void>,
+    get: () => T | undefined,
+    set: (v: T | undefined) => void,
+  ): void {
+    this.rt.watch<T>(
+      start,
+      (v) => {
+        set(v);
+        this.emit('update');
+      },
+      this.redacting(
+        () => get() !== undefined,
+        () => set(undefined),
+      ),
+    );
+  }
+
+  /** Stops the watches (and closes the client if the source created it). Idempotent. */
+  async close(): Promise<void> {
+    await this.rt.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
 export interface X509SourceOptions extends SourceOptions {
   /** Chooses the SVID `getX509Svid()` returns (e.g. by hint). Default: `svids[0]`. */
   picker?: (svids: readonly X509Svid[]) => X509Svid | undefined;
@@ -154,19 +216,22 @@ interface X509State {
  * source.on('update', () => reloadTls(source.getX509Svid()));
  * ```
  */
-export class X509Source extends EventEmitter<SourceEvents> implements X509SvidSource, X509BundleSource {
-  readonly #rt: SourceRuntime;
+export class X509Source extends LiveSource implements X509SvidSource, X509BundleSource {
   readonly #picker: X509SourceOptions['picker'];
   #state: X509State | undefined;
 
   private constructor(opts: X509SourceOptions) {
-    super();
-    this.#rt = new SourceRuntime('X509Source', opts);
+    super('X509Source', opts);
     this.#picker = opts.picker;
-    this.#rt.watch<X509Context>(
-      (w, signal) => this.#rt.client.watchX509Context(w, signal),
+    this.rt.watch<X509Context>(
+      (w, signal) => this.rt.client.watchX509Context(w, signal),
       (ctx) => this.#apply(ctx),
-      (e) => this.#onError(e),
+      this.redacting(
+        () => this.#state !== undefined,
+        () => {
+          this.#state = undefined;
+        },
+      ),
     );
   }
 
@@ -176,15 +241,8 @@ export class X509Source extends EventEmitter<SourceEvents> implements X509SvidSo
    * @throws SpiffeError `ERR_SPIFFE_TIMEOUT` (with `timeoutMs`), `ERR_SPIFFE_INVALID_ADDRESS`,
    *   `ERR_SPIFFE_WORKLOAD_API` (InvalidArgument/Unimplemented), `ERR_SPIFFE_CLOSED`
    */
-  static async create(opts: X509SourceOptions = {}): Promise<X509Source> {
-    const source = new X509Source(opts);
-    try {
-      await source.#rt.ready();
-    } catch (e) {
-      await source.close();
-      throw e;
-    }
-    return source;
+  static create(opts: X509SourceOptions = {}): Promise<X509Source> {
+    return LiveSource.started(new X509Source(opts));
   }
 
   #apply(context: X509Context): void {
@@ -194,18 +252,11 @@ export class X509Source extends EventEmitter<SourceEvents> implements X509SvidSo
         svid = this.#picker(context.svids);
       } catch (e) {
         svid = undefined;
-        this.#rt.emitError(this, e instanceof Error ? e : new Error(String(e)));
+        this.rt.emitError(this, e instanceof Error ? e : new Error(String(e)));
       }
     }
     this.#state = { context, svid };
     this.emit('update');
-  }
-
-  #onError(e: Error): void {
-    const redact = isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY') && this.#state !== undefined;
-    if (redact) this.#state = undefined;
-    this.#rt.emitError(this, e);
-    if (redact) this.emit('update');
   }
 
   /**
@@ -215,7 +266,7 @@ export class X509Source extends EventEmitter<SourceEvents> implements X509SvidSo
    *   `ERR_SPIFFE_CLOSED`
    */
   getX509Svid(): X509Svid {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     const svid = this.#state?.svid;
     if (!svid) {
       throw new SpiffeError(
@@ -230,13 +281,13 @@ export class X509Source extends EventEmitter<SourceEvents> implements X509SvidSo
 
   /** The bundle of `td` (own or federated); undefined if unknown or redacted. */
   getX509BundleForTrustDomain(td: TrustDomain): X509Bundle | undefined {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     return this.#state?.context.bundles.get(td);
   }
 
   /** Every bundle in the current state (the TLS helpers use this to build their `ca` list). */
   getX509Bundles(): X509BundleSet {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     return this.#state?.context.bundles ?? new X509BundleSet();
   }
 
@@ -246,7 +297,7 @@ export class X509Source extends EventEmitter<SourceEvents> implements X509SvidSo
    * @throws SpiffeError `ERR_SPIFFE_NO_IDENTITY` when redacted, `ERR_SPIFFE_CLOSED`
    */
   getX509Context(): X509Context {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     if (!this.#state) {
       throw new SpiffeError(
         'ERR_SPIFFE_NO_IDENTITY',
@@ -254,15 +305,6 @@ export class X509Source extends EventEmitter<SourceEvents> implements X509SvidSo
       );
     }
     return this.#state.context;
-  }
-
-  /** Stops the watch (and closes the client if the source created it). Idempotent. */
-  async close(): Promise<void> {
-    await this.#rt.close();
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.close();
   }
 }
 
@@ -277,69 +319,46 @@ export class X509Source extends EventEmitter<SourceEvents> implements X509SvidSo
  * const peer = await parseAndValidateJwtSvid(token, jwt, 'https://broker.example.org');
  * ```
  */
-export class JwtSource extends EventEmitter<SourceEvents> implements JwtBundleSource {
-  readonly #rt: SourceRuntime;
+export class JwtSource extends LiveSource implements JwtBundleSource {
   #bundles: JwtBundleSet | undefined;
 
   private constructor(opts: SourceOptions) {
-    super();
-    this.#rt = new SourceRuntime('JwtSource', opts);
-    this.#rt.watch<JwtBundleSet>(
-      (w, signal) => this.#rt.client.watchJwtBundles(w, signal),
-      (set) => {
-        this.#bundles = set;
-        this.emit('update');
-      },
-      (e) => {
-        const redact = isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY') && this.#bundles !== undefined;
-        if (redact) this.#bundles = undefined;
-        this.#rt.emitError(this, e);
-        if (redact) this.emit('update');
+    super('JwtSource', opts);
+    this.watchValue<JwtBundleSet>(
+      (w, signal) => this.rt.client.watchJwtBundles(w, signal),
+      () => this.#bundles,
+      (v) => {
+        this.#bundles = v;
       },
     );
   }
 
   /** Starts watching JWT bundles and resolves on the first update. @throws SpiffeError */
-  static async create(opts: SourceOptions = {}): Promise<JwtSource> {
-    const source = new JwtSource(opts);
-    try {
-      await source.#rt.ready();
-    } catch (e) {
-      await source.close();
-      throw e;
-    }
-    return source;
+  static create(opts: SourceOptions = {}): Promise<JwtSource> {
+    return LiveSource.started(new JwtSource(opts));
   }
 
   /** A JWT-SVID from the agent. @throws SpiffeError */
   fetchJwtSvid(params: FetchJwtSvidParams & CallSignalOptions): Promise<JwtSvid> {
-    this.#rt.assertOpen();
-    return this.#rt.client.fetchJwtSvid(params);
+    this.rt.assertOpen();
+    return this.rt.client.fetchJwtSvid(params);
   }
 
   /** Every JWT-SVID the agent issues for the audience. @throws SpiffeError */
   fetchJwtSvids(params: FetchJwtSvidParams & CallSignalOptions): Promise<JwtSvid[]> {
-    this.#rt.assertOpen();
-    return this.#rt.client.fetchJwtSvids(params);
+    this.rt.assertOpen();
+    return this.rt.client.fetchJwtSvids(params);
   }
 
   getJwtBundleForTrustDomain(td: TrustDomain): JwtBundle | undefined {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     return this.#bundles?.get(td);
   }
 
   /** The current set; empty when redacted. */
   getJwtBundles(): JwtBundleSet {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     return this.#bundles ?? new JwtBundleSet();
-  }
-
-  async close(): Promise<void> {
-    await this.#rt.close();
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.close();
   }
 }
 
@@ -353,80 +372,51 @@ export class JwtSource extends EventEmitter<SourceEvents> implements JwtBundleSo
  * verifyX509Svid(peerChain, bundles);
  * ```
  */
-export class BundleSource extends EventEmitter<SourceEvents> implements X509BundleSource, JwtBundleSource {
-  readonly #rt: SourceRuntime;
+export class BundleSource extends LiveSource implements X509BundleSource, JwtBundleSource {
   // Two independent streams, so two fields; each is still replaced in one assignment.
   #x509: X509BundleSet | undefined;
   #jwt: JwtBundleSet | undefined;
 
   private constructor(opts: SourceOptions) {
-    super();
-    this.#rt = new SourceRuntime('BundleSource', opts);
-    this.#rt.watch<X509BundleSet>(
-      (w, signal) => this.#rt.client.watchX509Bundles(w, signal),
-      (set) => {
-        this.#x509 = set;
-        this.emit('update');
-      },
-      (e) => {
-        const redact = isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY') && this.#x509 !== undefined;
-        if (redact) this.#x509 = undefined;
-        this.#rt.emitError(this, e);
-        if (redact) this.emit('update');
+    super('BundleSource', opts);
+    this.watchValue<X509BundleSet>(
+      (w, signal) => this.rt.client.watchX509Bundles(w, signal),
+      () => this.#x509,
+      (v) => {
+        this.#x509 = v;
       },
     );
-    this.#rt.watch<JwtBundleSet>(
-      (w, signal) => this.#rt.client.watchJwtBundles(w, signal),
-      (set) => {
-        this.#jwt = set;
-        this.emit('update');
-      },
-      (e) => {
-        const redact = isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY') && this.#jwt !== undefined;
-        if (redact) this.#jwt = undefined;
-        this.#rt.emitError(this, e);
-        if (redact) this.emit('update');
+    this.watchValue<JwtBundleSet>(
+      (w, signal) => this.rt.client.watchJwtBundles(w, signal),
+      () => this.#jwt,
+      (v) => {
+        this.#jwt = v;
       },
     );
   }
 
   /** Starts both watches and resolves once each has delivered its first update. @throws SpiffeError */
-  static async create(opts: SourceOptions = {}): Promise<BundleSource> {
-    const source = new BundleSource(opts);
-    try {
-      await source.#rt.ready();
-    } catch (e) {
-      await source.close();
-      throw e;
-    }
-    return source;
+  static create(opts: SourceOptions = {}): Promise<BundleSource> {
+    return LiveSource.started(new BundleSource(opts));
   }
 
   getX509BundleForTrustDomain(td: TrustDomain): X509Bundle | undefined {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     return this.#x509?.get(td);
   }
 
   getJwtBundleForTrustDomain(td: TrustDomain): JwtBundle | undefined {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     return this.#jwt?.get(td);
   }
 
   getX509Bundles(): X509BundleSet {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     return this.#x509 ?? new X509BundleSet();
   }
 
   getJwtBundles(): JwtBundleSet {
-    this.#rt.assertOpen();
+    this.rt.assertOpen();
     return this.#jwt ?? new JwtBundleSet();
-  }
-
-  async close(): Promise<void> {
-    await this.#rt.close();
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.close();
   }
 }
