@@ -1,0 +1,434 @@
+// The ticket desk as an MCP server protected by Taskpass. It serves MCP Streamable HTTP over HTTPS
+// with its own X.509-SVID and asks every client for its certificate (mTLS), so the verifier can
+// check that a call token's `cnf` names the certificate presenting it. The verifier's node:http
+// middleware runs before the MCP transport: a refused call is a real 401/403 challenge. Broker
+// keys (JWKS) and the revocation feed are fetched over mTLS with the same SVID, the broker being
+// authenticated by its SPIFFE ID.
+//
+//   node --conditions=taskpass:source --import tsx examples/ticket-desk/server.ts \
+//     --broker-url https://127.0.0.1:8443 --port 8444
+//
+// Flags (or environment): --workload-api (SPIFFE_ENDPOINT_SOCKET), --hint (TICKETS_SVID_HINT),
+// --broker-url (TASKPASS_BROKER_URL), --broker-issuer (TASKPASS_BROKER_ISSUER, default the URL),
+// --broker-id (TASKPASS_BROKER_ID), --audience (TICKETS_AUDIENCE), --host/--port (TICKETS_HOST/_PORT).
+import { createServer, type Server } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import {
+  createMtlsAgent,
+  matchId,
+  matchMemberOf,
+  mtlsServerOptions,
+  type TlsSource,
+  X509Source,
+} from '@taskpass/spiffe';
+import {
+  type CallAuth,
+  callerOf,
+  createVerifier,
+  prmHandler,
+  protectedResourceMetadata,
+  protectedResourceMetadataUrl,
+  RevocationFeedClient,
+  taskpassMiddleware,
+  type Verifier,
+} from '@taskpass/verifier';
+import { z } from 'zod';
+import { TicketDesk } from './tickets.ts';
+
+export const TICKETS_AUDIENCE = 'https://tickets.taskpass.local/mcp';
+export const TICKETS_ID = 'spiffe://taskpass.local/mcp/tickets';
+export const BROKER_ID = 'spiffe://taskpass.local/broker';
+
+const ticketId = z
+  .string()
+  .regex(/^T-\d{1,9}$/, 'a ticket id looks like T-1001')
+  .describe('Ticket id, e.g. T-1001');
+
+/**
+ * The tools, declared once: the same objects are the MCP registrations (title, schema,
+ * annotations, `_meta` hints published in tools/list) and the verifier's policy for each tool
+ * (it reads `annotations` and the `dev.taskpass/*` hints of `_meta`).
+ */
+export const TOOLS = {
+  list_tickets: {
+    title: 'List tickets',
+    description: 'Lists tickets (id, subject, status), optionally only those with one status.',
+    inputSchema: { status: z.enum(['open', 'pending', 'closed']).optional() },
+    annotations: { readOnlyHint: true },
+    _meta: { 'dev.taskpass/resource': 'tickets', 'dev.taskpass/action': 'read' },
+  },
+  get_ticket: {
+    title: 'Read a ticket',
+    description: 'Reads one ticket with its order and comments.',
+    inputSchema: { ticket_id: ticketId },
+    annotations: { readOnlyHint: true },
+    _meta: { 'dev.taskpass/resource': 'tickets/{ticket_id}', 'dev.taskpass/action': 'read' },
+  },
+  update_ticket: {
+    title: 'Comment on a ticket',
+    description: 'Adds a comment to a ticket (an open ticket becomes pending).',
+    inputSchema: { ticket_id: ticketId, comment: z.string().min(1).max(2000) },
+    annotations: { readOnlyHint: false, destructiveHint: false },
+    _meta: { 'dev.taskpass/resource': 'tickets/{ticket_id}', 'dev.taskpass/action': 'write' },
+  },
+  close_ticket: {
+    title: 'Close a ticket',
+    description: 'Closes a ticket.',
+    inputSchema: { ticket_id: ticketId },
+    annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true },
+    _meta: { 'dev.taskpass/resource': 'tickets/{ticket_id}', 'dev.taskpass/action': 'write' },
+  },
+  issue_refund: {
+    title: 'Refund an order',
+    description: "Refunds part or all of the ticket's order. Money leaves the company: irreversible.",
+    inputSchema: { ticket_id: ticketId, amount: z.number().positive().max(100_000) },
+    annotations: { readOnlyHint: false, destructiveHint: true },
+    _meta: { 'dev.taskpass/resource': 'tickets/{ticket_id}', 'dev.taskpass/action': 'write' },
+  },
+  delete_ticket: {
+    title: 'Delete a ticket',
+    description: 'Deletes a ticket and its history for good (administrators only).',
+    inputSchema: { ticket_id: ticketId },
+    annotations: { readOnlyHint: false, destructiveHint: true },
+    _meta: { 'dev.taskpass/resource': 'tickets/{ticket_id}', 'dev.taskpass/action': 'admin' },
+  },
+} as const;
+
+/** One line per served request or notable event; never token material. */
+export type DeskLog = (event: string, data?: Record<string, unknown>) => void;
+
+/** Options of {@link startTicketDesk}. */
+export interface TicketDeskOptions {
+  /** The live X.509 source of the server's identity; or give `workloadApiAddress` (+ `hint`). */
+  source?: X509Source;
+  /** Workload API address (`unix:///…`); default SPIFFE_ENDPOINT_SOCKET. Used when `source` is not given. */
+  workloadApiAddress?: string;
+  /** Picks this server's SVID by entry hint (when one workload holds several identities). */
+  hint?: string;
+  /** Where the broker is reached, e.g. `https://127.0.0.1:8443`. */
+  brokerUrl: string;
+  /** The broker's `iss` (config `issuer`); default `brokerUrl`. */
+  brokerIssuer?: string;
+  /** The broker's SPIFFE ID (its TLS server certificate is authenticated by it). */
+  brokerId?: string;
+  /** This server's canonical resource URI (token `aud`). Default {@link TICKETS_AUDIENCE}. */
+  audience?: string;
+  /** Clients in this trust domain may connect (the token then decides). Default: the server's own. */
+  clientTrustDomain?: string;
+  host?: string;
+  /** 0 (default) = ephemeral. */
+  port?: number;
+  /** The data; default a fresh seeded desk. */
+  desk?: TicketDesk;
+  /** Wait this long for the first revocation snapshot before serving (default 10 s). */
+  feedReadyTimeoutMs?: number;
+  log?: DeskLog;
+}
+
+/** A running ticket desk. */
+export interface RunningTicketDesk {
+  /** `https://127.0.0.1:<port>` */
+  readonly origin: string;
+  /** The MCP endpoint, `https://127.0.0.1:<port>/mcp`. */
+  readonly mcpUrl: string;
+  /** The canonical resource URI (token audience). */
+  readonly audience: string;
+  /** The SPIFFE ID the server presents. */
+  readonly spiffeId: string;
+  readonly desk: TicketDesk;
+  readonly verifier: Verifier;
+  readonly feed: RevocationFeedClient;
+  /** Resolves with the ms waited once the feed knows the task (or token) is revoked; rejects on timeout. */
+  waitRevoked(taskId: string, opts?: { jti?: string; timeoutMs?: number }): Promise<number>;
+  close(): Promise<void>;
+}
+
+function text(v: unknown): CallToolResult {
+  return { content: [{ type: 'text', text: JSON.stringify(v) }], structuredContent: v as never };
+}
+
+function fail(message: string): CallToolResult {
+  return { isError: true, content: [{ type: 'text', text: message }] };
+}
+
+/** Who acts, as the tool handlers record it: "alice (via spiffe://…/triage-bot, task …)". */
+function actor(who: CallAuth | undefined): string {
+  return who ? `${who.user} via ${who.agent}` : 'unknown';
+}
+
+function callerView(who: CallAuth | undefined) {
+  return who
+    ? { user: who.user, agent: who.agent, task: who.task, resource: who.resource, action: who.action }
+    : undefined;
+}
+
+/** Registers the ticket tools on an MCP server; handlers read the verified caller. */
+export function registerTicketTools(mcp: McpServer, desk: TicketDesk): void {
+  const guarded =
+    <A>(fn: (args: A, who: CallAuth | undefined) => unknown) =>
+    async (args: A, extra: Parameters<typeof callerOf>[0]): Promise<CallToolResult> => {
+      const who = callerOf(extra);
+      try {
+        return text({ ...(fn(args, who) as object), caller: callerView(who) });
+      } catch (e) {
+        return fail((e as Error).message);
+      }
+    };
+  mcp.registerTool(
+    'list_tickets',
+    TOOLS.list_tickets,
+    guarded(({ status }: { status?: 'open' | 'pending' | 'closed' }) => ({ tickets: desk.list(status) })),
+  );
+  mcp.registerTool(
+    'get_ticket',
+    TOOLS.get_ticket,
+    guarded(({ ticket_id }: { ticket_id: string }) => ({ ticket: desk.get(ticket_id) })),
+  );
+  mcp.registerTool(
+    'update_ticket',
+    TOOLS.update_ticket,
+    guarded(({ ticket_id, comment }: { ticket_id: string; comment: string }, who) => ({
+      ticket: desk.comment(ticket_id, actor(who), comment),
+    })),
+  );
+  mcp.registerTool(
+    'close_ticket',
+    TOOLS.close_ticket,
+    guarded(({ ticket_id }: { ticket_id: string }, who) => ({ ticket: desk.close(ticket_id, actor(who)) })),
+  );
+  mcp.registerTool(
+    'issue_refund',
+    TOOLS.issue_refund,
+    guarded(({ ticket_id, amount }: { ticket_id: string; amount: number }, who) => ({
+      ticket: desk.refund(ticket_id, amount, actor(who)),
+    })),
+  );
+  mcp.registerTool(
+    'delete_ticket',
+    TOOLS.delete_ticket,
+    guarded(({ ticket_id }: { ticket_id: string }) => {
+      desk.delete(ticket_id);
+      return { deleted: ticket_id };
+    }),
+  );
+}
+
+/**
+ * Starts the ticket desk MCP server. Resolves once it listens and the revocation feed delivered its
+ * first snapshot (so a token revoked before start-up is refused from the first request).
+ *
+ * @example
+ * ```ts
+ * const tickets = await startTicketDesk({ workloadApiAddress: spire.address, hint: 'tickets',
+ *   brokerUrl: broker.url, brokerIssuer: 'https://broker.taskpass.local' });
+ * // … tickets.mcpUrl
+ * await tickets.close();
+ * ```
+ */
+export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningTicketDesk> {
+  const log: DeskLog = opts.log ?? (() => {});
+  const audience = opts.audience ?? TICKETS_AUDIENCE;
+  const brokerUrl = opts.brokerUrl.replace(/\/+$/, '');
+  const issuer = opts.brokerIssuer ?? brokerUrl;
+  const brokerId = opts.brokerId ?? BROKER_ID;
+  const desk = opts.desk ?? new TicketDesk();
+
+  const ownSource = opts.source === undefined;
+  const source =
+    opts.source ??
+    (await X509Source.create({
+      ...(opts.workloadApiAddress ? { address: opts.workloadApiAddress } : {}),
+      ...(opts.hint ? { picker: (svids) => svids.find((s) => s.hint === opts.hint) } : {}),
+    }));
+  const cleanups: (() => Promise<unknown> | unknown)[] = [];
+  if (ownSource) cleanups.push(() => source.close());
+  try {
+    const spiffeId = source.getX509Svid().id;
+    // Broker requests (JWKS, revocation feed) over mTLS with this server's SVID.
+    const brokerDispatcher = createMtlsAgent(source as TlsSource, matchId(brokerId));
+    cleanups.push(() => brokerDispatcher.close());
+    const feed = new RevocationFeedClient({
+      brokerUrl,
+      dispatcher: brokerDispatcher,
+      backoff: { initialMs: 100, maxMs: 2000 },
+      onError: (e) => log('feed.error', { message: e.message }),
+    });
+    cleanups.push(() => feed.close());
+    await feed.ready(opts.feedReadyTimeoutMs ?? 10_000);
+
+    const verifier = createVerifier({
+      issuer,
+      audience,
+      jwksUri: `${brokerUrl}/.well-known/jwks.json`,
+      dispatcher: brokerDispatcher,
+      tools: TOOLS,
+      revocation: feed,
+      // Every token must be bound to the agent's X.509-SVID and presented over that mTLS connection.
+      requireCertificateBinding: true,
+    });
+    const resourceMetadataUrl = protectedResourceMetadataUrl(audience);
+    const guard = taskpassMiddleware(verifier, { resourceMetadataUrl });
+    const servePrm = prmHandler(
+      protectedResourceMetadata({ resource: audience, issuer, resourceName: 'Ticket desk' }),
+    );
+
+    const clientTd = opts.clientTrustDomain ?? spiffeId.trustDomain.name;
+    const mtls = mtlsServerOptions(source as TlsSource, matchMemberOf(clientTd), {
+      onError: (e) => log('tls.refused', { message: e.message }),
+    });
+    const server: Server = createServer(mtls.options, (req, res) => {
+      if (servePrm(req, res)) return;
+      const path = (req.url ?? '/').split('?')[0];
+      if (path === '/healthz' && req.method === 'GET') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+        return;
+      }
+      if (path !== '/mcp') {
+        res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"not_found"}');
+        return;
+      }
+      const peer = (() => {
+        try {
+          return mtls.peerSpiffeId(req.socket as TLSSocket).toString();
+        } catch {
+          return undefined;
+        }
+      })();
+      const started = performance.now();
+      res.once('finish', () => {
+        const rpc = (req as { body?: { method?: string; params?: { name?: string } } }).body;
+        log('request', {
+          peer,
+          method: rpc?.method ?? req.method,
+          tool: rpc?.params?.name,
+          status: res.statusCode,
+          ms: Math.round((performance.now() - started) * 10) / 10,
+        });
+      });
+      void guard(req, res, async () => {
+        // Stateless Streamable HTTP: one McpServer and transport per request.
+        const mcp = new McpServer({ name: 'ticket-desk', version: '1.0.0' });
+        registerTicketTools(mcp, desk);
+        const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
+        res.once('close', () => {
+          void transport.close();
+          void mcp.close();
+        });
+        try {
+          await mcp.connect(transport);
+          await transport.handleRequest(req, res, (req as { body?: unknown }).body);
+        } catch (e) {
+          log('mcp.error', { message: (e as Error).message });
+          if (!res.headersSent) res.writeHead(500).end();
+        }
+      });
+    });
+    mtls.attach(server);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeAllConnections();
+        }),
+    );
+    const addr = server.address() as AddressInfo;
+    const origin = `https://${addr.address}:${addr.port}`;
+    log('listening', { origin, spiffeId: spiffeId.toString(), audience });
+
+    let closing: Promise<void> | undefined;
+    return {
+      origin,
+      mcpUrl: `${origin}/mcp`,
+      audience,
+      spiffeId: spiffeId.toString(),
+      desk,
+      verifier,
+      feed,
+      async waitRevoked(taskId, o = {}) {
+        const started = performance.now();
+        const deadline = Date.now() + (o.timeoutMs ?? 5000);
+        while (!feed.isRevoked(taskId, o.jti ?? '')) {
+          if (Date.now() > deadline) throw new Error(`the revocation of ${taskId} did not arrive in time`);
+          await new Promise((r) => setTimeout(r, 1));
+        }
+        return performance.now() - started;
+      },
+      close() {
+        closing ??= runCleanups(cleanups);
+        return closing;
+      },
+    };
+  } catch (e) {
+    await runCleanups(cleanups);
+    throw e;
+  }
+}
+
+async function runCleanups(cleanups: (() => Promise<unknown> | unknown)[]): Promise<void> {
+  for (const c of cleanups.reverse()) {
+    try {
+      await c();
+    } catch {
+      // best effort: keep closing the rest
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      'workload-api': { type: 'string' },
+      hint: { type: 'string' },
+      'broker-url': { type: 'string' },
+      'broker-issuer': { type: 'string' },
+      'broker-id': { type: 'string' },
+      audience: { type: 'string' },
+      host: { type: 'string' },
+      port: { type: 'string' },
+    },
+  });
+  const env = process.env;
+  const brokerUrl = values['broker-url'] ?? env.TASKPASS_BROKER_URL;
+  if (!brokerUrl) throw new Error('--broker-url (or TASKPASS_BROKER_URL) is required');
+  const workloadApiAddress = values['workload-api'] ?? env.SPIFFE_ENDPOINT_SOCKET;
+  const hint = values.hint ?? env.TICKETS_SVID_HINT;
+  const brokerIssuer = values['broker-issuer'] ?? env.TASKPASS_BROKER_ISSUER;
+  const brokerId = values['broker-id'] ?? env.TASKPASS_BROKER_ID;
+  const audience = values.audience ?? env.TICKETS_AUDIENCE;
+  const tickets = await startTicketDesk({
+    brokerUrl,
+    ...(workloadApiAddress ? { workloadApiAddress } : {}),
+    ...(hint ? { hint } : {}),
+    ...(brokerIssuer ? { brokerIssuer } : {}),
+    ...(brokerId ? { brokerId } : {}),
+    ...(audience ? { audience } : {}),
+    host: values.host ?? env.TICKETS_HOST ?? '127.0.0.1',
+    port: Number(values.port ?? env.TICKETS_PORT ?? 8444),
+    log: (event, data) => console.log(JSON.stringify({ t: new Date().toISOString(), event, ...data })),
+  });
+  const stop = () => {
+    void tickets.close().then(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
