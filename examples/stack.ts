@@ -1,0 +1,241 @@
+// The whole Taskpass scenario on one host, for the demo and the end-to-end tests: real SPIRE
+// (server + agent) issuing the three workload identities, the demo IdP, the broker (in process,
+// SQLite in a temporary directory, HTTPS with its own X.509-SVID, the templates of ./policies), and
+// the ticket desk MCP server. Everything listens on 127.0.0.1 with ephemeral ports; peers
+// authenticate each other by SPIFFE ID, never by host name, so the URLs can be bare addresses while
+// `iss` and `aud` keep their canonical names.
+//
+// All processes of this host run as one uid, so every workload matches `unix:uid:<uid>` and gets
+// all three SVIDs: each component picks its own by entry hint. Entry IDs are ordered so the
+// broker's SVID also comes first, i.e. is the default one.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseConfig, type RunningBroker, startBroker } from '@taskpass/broker';
+import pino from 'pino';
+import { type SpireHarness, startSpire } from '../test/support/spire.ts';
+import { AGENT_ID, type AgentScriptOptions } from './ticket-desk/agent.ts';
+import { type Idp, startIdp } from './idp/idp.ts';
+import {
+  BROKER_ID,
+  type RunningTicketDesk,
+  startTicketDesk,
+  TICKETS_AUDIENCE,
+  TICKETS_ID,
+} from './ticket-desk/server.ts';
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+export const BROKER_ISSUER = 'https://broker.taskpass.local:8443';
+export const TRUST_DOMAIN = 'taskpass.local';
+
+/** The delegating user of the scenario. */
+export interface DemoUser {
+  sub: string;
+  email: string;
+  groups: string[];
+}
+
+export const ALICE: DemoUser = { sub: 'alice', email: 'alice@taskpass.local', groups: ['support'] };
+
+/** Options of {@link startStack}. */
+export interface StackOptions {
+  /** Directory with spire-server and spire-agent (default: $TASKPASS_SPIRE_BIN, else build or reuse). */
+  spireBinDir?: string;
+  /** Scope templates. Default ./policies of the repository. */
+  policiesDir?: string;
+  /** The agent's SPIFFE ID. Default spiffe://taskpass.local/agents/support/triage-bot. */
+  agentId?: string;
+  /** Broker log level; logs go to `broker.log` in the stack's temporary directory. Default `info`. */
+  brokerLogLevel?: 'silent' | 'error' | 'warn' | 'info' | 'debug';
+  /** Progress lines ("SPIRE server and agent up in 1.2 s"). */
+  progress?: (line: string) => void;
+  /** Called as soon as SPIRE runs (e.g. to check later that none of its processes is left). */
+  onSpire?: (spire: SpireHarness) => void;
+  /** A test context: `stop()` is registered with its `after`. */
+  t?: { after(fn: () => unknown): void };
+}
+
+/** Durations of start-up phases, ms. */
+export interface StackTimings {
+  spire: number;
+  identities: number;
+  idp: number;
+  broker: number;
+  tickets: number;
+  total: number;
+}
+
+/** A running stack. */
+export interface Stack extends AsyncDisposable {
+  readonly spire: SpireHarness;
+  readonly idp: Idp;
+  readonly broker: RunningBroker;
+  readonly tickets: RunningTicketDesk;
+  readonly ids: { readonly broker: string; readonly tickets: string; readonly agent: string };
+  readonly hints: { readonly broker: string; readonly tickets: string; readonly agent: string };
+  readonly urls: { readonly broker: string; readonly mcp: string; readonly idpJwks: string };
+  /** `iss` of the broker's tokens. */
+  readonly issuer: string;
+  /** The ticket desk's resource URI (token `aud`). */
+  readonly audience: string;
+  /** The temporary directory (broker database and log). Removed by `stop()`. */
+  readonly dir: string;
+  readonly timings: StackTimings;
+  /** An ID token for a user (issued for the broker). */
+  userToken(user?: DemoUser): Promise<string>;
+  /** Options for `runAgentScript` against this stack (add `userToken`). */
+  agentOptions(): Omit<AgentScriptOptions, 'userToken'>;
+  /** Stops everything that was started, in reverse order. Idempotent; never throws. */
+  stop(): Promise<void>;
+}
+
+const since = (t: number) => Math.round(performance.now() - t);
+
+/**
+ * Starts SPIRE, registers and waits for the three identities, then starts the IdP, the broker and
+ * the ticket desk. On any failure, whatever was started is stopped before the error is rethrown.
+ *
+ * @example
+ * ```ts
+ * await using stack = await startStack();
+ * const t = await runAgentScript({ ...stack.agentOptions(), userToken: await stack.userToken() });
+ * ```
+ */
+export async function startStack(opts: StackOptions = {}): Promise<Stack> {
+  const progress = opts.progress ?? (() => {});
+  const ids = { broker: BROKER_ID, tickets: TICKETS_ID, agent: opts.agentId ?? AGENT_ID };
+  const hints = { broker: 'broker', tickets: 'tickets', agent: 'agent' };
+  const t0 = performance.now();
+  const stops: { name: string; fn: () => Promise<unknown> }[] = [];
+  let stopping: Promise<void> | undefined;
+  const stop = () => {
+    stopping ??= (async () => {
+      for (const s of stops.reverse()) {
+        try {
+          await s.fn();
+        } catch (e) {
+          progress(`warning: stopping ${s.name} failed: ${(e as Error).message}`);
+        }
+      }
+    })();
+    return stopping;
+  };
+  opts.t?.after(stop);
+
+  try {
+    const dir = await mkdtemp(join(tmpdir(), 'taskpass-stack-'));
+    stops.push({ name: 'temporary directory', fn: () => rm(dir, { recursive: true, force: true }) });
+
+    let t = performance.now();
+    const spire = await startSpire({
+      ...(opts.spireBinDir ? { binDir: opts.spireBinDir } : {}),
+      trustDomain: TRUST_DOMAIN,
+      logLevel: 'INFO',
+    });
+    stops.push({ name: 'SPIRE', fn: () => spire.stop() });
+    opts.onSpire?.(spire);
+    const spireMs = since(t);
+    progress(`SPIRE server and agent up in ${(spireMs / 1000).toFixed(1)} s (socket ${spire.socketPath})`);
+
+    t = performance.now();
+    // Entry IDs sort the broker first (its SVID is the workload's default).
+    await spire.createEntry({ spiffeId: ids.broker, hint: hints.broker, entryId: 'taskpass-1-broker' });
+    await spire.createEntry({ spiffeId: ids.tickets, hint: hints.tickets, entryId: 'taskpass-2-tickets' });
+    await spire.createEntry({ spiffeId: ids.agent, hint: hints.agent, entryId: 'taskpass-3-agent' });
+    await Promise.all(Object.values(ids).map((id) => spire.waitForIdentity(id)));
+    const identitiesMs = since(t);
+    progress(`3 registration entries served by the Workload API after ${(identitiesMs / 1000).toFixed(1)} s`);
+
+    t = performance.now();
+    const idp = await startIdp();
+    stops.push({ name: 'IdP', fn: () => idp.close() });
+    const idpMs = since(t);
+
+    t = performance.now();
+    const logFile = join(dir, 'broker.log');
+    const logger = pino(
+      { level: opts.brokerLogLevel ?? 'info', base: { service: 'taskpass-broker' } },
+      pino.destination({ dest: logFile, sync: true }),
+    );
+    const config = parseConfig(
+      {
+        issuer: BROKER_ISSUER,
+        listen: { host: '127.0.0.1', port: 0 },
+        tls: { mode: 'spiffe' },
+        workloadApi: { address: spire.address, hint: hints.broker },
+        trustDomain: TRUST_DOMAIN,
+        agents: { ids: ['spiffe://taskpass.local/agents/**'] },
+        users: {
+          trustedIssuers: [
+            { issuer: idp.issuer, audience: BROKER_ISSUER, jwksUri: idp.jwksUri, algorithms: ['ES256'] },
+          ],
+        },
+        policiesDir: opts.policiesDir ?? join(repoRoot, 'policies'),
+        store: { sqlite: { path: join(dir, 'broker.db') } },
+        feed: { heartbeatMs: 2000, auth: 'workloads' },
+        logLevel: opts.brokerLogLevel ?? 'info',
+      },
+      'stack broker configuration',
+    );
+    const running = await startBroker(config, { logger, installSignalHandlers: false });
+    stops.push({ name: 'broker', fn: () => running.close() });
+    // fastify reports http:// for a custom (HTTPS) server factory; the broker speaks TLS here.
+    const broker: RunningBroker = { ...running, url: running.url.replace(/^http:/, 'https:') };
+    const brokerMs = since(t);
+    progress(`broker ${ids.broker} listening on ${broker.url} in ${brokerMs} ms`);
+
+    t = performance.now();
+    const tickets = await startTicketDesk({
+      workloadApiAddress: spire.address,
+      hint: hints.tickets,
+      brokerUrl: broker.url,
+      brokerIssuer: BROKER_ISSUER,
+      brokerId: ids.broker,
+      audience: TICKETS_AUDIENCE,
+    });
+    stops.push({ name: 'ticket desk', fn: () => tickets.close() });
+    const ticketsMs = since(t);
+    progress(`ticket desk ${tickets.spiffeId} listening on ${tickets.mcpUrl} in ${ticketsMs} ms`);
+
+    const timings: StackTimings = {
+      spire: spireMs,
+      identities: identitiesMs,
+      idp: idpMs,
+      broker: brokerMs,
+      tickets: ticketsMs,
+      total: since(t0),
+    };
+    return {
+      spire,
+      idp,
+      broker,
+      tickets,
+      ids,
+      hints,
+      urls: { broker: broker.url, mcp: tickets.mcpUrl, idpJwks: idp.jwksUri },
+      issuer: BROKER_ISSUER,
+      audience: TICKETS_AUDIENCE,
+      dir,
+      timings,
+      userToken: (user = ALICE) =>
+        idp.idToken({ sub: user.sub, email: user.email, groups: user.groups, audience: BROKER_ISSUER }),
+      agentOptions: () => ({
+        workloadApiAddress: spire.address,
+        hint: hints.agent,
+        brokerUrl: broker.url,
+        brokerId: ids.broker,
+        mcpUrl: tickets.mcpUrl,
+        ticketsId: ids.tickets,
+        audience: TICKETS_AUDIENCE,
+        awaitRevocation: (taskId: string) => tickets.waitRevoked(taskId),
+      }),
+      stop,
+      [Symbol.asyncDispose]: stop,
+    };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
