@@ -1,0 +1,198 @@
+// `npm run demo`: the whole story on real SPIRE, told in a few screens. Starts the stack
+// (examples/stack.ts), runs the scripted agent (examples/ticket-desk/agent.ts) for Alice, prints who
+// is who, the task and its ceiling, each tool call with its token, the refusals with their codes,
+// the completion and what happens to a leftover token, then stops everything and checks that no
+// SPIRE process of this run is left. Exit code 0 only when every step went as expected.
+import { execFileSync } from 'node:child_process';
+import { ALICE, type Stack, startStack } from './stack.ts';
+import { checkStory, runAgentScript, type Step, type Transcript } from './ticket-desk/agent.ts';
+
+const tty = process.stdout.isTTY && !process.env.NO_COLOR;
+const paint = (code: string) => (s: string) => (tty ? `\x1b[${code}m${s}\x1b[0m` : s);
+const bold = paint('1');
+const dim = paint('2');
+const green = paint('32');
+const red = paint('31');
+const yellow = paint('33');
+const OK = green('✔');
+const NO = red('✘');
+
+const out = (s = '') => process.stdout.write(`${s}\n`);
+const section = (s: string) => out(`\n${bold(`▸ ${s}`)}`);
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+const msf = (ms: number) => (ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`);
+const time = (iso: string) => iso.slice(11, 19);
+
+function argsText(args: Record<string, unknown>): string {
+  return Object.entries(args)
+    .map(
+      ([k, v]) =>
+        `${k}=${typeof v === 'string' && v.length > 24 ? `"${v.slice(0, 24)}…"` : JSON.stringify(v)}`,
+    )
+    .join(' ');
+}
+
+function summary(step: Extract<Step, { kind: 'call' }>): string {
+  const r = step.result as
+    | {
+        tickets?: { id: string }[];
+        ticket?: { subject: string; status: string; order: { id: string; amount: number; currency: string } };
+        caller?: { user: string; agent: string };
+      }
+    | undefined;
+  if (step.isError) return red(`tool error: ${JSON.stringify(r)}`);
+  const by = r?.caller ? dim(` (server saw ${r.caller.user} via …/${r.caller.agent.split('/').pop()})`) : '';
+  if (r?.tickets) return `${r.tickets.length} tickets: ${r.tickets.map((x) => x.id).join(', ')}${by}`;
+  if (r?.ticket) {
+    const t = r.ticket;
+    return `"${t.subject}", ${t.status}, order ${t.order.id} ${t.order.amount.toFixed(2)} ${t.order.currency}${by}`;
+  }
+  return JSON.stringify(r);
+}
+
+function printStep(step: Step): void {
+  if (step.kind === 'call') {
+    const what = `${step.tool} ${argsText(step.args)}`;
+    if (step.outcome === 'allowed') {
+      const tk = step.token;
+      const facts = tk
+        ? `token ${tk.lifetimeSec} s, ${tk.singleUse ? 'single use' : 'reusable'}${tk.certificateBound ? ', bound to the agent cert' : ''}, by ${tk.template}`
+        : 'no token recorded';
+      out(`  ${OK} ${bold(what)}`);
+      out(`      ${dim(facts)} ${dim(`· ${msf(step.ms)}`)}`);
+      out(`      → ${summary(step)}`);
+    } else {
+      const r = step.refusal;
+      const by = r?.by === 'broker' ? 'broker refused the token' : `${r?.by ?? '?'} refused`;
+      const mark = step.outcome === step.expect ? NO : red('!!');
+      out(`  ${mark} ${bold(what)}`);
+      out(
+        `      ${by}: ${yellow(`${r?.status ?? ''} ${r?.code}`)}${r?.template ? ` (template ${r.template})` : ''}`,
+      );
+      out(`      ${dim(r?.reason ?? '')}`);
+    }
+  } else {
+    const r = step.refusal;
+    out(
+      `  ${step.outcome === 'refused' ? NO : red('!!')} ${bold(`replay: ${step.what}`)} ${dim(`(${step.tool}, jti ${step.token.jti.slice(0, 8)}…)`)}`,
+    );
+    if (r) {
+      out(`      MCP server answered ${yellow(`${r.status} ${r.code}`)}: ${dim(r.reason)}`);
+      if (r.challenge)
+        out(
+          `      ${dim(`WWW-Authenticate: ${r.challenge.slice(0, 110)}${r.challenge.length > 110 ? '…' : ''}`)}`,
+        );
+    } else {
+      out(`      ${red(`accepted (HTTP ${step.status})`)}`);
+    }
+  }
+}
+
+function printStory(stack: Stack, t: Transcript, agentMs: number): void {
+  section('Who is who (identities issued by SPIRE just now)');
+  const row = (k: string, v: string, more = '') =>
+    out(`  ${k.padEnd(11)} ${v}${more ? `  ${dim(more)}` : ''}`);
+  row(
+    'user',
+    `${ALICE.sub} <${ALICE.email}>, groups [${ALICE.groups.join(', ')}]`,
+    `ID token from ${stack.idp.issuer}`,
+  );
+  row('agent', t.agent.spiffeId, `X.509-SVID until ${time(t.agent.svidExpiresAt)} UTC`);
+  row('broker', stack.ids.broker, `${stack.urls.broker}, iss ${stack.issuer}`);
+  row('MCP server', t.mcpServer.spiffeId, `${t.mcpServer.url}, aud ${t.mcpServer.audience}`);
+
+  section(`Task opened in ${msf(t.task.openMs)}: "${t.task.purpose}"`);
+  out(
+    `  task ${t.task.id}  for ${bold(t.task.sub)}  by ${t.task.agent}  until ${time(t.task.expiresAt)} UTC`,
+  );
+  out('  ceiling (the most this task can ever do):');
+  for (const c of t.task.ceiling) {
+    const tools = c.tools.map((x) => `${x.tool} ${x.action} ${x.resources.join(',')}`).join('; ');
+    out(`    ${c.template.padEnd(22)} ${tools}`);
+  }
+  out(
+    `  tools the server publishes: ${t.tools.map((x) => `${x.name}${dim(`(${x.action}${x.destructive ? ', destructive' : ''})`)}`).join(' ')}`,
+  );
+
+  const afterStart = t.steps.findIndex((s) => s.kind === 'replay' && s.what.startsWith('leftover'));
+  section('Tool calls: one fresh token per call, decided by the broker at call time');
+  for (const s of t.steps.slice(0, afterStart < 0 ? undefined : afterStart)) printStep(s);
+
+  const c = t.completion;
+  section(`Task ${c.status} in ${msf(c.ms)}: revocation #${c.revocationSeq} durable before the answer`);
+  if (c.propagationMs !== undefined) {
+    out(`  the revocation reached the MCP server's feed ${msf(c.propagationMs)} after complete() returned`);
+  }
+  for (const s of afterStart < 0 ? [] : t.steps.slice(afterStart)) printStep(s);
+  if (t.afterCompletion) {
+    const a = t.afterCompletion;
+    out(`  ${NO} ${bold('a new token for the finished task')}`);
+    out(`      broker answered ${yellow(`${a.status} ${a.code}`)}: ${dim(a.reason)}`);
+  }
+  out(dim(`\n  agent script: ${msf(agentMs)} in total`));
+}
+
+function spireLeft(dir: string): string[] {
+  try {
+    return execFileSync('pgrep', ['-af', dir], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .filter((l) => l && !l.includes('pgrep'));
+  } catch {
+    return []; // pgrep exits 1 when nothing matches
+  }
+}
+
+async function main(): Promise<number> {
+  const started = performance.now();
+  out(bold('Taskpass demo: an agent acting for a user, one short-lived token per MCP tool call'));
+  section('Starting the stack on 127.0.0.1 (real SPIRE, IdP, broker, ticket desk MCP server)');
+  let stack: Stack | undefined;
+  let transcript: Transcript | undefined;
+  let agentMs = 0;
+  let failure: unknown;
+  let spireDir: string | undefined;
+  try {
+    stack = await startStack({
+      progress: (l) => out(`  ${l}`),
+      onSpire: (spire) => {
+        spireDir = spire.dir;
+      },
+    });
+    out(`  ${dim(`stack ready in ${secs(stack.timings.total)}`)}`);
+    const a0 = performance.now();
+    transcript = await runAgentScript({ ...stack.agentOptions(), userToken: await stack.userToken(ALICE) });
+    agentMs = performance.now() - a0;
+    printStory(stack, transcript, agentMs);
+  } catch (e) {
+    failure = e;
+  }
+
+  section('Shutdown');
+  const s0 = performance.now();
+  if (stack) await stack.stop();
+  const left = spireDir ? spireLeft(spireDir) : [];
+  out(`  ticket desk, broker, IdP and SPIRE stopped in ${msf(performance.now() - s0)}`);
+  out(
+    left.length === 0
+      ? `  ${OK} no SPIRE process of this run is left (pgrep -f ${spireDir ?? '(not started)'}: none)`
+      : `  ${NO} still running:\n    ${left.join('\n    ')}`,
+  );
+
+  const problems = [
+    ...(failure ? [`the run failed: ${(failure as Error).stack ?? failure}`] : []),
+    ...(transcript ? checkStory(transcript) : []),
+    ...(left.length ? ['SPIRE processes were left running'] : []),
+  ];
+  const total = secs(performance.now() - started);
+  if (problems.length === 0) {
+    out(`\n${green(bold('Story as expected'))} in ${total}.`);
+    return 0;
+  }
+  out(`\n${red(bold('The story deviated:'))}`);
+  for (const p of problems) out(`  - ${p}`);
+  out(dim(`(${total})`));
+  return 1;
+}
+
+process.exitCode = await main();
