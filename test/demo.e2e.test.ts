@@ -1,0 +1,107 @@
+// The demo story end to end on real SPIRE: the stack of examples/stack.ts (SPIRE server + agent,
+// IdP, broker with ./policies, ticket desk MCP server over mTLS) and the scripted agent of
+// examples/ticket-desk/agent.ts, acting for Alice (group support).
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import { ALICE, type Stack, startStack } from '../examples/stack.ts';
+import { checkStory, runAgentScript, type Step, type Transcript } from '../examples/ticket-desk/agent.ts';
+
+type CallStep = Extract<Step, { kind: 'call' }>;
+type ReplayStep = Extract<Step, { kind: 'replay' }>;
+
+function processesUnder(dir: string): string[] {
+  try {
+    return execFileSync('pgrep', ['-f', dir], { encoding: 'utf8' }).trim().split('\n').filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+describe('demo story (real SPIRE)', () => {
+  let stack: Stack;
+  let t: Transcript;
+  let spireDir: string;
+
+  before(async () => {
+    stack = await startStack({
+      brokerLogLevel: 'warn',
+      onSpire: (s) => {
+        spireDir = s.dir;
+      },
+    });
+    t = await runAgentScript({ ...stack.agentOptions(), userToken: await stack.userToken(ALICE) });
+  });
+  after(() => stack?.stop());
+
+  const call = (tool: string) => t.steps.find((s): s is CallStep => s.kind === 'call' && s.tool === tool);
+  const replay = (prefix: string) =>
+    t.steps.find((s): s is ReplayStep => s.kind === 'replay' && s.what.startsWith(prefix));
+
+  test('identities come from SPIRE and the task is Alice’s, with the support ceiling', () => {
+    assert.equal(t.agent.spiffeId, stack.ids.agent);
+    assert.equal(t.task.sub, ALICE.sub);
+    assert.equal(t.task.agent, stack.ids.agent);
+    assert.deepEqual(t.task.ceiling.map((c) => c.template).sort(), [
+      'tickets-support-read',
+      'tickets-support-write',
+    ]);
+    const published = Object.fromEntries(t.tools.map((x) => [x.name, x.action]));
+    assert.equal(published.delete_ticket, 'admin');
+    assert.equal(published.get_ticket, 'read');
+  });
+
+  test('allowed calls succeed with certificate-bound, short-lived tokens', () => {
+    for (const tool of ['list_tickets', 'get_ticket', 'update_ticket']) {
+      const s = call(tool);
+      assert.equal(s?.outcome, 'allowed', `${tool}: ${JSON.stringify(s?.refusal)}`);
+      assert.notEqual(s.isError, true);
+      assert.equal(s.token?.certificateBound, true);
+      assert.equal(s.token?.sub, ALICE.sub);
+      assert.equal(s.token?.actor, stack.ids.agent);
+      assert.ok(s.token!.lifetimeSec > 0 && s.token!.lifetimeSec <= 60);
+    }
+    assert.equal(call('update_ticket')?.token?.singleUse, true);
+    assert.equal(call('get_ticket')?.token?.singleUse, false);
+    // The server ran the write for the user through the agent.
+    const ticket = stack.tickets.desk.get('T-1002');
+    assert.equal(ticket.status, 'pending');
+    assert.match(
+      ticket.comments[0]?.by ?? '',
+      /^alice via spiffe:\/\/taskpass\.local\/agents\/support\/triage-bot$/,
+    );
+  });
+
+  test('the broker denies what the ceiling or the workflow does not allow', () => {
+    const refund = call('issue_refund');
+    assert.equal(refund?.outcome, 'denied');
+    assert.equal(refund.refusal?.by, 'broker');
+    assert.equal(refund.refusal?.status, 403);
+    assert.equal(refund.refusal?.code, 'TASKPASS_DENIED_TOOL');
+    assert.equal(call('delete_ticket')?.refusal?.code, 'TASKPASS_DENIED_TOOL');
+    assert.equal(call('close_ticket')?.refusal?.code, 'TASKPASS_DENIED_PREREQUISITE');
+    // Nothing was refunded, deleted or closed.
+    assert.equal(stack.tickets.desk.get('T-1002').order.refunded, 0);
+    assert.equal(stack.tickets.desk.get('T-1003').status, 'open');
+  });
+
+  test('the MCP server refuses a spent single-use token and a leftover token after completion', () => {
+    const spent = replay('single-use');
+    assert.equal(spent?.status, 401);
+    assert.equal(spent.refusal?.code, 'TASKPASS_VERIFY_REPLAYED');
+    assert.equal(t.completion.status, 'completed');
+    assert.ok(t.completion.propagationMs !== undefined && t.completion.propagationMs < 2000);
+    const leftover = replay('leftover');
+    assert.equal(leftover?.status, 401);
+    assert.equal(leftover.refusal?.code, 'TASKPASS_VERIFY_REVOKED');
+    assert.match(leftover.refusal?.challenge ?? '', /error="invalid_token".*resource_metadata=/);
+    assert.equal(t.afterCompletion?.code, 'TASKPASS_TASK_CLOSED');
+  });
+
+  test('the whole story checks out, and stopping leaves no SPIRE process', async () => {
+    assert.deepEqual(checkStory(t), []);
+    assert.equal(t.ok, true);
+    await stack.stop();
+    assert.deepEqual(processesUnder(spireDir), []);
+  });
+});
