@@ -136,7 +136,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.setNotFoundHandler((req, reply) =>
     reply
       .code(404)
-      .send({ code: 'TASKPASS_BAD_REQUEST', message: `no route ${req.method} ${req.url.split('?')[0]}` }),
+      .send({ code: 'TASKPASS_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` }),
   );
 
   app.register(swagger, {
@@ -170,7 +170,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         : async (req: FastifyRequest) => {
             const id = await authenticateRequest(ctx, req);
             if (mode === 'agents' && !ctx.matchers.agent(id.spiffeId)) {
-              throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'the revocation feed is for agents only');
+              throw new TaskpassError('TASKPASS_FORBIDDEN', 'the revocation feed is for agents only');
             }
             req.workload = id;
           };

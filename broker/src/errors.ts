@@ -21,6 +21,11 @@ export const BROKER_ERRORS = {
     description:
       'The delegating user token is invalid: unknown issuer, bad signature, audience, expiry or algorithm.',
   },
+  TASKPASS_FORBIDDEN: {
+    status: 403,
+    description: 'The workload authenticated but may not use this API (not an allowed agent or feed reader).',
+  },
+  TASKPASS_NOT_FOUND: { status: 404, description: 'No such route.' },
   TASKPASS_TASK_NOT_FOUND: { status: 404, description: 'No such task.' },
   TASKPASS_TASK_NOT_OWNED: { status: 403, description: 'The task belongs to another agent.' },
   TASKPASS_TASK_CLOSED: {

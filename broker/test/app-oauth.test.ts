@@ -336,7 +336,7 @@ test('error bodies: no stack, no token; unknown routes; oversize bodies', async 
   const b = await testBroker({ bodyLimit: 2048 });
   const nf = await b.app.inject('/nope');
   assert.equal(nf.statusCode, 404);
-  assert.equal(nf.json().code, 'TASKPASS_BAD_REQUEST');
+  assert.equal(nf.json().code, 'TASKPASS_NOT_FOUND');
   const big = await b.app.inject({
     method: 'POST',
     url: '/v1/tasks',

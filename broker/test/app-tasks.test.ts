@@ -137,7 +137,8 @@ test('task admission: delegation required, user conditions, bad user token, unkn
   });
   assert.equal(r.json().code, 'TASKPASS_USER_TOKEN_INVALID');
   r = await open(b.mtls('spiffe://taskpass.local/verifiers/x'), { purpose: 'x' });
-  assert.equal(r.statusCode, 401);
+  assert.equal(r.statusCode, 403, 'authenticated, but not an allowed agent');
+  assert.equal(r.json().code, 'TASKPASS_FORBIDDEN');
   r = await open(b.mtls(OPS_AGENT), { purpose: 'nightly restart', ttl_seconds: 99999 });
   assert.equal(r.statusCode, 201);
   const task = r.json();
@@ -280,4 +281,24 @@ test('rate limit per agent', async () => {
   assert.equal(r.statusCode, 429);
   assert.equal(r.json().code, 'TASKPASS_RATE_LIMITED');
   assert.equal((await get(OTHER_AGENT)).statusCode, 404, 'keyed by agent id');
+});
+
+test('an authenticated workload that is not an allowed agent gets 403 TASKPASS_FORBIDDEN', async () => {
+  const b = await testBroker();
+  const notAgent = 'spiffe://taskpass.local/mcp/tickets';
+  const r = await b.app.inject({
+    method: 'POST',
+    url: '/v1/tasks',
+    headers: b.mtls(notAgent),
+    payload: { purpose: 'x' },
+  });
+  assert.equal(r.statusCode, 403);
+  assert.equal(r.json().code, 'TASKPASS_FORBIDDEN');
+  // feed.auth "agents": other workloads are refused the same way; no credential stays 401
+  const f = await testBroker({ feed: { auth: 'agents' } });
+  const fr = await f.app.inject({ url: '/v1/revocations', headers: f.mtls(notAgent) });
+  assert.equal(fr.statusCode, 403);
+  assert.equal(fr.json().code, 'TASKPASS_FORBIDDEN');
+  assert.equal((await f.app.inject({ url: '/v1/revocations', headers: f.mtls(AGENT) })).statusCode, 200);
+  assert.equal((await f.app.inject('/v1/revocations')).statusCode, 401);
 });

@@ -39,7 +39,7 @@ export async function taskRoutes(app: FastifyInstance, ctx: RouteContext): Promi
   app.addHook('onRequest', async (req) => {
     const id = await authenticateRequest(ctx, req);
     if (!ctx.matchers.agent(id.spiffeId)) {
-      throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'this SPIFFE ID is not an allowed agent');
+      throw new TaskpassError('TASKPASS_FORBIDDEN', 'this SPIFFE ID is not an allowed agent');
     }
     req.workload = id;
   });
