@@ -88,6 +88,11 @@ export const ConfigSchema = z
       .object({
         /** e.g. `unix:///run/spire/agent.sock`; default: SPIFFE_ENDPOINT_SOCKET. */
         address: z.string().min(1).optional(),
+        /**
+         * Serve the X.509-SVID with this hint (a workload may hold several SVIDs). Default: the
+         * first SVID the Workload API sends. A hint that no SVID carries fails start-up.
+         */
+        hint: z.string().min(1).max(1024).optional(),
         timeoutMs: z.number().int().positive().default(15000),
       })
       .strict()
@@ -167,6 +172,8 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** How often expired tasks, replay entries and stale revocations are dropped from the store. */
+    sweepEvery: Duration.default(60),
     bodyLimit: z.number().int().min(1024).max(10_485_760).default(65536),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
@@ -243,6 +250,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_TLS_MODE: { path: ['tls', 'mode'] },
     TASKPASS_TLS_REQUIRE_CLIENT_CERT: { path: ['tls', 'requireClientCert'], conv: bool },
     TASKPASS_WORKLOAD_API_ADDRESS: { path: ['workloadApi', 'address'] },
+    TASKPASS_WORKLOAD_API_HINT: { path: ['workloadApi', 'hint'] },
     TASKPASS_TRUST_DOMAIN: { path: ['trustDomain'] },
     TASKPASS_FEDERATED_TRUST_DOMAINS: { path: ['federatedTrustDomains'], conv: list },
     TASKPASS_AGENT_IDS: { path: ['agents', 'ids'], conv: list },
@@ -254,6 +262,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_FEED_AUTH: { path: ['feed', 'auth'] },
     TASKPASS_RATE_LIMIT_PER_AGENT_PER_MINUTE: { path: ['rateLimit', 'perAgentPerMinute'], conv: int },
     TASKPASS_AUDIT_DESTINATION: { path: ['audit', 'destination'] },
+    TASKPASS_SWEEP_EVERY: { path: ['sweepEvery'] },
     TASKPASS_BODY_LIMIT: { path: ['bodyLimit'], conv: int },
     TASKPASS_LOG_LEVEL: { path: ['logLevel'] },
   };

@@ -2,15 +2,20 @@
 // broker's own X.509-SVID (secure context swapped on rotation), signals and graceful shutdown.
 //   SIGTERM / SIGINT: stop accepting, end feed streams, drain, close the store, exit.
 //   SIGHUP: reload the policy directory (a bad reload keeps the previous policies).
-import type { X509Certificate } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { SecureContextOptions } from 'node:tls';
-import { BundleSource, TrustDomain, X509Source } from '@taskpass/spiffe';
+import {
+  BundleSource,
+  currentSecureContextOptions,
+  isSpiffeError,
+  type X509Svid,
+  X509Source,
+} from '@taskpass/spiffe';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { buildApp } from './app.ts';
 import type { BrokerConfig } from './config.ts';
+import { TaskpassError } from './errors.ts';
 import { SigningKeys } from './keys.ts';
 import { PolicyWatcher } from './policy/index.ts';
 import { RevocationHub } from './revocation-hub.ts';
@@ -29,14 +34,12 @@ export interface RunningBroker {
   reloadPolicies(): Promise<void>;
 }
 
-function tlsOptions(source: X509Source, trustDomains: readonly string[]): SecureContextOptions {
-  const svid = source.getX509Svid();
-  const ca: string[] = [];
-  for (const td of trustDomains) {
-    const b = source.getX509BundleForTrustDomain(TrustDomain.parse(td));
-    for (const a of b?.authorities ?? []) ca.push((a as X509Certificate).toString());
-  }
-  return { key: svid.privateKeyPem(), cert: svid.certChainPem(), ...(ca.length ? { ca } : {}) };
+/** Picks the broker's own X.509-SVID: the one with `hint`, else the default (first) one. */
+export function svidPicker(
+  hint: string | undefined,
+): ((svids: readonly X509Svid[]) => X509Svid | undefined) | undefined {
+  if (hint === undefined) return undefined;
+  return (svids) => svids.find((s) => s.hint === hint);
 }
 
 /**
@@ -50,7 +53,34 @@ export async function startBroker(
   const logger = opts.logger ?? pino({ level: config.logLevel, base: { service: 'taskpass-broker' } });
   const trustDomains = [config.trustDomain, ...config.federatedTrustDomains];
 
+  // Everything opened so far, closed in reverse order if start-up fails half-way.
+  const opened: (() => Promise<void> | void)[] = [];
+  const unwind = async (): Promise<void> => {
+    for (const c of opened.reverse()) {
+      try {
+        await c();
+      } catch (err) {
+        logger.warn({ err }, 'cleanup after a failed start');
+      }
+    }
+  };
+  try {
+    return await start(config, opts, logger, trustDomains, opened);
+  } catch (e) {
+    await unwind();
+    throw e;
+  }
+}
+
+async function start(
+  config: BrokerConfig,
+  opts: { installSignalHandlers?: boolean },
+  logger: Logger,
+  trustDomains: readonly string[],
+  opened: (() => Promise<void> | void)[],
+): Promise<RunningBroker> {
   const store = createStore(config.store, { logger });
+  opened.push(() => store.close());
   await store.init();
   const keys = await SigningKeys.open(store, {
     rotateEverySec: config.keys.rotateEvery,
@@ -58,28 +88,70 @@ export async function startBroker(
     maxTokenTtlSec: config.tokens.maxTtl,
     logger,
   });
+  opened.push(() => keys.close?.());
   const policies = new PolicyWatcher(config.policiesDir, { logger });
+  opened.push(() => policies.close());
   await policies.start();
   const hub = new RevocationHub({ store, logger, heartbeatMs: config.feed.heartbeatMs });
+  opened.push(() => hub.close());
 
   const address = config.workloadApi.address;
+  const hint = config.workloadApi.hint;
+  const picker = svidPicker(hint);
   const x509 = await X509Source.create({
     ...(address ? { address } : {}),
+    ...(picker ? { picker } : {}),
     timeoutMs: config.workloadApi.timeoutMs,
   });
+  opened.push(() => x509.close());
+  // The 'error' listener also keeps a Workload API hiccup from becoming an unhandled 'error' event.
+  x509.on('error', (err: Error) =>
+    logger.warn(
+      { err: err.message, code: isSpiffeError(err) ? err.code : undefined },
+      'workload api error (keeping the cached SVID)',
+    ),
+  );
+  let own: X509Svid;
+  try {
+    own = x509.getX509Svid();
+  } catch (e) {
+    let hints: string[] = [];
+    try {
+      hints = x509
+        .getX509Context()
+        .svids.map((s) => s.hint ?? '')
+        .filter(Boolean);
+    } catch {}
+    throw new TaskpassError(
+      'TASKPASS_CONFIG_INVALID',
+      `workloadApi.hint ${JSON.stringify(hint)} matches no X.509-SVID of this workload (hints offered: ${hints.length ? hints.map((h) => JSON.stringify(h)).join(', ') : 'none'})`,
+      { hint, hints },
+      { cause: e },
+    );
+  }
+  logger.info({ spiffeId: own.id.toString(), hint, expiresAt: own.expiresAt }, 'broker X.509-SVID');
   const bundles = await BundleSource.create({
     ...(address ? { address } : {}),
     timeoutMs: config.workloadApi.timeoutMs,
   });
+  opened.push(() => bundles.close());
+  bundles.on('error', (err: Error) =>
+    logger.warn(
+      { err: err.message, code: isSpiffeError(err) ? err.code : undefined },
+      'workload api error (keeping the cached bundles)',
+    ),
+  );
   let svidReady = true;
-  x509.on('error', (err: Error) => logger.warn({ err }, 'workload api error (keeping the cached SVID)'));
+  let servedSerial = own.certificates[0]?.serialNumber;
+  // Key, chain and the trusted domains' CAs from the source's current state (the spiffe helper).
+  const secureContext = () => currentSecureContextOptions(x509, { trustDomains });
 
   let serverFactory: FastifyServerFactory | undefined;
   if (config.tls.mode === 'spiffe') {
     serverFactory = (handler) => {
       const server = createHttpsServer(
         {
-          ...tlsOptions(x509, trustDomains),
+          ...secureContext(),
           requestCert: true,
           // The TLS layer only collects the chain; the app re-validates it against the peer's own
           // trust-domain bundle. JWT-SVID clients may connect without a certificate unless required.
@@ -88,16 +160,35 @@ export async function startBroker(
         },
         handler as (req: IncomingMessage, res: ServerResponse) => void,
       );
-      x509.on('update', () => {
+      const onUpdate = () => {
+        let next: ReturnType<typeof secureContext>;
         try {
-          server.setSecureContext(tlsOptions(x509, trustDomains));
+          next = secureContext();
+        } catch (err) {
+          // Redacted (no identity) or the hint vanished: keep serving the last good context until
+          // it expires; readiness reports it.
+          svidReady = false;
+          logger.error({ err }, 'no X.509-SVID for the broker in the Workload API update');
+          return;
+        }
+        try {
+          server.setSecureContext(next);
           svidReady = true;
-          logger.info('broker SVID rotated');
+          // Updates also come for the workload's other SVIDs and for bundles; log rotations only.
+          const svid = x509.getX509Svid();
+          const serial = svid.certificates[0]?.serialNumber;
+          logger[serial === servedSerial ? 'debug' : 'info'](
+            { spiffeId: svid.id.toString(), serial, expiresAt: svid.expiresAt },
+            'broker TLS context updated',
+          );
+          servedSerial = serial;
         } catch (err) {
           svidReady = false;
           logger.error({ err }, 'cannot apply the rotated SVID');
         }
-      });
+      };
+      x509.on('update', onUpdate);
+      server.once('close', () => x509.off('update', onUpdate));
       return server as unknown as ReturnType<FastifyServerFactory>;
     };
   } else {
@@ -131,13 +222,29 @@ export async function startBroker(
     serverFactory,
   });
 
-  const url = await app.listen({ host: config.listen.host, port: config.listen.port });
+  opened.push(() => app.close());
+  // Fastify does not know the factory's server speaks TLS and reports http://.
+  const listening = await app.listen({ host: config.listen.host, port: config.listen.port });
+  const url = config.tls.mode === 'spiffe' ? listening.replace(/^http:/, 'https:') : listening;
   logger.info({ url, issuer: config.issuer, tls: config.tls.mode }, 'taskpass broker listening');
+
+  // Expired tasks, replay entries and revocations past `until` are dropped periodically.
+  const sweep = async (): Promise<void> => {
+    try {
+      await store.sweep(Math.floor(Date.now() / 1000));
+    } catch (err) {
+      logger.warn({ err }, 'store sweep failed (retried on the next tick)');
+    }
+  };
+  await sweep();
+  const sweeper = setInterval(() => void sweep(), config.sweepEvery * 1000);
+  sweeper.unref();
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       logger.info('shutting down');
+      clearInterval(sweeper);
       await hub.close();
       await app.close();
       await policies.close();

@@ -6,8 +6,9 @@ import {
   type SpiffeId,
   type X509BundleSource,
   verifyX509Svid,
+  x5tS256,
 } from '@taskpass/spiffe';
-import { type WorkloadAuthenticator, x5tS256Of } from './auth.ts';
+import type { WorkloadAuthenticator } from './auth.ts';
 import { TaskpassError } from './errors.ts';
 
 /**
@@ -55,7 +56,7 @@ export function createWorkloadAuthenticator(opts: {
           spiffeId: id,
           trustDomain: id.trustDomain.name,
           method: 'mtls',
-          x5tS256: x5tS256Of(creds.peerChain[0]!),
+          x5tS256: x5tS256(creds.peerChain[0]!),
         };
       }
       if (creds.jwtSvid) {

@@ -110,3 +110,27 @@ test('loadConfig reads YAML from --config and lets TASKPASS_* env override it', 
     (e: unknown) => e instanceof TaskpassError && e.code === 'TASKPASS_CONFIG_INVALID',
   );
 });
+
+test('workloadApi.hint picks the broker SVID; sweepEvery schedules the store sweep', async () => {
+  const d = parseConfig(minimal);
+  assert.equal(d.workloadApi.hint, undefined);
+  assert.equal(d.sweepEvery, 60);
+  const c = parseConfig({ ...minimal, workloadApi: { hint: 'broker' }, sweepEvery: '5m' });
+  assert.equal(c.workloadApi.hint, 'broker');
+  assert.equal(c.sweepEvery, 300);
+  assert.throws(() => parseConfig({ ...minimal, workloadApi: { hint: '' } }), TaskpassError);
+  const e = loadConfig({
+    env: {
+      TASKPASS_ISSUER: minimal.issuer,
+      TASKPASS_TRUST_DOMAIN: 'taskpass.local',
+      TASKPASS_WORKLOAD_API_HINT: 'b',
+    },
+  });
+  assert.equal(e.workloadApi.hint, 'b');
+  const { svidPicker } = await import('../src/server.ts');
+  assert.equal(svidPicker(undefined), undefined, 'no hint: the source default (first SVID)');
+  const pick = svidPicker('broker')!;
+  const svids = [{ hint: 'agent' }, { hint: 'broker' }] as never[];
+  assert.equal(pick(svids), svids[1]);
+  assert.equal(pick([{ hint: 'agent' }] as never[]), undefined);
+});
