@@ -224,8 +224,13 @@ async function start(
 
   opened.push(() => app.close());
   // Fastify does not know the factory's server speaks TLS and reports http://.
-  const listening = await app.listen({ host: config.listen.host, port: config.listen.port });
-  const url = config.tls.mode === 'spiffe' ? listening.replace(/^http:/, 'https:') : listening;
+  const scheme = (u: string) => (config.tls.mode === 'spiffe' ? u.replace(/^http:/, 'https:') : u);
+  const listening = await app.listen({
+    host: config.listen.host,
+    port: config.listen.port,
+    listenTextResolver: (address) => `Server listening at ${scheme(address)}`,
+  });
+  const url = scheme(listening);
   logger.info({ url, issuer: config.issuer, tls: config.tls.mode }, 'taskpass broker listening');
 
   // Expired tasks, replay entries and revocations past `until` are dropped periodically.

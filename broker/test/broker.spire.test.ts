@@ -260,6 +260,24 @@ test('the broker serves its own X.509-SVID, chosen by hint, and is ready', async
   assert.deepEqual(ready.body.checks, { store: true, policies: true, svid: true, keys: true });
 });
 
+test('a workloadApi.hint that no SVID carries stops start-up with TASKPASS_CONFIG_INVALID', async () => {
+  const bad = parseConfig({
+    issuer: ISSUER,
+    trustDomain: TD,
+    listen: { host: '127.0.0.1', port: 0 },
+    workloadApi: { address: spire.address, hint: 'no-such-hint', timeoutMs: 20_000 },
+    policiesDir: join(repoRoot, 'policies'),
+    store: { sqlite: { path: join(dir, 'bad-hint.db') } },
+    logLevel: 'silent',
+  });
+  await assert.rejects(startBroker(bad, { logger, installSignalHandlers: false }), (e: Error) => {
+    assert.equal((e as { code?: string }).code, 'TASKPASS_CONFIG_INVALID');
+    assert.match(e.message, /no-such-hint/);
+    assert.match(e.message, /"broker"/, 'lists the hints offered');
+    return true;
+  });
+});
+
 test('mTLS agent: opens a task for a user and gets a call token bound to its certificate', async () => {
   const r = await call(mtls, 'POST', '/v1/tasks', {
     purpose: 'answer ticket T-1',
