@@ -253,14 +253,23 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
     // Broker requests (JWKS, revocation feed) over mTLS with this server's SVID.
     const brokerDispatcher = createMtlsAgent(source as TlsSource, matchId(brokerId));
     cleanups.push(() => brokerDispatcher.close());
+    let lastFeedError: Error | undefined;
     const feed = new RevocationFeedClient({
       brokerUrl,
       dispatcher: brokerDispatcher,
       backoff: { initialMs: 100, maxMs: 2000 },
-      onError: (e) => log('feed.error', { message: e.message }),
+      onError: (e) => {
+        lastFeedError = e;
+        log('feed.error', { message: e.message });
+      },
     });
     cleanups.push(() => feed.close());
-    await feed.ready(opts.feedReadyTimeoutMs ?? 10_000);
+    try {
+      await feed.ready(opts.feedReadyTimeoutMs ?? 10_000);
+    } catch (e) {
+      const why = lastFeedError ? ` (last feed error: ${describe(lastFeedError)})` : '';
+      throw new Error(`${(e as Error).message}${why}`, { cause: lastFeedError ?? e });
+    }
 
     const verifier = createVerifier({
       issuer,
@@ -375,6 +384,15 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
     await runCleanups(cleanups);
     throw e;
   }
+}
+
+function describe(e: Error): string {
+  const causes: string[] = [];
+  for (let c: unknown = e; c instanceof Error && causes.length < 4; c = c.cause) {
+    const code = (c as { code?: unknown }).code;
+    causes.push(typeof code === 'string' ? `${code} ${c.message}` : c.message);
+  }
+  return causes.join(' ← ');
 }
 
 async function runCleanups(cleanups: (() => Promise<unknown> | unknown)[]): Promise<void> {
