@@ -179,10 +179,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       },
       'stack broker configuration',
     );
-    const running = await startBroker(config, { logger, installSignalHandlers: false });
-    stops.push({ name: 'broker', fn: () => running.close() });
-    // fastify reports http:// for a custom (HTTPS) server factory; the broker speaks TLS here.
-    const broker: RunningBroker = { ...running, url: running.url.replace(/^http:/, 'https:') };
+    const broker = await startBroker(config, { logger, installSignalHandlers: false });
+    stops.push({ name: 'broker', fn: () => broker.close() });
     const brokerMs = since(t);
     progress(`broker ${ids.broker} listening on ${broker.url} in ${brokerMs} ms`);
 
