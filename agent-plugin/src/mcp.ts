@@ -1,24 +1,28 @@
 // MCP client integration (docs/design.md §6). Over Streamable HTTP a fetch wrapper gives each
 // tools/call POST its own call token as the Bearer, and every other request the task's session
 // token; over stdio the call token rides in params._meta["dev.taskpass/token"].
-import { createHash } from 'node:crypto';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { RequestOptions } from '@modelcontextprotocol/sdk/shared/protocol.js';
 import type { FetchLike } from '@modelcontextprotocol/sdk/shared/transport.js';
+import {
+  argsSha256,
+  checkedDeriver,
+  compileResourceTemplate,
+  isValidResource,
+  type ToolArgs,
+} from '@taskpass/verifier/resource';
 import type { Action } from './broker-client.ts';
 import { AgentPluginError } from './errors.ts';
 import type { Task } from './task.ts';
 
-export type { FetchLike };
+export type { FetchLike, ToolArgs };
+export { argsSha256, isValidResource };
 
 /** `_meta` keys of docs/design.md §6. */
 export const META_RESOURCE = 'dev.taskpass/resource';
 export const META_ACTION = 'dev.taskpass/action';
 /** `_meta` key carrying the call token over stdio. */
 export const META_TOKEN = 'dev.taskpass/token';
-
-/** A tools/call's `params.arguments`. */
-export type ToolArgs = Record<string, unknown>;
 
 /**
  * How the agent author maps one tool's calls to a Taskpass resource and action class.
@@ -49,16 +53,7 @@ export interface ResolvedCall {
   argsSha256?: string;
 }
 
-const RESOURCE_RE = /^[A-Za-z0-9._~:@+=-]+(\/[A-Za-z0-9._~:@+=-]+)*$/;
-const SEGMENT_RE = /^[A-Za-z0-9._~:@+=-]+$/;
-const PLACEHOLDER_RE = /^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$/;
 const ACTIONS: readonly string[] = ['read', 'write', 'admin'];
-
-/** True when `r` is a valid Taskpass resource (grammar, ≤ 512 bytes, no `.`/`..` segments). */
-export function isValidResource(r: string): boolean {
-  if (Buffer.byteLength(r) > 512 || !RESOURCE_RE.test(r)) return false;
-  return r.split('/').every((s) => s !== '.' && s !== '..');
-}
 
 type Deriver = (args: ToolArgs) => string;
 
@@ -71,97 +66,21 @@ function underivable(msg: string, cause?: unknown): AgentPluginError {
 }
 
 /**
- * Compiles a resource template (`tickets/{ticket_id}`) the way the verifier does, so agent and
- * server derive the same resource. Throws a plain Error on a malformed template.
+ * The agent derives resources with the verifier's own compiler (`@taskpass/verifier/resource`), so
+ * both sides of a call always agree on the resource; only the error type is the agent's.
  */
-function compileTemplate(template: string): Deriver {
-  const parts: (string | string[])[] = [];
-  let i = 0;
-  while (i < template.length) {
-    const open = template.indexOf('{', i);
-    if (open < 0) {
-      parts.push(template.slice(i));
-      break;
-    }
-    if (open > i) parts.push(template.slice(i, open));
-    const close = template.indexOf('}', open);
-    if (close < 0) throw new Error(`resource template "${template}": unclosed "{"`);
-    const name = template.slice(open + 1, close);
-    if (!PLACEHOLDER_RE.test(name))
-      throw new Error(`resource template "${template}": bad placeholder "${name}"`);
-    parts.push(name.split('.'));
-    i = close + 1;
-  }
-  const skeleton = parts.map((p) => (typeof p === 'string' ? p : 'x')).join('');
-  if (!isValidResource(skeleton))
-    throw new Error(`resource template "${template}" is not a valid resource pattern`);
+function asAgentDeriver(derive: (args: ToolArgs) => string): Deriver {
   return (args) => {
-    let out = '';
-    for (const p of parts) {
-      if (typeof p === 'string') {
-        out += p;
-        continue;
-      }
-      let v: unknown = args;
-      for (const k of p)
-        v = v !== null && typeof v === 'object' && Object.hasOwn(v, k) ? (v as ToolArgs)[k] : undefined;
-      const name = p.join('.');
-      const s =
-        typeof v === 'string' ? v : typeof v === 'number' && Number.isSafeInteger(v) ? String(v) : undefined;
-      if (s === undefined) throw underivable(`argument "${name}" is missing or not a string/integer`);
-      // One placeholder fills exactly one segment: "1/../2" or "*" must never widen the resource.
-      if (!SEGMENT_RE.test(s) || s === '.' || s === '..') {
-        throw underivable(`argument "${name}" is not a valid resource segment`);
-      }
-      out += s;
-    }
-    if (!isValidResource(out)) throw underivable('the derived resource is not a valid resource');
-    return out;
-  };
-}
-
-function checkedFunction(fn: (args: ToolArgs) => string): Deriver {
-  return (args) => {
-    let r: unknown;
     try {
-      r = fn(args);
+      return derive(args);
     } catch (e) {
-      throw underivable('the resource mapper threw', e);
+      throw underivable((e as Error).message, e);
     }
-    if (typeof r !== 'string' || !isValidResource(r))
-      throw underivable('the resource mapper returned no valid resource');
-    return r;
   };
 }
 
-function canonicalJson(v: unknown): string {
-  if (v === null || typeof v !== 'object') {
-    const s = JSON.stringify(v);
-    if (s === undefined) throw new TypeError('arguments are not JSON');
-    return s;
-  }
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  const o = v as Record<string, unknown>;
-  const items: string[] = [];
-  for (const k of Object.keys(o).sort())
-    if (o[k] !== undefined) items.push(`${JSON.stringify(k)}:${canonicalJson(o[k])}`);
-  return `{${items.join(',')}}`;
-}
-
-/**
- * `args_sha256` of call arguments: base64url(SHA-256(canonical JSON)) with sorted keys and no
- * whitespace, the same hash the verifier computes.
- *
- * @example
- * ```ts
- * argsSha256({ b: 1, a: 'x' }) === argsSha256({ a: 'x', b: 1 }); // true
- * ```
- */
-export function argsSha256(args: ToolArgs | undefined): string {
-  return createHash('sha256')
-    .update(canonicalJson(args ?? {}))
-    .digest('base64url');
-}
+const compileTemplate = (template: string): Deriver => asAgentDeriver(compileResourceTemplate(template));
+const checkedFunction = (fn: (args: ToolArgs) => string): Deriver => asAgentDeriver(checkedDeriver(fn));
 
 interface Entry {
   derive: Deriver;
