@@ -4,10 +4,11 @@
 //    domain (the TLS layer only asked for a certificate; it is not trusted for the identity), and
 //  - `Authorization: Bearer <JWT-SVID>` (or a JWT-SVID in an OAuth form field) for our audience.
 // Agents, admins and feed readers are then decided by matchers on the SPIFFE ID.
-import { createHash, X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import type { SpiffeId } from '@taskpass/spiffe';
+import { chainFromPeerCertificate, type SpiffeId, x5tS256 } from '@taskpass/spiffe';
 import { TaskpassError } from './errors.ts';
+import { compilePattern } from './policy/pattern.ts';
 
 /** An authenticated workload. */
 export interface WorkloadIdentity {
@@ -37,30 +38,18 @@ export interface WorkloadAuthenticator {
   ): Promise<WorkloadIdentity>;
 }
 
-/** RFC 8705 thumbprint: base64url(SHA-256(DER)). */
-export function x5tS256Of(cert: X509Certificate): string {
-  return createHash('sha256').update(cert.raw).digest('base64url');
-}
+/** RFC 8705 thumbprint: base64url(SHA-256(DER)) — the spiffe package's, under the broker's old name. */
+export const x5tS256Of: (cert: X509Certificate) => string = x5tS256;
 
-/** The peer certificate chain (leaf first) of a TLS socket; undefined for plain sockets or no cert. */
+/**
+ * The peer certificate chain (leaf first, a trailing self-signed root dropped) of a TLS socket;
+ * undefined for plain sockets or when the peer sent no certificate.
+ */
 export function peerChainFromSocket(socket: unknown): X509Certificate[] | undefined {
   const s = socket as Partial<TLSSocket> | undefined;
   if (!s || typeof s.getPeerCertificate !== 'function' || !s.encrypted) return undefined;
-  const top = s.getPeerCertificate(true);
-  if (!top?.raw) return undefined;
-  const out: X509Certificate[] = [];
-  const seen = new Set<string>();
-  let cur: typeof top | undefined = top;
-  while (cur?.raw && out.length < 10) {
-    const fp = cur.fingerprint256;
-    if (seen.has(fp)) break;
-    seen.add(fp);
-    out.push(new X509Certificate(cur.raw));
-    const next: typeof top | undefined = cur.issuerCertificate;
-    if (!next || next === cur) break;
-    cur = next;
-  }
-  return out;
+  const chain = chainFromPeerCertificate(s.getPeerCertificate(true));
+  return chain.length > 0 ? chain : undefined;
 }
 
 /** Extracts a bearer token from an Authorization header value. */
@@ -73,32 +62,16 @@ export function bearerOf(header: string | undefined): string | undefined {
 /** A predicate on workload identities. */
 export type IdMatcher = (id: SpiffeId) => boolean;
 
-function matchSegments(pattern: readonly string[], value: readonly string[]): boolean {
-  for (let i = 0; i < pattern.length; i++) {
-    const p = pattern[i]!;
-    if (p === '**' && i === pattern.length - 1) return value.length > i;
-    const v = value[i];
-    if (v === undefined) return false;
-    if (p === '*') continue;
-    if (p.endsWith('*')) {
-      if (!v.startsWith(p.slice(0, -1))) return false;
-      continue;
-    }
-    if (p !== v) return false;
-  }
-  return value.length === pattern.length;
-}
-
 /**
- * Matches SPIFFE IDs against a pattern: `spiffe://td/agents/*` (one segment), `.../support-*`
- * (literal prefix), `.../**` (one or more trailing segments). Linear, no regular expressions.
+ * Matches SPIFFE IDs against a pattern in the same language as the templates' `agents:` lists:
+ * `spiffe://td/agents/*` (one segment), `.../support-*` (literal prefix), `.../**` (one or more
+ * trailing segments). Linear, no regular expressions.
  */
 export function spiffeIdPatternMatcher(pattern: string): IdMatcher {
-  const m = /^spiffe:\/\/([^/]+)(\/.*)?$/.exec(pattern);
-  if (!m) throw new TaskpassError('TASKPASS_CONFIG_INVALID', `invalid SPIFFE ID pattern ${pattern}`);
-  const td = m[1]!;
-  const segs = (m[2] ?? '').split('/').filter(Boolean);
-  return (id) => id.trustDomain.name === td && matchSegments(segs, id.path.split('/').filter(Boolean));
+  const r = compilePattern(pattern, 'agent');
+  if (!r.ok) throw new TaskpassError('TASKPASS_CONFIG_INVALID', r.reason);
+  const compiled = r.pattern;
+  return (id) => compiled.match(id.toString());
 }
 
 /** Agent matcher from config: any listed ID pattern or trust domain; both empty → own trust domain. */
