@@ -49,6 +49,8 @@ export interface StackOptions {
   agentId?: string;
   /** Broker log level; logs go to `broker.log` in the stack's temporary directory. Default `info`. */
   brokerLogLevel?: 'silent' | 'error' | 'warn' | 'info' | 'debug';
+  /** The broker's revocation feed heartbeat (config `feed.heartbeatMs`), ms. Default 2000. */
+  feedHeartbeatMs?: number;
   /** Progress lines ("SPIRE server and agent up in 1.2 s"). */
   progress?: (line: string) => void;
   /** Called as soon as SPIRE runs (e.g. to check later that none of its processes is left). */
@@ -174,7 +176,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         },
         policiesDir: opts.policiesDir ?? join(repoRoot, 'policies'),
         store: { sqlite: { path: join(dir, 'broker.db') } },
-        feed: { heartbeatMs: 2000, auth: 'workloads' },
+        feed: { heartbeatMs: opts.feedHeartbeatMs ?? 2000, auth: 'workloads' },
         logLevel: opts.brokerLogLevel ?? 'info',
       },
       'stack broker configuration',

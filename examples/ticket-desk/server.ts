@@ -128,6 +128,13 @@ export interface TicketDeskOptions {
   desk?: TicketDesk;
   /** Wait this long for the first revocation snapshot before serving (default 10 s). */
   feedReadyTimeoutMs?: number;
+  /**
+   * Where the revocation feed is fetched, when not at `brokerUrl` (e.g. through a proxy a test can
+   * cut). The JWKS is still fetched from `brokerUrl`.
+   */
+  feedBrokerUrl?: string;
+  /** The verifier's feed staleness policy (default: writes refused after 30 s of silence, reads continue). */
+  staleness?: { maxFeedAgeMs?: number; readsWhenStale?: 'allow' | 'deny' };
   log?: DeskLog;
 }
 
@@ -255,7 +262,7 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
     cleanups.push(() => brokerDispatcher.close());
     let lastFeedError: Error | undefined;
     const feed = new RevocationFeedClient({
-      brokerUrl,
+      brokerUrl: opts.feedBrokerUrl?.replace(/\/+$/, '') ?? brokerUrl,
       dispatcher: brokerDispatcher,
       backoff: { initialMs: 100, maxMs: 2000 },
       onError: (e) => {
@@ -280,6 +287,7 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
       revocation: feed,
       // Every token must be bound to the agent's X.509-SVID and presented over that mTLS connection.
       requireCertificateBinding: true,
+      ...(opts.staleness ? { staleness: opts.staleness } : {}),
     });
     const resourceMetadataUrl = protectedResourceMetadataUrl(audience);
     const guard = taskpassMiddleware(verifier, { resourceMetadataUrl });
