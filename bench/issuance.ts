@@ -1,0 +1,270 @@
+// Section 1 — issuance: POST /v1/tasks/:id/tokens through the real broker versus a bare fastify
+// route that signs one ES256 JWT with the same signer (broker/src/mint.ts, node:crypto), on the
+// same kind of connection: HTTPS with the same server certificate, the client presenting its
+// X.509-SVID, keep-alive connections reused from an undici Pool in a worker thread.
+import type { X509Certificate } from 'node:crypto';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import Fastify, { type FastifyRequest, type FastifyServerFactory } from 'fastify';
+import { peerChainFromSocket } from '../broker/src/auth.ts';
+import { mintToken } from '../broker/src/mint.ts';
+import { AUDIENCE, AGENT_ID, type BenchEnv, ISSUER, openTasks } from './lib/env.ts';
+import { LoadClient, type LoadResult, type PreparedRequest } from './lib/load.ts';
+import { fmtMs, fmtRate, median, type Percentiles, percentiles, table } from './lib/stats.ts';
+
+export interface IssuanceOptions {
+  rounds: number;
+  roundMs: number;
+  warmupMs: number;
+  latencyMs: number;
+  tasks: number;
+  /** Calls spread over each task before the list wraps (history per task stays small). */
+  concurrency: number;
+}
+
+export interface IssuanceResult {
+  /** What-if: the broker with the peer chain parsed once per TLS connection (see README). */
+  cachedChainRate: number;
+  cachedChainRatio: number;
+  brokerRate: number;
+  baselineRate: number;
+  ratio: number;
+  roundRatios: number[];
+  latencyRate: number;
+  brokerLatency: Percentiles;
+  baselineLatency: Percentiles;
+  errors: number;
+}
+
+/** The bare route: parse the JSON body, sign one token with the broker's key, answer JSON. */
+async function startBaseline(env: BenchEnv): Promise<{ origin: string; close(): Promise<void> }> {
+  const serverFactory: FastifyServerFactory = (handler) =>
+    createHttpsServer(env.httpsOptions, handler) as unknown as ReturnType<FastifyServerFactory>;
+  const app = Fastify({ logger: false, serverFactory });
+  app.post<{ Body: { resource: string; tool: string } }>('/sign', async (req) => {
+    const now = Math.floor(Date.now() / 1000);
+    const key = env.keys.current();
+    const { token, jti } = mintToken({
+      issuer: ISSUER,
+      kid: key.kid,
+      privateKey: key.privateKey,
+      sub: 'alice',
+      agent: AGENT_ID,
+      audience: AUDIENCE,
+      iat: now,
+      exp: now + 60,
+      taskId: 'tsk_baseline',
+      detail: { type: 'mcp_tool_call', tool: req.body.tool, resource: req.body.resource, action: 'read' },
+      singleUse: false,
+      template: 'tickets-support-read',
+    });
+    return { access_token: token, token_type: 'Bearer', expires_in: 60, jti };
+  });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const port = (app.server.address() as AddressInfo).port;
+  return { origin: `https://127.0.0.1:${port}`, close: () => app.close() };
+}
+
+/**
+ * What-if seam (AppDeps.peerCertificates): the peer chain of a TLS connection extracted and parsed
+ * once per socket instead of on every request. The chain is still verified against the bundle on
+ * every request by the real authenticator; only getPeerCertificate + parsing is saved.
+ */
+function cachedPeerChain(): (req: FastifyRequest) => readonly X509Certificate[] | undefined {
+  const chains = new WeakMap<object, readonly X509Certificate[] | null>();
+  return (req) => {
+    const socket = req.raw.socket;
+    let c = chains.get(socket);
+    if (c === undefined) {
+      c = peerChainFromSocket(socket) ?? null;
+      chains.set(socket, c);
+    }
+    return c ?? undefined;
+  };
+}
+
+function rate(r: LoadResult): number {
+  return (r.ok / r.elapsedMs) * 1000;
+}
+
+function check(what: string, r: LoadResult): void {
+  if (r.errors > 0) {
+    console.log(`  ! ${what}: ${r.errors} failed requests ${JSON.stringify(r.statuses)}: ${r.firstError}`);
+  }
+}
+
+export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<IssuanceResult> {
+  const baseline = await startBaseline(env);
+  const brokerOrigin = env.brokerUrl;
+  const tls = { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca };
+
+  const t0 = performance.now();
+  const tasks = await openTasks(env, o.tasks);
+  console.log(
+    `  opened ${tasks.length} tasks in ${((performance.now() - t0) / 1000).toFixed(1)} s (POST /v1/tasks)`,
+  );
+
+  // One request per task, round-robin: each task sees get_ticket calls on its own ticket, so the
+  // per-task history the policy looks at grows slowly and evenly (≈ total calls / tasks).
+  const brokerReqs: PreparedRequest[] = tasks.map((id, i) => ({
+    method: 'POST',
+    path: `/v1/tasks/${id}/tokens`,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      audience: AUDIENCE,
+      tool: 'get_ticket',
+      resource: `tickets/T-${i}`,
+      action: 'read',
+    }),
+  }));
+  const baselineReqs: PreparedRequest[] = tasks.map((_id, i) => ({
+    method: 'POST',
+    path: '/sign',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      audience: AUDIENCE,
+      tool: 'get_ticket',
+      resource: `tickets/T-${i}`,
+      action: 'read',
+    }),
+  }));
+
+  const conns = o.concurrency;
+  const brokerLoad = new LoadClient({ origin: brokerOrigin, tls, connections: conns });
+  const baseLoad = new LoadClient({ origin: baseline.origin, tls, connections: conns });
+  const cachedOrigin = await env.startVariant(cachedPeerChain());
+  const cachedLoad = new LoadClient({ origin: cachedOrigin, tls, connections: conns });
+  let brokerOffset = 0;
+  let errors = 0;
+  const runBroker = async (job: Parameters<LoadClient['run']>[0]) => {
+    const r = await brokerLoad.run({ ...job, offset: brokerOffset });
+    brokerOffset += r.sent;
+    errors += r.errors;
+    check('broker', r);
+    return r;
+  };
+  const runCached = async (job: Parameters<LoadClient['run']>[0]) => {
+    const r = await cachedLoad.run({ ...job, offset: brokerOffset });
+    brokerOffset += r.sent;
+    errors += r.errors;
+    check('broker (chain cached)', r);
+    return r;
+  };
+  const runBase = async (job: Parameters<LoadClient['run']>[0]) => {
+    const r = await baseLoad.run(job);
+    errors += r.errors;
+    check('baseline', r);
+    return r;
+  };
+
+  const closedJob = (requests: PreparedRequest[]) => ({
+    kind: 'closed' as const,
+    concurrency: conns,
+    warmupMs: o.warmupMs,
+    durationMs: o.roundMs,
+    requests,
+    offset: 0,
+  });
+
+  // Saturation: rotate the order of the three targets from round to round, so that drift in the
+  // machine's load (other processes, GC, the growing tables) hits all of them alike.
+  const brokerRates: number[] = [];
+  const baseRates: number[] = [];
+  const cachedRates: number[] = [];
+  const roundRatios: number[] = [];
+  const cachedRatios: number[] = [];
+  const rows: string[][] = [
+    ['round', 'bare sign route', 'broker issuance', 'ratio', 'what-if: chain cached', 'ratio'],
+  ];
+  for (let i = 0; i < o.rounds; i++) {
+    const runs = [
+      async () => baseRates.push(rate(await runBase(closedJob(baselineReqs)))),
+      async () => brokerRates.push(rate(await runBroker(closedJob(brokerReqs)))),
+      async () => cachedRates.push(rate(await runCached(closedJob(brokerReqs)))),
+    ];
+    for (let k = 0; k < runs.length; k++) await runs[(i + k) % runs.length]!();
+    const b = baseRates[i]!;
+    const s1 = brokerRates[i]!;
+    const s2 = cachedRates[i]!;
+    roundRatios.push(s1 / b);
+    cachedRatios.push(s2 / b);
+    rows.push([
+      String(i + 1),
+      fmtRate(b),
+      fmtRate(s1),
+      (s1 / b).toFixed(2),
+      fmtRate(s2),
+      (s2 / b).toFixed(2),
+    ]);
+  }
+  const brokerRate = median(brokerRates);
+  const baselineRate = median(baseRates);
+  const cachedChainRate = median(cachedRates);
+  rows.push([
+    'median',
+    fmtRate(baselineRate),
+    fmtRate(brokerRate),
+    median(roundRatios).toFixed(2),
+    fmtRate(cachedChainRate),
+    median(cachedRatios).toFixed(2),
+  ]);
+  console.log(
+    `  saturation, closed loop, ${conns} keep-alive mTLS connections, ${o.roundMs / 1000} s per run:`,
+  );
+  console.log(indent(table(rows)));
+
+  // Latency at half the broker's saturation rate (open loop, scheduled sends), both targets.
+  const latencyRate = Math.max(50, Math.round(brokerRate / 2));
+  const openJob = (requests: PreparedRequest[]) => ({
+    kind: 'open' as const,
+    rate: latencyRate,
+    warmupMs: o.warmupMs,
+    durationMs: o.latencyMs,
+    requests,
+    offset: 0,
+  });
+  const sl = await runBroker(openJob(brokerReqs));
+  const bl = await runBase(openJob(baselineReqs));
+  const brokerLatency = percentiles(sl.latencies);
+  const baselineLatency = percentiles(bl.latencies);
+  console.log(
+    `  latency at ${fmtRate(latencyRate)} (half the broker's saturation), open loop, ${o.latencyMs / 1000} s:`,
+  );
+  console.log(
+    indent(
+      table([
+        ['target', 'n', 'p50', 'p90', 'p99', 'max'],
+        latRow('bare sign route', baselineLatency),
+        latRow('broker issuance', brokerLatency),
+      ]),
+    ),
+  );
+  console.log(`  calls per task at the end: ~${Math.round(brokerOffset / tasks.length)}`);
+
+  await brokerLoad.close();
+  await baseLoad.close();
+  await cachedLoad.close();
+  await baseline.close();
+  return {
+    cachedChainRate,
+    cachedChainRatio: median(cachedRatios),
+    brokerRate,
+    baselineRate,
+    ratio: median(roundRatios),
+    roundRatios,
+    latencyRate,
+    brokerLatency,
+    baselineLatency,
+    errors,
+  };
+}
+
+export function latRow(name: string, p: Percentiles): string[] {
+  return [name, String(p.n), fmtMs(p.p50), fmtMs(p.p90), fmtMs(p.p99), fmtMs(p.max)];
+}
+
+export const indent = (s: string): string =>
+  s
+    .split('\n')
+    .map((l) => `    ${l}`)
+    .join('\n');

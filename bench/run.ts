@@ -1,0 +1,111 @@
+// Taskpass benchmarks (issues #3 and #4): `npm run bench`, `npm run bench -- --quick`,
+// `npm run bench -- --only issuance,verification,revocation`. See bench/README.md.
+import { cpus, loadavg, totalmem } from 'node:os';
+import { runIssuance } from './issuance.ts';
+import { startBenchEnv } from './lib/env.ts';
+import { fmtMs, fmtRate, table } from './lib/stats.ts';
+import { runRevocation } from './revocation.ts';
+import { runVerification } from './verification.ts';
+
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const onlyArg = args.find((a) => a.startsWith('--only'));
+const only = onlyArg
+  ? new Set((onlyArg.includes('=') ? onlyArg.split('=')[1]! : args[args.indexOf(onlyArg) + 1]!).split(','))
+  : undefined;
+const want = (s: string) => !only || only.has(s);
+
+type Row = [what: string, target: string, measured: string, verdict: string];
+const verdict = (ok: boolean) => (ok ? 'PASS' : 'MISS');
+
+async function main(): Promise<void> {
+  const cpu = cpus();
+  const started = performance.now();
+  const machine = `node ${process.version}, ${cpu.length} cpus (${cpu[0]?.model.trim() ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB, load average ${loadavg()[0]!.toFixed(2)} at start`;
+  console.log(`Taskpass benchmarks${quick ? ' (--quick)' : ''}\n${machine}`);
+  const env = await startBenchEnv();
+  const rows: Row[] = [];
+  const info: string[] = [];
+  try {
+    if (want('issuance')) {
+      console.log('\n[1] issuance — POST /v1/tasks/:id/tokens vs a bare fastify route signing one ES256 JWT');
+      const r = await runIssuance(env, {
+        rounds: 3,
+        roundMs: quick ? 1500 : 3000,
+        warmupMs: 500,
+        latencyMs: quick ? 2000 : 4000,
+        tasks: quick ? 500 : 1500,
+        concurrency: 16,
+      });
+      rows.push([
+        'issuance throughput ÷ bare sign route',
+        '≥ 0.75',
+        `${r.ratio.toFixed(2)} (${fmtRate(r.brokerRate)} vs ${fmtRate(r.baselineRate)})`,
+        verdict(r.ratio >= 0.75 && r.errors === 0),
+      ]);
+      rows.push([
+        `issuance p99 at half load (${fmtRate(r.latencyRate)})`,
+        '≤ 5 ms',
+        `${fmtMs(r.brokerLatency.p99)} (p50 ${fmtMs(r.brokerLatency.p50)})`,
+        verdict(r.brokerLatency.p99 <= 5 && r.errors === 0),
+      ]);
+      info.push(
+        `what-if, peer chain parsed once per connection: issuance ÷ bare = ${r.cachedChainRatio.toFixed(2)} (${fmtRate(r.cachedChainRate)})`,
+      );
+      if (r.errors) info.push(`issuance: ${r.errors} failed requests`);
+    }
+    if (want('verification')) {
+      console.log(
+        '\n[2] verification — taskpassMiddleware vs raw jose jwtVerify on the same tools/call requests',
+      );
+      const r = await runVerification(env, {
+        rounds: 3,
+        roundMs: quick ? 1500 : 3000,
+        warmupMs: 500,
+        latencyMs: quick ? 2000 : 4000,
+        concurrency: 16,
+        tokens: 200,
+      });
+      rows.push([
+        'verification throughput ÷ raw jwtVerify',
+        '≥ 0.90',
+        `${r.ratio.toFixed(2)} (${fmtRate(r.subjectRate)} vs ${fmtRate(r.baselineRate)})`,
+        verdict(r.ratio >= 0.9 && r.errors === 0),
+      ]);
+      rows.push([
+        `verification p50 / p99 at half load (${fmtRate(r.latencyRate)})`,
+        '—',
+        `${fmtMs(r.subjectLatency.p50)} / ${fmtMs(r.subjectLatency.p99)} (raw: ${fmtMs(r.baselineLatency.p50)} / ${fmtMs(r.baselineLatency.p99)})`,
+        'info',
+      ]);
+      if (r.errors) info.push(`verification: ${r.errors} failed requests`);
+    }
+    if (want('revocation')) {
+      console.log(
+        '\n[3] revocation propagation — complete a task, time until every verifier refuses its token',
+      );
+      const r = await runRevocation(env, { verifiers: 100, tasks: quick ? 10 : 30 });
+      rows.push([
+        `revocation p99, complete returned → refused (${r.fromReturn.n} samples)`,
+        '≤ 50 ms',
+        `${fmtMs(r.fromReturn.p99)} (p50 ${fmtMs(r.fromReturn.p50)}, max ${fmtMs(r.fromReturn.max)})`,
+        verdict(r.fromReturn.p99 <= 50 && r.missed === 0 && r.notRefused === 0),
+      ]);
+      rows.push([
+        'revocation p99, complete sent → refused',
+        '—',
+        `${fmtMs(r.fromSend.p99)} (p50 ${fmtMs(r.fromSend.p50)}, max ${fmtMs(r.fromSend.max)})`,
+        'info',
+      ]);
+    }
+  } finally {
+    await env.close();
+  }
+  console.log(`\nSummary — ${machine}; ${((performance.now() - started) / 1000).toFixed(0)} s`);
+  console.log(table([['measure', 'target', 'measured', 'result'], ...rows]));
+  for (const l of info) console.log(`  · ${l}`);
+  if (rows.some((r) => r[3] === 'MISS'))
+    console.log('  (MISS rows are reported, not failures: the exit code stays 0.)');
+}
+
+await main();
