@@ -12,7 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseConfig, type RunningBroker, startBroker } from '@taskpass/broker';
+import { type BrokerConfig, parseConfig, type RunningBroker, startBroker } from '@taskpass/broker';
 import pino from 'pino';
 import { type SpireHarness, startSpire } from '../test/support/spire.ts';
 import { AGENT_ID, type AgentScriptOptions } from './ticket-desk/agent.ts';
@@ -51,6 +51,11 @@ export interface StackOptions {
   brokerLogLevel?: 'silent' | 'error' | 'warn' | 'info' | 'debug';
   /** The broker's revocation feed heartbeat (config `feed.heartbeatMs`), ms. Default 2000. */
   feedHeartbeatMs?: number;
+  /**
+   * The broker's store: Redis (config `store.redis`) instead of the default SQLite file in the
+   * stack's temporary directory, e.g. to start more replicas on it with `brokerConfig`.
+   */
+  redis?: { url: string; keyPrefix?: string };
   /** Progress lines ("SPIRE server and agent up in 1.2 s"). */
   progress?: (line: string) => void;
   /** Called as soon as SPIRE runs (e.g. to check later that none of its processes is left). */
@@ -74,6 +79,8 @@ export interface Stack extends AsyncDisposable {
   readonly spire: SpireHarness;
   readonly idp: Idp;
   readonly broker: RunningBroker;
+  /** The broker's validated configuration (start another replica with `startBroker(brokerConfig)`). */
+  readonly brokerConfig: BrokerConfig;
   readonly tickets: RunningTicketDesk;
   readonly ids: { readonly broker: string; readonly tickets: string; readonly agent: string };
   readonly hints: { readonly broker: string; readonly tickets: string; readonly agent: string };
@@ -175,7 +182,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           ],
         },
         policiesDir: opts.policiesDir ?? join(repoRoot, 'policies'),
-        store: { sqlite: { path: join(dir, 'broker.db') } },
+        store: opts.redis ? { redis: opts.redis } : { sqlite: { path: join(dir, 'broker.db') } },
         feed: { heartbeatMs: opts.feedHeartbeatMs ?? 2000, auth: 'workloads' },
         logLevel: opts.brokerLogLevel ?? 'info',
       },
@@ -211,6 +218,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       spire,
       idp,
       broker,
+      brokerConfig: config,
       tickets,
       ids,
       hints,
