@@ -173,11 +173,10 @@ export class SigningKeys {
       fresh = await this.#generate(now, activeFrom, activeFrom + rotateEverySec);
     }
     if (fresh) {
-      // Another replica may have done the same meanwhile: keep its key rather than adding a second.
-      const again = (await this.#store.loadSigningKeys()).sort(byActivation);
-      const theirs = again.filter((k) => k.activeFrom >= (current ? current.activeFrom + 1 : 0));
-      if (current ? theirs.length === 0 : again.length === 0) {
-        await this.#store.saveSigningKey(fresh);
+      // Another replica may be doing the same right now: the store adds the key only if nothing
+      // newer than the current key (or, for the first key, nothing at all) was stored meanwhile,
+      // in one atomic step. The loser drops its key and installs the winner's.
+      if (await this.#store.addSigningKeyIfLatest(fresh, current?.activeFrom)) {
         this.#opts.logger?.info(
           { kid: fresh.kid, activeFrom: fresh.activeFrom, retireAt: fresh.retireAt },
           'signing key published',

@@ -106,6 +106,11 @@ export class MemoryStore implements Store {
   async saveSigningKey(k: StoredSigningKey) {
     this.keys.push(k);
   }
+  async addSigningKeyIfLatest(k: StoredSigningKey, activeAfter: number | undefined) {
+    if (this.keys.some((x) => activeAfter === undefined || x.activeFrom > activeAfter)) return false;
+    this.keys.push(k);
+    return true;
+  }
   async deleteSigningKey(kid: string) {
     this.keys = this.keys.filter((k) => k.kid !== kid);
   }

@@ -226,6 +226,30 @@ export function storeContract(name: string, make: MakeStore): void {
       assert.deepEqual(await s.loadSigningKeys(), [k('k2', 200)]);
     }));
 
+  test(`${name}: addSigningKeyIfLatest adds the first key or a successor once`, () =>
+    withStore(make, async (s) => {
+      const k = (kid: string, activeFrom: number): StoredSigningKey => ({
+        kid,
+        alg: 'ES256',
+        privateJwk: { kty: 'EC', crv: 'P-256', x: 'x', y: 'y', d: 'd' },
+        publicJwk: { kty: 'EC', crv: 'P-256', x: 'x', y: 'y' },
+        createdAt: activeFrom - 10,
+        activeFrom,
+        retireAt: activeFrom + 100,
+      });
+      const firsts = await Promise.all(
+        ['a', 'b', 'c'].map((kid) => s.addSigningKeyIfLatest(k(kid, 100), undefined)),
+      );
+      assert.equal(firsts.filter(Boolean).length, 1, 'one first key');
+      const successors = await Promise.all(
+        ['d', 'e', 'f'].map((kid) => s.addSigningKeyIfLatest(k(kid, 200), 100)),
+      );
+      assert.equal(successors.filter(Boolean).length, 1, 'one successor');
+      assert.equal(await s.addSigningKeyIfLatest(k('g', 300), 100), false, 'a successor exists already');
+      assert.equal(await s.addSigningKeyIfLatest(k('h', 300), 200), true);
+      assert.deepEqual((await s.loadSigningKeys()).map((x) => x.activeFrom).sort(), [100, 200, 300]);
+    }));
+
   test(`${name}: onRevocation delivers in seq order and unsubscribes`, () =>
     withStore(make, async (s) => {
       const got: number[] = [];

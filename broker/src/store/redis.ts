@@ -105,6 +105,15 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 return #old`;
 
+// KEYS: keys hash; ARGV: kid, json, activeAfter ('' = any stored key blocks the save)
+const ADD_KEY_IF_LATEST = `
+local after = tonumber(ARGV[3])
+for _, j in ipairs(redis.call('HVALS', KEYS[1])) do
+  if not after or cjson.decode(j).activeFrom > after then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1`;
+
 const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex');
 
 function parseRevocation(json: string): Revocation | undefined {
@@ -471,6 +480,15 @@ export class RedisStore implements Store {
 
   async saveSigningKey(key: StoredSigningKey): Promise<void> {
     await this.#r.hset(this.#k('keys'), key.kid, JSON.stringify(key));
+  }
+
+  async addSigningKeyIfLatest(key: StoredSigningKey, activeAfter: number | undefined): Promise<boolean> {
+    const saved = await this.#script(
+      ADD_KEY_IF_LATEST,
+      [this.#k('keys')],
+      [key.kid, JSON.stringify(key), activeAfter === undefined ? '' : activeAfter],
+    );
+    return saved === 1;
   }
 
   async deleteSigningKey(kid: string): Promise<void> {

@@ -448,6 +448,33 @@ export class SqliteStore implements Store {
       );
   }
 
+  async addSigningKeyIfLatest(key: StoredSigningKey, activeAfter: number | undefined): Promise<boolean> {
+    const db = this.#conn;
+    return db
+      .transaction(() => {
+        const later = (
+          activeAfter === undefined
+            ? db.prepare('SELECT COUNT(*) AS n FROM signing_keys').get()
+            : db.prepare('SELECT COUNT(*) AS n FROM signing_keys WHERE active_from > ?').get(activeAfter)
+        ) as { n: number };
+        if (later.n > 0) return false;
+        db.prepare(
+          `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?)`,
+        ).run(
+          key.kid,
+          key.alg,
+          JSON.stringify(key.privateJwk),
+          JSON.stringify(key.publicJwk),
+          key.createdAt,
+          key.activeFrom,
+          key.retireAt,
+        );
+        return true;
+      })
+      .immediate();
+  }
+
   async deleteSigningKey(kid: string): Promise<void> {
     this.#conn.prepare('DELETE FROM signing_keys WHERE kid = ?').run(kid);
   }

@@ -102,6 +102,13 @@ export interface Store {
 
   loadSigningKeys(): Promise<StoredSigningKey[]>;
   saveSigningKey(key: StoredSigningKey): Promise<void>;
+  /**
+   * Saves a new key only if no stored key activates after `activeAfter` (epoch s), or, when
+   * `activeAfter` is undefined, only if the store holds no key at all. Resolves true when saved.
+   * Atomic, so that of replicas racing to publish the successor of the same key (or the first
+   * key), exactly one does.
+   */
+  addSigningKeyIfLatest(key: StoredSigningKey, activeAfter: number | undefined): Promise<boolean>;
   deleteSigningKey(kid: string): Promise<void>;
 
   /**
