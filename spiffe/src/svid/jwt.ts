@@ -202,7 +202,10 @@ export async function parseAndValidateJwtSvid(
   try {
     await compactVerify(token, key, { algorithms: [...JWT_SVID_ALGORITHMS] });
   } catch (e) {
-    if (e instanceof joseErrors.JOSEError || e instanceof TypeError) {
+    // Node 22+ turns the KeyObject into a CryptoKey for the header's alg (KeyObject.toCryptoKey),
+    // and a key that does not fit that alg (RS256 on an EC key) fails there with a WebCrypto
+    // DOMException (DataError); Node 20 has no toCryptoKey and jose throws a TypeError instead.
+    if (e instanceof joseErrors.JOSEError || e instanceof TypeError || e instanceof DOMException) {
       throw new SpiffeError('ERR_SPIFFE_JWT_VERIFY_FAILED', 'JWT-SVID signature does not verify', {
         cause: e,
       });
