@@ -76,6 +76,11 @@ export const VERIFIER_ERRORS = {
     status: 503,
     description: 'Introspection is required for this action but the broker could not be reached.',
   },
+  TASKPASS_VERIFY_REPLAY_UNAVAILABLE: {
+    status: 503,
+    description:
+      'The replay cache (e.g. Redis shared by replicas) could not be asked; single-use tokens are refused rather than risk a replay.',
+  },
   TASKPASS_VERIFY_REPLAY_CACHE_FULL: {
     status: 503,
     description:

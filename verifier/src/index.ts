@@ -51,7 +51,13 @@ export {
   protectedResourceMetadataUrl,
   registerProtectedResourceMetadata,
 } from './prm.ts';
-export { MemoryReplayCache, type ReplayCache, ReplayCacheFullError } from './replay.ts';
+export {
+  MemoryReplayCache,
+  type RedisSetNx,
+  RedisReplayCache,
+  type ReplayCache,
+  ReplayCacheFullError,
+} from './replay.ts';
 export {
   authorizeMcpRequest,
   bearerToken,

@@ -11,6 +11,41 @@ export interface ReplayCache {
   markUsed(jti: string, untilSec: number): boolean | Promise<boolean>;
 }
 
+/**
+ * The one Redis command {@link RedisReplayCache} needs, in ioredis' signature
+ * (`redis.set(key, value, 'EXAT', untilSec, 'NX')`). Any client can be adapted to it.
+ */
+export interface RedisSetNx {
+  set(key: string, value: string, exat: 'EXAT', untilSec: number, nx: 'NX'): Promise<'OK' | null>;
+}
+
+/**
+ * Replay cache shared by every replica of one MCP server: one `SET key 1 EXAT until NX` per spent
+ * jti, atomic in Redis, forgotten by Redis itself when the token could no longer be accepted. When
+ * Redis cannot be reached the verifier refuses the single-use call
+ * (`TASKPASS_VERIFY_REPLAY_UNAVAILABLE`): a replay cache that is down must not turn into "never
+ * seen". Redis ≥ 6.2 (EXAT).
+ *
+ * @example
+ * ```ts
+ * import { Redis } from 'ioredis';
+ * const verifier = createVerifier({ ..., replayCache: new RedisReplayCache(new Redis(url)) });
+ * ```
+ */
+export class RedisReplayCache implements ReplayCache {
+  readonly #redis: RedisSetNx;
+  readonly #prefix: string;
+
+  constructor(redis: RedisSetNx, opts: { keyPrefix?: string } = {}) {
+    this.#redis = redis;
+    this.#prefix = opts.keyPrefix ?? 'taskpass:verifier:jti:';
+  }
+
+  async markUsed(jti: string, untilSec: number): Promise<boolean> {
+    return (await this.#redis.set(this.#prefix + jti, '1', 'EXAT', Math.ceil(untilSec), 'NX')) === 'OK';
+  }
+}
+
 /** Thrown (as a plain signal) when the in-memory cache is full of live entries. */
 export class ReplayCacheFullError extends Error {
   override readonly name = 'ReplayCacheFullError';

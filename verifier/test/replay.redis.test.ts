@@ -1,0 +1,81 @@
+// RedisReplayCache against the real Redis at 127.0.0.1:6379: two verifiers (two replicas of one MCP
+// server) sharing it spend a single-use token once between them, and an unreachable Redis refuses
+// single-use calls instead of letting them through.
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, test } from 'node:test';
+import { Redis } from 'ioredis';
+import { createVerifier, type VerifierOptions } from '../src/core.ts';
+import { RedisReplayCache } from '../src/replay.ts';
+import { AUDIENCE, ISSUER, jwksOf, mint, newKey } from './support.ts';
+
+const prefix = `taskpass:test:${randomUUID()}:`;
+const redis = new Redis('redis://127.0.0.1:6379', { lazyConnect: true, maxRetriesPerRequest: 1 });
+
+after(async () => {
+  const keys = await redis.keys(`${prefix}*`);
+  if (keys.length) await redis.del(...keys);
+  redis.disconnect();
+});
+
+const write = { tool: 'close_ticket', args: { ticket_id: 'T-1' } };
+const writeDetail = { tool: 'close_ticket', action: 'write' };
+
+async function replicas(cache: () => VerifierOptions['replayCache']) {
+  const key = await newKey('k1');
+  const opts = (): VerifierOptions => ({
+    issuer: ISSUER,
+    audience: AUDIENCE,
+    jwks: jwksOf(key),
+    tools: { close_ticket: { resource: 'tickets/{ticket_id}', action: 'write' } },
+    revocation: { isRevoked: () => false, lastEventAt: Date.now() + 3_600_000 },
+    replayCache: cache(),
+  });
+  return { key, a: createVerifier(opts()), b: createVerifier(opts()) };
+}
+
+async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await p;
+    return undefined;
+  } catch (e) {
+    return (e as { code?: string }).code;
+  }
+}
+
+test('a single-use token spent at one replica is refused at the other, and the key expires with the token', async () => {
+  await redis.connect();
+  const { key, a, b } = await replicas(() => new RedisReplayCache(redis, { keyPrefix: prefix }));
+  const jti = randomUUID();
+  const token = await mint({ key, detail: writeDetail, claims: { single_use: true, jti }, ttl: 30 });
+  assert.equal((await a.verifyCall(token, write)).singleUse, true);
+  assert.equal(await codeOf(b.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAYED');
+  assert.equal(await codeOf(a.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAYED');
+  const ttl = await redis.ttl(`${prefix}${jti}`);
+  assert.ok(ttl > 0 && ttl <= 30 + 60, `Redis forgets the jti after the token's exp + tolerance (ttl ${ttl}s)`);
+});
+
+test('separate in-memory caches would each accept it once (why replicas need the shared cache)', async () => {
+  const { key, a, b } = await replicas(() => undefined);
+  const token = await mint({ key, detail: writeDetail, claims: { single_use: true } });
+  await a.verifyCall(token, write);
+  await b.verifyCall(token, write);
+  assert.equal(await codeOf(b.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAYED');
+});
+
+test('an unreachable Redis refuses single-use calls with TASKPASS_VERIFY_REPLAY_UNAVAILABLE', async () => {
+  const down = new Redis('redis://127.0.0.1:1', {
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    enableOfflineQueue: false,
+    retryStrategy: () => null,
+  });
+  down.on('error', () => {});
+  try {
+    const { key, a } = await replicas(() => new RedisReplayCache(down));
+    const token = await mint({ key, detail: writeDetail, claims: { single_use: true } });
+    assert.equal(await codeOf(a.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAY_UNAVAILABLE');
+  } finally {
+    down.disconnect();
+  }
+});
