@@ -13,6 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import { BrokerClient, BrokerError, TaskpassDeniedError } from '@taskpass/agent-plugin';
 import { type BrokerConfig, type RunningBroker, startBroker } from '@taskpass/broker';
 import { createMtlsAgent, matchId, type TlsSource, X509Source } from '@taskpass/spiffe';
+import { RedisReplayCache } from '@taskpass/verifier';
 import { Redis } from 'ioredis';
 import { createLocalJWKSet, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from 'jose';
 import pino from 'pino';
@@ -282,7 +283,7 @@ describe('two broker replicas on one Redis store (real SPIRE)', () => {
     await task.complete();
   });
 
-  test('3b. single use: the broker’s consume is shared by the replicas; a verifier’s replay cache is its own', async () => {
+  test('3b. single use: the broker’s consume is shared by the replicas; MCP server replicas share a RedisReplayCache', async () => {
     const task = await openTask(viaB, 'comment on T-1002 (single use)');
     await read(viaB, task.id, 'T-1002');
     // Broker side (RFC 7662 introspection with consume=true): markUsed lives in Redis.
@@ -305,11 +306,37 @@ describe('two broker replicas on one Redis store (real SPIRE)', () => {
       'TASKPASS_VERIFY_REPLAYED',
     );
     // The broker replicas share no state with the verifiers: a second instance of the same MCP
-    // server (same audience) with its own default cache accepts the replay. MCP server replicas
-    // must share a `replayCache` (the verifier option); the example desk does not expose one.
+    // server (same audience) with its own default cache accepts the replay...
     const before = stack.tickets.desk.get('T-1002').comments.length;
     assertAccepted(await rawToolCall(asAgent, stack.urls.mcp, issued.accessToken, 'update_ticket', args));
     assert.equal(stack.tickets.desk.get('T-1002').comments.length, before + 1);
+
+    // ...so MCP server replicas share a replay cache: two desks on one RedisReplayCache spend the
+    // token once between them.
+    const shared = new RedisReplayCache(admin, { keyPrefix: newPrefix('jti') });
+    const deskOpts = {
+      workloadApiAddress: stack.spire.address,
+      hint: stack.hints.tickets,
+      brokerUrl: brokerB.url,
+      brokerIssuer: stack.issuer,
+      brokerId: stack.ids.broker,
+      audience: stack.audience,
+      replayCache: shared,
+    };
+    const desk1 = await startTicketDesk(deskOpts);
+    const desk2 = await startTicketDesk({ ...deskOpts, desk: desk1.desk });
+    try {
+      const once = await write(viaA, task.id, 'update_ticket', 'T-1002');
+      assertAccepted(await rawToolCall(asAgent, desk1.mcpUrl, once.accessToken, 'update_ticket', args));
+      assertRefused(
+        await rawToolCall(asAgent, desk2.mcpUrl, once.accessToken, 'update_ticket', args),
+        401,
+        'TASKPASS_VERIFY_REPLAYED',
+      );
+    } finally {
+      await desk2.close();
+      await desk1.close();
+    }
     await task.complete();
   });
 

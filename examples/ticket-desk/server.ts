@@ -34,6 +34,7 @@ import {
   prmHandler,
   protectedResourceMetadata,
   protectedResourceMetadataUrl,
+  type ReplayCache,
   RevocationFeedClient,
   taskpassMiddleware,
   type Verifier,
@@ -135,6 +136,11 @@ export interface TicketDeskOptions {
   feedBrokerUrl?: string;
   /** The verifier's feed staleness policy (default: writes refused after 30 s of silence, reads continue). */
   staleness?: { maxFeedAgeMs?: number; readsWhenStale?: 'allow' | 'deny' };
+  /**
+   * Where spent single-use jtis are remembered (default: in this process). Replicas of one MCP
+   * server must share one, e.g. `new RedisReplayCache(redis)`.
+   */
+  replayCache?: ReplayCache;
   log?: DeskLog;
 }
 
@@ -288,6 +294,7 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
       // Every token must be bound to the agent's X.509-SVID and presented over that mTLS connection.
       requireCertificateBinding: true,
       ...(opts.staleness ? { staleness: opts.staleness } : {}),
+      ...(opts.replayCache ? { replayCache: opts.replayCache } : {}),
     });
     const resourceMetadataUrl = protectedResourceMetadataUrl(audience);
     const guard = taskpassMiddleware(verifier, { resourceMetadataUrl });
