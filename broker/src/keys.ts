@@ -7,8 +7,8 @@
 //               takes over
 //   retireAt + maxTokenTtl: the last token it signed has expired; deleted from store and JWKS.
 //
-// The signing key is always "the key with the latest activeFrom that has been reached" (ties broken
-// by the smaller kid), so replicas sharing a store agree without talking to each other, and a
+// The signing key is always "the key with the latest activeFrom that has been reached" (ties, which
+// `addSigningKeyIfLatest` prevents, broken by the larger kid), so replicas sharing a store agree without talking to each other, and a
 // broker that was down past a retireAt keeps signing with the old (still published) key until a
 // successor has been published for a full prepublish period.
 import type { KeyObject, webcrypto } from 'node:crypto';
