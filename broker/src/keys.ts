@@ -11,8 +11,8 @@
 // `addSigningKeyIfLatest` prevents, broken by the larger kid), so replicas sharing a store agree without talking to each other, and a
 // broker that was down past a retireAt keeps signing with the old (still published) key until a
 // successor has been published for a full prepublish period.
-import type { KeyObject, webcrypto } from 'node:crypto';
-import { calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, type JWK } from 'jose';
+import { createPrivateKey, type JsonWebKey, type KeyObject, type webcrypto } from 'node:crypto';
+import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
 import type { Logger } from 'pino';
 import type { Store, StoredSigningKey } from './store/types.ts';
 
@@ -50,7 +50,7 @@ export interface PublicSigningJwk {
 
 interface LoadedKey {
   stored: StoredSigningKey;
-  privateKey: webcrypto.CryptoKey;
+  privateKey: KeyObject;
   publicJwk: PublicSigningJwk;
 }
 
@@ -209,9 +209,12 @@ export class SigningKeys {
         next.push({ ...had, stored: s });
         continue;
       }
-      const privateKey = (await importJWK(s.privateJwk as JWK, 'ES256', {
-        extractable: false,
-      })) as webcrypto.CryptoKey;
+      // A node:crypto KeyObject straight from the JWK: signing is node:crypto's (mint.ts), and
+      // KeyObject.from() on a non-extractable CryptoKey is deprecated from Node 24 (DEP0204).
+      const privateKey = createPrivateKey({ key: s.privateJwk as JsonWebKey, format: 'jwk' });
+      if (privateKey.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
+        throw new Error(`signing key ${s.kid} is not a P-256 (ES256) private key`);
+      }
       next.push({ stored: s, privateKey, publicJwk: publicOf(s) });
     }
     this.#keys = next;
