@@ -5,6 +5,7 @@
 // package's TestCa, so agents authenticate with real X.509-SVIDs over mTLS, verified by
 // createWorkloadAuthenticator exactly as in production. User tokens come from examples/idp.
 import type { X509Certificate } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -16,6 +17,7 @@ import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino from 'pino';
 import { Agent, Pool } from 'undici';
 import { type AppDeps, buildApp } from '../../broker/src/app.ts';
+import { pinPeerIdentity } from '../../broker/src/auth.ts';
 import { type BrokerConfig, parseConfig } from '../../broker/src/config.ts';
 import { SigningKeys } from '../../broker/src/keys.ts';
 import { PolicyWatcher } from '../../broker/src/policy/index.ts';
@@ -140,11 +142,18 @@ export async function startBenchEnv(opts: { logFile?: string } = {}): Promise<Be
     rejectUnauthorized: config.tls.requireClientCert,
     minVersion: 'TLSv1.2',
   };
+  // As server.ts: renegotiation disabled on every connection, which lets the authenticator cache
+  // the verified agent identity per connection.
   const serverFactory: FastifyServerFactory = (handler) =>
-    createHttpsServer(httpsOptions, handler) as unknown as ReturnType<FastifyServerFactory>;
+    createHttpsServer(httpsOptions, handler).on(
+      'secureConnection',
+      pinPeerIdentity,
+    ) as unknown as ReturnType<FastifyServerFactory>;
 
   const agentAuth = createWorkloadAuthenticator({
     x509Bundles: new X509BundleSet([ca.x509Bundle()]),
+    // The Workload API's X509Source announces bundle changes; the test CA's bundle never changes.
+    x509BundleUpdates: new EventEmitter(),
     jwtBundles: new JwtBundleSet([ca.jwtBundle()]),
     audience: config.jwtSvidAudience ?? config.issuer,
     trustDomains: [TRUST_DOMAIN],

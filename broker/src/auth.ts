@@ -24,8 +24,18 @@ export interface WorkloadIdentity {
 
 /** What a request offers as credentials. */
 export interface Credentials {
-  /** Peer certificate chain, leaf first (from the TLS socket, or the test seam). */
-  peerChain?: readonly X509Certificate[] | undefined;
+  /**
+   * Peer certificate chain, leaf first (from the TLS socket, or the test seam), or a function that
+   * extracts it: called only when the identity is not already cached for `connection`.
+   */
+  peerChain?: readonly X509Certificate[] | (() => readonly X509Certificate[] | undefined) | undefined;
+  /**
+   * The TLS connection the chain comes from, when its peer certificate cannot change for the rest
+   * of the connection (see {@link pinPeerIdentity}). An authenticator may then cache the identity
+   * it verified from the chain per connection (re-verified when the trust bundles change and when
+   * the verified chain leaves its validity period).
+   */
+  connection?: object | undefined;
   /** A JWT-SVID (from the Authorization header or an OAuth form field). */
   jwtSvid?: string | undefined;
 }
@@ -50,6 +60,36 @@ export function peerChainFromSocket(socket: unknown): X509Certificate[] | undefi
   if (!s || typeof s.getPeerCertificate !== 'function' || !s.encrypted) return undefined;
   const chain = chainFromPeerCertificate(s.getPeerCertificate(true));
   return chain.length > 0 ? chain : undefined;
+}
+
+// TLS connections on which renegotiation has been disabled (pinPeerIdentity). Only on those is the
+// peer certificate fixed for the connection's lifetime, so only those may cache the peer identity.
+const pinnedConnections = new WeakSet<object>();
+
+/**
+ * Makes the peer certificate of a server-side TLS connection immutable for the rest of the
+ * connection, and marks the connection so that its verified identity may be cached
+ * ({@link Credentials.connection}). Call it on every 'secureConnection' of the server.
+ *
+ * Why: with TLS 1.2 a client can renegotiate mid-connection and present another certificate (TLS
+ * 1.3 has no renegotiation, and Node never requests post-handshake authentication). Node limits but
+ * allows client-initiated renegotiation by default; after `disableRenegotiation()` an attempt
+ * destroys the connection with ERR_TLS_RENEGOTIATION_DISABLED. So the identity verified on the
+ * first request of a connection is the identity of every later request on it.
+ */
+export function pinPeerIdentity(socket: TLSSocket): void {
+  socket.disableRenegotiation();
+  // Node only emits the error; the HTTP server happens to destroy the socket on it, but the
+  // renegotiation must not be left to proceed on any other kind of server either.
+  socket.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'ERR_TLS_RENEGOTIATION_DISABLED') socket.destroy();
+  });
+  pinnedConnections.add(socket);
+}
+
+/** Has {@link pinPeerIdentity} been applied to this socket? */
+export function isPeerIdentityPinned(socket: unknown): boolean {
+  return typeof socket === 'object' && socket !== null && pinnedConnections.has(socket);
 }
 
 /** Extracts a bearer token from an Authorization header value. */

@@ -13,7 +13,9 @@ import {
 } from '@taskpass/spiffe';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino, { type Logger } from 'pino';
+import type { TLSSocket } from 'node:tls';
 import { buildApp } from './app.ts';
+import { pinPeerIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { TaskpassError } from './errors.ts';
 import { SigningKeys } from './keys.ts';
@@ -160,6 +162,13 @@ async function start(
         },
         handler as (req: IncomingMessage, res: ServerResponse) => void,
       );
+      // The agent's identity is verified once per connection and cached for it (workload-auth.ts),
+      // so the peer certificate must not change mid-connection: renegotiation (TLS 1.2 only; TLS
+      // 1.3 has none) is disabled on every connection, and an attempt closes it. We keep TLS 1.2
+      // for clients that lack 1.3 rather than require 1.3: with renegotiation off, 1.2 gives the
+      // same guarantee, and the cache is only used on connections marked by pinPeerIdentity. See
+      // docs/decisions.md "Agent identity cached per TLS connection".
+      server.on('secureConnection', (socket: TLSSocket) => pinPeerIdentity(socket));
       const onUpdate = () => {
         let next: ReturnType<typeof secureContext>;
         try {
@@ -204,6 +213,8 @@ async function start(
     identity: {
       agentAuth: createWorkloadAuthenticator({
         x509Bundles: x509,
+        // Every Workload API update (bundle or SVID) invalidates the per-connection identity cache.
+        x509BundleUpdates: x509,
         jwtBundles: bundles,
         audience: config.jwtSvidAudience,
         trustDomains,

@@ -238,7 +238,8 @@ export function fakeAuth(): WorkloadAuthenticator {
   };
   return {
     async authenticate(c) {
-      if (c.peerChain?.length) return identity((c.peerChain[0] as unknown as { id: string }).id, 'mtls');
+      const chain = typeof c.peerChain === 'function' ? c.peerChain() : c.peerChain;
+      if (chain?.length) return identity((chain[0] as unknown as { id: string }).id, 'mtls');
       if (c.jwtSvid?.startsWith('tsvid.'))
         return identity(Buffer.from(c.jwtSvid.slice(6), 'base64url').toString(), 'jwt-svid');
       throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'no credential');

@@ -5,6 +5,7 @@ import type { AuditLog } from '../audit.ts';
 import {
   bearerOf,
   type IdMatcher,
+  isPeerIdentityPinned,
   peerChainFromSocket,
   type WorkloadAuthenticator,
   type WorkloadIdentity,
@@ -48,10 +49,18 @@ export const socketPeerChain = (req: FastifyRequest): readonly X509Certificate[]
 
 /** Authenticates a request from its mTLS chain or `Authorization: Bearer <JWT-SVID>`. */
 export function authenticateRequest(ctx: RouteContext, req: FastifyRequest): Promise<WorkloadIdentity> {
-  return ctx.auth.authenticate({
-    peerChain: ctx.peerChain(req),
-    jwtSvid: bearerOf(req.headers.authorization),
-  });
+  const jwtSvid = bearerOf(req.headers.authorization);
+  if (ctx.peerChain === socketPeerChain) {
+    // The chain is read from the socket only when the authenticator has no identity cached for
+    // this connection; connections whose peer certificate may still change are never cached.
+    const socket = req.raw.socket;
+    return ctx.auth.authenticate({
+      peerChain: () => peerChainFromSocket(socket),
+      connection: isPeerIdentityPinned(socket) ? socket : undefined,
+      jwtSvid,
+    });
+  }
+  return ctx.auth.authenticate({ peerChain: ctx.peerChain(req), jwtSvid });
 }
 
 /** Epoch seconds now. */
