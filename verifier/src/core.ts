@@ -550,7 +550,10 @@ export function createVerifier(options: VerifierOptions): Verifier {
         fail('TASKPASS_VERIFY_REPLAY_CACHE_FULL', 'the replay cache is full; try again shortly');
       }
       // Fail closed: a replay cache we cannot ask might have seen this jti.
-      fail('TASKPASS_VERIFY_REPLAY_UNAVAILABLE', 'the replay cache cannot be reached; single-use calls are refused');
+      fail(
+        'TASKPASS_VERIFY_REPLAY_UNAVAILABLE',
+        'the replay cache cannot be reached; single-use calls are refused',
+      );
     }
     if (!first) fail('TASKPASS_VERIFY_REPLAYED', 'this single-use token has already been used');
   }

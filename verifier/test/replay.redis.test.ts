@@ -52,7 +52,10 @@ test('a single-use token spent at one replica is refused at the other, and the k
   assert.equal(await codeOf(b.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAYED');
   assert.equal(await codeOf(a.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAYED');
   const ttl = await redis.ttl(`${prefix}${jti}`);
-  assert.ok(ttl > 0 && ttl <= 30 + 60, `Redis forgets the jti after the token's exp + tolerance (ttl ${ttl}s)`);
+  assert.ok(
+    ttl > 0 && ttl <= 30 + 60,
+    `Redis forgets the jti after the token's exp + tolerance (ttl ${ttl}s)`,
+  );
 });
 
 test('separate in-memory caches would each accept it once (why replicas need the shared cache)', async () => {
