@@ -34,7 +34,15 @@ export {
   mintToken,
   type TokenClaims,
 } from './mint.ts';
-export type { CeilingEntry, KeysPort, PolicyDecision, PolicyPort, PolicyUser } from './ports.ts';
+export type {
+  CeilingEntry,
+  HistoryQueries,
+  KeysPort,
+  PolicyDecision,
+  PolicyPort,
+  PolicyUser,
+  TaskHistory,
+} from './ports.ts';
 export { authorizationServerMetadata } from './routes/public.ts';
 export { type RunningBroker, startBroker } from './server.ts';
 export { checkResource, type IssuedToken, TaskService } from './service.ts';

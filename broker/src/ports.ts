@@ -2,7 +2,7 @@
 // revocation hub. The concrete classes (policy/, keys.ts, revocation-hub.ts) satisfy them
 // structurally; tests may hand in fakes.
 import type { BrokerErrorCode } from './errors.ts';
-import type { Action, IssuedCall } from './store/types.ts';
+import type { Action } from './store/types.ts';
 
 /** The verified delegating user, as templates see it. */
 export interface PolicyUser {
@@ -35,6 +35,26 @@ export interface PolicyDeny {
 }
 export type PolicyDecision = PolicyAllow | PolicyDeny;
 
+/**
+ * The workflow facts a decision may need about a task's earlier calls (call tokens ISSUED in it),
+ * answered from targeted store queries rather than from the whole call history. A past call is
+ * attributed to the template that issued it (the engine maps templates to audiences).
+ */
+export interface TaskHistory {
+  /** Calls of `tool` issued in the task so far, per issuing template id. */
+  callCounts(tool: string): ReadonlyMap<string, number>;
+  /** Ids of the templates that issued a call of `tool` in the task — on `resource` when given. */
+  priorTemplates(tool: string, resource?: string): ReadonlySet<string>;
+}
+
+/** Which {@link TaskHistory} lookups deciding a call may make (so they can be fetched first). */
+export interface HistoryQueries {
+  /** Tools whose `callCounts` may be asked. */
+  counts: string[];
+  /** `priorTemplates` lookups that may be made (`resource` undefined: on any resource). */
+  prior: { tool: string; resource?: string | undefined }[];
+}
+
 /** What the broker asks of the current policy set. */
 export interface PolicyPort {
   /** May this agent open a task (for this user, or autonomously when user is undefined)? */
@@ -52,8 +72,11 @@ export interface PolicyPort {
     tool: string;
     action: Action;
     resource: string;
-    history: readonly IssuedCall[];
+    /** Only the lookups that `historyQueries` named for the same call are made. */
+    history: TaskHistory;
   }): PolicyDecision;
+  /** The history lookups `decide` may make for this call (superset allowed). */
+  historyQueries(input: { audience: string; tool: string; action: Action; resource: string }): HistoryQueries;
   /** A session token for this audience: which template allows it and its ttl; undefined if none. */
   session(
     agent: string,

@@ -8,7 +8,7 @@ import type { BrokerConfig } from './config.ts';
 import { TaskpassError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
 import { type AuthorizationDetail, mintToken } from './mint.ts';
-import type { CeilingEntry, KeysPort, PolicyPort, PolicyUser } from './ports.ts';
+import type { CeilingEntry, HistoryQueries, KeysPort, PolicyPort, PolicyUser, TaskHistory } from './ports.ts';
 import type { Action, FinishStatus, Revocation, Store, TaskRecord } from './store/types.ts';
 import type { VerifiedUser } from './user-tokens.ts';
 
@@ -36,6 +36,39 @@ export function checkResource(resource: string): void {
       'resource must be /-separated segments of [A-Za-z0-9._~:@+=-], at most 512 bytes, no . or .. segments',
     );
   }
+}
+
+/**
+ * Fetches exactly the workflow facts a decision may ask for (targeted store queries; a task's whole
+ * history is never read on the issuance path). A lookup that was not fetched throws, so a policy
+ * that asks for more than its `historyQueries` named fails the request instead of deciding on
+ * missing facts.
+ */
+export async function loadHistory(store: Store, taskId: string, q: HistoryQueries): Promise<TaskHistory> {
+  const priorKey = (tool: string, resource: string | undefined) => JSON.stringify([tool, resource ?? null]);
+  const [counts, prior] = await Promise.all([
+    Promise.all(q.counts.map(async (tool) => [tool, await store.countIssued(taskId, tool)] as const)),
+    Promise.all(
+      q.prior.map(
+        async (p) =>
+          [priorKey(p.tool, p.resource), await store.issuedTemplates(taskId, p.tool, p.resource)] as const,
+      ),
+    ),
+  ]);
+  const countsByTool = new Map(counts);
+  const priorBy = new Map(prior);
+  return {
+    callCounts(tool) {
+      const m = countsByTool.get(tool);
+      if (!m) throw new Error(`history lookup not fetched: call counts of ${JSON.stringify(tool)}`);
+      return m;
+    },
+    priorTemplates(tool, resource) {
+      const s = priorBy.get(priorKey(tool, resource));
+      if (!s) throw new Error(`history lookup not fetched: prior calls of ${JSON.stringify(tool)}`);
+      return s;
+    },
+  };
 }
 
 /** Task ids: `tsk_` + 128 random bits. */
@@ -172,8 +205,18 @@ export class TaskService {
   ): Promise<IssuedToken> {
     const started = performance.now();
     checkResource(req.resource);
-    const history = await this.d.store.listIssued(task.id);
-    const decision = this.d.policies.current().decide({
+    const policy = this.d.policies.current();
+    const history = await loadHistory(
+      this.d.store,
+      task.id,
+      policy.historyQueries({
+        audience: req.audience,
+        tool: req.tool,
+        action: req.action,
+        resource: req.resource,
+      }),
+    );
+    const decision = policy.decide({
       agent: agent.id,
       user: taskUser(task),
       audience: req.audience,

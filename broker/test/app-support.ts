@@ -8,7 +8,8 @@ import { buildApp } from '../src/app.ts';
 import type { WorkloadAuthenticator, WorkloadIdentity } from '../src/auth.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
 import { TaskpassError } from '../src/errors.ts';
-import type { PolicyDecision, PolicyDeny, PolicyPort, PolicyUser } from '../src/ports.ts';
+import { historyOf } from '../src/policy/engine.ts';
+import type { HistoryQueries, PolicyDecision, PolicyDeny, PolicyPort, PolicyUser } from '../src/ports.ts';
 import type {
   FinishStatus,
   IssuedCall,
@@ -82,6 +83,12 @@ export class MemoryStore implements Store {
   }
   async listIssued(taskId: string) {
     return this.issued.filter((c) => c.taskId === taskId);
+  }
+  async countIssued(taskId: string, tool: string) {
+    return historyOf(await this.listIssued(taskId)).callCounts(tool) as Map<string, number>;
+  }
+  async issuedTemplates(taskId: string, tool: string, resource?: string) {
+    return historyOf(await this.listIssued(taskId)).priorTemplates(tool, resource) as Set<string>;
   }
   async revokeToken(jti: string, until: number, reason: string) {
     return this.push({ kind: 'token', id: jti, until, reason });
@@ -175,6 +182,11 @@ export class TinyPolicy implements PolicyPort {
   maxTaskTtlSec() {
     return 900;
   }
+  historyQueries(i: Parameters<PolicyPort['historyQueries']>[0]): HistoryQueries {
+    return i.tool === 'close_ticket'
+      ? { counts: ['close_ticket'], prior: [{ tool: 'get_ticket', resource: i.resource }] }
+      : { counts: [], prior: [] };
+  }
   decide(i: Parameters<PolicyPort['decide']>[0]): PolicyDecision {
     const deny = (code: PolicyDeny['code'], reason: string, template?: string): PolicyDecision => ({
       allow: false,
@@ -197,10 +209,10 @@ export class TinyPolicy implements PolicyPort {
       return deny('TASKPASS_DENIED_RESOURCE', `resource ${i.resource} not allowed`, tpl);
     }
     if (i.tool === 'close_ticket') {
-      if (i.history.filter((h) => h.tool === 'close_ticket').length >= 1) {
+      if ([...i.history.callCounts('close_ticket').values()].reduce((a, b) => a + b, 0) >= 1) {
         return deny('TASKPASS_DENIED_CALL_LIMIT', 'close_ticket at most once per task', tpl);
       }
-      if (!i.history.some((h) => h.tool === 'get_ticket' && h.resource === i.resource)) {
+      if (i.history.priorTemplates('get_ticket', i.resource).size === 0) {
         return deny('TASKPASS_DENIED_PREREQUISITE', 'get_ticket on the same resource must come first', tpl);
       }
     }

@@ -360,3 +360,70 @@ describe('PolicySet.admits / ceiling / maxTaskTtlSec / session', () => {
     });
   });
 });
+
+describe('PolicySet.historyQueries and store-backed histories', () => {
+  test('names the call counts and prerequisites of the templates that could allow the call', () => {
+    const q = (tool: string, action: IssuedCall['action'], audience = TICKETS) =>
+      set.historyQueries({ audience, tool, action, resource: 'tickets/T-1' });
+    assert.deepEqual(q('get_ticket', 'read'), { counts: [], prior: [] });
+    assert.deepEqual(q('close_ticket', 'write'), {
+      counts: ['close_ticket'],
+      prior: [{ tool: 'get_ticket', resource: 'tickets/T-1' }],
+    });
+    assert.deepEqual(q('touch', 'write'), { counts: [], prior: [{ tool: 'list_tickets' }] });
+    assert.deepEqual(q('close_ticket', 'write', 'https://other/mcp'), { counts: [], prior: [] });
+  });
+
+  test('decisions from targeted store queries equal decisions from the whole call list', async () => {
+    const { SqliteStore } = await import('../src/store/sqlite.ts');
+    const { loadHistory } = await import('../src/service.ts');
+    const store = new SqliteStore({ path: ':memory:' });
+    await store.init();
+    try {
+      const histories: IssuedCall[][] = [
+        [],
+        [step('get_ticket', 'tickets/T-1')],
+        [step('get_ticket', 'tickets/T-2')],
+        [step('get_ticket', 'tickets/T-1', 'optional')],
+        [step('get_ticket', 'tickets/T-1', 'gone'), step('list_tickets', 'tickets')],
+        [
+          step('get_ticket', 'tickets/T-1'),
+          step('close_ticket', 'tickets/T-1', 'support', 'write'),
+          step('close_ticket', 'tickets/T-2', 'gone', 'write'),
+        ],
+        [step('get_ticket', 'tickets/T-1'), step('close_ticket', 'x/1', 'optional', 'write')],
+        [step('get_ticket', 'tickets/T-1'), step('issue_refund', 'tickets/T-0', 'refunds', 'write')],
+      ];
+      const calls: Partial<DecideInput>[] = [
+        {},
+        { tool: 'close_ticket', action: 'write' },
+        { tool: 'touch', action: 'write' },
+        { tool: 'issue_refund', action: 'write', user: lead },
+        { tool: 'issue_refund', action: 'write' },
+      ];
+      for (const [i, h] of histories.entries()) {
+        const taskId = `task-${i}`;
+        for (const c of h) await store.recordIssued({ ...c, taskId, jti: `${taskId}-${c.jti}` });
+        for (const c of calls) {
+          const input = {
+            agent: BOT,
+            user: alice,
+            audience: TICKETS,
+            tool: 'get_ticket',
+            action: 'read' as const,
+            resource: 'tickets/T-1',
+            ...c,
+          };
+          const fromStore = await loadHistory(store, taskId, set.historyQueries(input));
+          assert.deepEqual(
+            set.decide({ ...input, history: fromStore }),
+            set.decide({ ...input, history: h }),
+            `history ${i}, call ${JSON.stringify(c)}`,
+          );
+        }
+      }
+    } finally {
+      await store.close();
+    }
+  });
+});

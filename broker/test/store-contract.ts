@@ -157,6 +157,94 @@ export function storeContract(name: string, make: MakeStore): void {
       assert.deepEqual(await s.listIssued('other'), []);
     }));
 
+  test(`${name}: countIssued and issuedTemplates answer from the calls recorded`, () =>
+    withStore(make, async (s) => {
+      const t = task();
+      const other = task();
+      await s.createTask(t);
+      await s.createTask(other);
+      const now = nowSec();
+      // Tool names with spaces, colons and digits: the stores must keep (template, tool) and
+      // (resource, tool) pairs apart whatever they hold.
+      const calls: [tool: string, resource: string, template: string][] = [
+        ['get_ticket', 'tickets/T-1', 'support'],
+        ['get_ticket', 'tickets/T-1', 'support'],
+        ['get_ticket', 'tickets/T-2', 'leads'],
+        ['close_ticket', 'tickets/T-1', 'support'],
+        ['3:x y', 'r', 'a'],
+        ['x y', 'r', '3:a'],
+      ];
+      for (const [i, [tool, resource, template]] of calls.entries()) {
+        await s.recordIssued({
+          taskId: t.id,
+          jti: `jti-${randomUUID()}`,
+          tool,
+          resource,
+          action: 'read',
+          template,
+          issuedAt: now + i,
+          expiresAt: now + 60,
+        });
+      }
+      await s.recordIssued({
+        taskId: other.id,
+        jti: `jti-${randomUUID()}`,
+        tool: 'get_ticket',
+        resource: 'tickets/T-9',
+        action: 'read',
+        template: 'support',
+        issuedAt: now,
+        expiresAt: now + 60,
+      });
+      const sorted = <T>(it: Iterable<T>) => [...it].sort();
+      assert.deepEqual(
+        await s.countIssued(t.id, 'get_ticket'),
+        new Map([
+          ['support', 2],
+          ['leads', 1],
+        ]),
+      );
+      assert.deepEqual(await s.countIssued(t.id, 'close_ticket'), new Map([['support', 1]]));
+      assert.deepEqual(await s.countIssued(t.id, 'refund'), new Map());
+      assert.deepEqual(await s.countIssued(t.id, '3:x y'), new Map([['a', 1]]));
+      assert.deepEqual(await s.countIssued(t.id, 'x y'), new Map([['3:a', 1]]));
+      assert.deepEqual(await s.countIssued(other.id, 'get_ticket'), new Map([['support', 1]]));
+      assert.deepEqual(await s.countIssued('no-such-task', 'get_ticket'), new Map());
+
+      assert.deepEqual(sorted(await s.issuedTemplates(t.id, 'get_ticket')), ['leads', 'support']);
+      assert.deepEqual(sorted(await s.issuedTemplates(t.id, 'get_ticket', 'tickets/T-1')), ['support']);
+      assert.deepEqual(sorted(await s.issuedTemplates(t.id, 'get_ticket', 'tickets/T-2')), ['leads']);
+      assert.deepEqual(sorted(await s.issuedTemplates(t.id, 'get_ticket', 'tickets/T-3')), []);
+      assert.deepEqual(sorted(await s.issuedTemplates(t.id, 'close_ticket', 'tickets/T-2')), []);
+      assert.deepEqual(sorted(await s.issuedTemplates(t.id, 'x y', 'r')), ['3:a']);
+      assert.deepEqual(sorted(await s.issuedTemplates(other.id, 'get_ticket', 'tickets/T-1')), []);
+      assert.deepEqual(sorted(await s.issuedTemplates('no-such-task', 'get_ticket')), []);
+    }));
+
+  test(`${name}: concurrent recordIssued calls in one task are all counted`, () =>
+    withStore(make, async (s) => {
+      const t = task();
+      await s.createTask(t);
+      const now = nowSec();
+      await Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          s.recordIssued({
+            taskId: t.id,
+            jti: `jti-${randomUUID()}`,
+            tool: 'get_ticket',
+            resource: `tickets/T-${i % 5}`,
+            action: 'read',
+            template: 'support',
+            issuedAt: now,
+            expiresAt: now + 60,
+          }),
+        ),
+      );
+      assert.deepEqual(await s.countIssued(t.id, 'get_ticket'), new Map([['support', 50]]));
+      assert.equal((await s.listIssued(t.id)).length, 50);
+      assert.deepEqual([...(await s.issuedTemplates(t.id, 'get_ticket', 'tickets/T-4'))], ['support']);
+    }));
+
   test(`${name}: token revocations, revocationsSince, currentSeq, isRevoked`, () =>
     withStore(make, async (s) => {
       const now = nowSec();
@@ -289,6 +377,8 @@ export function storeContract(name: string, make: MakeStore): void {
       await s.sweep(later);
       assert.equal(await s.getTask(old.id), undefined);
       assert.deepEqual(await s.listIssued(old.id), []);
+      assert.deepEqual(await s.countIssued(old.id, 't'), new Map());
+      assert.deepEqual([...(await s.issuedTemplates(old.id, 't', 'r'))], []);
       assert.ok(await s.getTask(young.id));
       assert.deepEqual(await s.revocationsSince(0, later - 1), [keep]);
       assert.deepEqual(await s.revocationsSince(0, 0), [keep], 'expired revocations are gone');

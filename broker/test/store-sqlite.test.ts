@@ -30,7 +30,7 @@ test('sqlite file: WAL journal, parent directories created, schema version recor
   const db = new Database(path, { readonly: true });
   try {
     assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
-    assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 1);
+    assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 2);
   } finally {
     db.close();
   }
@@ -123,4 +123,86 @@ test('sqlite: methods before init() fail clearly; createStore picks SQLite', asy
   await viaSection.init();
   assert.equal(await viaSection.currentSeq(), 0);
   await viaSection.close();
+});
+
+test('sqlite: upgrading a version-1 file backfills the workflow lookups from the issued log', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const s = new SqliteStore({ path });
+  await s.init();
+  await s.close();
+  // Back to what version 1 had: no lookup tables, and calls in the issued log only.
+  const db = new Database(path);
+  db.exec('DROP TABLE issued_counts; DROP TABLE issued_prior; UPDATE schema_version SET version = 1');
+  const ins = db.prepare(
+    `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)
+     VALUES (?, 't1', ?, ?, 'read', ?, 0, 60)`,
+  );
+  ins.run('j1', 'get_ticket', 'tickets/T-1', 'support');
+  ins.run('j2', 'get_ticket', 'tickets/T-1', 'support');
+  ins.run('j3', 'close_ticket', 'tickets/T-1', 'support');
+  db.close();
+  const up = new SqliteStore({ path });
+  await up.init();
+  try {
+    assert.deepEqual(await up.countIssued('t1', 'get_ticket'), new Map([['support', 2]]));
+    assert.deepEqual([...(await up.issuedTemplates('t1', 'close_ticket', 'tickets/T-1'))], ['support']);
+  } finally {
+    await up.close();
+  }
+});
+
+test('sqlite: issued calls are group-committed, durable before they resolve, failures kept apart', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const s = new SqliteStore({ path });
+  await s.init();
+  const other = new Database(path, { readonly: true });
+  try {
+    const now = nowSec();
+    const call = (jti: string) => ({
+      taskId: 't1',
+      jti,
+      tool: 'get_ticket',
+      resource: 'tickets/T-1',
+      action: 'read' as const,
+      template: 'support',
+      issuedAt: now,
+      expiresAt: now + 60,
+    });
+    const committed = () =>
+      (other.prepare("SELECT COUNT(*) AS n FROM issued WHERE task_id = 't1'").get() as { n: number }).n;
+    const a = s.recordIssued(call('j1'));
+    const b = s.recordIssued(call('j2'));
+    const dup = s.recordIssued(call('j1')).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    // Visible to the store's own reads at once (call limits see every call already decided)…
+    assert.deepEqual(await s.countIssued('t1', 'get_ticket'), new Map([['support', 2]]));
+    // …but not committed until the batch is: nothing of it resolved yet.
+    assert.equal(committed(), 0);
+    let settled = false;
+    void Promise.all([a, b]).then(() => {
+      settled = true;
+    });
+    await Promise.resolve();
+    assert.equal(settled, false);
+    await Promise.all([a, b]);
+    assert.equal(committed(), 2, 'committed (and fsynced) before the promises resolved');
+    assert.match(String(await dup), /UNIQUE/, 'only the failed record is rejected');
+    // A write of another kind commits an open batch before its own transaction.
+    const c = s.recordIssued(call('j3'));
+    await s.revokeToken('x', now + 60, 'test');
+    assert.equal(committed(), 3);
+    await c;
+    // Closing commits what is pending.
+    const d = s.recordIssued(call('j4'));
+    await s.close();
+    await d;
+    assert.equal(committed(), 4);
+  } finally {
+    other.close();
+    await s.close();
+  }
 });

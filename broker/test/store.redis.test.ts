@@ -134,3 +134,37 @@ test('redis: an unreachable Redis fails init and writes instead of hanging', asy
   await assert.rejects(s.init());
   await assert.rejects(s.currentSeq(), /init\(\)/);
 });
+
+test('redis: a task recorded before icount/iprior existed gets them built from its issued list', async () => {
+  const p = prefix();
+  const s = new RedisStore({ url: URL, prefix: p });
+  await s.init();
+  try {
+    const now = Math.floor(Date.now() / 1000);
+    const call = (jti: string, tool: string) =>
+      JSON.stringify({
+        taskId: 't1',
+        jti,
+        tool,
+        resource: 'tickets/T-1',
+        action: 'read',
+        template: 'support',
+        issuedAt: now,
+        expiresAt: now + 60,
+      });
+    // What the previous version wrote: the list only, with the task's TTL.
+    await admin.rpush(`${p}issued:t1`, call('j1', 'close_ticket'), call('j2', 'get_ticket'));
+    await admin.expire(`${p}issued:t1`, 600);
+    assert.deepEqual(await s.countIssued('t1', 'close_ticket'), new Map([['support', 1]]));
+    assert.deepEqual([...(await s.issuedTemplates('t1', 'get_ticket', 'tickets/T-1'))], ['support']);
+    // Recording goes on from there (not from zero), and the new keys expire with the list.
+    await s.recordIssued(JSON.parse(call('j3', 'close_ticket')));
+    assert.deepEqual(await s.countIssued('t1', 'close_ticket'), new Map([['support', 2]]));
+    assert.equal((await s.listIssued('t1')).length, 3);
+    assert.ok((await admin.ttl(`${p}icount:t1`)) > 0);
+    assert.ok((await admin.ttl(`${p}iprior:t1`)) > 0);
+  } finally {
+    await s.close();
+    await dropPrefix(p);
+  }
+});

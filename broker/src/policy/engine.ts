@@ -17,7 +17,7 @@
 // issued it (`IssuedCall.template`). When that template is no longer loaded, the call still counts
 // towards call limits but never satisfies a prerequisite: both fail closed.
 import type { BrokerErrorCode } from '../errors.ts';
-import type { CeilingEntry, PolicyPort, PolicyUser } from '../ports.ts';
+import type { CeilingEntry, HistoryQueries, PolicyPort, PolicyUser, TaskHistory } from '../ports.ts';
 import type { Action, IssuedCall } from '../store/types.ts';
 import {
   type CompiledPattern,
@@ -42,8 +42,29 @@ export interface DecideInput {
   tool: string;
   action: Action;
   resource: string;
-  /** Call tokens already issued in this task (any order). */
-  history: readonly IssuedCall[];
+  /**
+   * Call tokens already issued in this task (any order), or the targeted lookups of a
+   * {@link TaskHistory} (the broker's path: store queries named by {@link PolicySet.historyQueries}).
+   */
+  history: readonly IssuedCall[] | TaskHistory;
+}
+
+/** A {@link TaskHistory} over a list of issued calls (fixtures, tests, small histories). */
+export function historyOf(calls: readonly IssuedCall[]): TaskHistory {
+  return {
+    callCounts(tool) {
+      const m = new Map<string, number>();
+      for (const c of calls) if (c.tool === tool) m.set(c.template, (m.get(c.template) ?? 0) + 1);
+      return m;
+    },
+    priorTemplates(tool, resource) {
+      const s = new Set<string>();
+      for (const c of calls) {
+        if (c.tool === tool && (resource === undefined || c.resource === resource)) s.add(c.template);
+      }
+      return s;
+    },
+  };
 }
 
 /** Allowed: the template that allowed it, its owner, the token lifetime and single-use flag. */
@@ -153,17 +174,47 @@ export class PolicySet implements PolicyPort {
     return this.compiled.find((c) => c.def.id === id)?.def;
   }
 
+  /**
+   * The history lookups {@link decide} may make for this call: call counts of the tool where a
+   * template for this audience limits it, and the prerequisites such templates name. Agent, user
+   * and resource are not matched here, so this is a superset of what a decision asks.
+   */
+  historyQueries(input: {
+    audience: string;
+    tool: string;
+    action: Action;
+    resource: string;
+  }): HistoryQueries {
+    const counts = new Set<string>();
+    const prior = new Map<string, { tool: string; resource?: string }>();
+    for (const t of this.compiled) {
+      if (t.def.audience !== input.audience) continue;
+      for (const tool of t.tools) {
+        if (tool.def.tool !== input.tool || tool.def.action !== input.action) continue;
+        if (tool.def.maxCallsPerTask !== undefined) counts.add(input.tool);
+        for (const req of tool.def.requires) {
+          const q = req.sameResource ? { tool: req.tool, resource: input.resource } : { tool: req.tool };
+          prior.set(JSON.stringify([q.tool, q.resource ?? null]), q);
+        }
+      }
+    }
+    return { counts: [...counts], prior: [...prior.values()] };
+  }
+
   /** Decides one call token request. Deny by default; see the module comment for the order. */
   decide(input: DecideInput): Decision {
     const res = validateResource(input.resource);
     if (!res.ok) return { allow: false, code: res.code, reason: res.reason };
+    const history = Array.isArray(input.history)
+      ? historyOf(input.history as readonly IssuedCall[])
+      : (input.history as TaskHistory);
     const agent = agentSegments(input.agent);
     const resource = input.resource.split('/');
     const ctx: PatternContext = { user: input.user, agent: input.agent };
     let best: { verdict: Verdict; rank: number; template: CompiledTemplate } | undefined;
     for (const t of this.compiled) {
       if (!agent || !t.agents.some((p) => p.matchSegments(agent))) continue;
-      const v = this.evaluate(t, resource, ctx, input);
+      const v = this.evaluate(t, resource, ctx, input, history);
       if (!v.principal && !v.call) {
         return {
           allow: true,
@@ -263,6 +314,7 @@ export class PolicySet implements PolicyPort {
     resource: readonly string[],
     ctx: PatternContext,
     input: DecideInput,
+    history: TaskHistory,
   ): Verdict {
     const principal = principalMismatch(t.def, input.user);
     const v = (callDepth: number, call?: Failure, singleUse = false): Verdict => ({
@@ -302,11 +354,11 @@ export class PolicySet implements PolicyPort {
     const limit = tool.def.maxCallsPerTask;
     if (limit !== undefined) {
       // Unknown templates count: a reload must not reset a task's call budget.
-      const used = input.history.filter((h) => {
-        if (h.tool !== input.tool) return false;
-        const aud = this.audienceOf.get(h.template);
-        return aud === undefined || aud === def.audience;
-      }).length;
+      let used = 0;
+      for (const [template, n] of history.callCounts(input.tool)) {
+        const aud = this.audienceOf.get(template);
+        if (aud === undefined || aud === def.audience) used += n;
+      }
       if (used >= limit) {
         return v(4, {
           stage: 7,
@@ -315,12 +367,16 @@ export class PolicySet implements PolicyPort {
       }
     }
     for (const req of tool.def.requires) {
-      const done = input.history.some(
-        (h) =>
-          h.tool === req.tool &&
-          this.audienceOf.get(h.template) === def.audience &&
-          (!req.sameResource || h.resource === input.resource),
-      );
+      let done = false;
+      for (const template of history.priorTemplates(
+        req.tool,
+        req.sameResource ? input.resource : undefined,
+      )) {
+        if (this.audienceOf.get(template) === def.audience) {
+          done = true;
+          break;
+        }
+      }
       if (!done) {
         return v(5, {
           stage: 8,

@@ -6,6 +6,7 @@ export {
   type DecideInput,
   type Decision,
   type Deny,
+  historyOf,
   PolicySet,
   type PolicyUser,
 } from './engine.ts';

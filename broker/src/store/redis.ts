@@ -8,6 +8,10 @@
 // Layout under the key prefix P (default "taskpass:"):
 //   P task:<id>            hash (TTL: expiry + retention)     P tasks / P tasks:exp  zsets of ids
 //   P issued:<task>        list of JSON calls (same TTL as the task)
+//   P icount:<task>        hash <template, tool> -> calls issued (same TTL)
+//   P iprior:<task>        hash <resource, tool> -> JSON array of the templates that issued one
+//                          (both for workflow decisions without reading the list; fields are
+//                          length-prefixed pairs built in Lua, see ISSUED_HELPERS)
 //   P seq                  last revocation seq (INCR; never reset, never reused)
 //   P revs                 zset seq -> seq                     P revs:until  zset until -> seq
 //   P revdata              hash seq -> JSON revocation
@@ -88,12 +92,75 @@ redis.call('EXPIREAT', KEYS[5], u + tonumber(ARGV[5]))
 redis.call('PUBLISH', ARGV[4], json)
 return json`;
 
-// The issued-calls list must live as long as its task, or per-task call limits would reset.
-const RECORD_ISSUED = `
+// Shared by the issued-call scripts. KEYS of each: 1 the issued list, 2 icount, 3 iprior.
+// A field is the length-prefixed pair `#a:a..b`, unambiguous whatever the strings hold.
+const ISSUED_HELPERS = `
+local function field(a, b) return #a .. ':' .. a .. b end
+local function split(f)
+  local n, rest = string.match(f, '^(%d+):(.*)$')
+  n = tonumber(n)
+  return string.sub(rest, 1, n), string.sub(rest, n + 1)
+end
+local function add(counts, prior, tpl, tool, res)
+  redis.call('HINCRBY', counts, field(tpl, tool), 1)
+  local f = field(res, tool)
+  local v = redis.call('HGET', prior, f)
+  local list = {}
+  if v then list = cjson.decode(v) end
+  for _, t in ipairs(list) do if t == tpl then return end end
+  list[#list + 1] = tpl
+  redis.call('HSET', prior, f, cjson.encode(list))
+end
+-- A task whose calls were recorded before icount/iprior existed: built once from its list, so an
+-- upgrade in the middle of a task does not reset its call budget.
+local function ensure(list, counts, prior)
+  if redis.call('EXISTS', counts) == 1 then return end
+  local all = redis.call('LRANGE', list, 0, -1)
+  if #all == 0 then return end
+  for _, j in ipairs(all) do
+    local c = cjson.decode(j)
+    add(counts, prior, c.template, c.tool, c.resource)
+  end
+  local ttl = redis.call('PTTL', list)
+  if ttl > 0 then
+    redis.call('PEXPIRE', counts, ttl)
+    redis.call('PEXPIRE', prior, ttl)
+  end
+end
+`;
+
+// KEYS: issued, icount, iprior, task; ARGV: json, expireAt (fallback), template, tool, resource.
+// The issued-call keys must live as long as their task, or per-task call limits would reset.
+const RECORD_ISSUED = `${ISSUED_HELPERS}
+ensure(KEYS[1], KEYS[2], KEYS[3])
 redis.call('RPUSH', KEYS[1], ARGV[1])
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
+add(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5])
+local ttl = redis.call('PTTL', KEYS[4])
+for i = 1, 3 do
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('EXPIREAT', KEYS[i], ARGV[2]) end
+end
 return 1`;
+
+// ARGV: tool. Returns template, count, template, count, ...
+const COUNT_ISSUED = `${ISSUED_HELPERS}
+ensure(KEYS[1], KEYS[2], KEYS[3])
+local out = {}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local tpl, tool = split(all[i])
+  if tool == ARGV[1] then
+    out[#out + 1] = tpl
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out`;
+
+// ARGV: tool, resource. Returns the templates that issued a call of tool on resource.
+const ISSUED_TEMPLATES_ON = `${ISSUED_HELPERS}
+ensure(KEYS[1], KEYS[2], KEYS[3])
+local v = redis.call('HGET', KEYS[3], field(ARGV[2], ARGV[1]))
+if not v then return {} end
+return cjson.decode(v)`;
 
 // KEYS: revs, revs:until, revdata; ARGV: now
 const SWEEP_REVOCATIONS = `
@@ -409,12 +476,32 @@ export class RedisStore implements Store {
     return { task, revocation, alreadyFinished: res[0] === 'already' };
   }
 
+  #issuedKeys(taskId: string): string[] {
+    return [this.#k('issued', taskId), this.#k('icount', taskId), this.#k('iprior', taskId)];
+  }
+
   async recordIssued(call: IssuedCall): Promise<void> {
     await this.#script(
       RECORD_ISSUED,
-      [this.#k('issued', call.taskId), this.#k('task', call.taskId)],
-      [JSON.stringify(call), call.expiresAt + this.#retention],
+      [...this.#issuedKeys(call.taskId), this.#k('task', call.taskId)],
+      [JSON.stringify(call), call.expiresAt + this.#retention, call.template, call.tool, call.resource],
     );
+  }
+
+  async countIssued(taskId: string, tool: string): Promise<Map<string, number>> {
+    const flat = (await this.#script(COUNT_ISSUED, this.#issuedKeys(taskId), [tool])) as string[];
+    const out = new Map<string, number>();
+    for (let i = 0; i + 1 < flat.length; i += 2) out.set(flat[i]!, Number(flat[i + 1]));
+    return out;
+  }
+
+  async issuedTemplates(taskId: string, tool: string, resource?: string): Promise<Set<string>> {
+    if (resource === undefined) return new Set((await this.countIssued(taskId, tool)).keys());
+    const templates = (await this.#script(ISSUED_TEMPLATES_ON, this.#issuedKeys(taskId), [
+      tool,
+      resource,
+    ])) as string[];
+    return new Set(templates);
   }
 
   async listIssued(taskId: string): Promise<IssuedCall[]> {
@@ -514,7 +601,7 @@ export class RedisStore implements Store {
     for (let i = 0; i < ids.length; i += 500) {
       const chunk = ids.slice(i, i + 500);
       const p = r.multi();
-      for (const id of chunk) p.del(this.#k('task', id), this.#k('issued', id));
+      for (const id of chunk) p.del(this.#k('task', id), ...this.#issuedKeys(id));
       p.zrem(this.#k('tasks'), ...chunk);
       p.zrem(this.#k('tasks', 'exp'), ...chunk);
       await p.exec();

@@ -1,7 +1,8 @@
 // The embedded store: one SQLite file, one broker process. WAL with synchronous=FULL, so a
-// committed transaction (a revocation in particular) has been fsynced before the promise resolves.
-// better-sqlite3 is synchronous; every method does its work before returning its promise, which
-// keeps each call atomic with respect to the others in this process.
+// committed transaction (a revocation in particular) has been fsynced before the promise resolves;
+// issued-call records are group-committed (one fsync per event-loop turn, still before any of them
+// resolves; see SqliteStore). better-sqlite3 is synchronous; every method does its work before
+// returning its promise, which keeps each call atomic with respect to the others in this process.
 import { EventEmitter } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -89,6 +90,28 @@ const MIGRATIONS: readonly string[] = [
     retire_at   INTEGER NOT NULL
   ) STRICT;
   `,
+  // Workflow lookups without reading a task's whole history: calls per (task, tool, template), and
+  // which templates issued a call of a tool on a resource. Backfilled from the issued log.
+  `
+  CREATE TABLE issued_counts (
+    task_id  TEXT NOT NULL,
+    tool     TEXT NOT NULL,
+    template TEXT NOT NULL,
+    n        INTEGER NOT NULL,
+    PRIMARY KEY (task_id, tool, template)
+  ) STRICT, WITHOUT ROWID;
+  INSERT INTO issued_counts (task_id, tool, template, n)
+    SELECT task_id, tool, template, COUNT(*) FROM issued GROUP BY task_id, tool, template;
+  CREATE TABLE issued_prior (
+    task_id  TEXT NOT NULL,
+    tool     TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    template TEXT NOT NULL,
+    PRIMARY KEY (task_id, tool, resource, template)
+  ) STRICT, WITHOUT ROWID;
+  INSERT INTO issued_prior (task_id, tool, resource, template)
+    SELECT DISTINCT task_id, tool, resource, template FROM issued;
+  `,
 ];
 
 interface TaskRow {
@@ -166,13 +189,102 @@ const issuedFromRow = (r: IssuedRow): IssuedCall => ({
   expiresAt: r.expires_at,
 });
 
-/** {@link Store} on one SQLite file (better-sqlite3): the single-process default. */
+// Every statement the store runs, prepared once per connection.
+function prepareStatements(db: Database.Database) {
+  const p = (sql: string) => db.prepare(sql);
+  return {
+    begin: p('BEGIN IMMEDIATE'),
+    commit: p('COMMIT'),
+    insertTask: p(
+      `INSERT INTO tasks (id, agent, sub, user_issuer, user_claims, purpose, status, created_at, expires_at, finished_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    getTask: p('SELECT * FROM tasks WHERE id = ?'),
+    finishTask: p('UPDATE tasks SET status = ?, finished_at = ?, revocation_seq = ? WHERE id = ?'),
+    taskStatus: p('SELECT status FROM tasks WHERE id = ?'),
+    nextSeq: p("UPDATE counters SET value = value + 1 WHERE name = 'revocation_seq' RETURNING value"),
+    currentSeq: p("SELECT value FROM counters WHERE name = 'revocation_seq'"),
+    insertRevocation: p('INSERT INTO revocations (seq, kind, id, until, reason) VALUES (?, ?, ?, ?, ?)'),
+    revocationBySeq: p('SELECT * FROM revocations WHERE seq = ?'),
+    revocationsSince: p('SELECT * FROM revocations WHERE seq > ? AND until > ? ORDER BY seq'),
+    revokedSubject: p('SELECT 1 FROM revocations WHERE kind = ? AND id = ? LIMIT 1'),
+    insertIssued: p(
+      `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    bumpIssuedCount: p(
+      `INSERT INTO issued_counts (task_id, tool, template, n) VALUES (?, ?, ?, 1)
+       ON CONFLICT (task_id, tool, template) DO UPDATE SET n = n + 1`,
+    ),
+    insertIssuedPrior: p(
+      'INSERT OR IGNORE INTO issued_prior (task_id, tool, resource, template) VALUES (?, ?, ?, ?)',
+    ),
+    listIssued: p('SELECT * FROM issued WHERE task_id = ? ORDER BY rowid'),
+    countIssued: p('SELECT template, n FROM issued_counts WHERE task_id = ? AND tool = ?'),
+    issuedTemplatesOn: p('SELECT template FROM issued_prior WHERE task_id = ? AND tool = ? AND resource = ?'),
+    markUsed: p('INSERT OR IGNORE INTO used (jti, until) VALUES (?, ?)'),
+    loadKeys: p('SELECT * FROM signing_keys ORDER BY active_from, kid'),
+    saveKey: p(
+      `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (kid) DO UPDATE SET active_from = excluded.active_from, retire_at = excluded.retire_at`,
+    ),
+    insertKey: p(
+      `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    countKeys: p('SELECT COUNT(*) AS n FROM signing_keys'),
+    countKeysAfter: p('SELECT COUNT(*) AS n FROM signing_keys WHERE active_from > ?'),
+    deleteKey: p('DELETE FROM signing_keys WHERE kid = ?'),
+    sweepIssued: p('DELETE FROM issued WHERE task_id IN (SELECT id FROM tasks WHERE expires_at <= ?)'),
+    sweepIssuedCounts: p(
+      'DELETE FROM issued_counts WHERE task_id IN (SELECT id FROM tasks WHERE expires_at <= ?)',
+    ),
+    sweepIssuedPrior: p(
+      'DELETE FROM issued_prior WHERE task_id IN (SELECT id FROM tasks WHERE expires_at <= ?)',
+    ),
+    sweepTasks: p('DELETE FROM tasks WHERE expires_at <= ?'),
+    sweepRevocations: p('DELETE FROM revocations WHERE until <= ?'),
+    sweepUsed: p('DELETE FROM used WHERE until <= ?'),
+  };
+}
+type Statements = ReturnType<typeof prepareStatements>;
+
+const keyArgs = (key: StoredSigningKey) =>
+  [
+    key.kid,
+    key.alg,
+    JSON.stringify(key.privateJwk),
+    JSON.stringify(key.publicJwk),
+    key.createdAt,
+    key.activeFrom,
+    key.retireAt,
+  ] as const;
+
+/**
+ * {@link Store} on one SQLite file (better-sqlite3): the single-process default.
+ *
+ * Durability: `synchronous = FULL` for everything, so every acknowledged write has been fsynced.
+ * Issued-call records — one per token, the hot path — are group-committed: the first record of an
+ * event-loop turn opens a write transaction, every record of the same turn joins it, and one
+ * COMMIT (one fsync) at the end of the turn (setImmediate) makes all of them durable before any of
+ * their promises resolves, i.e. before any of those tokens is handed out. While the batch is open
+ * its rows are visible to this connection's reads, so call limits and prerequisites see every call
+ * already decided, exactly as with one transaction per record. Any other write commits the open
+ * batch first and then runs in its own transaction. A failed COMMIT rejects the whole batch (no
+ * token of it is handed out; the rows are rolled back). See docs/decisions.md.
+ */
 export class SqliteStore implements Store {
   readonly path: string;
   readonly #logger: Logger | undefined;
   readonly #retention: number;
   readonly #events = new EventEmitter();
   #db: Database.Database | undefined;
+  #stmts: Statements | undefined;
+  #listTasks = new Map<string, Database.Statement>();
+  #recordIssued: ((call: IssuedCall) => void) | undefined;
+  // Waiters of the open group-commit batch (undefined: no batch open).
+  #batch: { resolve: () => void; reject: (e: unknown) => void }[] | undefined;
 
   constructor(opts: SqliteStoreOptions = {}) {
     this.path = opts.path ?? defaultSqlitePath();
@@ -187,6 +299,11 @@ export class SqliteStore implements Store {
     return this.#db;
   }
 
+  get #s(): Statements {
+    if (!this.#stmts) throw new Error('SqliteStore: init() has not been called (or the store is closed)');
+    return this.#stmts;
+  }
+
   async init(): Promise<void> {
     if (this.#db) return;
     if (this.path !== ':memory:') mkdirSync(dirname(resolve(this.path)), { recursive: true });
@@ -197,6 +314,23 @@ export class SqliteStore implements Store {
       db.pragma('foreign_keys = ON');
       db.pragma('busy_timeout = 5000');
       this.#migrate(db);
+      const s = prepareStatements(db);
+      // Nested in the group-commit transaction, this runs as a savepoint: a record is all or nothing.
+      this.#recordIssued = db.transaction((call: IssuedCall) => {
+        s.insertIssued.run(
+          call.jti,
+          call.taskId,
+          call.tool,
+          call.resource,
+          call.action,
+          call.template,
+          call.issuedAt,
+          call.expiresAt,
+        );
+        s.bumpIssuedCount.run(call.taskId, call.tool, call.template);
+        s.insertIssuedPrior.run(call.taskId, call.tool, call.resource, call.template);
+      });
+      this.#stmts = s;
     } catch (e) {
       db.close();
       throw e;
@@ -225,33 +359,55 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    this.#commitBatch();
     const db = this.#db;
     this.#db = undefined;
+    this.#stmts = undefined;
+    this.#recordIssued = undefined;
+    this.#listTasks.clear();
     db?.close();
   }
 
+  /** Commits the open group-commit batch (if any) and settles its waiters. */
+  #commitBatch(): void {
+    const batch = this.#batch;
+    if (!batch) return;
+    this.#batch = undefined;
+    const db = this.#db;
+    try {
+      if (!db || !this.#stmts) throw new Error('SqliteStore: closed with issued calls not committed');
+      this.#stmts.commit.run();
+    } catch (e) {
+      try {
+        if (db?.inTransaction) db.exec('ROLLBACK');
+      } catch (rollbackError) {
+        this.#logger?.error({ err: rollbackError }, 'rollback of a failed issued-call batch failed');
+      }
+      this.#logger?.error({ err: e, records: batch.length }, 'issued-call batch not committed');
+      for (const w of batch) w.reject(e);
+      return;
+    }
+    for (const w of batch) w.resolve();
+  }
+
   async createTask(task: TaskRecord): Promise<void> {
-    this.#conn
-      .prepare(
-        `INSERT INTO tasks (id, agent, sub, user_issuer, user_claims, purpose, status, created_at, expires_at, finished_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(
-        task.id,
-        task.agent,
-        task.sub,
-        task.userIssuer ?? null,
-        task.userClaims === undefined ? null : JSON.stringify(task.userClaims),
-        task.purpose,
-        task.status,
-        task.createdAt,
-        task.expiresAt,
-        task.finishedAt ?? null,
-      );
+    this.#commitBatch();
+    this.#s.insertTask.run(
+      task.id,
+      task.agent,
+      task.sub,
+      task.userIssuer ?? null,
+      task.userClaims === undefined ? null : JSON.stringify(task.userClaims),
+      task.purpose,
+      task.status,
+      task.createdAt,
+      task.expiresAt,
+      task.finishedAt ?? null,
+    );
   }
 
   async getTask(id: string): Promise<TaskRecord | undefined> {
-    const r = this.#conn.prepare('SELECT * FROM tasks WHERE id = ?').get(id) as TaskRow | undefined;
+    const r = this.#s.getTask.get(id) as TaskRow | undefined;
     return r && taskFromRow(r);
   }
 
@@ -271,7 +427,12 @@ export class SqliteStore implements Store {
     args.push(Math.max(0, Math.floor(filter.limit ?? 100)));
     const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
                  ORDER BY created_at DESC, rowid DESC LIMIT ?`;
-    return (this.#conn.prepare(sql).all(...args) as TaskRow[]).map(taskFromRow);
+    let stmt = this.#listTasks.get(sql);
+    if (!stmt) {
+      stmt = this.#conn.prepare(sql);
+      this.#listTasks.set(sql, stmt);
+    }
+    return (stmt.all(...args) as TaskRow[]).map(taskFromRow);
   }
 
   async finishTask(
@@ -280,23 +441,20 @@ export class SqliteStore implements Store {
     at: number,
     reason: string,
   ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyFinished: boolean }> {
+    this.#commitBatch();
     const db = this.#conn;
+    const s = this.#s;
     const result = db
       .transaction(() => {
-        const row = db.prepare('SELECT * FROM tasks WHERE id = ?').get(id) as TaskRow | undefined;
+        const row = s.getTask.get(id) as TaskRow | undefined;
         if (!row) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
         if (row.status !== 'open') {
           return { task: taskFromRow(row), revocation: this.#earlierRevocation(row), alreadyFinished: true };
         }
-        const seq = this.#nextSeq(db);
+        const seq = this.#nextSeq();
         const revocation: Revocation = { seq, kind: 'task', id, until: row.expires_at, reason };
-        this.#insertRevocation(db, revocation);
-        db.prepare('UPDATE tasks SET status = ?, finished_at = ?, revocation_seq = ? WHERE id = ?').run(
-          status,
-          at,
-          seq,
-          id,
-        );
+        this.#insertRevocation(revocation);
+        s.finishTask.run(status, at, seq, id);
         return {
           task: taskFromRow({ ...row, status, finished_at: at, revocation_seq: seq }),
           revocation,
@@ -312,29 +470,18 @@ export class SqliteStore implements Store {
   // which seq it had, and a swept revocation covers nothing any more, so rebuilding it is exact.
   #earlierRevocation(row: TaskRow): Revocation {
     const seq = row.revocation_seq ?? 0;
-    const r = this.#conn.prepare('SELECT * FROM revocations WHERE seq = ?').get(seq) as
-      | RevocationRow
-      | undefined;
+    const r = this.#s.revocationBySeq.get(seq) as RevocationRow | undefined;
     return r
       ? revocationFromRow(r)
       : { seq, kind: 'task', id: row.id, until: row.expires_at, reason: row.status };
   }
 
-  #nextSeq(db: Database.Database): number {
-    const r = db
-      .prepare("UPDATE counters SET value = value + 1 WHERE name = 'revocation_seq' RETURNING value")
-      .get() as { value: number };
-    return r.value;
+  #nextSeq(): number {
+    return (this.#s.nextSeq.get() as { value: number }).value;
   }
 
-  #insertRevocation(db: Database.Database, r: Revocation): void {
-    db.prepare('INSERT INTO revocations (seq, kind, id, until, reason) VALUES (?, ?, ?, ?, ?)').run(
-      r.seq,
-      r.kind,
-      r.id,
-      r.until,
-      r.reason,
-    );
+  #insertRevocation(r: Revocation): void {
+    this.#s.insertRevocation.run(r.seq, r.kind, r.id, r.until, r.reason);
   }
 
   #emit(r: Revocation): void {
@@ -347,35 +494,46 @@ export class SqliteStore implements Store {
   }
 
   async recordIssued(call: IssuedCall): Promise<void> {
-    this.#conn
-      .prepare(
-        `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(
-        call.jti,
-        call.taskId,
-        call.tool,
-        call.resource,
-        call.action,
-        call.template,
-        call.issuedAt,
-        call.expiresAt,
-      );
+    const s = this.#s;
+    const record = this.#recordIssued as (call: IssuedCall) => void;
+    if (!this.#batch) {
+      s.begin.run();
+      this.#batch = [];
+      setImmediate(() => this.#commitBatch());
+    }
+    const batch = this.#batch;
+    // Throws (rejecting this call only) when the record cannot be written; the batch goes on.
+    record(call);
+    return new Promise<void>((resolve, reject) => {
+      batch.push({ resolve, reject });
+    });
   }
 
   async listIssued(taskId: string): Promise<IssuedCall[]> {
-    return (
-      this.#conn.prepare('SELECT * FROM issued WHERE task_id = ? ORDER BY rowid').all(taskId) as IssuedRow[]
-    ).map(issuedFromRow);
+    return (this.#s.listIssued.all(taskId) as IssuedRow[]).map(issuedFromRow);
+  }
+
+  async countIssued(taskId: string, tool: string): Promise<Map<string, number>> {
+    const rows = this.#s.countIssued.all(taskId, tool) as { template: string; n: number }[];
+    return new Map(rows.map((r) => [r.template, r.n]));
+  }
+
+  async issuedTemplates(taskId: string, tool: string, resource?: string): Promise<Set<string>> {
+    const rows = (
+      resource === undefined
+        ? this.#s.countIssued.all(taskId, tool)
+        : this.#s.issuedTemplatesOn.all(taskId, tool, resource)
+    ) as { template: string }[];
+    return new Set(rows.map((r) => r.template));
   }
 
   async revokeToken(jti: string, until: number, reason: string): Promise<Revocation> {
+    this.#commitBatch();
     const db = this.#conn;
     const revocation = db
       .transaction(() => {
-        const r: Revocation = { seq: this.#nextSeq(db), kind: 'token', id: jti, until, reason };
-        this.#insertRevocation(db, r);
+        const r: Revocation = { seq: this.#nextSeq(), kind: 'token', id: jti, until, reason };
+        this.#insertRevocation(r);
         return r;
       })
       .immediate();
@@ -384,99 +542,65 @@ export class SqliteStore implements Store {
   }
 
   async revocationsSince(since: number, now: number): Promise<Revocation[]> {
-    return (
-      this.#conn
-        .prepare('SELECT * FROM revocations WHERE seq > ? AND until > ? ORDER BY seq')
-        .all(since, now) as RevocationRow[]
-    ).map(revocationFromRow);
+    return (this.#s.revocationsSince.all(since, now) as RevocationRow[]).map(revocationFromRow);
   }
 
   async currentSeq(): Promise<number> {
-    const r = this.#conn.prepare("SELECT value FROM counters WHERE name = 'revocation_seq'").get() as {
-      value: number;
-    };
-    return r.value;
+    return (this.#s.currentSeq.get() as { value: number }).value;
   }
 
   async isRevoked(kind: 'task' | 'token', id: string): Promise<boolean> {
-    const db = this.#conn;
-    if (db.prepare('SELECT 1 FROM revocations WHERE kind = ? AND id = ? LIMIT 1').get(kind, id)) return true;
+    const s = this.#s;
+    if (s.revokedSubject.get(kind, id)) return true;
     // A finished task stays revoked after its revocation row was swept.
     if (kind === 'task') {
-      const t = db.prepare('SELECT status FROM tasks WHERE id = ?').get(id) as { status: string } | undefined;
+      const t = s.taskStatus.get(id) as { status: string } | undefined;
       return t !== undefined && t.status !== 'open';
     }
     return false;
   }
 
   async markUsed(jti: string, until: number): Promise<boolean> {
-    return (
-      this.#conn.prepare('INSERT OR IGNORE INTO used (jti, until) VALUES (?, ?)').run(jti, until).changes ===
-      1
-    );
+    this.#commitBatch();
+    return this.#s.markUsed.run(jti, until).changes === 1;
   }
 
   async loadSigningKeys(): Promise<StoredSigningKey[]> {
-    return (this.#conn.prepare('SELECT * FROM signing_keys ORDER BY active_from, kid').all() as KeyRow[]).map(
-      (r) => ({
-        kid: r.kid,
-        alg: 'ES256',
-        privateJwk: JSON.parse(r.private_jwk) as Record<string, unknown>,
-        publicJwk: JSON.parse(r.public_jwk) as Record<string, unknown>,
-        createdAt: r.created_at,
-        activeFrom: r.active_from,
-        retireAt: r.retire_at,
-      }),
-    );
+    return (this.#s.loadKeys.all() as KeyRow[]).map((r) => ({
+      kid: r.kid,
+      alg: 'ES256',
+      privateJwk: JSON.parse(r.private_jwk) as Record<string, unknown>,
+      publicJwk: JSON.parse(r.public_jwk) as Record<string, unknown>,
+      createdAt: r.created_at,
+      activeFrom: r.active_from,
+      retireAt: r.retire_at,
+    }));
   }
 
   async saveSigningKey(key: StoredSigningKey): Promise<void> {
-    this.#conn
-      .prepare(
-        `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (kid) DO UPDATE SET active_from = excluded.active_from, retire_at = excluded.retire_at`,
-      )
-      .run(
-        key.kid,
-        key.alg,
-        JSON.stringify(key.privateJwk),
-        JSON.stringify(key.publicJwk),
-        key.createdAt,
-        key.activeFrom,
-        key.retireAt,
-      );
+    this.#commitBatch();
+    this.#s.saveKey.run(...keyArgs(key));
   }
 
   async addSigningKeyIfLatest(key: StoredSigningKey, activeAfter: number | undefined): Promise<boolean> {
+    this.#commitBatch();
     const db = this.#conn;
+    const s = this.#s;
     return db
       .transaction(() => {
-        const later = (
-          activeAfter === undefined
-            ? db.prepare('SELECT COUNT(*) AS n FROM signing_keys').get()
-            : db.prepare('SELECT COUNT(*) AS n FROM signing_keys WHERE active_from > ?').get(activeAfter)
-        ) as { n: number };
+        const later = (activeAfter === undefined ? s.countKeys.get() : s.countKeysAfter.get(activeAfter)) as {
+          n: number;
+        };
         if (later.n > 0) return false;
-        db.prepare(
-          `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?)`,
-        ).run(
-          key.kid,
-          key.alg,
-          JSON.stringify(key.privateJwk),
-          JSON.stringify(key.publicJwk),
-          key.createdAt,
-          key.activeFrom,
-          key.retireAt,
-        );
+        s.insertKey.run(...keyArgs(key));
         return true;
       })
       .immediate();
   }
 
   async deleteSigningKey(kid: string): Promise<void> {
-    this.#conn.prepare('DELETE FROM signing_keys WHERE kid = ?').run(kid);
+    this.#commitBatch();
+    this.#s.deleteKey.run(kid);
   }
 
   onRevocation(listener: (r: Revocation) => void): () => void {
@@ -487,15 +611,17 @@ export class SqliteStore implements Store {
   }
 
   async sweep(now: number): Promise<void> {
+    this.#commitBatch();
     const db = this.#conn;
+    const s = this.#s;
     db.transaction(() => {
       const cutoff = now - this.#retention;
-      db.prepare('DELETE FROM issued WHERE task_id IN (SELECT id FROM tasks WHERE expires_at <= ?)').run(
-        cutoff,
-      );
-      db.prepare('DELETE FROM tasks WHERE expires_at <= ?').run(cutoff);
-      db.prepare('DELETE FROM revocations WHERE until <= ?').run(now);
-      db.prepare('DELETE FROM used WHERE until <= ?').run(now);
+      s.sweepIssued.run(cutoff);
+      s.sweepIssuedCounts.run(cutoff);
+      s.sweepIssuedPrior.run(cutoff);
+      s.sweepTasks.run(cutoff);
+      s.sweepRevocations.run(now);
+      s.sweepUsed.run(now);
     }).immediate();
   }
 }

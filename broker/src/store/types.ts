@@ -80,10 +80,26 @@ export interface Store {
     reason: string,
   ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyFinished: boolean }>;
 
-  /** Records an issued call token (workflow context and per-task counts). */
+  /**
+   * Records an issued call token (workflow context and per-task counts). Resolves once durable,
+   * like every write: the token is handed out only after.
+   */
   recordIssued(call: IssuedCall): Promise<void>;
-  /** Calls issued so far in a task (oldest first). */
+  /**
+   * Calls issued so far in a task (oldest first). The whole history: for inspection, not for
+   * decisions (those use {@link countIssued} and {@link issuedTemplates}).
+   */
   listIssued(taskId: string): Promise<IssuedCall[]>;
+  /**
+   * How many calls of `tool` were issued in a task, per issuing template id (templates with none
+   * are absent). Cost independent of the number of calls in the task.
+   */
+  countIssued(taskId: string, tool: string): Promise<Map<string, number>>;
+  /**
+   * Ids of the templates that issued at least one call of `tool` in a task — on exactly `resource`
+   * when given, on any resource otherwise. Cost independent of the number of calls in the task.
+   */
+  issuedTemplates(taskId: string, tool: string, resource?: string): Promise<Set<string>>;
 
   /** Appends a durable token revocation (RFC 7009, admin). */
   revokeToken(jti: string, until: number, reason: string): Promise<Revocation>;
