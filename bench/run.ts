@@ -50,7 +50,7 @@ async function main(): Promise<void> {
         verdict(r.brokerLatency.p99 <= 5 && r.errors === 0),
       ]);
       info.push(
-        `what-if, peer chain parsed once per connection: issuance ÷ bare = ${r.cachedChainRatio.toFixed(2)} (${fmtRate(r.cachedChainRate)})`,
+        `for comparison, chain parsed once per connection but verified on every request (no identity cache): issuance ÷ bare = ${r.cachedChainRatio.toFixed(2)} (${fmtRate(r.cachedChainRate)})`,
       );
       if (r.errors) info.push(`issuance: ${r.errors} failed requests`);
     }
