@@ -8,8 +8,9 @@ import {
   BundleSource,
   currentSecureContextOptions,
   isSpiffeError,
-  type X509Svid,
+  pickByHint,
   X509Source,
+  type X509Svid,
 } from '@taskpass/spiffe';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino, { type Logger } from 'pino';
@@ -41,7 +42,7 @@ export function svidPicker(
   hint: string | undefined,
 ): ((svids: readonly X509Svid[]) => X509Svid | undefined) | undefined {
   if (hint === undefined) return undefined;
-  return (svids) => svids.find((s) => s.hint === hint);
+  return pickByHint(hint);
 }
 
 /**

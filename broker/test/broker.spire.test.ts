@@ -15,6 +15,7 @@ import {
   createMtlsAgent,
   createTlsAgent,
   matchId,
+  pickByHint,
   type TlsSource,
   WorkloadApiClient,
   X509Source,
@@ -55,7 +56,7 @@ const dispatchers: Dispatcher[] = [];
 let completedTask: string | undefined;
 
 const logger = pino({ level: process.env.TASKPASS_TEST_LOG ?? 'silent' });
-const byHint = (hint: string) => (svids: readonly X509Svid[]) => svids.find((s) => s.hint === hint);
+const byHint = pickByHint;
 
 interface Res {
   status: number;

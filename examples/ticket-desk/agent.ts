@@ -25,7 +25,7 @@ import {
   isTaskpassDenial,
   taskpassFetch,
 } from '@taskpass/agent-plugin';
-import { createMtlsAgent, matchId, type TlsSource, X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, pickByHint, type TlsSource, X509Source } from '@taskpass/spiffe';
 import { decodeJwt } from 'jose';
 import { type Dispatcher, fetch as undiciFetch } from 'undici';
 import { BROKER_ID, TICKETS_AUDIENCE, TICKETS_ID } from './server.ts';
@@ -205,7 +205,7 @@ export async function runAgentScript(opts: AgentScriptOptions, log: StepLog = ()
     opts.source ??
     (await X509Source.create({
       ...(opts.workloadApiAddress ? { address: opts.workloadApiAddress } : {}),
-      ...(opts.hint ? { picker: (svids) => svids.find((s) => s.hint === opts.hint) } : {}),
+      ...(opts.hint ? { picker: pickByHint(opts.hint) } : {}),
     }));
   // The MCP server is authenticated by its SPIFFE ID; the agent presents its own SVID.
   const mcpDispatcher = createMtlsAgent(source as TlsSource, matchId(opts.ticketsId ?? TICKETS_ID));

@@ -24,6 +24,7 @@ import {
   matchId,
   matchMemberOf,
   mtlsServerOptions,
+  pickByHint,
   type TlsSource,
   X509Source,
 } from '@taskpass/spiffe';
@@ -257,7 +258,7 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
     opts.source ??
     (await X509Source.create({
       ...(opts.workloadApiAddress ? { address: opts.workloadApiAddress } : {}),
-      ...(opts.hint ? { picker: (svids) => svids.find((s) => s.hint === opts.hint) } : {}),
+      ...(opts.hint ? { picker: pickByHint(opts.hint) } : {}),
     }));
   const cleanups: (() => Promise<unknown> | unknown)[] = [];
   if (ownSource) cleanups.push(() => source.close());

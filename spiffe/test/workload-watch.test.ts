@@ -12,6 +12,7 @@ import {
   isSpiffeError,
   JwtSource,
   linearBackoff,
+  pickByHint,
   TrustDomain,
   WorkloadApiClient,
   type X509Context,
@@ -204,7 +205,7 @@ test('picker chooses a non-default SVID by hint; duplicate hints keep the first'
   fake.setX509Svids({ svids: [web, db, dup] });
   await using source = await X509Source.create({
     address: fake.address,
-    picker: (svids) => svids.find((s) => s.hint === 'db'),
+    picker: pickByHint('db'),
   });
   assert.equal(source.getX509Svid().id.toString(), DB);
   assert.equal(source.getX509Context().svids.length, 2);

@@ -16,6 +16,7 @@ export {
 export {
   BundleSource,
   JwtSource,
+  pickByHint,
   type SourceEvents,
   type SourceOptions,
   X509Source,

@@ -194,8 +194,22 @@ abstract class LiveSource extends EventEmitter<SourceEvents> implements AsyncDis
   }
 }
 
+/**
+ * A picker for {@link X509SourceOptions.picker} that chooses the SVID whose registration entry has
+ * `hint` (SPIFFE Workload API `X509SVID.hint`). It chooses none when no SVID has that hint, so the
+ * source reports `ERR_SPIFFE_NO_IDENTITY` rather than silently presenting another identity.
+ *
+ * @example
+ * ```ts
+ * await using source = await X509Source.create({ picker: pickByHint('broker') });
+ * ```
+ */
+export function pickByHint(hint: string): (svids: readonly X509Svid[]) => X509Svid | undefined {
+  return (svids) => svids.find((s) => s.hint === hint);
+}
+
 export interface X509SourceOptions extends SourceOptions {
-  /** Chooses the SVID `getX509Svid()` returns (e.g. by hint). Default: `svids[0]`. */
+  /** Chooses the SVID `getX509Svid()` returns (e.g. {@link pickByHint}). Default: `svids[0]`. */
   picker?: (svids: readonly X509Svid[]) => X509Svid | undefined;
 }
 
