@@ -7,11 +7,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { BrokerClient, type Task, TaskpassDeniedError } from '@taskpass/agent-plugin';
-import { createMtlsAgent, matchId, type TlsSource, X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, pickByHint, type TlsSource, X509Source } from '@taskpass/spiffe';
 import type { Agent } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';
-import { type RawCallResult, rawToolCall, toolOutput } from './support/mcp-raw.ts';
+import { assertAccepted, assertRefused, rawToolCall } from './support/mcp-raw.ts';
+import { pollUntil } from './support/poll.ts';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 
 /** Another support agent: a legitimate workload of the trust domain, but not the one tokens are bound to. */
@@ -20,53 +21,6 @@ const OTHER_AUDIENCE = 'https://billing.taskpass.local/mcp';
 /** Feed staleness limit of the desk behind the cuttable proxy, and the broker's heartbeat. */
 const STALE_MS = 2000;
 const HEARTBEAT_MS = 250;
-
-/** An RFC 7230 quoted-string (the description may contain escaped quotes). */
-const QUOTED = String.raw`"(?:[^"\\]|\\.)+"`;
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `check` until it returns a value (not undefined) or the deadline passes. */
-async function pollUntil<T>(
-  what: string,
-  timeoutMs: number,
-  intervalMs: number,
-  check: () => Promise<T | undefined> | T | undefined,
-): Promise<T> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await sleep(intervalMs);
-  }
-}
-
-function assertRefused(r: RawCallResult, status: number, code: string, oauthError?: string): void {
-  assert.equal(
-    r.status,
-    status,
-    `expected HTTP ${status} ${code}, got ${r.status} ${JSON.stringify(r.body)}`,
-  );
-  assert.equal(r.code, code);
-  assert.equal(r.result, undefined, 'a refused call has no tool result');
-  if (oauthError !== undefined) {
-    assert.match(
-      r.challenge ?? '',
-      new RegExp(
-        `^Bearer error="${oauthError}", error_description=${QUOTED}, resource_metadata="https://[^"]+"$`,
-      ),
-    );
-  }
-}
-
-function assertAccepted(r: RawCallResult): Record<string, unknown> {
-  assert.equal(r.status, 200, `expected the call to be accepted, got ${r.status} ${JSON.stringify(r.body)}`);
-  assert.equal(r.result?.isError, undefined, `the tool failed: ${JSON.stringify(r.result)}`);
-  const out = toolOutput(r);
-  assert.ok(out, 'the tool returned JSON text');
-  return out;
-}
 
 describe('enforcement at the MCP server (real SPIRE, HTTPS with mTLS)', () => {
   let stack: Stack;
@@ -94,7 +48,7 @@ describe('enforcement at the MCP server (real SPIRE, HTTPS with mTLS)', () => {
     const sourceFor = (hint: string) =>
       X509Source.create({
         address: stack.spire.address,
-        picker: (svids) => svids.find((s) => s.hint === hint),
+        picker: pickByHint(hint),
       });
     agentSource = await sourceFor(stack.hints.agent);
     cleanups.push(() => agentSource.close());

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { BrokerClient, BrokerError, TaskpassDeniedError } from '@taskpass/agent-plugin';
 import { type BrokerConfig, type RunningBroker, startBroker } from '@taskpass/broker';
-import { createMtlsAgent, matchId, type TlsSource, X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, pickByHint, type TlsSource, X509Source } from '@taskpass/spiffe';
 import { RedisReplayCache } from '@taskpass/verifier';
 import { Redis } from 'ioredis';
 import { createLocalJWKSet, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from 'jose';
@@ -22,7 +22,8 @@ import { SigningKeys, type SigningKeysOptions } from '../broker/src/keys.ts';
 import { RedisStore } from '../broker/src/store/redis.ts';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';
-import { type RawCallResult, rawToolCall, toolOutput } from './support/mcp-raw.ts';
+import { assertAccepted, assertRefused, rawToolCall } from './support/mcp-raw.ts';
+import { pollUntil, sleep } from './support/poll.ts';
 
 const REDIS_URL = 'redis://127.0.0.1:6379';
 const OTHER_AGENT_ID = 'spiffe://taskpass.local/agents/support/other-bot';
@@ -38,41 +39,6 @@ const newPrefix = (name: string): string => {
   prefixes.push(p);
   return p;
 };
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function pollUntil<T>(
-  what: string,
-  timeoutMs: number,
-  intervalMs: number,
-  check: () => Promise<T | undefined> | T | undefined,
-): Promise<T> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await sleep(intervalMs);
-  }
-}
-
-function assertRefused(r: RawCallResult, status: number, code: string): void {
-  assert.equal(
-    r.status,
-    status,
-    `expected HTTP ${status} ${code}, got ${r.status} ${JSON.stringify(r.body)}`,
-  );
-  assert.equal(r.code, code);
-  assert.equal(r.result, undefined, 'a refused call has no tool result');
-}
-
-function assertAccepted(r: RawCallResult): Record<string, unknown> {
-  assert.equal(r.status, 200, `expected the call to be accepted, got ${r.status} ${JSON.stringify(r.body)}`);
-  assert.equal(r.result?.isError, undefined, `the tool failed: ${JSON.stringify(r.result)}`);
-  const out = toolOutput(r);
-  assert.ok(out, 'the tool returned JSON text');
-  return out;
-}
 
 const isDenied = (code: string) => (e: unknown) => e instanceof TaskpassDeniedError && e.code === code;
 const kidOf = (token: string): string => decodeProtectedHeader(token).kid as string;
@@ -167,7 +133,7 @@ describe('two broker replicas on one Redis store (real SPIRE)', () => {
     const sourceFor = (hint: string) =>
       X509Source.create({
         address: stack.spire.address,
-        picker: (svids) => svids.find((s) => s.hint === hint),
+        picker: pickByHint(hint),
       });
     agentSource = await sourceFor(stack.hints.agent);
     cleanups.push(() => agentSource.close());

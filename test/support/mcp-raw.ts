@@ -9,6 +9,7 @@
  * assert.equal(r.status, 200);
  * ```
  */
+import assert from 'node:assert/strict';
 import { type Dispatcher, fetch } from 'undici';
 
 export interface RawCallResult {
@@ -94,4 +95,38 @@ export function toolOutput<T = Record<string, unknown>>(r: RawCallResult): T | u
   } catch {
     return undefined;
   }
+}
+
+/** An RFC 7230 quoted-string (the description may contain escaped quotes). */
+const QUOTED = String.raw`"(?:[^"\\]|\\.)+"`;
+
+/**
+ * Asserts a refusal: the status, the verifier's code, no tool result, and (when `oauthError` is
+ * given) an RFC 6750 challenge with `error`, `error_description` and `resource_metadata`.
+ */
+export function assertRefused(r: RawCallResult, status: number, code: string, oauthError?: string): void {
+  assert.equal(
+    r.status,
+    status,
+    `expected HTTP ${status} ${code}, got ${r.status} ${JSON.stringify(r.body)}`,
+  );
+  assert.equal(r.code, code);
+  assert.equal(r.result, undefined, 'a refused call has no tool result');
+  if (oauthError !== undefined) {
+    assert.match(
+      r.challenge ?? '',
+      new RegExp(
+        `^Bearer error="${oauthError}", error_description=${QUOTED}, resource_metadata="https://[^"]+"$`,
+      ),
+    );
+  }
+}
+
+/** Asserts the call ran and returns the tool's JSON output. */
+export function assertAccepted(r: RawCallResult): Record<string, unknown> {
+  assert.equal(r.status, 200, `expected the call to be accepted, got ${r.status} ${JSON.stringify(r.body)}`);
+  assert.equal(r.result?.isError, undefined, `the tool failed: ${JSON.stringify(r.result)}`);
+  const out = toolOutput(r);
+  assert.ok(out, 'the tool returned JSON text');
+  return out;
 }
