@@ -6,7 +6,7 @@
 // Agents, admins and feed readers are then decided by matchers on the SPIFFE ID.
 import type { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import { chainFromPeerCertificate, type SpiffeId, x5tS256 } from '@taskpass/spiffe';
+import { chainFromPeerCertificate, pinPeerCertificate, type SpiffeId, x5tS256 } from '@taskpass/spiffe';
 import { TaskpassError } from './errors.ts';
 import { compilePattern } from './policy/pattern.ts';
 
@@ -78,12 +78,7 @@ const pinnedConnections = new WeakSet<object>();
  * first request of a connection is the identity of every later request on it.
  */
 export function pinPeerIdentity(socket: TLSSocket): void {
-  socket.disableRenegotiation();
-  // Node only emits the error; the HTTP server happens to destroy the socket on it, but the
-  // renegotiation must not be left to proceed on any other kind of server either.
-  socket.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code === 'ERR_TLS_RENEGOTIATION_DISABLED') socket.destroy();
-  });
+  pinPeerCertificate(socket);
   pinnedConnections.add(socket);
 }
 

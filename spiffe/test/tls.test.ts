@@ -305,3 +305,38 @@ test('x5tS256 is base64url(SHA-256(DER leaf))', async () => {
   assert.equal(x5tS256(leaf.raw), expected);
   assert.match(expected, /^[A-Za-z0-9_-]{43}$/);
 });
+
+test('an mTLS server connection is pinned: a TLS 1.2 client that renegotiates is disconnected', async () => {
+  const server = await startServer(await source(caA, SERVER));
+  server.keepAlive.value = true;
+  const client = await svid(caA, CLIENT);
+  const sock = tls.connect({
+    host: '127.0.0.1',
+    port: server.port,
+    key: client.privateKeyPem(),
+    cert: client.certChainPem(),
+    ca: caA.x509Bundle().authorities.map((c) => c.toString()),
+    maxVersion: 'TLSv1.2',
+    checkServerIdentity: () => undefined,
+  });
+  try {
+    sock.on('error', () => {});
+    await once(sock, 'secureConnect');
+    sock.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    const [first] = await once(sock, 'data');
+    assert.match(String(first), /^HTTP\/1\.1 200/, 'the pinned connection serves requests');
+    const closed = once(sock, 'close');
+    // With renegotiation allowed the client could now present another certificate on a connection
+    // whose identity has been verified (and cached) already.
+    sock.renegotiate({ rejectUnauthorized: false }, () => {});
+    const outcome = await Promise.race([
+      closed.then(() => 'closed'),
+      new Promise((r) => setTimeout(r, 5000, 'still open')),
+    ]);
+    assert.equal(outcome, 'closed');
+    assert.ok(sock.destroyed);
+  } finally {
+    sock.destroy();
+    await server.close();
+  }
+});

@@ -21,6 +21,25 @@ export interface VerifyPeerOptions {
 const verified = new WeakMap<TLSSocket, SpiffeId>();
 
 /**
+ * Makes the peer certificate of a server-side TLS connection fixed for the rest of the connection,
+ * so that an identity verified once per connection (as {@link peerSpiffeId} and the Taskpass
+ * broker and verifier cache it) stays the identity of every later request on it.
+ *
+ * With TLS 1.2 a client may renegotiate mid-connection and present another certificate (TLS 1.3
+ * has no renegotiation, and Node never requests post-handshake authentication). Node limits but
+ * allows client-initiated renegotiation by default; after `disableRenegotiation()` an attempt fails
+ * with ERR_TLS_RENEGOTIATION_DISABLED, and the connection is destroyed here rather than left to
+ * whatever the server does with socket errors. Call it on every 'secureConnection';
+ * {@link mtlsServerOptions}' `attach` does.
+ */
+export function pinPeerCertificate(socket: TLSSocket): void {
+  socket.disableRenegotiation();
+  socket.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'ERR_TLS_RENEGOTIATION_DISABLED') socket.destroy();
+  });
+}
+
+/**
  * Turns the detailed peer certificate Node hands to `checkServerIdentity` (or
  * `socket.getPeerCertificate(true)`) into a chain, leaf first. Node appends the trust anchor it
  * found in the `ca` list; self-signed certificates after the leaf are dropped, since an anchor in

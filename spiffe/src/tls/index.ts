@@ -5,6 +5,7 @@ export {
   type Authorizer,
   chainFromPeerCertificate,
   peerSpiffeId,
+  pinPeerCertificate,
   type VerifyPeerOptions,
   verifyPeerChain,
   x5tS256,

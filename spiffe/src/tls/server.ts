@@ -5,7 +5,7 @@ import type { X509Bundle, X509BundleSource } from '../bundle/index.ts';
 import { SpiffeError } from '../errors.ts';
 import { type SpiffeId, TrustDomain } from '../id.ts';
 import type { X509SvidSource } from '../svid/index.ts';
-import { type Authorizer, peerSpiffeId, type VerifyPeerOptions } from './authorize.ts';
+import { type Authorizer, peerSpiffeId, pinPeerCertificate, type VerifyPeerOptions } from './authorize.ts';
 
 /**
  * What the TLS helpers need: the current SVID and bundles, and (for live sources such as
@@ -140,6 +140,8 @@ export function mtlsServerOptions(
         }
       };
       const onSecureConnection = (socket: TLSSocket) => {
+        // The identity verified now is cached for the connection: the certificate must not change.
+        pinPeerCertificate(socket);
         try {
           verify(socket);
         } catch (e) {
