@@ -248,6 +248,10 @@ describe('PolicySet.decide', () => {
       'refunds',
     );
     denied(call({ ...refund, agent: FAMILY, user: lead }), 'TASKPASS_DENIED_TOOL', 'support');
+    // The reason also names every other template that covered the agent, so the denial does not
+    // read as if one unrelated template were the whole story.
+    const d = call(refund);
+    assert.ok(!d.allow && /\(also considered: [^)]*\bsupport\b/.test(d.reason), !d.allow ? d.reason : '');
   });
   test('delegation optional: with or without a user, user conditions apply when there is one', () => {
     const kb = {

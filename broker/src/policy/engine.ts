@@ -212,8 +212,10 @@ export class PolicySet implements PolicyPort {
     const resource = input.resource.split('/');
     const ctx: PatternContext = { user: input.user, agent: input.agent };
     let best: { verdict: Verdict; rank: number; template: CompiledTemplate } | undefined;
+    const considered: string[] = [];
     for (const t of this.compiled) {
       if (!agent || !t.agents.some((p) => p.matchSegments(agent))) continue;
+      considered.push(t.def.id);
       const v = this.evaluate(t, resource, ctx, input, history);
       if (!v.principal && !v.call) {
         return {
@@ -235,7 +237,10 @@ export class PolicySet implements PolicyPort {
       };
     }
     const f = (best.verdict.principal ?? best.verdict.call)!;
-    return { allow: false, code: STAGES[f.stage]!, reason: f.reason, template: best.template.def.id };
+    // The closest template explains the denial; when several cover the agent, say which were weighed.
+    const others = considered.filter((id) => id !== best.template.def.id);
+    const reason = others.length ? `${f.reason} (also considered: ${others.join(', ')})` : f.reason;
+    return { allow: false, code: STAGES[f.stage]!, reason, template: best.template.def.id };
   }
 
   /** May this agent open a task, for this user (or autonomously when user is undefined)? */
