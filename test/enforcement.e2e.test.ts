@@ -7,11 +7,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { BrokerClient, type Task, TaskpassDeniedError } from '@taskpass/agent-plugin';
-import { createMtlsAgent, matchId, pickByHint, type TlsSource, X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, type TlsSource, type X509Source } from '@taskpass/spiffe';
 import type { Agent } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';
 import { assertAccepted, assertRefused, rawToolCall } from './support/mcp-raw.ts';
+import { registerWorkload, sourceByHint } from './support/workloads.ts';
 import { pollUntil } from './support/poll.ts';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 
@@ -38,21 +39,14 @@ describe('enforcement at the MCP server (real SPIRE, HTTPS with mTLS)', () => {
 
   before(async () => {
     stack = await startStack({ brokerLogLevel: 'warn', feedHeartbeatMs: HEARTBEAT_MS });
-    await stack.spire.createEntry({
+
+    agentSource = await sourceByHint(stack, stack.hints.agent);
+    cleanups.push(() => agentSource.close());
+    otherSource = await registerWorkload(stack, {
       spiffeId: OTHER_AGENT_ID,
       hint: 'other-agent',
       entryId: 'taskpass-4-other',
     });
-    await stack.spire.waitForIdentity(OTHER_AGENT_ID);
-
-    const sourceFor = (hint: string) =>
-      X509Source.create({
-        address: stack.spire.address,
-        picker: pickByHint(hint),
-      });
-    agentSource = await sourceFor(stack.hints.agent);
-    cleanups.push(() => agentSource.close());
-    otherSource = await sourceFor('other-agent');
     cleanups.push(() => otherSource.close());
     asAgent = createMtlsAgent(agentSource as TlsSource, matchId(stack.ids.tickets));
     cleanups.push(() => asAgent.close());

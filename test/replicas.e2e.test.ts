@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { BrokerClient, BrokerError, TaskpassDeniedError } from '@taskpass/agent-plugin';
 import { type BrokerConfig, type RunningBroker, startBroker } from '@taskpass/broker';
-import { createMtlsAgent, matchId, pickByHint, type TlsSource, X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, type TlsSource, type X509Source } from '@taskpass/spiffe';
 import { RedisReplayCache } from '@taskpass/verifier';
 import { Redis } from 'ioredis';
 import { createLocalJWKSet, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from 'jose';
@@ -23,6 +23,7 @@ import { RedisStore } from '../broker/src/store/redis.ts';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';
 import { assertAccepted, assertRefused, rawToolCall } from './support/mcp-raw.ts';
+import { registerWorkload, sourceByHint } from './support/workloads.ts';
 import { pollUntil, sleep } from './support/poll.ts';
 
 const REDIS_URL = 'redis://127.0.0.1:6379';
@@ -124,20 +125,13 @@ describe('two broker replicas on one Redis store (real SPIRE)', () => {
       redis: { url: REDIS_URL, keyPrefix: newPrefix('shared') },
     });
     config = stack.brokerConfig;
-    await stack.spire.createEntry({
+    agentSource = await sourceByHint(stack, stack.hints.agent);
+    cleanups.push(() => agentSource.close());
+    otherSource = await registerWorkload(stack, {
       spiffeId: OTHER_AGENT_ID,
       hint: 'other-agent',
       entryId: 'taskpass-4-other',
     });
-    await stack.spire.waitForIdentity(OTHER_AGENT_ID);
-    const sourceFor = (hint: string) =>
-      X509Source.create({
-        address: stack.spire.address,
-        picker: pickByHint(hint),
-      });
-    agentSource = await sourceFor(stack.hints.agent);
-    cleanups.push(() => agentSource.close());
-    otherSource = await sourceFor('other-agent');
     cleanups.push(() => otherSource.close());
     asAgent = createMtlsAgent(agentSource as TlsSource, matchId(stack.ids.tickets));
     cleanups.push(() => asAgent.close());

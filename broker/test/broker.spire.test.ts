@@ -26,6 +26,7 @@ import { TestCa } from '@taskpass/spiffe/testing';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, type JWTPayload, jwtVerify } from 'jose';
 import pino from 'pino';
 import { type Dispatcher, request } from 'undici';
+import { type JsonResponse, jsonRequest } from '../../test/support/http.ts';
 import { type Idp, startIdp } from '../../examples/idp/idp.ts';
 import { runAs, type SpireHarness, startSpire } from '../../test/support/spire.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
@@ -58,26 +59,16 @@ let completedTask: string | undefined;
 const logger = pino({ level: process.env.TASKPASS_TEST_LOG ?? 'silent' });
 const byHint = pickByHint;
 
-interface Res {
-  status: number;
-  body: Record<string, unknown>;
-}
+type Res = JsonResponse;
 
-async function call(
+function call(
   dispatcher: Dispatcher,
   method: 'GET' | 'POST',
   path: string,
   body?: unknown,
   headers: Record<string, string> = {},
 ): Promise<Res> {
-  const res = await request(`${broker.url}${path}`, {
-    method,
-    dispatcher,
-    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await res.body.text();
-  return { status: res.statusCode, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+  return jsonRequest(`${broker.url}${path}`, dispatcher, method, body, headers);
 }
 
 const userToken = (groups = ['support']) =>

@@ -29,7 +29,8 @@ import {
 import { TestCa } from '@taskpass/spiffe/testing';
 import { createLocalJWKSet, type JWTPayload, jwtVerify } from 'jose';
 import pino from 'pino';
-import { type Dispatcher, request } from 'undici';
+import type { Dispatcher } from 'undici';
+import { type JsonResponse, jsonRequest } from '../../test/support/http.ts';
 import { type SpireHarness, startSpire } from '../../test/support/spire.ts';
 import { parseConfig } from '../src/config.ts';
 import { type RunningBroker, startBroker } from '../src/server.ts';
@@ -69,12 +70,9 @@ const dispatchers: Dispatcher[] = [];
 
 const logger = pino({ level: process.env.TASKPASS_TEST_LOG ?? 'silent' });
 
-interface Res {
-  status: number;
-  body: Record<string, unknown>;
-}
+type Res = JsonResponse;
 
-async function call(
+function call(
   broker: RunningBroker,
   dispatcher: Dispatcher,
   method: 'GET' | 'POST',
@@ -82,14 +80,7 @@ async function call(
   body?: unknown,
   headers: Record<string, string> = {},
 ): Promise<Res> {
-  const res = await request(`${broker.url}${path}`, {
-    method,
-    dispatcher,
-    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await res.body.text();
-  return { status: res.statusCode, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+  return jsonRequest(`${broker.url}${path}`, dispatcher, method, body, headers);
 }
 
 const openTask = (broker: RunningBroker, d: Dispatcher, headers: Record<string, string> = {}) =>
