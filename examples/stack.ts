@@ -29,6 +29,8 @@ const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 export const BROKER_ISSUER = 'https://broker.taskpass.local:8443';
 export const TRUST_DOMAIN = 'taskpass.local';
+/** The broker's administrator (the `admin` service of docker-compose.yml); no entry unless registered. */
+export const ADMIN_ID = 'spiffe://taskpass.local/ops/admin';
 
 /** The delegating user of the scenario. */
 export interface DemoUser {
@@ -176,6 +178,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         workloadApi: { address: spire.address, hint: hints.broker },
         trustDomain: TRUST_DOMAIN,
         agents: { ids: ['spiffe://taskpass.local/agents/**'] },
+        admins: [ADMIN_ID],
         users: {
           trustedIssuers: [
             { issuer: idp.issuer, audience: BROKER_ISSUER, jwksUri: idp.jwksUri, algorithms: ['ES256'] },

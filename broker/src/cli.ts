@@ -17,6 +17,8 @@ export interface CliIo {
   out: (s: string) => void;
   err: (s: string) => void;
   env: NodeJS.ProcessEnv;
+  /** How to reach the broker over mTLS (from flags and environment; set by runCli). */
+  conn?: { hint?: string | undefined; brokerId?: string | undefined };
 }
 
 const USAGE = `usage:
@@ -27,7 +29,11 @@ const USAGE = `usage:
   taskpass tasks revoke <task-id> [--broker <url>] [--reason <text>]
   taskpass token decode <jwt>
   taskpass token explain <jwt> [--broker <url>]
-Environment: TASKPASS_CONFIG, TASKPASS_BROKER_URL, SPIFFE_ENDPOINT_SOCKET, TASKPASS_JWT_SVID (http brokers).`;
+Broker calls over https authenticate both sides by SPIFFE ID: this process presents its X.509-SVID
+from the Workload API (--hint picks the entry by hint) and accepts only the broker's SPIFFE ID
+(--broker-id, default spiffe://<own trust domain>/broker).
+Environment: TASKPASS_CONFIG, TASKPASS_BROKER_URL, TASKPASS_BROKER_ID, TASKPASS_SVID_HINT,
+SPIFFE_ENDPOINT_SOCKET, TASKPASS_JWT_SVID (http brokers).`;
 
 class UsageError extends Error {}
 
@@ -47,22 +53,22 @@ async function call(
   const headers: Record<string, string> = body ? { 'content-type': body.type } : {};
   let tlsOpts: Record<string, unknown> = {};
   let close: (() => Promise<void>) | undefined;
-  if (u.protocol === 'https:' && auth === 'mtls') {
-    const { X509Source } = await import('@taskpass/spiffe');
-    const source = await X509Source.create({});
+  // Over https the broker is always authenticated by SPIFFE ID (public routes such as the JWKS
+  // included: a JWKS from an impostor would make `token explain` vouch for forged tokens).
+  if (u.protocol === 'https:') {
+    const { X509Source, matchId, mtlsClientOptions, pickByHint } = await import('@taskpass/spiffe');
+    const hint = io.conn?.hint;
+    const address = io.env.SPIFFE_ENDPOINT_SOCKET;
+    const source = await X509Source.create({
+      ...(address ? { address } : {}),
+      ...(hint ? { picker: pickByHint(hint) } : {}),
+      timeoutMs: 15_000,
+    });
     close = () => source.close();
-    const svid = source.getX509Svid();
-    // The broker's certificate is checked against our trust bundle; the hostname is not what SPIFFE
-    // authenticates, so only the chain is verified here.
-    const ca: string[] = [];
-    const b = source.getX509BundleForTrustDomain(svid.id.trustDomain);
-    for (const a of b?.authorities ?? []) ca.push(a.toString());
-    tlsOpts = {
-      key: svid.privateKeyPem(),
-      cert: svid.certChainPem(),
-      ca,
-      checkServerIdentity: () => undefined,
-    };
+    // The broker is authenticated by its SPIFFE ID (validated against its own trust domain's
+    // bundle), not by host name: a certificate from any other workload of the domain is refused.
+    const brokerId = io.conn?.brokerId ?? `spiffe://${source.getX509Svid().id.trustDomain.name}/broker`;
+    tlsOpts = { ...mtlsClientOptions(source, matchId(brokerId)) };
   }
   if (u.protocol === 'http:' && auth === 'mtls' && io.env.TASKPASS_JWT_SVID) {
     // A tls:none broker cannot see a client certificate: authenticate with a JWT-SVID instead.
@@ -142,6 +148,8 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
       options: {
         config: { type: 'string', short: 'c' },
         broker: { type: 'string' },
+        'broker-id': { type: 'string' },
+        hint: { type: 'string' },
         status: { type: 'string' },
         agent: { type: 'string' },
         reason: { type: 'string' },
@@ -150,6 +158,13 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
       },
     });
     const [cmd, sub, arg] = positionals;
+    io = {
+      ...io,
+      conn: {
+        hint: values.hint ?? io.env.TASKPASS_SVID_HINT,
+        brokerId: values['broker-id'] ?? io.env.TASKPASS_BROKER_ID,
+      },
+    };
     if (values.help || !cmd) {
       io.out(USAGE);
       return values.help ? 0 : 2;
