@@ -29,6 +29,18 @@ export const SPIFFE_ERROR_CODES = {
 
 export type SpiffeErrorCode = keyof typeof SPIFFE_ERROR_CODES;
 
+/**
+ * The error this package throws; `code` is one of {@link SPIFFE_ERROR_CODES}.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   SpiffeId.parse('https://example.org/web');
+ * } catch (e) {
+ *   if (e instanceof SpiffeError) e.code; // 'ERR_SPIFFE_INVALID_ID'
+ * }
+ * ```
+ */
 export class SpiffeError extends Error {
   readonly code: SpiffeErrorCode;
   constructor(code: SpiffeErrorCode, message: string, options?: { cause?: unknown }) {
@@ -38,6 +50,17 @@ export class SpiffeError extends Error {
   }
 }
 
+/**
+ * True when `e` is a {@link SpiffeError}, and, when `code` is given, one with that code.
+ *
+ * @example
+ * ```ts
+ * const source = await X509Source.create({ timeoutMs: 10_000 }).catch((e: unknown) => {
+ *   if (isSpiffeError(e, 'ERR_SPIFFE_TIMEOUT')) console.error('no SVID yet: is this workload registered?');
+ *   throw e;
+ * });
+ * ```
+ */
 export function isSpiffeError(e: unknown, code?: SpiffeErrorCode): e is SpiffeError {
   return e instanceof SpiffeError && (code === undefined || e.code === code);
 }

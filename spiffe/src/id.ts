@@ -265,6 +265,11 @@ export type Matcher = (id: SpiffeId) => boolean;
 /**
  * Matches every SPIFFE ID. Only for peers whose chain was already verified against their own
  * trust domain's bundle; it authorizes any workload of any trusted domain.
+ *
+ * @example
+ * ```ts
+ * const mtls = mtlsServerOptions(source, matchAny()); // every workload of every trusted domain
+ * ```
  */
 export function matchAny(): Matcher {
   return () => true;

@@ -68,7 +68,14 @@ export type FakeValidateHandler = (req: {
   | { spiffeId: string; claims: Record<string, unknown> }
   | Promise<{ spiffeId: string; claims: Record<string, unknown> }>;
 
-/** A gRPC status a handler can throw to fail its call (see {@link fakeStatus}). */
+/**
+ * A gRPC status a handler can throw to fail its call (see {@link fakeStatus}).
+ *
+ * @example
+ * ```ts
+ * fake.setValidateHandler(() => { throw new FakeStatusError(grpc.status.PERMISSION_DENIED, 'no identity'); });
+ * ```
+ */
 export class FakeStatusError extends Error {
   readonly code: number;
   constructor(code: number, details: string) {

@@ -31,6 +31,12 @@ const verified = new WeakMap<TLSSocket, SpiffeId>();
  * with ERR_TLS_RENEGOTIATION_DISABLED, and the connection is destroyed here rather than left to
  * whatever the server does with socket errors. Call it on every 'secureConnection';
  * {@link mtlsServerOptions}' `attach` does.
+ *
+ * @example
+ * ```ts
+ * const server = tls.createServer(options);
+ * server.on('secureConnection', pinPeerCertificate);
+ * ```
  */
 export function pinPeerCertificate(socket: TLSSocket): void {
   socket.disableRenegotiation();
@@ -44,6 +50,12 @@ export function pinPeerCertificate(socket: TLSSocket): void {
  * `socket.getPeerCertificate(true)`) into a chain, leaf first. Node appends the trust anchor it
  * found in the `ca` list; self-signed certificates after the leaf are dropped, since an anchor in
  * the chain proves nothing and the verification below brings its own, per trust domain.
+ *
+ * @example
+ * ```ts
+ * const chain = chainFromPeerCertificate(socket.getPeerCertificate(true));
+ * chain[0]; // the peer's leaf certificate (X509Certificate)
+ * ```
  */
 export function chainFromPeerCertificate(peer: PeerCertificate | undefined): X509Certificate[] {
   const chain: X509Certificate[] = [];
@@ -69,6 +81,12 @@ export function chainFromPeerCertificate(peer: PeerCertificate | undefined): X50
  * @throws SpiffeError `ERR_SPIFFE_X509_VERIFY_FAILED` / `ERR_SPIFFE_NO_BUNDLE` /
  *   `ERR_SPIFFE_INVALID_X509_SVID` when the chain is not a valid SVID of a trusted domain, and
  *   `ERR_SPIFFE_UNAUTHORIZED` when it is valid but the authorizer refuses its ID.
+ *
+ * @example
+ * ```ts
+ * const chain = chainFromPeerCertificate(socket.getPeerCertificate(true));
+ * const id = verifyPeerChain(chain, source, matchMemberOf('taskpass.local'));
+ * ```
  */
 export function verifyPeerChain(
   chain: readonly X509Certificate[],
@@ -126,6 +144,12 @@ export function peerSpiffeId(
 /**
  * RFC 8705 certificate thumbprint: base64url(SHA-256(DER of the certificate)), the value of a
  * token's `cnf["x5t#S256"]` for the client's leaf X.509-SVID.
+ *
+ * @example
+ * ```ts
+ * const leaf = source.getX509Svid().certificates[0]!;
+ * const cnf = { 'x5t#S256': x5tS256(leaf) }; // same as x5tS256(leaf.raw)
+ * ```
  */
 export function x5tS256(cert: X509Certificate | Uint8Array): string {
   const der = cert instanceof X509Certificate ? cert.raw : cert;

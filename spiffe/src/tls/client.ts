@@ -23,6 +23,16 @@ export interface TlsClientHelperOptions extends TlsHelperOptions, VerifyPeerOpti
  * A `checkServerIdentity` that ignores the hostname and instead verifies the server's chain against
  * the bundle of its own trust domain and applies `authorize`. Returns the error (a `SpiffeError`)
  * instead of throwing, as Node expects.
+ *
+ * @example
+ * ```ts
+ * const socket = tls.connect({
+ *   host: '127.0.0.1',
+ *   port,
+ *   ca: trustedAuthorities(bundles),
+ *   checkServerIdentity: spiffeCheckServerIdentity(bundles, matchId('spiffe://taskpass.local/broker')),
+ * });
+ * ```
  */
 export function spiffeCheckServerIdentity(
   bundles: X509BundleSource,
@@ -64,6 +74,12 @@ export function mtlsClientOptions(
 /**
  * Options for a client that authenticates the server by SPIFFE ID but presents no certificate
  * (server-auth-only TLS). `bundles` must be able to list its bundles, or pass `trustDomains`.
+ *
+ * @example
+ * ```ts
+ * const bundles = new X509BundleSet([X509Bundle.fromPem(TrustDomain.parse('taskpass.local'), pem)]);
+ * const socket = tls.connect({ host: '127.0.0.1', port, ...tlsClientOptions(bundles, matchId('spiffe://taskpass.local/broker')) });
+ * ```
  */
 export function tlsClientOptions(
   bundles: X509BundleSource,
@@ -116,7 +132,16 @@ export function createMtlsAgent(source: TlsSource, authorize: Authorizer, opts: 
   return agentFor(() => mtlsClientOptions(source, authorize, opts), opts);
 }
 
-/** An undici `Agent` for server-auth-only TLS with the server authenticated by SPIFFE ID. */
+/**
+ * An undici `Agent` for server-auth-only TLS with the server authenticated by SPIFFE ID.
+ *
+ * @example
+ * ```ts
+ * import { request } from 'undici';
+ * const dispatcher = createTlsAgent(bundles, matchId('spiffe://taskpass.local/broker'));
+ * const { statusCode } = await request('https://127.0.0.1:8443/healthz', { dispatcher });
+ * ```
+ */
 export function createTlsAgent(
   bundles: X509BundleSource,
   authorize: Authorizer,

@@ -65,7 +65,16 @@ function isBundle(x: unknown): x is X509Bundle {
   return Array.isArray(b.authorities) && b.trustDomain !== undefined;
 }
 
-/** The authorities that go into the handshake `ca` list. */
+/**
+ * The authorities that go into the handshake `ca` list, as PEM strings.
+ *
+ * @example
+ * ```ts
+ * const ca = trustedAuthorities(source, { trustDomains: ['taskpass.local', 'partner.example'] });
+ * ```
+ * @throws SpiffeError `ERR_SPIFFE_NO_BUNDLE` when the source cannot list its bundles and no
+ *   `trustDomains` are given.
+ */
 export function trustedAuthorities(
   source: X509BundleSource & Partial<X509SvidSource>,
   opts: TlsHelperOptions = {},
@@ -95,7 +104,14 @@ export function trustedAuthorities(
   return [...pems];
 }
 
-/** Key, chain and trusted CAs from the source's current state. */
+/**
+ * Key, chain and trusted CAs from the source's current state.
+ *
+ * @example
+ * ```ts
+ * source.on('update', () => server.setSecureContext(currentSecureContextOptions(source)));
+ * ```
+ */
 export function currentSecureContextOptions(
   source: TlsSource,
   opts: TlsHelperOptions = {},
