@@ -107,6 +107,13 @@ export interface CompleteResult {
 /**
  * A call or session token from the broker. The token itself is a getter over a private field, so
  * `JSON.stringify`, spreading and `console.log` never show it.
+ *
+ * @example
+ * ```ts
+ * const t = await task.token({ audience: 'https://tickets.taskpass.local/mcp', tool: 'get_ticket', resource: 'tickets/T-42', action: 'read' });
+ * headers.set('authorization', `Bearer ${t.accessToken}`);
+ * JSON.stringify(t); // jti, expiresAt, template …, but no access token
+ * ```
  */
 export class IssuedToken {
   readonly #accessToken: string;

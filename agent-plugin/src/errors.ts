@@ -61,6 +61,16 @@ export interface BrokerErrorBody {
 /**
  * A broker error answer other than a 403 denial: `code` is the broker's (`TASKPASS_TASK_NOT_FOUND`,
  * `TASKPASS_UNAUTHENTICATED`, `TASKPASS_RATE_LIMITED` …; see docs/errors.md, Broker section).
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await broker.openTask({ purpose: 'triage T-42', userToken });
+ * } catch (e) {
+ *   if (e instanceof BrokerError && e.code === 'TASKPASS_RATE_LIMITED') await retryLater();
+ *   else throw e;
+ * }
+ * ```
  */
 export class BrokerError extends Error {
   override readonly name: string = 'BrokerError';
@@ -114,6 +124,16 @@ export class TaskpassDeniedError extends BrokerError {
 /**
  * True for a {@link TaskpassDeniedError}, also one from another copy of this package (checks the
  * shape, not only the prototype).
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await mcp.callTool({ name: 'close_ticket', arguments: { ticket_id: 'T-1' } });
+ * } catch (e) {
+ *   if (isTaskpassDenial(e)) console.warn(`denied (${e.code}): ${e.reason}`);
+ *   else throw e;
+ * }
+ * ```
  */
 export function isTaskpassDenial(e: unknown): e is TaskpassDeniedError {
   if (e instanceof TaskpassDeniedError) return true;

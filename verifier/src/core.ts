@@ -285,7 +285,15 @@ function fail(code: VerifierErrorCode, message: string, cause?: unknown): never 
   throw new VerifierError(code, message, cause === undefined ? undefined : { cause });
 }
 
-/** base64url(SHA-256(DER)) of a certificate (RFC 8705 `x5t#S256`). */
+/**
+ * base64url(SHA-256(DER)) of a certificate (RFC 8705 `x5t#S256`).
+ *
+ * @example
+ * ```ts
+ * const x5t = certificateThumbprint((req.socket as TLSSocket).getPeerCertificate().raw);
+ * // equals the token's cnf['x5t#S256'] when the token is bound to this client certificate
+ * ```
+ */
 export function certificateThumbprint(cert: Uint8Array | X509Certificate): string {
   const der = cert instanceof Uint8Array ? cert : cert.raw;
   return createHash('sha256').update(der).digest('base64url');

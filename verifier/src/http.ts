@@ -22,7 +22,19 @@ export type TaskpassRequest = IncomingMessage & { body?: unknown; auth?: AuthInf
 // A TLS connection's peer certificate does not change, so hash it once per socket, not per request.
 const thumbprints = new WeakMap<object, { x5tS256: string } | null>();
 
-/** The client certificate of an mTLS connection (its x5t#S256), or undefined on plain HTTP/TLS. */
+/**
+ * The client certificate of an mTLS connection (its x5t#S256), or undefined on plain HTTP/TLS.
+ *
+ * @example
+ * ```ts
+ * const auth = await authorizeMcpRequest(verifier, {
+ *   method: 'POST',
+ *   headers: req.headers,
+ *   body,
+ *   clientCertificate: clientCertificateOf(req),
+ * });
+ * ```
+ */
 export function clientCertificateOf(req: IncomingMessage): ClientCertificate | undefined {
   const socket = req.socket as Partial<TLSSocket> | undefined;
   if (socket?.encrypted !== true || typeof socket.getPeerCertificate !== 'function') return undefined;
@@ -52,7 +64,18 @@ async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
   }
 }
 
-/** Writes a refusal on a node:http response. */
+/**
+ * Writes a refusal on a node:http response.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   req.auth = await authorizeMcpRequest(verifier, { method: 'POST', headers: req.headers, body });
+ * } catch (e) {
+ *   return sendRefusal(res, refusal(e, resourceMetadataUrl, body));
+ * }
+ * ```
+ */
 export function sendRefusal(res: ServerResponse, r: HttpRefusal): void {
   res.writeHead(r.status, r.headers).end(JSON.stringify(r.body));
 }

@@ -50,13 +50,26 @@ export function protectedResourceMetadata(o: PrmOptions): ProtectedResourceMetad
 /**
  * The well-known path for a resource (RFC 9728 §3.1: inserted between host and path):
  * `https://x/mcp` → `/.well-known/oauth-protected-resource/mcp`; `https://x` → `/.well-known/oauth-protected-resource`.
+ *
+ * @example
+ * ```ts
+ * protectedResourceMetadataPath('https://tickets.taskpass.local/mcp'); // '/.well-known/oauth-protected-resource/mcp'
+ * ```
  */
 export function protectedResourceMetadataPath(resource: string): string {
   const path = new URL(resource).pathname.replace(/\/+$/, '');
   return `/.well-known/oauth-protected-resource${path}`;
 }
 
-/** The absolute metadata URL for a resource (the `resource_metadata` of challenges). */
+/**
+ * The absolute metadata URL for a resource (the `resource_metadata` of challenges).
+ *
+ * @example
+ * ```ts
+ * protectedResourceMetadataUrl('https://tickets.taskpass.local/mcp');
+ * // 'https://tickets.taskpass.local/.well-known/oauth-protected-resource/mcp'
+ * ```
+ */
 export function protectedResourceMetadataUrl(resource: string): string {
   const u = new URL(resource);
   return `${u.origin}${protectedResourceMetadataPath(resource)}`;

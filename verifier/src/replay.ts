@@ -46,7 +46,17 @@ export class RedisReplayCache implements ReplayCache {
   }
 }
 
-/** Thrown (as a plain signal) when the in-memory cache is full of live entries. */
+/**
+ * Thrown (as a plain signal) when the in-memory cache is full of live entries. The verifier turns
+ * it into a 503 `TASKPASS_VERIFY_REPLAY_CACHE_FULL`.
+ *
+ * @example
+ * ```ts
+ * const cache = new MemoryReplayCache({ maxEntries: 1 });
+ * cache.markUsed('jti-1', Math.floor(Date.now() / 1000) + 60); // true
+ * cache.markUsed('jti-2', Math.floor(Date.now() / 1000) + 60); // throws ReplayCacheFullError
+ * ```
+ */
 export class ReplayCacheFullError extends Error {
   override readonly name = 'ReplayCacheFullError';
 }

@@ -42,7 +42,15 @@ function header(h: McpHttpRequest['headers'], name: string): string | undefined 
   return Array.isArray(v) ? v.join(', ') : v;
 }
 
-/** The Bearer token of an Authorization header, or undefined (other schemes count as absent). */
+/**
+ * The Bearer token of an Authorization header, or undefined (other schemes count as absent).
+ *
+ * @example
+ * ```ts
+ * bearerToken('Bearer eyJhbGciOi…'); // 'eyJhbGciOi…'
+ * bearerToken('Basic dXNlcjpwYXNz'); // undefined
+ * ```
+ */
 export function bearerToken(authorization: string | undefined): string | undefined {
   if (!authorization) return undefined;
   const sp = authorization.indexOf(' ');
@@ -162,6 +170,16 @@ function quote(s: string): string {
 /**
  * The RFC 6750 challenge for a refusal:
  * `Bearer error="invalid_token", error_description="…", resource_metadata="…"`.
+ *
+ * @example
+ * ```ts
+ * wwwAuthenticate(
+ *   new VerifierError('TASKPASS_VERIFY_EXPIRED', 'the token has expired'),
+ *   'https://tickets.taskpass.local/.well-known/oauth-protected-resource/mcp',
+ * );
+ * // 'Bearer error="invalid_token", error_description="the token has expired",
+ * //  resource_metadata="https://tickets.taskpass.local/.well-known/oauth-protected-resource/mcp"'
+ * ```
  */
 export function wwwAuthenticate(err: VerifierError, resourceMetadataUrl: string | undefined): string {
   const parts: string[] = [];
@@ -175,6 +193,16 @@ export function wwwAuthenticate(err: VerifierError, resourceMetadataUrl: string 
  * Turns any error thrown by {@link authorizeMcpRequest} into the HTTP answer: 401/403 with
  * `WWW-Authenticate` and `{ code, message }`; 400 with a JSON-RPC error (`data.code` is ours);
  * 503 with `Retry-After`; anything unexpected becomes a bare 500.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   auth = await authorizeMcpRequest(verifier, { method: 'POST', headers, body });
+ * } catch (e) {
+ *   const r = refusal(e, protectedResourceMetadataUrl(verifier.audience), body);
+ *   return new Response(JSON.stringify(r.body), { status: r.status, headers: r.headers });
+ * }
+ * ```
  */
 export function refusal(err: unknown, resourceMetadataUrl: string | undefined, body?: unknown): HttpRefusal {
   const e =

@@ -16,7 +16,16 @@ export type ToolArgs = Record<string, unknown>;
 /** Derives a resource from call arguments (compiled template or user function). */
 export type ResourceDeriver = (args: ToolArgs) => string;
 
-/** True when `r` is a valid resource: grammar, length, no `.`/`..` segments. */
+/**
+ * True when `r` is a valid resource: grammar, length, no `.`/`..` segments.
+ *
+ * @example
+ * ```ts
+ * isValidResource('tickets/T-42');     // true
+ * isValidResource('tickets/../admin'); // false
+ * isValidResource('tickets/*');        // false
+ * ```
+ */
 export function isValidResource(r: string): boolean {
   if (r.length > MAX_RESOURCE || !RESOURCE_RE.test(r)) return false;
   for (const s of r.split('/')) if (s === '.' || s === '..') return false;
@@ -91,7 +100,16 @@ export function compileResourceTemplate(template: string): ResourceDeriver {
   };
 }
 
-/** Wraps a user function so that its result is checked like a template's. */
+/**
+ * Wraps a user function so that its result is checked like a template's.
+ *
+ * @example
+ * ```ts
+ * const derive = checkedDeriver((args) => `repos/${args.owner}/${args.repo}`);
+ * derive({ owner: 'acme', repo: 'api' }); // 'repos/acme/api'
+ * derive({ owner: '..', repo: 'api' });   // throws VerifierError TASKPASS_VERIFY_RESOURCE_UNDERIVABLE
+ * ```
+ */
 export function checkedDeriver(fn: (args: ToolArgs) => string): ResourceDeriver {
   return (args) => {
     let r: unknown;
