@@ -124,8 +124,9 @@ function agentFor(current: () => ConnectionOptions, opts: TlsAgentOptions): Agen
  *
  * @example
  * ```ts
+ * import { request } from 'undici';
  * const dispatcher = createMtlsAgent(source, matchId('spiffe://taskpass.local/broker'));
- * const res = await fetch('https://127.0.0.1:8443/v1/tasks', { dispatcher, method: 'POST', body });
+ * const res = await request('https://127.0.0.1:8443/v1/tasks', { dispatcher, method: 'POST', body });
  * ```
  */
 export function createMtlsAgent(source: TlsSource, authorize: Authorizer, opts: TlsAgentOptions = {}): Agent {
