@@ -243,6 +243,21 @@ describe('two broker replicas on one Redis store (real SPIRE)', () => {
     await task.complete();
   });
 
+  test('3c. max_calls_per_task holds under concurrency: 12 simultaneous requests on both replicas get exactly 3 tokens', async () => {
+    const task = await openTask(viaA, 'close T-1001, concurrently');
+    // Warm connections first (reads have no cap), so the writes arrive together instead of being
+    // spread out by TLS handshakes.
+    await Promise.all(Array.from({ length: 12 }, (_, i) => read(i % 2 ? viaA : viaB, task.id, 'T-1001')));
+    const results = await Promise.allSettled(
+      Array.from({ length: 12 }, (_, i) => write(i % 2 ? viaA : viaB, task.id, 'close_ticket', 'T-1001')),
+    );
+    const granted = results.filter((r) => r.status === 'fulfilled');
+    const refused = results.filter((r) => r.status === 'rejected');
+    assert.equal(granted.length, 3, 'the cap of tickets-support-write');
+    for (const r of refused) assert.ok(isDenied('TASKPASS_DENIED_CALL_LIMIT')(r.reason), String(r.reason));
+    await task.complete();
+  });
+
   test('3b. single use: the broker’s consume is shared by the replicas; MCP server replicas share a RedisReplayCache', async () => {
     const task = await openTask(viaB, 'comment on T-1002 (single use)');
     await read(viaB, task.id, 'T-1002');

@@ -44,6 +44,9 @@ export function checkResource(resource: string): void {
  * that asks for more than its `historyQueries` named fails the request instead of deciding on
  * missing facts.
  */
+/** Decisions retried when a concurrent one recorded a call of the same capped tool first. */
+const MAX_CAS_ATTEMPTS = 5;
+
 export async function loadHistory(store: Store, taskId: string, q: HistoryQueries): Promise<TaskHistory> {
   const priorKey = (tool: string, resource: string | undefined) => JSON.stringify([tool, resource ?? null]);
   const [counts, prior] = await Promise.all([
@@ -206,24 +209,11 @@ export class TaskService {
     const started = performance.now();
     checkResource(req.resource);
     const policy = this.d.policies.current();
-    const history = await loadHistory(
-      this.d.store,
-      task.id,
-      policy.historyQueries({
-        audience: req.audience,
-        tool: req.tool,
-        action: req.action,
-        resource: req.resource,
-      }),
-    );
-    const decision = policy.decide({
-      agent: agent.id,
-      user: taskUser(task),
+    const queries = policy.historyQueries({
       audience: req.audience,
       tool: req.tool,
       action: req.action,
       resource: req.resource,
-      history,
     });
     const base = {
       agent: agent.id,
@@ -234,80 +224,112 @@ export class TaskService {
       action: req.action,
       audience: req.audience,
     };
-    if (!decision.allow) {
-      this.d.metrics.decisions.inc({ result: 'deny', reason: decision.code });
-      this.d.audit.record({
-        event: 'token.denied',
-        ...base,
-        template: decision.template,
-        code: decision.code,
-        reason: decision.reason,
+    // A cap (max_calls_per_task) is decided on counts read before the decision, so the record is a
+    // compare-and-set on those counts: when another decision on this task recorded a call of this
+    // tool in between (this process or another replica), decide again on the new counts.
+    const capped = queries.counts.includes(req.tool);
+    for (let attempt = 1; ; attempt++) {
+      const history = await loadHistory(this.d.store, task.id, queries);
+      const decision = policy.decide({
+        agent: agent.id,
+        user: taskUser(task),
+        audience: req.audience,
+        tool: req.tool,
+        action: req.action,
+        resource: req.resource,
+        history,
       });
-      throw new TaskpassError(
-        decision.code,
-        decision.reason,
-        decision.template
-          ? { template: decision.template, reason: decision.reason }
-          : { reason: decision.reason },
-      );
-    }
-    const now = this.nowSec();
-    const exp = this.tokenExp(now, decision.ttlSec, task);
-    const detail: AuthorizationDetail = {
-      type: 'mcp_tool_call',
-      tool: req.tool,
-      resource: req.resource,
-      action: req.action,
-      ...(req.args_sha256 ? { args_sha256: req.args_sha256 } : {}),
-    };
-    const key = this.d.keys.current();
-    const { token, jti } = mintToken({
-      issuer: this.d.config.issuer,
-      kid: key.kid,
-      privateKey: key.privateKey,
-      sub: task.sub,
-      agent: agent.id,
-      audience: req.audience,
-      iat: now,
-      exp,
-      taskId: task.id,
-      detail,
-      ...(agent.x5tS256 ? { x5tS256: agent.x5tS256 } : {}),
-      singleUse: decision.singleUse,
-      template: decision.template,
-    });
-    await durable(
-      'record the issued call',
-      this.d.store.recordIssued({
-        taskId: task.id,
-        jti,
+      if (!decision.allow) {
+        this.d.metrics.decisions.inc({ result: 'deny', reason: decision.code });
+        this.d.audit.record({
+          event: 'token.denied',
+          ...base,
+          template: decision.template,
+          code: decision.code,
+          reason: decision.reason,
+        });
+        throw new TaskpassError(
+          decision.code,
+          decision.reason,
+          decision.template
+            ? { template: decision.template, reason: decision.reason }
+            : { reason: decision.reason },
+        );
+      }
+      const now = this.nowSec();
+      const exp = this.tokenExp(now, decision.ttlSec, task);
+      const detail: AuthorizationDetail = {
+        type: 'mcp_tool_call',
         tool: req.tool,
         resource: req.resource,
         action: req.action,
+        ...(req.args_sha256 ? { args_sha256: req.args_sha256 } : {}),
+      };
+      const key = this.d.keys.current();
+      const { token, jti } = mintToken({
+        issuer: this.d.config.issuer,
+        kid: key.kid,
+        privateKey: key.privateKey,
+        sub: task.sub,
+        agent: agent.id,
+        audience: req.audience,
+        iat: now,
+        exp,
+        taskId: task.id,
+        detail,
+        ...(agent.x5tS256 ? { x5tS256: agent.x5tS256 } : {}),
+        singleUse: decision.singleUse,
         template: decision.template,
-        issuedAt: now,
+      });
+      let toolCount: number | undefined;
+      if (capped) {
+        toolCount = 0;
+        for (const n of history.callCounts(req.tool).values()) toolCount += n;
+      }
+      const recorded = await durable(
+        'record the issued call',
+        this.d.store.recordIssued(
+          {
+            taskId: task.id,
+            jti,
+            tool: req.tool,
+            resource: req.resource,
+            action: req.action,
+            template: decision.template,
+            issuedAt: now,
+            expiresAt: exp,
+          },
+          toolCount === undefined ? {} : { ifToolCount: toolCount },
+        ),
+      );
+      if (!recorded) {
+        // The minted token was never handed out; it dies here.
+        if (attempt < MAX_CAS_ATTEMPTS) continue;
+        throw new TaskpassError(
+          'TASKPASS_STORE_UNAVAILABLE',
+          'the task changed concurrently on every attempt to record this call; try again',
+        );
+      }
+      this.d.metrics.decisions.inc({ result: 'allow', reason: 'allowed' });
+      this.d.metrics.issuance.observe((performance.now() - started) / 1000);
+      this.d.audit.record({
+        event: 'token.issued',
+        ...base,
+        template: decision.template,
+        owner: decision.owner,
+        jti,
+        exp,
+      });
+      return {
+        accessToken: token,
+        jti,
         expiresAt: exp,
-      }),
-    );
-    this.d.metrics.decisions.inc({ result: 'allow', reason: 'allowed' });
-    this.d.metrics.issuance.observe((performance.now() - started) / 1000);
-    this.d.audit.record({
-      event: 'token.issued',
-      ...base,
-      template: decision.template,
-      owner: decision.owner,
-      jti,
-      exp,
-    });
-    return {
-      accessToken: token,
-      jti,
-      expiresAt: exp,
-      expiresIn: exp - now,
-      singleUse: decision.singleUse,
-      template: decision.template,
-      detail,
-    };
+        expiresIn: exp - now,
+        singleUse: decision.singleUse,
+        template: decision.template,
+        detail,
+      };
+    }
   }
 
   /** Mints a session token (permits no tool call) for an audience in the task's ceiling. */

@@ -77,9 +77,16 @@ export class MemoryStore implements Store {
       alreadyFinished: false,
     };
   }
-  async recordIssued(c: IssuedCall) {
+  async recordIssued(c: IssuedCall, opts: { ifToolCount?: number } = {}) {
     if (this.failWrites) throw new Error('disk full');
+    if (
+      opts.ifToolCount !== undefined &&
+      this.issued.filter((x) => x.taskId === c.taskId && x.tool === c.tool).length !== opts.ifToolCount
+    ) {
+      return false;
+    }
     this.issued.push(c);
+    return true;
   }
   async listIssued(taskId: string) {
     return this.issued.filter((c) => c.taskId === taskId);

@@ -157,6 +157,37 @@ export function storeContract(name: string, make: MakeStore): void {
       assert.deepEqual(await s.listIssued('other'), []);
     }));
 
+  test(`${name}: recordIssued with ifToolCount is a compare-and-set on the tool's count in the task`, () =>
+    withStore(make, async (s) => {
+      const t = task();
+      await s.createTask(t);
+      const now = nowSec();
+      const call = (tool: string, template = 'support') => ({
+        taskId: t.id,
+        jti: `jti-${randomUUID()}`,
+        tool,
+        resource: 'tickets/T-1',
+        action: 'write' as const,
+        template,
+        issuedAt: now,
+        expiresAt: now + 60,
+      });
+      assert.equal(await s.recordIssued(call('close_ticket'), { ifToolCount: 0 }), true);
+      // Another template's call of the same tool counts too; other tools do not.
+      assert.equal(await s.recordIssued(call('close_ticket', 'leads'), { ifToolCount: 1 }), true);
+      assert.equal(await s.recordIssued(call('get_ticket')), true);
+      assert.equal(await s.recordIssued(call('close_ticket'), { ifToolCount: 1 }), false, 'stale count');
+      const total = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
+      assert.equal(total(await s.countIssued(t.id, 'close_ticket')), 2, 'a refused record writes nothing');
+      // Ten concurrent writers that all read count 2: exactly one wins.
+      const results = await Promise.all(
+        Array.from({ length: 10 }, () => s.recordIssued(call('close_ticket'), { ifToolCount: 2 })),
+      );
+      assert.equal(results.filter(Boolean).length, 1);
+      assert.equal(total(await s.countIssued(t.id, 'close_ticket')), 3);
+      assert.equal((await s.listIssued(t.id)).length, 4);
+    }));
+
   test(`${name}: countIssued and issuedTemplates answer from the calls recorded`, () =>
     withStore(make, async (s) => {
       const t = task();

@@ -129,10 +129,21 @@ local function ensure(list, counts, prior)
 end
 `;
 
-// KEYS: issued, icount, iprior, task; ARGV: json, expireAt (fallback), template, tool, resource.
+// KEYS: issued, icount, iprior, task; ARGV: json, expireAt (fallback), template, tool, resource,
+// ifToolCount ('' for none: with it, nothing is written and 0 returned unless the task has exactly
+// that many calls of tool).
 // The issued-call keys must live as long as their task, or per-task call limits would reset.
 const RECORD_ISSUED = `${ISSUED_HELPERS}
 ensure(KEYS[1], KEYS[2], KEYS[3])
+if ARGV[6] ~= '' then
+  local total = 0
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local _, tool = split(all[i])
+    if tool == ARGV[4] then total = total + tonumber(all[i + 1]) end
+  end
+  if total ~= tonumber(ARGV[6]) then return 0 end
+end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 add(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5])
 local ttl = redis.call('PTTL', KEYS[4])
@@ -480,12 +491,20 @@ export class RedisStore implements Store {
     return [this.#k('issued', taskId), this.#k('icount', taskId), this.#k('iprior', taskId)];
   }
 
-  async recordIssued(call: IssuedCall): Promise<void> {
-    await this.#script(
+  async recordIssued(call: IssuedCall, opts: { ifToolCount?: number } = {}): Promise<boolean> {
+    const recorded = await this.#script(
       RECORD_ISSUED,
       [...this.#issuedKeys(call.taskId), this.#k('task', call.taskId)],
-      [JSON.stringify(call), call.expiresAt + this.#retention, call.template, call.tool, call.resource],
+      [
+        JSON.stringify(call),
+        call.expiresAt + this.#retention,
+        call.template,
+        call.tool,
+        call.resource,
+        opts.ifToolCount === undefined ? '' : String(opts.ifToolCount),
+      ],
     );
+    return Number(recorded) === 1;
   }
 
   async countIssued(taskId: string, tool: string): Promise<Map<string, number>> {

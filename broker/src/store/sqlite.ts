@@ -221,6 +221,7 @@ function prepareStatements(db: Database.Database) {
     ),
     listIssued: p('SELECT * FROM issued WHERE task_id = ? ORDER BY rowid'),
     countIssued: p('SELECT template, n FROM issued_counts WHERE task_id = ? AND tool = ?'),
+    totalIssuedOfTool: p('SELECT COALESCE(SUM(n), 0) AS n FROM issued_counts WHERE task_id = ? AND tool = ?'),
     issuedTemplatesOn: p('SELECT template FROM issued_prior WHERE task_id = ? AND tool = ? AND resource = ?'),
     markUsed: p('INSERT OR IGNORE INTO used (jti, until) VALUES (?, ?)'),
     loadKeys: p('SELECT * FROM signing_keys ORDER BY active_from, kid'),
@@ -493,9 +494,15 @@ export class SqliteStore implements Store {
     }
   }
 
-  async recordIssued(call: IssuedCall): Promise<void> {
+  async recordIssued(call: IssuedCall, opts: { ifToolCount?: number } = {}): Promise<boolean> {
     const s = this.#s;
     const record = this.#recordIssued as (call: IssuedCall) => void;
+    if (opts.ifToolCount !== undefined) {
+      // Checked and written in one synchronous step (the batch's uncommitted rows are visible on
+      // this connection), so no other decision of this process can slip in between.
+      const { n } = s.totalIssuedOfTool.get(call.taskId, call.tool) as { n: number };
+      if (n !== opts.ifToolCount) return false;
+    }
     if (!this.#batch) {
       s.begin.run();
       this.#batch = [];
@@ -504,9 +511,10 @@ export class SqliteStore implements Store {
     const batch = this.#batch;
     // Throws (rejecting this call only) when the record cannot be written; the batch goes on.
     record(call);
-    return new Promise<void>((resolve, reject) => {
+    await new Promise<void>((resolve, reject) => {
       batch.push({ resolve, reject });
     });
+    return true;
   }
 
   async listIssued(taskId: string): Promise<IssuedCall[]> {

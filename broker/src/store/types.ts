@@ -83,8 +83,14 @@ export interface Store {
   /**
    * Records an issued call token (workflow context and per-task counts). Resolves once durable,
    * like every write: the token is handed out only after.
+   *
+   * With `ifToolCount`, a compare-and-set: the call is recorded only if the task has exactly that
+   * many issued calls of `call.tool` (all templates together) at the moment of writing; otherwise
+   * nothing is written and it resolves `false`. A decision that read the counts for a
+   * `max_calls_per_task` cap passes the total it read, so two concurrent decisions (one process or
+   * several replicas) can never both spend the last call.
    */
-  recordIssued(call: IssuedCall): Promise<void>;
+  recordIssued(call: IssuedCall, opts?: { ifToolCount?: number }): Promise<boolean>;
   /**
    * Calls issued so far in a task (oldest first). The whole history: for inspection, not for
    * decisions (those use {@link countIssued} and {@link issuedTemplates}).
