@@ -11,6 +11,7 @@ import {
   CompleteResponse,
   errorResponses,
   TaskIdParams,
+  taskView,
 } from './schemas.ts';
 
 const security: Record<string, string[]>[] = [{ mtls: [] }, { jwtSvid: [] }];
@@ -44,16 +45,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: RouteContext): Prom
         limit: limit ?? 100,
       });
       return {
-        tasks: tasks.map((t) => ({
-          task_id: t.id,
-          status: t.status,
-          agent: t.agent,
-          sub: t.sub,
-          purpose: t.purpose,
-          created_at: t.createdAt,
-          expires_at: t.expiresAt,
-          ...(t.finishedAt !== undefined ? { finished_at: t.finishedAt } : {}),
-        })),
+        tasks: tasks.map(taskView),
       };
     },
   );

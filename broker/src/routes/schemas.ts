@@ -1,6 +1,7 @@
 // Request and response JSON schemas for every route. Response schemas are a security control:
 // fastify serializes only the properties listed here, so nothing else (a stack, a key, a token in
 // an unexpected field) can leave the broker.
+import type { TaskRecord } from '../store/types.ts';
 
 const str = { type: 'string' } as const;
 const int = { type: 'integer' } as const;
@@ -103,6 +104,20 @@ export const TaskView = {
     finished_at: int,
   },
 } as const;
+
+/** A task as {@link TaskView} shows it (GET /v1/tasks/:id and the admin list). */
+export function taskView(t: TaskRecord): Record<string, unknown> {
+  return {
+    task_id: t.id,
+    status: t.status,
+    agent: t.agent,
+    sub: t.sub,
+    purpose: t.purpose,
+    created_at: t.createdAt,
+    expires_at: t.expiresAt,
+    ...(t.finishedAt !== undefined ? { finished_at: t.finishedAt } : {}),
+  };
+}
 
 const Audience = { type: 'string', minLength: 1, maxLength: 2048 } as const;
 

@@ -20,6 +20,7 @@ import {
   TaskIdParams,
   TaskView,
   TokenResponse,
+  taskView,
 } from './schemas.ts';
 
 const security: Record<string, string[]>[] = [{ mtls: [] }, { jwtSvid: [] }];
@@ -99,16 +100,7 @@ export async function taskRoutes(app: FastifyInstance, ctx: RouteContext): Promi
     },
     async (req) => {
       const t = await ctx.service.ownedTask(req.workload!, req.params.id);
-      return {
-        task_id: t.id,
-        status: t.status,
-        agent: t.agent,
-        sub: t.sub,
-        purpose: t.purpose,
-        created_at: t.createdAt,
-        expires_at: t.expiresAt,
-        ...(t.finishedAt !== undefined ? { finished_at: t.finishedAt } : {}),
-      };
+      return taskView(t);
     },
   );
 
