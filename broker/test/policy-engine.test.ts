@@ -116,6 +116,7 @@ describe('PolicySet.decide', () => {
     assert.deepEqual(call({}), {
       allow: true,
       template: 'support',
+      templates: ['support'],
       owner: 'support@taskpass.local',
       ttlSec: 60,
       singleUse: false,

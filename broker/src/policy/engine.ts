@@ -10,12 +10,27 @@
 // support user asking for a refund that only a leads-only template allows is told
 // TASKPASS_DENIED_USER by that template, not TASKPASS_DENIED_TOOL by an unrelated one.
 //
+// Overlapping templates never weaken each other. Templates are grants: a call is allowed when at
+// least one template allows it (its agent, user, call and workflow conditions all hold); a template
+// whose conditions do not hold allows nothing and contributes nothing. When several allow the same
+// call, the token gets the strictest facts of those that allow it: the shortest ttl, single use if
+// any of them says so. The decision names every allowing template (sorted ids, space-separated, like
+// an OAuth scope), so neither the facts nor the name depend on how ids sort or which file loaded
+// first. `requires` and `max_calls_per_task` need no combining: each is a condition of its own
+// template, so a template whose prerequisite is missing or whose cap is reached is simply not among
+// those that allow. (There are no argument/approval conditions yet; such a condition would be one
+// more thing a template must satisfy to be among those that allow, and a binding such as an argument
+// digest would then be required if any allowing template requires it.) Quietly widening a stricter
+// template with a lenient one is what `taskpass policy validate` warns about (overlap.ts).
+//
 // Workflow context. A task's history is the list of call tokens already ISSUED in it (IssuedCall),
 // whether or not they were used. A "step" for tool T is an issued call token for T on the same MCP
 // server (same audience) — and, with `same_resource: true`, for the same resource string.
-// IssuedCall carries no audience, so the audience of a past call is that of the template that
-// issued it (`IssuedCall.template`). When that template is no longer loaded, the call still counts
-// towards call limits but never satisfies a prerequisite: both fail closed.
+// IssuedCall carries no audience, so the audience of a past call is that of the template(s) that
+// issued it (`IssuedCall.template`, one id or several space-separated; several always share one
+// audience). A past call counts towards a call limit when any of its templates has that audience or
+// is no longer loaded; it satisfies a prerequisite only when its templates are loaded and all have
+// that audience. Both fail closed.
 import type { BrokerErrorCode } from '../errors.ts';
 import type { CeilingEntry, HistoryQueries, PolicyPort, PolicyUser, TaskHistory } from '../ports.ts';
 import type { Action, IssuedCall } from '../store/types.ts';
@@ -67,13 +82,27 @@ export function historyOf(calls: readonly IssuedCall[]): TaskHistory {
   };
 }
 
-/** Allowed: the template that allowed it, its owner, the token lifetime and single-use flag. */
+/**
+ * Allowed: the templates that allowed it, their owners, and the strictest token lifetime and
+ * single-use flag among them.
+ */
 export interface Allow {
   allow: true;
+  /** Every allowing template id, sorted, space-separated (the token's `tpl`). */
   template: string;
+  /** The same ids as a list (sorted). */
+  templates: readonly string[];
+  /** Their owners, distinct, sorted, comma-separated. */
   owner: string;
+  /** The shortest ttl of the allowing templates. */
   ttlSec: number;
+  /** True when any allowing template makes the token single use. */
   singleUse: boolean;
+}
+
+/** The ids named by a decision's or a recorded call's `template` (space-separated). */
+export function templateIds(template: string): string[] {
+  return template.split(' ').filter((s) => s.length > 0);
 }
 
 /** Denied: the most specific code, a human sentence, and the closest template considered. */
@@ -213,21 +242,30 @@ export class PolicySet implements PolicyPort {
     const ctx: PatternContext = { user: input.user, agent: input.agent };
     let best: { verdict: Verdict; rank: number; template: CompiledTemplate } | undefined;
     const considered: string[] = [];
+    const allowing: { t: CompiledTemplate; singleUse: boolean }[] = [];
+    // Every template is weighed, not just the first that allows: the token's facts combine all
+    // allowing templates (see the module comment), so they cannot depend on template order.
     for (const t of this.compiled) {
       if (!agent || !t.agents.some((p) => p.matchSegments(agent))) continue;
       considered.push(t.def.id);
       const v = this.evaluate(t, resource, ctx, input, history);
       if (!v.principal && !v.call) {
-        return {
-          allow: true,
-          template: t.def.id,
-          owner: t.def.owner,
-          ttlSec: t.def.ttlSec,
-          singleUse: v.singleUse,
-        };
+        allowing.push({ t, singleUse: v.singleUse });
+        continue;
       }
       const rank = v.callDepth * 2 + (v.principal ? 0 : 1);
       if (!best || rank > best.rank) best = { verdict: v, rank, template: t };
+    }
+    if (allowing.length) {
+      const ids = allowing.map((a) => a.t.def.id).sort();
+      return {
+        allow: true,
+        template: ids.join(' '),
+        templates: ids,
+        owner: [...new Set(allowing.map((a) => a.t.def.owner))].sort().join(', '),
+        ttlSec: Math.min(...allowing.map((a) => a.t.def.ttlSec)),
+        singleUse: allowing.some((a) => a.singleUse),
+      };
     }
     if (!best) {
       return {
@@ -296,8 +334,8 @@ export class PolicySet implements PolicyPort {
   }
 
   /**
-   * Session token (initialize, tools/list; no tool call) for an audience: the first admitting
-   * template for that audience (by id), or undefined.
+   * Session token (initialize, tools/list; no tool call) for an audience: named after every
+   * admitting template for that audience, with the shortest of their ttls; undefined if none.
    */
   session(
     agent: string,
@@ -305,12 +343,32 @@ export class PolicySet implements PolicyPort {
     audience: string,
   ): { template: string; owner: string; ttlSec: number } | undefined {
     const segs = agentSegments(agent);
-    for (const t of this.compiled) {
-      if (t.def.audience === audience && !admitTemplate(t, segs, user)) {
-        return { template: t.def.id, owner: t.def.owner, ttlSec: t.def.ttlSec };
-      }
-    }
-    return undefined;
+    const admitting = this.compiled.filter(
+      (t) => t.def.audience === audience && !admitTemplate(t, segs, user),
+    );
+    if (!admitting.length) return undefined;
+    return {
+      template: admitting
+        .map((t) => t.def.id)
+        .sort()
+        .join(' '),
+      owner: [...new Set(admitting.map((t) => t.def.owner))].sort().join(', '),
+      ttlSec: Math.min(...admitting.map((t) => t.def.ttlSec)),
+    };
+  }
+
+  /** Could a past call issued by `recorded` (template ids) be for this audience? Unknown: yes. */
+  private mayBeFor(recorded: string, audience: string): boolean {
+    return templateIds(recorded).some((id) => {
+      const aud = this.audienceOf.get(id);
+      return aud === undefined || aud === audience;
+    });
+  }
+
+  /** Is a past call issued by `recorded` (template ids) certainly for this audience? */
+  private surelyFor(recorded: string, audience: string): boolean {
+    const ids = templateIds(recorded);
+    return ids.length > 0 && ids.every((id) => this.audienceOf.get(id) === audience);
   }
 
   /** Judges a call against one template whose agent patterns match. */
@@ -361,8 +419,7 @@ export class PolicySet implements PolicyPort {
       // Unknown templates count: a reload must not reset a task's call budget.
       let used = 0;
       for (const [template, n] of history.callCounts(input.tool)) {
-        const aud = this.audienceOf.get(template);
-        if (aud === undefined || aud === def.audience) used += n;
+        if (this.mayBeFor(template, def.audience)) used += n;
       }
       if (used >= limit) {
         return v(4, {
@@ -377,7 +434,7 @@ export class PolicySet implements PolicyPort {
         req.tool,
         req.sameResource ? input.resource : undefined,
       )) {
-        if (this.audienceOf.get(template) === def.audience) {
+        if (this.surelyFor(template, def.audience)) {
           done = true;
           break;
         }

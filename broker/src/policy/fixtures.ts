@@ -12,7 +12,8 @@
 //       history:                    # earlier steps in the same task, oldest first (optional)
 //         - { tool: get_ticket, resource: tickets/T-1 }   # action: read, audience: the case's
 //       expect: allow               # or a denial code, e.g. TASKPASS_DENIED_RESOURCE
-//       template: tickets-support   # optional: the allowing (or closest) template
+//       template: tickets-support   # optional: the allowing (or closest) template; when several
+//                                   # allow, all their ids, sorted, space-separated
 //
 // A history step without `template` is decided against the same policies (with the steps before
 // it) and must be allowed; that is how the fixture proves the workflow is reachable. Give
@@ -23,7 +24,7 @@ import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { BROKER_ERRORS, type BrokerErrorCode } from '../errors.ts';
 import type { IssuedCall } from '../store/types.ts';
-import type { Decision, PolicySet } from './engine.ts';
+import { type Decision, type PolicySet, templateIds } from './engine.ts';
 import { formatPath, loadPolicyDir, type PolicyError } from './loader.ts';
 import { ACTIONS } from './schema.ts';
 
@@ -244,8 +245,10 @@ function finish(
   const cov = new Map<string, { template: string; allow: number; deny: number }>();
   for (const t of set?.templates ?? []) cov.set(t.id, { template: t.id, allow: 0, deny: 0 });
   for (const r of results) {
-    const entry = r.template !== undefined ? cov.get(r.template) : undefined;
-    if (entry) entry[r.actual === 'allow' ? 'allow' : 'deny']++;
+    for (const id of r.template !== undefined ? templateIds(r.template) : []) {
+      const entry = cov.get(id);
+      if (entry) entry[r.actual === 'allow' ? 'allow' : 'deny']++;
+    }
   }
   const passed = results.filter((r) => r.passed).length;
   const lines = results.map(

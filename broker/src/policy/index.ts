@@ -9,6 +9,7 @@ export {
   historyOf,
   PolicySet,
   type PolicyUser,
+  templateIds,
 } from './engine.ts';
 export {
   type FixtureCase,
