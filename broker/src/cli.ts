@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `taskpass` — run and operate the broker.
 //   taskpass serve [--config file]
-//   taskpass policy validate <dir> | policy test <dir>
+//   taskpass policy validate <dir> [--strict] | policy test <dir>
 //   taskpass tasks list [--broker URL] [--status s] | tasks revoke <id> [--broker URL] [--reason r]
 //   taskpass token decode <jwt> | token explain <jwt> [--broker URL]
 // Admin calls use the caller's own X.509-SVID from the Workload API over mTLS (https URLs), or plain
@@ -23,7 +23,7 @@ export interface CliIo {
 
 const USAGE = `usage:
   taskpass serve [--config <file>]
-  taskpass policy validate <dir>
+  taskpass policy validate <dir> [--strict]   (--strict: overlap warnings fail too)
   taskpass policy test <dir>
   taskpass tasks list [--broker <url>] [--status <status>] [--agent <id>]
   taskpass tasks revoke <task-id> [--broker <url>] [--reason <text>]
@@ -154,6 +154,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
         agent: { type: 'string' },
         reason: { type: 'string' },
         json: { type: 'boolean' },
+        strict: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -185,8 +186,13 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
           io.err(policy.formatPolicyErrors(r.errors));
           return 1;
         }
-        io.out(`ok: ${r.set.templates.length} template(s) in ${r.files.length} file(s) under ${arg}`);
-        return 0;
+        // Warnings do not make the set invalid (the broker loads it); --strict makes them fail CI.
+        if (r.set.warnings.length) io.err(policy.formatPolicyWarnings(r.set.warnings));
+        io.out(
+          `ok: ${r.set.templates.length} template(s) in ${r.files.length} file(s) under ${arg}` +
+            (r.set.warnings.length ? `, ${r.set.warnings.length} warning(s)` : ''),
+        );
+        return values.strict && r.set.warnings.length ? 1 : 0;
       }
       const result = await policy.runFixtures(arg);
       for (const f of result.failures) io.err(`FAIL ${f.file}: ${f.message}`);

@@ -41,6 +41,7 @@ import {
   parseSpiffeId,
   validateResource,
 } from './pattern.ts';
+import { findWidenings, type Locate, type PolicyWarning } from './overlap.ts';
 import type { Template, TemplateTool } from './schema.ts';
 
 /** The verified delegating user as templates see it. */
@@ -163,10 +164,15 @@ interface Verdict {
 export class PolicySet implements PolicyPort {
   /** Templates, sorted by id. */
   readonly templates: readonly Template[];
+  /**
+   * Templates that widen another's rule for the same agent, tool and resource (overlap.ts), with
+   * file and line when the loader built the set. Advisory: they never block loading.
+   */
+  readonly warnings: readonly PolicyWarning[];
   private readonly compiled: readonly CompiledTemplate[];
   private readonly audienceOf: ReadonlyMap<string, string>;
 
-  private constructor(templates: readonly Template[]) {
+  private constructor(templates: readonly Template[], locate?: Locate) {
     const sorted = [...templates].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     const ids = new Set<string>();
     for (const t of sorted) {
@@ -183,14 +189,16 @@ export class PolicySet implements PolicyPort {
       })),
     }));
     this.audienceOf = new Map(this.templates.map((t) => [t.id, t.audience]));
+    this.warnings = deepFreeze(findWidenings(this.templates, locate));
   }
 
   /**
    * Builds a set from parsed templates (see schema.ts). Throws on duplicate ids or patterns that
-   * do not compile; the loader reports those as file errors first.
+   * do not compile; the loader reports those as file errors first. `locate` places warnings in
+   * their files.
    */
-  static from(templates: readonly Template[]): PolicySet {
-    return new PolicySet(templates);
+  static from(templates: readonly Template[], opts: { locate?: Locate } = {}): PolicySet {
+    return new PolicySet(templates, opts.locate);
   }
 
   /** A set that denies everything. */

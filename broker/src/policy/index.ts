@@ -23,6 +23,7 @@ export {
 export {
   formatPath,
   formatPolicyErrors,
+  formatPolicyWarnings,
   type LoadResult,
   loadPolicyDir,
   MAX_POLICY_FILE_BYTES,
@@ -34,6 +35,14 @@ export {
   type ReloadReport,
 } from './loader.ts';
 export {
+  findWidenings,
+  type Locate,
+  type PolicyWarning,
+  type SourceLocation,
+  type Widened,
+  where,
+} from './overlap.ts';
+export {
   type CompiledPattern,
   compilePattern,
   isResourceSegment,
@@ -41,6 +50,7 @@ export {
   type PatternContext,
   type ParsedSpiffeId,
   parseSpiffeId,
+  patternsOverlap,
   validateResource,
 } from './pattern.ts';
 export {

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from 'yaml';
 import { TaskpassError } from '../errors.ts';
 import { PolicySet } from './engine.ts';
+import { type PolicyWarning, type SourceLocation, where } from './overlap.ts';
 import { parseTemplateFile, type Template } from './schema.ts';
 
 /** Largest template file we read; policy files are small, anything bigger is a mistake. */
@@ -50,13 +51,26 @@ export function formatPolicyErrors(errors: readonly PolicyError[]): string {
     .join('\n');
 }
 
+/** One warning per line: `file:line:col path: warning: message`. */
+export function formatPolicyWarnings(warnings: readonly PolicyWarning[]): string {
+  return warnings.map((w) => `${w.at ? `${where(w.at)}: ` : ''}warning: ${w.message}`).join('\n');
+}
+
 /**
  * Parses one template file's text. `file` is only used in error entries.
  */
 export function parsePolicyText(
   text: string,
   file: string,
-): { ok: true; templates: Template[]; list: boolean } | { ok: false; errors: PolicyError[] } {
+):
+  | {
+      ok: true;
+      templates: Template[];
+      list: boolean;
+      /** Line and column of a JSON path in this file (the deepest node that exists on it). */
+      locate: (path: readonly PropertyKey[]) => { line: number; col: number } | Record<string, never>;
+    }
+  | { ok: false; errors: PolicyError[] } {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length) {
@@ -85,7 +99,7 @@ export function parsePolicyText(
     };
   }
   const r = parseTemplateFile(data);
-  if (r.ok) return r;
+  if (r.ok) return { ...r, locate: (path) => positionOf(doc.contents as Node | null, path, lineCounter) };
   return {
     ok: false,
     errors: r.issues.map((i) => {
@@ -133,7 +147,12 @@ export async function loadPolicyDir(dir: string): Promise<LoadResult> {
   }
   const errors: PolicyError[] = [];
   const files: string[] = [];
-  const all: { file: string; prefix: string; template: Template }[] = [];
+  const all: {
+    file: string;
+    prefix: string;
+    template: Template;
+    at: (path: readonly (string | number)[]) => SourceLocation;
+  }[] = [];
   for (const name of names) {
     const full = join(dir, name);
     let text: string;
@@ -156,7 +175,13 @@ export async function loadPolicyDir(dir: string): Promise<LoadResult> {
       continue;
     }
     r.templates.forEach((template, i) => {
-      all.push({ file: name, prefix: r.list ? `templates[${i}].` : '', template });
+      const root = r.list ? ['templates', i] : [];
+      all.push({
+        file: name,
+        prefix: r.list ? `templates[${i}].` : '',
+        template,
+        at: (path) => ({ file: name, path: formatPath([...root, ...path]), ...r.locate([...root, ...path]) }),
+      });
     });
   }
   const firstFile = new Map<string, string>();
@@ -189,12 +214,18 @@ export async function loadPolicyDir(dir: string): Promise<LoadResult> {
     }
   }
   if (errors.length) return { ok: false, errors, files };
-  return { ok: true, set: PolicySet.from(all.map((a) => a.template)), files };
+  const byId = new Map(all.map((a) => [a.template.id, a]));
+  const set = PolicySet.from(
+    all.map((a) => a.template),
+    { locate: (id, path) => byId.get(id)?.at(path) },
+  );
+  return { ok: true, set, files };
 }
 
 /** Minimal logger (pino-compatible). */
 export interface PolicyLogger {
   info(obj: object, msg?: string): void;
+  warn?(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
 }
 
@@ -211,7 +242,7 @@ export interface PolicyWatcherOptions {
 
 /** Outcome of one reload attempt. */
 export type ReloadReport =
-  | { ok: true; files: string[]; templates: number }
+  | { ok: true; files: string[]; templates: number; warnings: readonly PolicyWarning[] }
   | { ok: false; errors: PolicyError[]; files: string[] };
 
 /**
@@ -304,11 +335,19 @@ export class PolicyWatcher extends EventEmitter {
     let report: ReloadReport;
     if (r.ok) {
       this.set = r.set;
-      report = { ok: true, files: r.files, templates: r.set.templates.length };
+      report = { ok: true, files: r.files, templates: r.set.templates.length, warnings: r.set.warnings };
       this.opts.logger?.info(
         { dir: this.dir, files: r.files, templates: r.set.templates.map((t) => t.id) },
         'policies loaded',
       );
+      if (r.set.warnings.length) {
+        const log = this.opts.logger?.warn ?? this.opts.logger?.info;
+        log?.call(
+          this.opts.logger,
+          { dir: this.dir, warnings: r.set.warnings },
+          `policies loaded with ${r.set.warnings.length} overlap warning(s):\n${formatPolicyWarnings(r.set.warnings)}`,
+        );
+      }
       this.emit('reloaded', report);
     } else {
       report = { ok: false, errors: r.errors, files: r.files };

@@ -186,6 +186,7 @@ export function compilePattern(
   }
   const usesUser = segs.some((s) => s.kind === 'text' && s.parts.some((p) => p.kind === 'user'));
   const head = prefix;
+  const shape = [...(head !== undefined ? [{ kind: 'lit', text: head } as const] : []), ...segs.map(shapeOf)];
   const pattern: CompiledPattern = {
     source,
     kind,
@@ -222,7 +223,76 @@ export function compilePattern(
       return head !== undefined ? `spiffe://${head}/${path}` : path;
     },
   };
+  shapes.set(pattern, shape);
   return { ok: true, pattern };
+}
+
+// ---- overlap ------------------------------------------------------------------------------------
+
+/**
+ * What a pattern segment can match, with placeholders widened to "any one segment" ({agent.id} to
+ * "one or more"), so that overlap is over-approximated: two patterns reported disjoint really are.
+ */
+type Shape =
+  | { kind: 'lit'; text: string }
+  | { kind: 'prefix'; text: string } // text + at least one more character
+  | { kind: 'any' } // exactly one segment
+  | { kind: 'many' }; // one or more segments
+
+const shapes = new WeakMap<CompiledPattern, readonly Shape[]>();
+
+function shapeOf(s: Segment): Shape {
+  if (s.kind === 'globstar' || s.kind === 'agentId') return { kind: 'many' };
+  if (s.parts.some((p) => p.kind !== 'literal')) return { kind: 'any' };
+  const text = s.parts.map((p) => (p as { text: string }).text).join('');
+  if (!s.star) return { kind: 'lit', text };
+  return text ? { kind: 'prefix', text } : { kind: 'any' };
+}
+
+/** Can one segment be in both sets? (`many` is handled by the caller as "any" per segment.) */
+function segmentsMeet(a: Shape, b: Shape): boolean {
+  if (a.kind === 'any' || a.kind === 'many' || b.kind === 'any' || b.kind === 'many') return true;
+  if (a.kind === 'lit' && b.kind === 'lit') return a.text === b.text;
+  if (a.kind === 'lit') return a.text.length > b.text.length && a.text.startsWith(b.text);
+  if (b.kind === 'lit') return b.text.length > a.text.length && b.text.startsWith(a.text);
+  return a.text.startsWith(b.text) || b.text.startsWith(a.text);
+}
+
+/**
+ * Could some input match both patterns (for some user and agent, placeholders counting as any
+ * valid value)? Over-approximates: false means no input matches both. Runs over the product of
+ * the two patterns' segment automata, O(length(a) × length(b)).
+ */
+export function patternsOverlap(a: CompiledPattern, b: CompiledPattern): boolean {
+  const A = shapes.get(a);
+  const B = shapes.get(b);
+  if (!A || !B || a.kind !== b.kind) return false;
+  // State i of a pattern = i segments matched; a "many" segment also loops on its own end state.
+  const moves = (P: readonly Shape[], i: number): { to: number; shape: Shape }[] => {
+    const out: { to: number; shape: Shape }[] = [];
+    if (i < P.length) out.push({ to: i + 1, shape: P[i]! });
+    if (i > 0 && P[i - 1]!.kind === 'many') out.push({ to: i, shape: { kind: 'any' } });
+    return out;
+  };
+  const seen = new Set<number>([0]);
+  const stack = [0];
+  const width = B.length + 1;
+  while (stack.length) {
+    const st = stack.pop()!;
+    const i = Math.floor(st / width);
+    const j = st % width;
+    if (i === A.length && j === B.length) return true;
+    for (const ma of moves(A, i)) {
+      for (const mb of moves(B, j)) {
+        const next = ma.to * width + mb.to;
+        if (!seen.has(next) && segmentsMeet(ma.shape, mb.shape)) {
+          seen.add(next);
+          stack.push(next);
+        }
+      }
+    }
+  }
+  return false;
 }
 
 /** Compiles a pattern known to be valid (validated by the schema); throws otherwise. */
