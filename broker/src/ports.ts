@@ -55,8 +55,32 @@ export interface HistoryQueries {
   prior: { tool: string; resource?: string | undefined }[];
 }
 
+/** Where a template's entry is in the policy directory (when the loader knows it). */
+export interface PolicySourceLocation {
+  file: string;
+  path: string;
+  line?: number | undefined;
+  col?: number | undefined;
+}
+
+/** A template that widens another's rule for the same agent, tool and resource (advisory). */
+export interface PolicyWarningView {
+  kind: 'overlap-widens';
+  template: string;
+  widens: string;
+  audience: string;
+  tool: string;
+  action: Action;
+  widened: readonly { condition: string; detail: string }[];
+  message: string;
+  at?: PolicySourceLocation | undefined;
+  other?: PolicySourceLocation | undefined;
+}
+
 /** What the broker asks of the current policy set. */
 export interface PolicyPort {
+  /** Overlap warnings of the loaded set (never block loading); absent means none known. */
+  readonly warnings?: readonly PolicyWarningView[];
   /** May this agent open a task (for this user, or autonomously when user is undefined)? */
   admits(
     agent: string,

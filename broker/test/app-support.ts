@@ -302,7 +302,10 @@ export interface TestBroker {
 }
 
 /** Builds the app with the fakes above; `x-test-peer` drives the peer-certificate seam. */
-export async function testBroker(extra: Record<string, unknown> = {}): Promise<TestBroker> {
+export async function testBroker(
+  extra: Record<string, unknown> = {},
+  opts: { policy?: PolicyPort } = {},
+): Promise<TestBroker> {
   const user = await userIssuer();
   const config = parseConfig({
     issuer: ISSUER,
@@ -322,7 +325,7 @@ export async function testBroker(extra: Record<string, unknown> = {}): Promise<T
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const publicJwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
   const clock = { now: Date.now() };
-  const policy = new TinyPolicy();
+  const policy = opts.policy ?? new TinyPolicy();
   const app = buildApp({
     config,
     store,

@@ -307,3 +307,42 @@ describe('property: patternsOverlap', () => {
     assert.equal(o('{agent.id}/x', 'agents/bot/x'), true);
   });
 });
+
+describe('GET /admin/v1/policies/warnings', () => {
+  test('admins see the loaded set’s warnings; other workloads are refused', async () => {
+    const { ADMIN, AGENT, testBroker } = await import('./app-support.ts');
+    const d = await dirWith({ 'strict.yaml': STRICT, 'lenient.yaml': LENIENT });
+    const r = await loadPolicyDir(d);
+    assert.ok(r.ok);
+    const b = await testBroker({}, { policy: r.set });
+    try {
+      const get = (h: Record<string, string>) =>
+        b.app.inject({ method: 'GET', url: '/admin/v1/policies/warnings', headers: h });
+      const ok = await get(b.mtls(ADMIN));
+      assert.equal(ok.statusCode, 200, ok.body);
+      const [w, ...rest] = ok.json().warnings;
+      assert.equal(rest.length, 0);
+      assert.equal(w.template, 'lenient');
+      assert.equal(w.widens, 'strict');
+      assert.equal(w.tool, 'close');
+      assert.deepEqual(w.at, { file: 'lenient.yaml', path: 'tools[0]', line: 7, col: 5 });
+      assert.match(w.message, /no prerequisite "get" on the same resource/);
+      const no = await get(b.mtls(AGENT));
+      assert.equal(no.statusCode, 403);
+      assert.equal(no.json().code, 'TASKPASS_FORBIDDEN_ADMIN');
+    } finally {
+      await b.app.close();
+    }
+    const plain = await testBroker();
+    try {
+      const res = await plain.app.inject({
+        method: 'GET',
+        url: '/admin/v1/policies/warnings',
+        headers: plain.mtls(ADMIN),
+      });
+      assert.deepEqual(res.json(), { warnings: [] });
+    } finally {
+      await plain.app.close();
+    }
+  });
+});
