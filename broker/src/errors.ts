@@ -66,6 +66,11 @@ export const BROKER_ERRORS = {
     status: 403,
     description: 'The template requires an earlier step in this task that has not happened.',
   },
+  TASKPASS_DENIED_TASK_AGE: {
+    status: 403,
+    description:
+      "The task is older than the template's max_task_ttl; that template no longer allows calls in it.",
+  },
   TASKPASS_FORBIDDEN_ADMIN: { status: 403, description: 'The caller is not an administrator.' },
   TASKPASS_RATE_LIMITED: { status: 429, description: 'Too many requests from this agent.' },
   TASKPASS_STORE_UNAVAILABLE: {

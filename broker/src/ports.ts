@@ -98,6 +98,8 @@ export interface PolicyPort {
     resource: string;
     /** Only the lookups that `historyQueries` named for the same call are made. */
     history: TaskHistory;
+    /** Seconds since the task was opened (templates' max_task_ttl bounds their grants). */
+    taskAgeSec?: number | undefined;
   }): PolicyDecision;
   /** The history lookups `decide` may make for this call (superset allowed). */
   historyQueries(input: { audience: string; tool: string; action: Action; resource: string }): HistoryQueries;
@@ -106,6 +108,7 @@ export interface PolicyPort {
     agent: string,
     user: PolicyUser | undefined,
     audience: string,
+    taskAgeSec?: number,
   ): { template: string; owner?: string | undefined; ttlSec: number } | undefined;
 }
 

@@ -238,6 +238,7 @@ export class TaskService {
         action: req.action,
         resource: req.resource,
         history,
+        taskAgeSec: this.nowSec() - task.createdAt,
       });
       if (!decision.allow) {
         this.d.metrics.decisions.inc({ result: 'deny', reason: decision.code });
@@ -334,7 +335,9 @@ export class TaskService {
 
   /** Mints a session token (permits no tool call) for an audience in the task's ceiling. */
   async issueSession(agent: WorkloadIdentity, task: TaskRecord, audience: string): Promise<IssuedToken> {
-    const s = this.d.policies.current().session(agent.id, taskUser(task), audience);
+    const s = this.d.policies
+      .current()
+      .session(agent.id, taskUser(task), audience, this.nowSec() - task.createdAt);
     if (!s) {
       this.d.metrics.decisions.inc({ result: 'deny', reason: 'TASKPASS_DENIED_AUDIENCE' });
       this.d.audit.record({

@@ -256,3 +256,136 @@ describe('shipped policies', () => {
     assert.deepEqual([bot.ttlSec, bot.singleUse, bot.template], [60, false, 'tickets-support-read']);
   });
 });
+
+describe('max_task_ttl bounds each template’s own grants', () => {
+  const short = (id: string): TemplateInput => ({
+    id,
+    owner: 'short@taskpass.local',
+    agents: [BOT],
+    delegation: 'optional',
+    audience: TICKETS,
+    ttl: '60s',
+    max_task_ttl: '5m',
+    tools: [{ tool: 'issue_refund', action: 'write', resources: ['tickets/*'] }],
+  });
+  const long = (id: string): TemplateInput => ({
+    id,
+    owner: 'long@taskpass.local',
+    agents: [BOT],
+    delegation: 'optional',
+    audience: TICKETS,
+    ttl: '60s',
+    max_task_ttl: '1h',
+    tools: [{ tool: 'get_ticket', action: 'read', resources: ['tickets/*'] }],
+  });
+  const set = PolicySet.from([tpl(short('refunds')), tpl(long('reads'))]);
+  const at = (tool: string, taskAgeSec: number | undefined): Decision =>
+    set.decide({
+      agent: BOT,
+      user: undefined,
+      audience: TICKETS,
+      tool,
+      action: tool === 'get_ticket' ? 'read' : 'write',
+      resource: 'tickets/T-1',
+      history: [],
+      taskAgeSec,
+    });
+
+  test('a task kept alive by a longer template does not stretch a shorter one', () => {
+    assert.equal(set.maxTaskTtlSec(BOT, undefined), 3600, 'the task may live an hour');
+    const late = at('issue_refund', 600);
+    assert.equal(late.allow, false);
+    assert.ok(!late.allow);
+    assert.equal(late.code, 'TASKPASS_DENIED_TASK_AGE');
+    assert.equal(late.template, 'refunds');
+    assert.match(late.reason, /first 300s of a task \(max_task_ttl\) and this task was opened 600s ago/);
+    assert.equal(at('get_ticket', 600).allow, true, 'the longer template still allows its own calls');
+  });
+  test('tokens expire by the end of the template’s max_task_ttl', () => {
+    const d = at('issue_refund', 290);
+    assert.ok(d.allow);
+    assert.equal(d.ttlSec, 10);
+    assert.equal(set.session(BOT, undefined, TICKETS, 290)?.ttlSec, 10);
+    assert.equal(set.session(BOT, undefined, TICKETS, 600)?.template, 'reads');
+  });
+  test('overlapping templates: the one past its max_task_ttl allows nothing; validate warns', () => {
+    const both = PolicySet.from([
+      tpl(short('refunds')),
+      tpl({ ...short('refunds-late'), owner: 'late@taskpass.local', max_task_ttl: '1h' }),
+    ]);
+    const d = both.decide({
+      agent: BOT,
+      user: undefined,
+      audience: TICKETS,
+      tool: 'issue_refund',
+      action: 'write',
+      resource: 'tickets/T-1',
+      history: [],
+      taskAgeSec: 600,
+    });
+    assert.equal(d.allow && d.template, 'refunds-late');
+    assert.deepEqual(
+      both.warnings.map((w) => [w.template, w.widens, w.widened.map((x) => x.detail)]),
+      [['refunds-late', 'refunds', ['allows calls up to 3600s into a task, not 300s']]],
+    );
+  });
+});
+
+describe('the broker passes the task’s age to the policy', () => {
+  test('POST /v1/tasks/:id/tokens is refused with TASKPASS_DENIED_TASK_AGE once the template’s max_task_ttl passed', async () => {
+    const { AGENT, TICKETS: AUD, testBroker } = await import('./app-support.ts');
+    const agentTpl = (t: Omit<TemplateInput, 'agents' | 'audience'>): TemplateInput => ({
+      ...t,
+      agents: [AGENT],
+      audience: AUD,
+    });
+    const policy = PolicySet.from([
+      tpl(
+        agentTpl({
+          id: 'refunds',
+          owner: 'o',
+          delegation: 'optional',
+          max_task_ttl: '5m',
+          tools: [{ tool: 'issue_refund', action: 'write', resources: ['tickets/*'] }],
+        }),
+      ),
+      tpl(
+        agentTpl({
+          id: 'reads',
+          owner: 'o',
+          delegation: 'optional',
+          max_task_ttl: '1h',
+          tools: [{ tool: 'get_ticket', action: 'read', resources: ['tickets/*'] }],
+        }),
+      ),
+    ]);
+    const b = await testBroker({}, { policy });
+    try {
+      const task = await b.app.inject({
+        method: 'POST',
+        url: '/v1/tasks',
+        headers: b.mtls(AGENT),
+        payload: { purpose: 'age' },
+      });
+      assert.equal(task.statusCode, 201, task.body);
+      const id = task.json().task_id as string;
+      const refund = () =>
+        b.app.inject({
+          method: 'POST',
+          url: `/v1/tasks/${id}/tokens`,
+          headers: b.mtls(AGENT),
+          payload: { audience: AUD, tool: 'issue_refund', resource: 'tickets/T-1', action: 'write' },
+        });
+      b.clock.now += 290_000;
+      const early = await refund();
+      assert.equal(early.statusCode, 200, early.body);
+      assert.ok(early.json().expires_in <= 10, early.body);
+      b.clock.now += 310_000;
+      const late = await refund();
+      assert.equal(late.statusCode, 403, late.body);
+      assert.equal(late.json().code, 'TASKPASS_DENIED_TASK_AGE');
+    } finally {
+      await b.app.close();
+    }
+  });
+});

@@ -68,6 +68,7 @@ describe('runFixtures', () => {
       'TASKPASS_DENIED_RESOURCE',
       'TASKPASS_DENIED_CALL_LIMIT',
       'TASKPASS_DENIED_PREREQUISITE',
+      'TASKPASS_DENIED_TASK_AGE',
     ]) {
       assert.ok(seen.has(code), `no shipped fixture ends in ${code}`);
       if (code !== 'allow') assert.ok(code in BROKER_ERRORS);

@@ -3,9 +3,9 @@
 // matches agent, delegation, user, audience, tool, action and resource and its workflow rules hold.
 //
 // Denials name the most specific failure. Within one template the checks run in a fixed order —
-// agent, delegation, user, audience, tool, action, resource, call limit, prerequisite — and the
-// first one that fails gives the code. Across templates (agent covered), the "closest template" is
-// the one whose call side (audience → tool → action → resource → call limit → prerequisite) got
+// agent, delegation, user, audience, tool, action, resource, call limit, prerequisite, task age —
+// and the first one that fails gives the code. Across templates (agent covered), the "closest
+// template" is the one whose call side (audience → … → prerequisite → task age) got
 // furthest, preferring one whose delegation/user conditions hold, then the smallest id. So a
 // support user asking for a refund that only a leads-only template allows is told
 // TASKPASS_DENIED_USER by that template, not TASKPASS_DENIED_TOOL by an unrelated one.
@@ -63,6 +63,12 @@ export interface DecideInput {
    * {@link TaskHistory} (the broker's path: store queries named by {@link PolicySet.historyQueries}).
    */
   history: readonly IssuedCall[] | TaskHistory;
+  /**
+   * Seconds since the task was opened. When given, a template allows calls only during the first
+   * `max_task_ttl` of a task, and its tokens expire by then (the task itself may live longer when
+   * another admitting template has a longer `max_task_ttl`).
+   */
+  taskAgeSec?: number | undefined;
 }
 
 /** A {@link TaskHistory} over a list of issued calls (fixtures, tests, small histories). */
@@ -142,6 +148,7 @@ const STAGES = [
   'TASKPASS_DENIED_RESOURCE',
   'TASKPASS_DENIED_CALL_LIMIT',
   'TASKPASS_DENIED_PREREQUISITE',
+  'TASKPASS_DENIED_TASK_AGE',
 ] as const satisfies readonly BrokerErrorCode[];
 
 type Failure = { stage: number; reason: string };
@@ -150,11 +157,13 @@ type Failure = { stage: number; reason: string };
 interface Verdict {
   /** Delegation/user failure (stage 1 or 2), if any. */
   principal: Failure | undefined;
-  /** First call-side failure (stage 3..8), if any. */
+  /** First call-side failure (stage 3..9), if any. */
   call: Failure | undefined;
-  /** 0 = audience failed … 6 = every call-side check passed. */
+  /** 0 = audience failed … 7 = every call-side check passed. */
   callDepth: number;
   singleUse: boolean;
+  /** Token lifetime this template grants (its ttl, cut to what is left of its max_task_ttl). */
+  ttlSec: number;
 }
 
 /**
@@ -250,7 +259,7 @@ export class PolicySet implements PolicyPort {
     const ctx: PatternContext = { user: input.user, agent: input.agent };
     let best: { verdict: Verdict; rank: number; template: CompiledTemplate } | undefined;
     const considered: string[] = [];
-    const allowing: { t: CompiledTemplate; singleUse: boolean }[] = [];
+    const allowing: { t: CompiledTemplate; singleUse: boolean; ttlSec: number }[] = [];
     // Every template is weighed, not just the first that allows: the token's facts combine all
     // allowing templates (see the module comment), so they cannot depend on template order.
     for (const t of this.compiled) {
@@ -258,7 +267,7 @@ export class PolicySet implements PolicyPort {
       considered.push(t.def.id);
       const v = this.evaluate(t, resource, ctx, input, history);
       if (!v.principal && !v.call) {
-        allowing.push({ t, singleUse: v.singleUse });
+        allowing.push({ t, singleUse: v.singleUse, ttlSec: v.ttlSec });
         continue;
       }
       const rank = v.callDepth * 2 + (v.principal ? 0 : 1);
@@ -271,7 +280,7 @@ export class PolicySet implements PolicyPort {
         template: ids.join(' '),
         templates: ids,
         owner: [...new Set(allowing.map((a) => a.t.def.owner))].sort().join(', '),
-        ttlSec: Math.min(...allowing.map((a) => a.t.def.ttlSec)),
+        ttlSec: Math.min(...allowing.map((a) => a.ttlSec)),
         singleUse: allowing.some((a) => a.singleUse),
       };
     }
@@ -343,16 +352,20 @@ export class PolicySet implements PolicyPort {
 
   /**
    * Session token (initialize, tools/list; no tool call) for an audience: named after every
-   * admitting template for that audience, with the shortest of their ttls; undefined if none.
+   * admitting template for that audience (still within its max_task_ttl when `taskAgeSec` is
+   * given), with the shortest of their ttls; undefined if none.
    */
   session(
     agent: string,
     user: PolicyUser | undefined,
     audience: string,
+    taskAgeSec?: number,
   ): { template: string; owner: string; ttlSec: number } | undefined {
     const segs = agentSegments(agent);
+    const left = (t: CompiledTemplate) =>
+      taskAgeSec === undefined ? t.def.ttlSec : Math.min(t.def.ttlSec, t.def.maxTaskTtlSec - taskAgeSec);
     const admitting = this.compiled.filter(
-      (t) => t.def.audience === audience && !admitTemplate(t, segs, user),
+      (t) => t.def.audience === audience && !admitTemplate(t, segs, user) && left(t) > 0,
     );
     if (!admitting.length) return undefined;
     return {
@@ -361,7 +374,7 @@ export class PolicySet implements PolicyPort {
         .sort()
         .join(' '),
       owner: [...new Set(admitting.map((t) => t.def.owner))].sort().join(', '),
-      ttlSec: Math.min(...admitting.map((t) => t.def.ttlSec)),
+      ttlSec: Math.min(...admitting.map(left)),
     };
   }
 
@@ -388,11 +401,12 @@ export class PolicySet implements PolicyPort {
     history: TaskHistory,
   ): Verdict {
     const principal = principalMismatch(t.def, input.user);
-    const v = (callDepth: number, call?: Failure, singleUse = false): Verdict => ({
+    const v = (callDepth: number, call?: Failure, singleUse = false, ttlSec = 0): Verdict => ({
       principal,
       call,
       callDepth,
       singleUse,
+      ttlSec,
     });
     const def = t.def;
     if (def.audience !== input.audience) {
@@ -454,7 +468,20 @@ export class PolicySet implements PolicyPort {
         });
       }
     }
-    return v(6, undefined, tool.def.singleUse);
+    // A template's grants last for the first max_task_ttl of a task: a longer task, allowed by
+    // another template, must not stretch them.
+    let ttlSec = def.ttlSec;
+    if (input.taskAgeSec !== undefined) {
+      const left = def.maxTaskTtlSec - input.taskAgeSec;
+      if (!(left > 0)) {
+        return v(6, {
+          stage: 9,
+          reason: `template "${def.id}" allows calls only in the first ${def.maxTaskTtlSec}s of a task (max_task_ttl) and this task was opened ${input.taskAgeSec}s ago`,
+        });
+      }
+      ttlSec = Math.min(ttlSec, left);
+    }
+    return v(7, undefined, tool.def.singleUse, ttlSec);
   }
 }
 

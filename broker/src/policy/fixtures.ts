@@ -11,6 +11,7 @@
 //       resource: tickets/T-1
 //       history:                    # earlier steps in the same task, oldest first (optional)
 //         - { tool: get_ticket, resource: tickets/T-1 }   # action: read, audience: the case's
+//       task_age: 20m               # optional: how long ago the task was opened
 //       expect: allow               # or a denial code, e.g. TASKPASS_DENIED_RESOURCE
 //       template: tickets-support   # optional: the allowing (or closest) template; when several
 //                                   # allow, all their ids, sorted, space-separated
@@ -26,7 +27,7 @@ import { BROKER_ERRORS, type BrokerErrorCode } from '../errors.ts';
 import type { IssuedCall } from '../store/types.ts';
 import { type Decision, type PolicySet, templateIds } from './engine.ts';
 import { formatPath, loadPolicyDir, type PolicyError } from './loader.ts';
-import { ACTIONS } from './schema.ts';
+import { ACTIONS, parseDuration } from './schema.ts';
 
 const CODES = Object.keys(BROKER_ERRORS) as [BrokerErrorCode, ...BrokerErrorCode[]];
 
@@ -53,6 +54,11 @@ const CaseSchema = z.strictObject({
   action: z.enum(ACTIONS),
   resource: z.string(),
   history: z.array(StepSchema).default([]),
+  /** How long ago the task was opened (`90s`, `20m`); omitted: the task's age is not checked. */
+  task_age: z
+    .string()
+    .refine((v) => parseDuration(v) !== undefined, 'use a duration such as "90s", "20m" or "1h"')
+    .optional(),
   expect: z.union([z.literal('allow'), z.enum(CODES)]),
   template: z.string().optional(),
 });
@@ -162,6 +168,7 @@ export function parseFixtureText(
 /** Runs one case against a set. */
 export function runCase(set: PolicySet, c: FixtureCase, file = '<inline>'): FixtureCaseResult {
   const history: IssuedCall[] = [];
+  const taskAgeSec = c.task_age === undefined ? undefined : parseDuration(c.task_age);
   for (const [i, step] of c.history.entries()) {
     let template = step.template;
     if (template === undefined) {
@@ -173,6 +180,7 @@ export function runCase(set: PolicySet, c: FixtureCase, file = '<inline>'): Fixt
         action: step.action,
         resource: step.resource,
         history,
+        taskAgeSec,
       });
       if (!d.allow) {
         return {
@@ -206,6 +214,7 @@ export function runCase(set: PolicySet, c: FixtureCase, file = '<inline>'): Fixt
     action: c.action,
     resource: c.resource,
     history,
+    taskAgeSec,
   });
   const actual = d.allow ? 'allow' : d.code;
   const template = d.template;

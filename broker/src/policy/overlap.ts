@@ -4,8 +4,8 @@
 // Decisions combine the templates that allow a call strictly (engine.ts): where two templates both
 // allow, the token takes the shorter ttl and single use. So a lenient template weakens a stricter
 // one only where it allows a call the stricter one refuses although both cover the agent, tool and
-// resource: when it lacks a prerequisite, has a higher (or no) call cap, or asks less of the user
-// (delegation, issuer, claims). Those calls then also get the lenient template's longer ttl or
+// resource: when it lacks a prerequisite, has a higher (or no) call cap, a longer max_task_ttl, or
+// asks less of the user (delegation, issuer, claims). Those calls then also get the lenient template's longer ttl or
 // reusable token, which the warning lists too. A longer ttl or a reusable token alone is not a
 // widening (wherever the lenient template allows, the stricter one does too, and its facts win).
 //
@@ -26,7 +26,14 @@ export interface SourceLocation {
 
 /** One way the wider template's rule is weaker. */
 export interface Widened {
-  condition: 'requires' | 'max_calls_per_task' | 'delegation' | 'users' | 'ttl' | 'single_use';
+  condition:
+    | 'requires'
+    | 'max_calls_per_task'
+    | 'max_task_ttl'
+    | 'delegation'
+    | 'users'
+    | 'ttl'
+    | 'single_use';
   /** What exactly, e.g. `no prerequisite "get_ticket" on the same resource`. */
   detail: string;
 }
@@ -70,7 +77,18 @@ export function findWidenings(templates: readonly Template[], locate?: Locate): 
         if (si < 0) continue;
         const st = strict.tools[si]!;
         if (!resourcesMeet(wt, st)) continue;
-        const gating = [...principalWidenings(wide, strict), ...workflowWidenings(wt, st)];
+        const gating = [
+          ...principalWidenings(wide, strict),
+          ...workflowWidenings(wt, st),
+          ...(wide.maxTaskTtlSec > strict.maxTaskTtlSec
+            ? [
+                {
+                  condition: 'max_task_ttl' as const,
+                  detail: `allows calls up to ${wide.maxTaskTtlSec}s into a task, not ${strict.maxTaskTtlSec}s`,
+                },
+              ]
+            : []),
+        ];
         if (!gating.length) continue;
         const widened = [...gating, ...factWidenings(wide, wt, strict, st)];
         const at = locate?.(wide.id, ['tools', wi]);

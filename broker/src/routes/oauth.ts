@@ -71,6 +71,7 @@ const OAUTH_OF: Partial<Record<BrokerErrorCode, [string, number]>> = {
   TASKPASS_DENIED_RESOURCE: ['invalid_authorization_details', 400],
   TASKPASS_DENIED_CALL_LIMIT: ['invalid_authorization_details', 400],
   TASKPASS_DENIED_PREREQUISITE: ['invalid_authorization_details', 400],
+  TASKPASS_DENIED_TASK_AGE: ['invalid_grant', 400],
   TASKPASS_INVALID_RESOURCE: ['invalid_authorization_details', 400],
   TASKPASS_RATE_LIMITED: ['slow_down', 429],
   TASKPASS_STORE_UNAVAILABLE: ['temporarily_unavailable', 503],
