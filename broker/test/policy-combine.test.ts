@@ -154,6 +154,7 @@ const bodyArb = fc.record({
   }),
   audience: fc.constantFrom(TICKETS, TICKETS, 'https://kb.taskpass.local/mcp'),
   ttl: fc.integer({ min: 1, max: 120 }).map((s) => `${s}s`),
+  max_task_ttl: fc.constantFrom('2m', '5m', '15m', '1h'),
   tools: fc
     .subarray([...TOOLS], { minLength: 1 })
     .chain((names) => fc.tuple(...names.map((t) => toolArb(t)))),
@@ -167,6 +168,7 @@ const caseArb = fc.record({
   tool: fc.constantFrom(...TOOLS),
   resource: fc.constantFrom(...RESOURCES),
   user: fc.constantFrom(alice, { iss: IDP, sub: 'bob', claims: { groups: ['sales'] } }, undefined),
+  taskAgeSec: fc.option(fc.integer({ min: 0, max: 4000 }), { nil: undefined }),
   // Past calls: tool, resource, and which bodies issued them (by index; may name a missing one).
   history: fc.array(
     fc.record({
@@ -217,6 +219,7 @@ describe('property: decisions are independent of template order and id sorting',
             action: c.tool === 'get_ticket' ? 'read' : 'write',
             resource: c.resource,
             history,
+            taskAgeSec: c.taskAgeSec,
           });
           return facts(d, (id) => c.bodies.findIndex((_, i) => name(i) === id));
         };
