@@ -362,3 +362,28 @@ test('TICKETS agents keep working through the boundary (regression)', async () =
   });
   assert.equal(t.statusCode, 200, t.body);
 });
+
+test('every OAuth refusal carries a stable code, also those raised in OAuth terms only', async () => {
+  const b = await testBroker();
+  const te = (fields: Record<string, string>, headers: Record<string, string> = b.mtls(OPS_AGENT)) =>
+    b.app.inject({
+      method: 'POST',
+      url: '/oauth2/token',
+      headers: { ...FORM, ...headers },
+      payload: form(fields),
+    });
+  const cases: [Record<string, string>, string, string][] = [
+    [{ grant_type: '0x10' }, 'unsupported_grant_type', 'TASKPASS_BAD_REQUEST'],
+    [{ grant_type: TE, resource: OPS }, 'invalid_authorization_details', 'TASKPASS_BAD_REQUEST'],
+    [
+      { ...opsExchange, client_assertion: 'x', client_assertion_type: 'nope' },
+      'invalid_client',
+      'TASKPASS_UNAUTHENTICATED',
+    ],
+  ];
+  for (const [fields, error, code] of cases) {
+    const r = await te(fields);
+    assert.equal(r.json().error, error, r.body);
+    assert.equal(r.json().code, code, r.body);
+  }
+});

@@ -161,7 +161,9 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
       return reply.code(err.status).send({
         error: err.error,
         error_description: err.message,
-        ...(err.code ? { code: err.code } : {}),
+        // Every refusal carries a stable code, also those raised in OAuth terms only.
+        code:
+          err.code ?? (err.error === 'invalid_client' ? 'TASKPASS_UNAUTHENTICATED' : 'TASKPASS_BAD_REQUEST'),
         ...(err.template ? { template: err.template } : {}),
       });
     }
