@@ -195,6 +195,7 @@ export const ConfigSchema = z
       .prefault({}),
     /** How often expired tasks, replay entries and stale revocations are dropped from the store. */
     sweepEvery: Duration.default(60),
+    /** Ceiling on every request body; each route has a smaller limit of its own (request-boundary.ts). */
     bodyLimit: z.number().int().min(1024).max(10_485_760).default(65536),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
