@@ -9,6 +9,7 @@ import Fastify, {
   type FastifyRequest,
   type FastifyServerFactory,
 } from 'fastify';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { type AuditLog, createAuditLog } from './audit.ts';
 import { agentMatcherFromConfig, idListMatcher, type WorkloadAuthenticator } from './auth.ts';
@@ -16,6 +17,8 @@ import type { BrokerConfig } from './config.ts';
 import { BROKER_ERRORS, TaskpassError } from './errors.ts';
 import { type BrokerMetrics, createMetrics } from './metrics.ts';
 import type { KeysPort, PolicyPort } from './ports.ts';
+import { limiterRedis, registerRateLimitStore } from './rate-limit.ts';
+import { fastifyClientError, installDepthLimitedJsonParser, strictQueryTypes } from './request-boundary.ts';
 import type { revocationFeedRoutes } from './revocation-hub.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { authenticateRequest, type RouteContext, socketPeerChain } from './routes/context.ts';
@@ -56,6 +59,11 @@ export interface AppDeps {
   serverFactory?: FastifyServerFactory;
   audit?: AuditLog;
   metrics?: BrokerMetrics;
+  /**
+   * The rate limiter's Redis client. Default: one made from `config.store.redis` (none on SQLite:
+   * counters in memory). `false`: in memory even on the Redis store.
+   */
+  rateLimitRedis?: Redis | false;
   /** The feed routes plugin; default: revocationFeedRoutes from revocation-hub.ts (loaded lazily). */
   feedRoutes?: typeof revocationFeedRoutes;
 }
@@ -75,7 +83,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     loggerInstance: deps.logger,
     bodyLimit: config.bodyLimit,
     ...(deps.serverFactory ? { serverFactory: deps.serverFactory } : {}),
-    ajv: { customOptions: { removeAdditional: false } },
+    // JSON types as declared and nothing else: no coercion (ajv's default would accept `["read"]`
+    // for "read" and `"0x10"` or `true` for an integer), no silent removal of unknown fields, no
+    // NaN/Infinity. Query strings are converted strictly by strictQueryTypes below.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, strictNumbers: true } },
     return503OnClosing: true,
   }) as unknown as FastifyInstance;
 
@@ -107,6 +118,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   };
 
   app.decorateRequest('workload', null);
+  installDepthLimitedJsonParser(app);
+  app.addHook('preValidation', async (req) => strictQueryTypes(req));
+  registerRateLimitStore(app, config, {
+    redis: deps.rateLimitRedis === undefined ? limiterRedis(config) : deps.rateLimitRedis || undefined,
+    logger: deps.logger,
+  });
   app.addSchema(ErrorBody);
   app.addSchema(OAuthErrorBody);
 
@@ -116,20 +133,13 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       const body: Record<string, unknown> = { code: err.code, message: err.message };
       if (err.code === 'TASKPASS_INTERNAL') body.message = 'internal error';
       else if (err.details) Object.assign(body, err.details, body);
-      if (err.code === 'TASKPASS_RATE_LIMITED') reply.header('retry-after', '60');
       return reply.code(err.status).send(body);
     }
     if (err.validation) {
       return reply.code(400).send({ code: 'TASKPASS_BAD_REQUEST', message: err.message });
     }
-    if (
-      typeof err.statusCode === 'number' &&
-      err.statusCode >= 400 &&
-      err.statusCode < 500 &&
-      err.code?.startsWith('FST_')
-    ) {
-      return reply.code(err.statusCode).send({ code: 'TASKPASS_BAD_REQUEST', message: err.message });
-    }
+    const fst = fastifyClientError(err);
+    if (fst) return reply.code(fst.status).send({ code: fst.code, message: err.message });
     req.log.error({ err }, 'unexpected error');
     return reply.code(500).send({ code: 'TASKPASS_INTERNAL', message: 'internal error' });
   });

@@ -154,8 +154,29 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Per-caller request budgets (fixed one-minute windows). Each class has its own budget; with
+     * the Redis store the counters live in the same Redis and are shared by every replica.
+     */
     rateLimit: z
-      .object({ perAgentPerMinute: z.number().int().positive().default(1200) })
+      .object({
+        /** The agent API (/v1/tasks/**) and the token exchange (/oauth2/token), per agent SPIFFE ID. */
+        perAgentPerMinute: z.number().int().positive().default(1200),
+        /** Introspection and RFC 7009 revocation, per calling workload (verifiers introspect a lot). */
+        perWorkloadPerMinute: z.number().int().positive().default(6000),
+        /** The admin API, per administrator. */
+        perAdminPerMinute: z.number().int().positive().default(600),
+        /**
+         * Token exchange requests that carry no header credential (no mTLS identity, no bearer
+         * JWT-SVID; the actor comes later from the form), per client IP, counted before the form is read.
+         */
+        perIpPerMinute: z.number().int().positive().default(600),
+        /**
+         * How long a request waits for the shared (Redis) counter. No answer in time → 503
+         * TASKPASS_RATE_LIMIT_UNAVAILABLE: the limiter fails closed.
+         */
+        redisTimeoutMs: z.number().int().min(10).max(10_000).default(500),
+      })
       .strict()
       .prefault({}),
     introspection: z
@@ -174,6 +195,7 @@ export const ConfigSchema = z
       .prefault({}),
     /** How often expired tasks, replay entries and stale revocations are dropped from the store. */
     sweepEvery: Duration.default(60),
+    /** Ceiling on every request body; each route has a smaller limit of its own (request-boundary.ts). */
     bodyLimit: z.number().int().min(1024).max(10_485_760).default(65536),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
@@ -261,6 +283,9 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_STORE_REDIS_URL: { path: ['store', 'redis', 'url'] },
     TASKPASS_FEED_AUTH: { path: ['feed', 'auth'] },
     TASKPASS_RATE_LIMIT_PER_AGENT_PER_MINUTE: { path: ['rateLimit', 'perAgentPerMinute'], conv: int },
+    TASKPASS_RATE_LIMIT_PER_WORKLOAD_PER_MINUTE: { path: ['rateLimit', 'perWorkloadPerMinute'], conv: int },
+    TASKPASS_RATE_LIMIT_PER_ADMIN_PER_MINUTE: { path: ['rateLimit', 'perAdminPerMinute'], conv: int },
+    TASKPASS_RATE_LIMIT_PER_IP_PER_MINUTE: { path: ['rateLimit', 'perIpPerMinute'], conv: int },
     TASKPASS_AUDIT_DESTINATION: { path: ['audit', 'destination'] },
     TASKPASS_SWEEP_EVERY: { path: ['sweepEvery'] },
     TASKPASS_BODY_LIMIT: { path: ['bodyLimit'], conv: int },

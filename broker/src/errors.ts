@@ -72,7 +72,24 @@ export const BROKER_ERRORS = {
       "The task is older than the template's max_task_ttl; that template no longer allows calls in it.",
   },
   TASKPASS_FORBIDDEN_ADMIN: { status: 403, description: 'The caller is not an administrator.' },
-  TASKPASS_RATE_LIMITED: { status: 429, description: 'Too many requests from this agent.' },
+  TASKPASS_RATE_LIMITED: {
+    status: 429,
+    description:
+      'Too many requests from this caller; `Retry-After` gives the seconds until its window resets.',
+  },
+  TASKPASS_RATE_LIMIT_UNAVAILABLE: {
+    status: 503,
+    description:
+      'The shared rate limiter (Redis) did not answer in time; refused, not let through unmetered.',
+  },
+  TASKPASS_BODY_TOO_LARGE: {
+    status: 413,
+    description: 'The request body is larger than this route accepts; it was not read further.',
+  },
+  TASKPASS_UNSUPPORTED_MEDIA_TYPE: {
+    status: 415,
+    description: 'The request body has a content type this route does not accept.',
+  },
   TASKPASS_STORE_UNAVAILABLE: {
     status: 503,
     description: 'The store could not make the change durable; nothing was acknowledged.',

@@ -134,3 +134,33 @@ test('workloadApi.hint picks the broker SVID; sweepEvery schedules the store swe
   assert.equal(pick(svids), svids[1]);
   assert.equal(pick([{ hint: 'agent' }] as never[]), undefined);
 });
+
+test('rateLimit: a budget per caller class, a Redis timeout, each settable from the environment', () => {
+  assert.deepEqual(parseConfig(minimal).rateLimit, {
+    perAgentPerMinute: 1200,
+    perWorkloadPerMinute: 6000,
+    perAdminPerMinute: 600,
+    perIpPerMinute: 600,
+    redisTimeoutMs: 500,
+  });
+  const c = loadConfig({
+    env: {
+      TASKPASS_ISSUER: minimal.issuer,
+      TASKPASS_TRUST_DOMAIN: minimal.trustDomain,
+      TASKPASS_RATE_LIMIT_PER_WORKLOAD_PER_MINUTE: '10',
+      TASKPASS_RATE_LIMIT_PER_ADMIN_PER_MINUTE: '11',
+      TASKPASS_RATE_LIMIT_PER_IP_PER_MINUTE: '12',
+    },
+  });
+  assert.equal(c.rateLimit.perWorkloadPerMinute, 10);
+  assert.equal(c.rateLimit.perAdminPerMinute, 11);
+  assert.equal(c.rateLimit.perIpPerMinute, 12);
+  for (const bad of [
+    { perIpPerMinute: 0 },
+    { perAgentPerMinute: 1.5 },
+    { redisTimeoutMs: 0 },
+    { other: 1 },
+  ]) {
+    assert.throws(() => parseConfig({ ...minimal, rateLimit: bad }), /rateLimit/);
+  }
+});

@@ -2,6 +2,8 @@
 // SPIFFE IDs (TASKPASS_FORBIDDEN_ADMIN for any other authenticated workload).
 import type { FastifyInstance } from 'fastify';
 import { TaskpassError } from '../errors.ts';
+import { rateLimiter } from '../rate-limit.ts';
+import { BODY_LIMITS, bodyLimit } from '../request-boundary.ts';
 import type { TaskStatus } from '../store/types.ts';
 import { authenticateRequest, type RouteContext } from './context.ts';
 import {
@@ -9,6 +11,7 @@ import {
   AdminListResponse,
   AdminRevokeBody,
   CompleteResponse,
+  bodyErrorResponses,
   errorResponses,
   TaskIdParams,
   taskView,
@@ -16,14 +19,16 @@ import {
 
 const security: Record<string, string[]>[] = [{ mtls: [] }, { jwtSvid: [] }];
 
-/** Registers /admin/v1/**. */
+/** Registers /admin/v1/**: authenticated, admin-only and rate-limited before any body is read. */
 export async function adminRoutes(app: FastifyInstance, ctx: RouteContext): Promise<void> {
-  app.addHook('onRequest', async (req) => {
+  const limiter = rateLimiter(app);
+  app.addHook('onRequest', async (req, reply) => {
     const id = await authenticateRequest(ctx, req);
     if (!ctx.matchers.admin(id.spiffeId)) {
       throw new TaskpassError('TASKPASS_FORBIDDEN_ADMIN', 'this SPIFFE ID is not an administrator');
     }
     req.workload = id;
+    await limiter.consume(req, reply, 'admin', id.id);
   });
 
   app.get<{ Querystring: { status?: TaskStatus; agent?: string; limit?: number } }>(
@@ -53,13 +58,14 @@ export async function adminRoutes(app: FastifyInstance, ctx: RouteContext): Prom
   app.post<{ Params: { id: string }; Body: { reason?: string } | null }>(
     '/admin/v1/tasks/:id/revoke',
     {
+      bodyLimit: bodyLimit(ctx.config, BODY_LIMITS.small),
       schema: {
         summary: 'Revoke a task and every token of it (admins); answers after the revocation is durable',
         tags: ['admin'],
         security,
         params: TaskIdParams,
         body: AdminRevokeBody,
-        response: { 200: CompleteResponse, ...errorResponses },
+        response: { 200: CompleteResponse, ...bodyErrorResponses },
       },
     },
     async (req) => {

@@ -16,11 +16,13 @@
 //   task_id               (extension) an open task of the caller; when absent a one-shot task is
 //                         opened (purpose from `purpose`) and its id returned as `task_id`
 import formbody from '@fastify/formbody';
-import type { FastifyError, FastifyInstance } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTPayload, jwtVerify } from 'jose';
 import type { WorkloadIdentity } from '../auth.ts';
 import { type BrokerErrorCode, TaskpassError } from '../errors.ts';
 import type { AuthorizationDetail } from '../mint.ts';
+import { rateLimiter } from '../rate-limit.ts';
+import { BODY_LIMITS, bodyLimit, fastifyClientError } from '../request-boundary.ts';
 import type { VerifiedUser } from '../user-tokens.ts';
 import { authenticateRequest, nowSec, type RouteContext } from './context.ts';
 import {
@@ -73,7 +75,10 @@ const OAUTH_OF: Partial<Record<BrokerErrorCode, [string, number]>> = {
   TASKPASS_DENIED_PREREQUISITE: ['invalid_authorization_details', 400],
   TASKPASS_DENIED_TASK_AGE: ['invalid_grant', 400],
   TASKPASS_INVALID_RESOURCE: ['invalid_authorization_details', 400],
+  TASKPASS_BODY_TOO_LARGE: ['invalid_request', 413],
+  TASKPASS_UNSUPPORTED_MEDIA_TYPE: ['invalid_request', 415],
   TASKPASS_RATE_LIMITED: ['slow_down', 429],
+  TASKPASS_RATE_LIMIT_UNAVAILABLE: ['temporarily_unavailable', 503],
   TASKPASS_STORE_UNAVAILABLE: ['temporarily_unavailable', 503],
 };
 
@@ -138,9 +143,18 @@ export async function verifyOwnToken(ctx: RouteContext, token: string): Promise<
   }
 }
 
-/** Registers /oauth2/{token,introspect,revoke} in a form-encoded scope with OAuth error bodies. */
+/**
+ * Registers /oauth2/{token,introspect,revoke} in a form-encoded scope with OAuth error bodies.
+ * Introspection and revocation authenticate the caller and count it against its budget before the
+ * body is read; the token exchange does so when the credential is in the headers (mTLS or bearer),
+ * and otherwise counts the client IP first and reads at most its small form (the actor credential
+ * is in it), then counts the authenticated agent as well.
+ */
 export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Promise<void> {
-  await app.register(formbody, { bodyLimit: ctx.config.bodyLimit });
+  // Form bodies only (RFC 6749 §3.2, RFC 7662 §2.1, RFC 7009 §2.1): JSON and text answer 415.
+  app.removeAllContentTypeParsers();
+  await app.register(formbody, { bodyLimit: bodyLimit(ctx.config, BODY_LIMITS.tokenExchange) });
+  const limiter = rateLimiter(app);
 
   app.setErrorHandler((err: FastifyError | TaskpassError | OAuthError, req, reply) => {
     reply.header('cache-control', 'no-store');
@@ -148,7 +162,9 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
       return reply.code(err.status).send({
         error: err.error,
         error_description: err.message,
-        ...(err.code ? { code: err.code } : {}),
+        // Every refusal carries a stable code, also those raised in OAuth terms only.
+        code:
+          err.code ?? (err.error === 'invalid_client' ? 'TASKPASS_UNAUTHENTICATED' : 'TASKPASS_BAD_REQUEST'),
         ...(err.template ? { template: err.template } : {}),
       });
     }
@@ -164,11 +180,12 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
       });
     }
     const fe = err as FastifyError;
-    if (fe.validation || (fe.statusCode && fe.statusCode < 500 && fe.code?.startsWith('FST_'))) {
-      return reply.code(fe.statusCode && fe.statusCode !== 400 ? fe.statusCode : 400).send({
+    const fst = fe.validation ? { status: 400, code: 'TASKPASS_BAD_REQUEST' } : fastifyClientError(fe);
+    if (fst) {
+      return reply.code(fst.status).send({
         error: 'invalid_request',
         error_description: fe.message,
-        code: 'TASKPASS_BAD_REQUEST',
+        code: fst.code,
       });
     }
     req.log.error({ err }, 'oauth request failed');
@@ -203,6 +220,7 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
         }
         return await ctx.auth.authenticate({ jwtSvid: body.actor_token });
       }
+      if (req.workload) return req.workload;
       return await authenticateRequest(ctx, req);
     } catch (e) {
       if (e instanceof OAuthError) throw e;
@@ -210,9 +228,43 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
     }
   }
 
+  // Introspection and revocation: any authenticated workload, counted per workload.
+  const authenticatedWorkload = async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    try {
+      req.workload = await authenticateRequest(ctx, req);
+    } catch {
+      throw new OAuthError(
+        'invalid_client',
+        'authenticate with an X.509-SVID or a JWT-SVID',
+        401,
+        'TASKPASS_UNAUTHENTICATED',
+      );
+    }
+    await limiter.consume(req, reply, 'workload', req.workload.id);
+  };
+
   app.post<{ Body: TokenExchangeBodyT }>(
     '/oauth2/token',
     {
+      bodyLimit: bodyLimit(ctx.config, BODY_LIMITS.tokenExchange),
+      onRequest: async (req, reply) => {
+        try {
+          req.workload = await authenticateRequest(ctx, req);
+        } catch {
+          // A bearer that does not verify is a failed client authentication. Without one the
+          // actor may still be in the form (actor_token, client_assertion): no identity yet.
+          if (req.headers.authorization !== undefined) {
+            throw new OAuthError(
+              'invalid_client',
+              'client authentication failed',
+              401,
+              'TASKPASS_UNAUTHENTICATED',
+            );
+          }
+        }
+        if (req.workload) await limiter.consume(req, reply, 'agent', req.workload.id);
+        else await limiter.consume(req, reply, 'ip', req.ip);
+      },
       schema: {
         summary: 'RFC 8693 token exchange: user token + agent identity → one call token',
         tags: ['oauth'],
@@ -228,6 +280,7 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
         throw new OAuthError('unsupported_grant_type', `only ${GRANT_TOKEN_EXCHANGE} is supported`);
       }
       const agent = await authClient(req, b);
+      if (agent.id !== req.workload?.id) await limiter.consume(req, reply, 'agent', agent.id);
       if (!ctx.matchers.agent(agent.spiffeId)) {
         throw new OAuthError(
           'invalid_client',
@@ -297,6 +350,8 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
   app.post<{ Body: { token: string; token_type_hint?: string; consume?: 'true' | 'false' } }>(
     '/oauth2/introspect',
     {
+      bodyLimit: bodyLimit(ctx.config, BODY_LIMITS.introspection),
+      onRequest: authenticatedWorkload,
       schema: {
         summary:
           'RFC 7662 introspection (authenticated workloads). consume=true (extension) also spends a single-use token: a second consume answers active=false.',
@@ -308,18 +363,6 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
     },
     async (req, reply) => {
       reply.header('cache-control', 'no-store');
-      let caller: WorkloadIdentity;
-      try {
-        caller = await authenticateRequest(ctx, req);
-      } catch {
-        throw new OAuthError(
-          'invalid_client',
-          'authenticate with an X.509-SVID or a JWT-SVID',
-          401,
-          'TASKPASS_UNAUTHENTICATED',
-        );
-      }
-      void caller;
       const p = await verifyOwnToken(ctx, req.body.token);
       if (!p || typeof p.jti !== 'string') return { active: false };
       const txn = typeof p.txn === 'string' ? p.txn : undefined;
@@ -342,6 +385,8 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
   app.post<{ Body: { token: string; token_type_hint?: string } }>(
     '/oauth2/revoke',
     {
+      bodyLimit: bodyLimit(ctx.config, BODY_LIMITS.introspection),
+      onRequest: authenticatedWorkload,
       schema: {
         summary:
           'RFC 7009 revocation by possession: any authenticated workload holding a valid token may revoke it',
@@ -352,17 +397,7 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
       },
     },
     async (req) => {
-      let caller: WorkloadIdentity;
-      try {
-        caller = await authenticateRequest(ctx, req);
-      } catch {
-        throw new OAuthError(
-          'invalid_client',
-          'authenticate with an X.509-SVID or a JWT-SVID',
-          401,
-          'TASKPASS_UNAUTHENTICATED',
-        );
-      }
+      const caller = req.workload!;
       const p = await verifyOwnToken(ctx, req.body.token);
       // Unknown, invalid or expired tokens: nothing to do, and RFC 7009 §2.2 says 200 all the same.
       if (p && typeof p.jti === 'string' && !(await ctx.store.isRevoked('token', p.jti))) {

@@ -31,14 +31,48 @@ export const OAuthErrorBody = {
   properties: { error: str, error_description: str, code: str, template: str },
 } as const;
 
-export const errorResponses = {
-  '4xx': { $ref: 'TaskpassError#' },
-  '5xx': { $ref: 'TaskpassError#' },
+const retryAfter = {
+  'retry-after': { type: 'integer', description: 'Seconds until the caller may retry' },
 } as const;
-export const oauthErrorResponses = {
-  '4xx': { $ref: 'OAuthError#' },
-  '5xx': { $ref: 'OAuthError#' },
-} as const;
+
+/** The answers every limited route can give (OpenAPI documents each; `ref` is the body schema). */
+function limitedRoute<R extends string>(ref: R, body: boolean) {
+  const $ref = `${ref}#` as const;
+  return {
+    400: {
+      description:
+        'Invalid request: wrong JSON types, unknown fields, JSON nested too deep (TASKPASS_BAD_REQUEST)',
+      $ref,
+    },
+    ...(body
+      ? {
+          413: { description: 'Body larger than this route accepts (TASKPASS_BODY_TOO_LARGE)', $ref },
+          415: { description: 'Unsupported content type (TASKPASS_UNSUPPORTED_MEDIA_TYPE)', $ref },
+        }
+      : {}),
+    429: {
+      description:
+        "Caller's request budget spent (TASKPASS_RATE_LIMITED); Retry-After gives the seconds to the window's reset",
+      headers: retryAfter,
+      $ref,
+    },
+    503: {
+      description:
+        'Store or shared rate limiter unavailable (TASKPASS_STORE_UNAVAILABLE, TASKPASS_RATE_LIMIT_UNAVAILABLE)',
+      headers: retryAfter,
+      $ref,
+    },
+    '4xx': { $ref },
+    '5xx': { $ref },
+  };
+}
+
+/** Error answers of routes without a body. */
+export const errorResponses = limitedRoute('TaskpassError', false);
+/** Error answers of routes with a JSON body. */
+export const bodyErrorResponses = limitedRoute('TaskpassError', true);
+/** Error answers of the form-encoded OAuth routes. */
+export const oauthErrorResponses = limitedRoute('OAuthError', true);
 
 export const TaskIdParams = {
   type: 'object',

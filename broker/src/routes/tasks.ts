@@ -1,8 +1,9 @@
 // The agent API (docs/design.md §3): tasks and call tokens. Registered in its own encapsulated scope
 // whose onRequest hook authenticates the agent; nothing here is reachable without it.
-import rateLimit from '@fastify/rate-limit';
 import type { FastifyInstance } from 'fastify';
 import { TaskpassError } from '../errors.ts';
+import { rateLimiter } from '../rate-limit.ts';
+import { BODY_LIMITS, bodyLimit } from '../request-boundary.ts';
 import type { IssuedToken } from '../service.ts';
 import type { FinishStatus } from '../store/types.ts';
 import type { VerifiedUser } from '../user-tokens.ts';
@@ -12,6 +13,7 @@ import {
   type CallTokenBodyT,
   CompleteBody,
   CompleteResponse,
+  bodyErrorResponses,
   errorResponses,
   OpenTaskBody,
   type OpenTaskBodyT,
@@ -35,36 +37,36 @@ const tokenBody = (t: IssuedToken) => ({
   template: t.template,
 });
 
-/** Registers /v1/tasks/** in an agent-authenticated, rate-limited scope. */
+/**
+ * Registers /v1/tasks/** in an agent-authenticated, rate-limited scope. Both happen in onRequest,
+ * before the body is read: an unauthenticated or throttled caller never gets a byte parsed.
+ */
 export async function taskRoutes(app: FastifyInstance, ctx: RouteContext): Promise<void> {
-  app.addHook('onRequest', async (req) => {
+  const limiter = rateLimiter(app);
+  app.addHook('onRequest', async (req, reply) => {
     const id = await authenticateRequest(ctx, req);
     if (!ctx.matchers.agent(id.spiffeId)) {
       throw new TaskpassError('TASKPASS_FORBIDDEN', 'this SPIFFE ID is not an allowed agent');
     }
     req.workload = id;
+    await limiter.consume(req, reply, 'agent', id.id);
   });
-  await app.register(rateLimit, {
-    max: ctx.config.rateLimit.perAgentPerMinute,
-    timeWindow: 60_000,
-    hook: 'preHandler',
-    keyGenerator: (req) => req.workload?.id ?? req.ip,
-    errorResponseBuilder: (_req, rc) =>
-      new TaskpassError(
-        'TASKPASS_RATE_LIMITED',
-        `rate limit of ${rc.max} requests per minute reached; retry in ${rc.after}`,
-      ),
-  });
+  const limits = {
+    openTask: bodyLimit(ctx.config, BODY_LIMITS.openTask),
+    callToken: bodyLimit(ctx.config, BODY_LIMITS.callToken),
+    small: bodyLimit(ctx.config, BODY_LIMITS.small),
+  };
 
   app.post<{ Body: OpenTaskBodyT }>(
     '/v1/tasks',
     {
+      bodyLimit: limits.openTask,
       schema: {
         summary: 'Open a task on behalf of a user (or autonomously when a template allows it)',
         tags: ['tasks'],
         security,
         body: OpenTaskBody,
-        response: { 201: OpenTaskResponse, ...errorResponses },
+        response: { 201: OpenTaskResponse, ...bodyErrorResponses },
       },
     },
     async (req, reply) => {
@@ -107,13 +109,14 @@ export async function taskRoutes(app: FastifyInstance, ctx: RouteContext): Promi
   app.post<{ Params: { id: string }; Body: CallTokenBodyT }>(
     '/v1/tasks/:id/tokens',
     {
+      bodyLimit: limits.callToken,
       schema: {
         summary: 'Get a call token for one tool call',
         tags: ['tasks'],
         security,
         params: TaskIdParams,
         body: CallTokenBody,
-        response: { 200: TokenResponse, ...errorResponses },
+        response: { 200: TokenResponse, ...bodyErrorResponses },
       },
     },
     async (req, reply) => {
@@ -127,13 +130,14 @@ export async function taskRoutes(app: FastifyInstance, ctx: RouteContext): Promi
   app.post<{ Params: { id: string }; Body: { audience: string } }>(
     '/v1/tasks/:id/session-token',
     {
+      bodyLimit: limits.small,
       schema: {
         summary: 'Get a session token (initialize, tools/list, ping; no tool call)',
         tags: ['tasks'],
         security,
         params: TaskIdParams,
         body: SessionTokenBody,
-        response: { 200: TokenResponse, ...errorResponses },
+        response: { 200: TokenResponse, ...bodyErrorResponses },
       },
     },
     async (req, reply) => {
@@ -147,13 +151,14 @@ export async function taskRoutes(app: FastifyInstance, ctx: RouteContext): Promi
   app.post<{ Params: { id: string }; Body: { status: Exclude<FinishStatus, 'revoked'> } }>(
     '/v1/tasks/:id/complete',
     {
+      bodyLimit: limits.small,
       schema: {
         summary: 'Finish a task; answers only after its revocation is durable',
         tags: ['tasks'],
         security,
         params: TaskIdParams,
         body: CompleteBody,
-        response: { 200: CompleteResponse, ...errorResponses },
+        response: { 200: CompleteResponse, ...bodyErrorResponses },
       },
     },
     async (req) => {
