@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Agent, fetch } from 'undici';
-import { RevocationHub, revocationFeedRoutes } from '../src/revocation-hub.ts';
+import { RevocationHub } from '../src/revocation-hub.ts';
+import { revocationRoutes } from '../src/routes/revocations.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { Revocation } from '../src/store/types.ts';
 
@@ -86,10 +87,9 @@ async function setup(opts: { heartbeatMs?: number; ringSize?: number; deny?: boo
     ...(opts.ringSize ? { ringSize: opts.ringSize } : {}),
   });
   const app: FastifyInstance = Fastify();
-  await app.register(revocationFeedRoutes, {
+  await app.register(revocationRoutes, {
     hub,
     heartbeatMs: opts.heartbeatMs ?? 60_000,
-    store,
     preHandler: async (req) => {
       if (opts.deny && req.headers.authorization !== 'Bearer ok') {
         throw Object.assign(new Error('no credential'), { statusCode: 401 });
@@ -265,9 +265,9 @@ test('feed: pull endpoint', async () => {
     await f.store.revokeToken('j3', nowSec() - 5, 'expired');
     const all = await fetch(`${f.url}/v1/revocations`, { dispatcher: f.dispatcher });
     assert.equal(all.status, 200);
-    assert.deepEqual(await all.json(), { seq: 3, revocations: [r1, r2] });
+    assert.deepEqual(await all.json(), { seq: 3, revocations: [r1, r2], more: false });
     const later = await fetch(`${f.url}/v1/revocations?since=1`, { dispatcher: f.dispatcher });
-    assert.deepEqual(await later.json(), { seq: 3, revocations: [r2] });
+    assert.deepEqual(await later.json(), { seq: 3, revocations: [r2], more: false });
     assert.equal((await fetch(`${f.url}/v1/revocations?since=-1`, { dispatcher: f.dispatcher })).status, 400);
     assert.equal(
       (await fetch(`${f.url}/v1/revocations?since=abc`, { dispatcher: f.dispatcher })).status,
