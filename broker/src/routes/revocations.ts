@@ -69,19 +69,14 @@ const PullQuery = {
   additionalProperties: false,
 } as const;
 
-const StreamQuery = {
-  type: 'object',
-  properties: {
-    since,
-    v: {
-      type: 'integer',
-      enum: [1, 2],
-      default: 1,
-      description: 'Wire format: 2 sends the snapshot as snapshot-page events ending with snapshot',
-    },
-  },
-  additionalProperties: false,
-} as const;
+const StreamQuery = { type: 'object', properties: { since }, additionalProperties: false } as const;
+
+/**
+ * Request header by which a client asks for feed format 2 (snapshot in `snapshot-page` events). A
+ * header rather than a query parameter: brokers that predate it ignore it and answer format 1,
+ * which every client understands.
+ */
+export const FEED_VERSION_HEADER = 'taskpass-feed-version';
 
 const security: Record<string, string[]>[] = [{ mtls: [] }, { jwtSvid: [] }];
 
@@ -127,7 +122,7 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
     async (req) => hub.page(req.query.since, req.query.limit),
   );
 
-  app.get<{ Querystring: { since?: number; v: 1 | 2 } }>(
+  app.get<{ Querystring: { since?: number } }>(
     '/v1/revocations/stream',
     {
       ...preHandler,
@@ -135,14 +130,20 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
         summary: 'Revocation feed (Server-Sent Events): snapshot, then revoked, keys and heartbeat events',
         description:
           'Resume with `Last-Event-ID` (or `?since=`). Events: `snapshot-page` {seq, revocations} ' +
-          '(v=2 only, id = seq), `snapshot` {seq, revocations} (id = seq), `revoked` Revocation ' +
+          '(format 2 only, id = seq), `snapshot` {seq, revocations} (id = seq), `revoked` Revocation ' +
           '(id = seq), `keys` {kids}, `heartbeat` {seq, now}.',
         tags: ['revocations'],
         security,
         querystring: StreamQuery,
         headers: {
           type: 'object',
-          properties: { 'last-event-id': { type: 'string', description: 'Last seq received' } },
+          properties: {
+            'last-event-id': { type: 'string', description: 'Last seq received' },
+            [FEED_VERSION_HEADER]: {
+              type: 'string',
+              description: '2: the snapshot comes as snapshot-page events ending with snapshot',
+            },
+          },
         },
         response: {
           200: {
@@ -154,7 +155,7 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
     },
     async (req, reply) => {
       const from = lastEventId(req) ?? req.query.since;
-      const paged = req.query.v === 2;
+      const paged = req.headers[FEED_VERSION_HEADER] === '2';
       const res = reply.raw;
       let ended = false;
       let heartbeat: NodeJS.Timeout | undefined;
