@@ -178,9 +178,11 @@ export class RevocationHub {
    * Opens a consistent view of the feed: a snapshot (all live revocations when `since` is
    * undefined, else those after `since`) in pages, then live revocations, never one the snapshot
    * already covered. A `since` beyond the store's seq (a store that was reset, or a client of
-   * another deployment) gets the full snapshot: a verifier must never skip a seq.
+   * another deployment) gets the full snapshot: a verifier must never skip a seq. `onOverflow`
+   * is called (once) if more than `maxPending` live revocations arrive before `live()`: the
+   * caller should end the stream at once, even while it waits for a client that does not read.
    */
-  async open(since: number | undefined): Promise<FeedView> {
+  async open(since: number | undefined, onOverflow?: () => void): Promise<FeedView> {
     await this.#ready;
     const nowSec = Math.floor(this.#now() / 1000);
     const pageSize = this.pageSize;
@@ -195,9 +197,10 @@ export class RevocationHub {
         covered = r.seq;
         onLive(r);
       } else if (pending.length < maxPending) pending.push(r);
-      else {
+      else if (!overflow) {
         overflow = true;
         pending = [];
+        onOverflow?.();
       }
     });
     const trim = (upTo: number) => {

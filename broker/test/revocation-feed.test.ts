@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Agent, fetch } from 'undici';
-import { type KeySetSource, RevocationHub } from '../src/revocation-hub.ts';
+import { FeedOverflowError, type KeySetSource, RevocationHub } from '../src/revocation-hub.ts';
 import { revocationRoutes } from '../src/routes/revocations.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { Revocation } from '../src/store/types.ts';
@@ -273,6 +273,40 @@ test('feed: the signing-key set is announced after the snapshot and on every cha
     assert.equal(listeners.size, 0, 'a closed stream stops listening for key changes');
   } finally {
     await f.close();
+  }
+});
+
+test('feed: a view that holds back too many live revocations during its snapshot overflows', async () => {
+  const store = new SqliteStore({ path: ':memory:' });
+  await store.init();
+  const hub = new RevocationHub({ store, maxPending: 2, pageSize: 1 });
+  try {
+    await store.revokeToken('j0', nowSec() + 60, 'x');
+    let overflowed = 0;
+    const view = await hub.open(undefined, () => overflowed++);
+    for (let i = 1; i <= 3; i++) await store.revokeToken(`j${i}`, nowSec() + 60, 'x');
+    assert.equal(overflowed, 1, 'reported at once, not at the next page');
+    await store.revokeToken('j4', nowSec() + 60, 'x');
+    assert.equal(overflowed, 1, 'once');
+    await assert.rejects(
+      (async () => {
+        for await (const _ of view.pages());
+      })(),
+      FeedOverflowError,
+    );
+    view.close();
+    // A view within the limit switches to live with what it held back.
+    const ok = await hub.open(undefined);
+    const pages: number[] = [];
+    for await (const p of ok.pages()) pages.push(...p.revocations.map((r) => r.seq));
+    const r6 = await store.revokeToken('j6', nowSec() + 60, 'x');
+    const live: number[] = [];
+    ok.live((r) => live.push(r.seq));
+    assert.deepEqual([pages, live], [[1, 2, 3, 4, 5], [r6.seq]]);
+    ok.close();
+  } finally {
+    await hub.close();
+    await store.close();
   }
 });
 

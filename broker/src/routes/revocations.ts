@@ -209,7 +209,12 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
       res.on('close', () => end());
       if (ended) return;
       try {
-        view = await hub.open(from);
+        view = await hub.open(from, () => {
+          // Its snapshot is not taken up while revocations keep coming: let it resume later.
+          req.log.warn('revocation feed: stream fell behind during its snapshot; closing it');
+          end();
+          res.destroy();
+        });
         if (ended) {
           view.close();
           return;
