@@ -1,6 +1,7 @@
 // Taskpass benchmarks (issues #3 and #4): `npm run bench`, `npm run bench -- --quick`,
-// `npm run bench -- --only issuance,verification,revocation`. See bench/README.md.
+// `npm run bench -- --only issuance,verification,revocation,feed`. See bench/README.md.
 import { cpus, loadavg, totalmem } from 'node:os';
+import { runFeedSnapshot } from './feed-snapshot.ts';
 import { runIssuance } from './issuance.ts';
 import { startBenchEnv } from './lib/env.ts';
 import { fmtMs, fmtRate, table } from './lib/stats.ts';
@@ -97,6 +98,23 @@ async function main(): Promise<void> {
         `${fmtMs(r.fromSend.p99)} (p50 ${fmtMs(r.fromSend.p50)}, max ${fmtMs(r.fromSend.max)})`,
         'info',
       ]);
+    }
+    if (want('feed')) {
+      console.log(
+        '\n[4] revocation feed snapshot — a fresh verifier at N live revocations (SQLite, loopback)',
+      );
+      for (const size of quick ? [100_000] : [100_000, 1_000_000]) {
+        const r = await runFeedSnapshot(size);
+        console.log(
+          `  ${size}: broker work per page of 1000 median ${fmtMs(r.pageMedianMs)}, max ${fmtMs(r.pageMaxMs)}; ready in ${fmtMs(r.readyMs)}; broker event-loop delay max ${fmtMs(r.loopMaxMs)} (p99 ${fmtMs(r.loopP99Ms)}; idle max ${fmtMs(r.idleLoopMaxMs)}); ${r.pings} pings meanwhile, slowest ${fmtMs(r.pingMaxMs)}`,
+        );
+        rows.push([
+          `fresh verifier ready at ${size / 1000}k live revocations`,
+          '—',
+          `${fmtMs(r.readyMs)} (broker loop delay max ${fmtMs(r.loopMaxMs)}, slowest ping ${fmtMs(r.pingMaxMs)})`,
+          'info',
+        ]);
+      }
     }
   } finally {
     await env.close();

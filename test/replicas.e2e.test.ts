@@ -445,7 +445,7 @@ describe('two broker replicas on one Redis store (real SPIRE)', () => {
     const prefix = newPrefix('rotation');
     const rotating: Partial<BrokerConfig> = {
       store: { redis: { url: REDIS_URL, keyPrefix: prefix } },
-      keys: { rotateEvery: ROTATE_SEC, prepublish: PREPUBLISH_SEC },
+      keys: { rotateEvery: ROTATE_SEC, prepublish: PREPUBLISH_SEC, jwksMaxAge: 1 },
     };
     // Started together on an empty store, like a fresh deployment.
     const [a, b] = await Promise.all([startReplica('rot-a', rotating), startReplica('rot-b', rotating)]);

@@ -132,7 +132,7 @@ export async function startBenchEnv(opts: { logFile?: string } = {}): Promise<Be
   });
   const policies = new PolicyWatcher(config.policiesDir, { logger });
   await policies.start();
-  const hub = new RevocationHub({ store, logger, heartbeatMs: config.feed.heartbeatMs });
+  const hub = new RevocationHub({ store, logger, heartbeatMs: config.feed.heartbeatMs, keys });
 
   const httpsOptions: ServerOptions = {
     key: brokerTls.key,

@@ -19,18 +19,17 @@ import { type BrokerMetrics, createMetrics } from './metrics.ts';
 import type { KeysPort, PolicyPort } from './ports.ts';
 import { limiterRedis, registerRateLimitStore } from './rate-limit.ts';
 import { fastifyClientError, installDepthLimitedJsonParser, strictQueryTypes } from './request-boundary.ts';
-import type { revocationFeedRoutes } from './revocation-hub.ts';
+import type { RevocationHub } from './revocation-hub.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { authenticateRequest, type RouteContext, socketPeerChain } from './routes/context.ts';
 import { oauthRoutes } from './routes/oauth.ts';
 import { publicRoutes } from './routes/public.ts';
+import { revocationRoutes } from './routes/revocations.ts';
 import { ErrorBody, OAuthErrorBody } from './routes/schemas.ts';
 import { taskRoutes } from './routes/tasks.ts';
 import { TaskService } from './service.ts';
 import type { Store } from './store/types.ts';
 import type { UserTokenVerifier } from './user-tokens.ts';
-
-type FeedOptions = Parameters<typeof revocationFeedRoutes>[1];
 
 /** Everything the app needs, handed in (live sources in server.ts, static ones in tests). */
 export interface AppDeps {
@@ -46,7 +45,7 @@ export interface AppDeps {
     svidReady?: () => boolean;
   };
   userTokens: UserTokenVerifier;
-  hub: FeedOptions['hub'];
+  hub: RevocationHub;
   logger: Logger;
   /** Epoch milliseconds (tests move time). */
   now?: () => number;
@@ -64,15 +63,6 @@ export interface AppDeps {
    * counters in memory). `false`: in memory even on the Redis store.
    */
   rateLimitRedis?: Redis | false;
-  /** The feed routes plugin; default: revocationFeedRoutes from revocation-hub.ts (loaded lazily). */
-  feedRoutes?: typeof revocationFeedRoutes;
-}
-
-function subscriberCount(hub: unknown): number {
-  const h = hub as { subscriberCount?: number | (() => number); size?: number };
-  if (typeof h.subscriberCount === 'function') return h.subscriberCount();
-  if (typeof h.subscriberCount === 'number') return h.subscriberCount;
-  return typeof h.size === 'number' ? h.size : 0;
 }
 
 /** Builds the broker application (routes registered; call `ready()` or `inject()`). */
@@ -90,7 +80,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     return503OnClosing: true,
   }) as unknown as FastifyInstance;
 
-  const metrics = deps.metrics ?? createMetrics(() => subscriberCount(deps.hub));
+  const metrics = deps.metrics ?? createMetrics(() => deps.hub.subscriberCount());
   const audit = deps.audit ?? createAuditLog(deps.logger, config.audit.destination);
   const service = new TaskService({
     config,
@@ -184,13 +174,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
             }
             req.workload = id;
           };
-    const feedRoutes = deps.feedRoutes ?? (await import('./revocation-hub.ts')).revocationFeedRoutes;
-    await scope.register(feedRoutes, {
-      hub: deps.hub,
-      heartbeatMs: config.feed.heartbeatMs,
-      store: deps.store,
-      preHandler,
-    } as FeedOptions);
+    await revocationRoutes(scope, { hub: deps.hub, heartbeatMs: config.feed.heartbeatMs, preHandler });
   });
 
   // In a plugin scope so that it is registered after swagger's onRoute hook is in place.

@@ -142,7 +142,13 @@ export const ConfigSchema = z
       .strict()
       .prefault({}),
     keys: z
-      .object({ rotateEvery: Duration.default(86400), prepublish: Duration.default(3600) })
+      .object({
+        rotateEvery: Duration.default(86400),
+        prepublish: Duration.default(3600),
+        /** How long verifiers may cache the JWKS (its Cache-Control max-age; the verifier's default
+         *  cache is 10 min). A key must be published at least this long before it signs. */
+        jwksMaxAge: Duration.default(600),
+      })
       .strict()
       .prefault({}),
     feed: z
@@ -203,6 +209,20 @@ export const ConfigSchema = z
   .refine((c) => c.keys.prepublish < c.keys.rotateEvery, {
     message: 'keys.prepublish must be shorter than keys.rotateEvery',
     path: ['keys', 'prepublish'],
+  })
+  .superRefine((c, ctx) => {
+    // A verifier holding a JWKS fetched just before a key was published would meet tokens of that
+    // key before its cache expires (TASKPASS_VERIFY_UNKNOWN_KID after every rotation).
+    if (c.keys.prepublish < c.keys.jwksMaxAge) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['keys', 'prepublish'],
+        message:
+          `keys.prepublish (${c.keys.prepublish}s) is shorter than keys.jwksMaxAge (${c.keys.jwksMaxAge}s), ` +
+          'the JWKS cache lifetime announced to verifiers: they would meet tokens of a key they have not ' +
+          'loaded. Raise keys.prepublish or lower keys.jwksMaxAge',
+      });
+    }
   })
   .refine((c) => c.tokens.defaultTtl <= c.tokens.maxTtl, {
     message: 'tokens.defaultTtl must not exceed tokens.maxTtl',

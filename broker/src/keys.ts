@@ -77,6 +77,7 @@ export class SigningKeys {
   #timer: NodeJS.Timeout | undefined;
   #rotating: Promise<void> = Promise.resolve();
   #warnedStale = false;
+  readonly #changeListeners = new Set<() => void>();
 
   private constructor(store: Store, opts: SigningKeysOptions) {
     if (!(opts.rotateEverySec > 0 && opts.prepublishSec >= 0 && opts.maxTokenTtlSec > 0)) {
@@ -130,6 +131,23 @@ export class SigningKeys {
   /** Public keys to publish: next, current, and retired ones whose tokens may still be valid. */
   jwks(): { keys: PublicSigningJwk[] } {
     return { keys: this.#keys.map((k) => ({ ...k.publicJwk })) };
+  }
+
+  /** Kids of the published keys (the JWKS), in activation order. */
+  kids(): string[] {
+    return this.#keys.map((k) => k.stored.kid);
+  }
+
+  /**
+   * Calls `listener` whenever the published key set changes: a key published or removed by this
+   * process or, seen at the next check, by another replica sharing the store. The revocation feed
+   * pushes it to verifiers, so they load a new key long before it signs. Returns an unsubscribe.
+   */
+  onChange(listener: () => void): () => void {
+    this.#changeListeners.add(listener);
+    return () => {
+      this.#changeListeners.delete(listener);
+    };
   }
 
   /** The loaded schedule (no key material), for tests and diagnostics. */
@@ -217,8 +235,18 @@ export class SigningKeys {
       }
       next.push({ stored: s, privateKey, publicJwk: publicOf(s) });
     }
+    const changed =
+      next.length !== this.#keys.length || next.some((k, i) => k.stored.kid !== this.#keys[i]?.stored.kid);
     this.#keys = next;
     this.#warnedStale = false;
+    if (!changed) return;
+    for (const l of this.#changeListeners) {
+      try {
+        l();
+      } catch (err) {
+        this.#opts.logger?.error({ err }, 'signing key change listener threw');
+      }
+    }
   }
 
   async #generate(createdAt: number, activeFrom: number, retireAt: number): Promise<StoredSigningKey> {

@@ -1,13 +1,27 @@
-// The revocation feed: one subscription to the store per process, fanned out to every SSE stream.
+// The revocation feed's engine: one subscription to the store per process, fanned out to every
+// feed stream (the HTTP side is routes/revocations.ts).
 //
 // A revocation reaches subscribers only from store.onRevocation, i.e. after the store made it
-// durable. Each stream is switched from snapshot to live without losing or repeating an event:
-// it subscribes first, reads its snapshot and the seq the snapshot is complete up to, then passes
-// on only live events with a higher seq. The store assigns a seq and stores its revocation in one
-// atomic step, so a snapshot that contains seq N contains every live revocation up to N.
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+// durable. Each stream is switched from snapshot to live without losing or repeating an event: it
+// subscribes first (live events wait in the view's one buffer), reads its snapshot page by page,
+// then passes on only buffered and later events with a higher seq than the snapshot covered. The
+// store assigns a seq and stores its revocation in one atomic step, so a page that contains seq N
+// has been preceded by every live revocation up to N.
+//
+// Snapshots are read in pages and handed out one page at a time, so a snapshot of any size costs
+// the broker one page of memory and one page of event-loop time per step (issue #7: a 5 MB
+// snapshot written at once stalled the broker and was cut off as a slow reader, forever).
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Revocation, Store } from './store/types.ts';
+
+/** The broker's signing-key set as the feed sees it: the kids it publishes and when that changes. */
+export interface KeySetSource {
+  /** Kids in the broker's JWKS now. */
+  kids(): string[];
+  /** Calls `listener` after the published key set changed. Returns an unsubscribe function. */
+  onChange(listener: () => void): () => void;
+}
 
 /** Options of {@link RevocationHub}. */
 export interface RevocationHubOptions {
@@ -18,14 +32,43 @@ export interface RevocationHubOptions {
   heartbeatMs?: number;
   /** Recent revocations kept in memory to serve resumes without reading the store. Default 10000. */
   ringSize?: number;
+  /** Revocations per snapshot page (one store read, one SSE event). Default 1000. */
+  pageSize?: number;
+  /**
+   * Live revocations one stream may hold back while its snapshot is being sent; beyond it the
+   * stream ends and its client resumes from the last page it got. Default 100 000.
+   */
+  maxPending?: number;
+  /** The signing keys: a change of the published set is pushed to every stream (`keys` event). */
+  keys?: KeySetSource;
   /** Clock, epoch milliseconds. Default `Date.now`. */
   now?: () => number;
 }
 
-/** What a stream starts from: the revocations to send and the seq they are complete up to. */
-export interface FeedSnapshot {
-  seq: number;
+/** One page of a snapshot: every live revocation with seq ≤ `upTo` has been handed out with it. */
+export interface FeedPage {
   revocations: Revocation[];
+  upTo: number;
+}
+
+/** A stream's consistent view of the feed: its snapshot in pages, then live revocations. */
+export interface FeedView {
+  /** The snapshot in seq order. Throws {@link FeedOverflowError} when the stream fell too far behind. */
+  pages(): AsyncGenerator<FeedPage, void, void>;
+  /** The seq the snapshot is complete up to (final once `pages()` is exhausted). */
+  readonly seq: number;
+  /** Ends the snapshot: calls `onLive` for each held-back and later revocation the snapshot did not cover. */
+  live(onLive: (r: Revocation) => void): void;
+  /** Stops listening. Idempotent. */
+  close(): void;
+}
+
+/** A stream held back more live revocations than `maxPending` while its snapshot was sent. */
+export class FeedOverflowError extends Error {
+  constructor() {
+    super('revocation feed: too many revocations arrived while the snapshot was sent');
+    this.name = 'FeedOverflowError';
+  }
 }
 
 /** One open feed stream, as the hub sees it. */
@@ -34,15 +77,18 @@ interface StreamHandle {
 }
 
 /**
- * Fans revocations out from the store to feed streams, keeps a ring of recent ones for resumes,
- * and tracks open streams so that shutdown can end them.
+ * Fans revocations and key-set changes out to feed streams, keeps a ring of recent revocations
+ * for resumes, and tracks open streams so that shutdown can end them.
  */
 export class RevocationHub {
   readonly store: Store;
   readonly heartbeatMs: number;
+  readonly pageSize: number;
   readonly #logger: Logger | undefined;
   readonly #ringSize: number;
+  readonly #maxPending: number;
   readonly #now: () => number;
+  readonly #keys: KeySetSource | undefined;
   readonly #listeners = new Set<(r: Revocation) => void>();
   readonly #streams = new Set<StreamHandle>();
   // The ring holds every revocation with ringLow < seq <= seq (once ready).
@@ -56,9 +102,12 @@ export class RevocationHub {
   constructor(opts: RevocationHubOptions) {
     this.store = opts.store;
     this.heartbeatMs = opts.heartbeatMs ?? 5000;
+    this.pageSize = Math.max(1, opts.pageSize ?? 1000);
     this.#logger = opts.logger;
     this.#ringSize = Math.max(1, opts.ringSize ?? 10_000);
+    this.#maxPending = Math.max(1, opts.maxPending ?? 100_000);
     this.#now = opts.now ?? Date.now;
+    this.#keys = opts.keys;
     // Subscribed before reading the starting seq: every revocation after it arrives here.
     this.#unsubscribe = this.store.onRevocation((r) => this.#onRevocation(r));
     this.#ready = this.store.currentSeq().then(
@@ -89,9 +138,19 @@ export class RevocationHub {
     return this.#streams.size;
   }
 
+  /** Kids of the broker's published key set (empty without a key source). */
+  kids(): string[] {
+    return this.#keys?.kids() ?? [];
+  }
+
+  /** Calls `listener` when the published key set changes. Returns an unsubscribe function. */
+  onKeysChange(listener: () => void): () => void {
+    return this.#keys?.onChange(listener) ?? (() => {});
+  }
+
   #onRevocation(r: Revocation): void {
     if (r.seq <= this.#seq) return;
-    if (r.seq > this.#seq) this.#seq = r.seq;
+    this.#seq = r.seq;
     this.#ring.push(r);
     if (this.#ring.length > this.#ringSize) {
       const dropped = this.#ring.splice(0, this.#ring.length - this.#ringSize);
@@ -117,60 +176,124 @@ export class RevocationHub {
 
   /**
    * Opens a consistent view of the feed: a snapshot (all live revocations when `since` is
-   * undefined, else those after `since`), then `onLive` for each later revocation, never one the
-   * snapshot already covered. A `since` beyond the store's seq (a store that was reset, or a
-   * client of another deployment) gets the full snapshot: a verifier must never skip a seq.
+   * undefined, else those after `since`) in pages, then live revocations, never one the snapshot
+   * already covered. A `since` beyond the store's seq (a store that was reset, or a client of
+   * another deployment) gets the full snapshot: a verifier must never skip a seq. `onOverflow`
+   * is called (once) if more than `maxPending` live revocations arrive before `live()`: the
+   * caller should end the stream at once, even while it waits for a client that does not read.
    */
-  async open(
-    since: number | undefined,
-    onLive: (r: Revocation) => void,
-  ): Promise<{ snapshot: FeedSnapshot; unsubscribe: () => void }> {
+  async open(since: number | undefined, onOverflow?: () => void): Promise<FeedView> {
     await this.#ready;
-    const now = Math.floor(this.#now() / 1000);
-    let sent = 0;
-    let buffered: Revocation[] | undefined = [];
-    const forward = (r: Revocation) => {
-      if (buffered) buffered.push(r);
-      else if (r.seq > sent) {
-        sent = r.seq;
+    const nowSec = Math.floor(this.#now() / 1000);
+    const pageSize = this.pageSize;
+    const maxPending = this.#maxPending;
+    let covered = 0;
+    let pending: Revocation[] = [];
+    let overflow = false;
+    let onLive: ((r: Revocation) => void) | undefined;
+    const unsubscribe = this.subscribe((r) => {
+      if (r.seq <= covered) return;
+      if (onLive) {
+        covered = r.seq;
         onLive(r);
+      } else if (pending.length < maxPending) pending.push(r);
+      else if (!overflow) {
+        overflow = true;
+        pending = [];
+        onOverflow?.();
       }
+    });
+    const trim = (upTo: number) => {
+      if (upTo > covered) covered = upTo;
+      if (pending.length > 0 && pending[0]!.seq <= covered) pending = pending.filter((r) => r.seq > covered);
     };
-    const unsubscribe = this.subscribe(forward);
-    try {
-      let snapshot: FeedSnapshot;
-      if (since !== undefined && since >= this.#ringLow && since <= this.#seq) {
-        // Served from memory: nothing can arrive between reading the ring and the switch.
-        snapshot = {
-          seq: this.#seq,
-          revocations: this.#ring.filter((r) => r.seq > since && r.until > now),
-        };
-      } else {
-        snapshot = await this.snapshot(since, now);
+
+    let source: () => AsyncGenerator<FeedPage, void, void>;
+    if (since !== undefined && since >= this.#ringLow && since <= this.#seq) {
+      // Served from memory: copied now, so nothing can fall between the copy and the buffer.
+      const items = this.#ring.filter((r) => r.seq > since && r.until > nowSec);
+      const upTo = this.#seq;
+      source = async function* () {
+        for (let i = 0; i < items.length || i === 0; i += pageSize) {
+          const revocations = items.slice(i, i + pageSize);
+          yield { revocations, upTo: i + pageSize >= items.length ? upTo : revocations.at(-1)!.seq };
+        }
+      };
+    } else {
+      let current: number;
+      try {
+        // The seq first: pages read after it reach at least everything up to it.
+        current = await this.store.currentSeq();
+      } catch (e) {
+        unsubscribe();
+        throw e;
       }
-      sent = snapshot.seq;
-      const pending = buffered;
-      buffered = undefined;
-      for (const r of pending) forward(r);
-      return { snapshot, unsubscribe };
-    } catch (e) {
-      unsubscribe();
-      throw e;
+      const from = since === undefined || since > current ? 0 : since;
+      const store = this.store;
+      source = async function* () {
+        let after = from;
+        for (;;) {
+          const page = await store.revocationsPage(after, nowSec, pageSize);
+          const last = page.revocations.at(-1)?.seq ?? 0;
+          if (page.next === undefined) {
+            yield { revocations: page.revocations, upTo: Math.max(current, last, after) };
+            return;
+          }
+          yield { revocations: page.revocations, upTo: page.next };
+          after = page.next;
+          // One page per turn: requests and other streams are served between pages.
+          await yieldToEventLoop();
+        }
+      };
     }
+
+    let closed = false;
+    return {
+      get seq() {
+        return covered;
+      },
+      async *pages() {
+        for await (const page of source()) {
+          if (overflow) throw new FeedOverflowError();
+          trim(page.upTo);
+          yield page;
+        }
+      },
+      live(listener) {
+        if (overflow) throw new FeedOverflowError();
+        const held = pending;
+        pending = [];
+        onLive = listener;
+        for (const r of held) {
+          if (r.seq <= covered) continue;
+          covered = r.seq;
+          listener(r);
+        }
+      },
+      close() {
+        if (closed) return;
+        closed = true;
+        unsubscribe();
+      },
+    };
   }
 
   /**
-   * Reads a snapshot from the store: revocations after `since` (all live ones when undefined)
-   * and the seq it is complete up to. Used by the pull endpoint and by streams the ring cannot
-   * serve.
+   * One page of revocations after `since` (all live ones when undefined), for the pull endpoint:
+   * `seq` is the point they are complete up to (resume from it) and `more` says whether another
+   * page follows.
    */
-  async snapshot(since: number | undefined, nowSec = Math.floor(this.#now() / 1000)): Promise<FeedSnapshot> {
-    // The seq first: the list read after it contains at least everything up to it.
+  async page(
+    since: number | undefined,
+    limit: number,
+  ): Promise<{ seq: number; revocations: Revocation[]; more: boolean }> {
+    const nowSec = Math.floor(this.#now() / 1000);
     const current = await this.store.currentSeq();
     const from = since === undefined || since > current ? 0 : since;
-    const revocations = await this.store.revocationsSince(from, nowSec);
-    const seq = Math.max(current, revocations.at(-1)?.seq ?? 0);
-    return { seq, revocations };
+    const page = await this.store.revocationsPage(from, nowSec, limit);
+    if (page.next !== undefined) return { seq: page.next, revocations: page.revocations, more: true };
+    const last = page.revocations.at(-1)?.seq ?? 0;
+    return { seq: Math.max(current, last, from), revocations: page.revocations, more: false };
   }
 
   /** Registers an open stream so that `close()` can end it. Returns the deregistration. */
@@ -204,206 +327,4 @@ export class RevocationHub {
     this.#listeners.clear();
     this.#unsubscribe();
   }
-}
-
-/** Options of {@link revocationFeedRoutes}. */
-export interface RevocationFeedOptions {
-  hub: RevocationHub;
-  /** Heartbeat period of each stream (ms). Default: the hub's. */
-  heartbeatMs?: number;
-  /** The store (default: the hub's); only read through the hub. */
-  store?: Store;
-  /** Authentication hook run before both routes (the app decides who may read the feed). */
-  preHandler?: (req: FastifyRequest, reply: FastifyReply) => Promise<void>;
-  /** A stream whose client does not read is cut beyond this many buffered bytes. Default 1 MiB. */
-  maxBufferedBytes?: number;
-  /** Clock, epoch milliseconds (heartbeat `now`). Default `Date.now`. */
-  now?: () => number;
-}
-
-const RevocationSchema = {
-  type: 'object',
-  required: ['seq', 'kind', 'id', 'until', 'reason'],
-  properties: {
-    seq: { type: 'integer' },
-    kind: { type: 'string', enum: ['task', 'token'] },
-    id: { type: 'string' },
-    until: { type: 'integer', description: 'Epoch seconds after which the revocation can be forgotten' },
-    reason: { type: 'string' },
-  },
-} as const;
-
-const FeedPage = {
-  type: 'object',
-  required: ['seq', 'revocations'],
-  properties: {
-    seq: { type: 'integer', description: 'The list is complete up to this seq; resume from it' },
-    revocations: { type: 'array', items: RevocationSchema },
-  },
-} as const;
-
-const SinceQuery = {
-  type: 'object',
-  properties: {
-    since: {
-      type: 'integer',
-      minimum: 0,
-      description: 'Only revocations with a higher seq (default: every live revocation)',
-    },
-  },
-  additionalProperties: false,
-} as const;
-
-const security: Record<string, string[]>[] = [{ mtls: [] }, { jwtSvid: [] }];
-
-function lastEventId(req: FastifyRequest): number | undefined {
-  const h = req.headers['last-event-id'];
-  const v = Array.isArray(h) ? h[0] : h;
-  if (v === undefined || !/^\d{1,15}$/.test(v.trim())) return undefined;
-  return Number(v.trim());
-}
-
-const sse = (event: string, data: unknown, id?: number): string =>
-  `event: ${event}\n${id === undefined ? '' : `id: ${id}\n`}data: ${JSON.stringify(data)}\n\n`;
-
-/**
- * Fastify plugin: `GET /v1/revocations/stream` (SSE, design §4) and `GET /v1/revocations?since=N`
- * (pull). Streams end on client disconnect and when the server closes.
- */
-export async function revocationFeedRoutes(
-  fastify: FastifyInstance,
-  opts: RevocationFeedOptions,
-): Promise<void> {
-  const { hub } = opts;
-  const heartbeatMs = opts.heartbeatMs ?? hub.heartbeatMs;
-  const maxBuffered = opts.maxBufferedBytes ?? 1 << 20;
-  const now = opts.now ?? Date.now;
-  const preHandler = opts.preHandler ? { preHandler: opts.preHandler } : {};
-
-  // preClose: open streams would otherwise keep server.close() waiting forever.
-  fastify.addHook('preClose', async () => hub.endStreams());
-  fastify.addHook('onClose', async () => hub.endStreams());
-
-  fastify.get<{ Querystring: { since?: number } }>(
-    '/v1/revocations',
-    {
-      ...preHandler,
-      schema: {
-        summary: 'Revocations after a seq (pull; all live ones without `since`)',
-        tags: ['revocations'],
-        security,
-        querystring: SinceQuery,
-        response: { 200: FeedPage },
-      },
-    },
-    async (req) => hub.snapshot(req.query.since),
-  );
-
-  fastify.get<{ Querystring: { since?: number } }>(
-    '/v1/revocations/stream',
-    {
-      ...preHandler,
-      schema: {
-        summary: 'Revocation feed (Server-Sent Events): snapshot, then revoked and heartbeat events',
-        description:
-          'Resume with `Last-Event-ID` (or `?since=`). Events: `snapshot` {seq, revocations}, ' +
-          '`revoked` Revocation (id = seq), `heartbeat` {seq, now}.',
-        tags: ['revocations'],
-        security,
-        querystring: SinceQuery,
-        headers: {
-          type: 'object',
-          properties: { 'last-event-id': { type: 'string', description: 'Last seq received' } },
-        },
-        response: {
-          200: {
-            description: 'text/event-stream',
-            content: { 'text/event-stream': { schema: { type: 'string' } } },
-          },
-        },
-      },
-    },
-    async (req, reply) => {
-      const since = lastEventId(req) ?? req.query.since;
-      const res = reply.raw;
-      let ended = false;
-      let heartbeat: NodeJS.Timeout | undefined;
-      let unsubscribe: () => void = () => {};
-      let untrack: () => void = () => {};
-      const end = (closeConnection = false) => {
-        if (ended) return;
-        ended = true;
-        if (heartbeat) clearInterval(heartbeat);
-        unsubscribe();
-        untrack();
-        if (res.writableEnded) return;
-        // On shutdown the connection goes too: a keep-alive socket left idle after the stream
-        // would hold server.close() until the keep-alive timeout.
-        res.end(closeConnection ? () => req.raw.socket?.end() : undefined);
-      };
-      const write = (chunk: string) => {
-        if (ended) return;
-        res.write(chunk);
-        // A client that stops reading would make the broker buffer without bound; it resumes later.
-        if (res.writableLength > maxBuffered) {
-          req.log.warn(
-            { buffered: res.writableLength },
-            'revocation feed client too slow; closing its stream',
-          );
-          end();
-          res.destroy();
-        }
-      };
-      let sent = 0;
-      const pending: Revocation[] = [];
-      let live = false;
-      const onLive = (r: Revocation) => {
-        if (!live) {
-          pending.push(r);
-          return;
-        }
-        sent = r.seq;
-        write(sse('revoked', r, r.seq));
-      };
-
-      reply.hijack();
-      untrack = hub.track({ end: () => end(true) });
-      req.raw.on('close', () => end());
-      res.on('close', () => end());
-      if (ended) return;
-      try {
-        const opened = await hub.open(since, onLive);
-        unsubscribe = opened.unsubscribe;
-        if (ended) {
-          unsubscribe();
-          return;
-        }
-        res.writeHead(200, {
-          'content-type': 'text/event-stream; charset=utf-8',
-          'cache-control': 'no-cache, no-store, no-transform',
-          'x-accel-buffering': 'no',
-        });
-        sent = opened.snapshot.seq;
-        write(sse('snapshot', opened.snapshot, opened.snapshot.seq));
-        live = true;
-        for (const r of pending.splice(0)) onLive(r);
-        heartbeat = setInterval(() => {
-          write(sse('heartbeat', { seq: Math.max(sent, hub.seq), now: Math.floor(now() / 1000) }));
-        }, heartbeatMs);
-        heartbeat.unref();
-      } catch (err) {
-        req.log.error({ err }, 'revocation feed: cannot open the stream');
-        if (!res.headersSent && !ended) {
-          res.writeHead(503, { 'content-type': 'application/json' });
-          res.end(
-            JSON.stringify({
-              code: 'TASKPASS_STORE_UNAVAILABLE',
-              message: 'the revocation feed is unavailable',
-            }),
-          );
-        }
-        end();
-      }
-    },
-  );
 }

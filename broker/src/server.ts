@@ -95,7 +95,7 @@ async function start(
   const policies = new PolicyWatcher(config.policiesDir, { logger });
   opened.push(() => policies.close());
   await policies.start();
-  const hub = new RevocationHub({ store, logger, heartbeatMs: config.feed.heartbeatMs });
+  const hub = new RevocationHub({ store, logger, heartbeatMs: config.feed.heartbeatMs, keys });
   opened.push(() => hub.close());
 
   const address = config.workloadApi.address;

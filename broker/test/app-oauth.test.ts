@@ -249,7 +249,10 @@ test('metadata, JWKS, health, readiness, metrics and OpenAPI are public; admin n
   assert.equal(md.tls_client_certificate_bound_access_tokens, true);
   assert.deepEqual(md.authorization_details_types_supported, ['mcp_tool_call', 'mcp_session']);
 
-  const jwks = (await b.app.inject('/.well-known/jwks.json')).json();
+  const jwksRes = await b.app.inject('/.well-known/jwks.json');
+  // The cache lifetime announced is the one config checked against keys.prepublish.
+  assert.equal(jwksRes.headers['cache-control'], `public, max-age=${b.config.keys.jwksMaxAge}`);
+  const jwks = jwksRes.json();
   assert.equal(jwks.keys[0].kid, 'k1');
   assert.equal(jwks.keys[0].d, undefined);
 

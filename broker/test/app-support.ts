@@ -10,6 +10,7 @@ import { type BrokerConfig, parseConfig } from '../src/config.ts';
 import { TaskpassError } from '../src/errors.ts';
 import { historyOf } from '../src/policy/engine.ts';
 import type { HistoryQueries, PolicyDecision, PolicyDeny, PolicyPort, PolicyUser } from '../src/ports.ts';
+import { RevocationHub } from '../src/revocation-hub.ts';
 import type {
   FinishStatus,
   IssuedCall,
@@ -102,6 +103,13 @@ export class MemoryStore implements Store {
   }
   async revocationsSince(since: number, now: number) {
     return this.revs.filter((r) => r.seq > since && r.until > now);
+  }
+  async revocationsPage(after: number, now: number, limit: number) {
+    const scanned = this.revs.filter((r) => r.seq > after).slice(0, limit);
+    return {
+      revocations: scanned.filter((r) => r.until > now),
+      next: scanned.length < limit ? undefined : scanned.at(-1)?.seq,
+    };
   }
   async currentSeq() {
     return this.revs.length;
@@ -333,25 +341,13 @@ export async function testBroker(
     policies: { current: () => policy },
     identity: { agentAuth: fakeAuth() },
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
-    hub: {} as never,
+    hub: new RevocationHub({ store }),
     logger: pino({ level: 'silent' }),
     now: () => clock.now,
     peerCertificates: (req: FastifyRequest) => {
       const id = req.headers['x-test-peer'];
       return typeof id === 'string' ? ([{ id }] as never) : undefined;
     },
-    feedRoutes: (async (f: FastifyInstance, o: { preHandler: (r: FastifyRequest) => Promise<void> }) => {
-      f.get(
-        '/v1/revocations',
-        {
-          preHandler: o.preHandler,
-          schema: { response: { 200: { type: 'object', properties: { seq: { type: 'integer' } } } } },
-        },
-        async () => ({
-          seq: await store.currentSeq(),
-        }),
-      );
-    }) as never,
   });
   await app.ready();
   return {

@@ -79,6 +79,20 @@ test('invalid configurations name the offending path', () => {
   );
 });
 
+test('keys.prepublish shorter than the announced JWKS cache lifetime is refused, naming both values', () => {
+  // Default jwksMaxAge is 10 min, the verifier's default JWKS cache: a 5 min prepublish conflicts.
+  const issues = invalid({ ...minimal, keys: { rotateEvery: '1h', prepublish: '5m' } });
+  const issue = issues.find((i) => i.path === 'keys.prepublish');
+  assert.ok(issue, JSON.stringify(issues));
+  assert.match(issue.message, /keys\.prepublish \(300s\).*keys\.jwksMaxAge \(600s\)/);
+  assert.throws(() => parseConfig({ ...minimal, keys: { rotateEvery: '1h', prepublish: '5m' } }), {
+    code: 'TASKPASS_CONFIG_INVALID',
+  });
+  const ok = parseConfig({ ...minimal, keys: { rotateEvery: '1h', prepublish: '5m', jwksMaxAge: '5m' } });
+  assert.equal(ok.keys.jwksMaxAge, 300);
+  assert.equal(parseConfig(minimal).keys.jwksMaxAge, 600);
+});
+
 test('loadConfig reads YAML from --config and lets TASKPASS_* env override it', () => {
   const dir = mkdtempSync(join(tmpdir(), 'tp-config-'));
   const file = join(dir, 'broker.yaml');

@@ -180,6 +180,34 @@ test('keys: replicas sharing a store converge on the same keys, even when rotati
   await store.close();
 });
 
+test('keys: onChange fires when the published set changes, also for a key another replica published', async () => {
+  const store = await memStore();
+  const c = clock();
+  const a = await SigningKeys.open(store, { ...ROT, now: c.now });
+  const b = await SigningKeys.open(store, { ...ROT, now: c.now });
+  const seenA: string[][] = [];
+  const seenB: string[][] = [];
+  a.onChange(() => seenA.push(a.kids()));
+  b.onChange(() => seenB.push(b.kids()));
+
+  await a.rotateIfDue(c.at(899));
+  await b.rotateIfDue(c.ms);
+  assert.deepEqual([seenA, seenB], [[], []], 'no change, no event');
+
+  await a.rotateIfDue(c.at(900));
+  assert.equal(seenA.length, 1, 'a published a successor');
+  assert.equal(seenA[0]?.length, 2);
+  await b.rotateIfDue(c.at(901));
+  assert.deepEqual(seenB, seenA, "b learns a's key at its next check, well before it signs at 1000");
+
+  await a.rotateIfDue(c.at(1050));
+  assert.equal(seenA.length, 2, 'the retired key left the JWKS');
+  assert.deepEqual(a.kids(), seenA[1]);
+  await a.close();
+  await b.close();
+  await store.close();
+});
+
 test('keys: bad schedules are refused', async () => {
   const store = await memStore();
   await assert.rejects(

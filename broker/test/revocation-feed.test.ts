@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Agent, fetch } from 'undici';
-import { RevocationHub, revocationFeedRoutes } from '../src/revocation-hub.ts';
+import { FeedOverflowError, type KeySetSource, RevocationHub } from '../src/revocation-hub.ts';
+import { revocationRoutes } from '../src/routes/revocations.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { Revocation } from '../src/store/types.ts';
 
@@ -77,19 +78,28 @@ function sseReader(res: { body: unknown }) {
   };
 }
 
-async function setup(opts: { heartbeatMs?: number; ringSize?: number; deny?: boolean } = {}) {
+async function setup(
+  opts: {
+    heartbeatMs?: number;
+    ringSize?: number;
+    pageSize?: number;
+    deny?: boolean;
+    keys?: KeySetSource;
+  } = {},
+) {
   const store = new SqliteStore({ path: ':memory:' });
   await store.init();
   const hub = new RevocationHub({
     store,
     heartbeatMs: opts.heartbeatMs ?? 60_000,
     ...(opts.ringSize ? { ringSize: opts.ringSize } : {}),
+    ...(opts.pageSize ? { pageSize: opts.pageSize } : {}),
+    ...(opts.keys ? { keys: opts.keys } : {}),
   });
   const app: FastifyInstance = Fastify();
-  await app.register(revocationFeedRoutes, {
+  await app.register(revocationRoutes, {
     hub,
     heartbeatMs: opts.heartbeatMs ?? 60_000,
-    store,
     preHandler: async (req) => {
       if (opts.deny && req.headers.authorization !== 'Bearer ok') {
         throw Object.assign(new Error('no credential'), { statusCode: 401 });
@@ -199,6 +209,107 @@ test('feed: a resume point older than the ring, or beyond the store, is served f
   }
 });
 
+test('feed: format 2 sends the snapshot in pages, each with the seq it is complete up to; resumes page too', async () => {
+  const f = await setup({ pageSize: 2 });
+  try {
+    await f.hub.ready();
+    const until = nowSec() + 60;
+    const rs: Revocation[] = [];
+    for (let i = 0; i < 5; i++) rs.push(await f.store.revokeToken(`j${i}`, until, 'x'));
+    const v2 = { 'taskpass-feed-version': '2' };
+    // From the store (no resume point): pages of two seqs each.
+    const a = await f.stream(v2);
+    const got = [await a.sse!.next(), await a.sse!.next(), await a.sse!.next()];
+    assert.deepEqual(
+      got.map((e) => [e.event, e.id, e.data]),
+      [
+        ['snapshot-page', '2', { seq: 2, revocations: rs.slice(0, 2) }],
+        ['snapshot-page', '4', { seq: 4, revocations: rs.slice(2, 4) }],
+        ['snapshot', '5', { seq: 5, revocations: rs.slice(4) }],
+      ],
+    );
+    // A client cut after the first page resumes from its id and gets the rest (here from the ring).
+    const b = await f.stream({ ...v2, 'last-event-id': '2' });
+    const rest = [await b.sse!.next(), await b.sse!.next()];
+    assert.deepEqual(
+      rest.map((e) => [e.event, e.id, e.data]),
+      [
+        ['snapshot-page', '4', { seq: 4, revocations: rs.slice(2, 4) }],
+        ['snapshot', '5', { seq: 5, revocations: rs.slice(4) }],
+      ],
+    );
+    // Format 1 (no header): the same revocations in one snapshot event.
+    const c = await f.stream();
+    assert.deepEqual((await c.sse!.next()).data, { seq: 5, revocations: rs });
+    const r6 = await f.store.revokeToken('j6', until, 'x');
+    for (const s of [a, b, c]) assert.deepEqual((await s.sse!.next()).data, r6);
+  } finally {
+    await f.close();
+  }
+});
+
+test('feed: the signing-key set is announced after the snapshot and on every change', async () => {
+  let kids = ['k1'];
+  const listeners = new Set<() => void>();
+  const keys: KeySetSource = {
+    kids: () => kids,
+    onChange(l) {
+      listeners.add(l);
+      return () => listeners.delete(l);
+    },
+  };
+  const f = await setup({ keys });
+  try {
+    const s = await f.stream();
+    assert.equal((await s.sse!.next()).event, 'snapshot');
+    assert.deepEqual(await s.sse!.next(), { event: 'keys', data: { kids: ['k1'] } });
+    kids = ['k1', 'k2'];
+    for (const l of listeners) l();
+    assert.deepEqual(await s.sse!.next(), { event: 'keys', data: { kids: ['k1', 'k2'] } });
+    s.abort();
+    await s.sse!.done;
+    const deadline = Date.now() + 2000;
+    while (listeners.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(listeners.size, 0, 'a closed stream stops listening for key changes');
+  } finally {
+    await f.close();
+  }
+});
+
+test('feed: a view that holds back too many live revocations during its snapshot overflows', async () => {
+  const store = new SqliteStore({ path: ':memory:' });
+  await store.init();
+  const hub = new RevocationHub({ store, maxPending: 2, pageSize: 1 });
+  try {
+    await store.revokeToken('j0', nowSec() + 60, 'x');
+    let overflowed = 0;
+    const view = await hub.open(undefined, () => overflowed++);
+    for (let i = 1; i <= 3; i++) await store.revokeToken(`j${i}`, nowSec() + 60, 'x');
+    assert.equal(overflowed, 1, 'reported at once, not at the next page');
+    await store.revokeToken('j4', nowSec() + 60, 'x');
+    assert.equal(overflowed, 1, 'once');
+    await assert.rejects(
+      (async () => {
+        for await (const _ of view.pages());
+      })(),
+      FeedOverflowError,
+    );
+    view.close();
+    // A view within the limit switches to live with what it held back.
+    const ok = await hub.open(undefined);
+    const pages: number[] = [];
+    for await (const p of ok.pages()) pages.push(...p.revocations.map((r) => r.seq));
+    const r6 = await store.revokeToken('j6', nowSec() + 60, 'x');
+    const live: number[] = [];
+    ok.live((r) => live.push(r.seq));
+    assert.deepEqual([pages, live], [[1, 2, 3, 4, 5], [r6.seq]]);
+    ok.close();
+  } finally {
+    await hub.close();
+    await store.close();
+  }
+});
+
 test('feed: heartbeats carry the seq and the time', async () => {
   const f = await setup({ heartbeatMs: 40 });
   try {
@@ -217,7 +328,7 @@ test('feed: heartbeats carry the seq and the time', async () => {
 });
 
 test('feed: switching from snapshot to live loses and repeats nothing under concurrent revocations', async () => {
-  const f = await setup({ ringSize: 3 });
+  const f = await setup({ ringSize: 3, pageSize: 4 });
   try {
     const until = nowSec() + 60;
     let stop = false;
@@ -230,16 +341,29 @@ test('feed: switching from snapshot to live loses and repeats nothing under conc
     })();
     const streams = [];
     for (let i = 0; i < 8; i++) {
-      streams.push(await f.stream(i % 2 ? { 'last-event-id': String(Math.max(0, made - 2)) } : {}));
+      streams.push(
+        await f.stream({
+          ...(i % 2 ? { 'last-event-id': String(Math.max(0, made - 2)) } : {}),
+          ...(i % 4 >= 2 ? { 'taskpass-feed-version': '2' } : {}),
+        }),
+      );
       await new Promise((r) => setTimeout(r, 3));
     }
     stop = true;
     await writer;
     const total = await f.store.currentSeq();
     for (const s of streams) {
-      const snap = (await s.sse!.next()).data as { seq: number; revocations: Revocation[] };
-      const seen = snap.revocations.map((r) => r.seq);
-      let last = snap.seq;
+      const seen: number[] = [];
+      let last = 0;
+      for (;;) {
+        const ev = await s.sse!.next();
+        const page = ev.data as { seq: number; revocations: Revocation[] };
+        assert.ok(page.seq >= last, 'pages are complete up to a growing seq');
+        last = page.seq;
+        seen.push(...page.revocations.map((r) => r.seq));
+        if (ev.event === 'snapshot') break;
+        assert.equal(ev.event, 'snapshot-page');
+      }
       while (last < total) {
         const ev = await s.sse!.next();
         assert.equal(ev.event, 'revoked');
@@ -265,9 +389,9 @@ test('feed: pull endpoint', async () => {
     await f.store.revokeToken('j3', nowSec() - 5, 'expired');
     const all = await fetch(`${f.url}/v1/revocations`, { dispatcher: f.dispatcher });
     assert.equal(all.status, 200);
-    assert.deepEqual(await all.json(), { seq: 3, revocations: [r1, r2] });
+    assert.deepEqual(await all.json(), { seq: 3, revocations: [r1, r2], more: false });
     const later = await fetch(`${f.url}/v1/revocations?since=1`, { dispatcher: f.dispatcher });
-    assert.deepEqual(await later.json(), { seq: 3, revocations: [r2] });
+    assert.deepEqual(await later.json(), { seq: 3, revocations: [r2], more: false });
     assert.equal((await fetch(`${f.url}/v1/revocations?since=-1`, { dispatcher: f.dispatcher })).status, 400);
     assert.equal(
       (await fetch(`${f.url}/v1/revocations?since=abc`, { dispatcher: f.dispatcher })).status,

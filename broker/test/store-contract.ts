@@ -292,6 +292,12 @@ export function storeContract(name: string, make: MakeStore): void {
       assert.deepEqual(await s.revocationsSince(1, now), [c]);
       assert.deepEqual(await s.revocationsSince(3, now), []);
       assert.deepEqual(await s.revocationsSince(0, now - 10), [a, b, c]);
+      // Paged: a page scans at most `limit` seqs; the expired b uses a slot but is not returned.
+      assert.deepEqual(await s.revocationsPage(0, now, 2), { revocations: [a], next: 2 });
+      assert.deepEqual(await s.revocationsPage(2, now, 2), { revocations: [c], next: undefined });
+      assert.deepEqual(await s.revocationsPage(0, now, 3), { revocations: [a, c], next: 3 });
+      assert.deepEqual(await s.revocationsPage(3, now, 3), { revocations: [], next: undefined });
+      assert.deepEqual(await s.revocationsPage(0, now - 10, 10), { revocations: [a, b, c], next: undefined });
       assert.equal(await s.currentSeq(), 3);
       assert.equal(await s.isRevoked('token', 'jti-a'), true);
       assert.equal(await s.isRevoked('token', 'jti-zzz'), false);

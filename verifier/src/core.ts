@@ -450,6 +450,13 @@ export function createVerifier(options: VerifierOptions): Verifier {
           }
         : {}),
     });
+    // Key changes announced on the revocation feed: refetch the JWKS from the broker when a kid is
+    // new to us, long before the key signs (it is published a prepublish period earlier). Only the
+    // JWKS endpoint supplies keys; the announcement is a hint to look.
+    o.revocation?.onKeys?.((kids) => {
+      const known = new Set(remote.jwks()?.keys.map((k) => k.kid));
+      if (kids.some((k) => !known.has(k))) remote.reload().catch(() => {});
+    });
     // Anything but "no such key" from the remote set is the broker being unreachable, not a bad token.
     keys = async (header, token) => {
       try {
@@ -481,7 +488,16 @@ export function createVerifier(options: VerifierOptions): Verifier {
   };
 
   function checkFresh(action: Action): void {
-    if (!revocation || (action === 'read' && readsWhenStale === 'allow')) return;
+    if (!revocation) return;
+    // Readiness gate: before its first complete snapshot the verifier knows nothing about what is
+    // revoked, so it refuses reads too (a fresh verifier once accepted a completed task's token).
+    if (revocation.lastEventAt === undefined) {
+      fail(
+        'TASKPASS_VERIFY_FEED_NOT_READY',
+        'the revocation feed has not been synced yet; every call is refused',
+      );
+    }
+    if (action === 'read' && readsWhenStale === 'allow') return;
     const last = revocation.lastEventAt;
     if (last === undefined || now() - last > maxFeedAgeMs) {
       fail(

@@ -72,6 +72,11 @@ export const VERIFIER_ERRORS = {
     description:
       'The revocation feed has been silent longer than the staleness limit; writes (and, if configured, reads) are refused.',
   },
+  TASKPASS_VERIFY_FEED_NOT_READY: {
+    status: 503,
+    description:
+      'The revocation feed has not delivered its first complete snapshot yet; every call (reads too) is refused.',
+  },
   TASKPASS_VERIFY_INTROSPECTION_FAILED: {
     status: 503,
     description: 'Introspection is required for this action but the broker could not be reached.',

@@ -1,7 +1,8 @@
 // The verifier side of the broker's revocation feed (docs/design.md §4): one long-lived SSE stream
-// (`GET {broker}/v1/revocations/stream`), resumed with Last-Event-ID, a snapshot on connect, then one
-// event per revocation and heartbeats. Lookups are two Map probes; entries are forgotten once
-// nothing they cover can still be valid (`until` plus a margin for clock tolerance).
+// (`GET {broker}/v1/revocations/stream`, format 2), resumed with Last-Event-ID, a snapshot on
+// connect in pages (`snapshot-page` events ending with `snapshot`), then one event per revocation,
+// key-set changes and heartbeats. Lookups are two Map probes; entries are forgotten once nothing
+// they cover can still be valid (`until` plus a margin for clock tolerance).
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { type Dispatcher, fetch as undiciFetch } from 'undici';
 
@@ -20,8 +21,17 @@ export interface Revocation {
 export interface RevocationSource {
   /** True when the task `txn` or the token `jti` is revoked. Must be O(1) and synchronous. */
   isRevoked(txn: string, jti: string): boolean;
-  /** Epoch ms of the last event (snapshot, revocation or heartbeat); undefined before the first. */
+  /**
+   * Epoch ms of the last event (snapshot, revocation or heartbeat); undefined until the source
+   * holds a complete snapshot. The verifier refuses every call while it is undefined.
+   */
   readonly lastEventAt: number | undefined;
+  /**
+   * Optional: calls `listener` with the kids of the broker's key set whenever the broker announces
+   * it (on connect and on every change). The verifier then refreshes its JWKS from the broker when
+   * a kid is new to it; the announcement itself is never trusted as a key. Returns an unsubscribe.
+   */
+  onKeys?(listener: (kids: string[]) => void): () => void;
 }
 
 /** Options shared by the feed client and the pull function. */
@@ -49,7 +59,14 @@ export interface RevocationFeedOptions extends BrokerConnection {
   now?: () => number;
   /** Start connecting in the constructor (default true). */
   autoStart?: boolean;
+  /** Forget revocations past `until` at most this often, on feed events and a timer (ms, default 30 000). */
+  sweepEveryMs?: number;
 }
+
+/** Request header asking the broker for feed format 2 (paged snapshot); older brokers ignore it. */
+const FEED_VERSION_HEADER = 'taskpass-feed-version';
+/** Pages a catch-up pulls at most before it waits for the next heartbeat. */
+const MAX_CATCH_UP_PAGES = 1000;
 
 const isRevocation = (v: unknown): v is Revocation => {
   const r = v as Revocation;
@@ -72,30 +89,44 @@ function base(url: string): string {
 }
 
 /**
- * Pull fallback (`GET /v1/revocations?since=N`): for verifiers that cannot hold a stream open, or
- * to catch up. Apply the result with {@link RevocationFeedClient.apply} or your own store.
+ * Pull fallback (`GET /v1/revocations?since=N`), one page: for verifiers that cannot hold a stream
+ * open, or to catch up. Apply the result with {@link RevocationFeedClient.apply} or your own store;
+ * while `more` is true, ask again from the returned `seq`.
  *
  * @example
  * ```ts
- * const { seq, revocations } = await pullRevocations({ brokerUrl, dispatcher }, 0);
+ * let since = 0;
+ * for (;;) {
+ *   const page = await pullRevocations({ brokerUrl, dispatcher }, since);
+ *   apply(page.revocations);
+ *   since = page.seq;
+ *   if (!page.more) break;
+ * }
  * ```
  */
 export async function pullRevocations(
   conn: BrokerConnection,
   since = 0,
   signal?: AbortSignal,
-): Promise<{ seq: number; revocations: Revocation[] }> {
-  const res = await undiciFetch(`${base(conn.brokerUrl)}/v1/revocations?since=${since}`, {
+  limit?: number,
+): Promise<{ seq: number; revocations: Revocation[]; more: boolean }> {
+  const query = `since=${since}${limit === undefined ? '' : `&limit=${limit}`}`;
+  const res = await undiciFetch(`${base(conn.brokerUrl)}/v1/revocations?${query}`, {
     headers: { ...(await headersOf(conn.headers)), accept: 'application/json' },
     ...(conn.dispatcher ? { dispatcher: conn.dispatcher } : {}),
     ...(signal ? { signal } : {}),
   });
   if (!res.ok) throw new Error(`revocation pull answered HTTP ${res.status}`);
-  const body = (await res.json()) as { seq?: unknown; revocations?: unknown };
+  const body = (await res.json()) as { seq?: unknown; revocations?: unknown; more?: unknown };
   if (!Number.isInteger(body.seq) || !Array.isArray(body.revocations)) {
     throw new Error('revocation pull answered an unexpected body');
   }
-  return { seq: body.seq as number, revocations: body.revocations.filter(isRevocation) };
+  // `seq` is where this page ends; `more` (absent from brokers that answer in one page) asks for the next.
+  return {
+    seq: body.seq as number,
+    revocations: body.revocations.filter(isRevocation),
+    more: body.more === true,
+  };
 }
 
 /**
@@ -118,6 +149,9 @@ export class RevocationFeedClient implements RevocationSource {
   readonly #opts: RevocationFeedOptions;
   readonly #now: () => number;
   readonly #retainSec: number;
+  readonly #sweepEveryMs: number;
+  #lastSweepAt: number;
+  readonly #keyListeners = new Set<(kids: string[]) => void>();
   #seq = 0;
   #lastEventAt: number | undefined;
   #abort: AbortController | undefined;
@@ -135,6 +169,8 @@ export class RevocationFeedClient implements RevocationSource {
     this.#opts = opts;
     this.#now = opts.now ?? Date.now;
     this.#retainSec = opts.retainSec ?? 60;
+    this.#sweepEveryMs = opts.sweepEveryMs ?? 30_000;
+    this.#lastSweepAt = this.#now();
     this.#ready = new Promise<void>((resolve, reject) => {
       this.#readyResolve = resolve;
       this.#readyReject = reject;
@@ -151,6 +187,18 @@ export class RevocationFeedClient implements RevocationSource {
 
   get lastEventAt(): number | undefined {
     return this.#lastEventAt;
+  }
+
+  /** True once a complete snapshot has been applied (it stays true across reconnects). */
+  get isReady(): boolean {
+    return this.#isReady;
+  }
+
+  onKeys(listener: (kids: string[]) => void): () => void {
+    this.#keyListeners.add(listener);
+    return () => {
+      this.#keyListeners.delete(listener);
+    };
   }
 
   /** Number of remembered revocations (tasks + tokens). */
@@ -175,7 +223,8 @@ export class RevocationFeedClient implements RevocationSource {
 
   /** Forgets revocations whose `until` (plus the retain margin) has passed. */
   sweep(): void {
-    const cutoff = this.#now() / 1000 - this.#retainSec;
+    this.#lastSweepAt = this.#now();
+    const cutoff = this.#lastSweepAt / 1000 - this.#retainSec;
     for (const m of [this.#tasks, this.#tokens])
       for (const [id, until] of m) if (until < cutoff) m.delete(id);
   }
@@ -204,7 +253,7 @@ export class RevocationFeedClient implements RevocationSource {
   /** Starts following the feed (called by the constructor unless `autoStart: false`). */
   start(): void {
     if (this.#running || this.#closed) return;
-    this.#sweepTimer = setInterval(() => this.sweep(), 30_000);
+    this.#sweepTimer = setInterval(() => this.sweep(), this.#sweepEveryMs);
     this.#sweepTimer.unref();
     this.#running = this.#loop();
   }
@@ -255,6 +304,7 @@ export class RevocationFeedClient implements RevocationSource {
       ...(await headersOf(this.#opts.headers)),
       accept: 'text/event-stream',
       'cache-control': 'no-cache',
+      [FEED_VERSION_HEADER]: '2',
     };
     if (this.#seq > 0) headers['last-event-id'] = String(this.#seq);
     const res = await undiciFetch(`${base(this.#opts.brokerUrl)}/v1/revocations/stream`, {
@@ -288,25 +338,41 @@ export class RevocationFeedClient implements RevocationSource {
       this.#opts.onError?.(new Error(`revocation feed: unparsable ${ev.event ?? 'message'} event`));
       return;
     }
-    const d = data as { seq?: unknown; revocations?: unknown };
+    const d = data as { seq?: unknown; revocations?: unknown; kids?: unknown };
     switch (ev.event) {
+      case 'snapshot-page':
       case 'snapshot':
         if (!Array.isArray(d.revocations)) return;
+        // A page's seq says it is complete up to there, so a stream cut between pages resumes
+        // after the last page applied (Last-Event-ID), and the rest of the snapshot follows.
         this.apply(
           d.revocations.filter(isRevocation),
           Number.isInteger(d.seq) ? (d.seq as number) : undefined,
         );
-        this.#markLive();
-        if (!this.#isReady) {
+        if (ev.event === 'snapshot' && !this.#isReady) {
           this.#isReady = true;
           this.#readyResolve();
         }
+        this.#markLive();
         return;
       case 'revoked':
         if (!isRevocation(data)) return;
         this.apply([data]);
         this.#markLive();
         return;
+      case 'keys': {
+        if (!Array.isArray(d.kids)) return;
+        const kids = d.kids.filter((k): k is string => typeof k === 'string');
+        for (const l of this.#keyListeners) {
+          try {
+            l(kids);
+          } catch (e) {
+            this.#opts.onError?.(e instanceof Error ? e : new Error(String(e)));
+          }
+        }
+        this.#markLive();
+        return;
+      }
       case 'heartbeat':
         this.#markLive();
         if (Number.isInteger(d.seq) && (d.seq as number) > this.#seq && this.#isReady) void this.#catchUp();
@@ -314,8 +380,12 @@ export class RevocationFeedClient implements RevocationSource {
     }
   }
 
+  // Before the first complete snapshot there is no sign of life to report: the verifier refuses
+  // every call until then (a partial set would let a revoked token through).
   #markLive(): void {
+    if (!this.#isReady) return;
     this.#lastEventAt = this.#now();
+    if (this.#lastEventAt - this.#lastSweepAt >= this.#sweepEveryMs) this.sweep();
   }
 
   // The stream should have delivered everything up to the heartbeat's seq; if a replica dropped an
@@ -324,8 +394,11 @@ export class RevocationFeedClient implements RevocationSource {
     if (this.#catchingUp) return;
     this.#catchingUp = true;
     try {
-      const r = await pullRevocations(this.#opts, this.#seq, AbortSignal.timeout(5000));
-      this.apply(r.revocations, r.seq);
+      for (let i = 0; i < MAX_CATCH_UP_PAGES && !this.#closed; i++) {
+        const r = await pullRevocations(this.#opts, this.#seq, AbortSignal.timeout(5000));
+        this.apply(r.revocations, r.seq);
+        if (!r.more) break;
+      }
     } catch (e) {
       this.#opts.onError?.(e instanceof Error ? e : new Error(String(e)));
     } finally {

@@ -295,8 +295,10 @@ describe('single use, revocation, staleness, binding', () => {
     const never = make({ revocation: source([], [], undefined) });
     await rejects(
       never.verifyCall(write, { tool: 'close_ticket', args: { ticket_id: 'T-1' } }),
-      'TASKPASS_VERIFY_FEED_STALE',
+      'TASKPASS_VERIFY_FEED_NOT_READY',
     );
+    await rejects(never.verifyCall(await mint({ key }), read), 'TASKPASS_VERIFY_FEED_NOT_READY');
+    await rejects(never.verifySession(await mint({ key })), 'TASKPASS_VERIFY_FEED_NOT_READY');
     const fresh = make({ revocation: source([], [], Date.now()) });
     await fresh.verifyCall(write, { tool: 'close_ticket', args: { ticket_id: 'T-1' } });
   });

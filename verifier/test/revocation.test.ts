@@ -4,7 +4,17 @@ import { after, before, describe, test } from 'node:test';
 import { createVerifier } from '../src/core.ts';
 import { MemoryReplayCache } from '../src/replay.ts';
 import { pullRevocations, RevocationFeedClient } from '../src/revocation.ts';
-import { AUDIENCE, feedServer, ISSUER, jwksOf, type Key, mint, newKey, until } from './support.ts';
+import {
+  AUDIENCE,
+  feedServer,
+  ISSUER,
+  jwksOf,
+  jwksServer,
+  type Key,
+  mint,
+  newKey,
+  until,
+} from './support.ts';
 
 let key: Key;
 before(async () => {
@@ -85,6 +95,68 @@ describe('RevocationFeedClient', () => {
     assert.equal(client.seq, 2);
   });
 
+  test('sweeping needs no manual call: feed events past the sweep period forget expired entries', async () => {
+    let now = Date.now();
+    const f = await feedServer();
+    const client = new RevocationFeedClient({
+      brokerUrl: f.url,
+      now: () => now,
+      retainSec: 10,
+      sweepEveryMs: 60_000,
+    });
+    try {
+      const r = f.revoke('task', 'task-short');
+      await client.ready(3000);
+      assert.equal(client.isRevoked('task-short', 'x'), true);
+      // Past its until (+ the retain margin) and past the sweep period: the next heartbeat sweeps.
+      now = (r.until + 11) * 1000;
+      f.heartbeat();
+      await until(() => !client.isRevoked('task-short', 'x'));
+      assert.equal(client.size, 0, 'the set does not grow without bound');
+    } finally {
+      await client.close();
+      await f.close();
+    }
+  });
+
+  test('a paged snapshot cut halfway resumes after the last page; not ready (no sign of life) until complete', async () => {
+    const f = await feedServer({ pageSize: 2, cutFirstStreamAfterPages: 2 });
+    for (let i = 0; i < 7; i++) f.revoke('task', `task-${i}`);
+    const client = new RevocationFeedClient({
+      brokerUrl: f.url,
+      backoff: { initialMs: 20, maxMs: 50 },
+      autoStart: false,
+    });
+    try {
+      client.start();
+      await client.ready(3000);
+      assert.equal(f.connects.length, 2);
+      assert.equal(f.connects[0]!.lastEventId, undefined);
+      assert.equal(f.connects[1]!.lastEventId, '4', 'resumed after the second page');
+      assert.equal(client.size, 7);
+      assert.equal(client.seq, 7);
+      assert.ok(client.lastEventAt !== undefined);
+    } finally {
+      await client.close();
+      await f.close();
+    }
+    // Pages alone (no final snapshot event) are no sign of life: the verifier stays gated.
+    const cut = await feedServer({ pageSize: 2, cutFirstStreamAfterPages: 2 });
+    for (let i = 0; i < 7; i++) cut.revoke('task', `task-${i}`);
+    const partial = new RevocationFeedClient({
+      brokerUrl: cut.url,
+      backoff: { initialMs: 5_000, maxMs: 5_000 },
+    });
+    try {
+      await until(() => partial.size === 4);
+      assert.equal(partial.lastEventAt, undefined);
+      assert.equal(partial.isReady, false);
+    } finally {
+      await partial.close();
+      await cut.close();
+    }
+  });
+
   test('pullRevocations', async () => {
     const r = await pullRevocations({ brokerUrl: feed.url }, 0);
     assert.ok(r.seq >= 1);
@@ -95,6 +167,47 @@ describe('RevocationFeedClient', () => {
 });
 
 describe('verifier with a live feed', () => {
+  test('a keys event naming a new kid makes the verifier refetch the JWKS from the broker; no other key is trusted', async () => {
+    const k2 = await newKey('k2');
+    const k3 = await newKey('k3');
+    const jwks = await jwksServer(jwksOf(key));
+    const feed = await feedServer();
+    const client = new RevocationFeedClient({ brokerUrl: feed.url, backoff: { initialMs: 20, maxMs: 50 } });
+    try {
+      await client.ready(3000);
+      const v = createVerifier({
+        issuer: ISSUER,
+        audience: AUDIENCE,
+        jwksUri: jwks.uri,
+        tools: { get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } } },
+        revocation: client,
+      });
+      const read = { tool: 'get_ticket', args: { ticket_id: 'T-1' } };
+      await v.verifyCall(await mint({ key }), read);
+      assert.equal(jwks.fetches, 1);
+
+      // The broker publishes k2 (it will sign a prepublish period later) and says so on the feed.
+      jwks.set(jwksOf(key, k2));
+      feed.event('keys', { kids: ['k1', 'k2'] });
+      await until(() => jwks.fetches === 2);
+      // Within jose's 30 s refetch cooldown: without the refresh this was UNKNOWN_KID.
+      await v.verifyCall(await mint({ key: k2 }), read);
+
+      // Known kids only: no refetch. A kid announced but absent from the JWKS is still unknown.
+      feed.event('keys', { kids: ['k1', 'k2'] });
+      feed.event('keys', { kids: ['k1', 'k2', 'k3'] });
+      await until(() => jwks.fetches === 3);
+      await assert.rejects(v.verifyCall(await mint({ key: k3 }), read), {
+        code: 'TASKPASS_VERIFY_UNKNOWN_KID',
+      });
+      assert.equal(jwks.fetches, 3, 'the refused kid did not trigger another fetch (cooldown)');
+    } finally {
+      await client.close();
+      await feed.close();
+      await jwks.close();
+    }
+  });
+
   test('refuses tokens as soon as their task or jti is revoked; stale feed refuses writes only', async () => {
     const feed = await feedServer();
     const client = new RevocationFeedClient({ brokerUrl: feed.url, backoff: { initialMs: 20, maxMs: 50 } });

@@ -102,7 +102,14 @@ export async function jwksServer(initial: JSONWebKeySet) {
 }
 
 /** A fake broker revocation feed (SSE per docs/design.md §4) plus the pull route. */
-export async function feedServer() {
+export async function feedServer(
+  opts: {
+    /** Format 2 (when the client asks for it): snapshot pages of this many revocations. */
+    pageSize?: number;
+    /** Cut the first stream after this many snapshot pages (a connection lost mid-snapshot). */
+    cutFirstStreamAfterPages?: number;
+  } = {},
+) {
   const log: Revocation[] = [];
   const streams = new Set<ServerResponse>();
   const connects: { lastEventId: string | undefined }[] = [];
@@ -126,7 +133,19 @@ export async function feedServer() {
     connects.push({ lastEventId: typeof last === 'string' ? last : undefined });
     const since = typeof last === 'string' ? Number(last) : 0;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-    send(res, 'snapshot', { seq, revocations: log.filter((r) => r.seq > since) }, seq);
+    const snapshot = log.filter((r) => r.seq > since);
+    if (opts.pageSize && req.headers['taskpass-feed-version'] === '2') {
+      let pages = 0;
+      while (snapshot.length > opts.pageSize) {
+        const page = snapshot.splice(0, opts.pageSize);
+        send(res, 'snapshot-page', { seq: page.at(-1)!.seq, revocations: page }, page.at(-1)!.seq);
+        if (connects.length === 1 && ++pages === opts.cutFirstStreamAfterPages) {
+          res.end();
+          return;
+        }
+      }
+    }
+    send(res, 'snapshot', { seq, revocations: snapshot }, seq);
     streams.add(res);
     res.on('close', () => streams.delete(res));
   });
@@ -148,6 +167,10 @@ export async function feedServer() {
       log.push(r);
       if (!opts.silent) for (const res of streams) send(res, 'revoked', r, r.seq);
       return r;
+    },
+    /** Sends any event to every open stream. */
+    event(name: string, data: unknown) {
+      for (const res of streams) send(res, name, data);
     },
     heartbeat() {
       for (const res of streams) send(res, 'heartbeat', { seq, now: Math.floor(Date.now() / 1000) });

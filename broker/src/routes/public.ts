@@ -36,7 +36,7 @@ export async function publicRoutes(app: FastifyInstance, ctx: RouteContext): Pro
       },
     },
     async (_req, reply) => {
-      reply.header('cache-control', 'public, max-age=60');
+      reply.header('cache-control', `public, max-age=${ctx.config.keys.jwksMaxAge}`);
       return ctx.keys.jwks();
     },
   );

@@ -560,6 +560,23 @@ export class RedisStore implements Store {
     return out.sort((a, b) => a.seq - b.seq);
   }
 
+  async revocationsPage(
+    after: number,
+    now: number,
+    limit: number,
+  ): Promise<{ revocations: Revocation[]; next: number | undefined }> {
+    const seqs = await this.#r.zrangebyscore(this.#k('revs'), `(${after}`, '+inf', 'LIMIT', 0, limit);
+    const last = seqs.at(-1);
+    if (last === undefined) return { revocations: [], next: undefined };
+    const out: Revocation[] = [];
+    for (const j of await this.#r.hmget(this.#k('revdata'), ...seqs)) {
+      const r = j === null ? undefined : parseRevocation(j);
+      if (r && r.until > now) out.push(r);
+    }
+    out.sort((a, b) => a.seq - b.seq);
+    return { revocations: out, next: seqs.length < limit ? undefined : Number(last) };
+  }
+
   async currentSeq(): Promise<number> {
     return Number((await this.#r.get(this.#k('seq'))) ?? 0);
   }

@@ -207,6 +207,8 @@ function prepareStatements(db: Database.Database) {
     insertRevocation: p('INSERT INTO revocations (seq, kind, id, until, reason) VALUES (?, ?, ?, ?, ?)'),
     revocationBySeq: p('SELECT * FROM revocations WHERE seq = ?'),
     revocationsSince: p('SELECT * FROM revocations WHERE seq > ? AND until > ? ORDER BY seq'),
+    revocationSeqsPage: p('SELECT seq, until FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?'),
+    revocationsBetween: p('SELECT * FROM revocations WHERE seq > ? AND seq <= ? AND until > ? ORDER BY seq'),
     revokedSubject: p('SELECT 1 FROM revocations WHERE kind = ? AND id = ? LIMIT 1'),
     insertIssued: p(
       `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)
@@ -551,6 +553,20 @@ export class SqliteStore implements Store {
 
   async revocationsSince(since: number, now: number): Promise<Revocation[]> {
     return (this.#s.revocationsSince.all(since, now) as RevocationRow[]).map(revocationFromRow);
+  }
+
+  async revocationsPage(
+    after: number,
+    now: number,
+    limit: number,
+  ): Promise<{ revocations: Revocation[]; next: number | undefined }> {
+    // The scan is bounded by seqs (the primary key), not by live rows: a page never walks an
+    // unbounded run of swept-late revocations.
+    const scanned = this.#s.revocationSeqsPage.all(after, limit) as { seq: number }[];
+    const last = scanned.at(-1)?.seq;
+    if (last === undefined) return { revocations: [], next: undefined };
+    const rows = this.#s.revocationsBetween.all(after, last, now) as RevocationRow[];
+    return { revocations: rows.map(revocationFromRow), next: scanned.length < limit ? undefined : last };
   }
 
   async currentSeq(): Promise<number> {

@@ -111,6 +111,19 @@ export interface Store {
   revokeToken(jti: string, until: number, reason: string): Promise<Revocation>;
   /** Revocations with seq > since whose `until` is after `now` (all live ones when since = 0). */
   revocationsSince(since: number, now: number): Promise<Revocation[]>;
+  /**
+   * One page of {@link revocationsSince}: revocations with seq > `after` whose `until` is after
+   * `now`, in seq order, scanning at most `limit` seqs (revocations past `until` that are not swept
+   * yet count towards it, so a page may hold fewer). `next` is the `after` of the following page,
+   * undefined when the scan reached the last seq. Every revocation with seq ≤ the last one scanned
+   * that still lives is in this page or an earlier one (seqs are stored in one atomic step with
+   * their revocation), so a reader can page a large set without holding it in memory.
+   */
+  revocationsPage(
+    after: number,
+    now: number,
+    limit: number,
+  ): Promise<{ revocations: Revocation[]; next: number | undefined }>;
   /** Highest revocation seq so far (0 when none). */
   currentSeq(): Promise<number>;
   /** Is this task id or jti revoked (used by introspection)? */
