@@ -19,6 +19,7 @@ import { buildApp } from './app.ts';
 import { pinPeerIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { TaskpassError } from './errors.ts';
+import { keyWrapperFromConfig } from './key-wrap.ts';
 import { SigningKeys } from './keys.ts';
 import { PolicyWatcher } from './policy/index.ts';
 import { RevocationHub } from './revocation-hub.ts';
@@ -82,10 +83,18 @@ async function start(
   trustDomains: readonly string[],
   opened: (() => Promise<void> | void)[],
 ): Promise<RunningBroker> {
+  // Before the store is touched: no KEK and no explicit plaintext opt-in refuses to start.
+  const wrapper = keyWrapperFromConfig(config.keys);
+  if (wrapper.protection === 'plaintext') {
+    logger.warn(
+      'signing keys are stored UNENCRYPTED (keys.allowPlaintext: true); anyone who can read the store can sign tokens',
+    );
+  }
   const store = createStore(config.store, { logger });
   opened.push(() => store.close());
   await store.init();
   const keys = await SigningKeys.open(store, {
+    wrapper,
     rotateEverySec: config.keys.rotateEvery,
     prepublishSec: config.keys.prepublish,
     maxTokenTtlSec: config.tokens.maxTtl,

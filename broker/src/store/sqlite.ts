@@ -228,7 +228,9 @@ function prepareStatements(db: Database.Database) {
     saveKey: p(
       `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
        VALUES (?, ?, ?, ?, ?, ?, ?)
-       ON CONFLICT (kid) DO UPDATE SET active_from = excluded.active_from, retire_at = excluded.retire_at`,
+       ON CONFLICT (kid) DO UPDATE SET alg = excluded.alg, private_jwk = excluded.private_jwk,
+         public_jwk = excluded.public_jwk, created_at = excluded.created_at,
+         active_from = excluded.active_from, retire_at = excluded.retire_at`,
     ),
     insertKey: p(
       `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
@@ -587,7 +589,29 @@ export class SqliteStore implements Store {
 
   async saveSigningKey(key: StoredSigningKey): Promise<void> {
     this.#commitBatch();
-    this.#s.saveKey.run(...keyArgs(key));
+    this.#scrubbing(() => this.#s.saveKey.run(...keyArgs(key)));
+  }
+
+  /**
+   * Runs a write that replaces or deletes key material so that the old bytes do not stay on disk:
+   * `secure_delete` zeroes the freed cell content, and a TRUNCATE checkpoint moves the pages into
+   * the database file and empties the WAL, which still held the old page images. (Only here: on
+   * the sweep's deletes, zeroing would be I/O spent on data that is not secret.)
+   */
+  #scrubbing(write: () => unknown): void {
+    const db = this.#conn;
+    db.pragma('secure_delete = ON');
+    try {
+      write();
+    } finally {
+      db.pragma('secure_delete = OFF');
+    }
+    if (this.path === ':memory:') return;
+    const [r] = db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+    if (r?.busy)
+      this.#logger?.warn(
+        'signing key write: WAL checkpoint incomplete; old key bytes may stay in the WAL until the next one',
+      );
   }
 
   async addSigningKeyIfLatest(key: StoredSigningKey, activeAfter: number | undefined): Promise<boolean> {
@@ -608,7 +632,7 @@ export class SqliteStore implements Store {
 
   async deleteSigningKey(kid: string): Promise<void> {
     this.#commitBatch();
-    this.#s.deleteKey.run(kid);
+    this.#scrubbing(() => this.#s.deleteKey.run(kid));
   }
 
   onRevocation(listener: (r: Revocation) => void): () => void {
