@@ -30,7 +30,9 @@ const USAGE = `usage:
   taskpass tasks revoke <task-id> [--broker <url>] [--reason <text>]
   taskpass token decode <jwt>
   taskpass token explain <jwt> [--broker <url>]
-  taskpass keys generate-kek [--id <kek-id>]     print a new KEK ring entry (id:base64url)
+  taskpass keys generate-kek [--id <kek-id>] [--out <file>]
+                                                 a new KEK ring entry (id:base64url) on stdout, or
+                                                 into a new file (mode 0600; an existing one is kept)
   taskpass keys rewrap [--config <file>]         re-wrap stored signing keys under the current KEK
 Broker calls over https authenticate both sides by SPIFFE ID: this process presents its X.509-SVID
 from the Workload API (--hint picks the entry by hint) and accepts only the broker's SPIFFE ID
@@ -157,6 +159,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
         agent: { type: 'string' },
         reason: { type: 'string' },
         id: { type: 'string' },
+        out: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -183,7 +186,20 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
     if (cmd === 'keys' && sub === 'generate-kek') {
       const { generateKek } = await import('./key-wrap.ts');
       // Printed once, for the operator to put into a secret store; never logged.
-      io.out(values.id ? generateKek(values.id) : generateKek());
+      const kek = values.id ? generateKek(values.id) : generateKek();
+      if (!values.out) {
+        io.out(kek);
+        return 0;
+      }
+      const { writeFileSync } = await import('node:fs');
+      try {
+        writeFileSync(values.out, `${kek}\n`, { flag: 'wx', mode: 0o600 });
+        io.out(`new KEK ${kek.slice(0, kek.indexOf(':'))} written to ${values.out}`);
+      } catch (e) {
+        // Never replace a KEK: the keys in the store could no longer be read.
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        io.out(`${values.out} exists; kept`);
+      }
       return 0;
     }
     if (cmd === 'keys' && sub === 'rewrap') {

@@ -69,7 +69,7 @@ test('usage errors exit 2; token decode/explain work offline', async () => {
 });
 
 test('keys generate-kek prints a usable KEK; keys rewrap migrates a store to it', async () => {
-  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { mkdtempSync, readFileSync, rmSync, statSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
   const { SqliteStore } = await import('../src/store/sqlite.ts');
@@ -104,6 +104,16 @@ test('keys generate-kek prints a usable KEK; keys rewrap migrates a store to it'
       [['prod-1', undefined]],
     );
     await check.close();
+    // --out writes a new file once and never replaces it.
+    const out = join(dir, 'kek');
+    assert.equal(await runCli(['keys', 'generate-kek', '--out', out], io().io), 0);
+    const first = readFileSync(out, 'utf8');
+    assert.match(first, /^kek-\d{8}:[A-Za-z0-9_-]{43}\n$/);
+    assert.equal(statSync(out).mode & 0o777, 0o600);
+    const again = io();
+    assert.equal(await runCli(['keys', 'generate-kek', '--out', out], again.io), 0);
+    assert.match(again.out.join(''), /exists; kept/);
+    assert.equal(readFileSync(out, 'utf8'), first);
     // Without a KEK (and without the plaintext opt-in) the command refuses, like the broker.
     const refused = io({ ...env, TASKPASS_KEK: '' });
     assert.equal(await runCli(['keys', 'rewrap'], refused.io), 1);

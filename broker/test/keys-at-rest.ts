@@ -82,7 +82,7 @@ export function keysAtRestContract(name: string, make: MakeKeyStore): void {
     }));
 
   test(`${name}: a tampered, relabelled or foreign-KEK key fails closed with TASKPASS_SIGNING_KEY_UNREADABLE`, () =>
-    withStore(make, async (store, raw) => {
+    withStore(make, async (store) => {
       const wrapper = new AesGcmKeyWrapper(generateKek('k1'));
       await (await SigningKeys.open(store, opts(wrapper))).close();
       const [good] = await store.loadSigningKeys();
