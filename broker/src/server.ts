@@ -16,6 +16,7 @@ import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino, { type Logger } from 'pino';
 import type { TLSSocket } from 'node:tls';
 import { buildApp } from './app.ts';
+import { createAuditLog } from './audit.ts';
 import { pinPeerIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { TaskpassError } from './errors.ts';
@@ -215,8 +216,11 @@ async function start(
     serverFactory = (handler) => createHttpServer(handler) as unknown as ReturnType<FastifyServerFactory>;
   }
 
+  const audit = createAuditLog(logger, config.audit.destination);
+  opened.push(() => audit.close?.());
   const app = buildApp({
     config,
+    audit,
     store,
     keys,
     policies,
@@ -278,6 +282,7 @@ async function start(
       await x509.close();
       await bundles.close();
       await store.close();
+      audit.close?.();
       logger.info('stopped');
     })();
     return closing;
@@ -304,6 +309,11 @@ async function start(
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => void reloadPolicies());
+    // logrotate's postrotate: the audit file continues under its configured path.
+    process.on('SIGUSR2', () => {
+      audit.reopen?.();
+      logger.info('audit log reopened');
+    });
   }
   return { app, url, close, reloadPolicies };
 }

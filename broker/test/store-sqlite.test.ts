@@ -355,3 +355,15 @@ test('sqlite sweep: freed pages go back to the file system, also in a database m
   assert.ok(after.count < before.count / 4, `file shrank: ${before.count} -> ${after.count} pages`);
   await s.close();
 });
+
+test('sqlite: a replay marker is kept until its token expires, then swept', async () => {
+  const s = new SqliteStore({ path: ':memory:' });
+  await s.init();
+  const now = nowSec();
+  assert.equal(await s.markUsed('j', now + 60), true);
+  await s.sweep(now + 59);
+  assert.equal(await s.markUsed('j', now + 60), false, 'still spent one second before exp');
+  await s.sweep(now + 60);
+  assert.equal(await s.markUsed('j', now + 60), true, 'swept at exp (the token no longer verifies)');
+  await s.close();
+});
