@@ -252,6 +252,7 @@ test('the broker serves its own X.509-SVID, chosen by hint, and is ready', async
   const ready = await call(tlsOnly, 'GET', '/readyz');
   assert.equal(ready.status, 200, JSON.stringify(ready.body));
   assert.deepEqual(ready.body.checks, { store: true, policies: true, svid: true, keys: true });
+  assert.equal(ready.body.signing_keys_at_rest, 'encrypted', 'the broker runs with a KEK');
 });
 
 test('a workloadApi.hint that no SVID carries stops start-up with TASKPASS_CONFIG_INVALID', async () => {
