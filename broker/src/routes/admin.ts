@@ -1,4 +1,4 @@
-// Admin API: list and revoke tasks; policy overlap warnings. Its own scope, whose hook admits only the configured admin
+// Admin API: list and revoke tasks. Its own scope, whose hook admits only the configured admin
 // SPIFFE IDs (TASKPASS_FORBIDDEN_ADMIN for any other authenticated workload).
 import type { FastifyInstance } from 'fastify';
 import { TaskpassError } from '../errors.ts';
@@ -69,73 +69,5 @@ export async function adminRoutes(app: FastifyInstance, ctx: RouteContext): Prom
       const { task, revocation } = await ctx.service.finish(req.workload!, t.id, 'revoked', reason);
       return { task_id: task.id, status: task.status, revocation_seq: revocation.seq };
     },
-  );
-
-  // ---- policy overlap warnings (issue #7, finding 9; for the console to come) ----
-  const location = {
-    type: 'object',
-    required: ['file', 'path'],
-    properties: {
-      file: { type: 'string' },
-      path: { type: 'string' },
-      line: { type: 'integer' },
-      col: { type: 'integer' },
-    },
-  } as const;
-  app.get(
-    '/admin/v1/policies/warnings',
-    {
-      schema: {
-        summary:
-          'Templates that widen another template’s rule for the same agent, tool and resource (admins)',
-        tags: ['admin'],
-        security,
-        response: {
-          200: {
-            type: 'object',
-            required: ['warnings'],
-            properties: {
-              warnings: {
-                type: 'array',
-                items: {
-                  type: 'object',
-                  required: [
-                    'kind',
-                    'template',
-                    'widens',
-                    'audience',
-                    'tool',
-                    'action',
-                    'widened',
-                    'message',
-                  ],
-                  properties: {
-                    kind: { type: 'string' },
-                    template: { type: 'string' },
-                    widens: { type: 'string' },
-                    audience: { type: 'string' },
-                    tool: { type: 'string' },
-                    action: { type: 'string' },
-                    widened: {
-                      type: 'array',
-                      items: {
-                        type: 'object',
-                        required: ['condition', 'detail'],
-                        properties: { condition: { type: 'string' }, detail: { type: 'string' } },
-                      },
-                    },
-                    message: { type: 'string' },
-                    at: location,
-                    other: location,
-                  },
-                },
-              },
-            },
-          },
-          ...errorResponses,
-        },
-      },
-    },
-    async () => ({ warnings: ctx.policies.current().warnings ?? [] }),
   );
 }
