@@ -258,19 +258,23 @@ async function start(
   const url = scheme(listening);
   logger.info({ url, issuer: config.issuer, tls: config.tls.mode }, 'taskpass broker listening');
 
-  // Expired tasks, replay entries and revocations past `until` are dropped periodically.
+  // Expired tasks, replay entries and revocations past `until` are dropped periodically, in small
+  // steps that leave the event loop free (store sweep); a sweep still running when the next tick
+  // comes is joined, not doubled. The first one starts now and is not awaited: a backlog left by a
+  // long downtime is swept while the broker serves. Closing the store ends a running sweep at its
+  // next step.
+  let closing: Promise<void> | undefined;
   const sweep = async (): Promise<void> => {
     try {
       await store.sweep(Math.floor(Date.now() / 1000));
     } catch (err) {
-      logger.warn({ err }, 'store sweep failed (retried on the next tick)');
+      if (!closing) logger.warn({ err }, 'store sweep failed (retried on the next tick)');
     }
   };
-  await sweep();
+  void sweep();
   const sweeper = setInterval(() => void sweep(), config.sweepEvery * 1000);
   sweeper.unref();
 
-  let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       logger.info('shutting down');
