@@ -30,7 +30,11 @@ test('sqlite file: WAL journal, parent directories created, schema version recor
   const db = new Database(path, { readonly: true });
   try {
     assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
-    assert.equal(db.pragma('auto_vacuum', { simple: true }), 2, 'a new file is INCREMENTAL from its first table');
+    assert.equal(
+      db.pragma('auto_vacuum', { simple: true }),
+      2,
+      'a new file is INCREMENTAL from its first table',
+    );
     assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 2);
   } finally {
     db.close();
