@@ -223,25 +223,23 @@ export class SigningKeys {
 
   /**
    * Wraps again, under the current KEK, every key that is stored in plaintext or under another
-   * KEK, and saves it. Throws TASKPASS_SIGNING_KEY_UNREADABLE (before anything is saved) when a
-   * key cannot be unwrapped. Resolves with the keys as now stored.
+   * KEK, and saves it. All are unwrapped first: one that cannot be throws
+   * TASKPASS_SIGNING_KEY_UNREADABLE before anything is saved. Resolves with the keys as now stored.
    */
   async #rewrap(stored: StoredSigningKey[]): Promise<StoredSigningKey[]> {
     const w = this.#wrapper;
-    const out: StoredSigningKey[] = [];
+    const changed = new Map<string, { next: StoredSigningKey; from: string }>();
     for (const s of stored) {
-      if (!w.needsRewrap(s.privateJwk)) {
-        out.push(s);
-        continue;
-      }
+      if (!w.needsRewrap(s.privateJwk)) continue;
       const meta = { kid: s.kid, alg: s.alg };
       const from = typeof s.privateJwk.kek === 'string' ? s.privateJwk.kek : 'plaintext';
-      const next: StoredSigningKey = { ...s, privateJwk: w.wrap(w.unwrap(s.privateJwk, meta), meta) };
-      await this.#store.saveSigningKey(next);
-      this.#opts.logger?.info({ kid: s.kid, from, to: w.currentKekId }, 'signing key re-wrapped');
-      out.push(next);
+      changed.set(s.kid, { next: { ...s, privateJwk: w.wrap(w.unwrap(s.privateJwk, meta), meta) }, from });
     }
-    return out;
+    for (const { next, from } of changed.values()) {
+      await this.#store.saveSigningKey(next);
+      this.#opts.logger?.info({ kid: next.kid, from, to: w.currentKekId }, 'signing key re-wrapped');
+    }
+    return stored.map((s) => changed.get(s.kid)?.next ?? s);
   }
 
   /** Re-wraps every stored key under the current KEK now (also done by every reload); the count. */
