@@ -26,7 +26,8 @@ WORKDIR /app
 COPY --from=deps /app/ ./
 COPY . .
 # Owned by node so the named volume mounted here (the demo user's token) is writable by it.
-RUN mkdir -p /run/taskpass/idp && chown node:node /run/taskpass/idp
+# Both are mount points of named volumes, which take their owner from the image.
+RUN mkdir -p /run/taskpass/idp /run/taskpass/kek && chown node:node /run/taskpass/idp /run/taskpass/kek
 USER node
 # Workspaces resolve each other's sources through the `taskpass:source` export condition.
 ENTRYPOINT ["node", "--conditions=taskpass:source", "--import", "tsx"]

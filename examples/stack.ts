@@ -12,7 +12,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type BrokerConfig, parseConfig, type RunningBroker, startBroker } from '@taskpass/broker';
+import {
+  type BrokerConfig,
+  generateKek,
+  parseConfig,
+  type RunningBroker,
+  startBroker,
+} from '@taskpass/broker';
 import pino from 'pino';
 import { type SpireHarness, startSpire } from '../test/support/spire.ts';
 import { AGENT_ID, type AgentScriptOptions } from './ticket-desk/agent.ts';
@@ -187,6 +193,9 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         policiesDir: opts.policiesDir ?? join(repoRoot, 'policies'),
         store: opts.redis ? { redis: opts.redis } : { sqlite: { path: join(dir, 'broker.db') } },
         feed: { heartbeatMs: opts.feedHeartbeatMs ?? 2000, auth: 'workloads' },
+        // A fresh KEK per stack (its store lives in the stack's temporary directory, or under a
+        // test's own Redis prefix); replicas started from brokerConfig share it.
+        keys: { kek: generateKek('demo') },
         logLevel: opts.brokerLogLevel ?? 'info',
       },
       'stack broker configuration',

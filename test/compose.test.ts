@@ -48,7 +48,10 @@ function mounts(s: Service): { source: string; target: string; mode?: string }[]
 }
 
 /** The service path that maps `containerPath` to a volume or host path, if any. */
-function mountFor(s: Service, containerPath: string): { source: string; target: string } | undefined {
+function mountFor(
+  s: Service,
+  containerPath: string,
+): { source: string; target: string; mode?: string } | undefined {
   return mounts(s).find((m) => containerPath === m.target || containerPath.startsWith(`${m.target}/`));
 }
 
@@ -191,6 +194,18 @@ test('deploy/broker/broker.yaml passes the broker schema and matches the compose
   assert.equal(brokerConfig.workloadApi.address, broker.environment?.SPIFFE_ENDPOINT_SOCKET);
   assert.equal(brokerConfig.tls.mode, 'spiffe');
 
+  // Signing keys at rest: the KEK file the broker reads is the one kek-setup writes, first.
+  const kekFile = brokerConfig.keys.kekFile ?? '';
+  assert.ok(kekFile && !brokerConfig.keys.allowPlaintext, 'the compose broker encrypts its signing keys');
+  const kekDir = kekFile.slice(0, kekFile.lastIndexOf('/'));
+  const setup = svc('kek-setup');
+  assert.deepEqual(setup.command?.slice(-2), ['--out', kekFile]);
+  assert.equal(mountFor(broker, kekDir)?.source, mountFor(setup, kekDir)?.source);
+  assert.equal(mountFor(broker, kekDir)?.mode, 'ro');
+  assert.ok(broker.depends_on?.['kek-setup']);
+  // A named volume takes its owner from the image: the unprivileged user must own the mount point.
+  assert.match(read('Dockerfile'), new RegExp(`chown node:node .*${kekDir}( |$)`, 'm'));
+
   // The multi-replica setup: Redis, reachable as a compose service.
   const redisUrl = brokerConfig.store.redis?.url;
   assert.ok(redisUrl, 'the compose broker uses the Redis store');
@@ -236,7 +251,7 @@ test('deploy/broker/broker.yaml passes the broker schema and matches the compose
   const tokenFile = idp.environment?.USER_TOKEN_FILE ?? '';
   assert.equal(svc('agent').environment?.USER_TOKEN_FILE, tokenFile);
   assert.equal(mountFor(idp, tokenFile)?.source, mountFor(svc('agent'), tokenFile)?.source);
-  assert.match(read('Dockerfile'), new RegExp(`chown node:node ${posix.dirname(tokenFile)}$`, 'm'));
+  assert.match(read('Dockerfile'), new RegExp(`chown node:node .*${posix.dirname(tokenFile)}( |$)`, 'm'));
 });
 
 test('the agent service may use the tickets service under the shipped policies', async () => {

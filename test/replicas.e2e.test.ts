@@ -18,6 +18,7 @@ import { Redis } from 'ioredis';
 import { createLocalJWKSet, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from 'jose';
 import pino from 'pino';
 import { type Agent, fetch } from 'undici';
+import { AesGcmKeyWrapper, generateKek } from '../broker/src/key-wrap.ts';
 import { SigningKeys, type SigningKeysOptions } from '../broker/src/keys.ts';
 import { RedisStore } from '../broker/src/store/redis.ts';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
@@ -413,6 +414,7 @@ describe('two broker replicas on one Redis store (real SPIRE)', () => {
         maxTokenTtlSec: 50,
         autoStart: false,
         now: () => nowMs,
+        wrapper: new AesGcmKeyWrapper(generateKek('replicas-test')),
       };
       // Both start on an empty store at once (a fresh deployment of two replicas).
       const [a, b] = (await Promise.all(stores.map((s) => SigningKeys.open(s, opts)))) as [
@@ -445,7 +447,7 @@ describe('two broker replicas on one Redis store (real SPIRE)', () => {
     const prefix = newPrefix('rotation');
     const rotating: Partial<BrokerConfig> = {
       store: { redis: { url: REDIS_URL, keyPrefix: prefix } },
-      keys: { rotateEvery: ROTATE_SEC, prepublish: PREPUBLISH_SEC, jwksMaxAge: 1 },
+      keys: { ...config.keys, rotateEvery: ROTATE_SEC, prepublish: PREPUBLISH_SEC, jwksMaxAge: 1 },
     };
     // Started together on an empty store, like a fresh deployment.
     const [a, b] = await Promise.all([startReplica('rot-a', rotating), startReplica('rot-b', rotating)]);

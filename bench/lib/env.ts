@@ -19,6 +19,7 @@ import { Agent, Pool } from 'undici';
 import { type AppDeps, buildApp } from '../../broker/src/app.ts';
 import { pinPeerIdentity } from '../../broker/src/auth.ts';
 import { type BrokerConfig, parseConfig } from '../../broker/src/config.ts';
+import { AesGcmKeyWrapper, generateKek } from '../../broker/src/key-wrap.ts';
 import { SigningKeys } from '../../broker/src/keys.ts';
 import { PolicyWatcher } from '../../broker/src/policy/index.ts';
 import { RevocationHub } from '../../broker/src/revocation-hub.ts';
@@ -125,6 +126,8 @@ export async function startBenchEnv(opts: { logFile?: string } = {}): Promise<Be
   const store = createStore(config.store as { sqlite: { path: string } }, { logger });
   await store.init();
   const keys = await SigningKeys.open(store, {
+    // As a broker with a KEK: keys are unwrapped once at load, signing does not touch the wrapper.
+    wrapper: new AesGcmKeyWrapper(generateKek('bench')),
     rotateEverySec: config.keys.rotateEvery,
     prepublishSec: config.keys.prepublish,
     maxTokenTtlSec: config.tokens.maxTtl,

@@ -1,8 +1,12 @@
 // The audit trail: one structured record per decision (task opened, token issued or denied, task
 // completed or revoked, token revoked). Records carry identities, task ids and jtis so an incident
 // can be reconstructed — never a token, a key or a user-token claim set.
-import { createWriteStream } from 'node:fs';
-import pino, { type Logger } from 'pino';
+//
+// Retention: the broker does not delete audit records. To a file it appends JSON lines and, like
+// Vault's file audit device or nginx, leaves rotation and retention to logrotate (or the log
+// shipper): `reopen()` (SIGUSR2 in `taskpass serve`) makes it continue in a new file after the old
+// one was moved away, so no record is lost and none is truncated. See docs/deploy.md "Audit log".
+import pino, { type DestinationStream, type Logger } from 'pino';
 
 /** What happened. */
 export type AuditEventKind =
@@ -38,6 +42,10 @@ export interface AuditEvent {
 /** Writes audit records. */
 export interface AuditLog {
   record(e: AuditEvent): void;
+  /** Reopens the audit file by its path (after logrotate moved it); no-op for other destinations. */
+  reopen?(): void;
+  /** Flushes and closes the audit file; no-op for other destinations. */
+  close?(): void;
 }
 
 const FIELDS: readonly (keyof AuditEvent)[] = [
@@ -64,17 +72,29 @@ const FIELDS: readonly (keyof AuditEvent)[] = [
  */
 export function createAuditLog(logger: Logger, destination = 'log'): AuditLog {
   let out: Logger;
+  let file: (DestinationStream & { reopen(): void; flushSync(): void; end(): void }) | undefined;
   if (destination === 'log') out = logger.child({ audit: true });
   else {
-    const stream =
-      destination === 'stdout'
-        ? pino.destination(1)
-        : destination === 'stderr'
-          ? pino.destination(2)
-          : createWriteStream(destination, { flags: 'a' });
+    if (destination !== 'stdout' && destination !== 'stderr') {
+      // sonic-boom: appends, and can reopen the path (SIGUSR2 after logrotate's rename).
+      file = pino.destination({ dest: destination, append: true, mkdir: true, sync: false });
+    }
+    const stream = file ?? pino.destination(destination === 'stdout' ? 1 : 2);
     out = pino({ level: 'info', base: { audit: true } }, stream);
   }
   return {
+    reopen() {
+      file?.reopen();
+    },
+    close() {
+      if (!file) return;
+      try {
+        file.flushSync();
+      } catch {
+        // not yet open, or nothing buffered
+      }
+      file.end();
+    },
     record(e) {
       // Copy whitelisted fields only: an accidental extra property cannot smuggle a token in.
       const rec: Record<string, unknown> = { event: e.event };

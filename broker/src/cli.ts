@@ -4,6 +4,7 @@
 //   taskpass policy validate <dir> [--strict] | policy test <dir>
 //   taskpass tasks list [--broker URL] [--status s] | tasks revoke <id> [--broker URL] [--reason r]
 //   taskpass token decode <jwt> | token explain <jwt> [--broker URL]
+//   taskpass keys generate-kek [--id id] | keys rewrap [--config file]
 // Admin calls use the caller's own X.509-SVID from the Workload API over mTLS (https URLs), or plain
 // HTTP for a tls:none test broker. Exit codes: 0 ok, 1 failure/denied, 2 usage error.
 import { request as httpRequest } from 'node:http';
@@ -29,6 +30,10 @@ const USAGE = `usage:
   taskpass tasks revoke <task-id> [--broker <url>] [--reason <text>]
   taskpass token decode <jwt>
   taskpass token explain <jwt> [--broker <url>]
+  taskpass keys generate-kek [--id <kek-id>] [--out <file>]
+                                                 a new KEK ring entry (id:base64url) on stdout, or
+                                                 into a new file (mode 0600; an existing one is kept)
+  taskpass keys rewrap [--config <file>]         re-wrap stored signing keys under the current KEK
 Broker calls over https authenticate both sides by SPIFFE ID: this process presents its X.509-SVID
 from the Workload API (--hint picks the entry by hint) and accepts only the broker's SPIFFE ID
 (--broker-id, default spiffe://<own trust domain>/broker).
@@ -153,6 +158,8 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
         status: { type: 'string' },
         agent: { type: 'string' },
         reason: { type: 'string' },
+        id: { type: 'string' },
+        out: { type: 'string' },
         json: { type: 'boolean' },
         strict: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -176,6 +183,54 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
       const config = loadConfig({ ...(values.config ? { file: values.config } : {}), env: io.env });
       await startBroker(config);
       return -1; // keep running
+    }
+    if (cmd === 'keys' && sub === 'generate-kek') {
+      const { generateKek } = await import('./key-wrap.ts');
+      // Printed once, for the operator to put into a secret store; never logged.
+      const kek = values.id ? generateKek(values.id) : generateKek();
+      if (!values.out) {
+        io.out(kek);
+        return 0;
+      }
+      const { writeFileSync } = await import('node:fs');
+      try {
+        writeFileSync(values.out, `${kek}\n`, { flag: 'wx', mode: 0o600 });
+        io.out(`new KEK ${kek.slice(0, kek.indexOf(':'))} written to ${values.out}`);
+      } catch (e) {
+        // Never replace a KEK: the keys in the store could no longer be read.
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        io.out(`${values.out} exists; kept`);
+      }
+      return 0;
+    }
+    if (cmd === 'keys' && sub === 'rewrap') {
+      // What every broker start does too; this lets an operator finish a KEK rotation (and then
+      // drop the old KEK) without restarting the replicas.
+      const { loadConfig } = await import('./config.ts');
+      const { keyWrapperFromConfig } = await import('./key-wrap.ts');
+      const { SigningKeys } = await import('./keys.ts');
+      const { createStore } = await import('./store/index.ts');
+      const config = loadConfig({ ...(values.config ? { file: values.config } : {}), env: io.env });
+      const wrapper = keyWrapperFromConfig(config.keys);
+      const store = createStore(config.store);
+      await store.init();
+      try {
+        const keys = await SigningKeys.open(store, {
+          wrapper,
+          rotateEverySec: config.keys.rotateEvery,
+          prepublishSec: config.keys.prepublish,
+          maxTokenTtlSec: config.tokens.maxTtl,
+          autoStart: false,
+        });
+        await keys.close();
+        const left = (await store.loadSigningKeys()).filter((k) => wrapper.needsRewrap(k.privateJwk)).length;
+        io.out(
+          `${left === 0 ? 'ok' : 'NOT DONE'}: signing keys ${wrapper.protection === 'encrypted' ? `wrapped under KEK ${wrapper.currentKekId}` : 'stored in plaintext'}${left ? ` (${left} left)` : ''}`,
+        );
+        return left === 0 ? 0 : 1;
+      } finally {
+        await store.close();
+      }
     }
     if (cmd === 'policy' && (sub === 'validate' || sub === 'test')) {
       if (!arg) throw new UsageError(`taskpass policy ${sub} <dir>`);

@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { TaskpassError } from './errors.ts';
+import { parseKekRing } from './key-wrap.ts';
 
 const UNIT_SECONDS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
 
@@ -148,9 +149,35 @@ export const ConfigSchema = z
         /** How long verifiers may cache the JWKS (its Cache-Control max-age; the verifier's default
          *  cache is 10 min). A key must be published at least this long before it signs. */
         jwksMaxAge: Duration.default(600),
+
+        /**
+         * Key-encryption keys (KEK ring `id:base64url,...`, first = current) that wrap the private
+         * signing keys at rest. Prefer `kekFile` or the TASKPASS_KEK variable over a file in git.
+         */
+        kek: z
+          .string()
+          .min(1)
+          .superRefine((v, ctx) => {
+            try {
+              parseKekRing(v);
+            } catch (e) {
+              ctx.addIssue({ code: 'custom', message: (e as Error).message });
+            }
+          })
+          .optional(),
+        /** File holding the KEK ring (e.g. a mounted secret). */
+        kekFile: z.string().min(1).optional(),
+        /** Store signing keys unencrypted when no KEK is configured (relaxes: keys readable from the store). */
+        allowPlaintext: z.boolean().default(false),
       })
       .strict()
-      .prefault({}),
+      .prefault({})
+      .refine((k) => [k.kek, k.kekFile].filter((v) => v !== undefined).length <= 1, {
+        message: 'choose one of keys.kek or keys.kekFile',
+      })
+      .refine((k) => !(k.allowPlaintext && (k.kek !== undefined || k.kekFile !== undefined)), {
+        message: 'keys.allowPlaintext contradicts a configured KEK (keys.kek / keys.kekFile)',
+      }),
     feed: z
       .object({
         heartbeatMs: z.number().int().min(100).default(5000),
@@ -310,6 +337,9 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_SWEEP_EVERY: { path: ['sweepEvery'] },
     TASKPASS_BODY_LIMIT: { path: ['bodyLimit'], conv: int },
     TASKPASS_LOG_LEVEL: { path: ['logLevel'] },
+    TASKPASS_KEK: { path: ['keys', 'kek'] },
+    TASKPASS_KEK_FILE: { path: ['keys', 'kekFile'] },
+    TASKPASS_KEYS_ALLOW_PLAINTEXT: { path: ['keys', 'allowPlaintext'], conv: bool },
   };
 
 /**

@@ -106,6 +106,11 @@ export const BROKER_ERRORS = {
     status: 500,
     description: 'The broker configuration is invalid (reported at start-up).',
   },
+  TASKPASS_SIGNING_KEY_UNREADABLE: {
+    status: 500,
+    description:
+      'A stored signing key cannot be decrypted (KEK not configured, wrong KEK or tampered record); it is never used.',
+  },
 } as const satisfies Record<string, { status: number; description: string }>;
 
 export type BrokerErrorCode = keyof typeof BROKER_ERRORS;

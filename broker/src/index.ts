@@ -26,6 +26,14 @@ export {
   type TrustedIssuerConfig,
 } from './config.ts';
 export { BROKER_ERRORS, type BrokerErrorCode, TaskpassError } from './errors.ts';
+export {
+  AesGcmKeyWrapper,
+  generateKek,
+  type KeyWrapper,
+  keyWrapperFromConfig,
+  PlaintextKeyWrapper,
+  parseKekRing,
+} from './key-wrap.ts';
 export { type BrokerMetrics, createMetrics } from './metrics.ts';
 export {
   type ActClaim,

@@ -11,13 +11,25 @@
 // `addSigningKeyIfLatest` prevents, broken by the larger kid), so replicas sharing a store agree without talking to each other, and a
 // broker that was down past a retireAt keeps signing with the old (still published) key until a
 // successor has been published for a full prepublish period.
+//
+// At rest the private key is wrapped by a KeyWrapper (key-wrap.ts: AES-256-GCM under a KEK from the
+// configuration). Every load re-wraps what is not under the current KEK — plain JWKs written before
+// keys were wrapped, and keys wrapped under a KEK that has since been rotated out of first place —
+// so a broker start (or `taskpass keys rewrap`) completes a migration or a KEK rotation.
 import { createPrivateKey, type JsonWebKey, type KeyObject, type webcrypto } from 'node:crypto';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
 import type { Logger } from 'pino';
+import { TaskpassError } from './errors.ts';
+import type { KeyWrapper } from './key-wrap.ts';
 import type { Store, StoredSigningKey } from './store/types.ts';
 
 /** Options of {@link SigningKeys.open}. */
 export interface SigningKeysOptions {
+  /**
+   * How private keys are protected in the store. Required: there is no silent default (the broker
+   * builds it from `keys.kek` / `keys.kekFile`, or plaintext only with `keys.allowPlaintext`).
+   */
+  wrapper: KeyWrapper;
   /** How long a key signs (seconds). */
   rotateEverySec: number;
   /**
@@ -72,7 +84,10 @@ function publicOf(stored: StoredSigningKey): PublicSigningJwk {
  */
 export class SigningKeys {
   readonly #store: Store;
-  readonly #opts: Required<Omit<SigningKeysOptions, 'logger' | 'autoStart'>> & { logger: Logger | undefined };
+  readonly #opts: Required<Omit<SigningKeysOptions, 'logger' | 'autoStart' | 'wrapper'>> & {
+    logger: Logger | undefined;
+  };
+  readonly #wrapper: KeyWrapper;
   #keys: LoadedKey[] = [];
   #timer: NodeJS.Timeout | undefined;
   #rotating: Promise<void> = Promise.resolve();
@@ -87,6 +102,7 @@ export class SigningKeys {
       throw new RangeError('SigningKeys: prepublishSec must be shorter than rotateEverySec');
     }
     this.#store = store;
+    this.#wrapper = opts.wrapper;
     this.#opts = {
       rotateEverySec: opts.rotateEverySec,
       prepublishSec: opts.prepublishSec,
@@ -107,6 +123,11 @@ export class SigningKeys {
     await k.rotateIfDue();
     if (opts.autoStart ?? true) k.start();
     return k;
+  }
+
+  /** How the private keys are protected in the store (for /readyz). */
+  get protection(): KeyWrapper['protection'] {
+    return this.#wrapper.protection;
   }
 
   #nowSec(): number {
@@ -173,7 +194,7 @@ export class SigningKeys {
 
   async #rotate(now: number): Promise<void> {
     const { prepublishSec, rotateEverySec, maxTokenTtlSec } = this.#opts;
-    let stored = (await this.#store.loadSigningKeys()).sort(byActivation);
+    let stored = await this.#rewrap((await this.#store.loadSigningKeys()).sort(byActivation));
 
     const activeAt = (keys: StoredSigningKey[], t: number) => keys.filter((k) => k.activeFrom <= t).at(-1);
     const current = activeAt(stored, now);
@@ -218,6 +239,42 @@ export class SigningKeys {
     await this.#install(keep);
   }
 
+  /**
+   * Wraps again, under the current KEK, every key that is stored in plaintext or under another
+   * KEK, and saves it. All are unwrapped first: one that cannot be throws
+   * TASKPASS_SIGNING_KEY_UNREADABLE before anything is saved. Resolves with the keys as now stored.
+   */
+  async #rewrap(stored: StoredSigningKey[]): Promise<StoredSigningKey[]> {
+    const w = this.#wrapper;
+    const changed = new Map<string, { next: StoredSigningKey; from: string }>();
+    for (const s of stored) {
+      if (!w.needsRewrap(s.privateJwk)) continue;
+      const meta = { kid: s.kid, alg: s.alg };
+      const from = typeof s.privateJwk.kek === 'string' ? s.privateJwk.kek : 'plaintext';
+      changed.set(s.kid, { next: { ...s, privateJwk: w.wrap(w.unwrap(s.privateJwk, meta), meta) }, from });
+    }
+    for (const { next, from } of changed.values()) {
+      await this.#store.saveSigningKey(next);
+      this.#opts.logger?.info({ kid: next.kid, from, to: w.currentKekId }, 'signing key re-wrapped');
+    }
+    return stored.map((s) => changed.get(s.kid)?.next ?? s);
+  }
+
+  /** Re-wraps every stored key under the current KEK now (also done by every reload); the count. */
+  async rewrapAll(): Promise<number> {
+    const run = this.#rotating.then(async () => {
+      const stored = await this.#store.loadSigningKeys();
+      const n = stored.filter((s) => this.#wrapper.needsRewrap(s.privateJwk)).length;
+      await this.#rewrap(stored);
+      return n;
+    });
+    this.#rotating = run.then(
+      () => {},
+      () => {},
+    );
+    return run;
+  }
+
   async #install(stored: StoredSigningKey[]): Promise<void> {
     const known = new Map(this.#keys.map((k) => [k.stored.kid, k]));
     const next: LoadedKey[] = [];
@@ -229,11 +286,21 @@ export class SigningKeys {
       }
       // A node:crypto KeyObject straight from the JWK: signing is node:crypto's (mint.ts), and
       // KeyObject.from() on a non-extractable CryptoKey is deprecated from Node 24 (DEP0204).
-      const privateKey = createPrivateKey({ key: s.privateJwk as JsonWebKey, format: 'jwk' });
+      const jwk = this.#wrapper.unwrap(s.privateJwk, { kid: s.kid, alg: s.alg });
+      const privateKey = createPrivateKey({ key: jwk as JsonWebKey, format: 'jwk' });
       if (privateKey.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
         throw new Error(`signing key ${s.kid} is not a P-256 (ES256) private key`);
       }
-      next.push({ stored: s, privateKey, publicJwk: publicOf(s) });
+      const publicJwk = publicOf(s);
+      // The published half must be the half of the key that signs, whatever the record says.
+      if (jwk.x !== publicJwk.x || jwk.y !== publicJwk.y) {
+        throw new TaskpassError(
+          'TASKPASS_SIGNING_KEY_UNREADABLE',
+          `signing key ${s.kid}: the stored public key does not belong to the private key`,
+          { kid: s.kid },
+        );
+      }
+      next.push({ stored: s, privateKey, publicJwk });
     }
     const changed =
       next.length !== this.#keys.length || next.some((k, i) => k.stored.kid !== this.#keys[i]?.stored.kid);
@@ -257,7 +324,7 @@ export class SigningKeys {
     return {
       kid,
       alg: 'ES256',
-      privateJwk: { ...priv, kid, alg: 'ES256' },
+      privateJwk: this.#wrapper.wrap({ ...priv, kid, alg: 'ES256' }, { kid, alg: 'ES256' }),
       publicJwk: { kty: pub.kty, crv: pub.crv, x: pub.x, y: pub.y, kid, alg: 'ES256', use: 'sig' },
       createdAt,
       activeFrom,

@@ -119,4 +119,6 @@ export interface KeysPort {
     privateKey: import('node:crypto').webcrypto.CryptoKey | import('node:crypto').KeyObject;
   };
   jwks(): { keys: Record<string, unknown>[] } | Promise<{ keys: Record<string, unknown>[] }>;
+  /** How the private keys are kept in the store; reported on /readyz. */
+  readonly protection?: 'encrypted' | 'plaintext';
 }

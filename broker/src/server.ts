@@ -16,9 +16,11 @@ import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino, { type Logger } from 'pino';
 import type { TLSSocket } from 'node:tls';
 import { buildApp } from './app.ts';
+import { createAuditLog } from './audit.ts';
 import { pinPeerIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { TaskpassError } from './errors.ts';
+import { keyWrapperFromConfig } from './key-wrap.ts';
 import { SigningKeys } from './keys.ts';
 import { PolicyWatcher } from './policy/index.ts';
 import { RevocationHub } from './revocation-hub.ts';
@@ -82,10 +84,18 @@ async function start(
   trustDomains: readonly string[],
   opened: (() => Promise<void> | void)[],
 ): Promise<RunningBroker> {
+  // Before the store is touched: no KEK and no explicit plaintext opt-in refuses to start.
+  const wrapper = keyWrapperFromConfig(config.keys);
+  if (wrapper.protection === 'plaintext') {
+    logger.warn(
+      'signing keys are stored UNENCRYPTED (keys.allowPlaintext: true); anyone who can read the store can sign tokens',
+    );
+  }
   const store = createStore(config.store, { logger });
   opened.push(() => store.close());
   await store.init();
   const keys = await SigningKeys.open(store, {
+    wrapper,
     rotateEverySec: config.keys.rotateEvery,
     prepublishSec: config.keys.prepublish,
     maxTokenTtlSec: config.tokens.maxTtl,
@@ -206,8 +216,11 @@ async function start(
     serverFactory = (handler) => createHttpServer(handler) as unknown as ReturnType<FastifyServerFactory>;
   }
 
+  const audit = createAuditLog(logger, config.audit.destination);
+  opened.push(() => audit.close?.());
   const app = buildApp({
     config,
+    audit,
     store,
     keys,
     policies,
@@ -245,19 +258,23 @@ async function start(
   const url = scheme(listening);
   logger.info({ url, issuer: config.issuer, tls: config.tls.mode }, 'taskpass broker listening');
 
-  // Expired tasks, replay entries and revocations past `until` are dropped periodically.
+  // Expired tasks, replay entries and revocations past `until` are dropped periodically, in small
+  // steps that leave the event loop free (store sweep); a sweep still running when the next tick
+  // comes is joined, not doubled. The first one starts now and is not awaited: a backlog left by a
+  // long downtime is swept while the broker serves. Closing the store ends a running sweep at its
+  // next step.
+  let closing: Promise<void> | undefined;
   const sweep = async (): Promise<void> => {
     try {
       await store.sweep(Math.floor(Date.now() / 1000));
     } catch (err) {
-      logger.warn({ err }, 'store sweep failed (retried on the next tick)');
+      if (!closing) logger.warn({ err }, 'store sweep failed (retried on the next tick)');
     }
   };
-  await sweep();
+  void sweep();
   const sweeper = setInterval(() => void sweep(), config.sweepEvery * 1000);
   sweeper.unref();
 
-  let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       logger.info('shutting down');
@@ -269,6 +286,7 @@ async function start(
       await x509.close();
       await bundles.close();
       await store.close();
+      audit.close?.();
       logger.info('stopped');
     })();
     return closing;
@@ -295,6 +313,11 @@ async function start(
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => void reloadPolicies());
+    // logrotate's postrotate: the audit file continues under its configured path.
+    process.on('SIGUSR2', () => {
+      audit.reopen?.();
+      logger.info('audit log reopened');
+    });
   }
   return { app, url, close, reloadPolicies };
 }

@@ -85,3 +85,42 @@ test('user tokens via OIDC discovery; pinned algorithms and audience', async () 
     globalThis.fetch = orig;
   }
 });
+
+test('audit file: appended, and reopened under its path after logrotate moved it (no record lost)', async () => {
+  const { mkdtempSync, readFileSync, renameSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'taskpass-audit-'));
+  try {
+    const path = join(dir, 'audit', 'audit.log');
+    const audit = createAuditLog(pino({ level: 'silent' }), path);
+    const events = (f: string): string[] => {
+      let text = '';
+      try {
+        text = readFileSync(f, 'utf8');
+      } catch {}
+      return text
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => `${JSON.parse(l).event} ${JSON.parse(l).task}`);
+    };
+    // The file is written asynchronously: wait (bounded) until the lines are there.
+    const until = async (f: string, n: number): Promise<string[]> => {
+      for (let i = 0; i < 200 && events(f).length < n; i++) await new Promise((r) => setTimeout(r, 10));
+      return events(f);
+    };
+    audit.record({ event: 'task.opened', task: 't1' });
+    await until(path, 1);
+    renameSync(path, `${path}.1`); // what logrotate does
+    audit.record({ event: 'task.completed', task: 't1' }); // still goes to the moved file
+    assert.deepEqual(await until(`${path}.1`, 2), ['task.opened t1', 'task.completed t1']);
+    assert.ok(audit.reopen, 'a file audit log can be reopened');
+    audit.reopen();
+    audit.record({ event: 'task.opened', task: 't2' });
+    assert.deepEqual(await until(path, 1), ['task.opened t2']);
+    audit.close?.();
+    assert.deepEqual(events(`${path}.1`), ['task.opened t1', 'task.completed t1']);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -366,3 +366,13 @@ test('error bodies: no stack, no token; unknown routes; oversize bodies', async 
   assert.ok(!r.body.includes(ut));
   assert.ok(!r.body.includes('stack'));
 });
+
+test('/readyz says how the signing keys are kept at rest (plaintext only by explicit opt-in)', async () => {
+  for (const protection of ['encrypted', 'plaintext'] as const) {
+    const b = await testBroker({}, { keysProtection: protection });
+    const ready = await b.app.inject('/readyz');
+    assert.equal(ready.statusCode, 200);
+    assert.equal(ready.json().signing_keys_at_rest, protection);
+    await b.app.close();
+  }
+});

@@ -312,7 +312,7 @@ export interface TestBroker {
 /** Builds the app with the fakes above; `x-test-peer` drives the peer-certificate seam. */
 export async function testBroker(
   extra: Record<string, unknown> = {},
-  opts: { policy?: PolicyPort } = {},
+  opts: { policy?: PolicyPort; keysProtection?: 'encrypted' | 'plaintext' } = {},
 ): Promise<TestBroker> {
   const user = await userIssuer();
   const config = parseConfig({
@@ -337,7 +337,11 @@ export async function testBroker(
   const app = buildApp({
     config,
     store,
-    keys: { current: () => ({ kid: 'k1', privateKey }), jwks: () => ({ keys: [publicJwk] }) },
+    keys: {
+      current: () => ({ kid: 'k1', privateKey }),
+      jwks: () => ({ keys: [publicJwk] }),
+      ...(opts.keysProtection ? { protection: opts.keysProtection } : {}),
+    },
     policies: { current: () => policy },
     identity: { agentAuth: fakeAuth() },
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),

@@ -30,6 +30,7 @@ import { type JsonResponse, jsonRequest } from '../../test/support/http.ts';
 import { type Idp, startIdp } from '../../examples/idp/idp.ts';
 import { runAs, type SpireHarness, startSpire } from '../../test/support/spire.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
+import { generateKek } from '../src/key-wrap.ts';
 import { type RunningBroker, startBroker } from '../src/server.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -217,6 +218,7 @@ before(
       },
       policiesDir: join(repoRoot, 'policies'),
       store: { sqlite: { path: join(dir, 'broker.db') } },
+      keys: { kek: generateKek('test') },
       feed: { heartbeatMs: 1000 },
       logLevel: 'silent',
     });
@@ -250,6 +252,7 @@ test('the broker serves its own X.509-SVID, chosen by hint, and is ready', async
   const ready = await call(tlsOnly, 'GET', '/readyz');
   assert.equal(ready.status, 200, JSON.stringify(ready.body));
   assert.deepEqual(ready.body.checks, { store: true, policies: true, svid: true, keys: true });
+  assert.equal(ready.body.signing_keys_at_rest, 'encrypted', 'the broker runs with a KEK');
 });
 
 test('a workloadApi.hint that no SVID carries stops start-up with TASKPASS_CONFIG_INVALID', async () => {
@@ -260,6 +263,7 @@ test('a workloadApi.hint that no SVID carries stops start-up with TASKPASS_CONFI
     workloadApi: { address: spire.address, hint: 'no-such-hint', timeoutMs: 20_000 },
     policiesDir: join(repoRoot, 'policies'),
     store: { sqlite: { path: join(dir, 'bad-hint.db') } },
+    keys: { kek: generateKek('test') },
     logLevel: 'silent',
   });
   await assert.rejects(startBroker(bad, { logger, installSignalHandlers: false }), (e: Error) => {

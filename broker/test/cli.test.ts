@@ -67,3 +67,58 @@ test('usage errors exit 2; token decode/explain work offline', async () => {
     await b.app.close();
   }
 });
+
+test('keys generate-kek prints a usable KEK; keys rewrap migrates a store to it', async () => {
+  const { mkdtempSync, readFileSync, rmSync, statSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { SqliteStore } = await import('../src/store/sqlite.ts');
+  const { PlaintextKeyWrapper } = await import('../src/key-wrap.ts');
+  const { SigningKeys } = await import('../src/keys.ts');
+  const g = io();
+  assert.equal(await runCli(['keys', 'generate-kek', '--id', 'prod-1'], g.io), 0);
+  const kek = g.out[0] ?? '';
+  assert.match(kek, /^prod-1:[A-Za-z0-9_-]{43}$/);
+
+  const dir = mkdtempSync(join(tmpdir(), 'taskpass-cli-keys-'));
+  try {
+    const path = join(dir, 'broker.db');
+    const store = new SqliteStore({ path });
+    await store.init();
+    const opts = { rotateEverySec: 86400, prepublishSec: 3600, maxTokenTtlSec: 300, autoStart: false };
+    await (await SigningKeys.open(store, { ...opts, wrapper: new PlaintextKeyWrapper() })).close();
+    await store.close();
+    const env = {
+      TASKPASS_ISSUER: 'https://broker.test',
+      TASKPASS_TRUST_DOMAIN: 'taskpass.local',
+      TASKPASS_STORE_SQLITE_PATH: path,
+      TASKPASS_KEK: kek,
+    };
+    const r = io(env);
+    assert.equal(await runCli(['keys', 'rewrap'], r.io), 0, r.err.join('\n'));
+    assert.match(r.out.join('\n'), /ok: signing keys wrapped under KEK prod-1/);
+    const check = new SqliteStore({ path });
+    await check.init();
+    assert.deepEqual(
+      (await check.loadSigningKeys()).map((k) => [k.privateJwk.kek, k.privateJwk.d]),
+      [['prod-1', undefined]],
+    );
+    await check.close();
+    // --out writes a new file once and never replaces it.
+    const out = join(dir, 'kek');
+    assert.equal(await runCli(['keys', 'generate-kek', '--out', out], io().io), 0);
+    const first = readFileSync(out, 'utf8');
+    assert.match(first, /^kek-\d{8}:[A-Za-z0-9_-]{43}\n$/);
+    assert.equal(statSync(out).mode & 0o777, 0o600);
+    const again = io();
+    assert.equal(await runCli(['keys', 'generate-kek', '--out', out], again.io), 0);
+    assert.match(again.out.join(''), /exists; kept/);
+    assert.equal(readFileSync(out, 'utf8'), first);
+    // Without a KEK (and without the plaintext opt-in) the command refuses, like the broker.
+    const refused = io({ ...env, TASKPASS_KEK: '' });
+    assert.equal(await runCli(['keys', 'rewrap'], refused.io), 1);
+    assert.match(refused.err.join('\n'), /TASKPASS_CONFIG_INVALID/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

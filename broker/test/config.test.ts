@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { loadConfig, parseConfig, parseDurationSec } from '../src/config.ts';
 import { TaskpassError } from '../src/errors.ts';
+import { generateKek, keyWrapperFromConfig } from '../src/key-wrap.ts';
 
 const minimal = { issuer: 'https://broker.test:8443', trustDomain: 'taskpass.local' };
 
@@ -177,4 +178,53 @@ test('rateLimit: a budget per caller class, a Redis timeout, each settable from 
   ]) {
     assert.throws(() => parseConfig({ ...minimal, rateLimit: bad }), /rateLimit/);
   }
+});
+
+test('signing keys at rest: no KEK and no plaintext opt-in refuses to start; KEKs from env or file', () => {
+  const kek = generateKek('k1');
+  // The default: neither a KEK nor allowPlaintext — the wrapper (built at start-up) refuses.
+  const none = parseConfig(minimal);
+  assert.equal(none.keys.allowPlaintext, false);
+  assert.throws(
+    () => keyWrapperFromConfig(none.keys),
+    (e: TaskpassError) => e.code === 'TASKPASS_CONFIG_INVALID' && /keys\.allowPlaintext/.test(e.message),
+  );
+  // Explicit opt-in.
+  assert.equal(
+    keyWrapperFromConfig(parseConfig({ ...minimal, keys: { allowPlaintext: true } }).keys).protection,
+    'plaintext',
+  );
+  // TASKPASS_KEK and TASKPASS_KEK_FILE.
+  const fromEnv = loadConfig({
+    env: { TASKPASS_ISSUER: minimal.issuer, TASKPASS_TRUST_DOMAIN: 'taskpass.local', TASKPASS_KEK: kek },
+  });
+  const w = keyWrapperFromConfig(fromEnv.keys);
+  assert.equal(w.protection, 'encrypted');
+  assert.equal(w.currentKekId, 'k1');
+  const dir = mkdtempSync(join(tmpdir(), 'taskpass-kek-'));
+  const file = join(dir, 'kek');
+  writeFileSync(file, `# rotated 2026-12\n${generateKek('k2')}\n${kek}\n`);
+  const fromFile = loadConfig({
+    env: {
+      TASKPASS_ISSUER: minimal.issuer,
+      TASKPASS_TRUST_DOMAIN: 'taskpass.local',
+      TASKPASS_KEK_FILE: file,
+    },
+  });
+  assert.equal(keyWrapperFromConfig(fromFile.keys).currentKekId, 'k2', 'the first entry is current');
+  assert.throws(
+    () => keyWrapperFromConfig({ kekFile: join(dir, 'missing') }),
+    (e: TaskpassError) => e.code === 'TASKPASS_CONFIG_INVALID',
+  );
+  // A malformed KEK fails validation without echoing the key.
+  const short = `k1:${Buffer.alloc(16, 7).toString('base64url')}`;
+  assert.throws(
+    () => parseConfig({ ...minimal, keys: { kek: short } }),
+    (e: TaskpassError) =>
+      e.code === 'TASKPASS_CONFIG_INVALID' &&
+      /32 bytes/.test(e.message) &&
+      !e.message.includes(short.slice(3)),
+  );
+  assert.throws(() => parseConfig({ ...minimal, keys: { kek, allowPlaintext: true } }), TaskpassError);
+  assert.throws(() => parseConfig({ ...minimal, keys: { kek, kekFile: file } }), TaskpassError);
 });

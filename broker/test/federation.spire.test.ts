@@ -33,6 +33,7 @@ import type { Dispatcher } from 'undici';
 import { type JsonResponse, jsonRequest } from '../../test/support/http.ts';
 import { type SpireHarness, startSpire } from '../../test/support/spire.ts';
 import { parseConfig } from '../src/config.ts';
+import { generateKek } from '../src/key-wrap.ts';
 import { type RunningBroker, startBroker } from '../src/server.ts';
 
 const TD = 'taskpass.local';
@@ -183,6 +184,7 @@ function brokerConfig(name: string, federatedTrustDomains: string[]) {
     agents: { trustDomains: [TD], ids: [`spiffe://${PARTNER}/agents/*`] },
     policiesDir: join(dir, 'policies'),
     store: { sqlite: { path: join(dir, `${name}.db`) } },
+    keys: { kek: generateKek('test') },
     logLevel: 'silent',
   });
 }

@@ -4,11 +4,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, SignJWT } from 'jose';
+import { AesGcmKeyWrapper, generateKek } from '../src/key-wrap.ts';
 import { SigningKeys, type SigningKeysOptions } from '../src/keys.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 
 const T0 = 1_800_000_000_000; // epoch ms
-const ROT = { rotateEverySec: 1000, prepublishSec: 100, maxTokenTtlSec: 50, autoStart: false } as const;
+const wrapper = new AesGcmKeyWrapper(generateKek('test-kek'));
+const ROT = {
+  rotateEverySec: 1000,
+  prepublishSec: 100,
+  maxTokenTtlSec: 50,
+  autoStart: false,
+  wrapper,
+} as const;
 
 function clock(start = T0) {
   const c = {
@@ -211,7 +219,7 @@ test('keys: onChange fires when the published set changes, also for a key anothe
 test('keys: bad schedules are refused', async () => {
   const store = await memStore();
   await assert.rejects(
-    SigningKeys.open(store, { rotateEverySec: 100, prepublishSec: 100, maxTokenTtlSec: 10 }),
+    SigningKeys.open(store, { rotateEverySec: 100, prepublishSec: 100, maxTokenTtlSec: 10, wrapper }),
     /prepublishSec/,
   );
   await store.close();

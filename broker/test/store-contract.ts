@@ -427,4 +427,47 @@ export function storeContract(name: string, make: MakeStore): void {
       const next = await s.revokeToken('j-next', now + 60, 'x');
       assert.equal(next.seq, 3, 'never reused');
     }));
+
+  test(`${name}: retention — revocations, tasks and their issued calls are kept exactly as long as they matter`, () =>
+    withStore(make, async (s) => {
+      const now = nowSec();
+      const R = 300; // both stores' default task retention after expiry
+      const t = task({ createdAt: now - 10, expiresAt: now + 100 });
+      await s.createTask(t);
+      await s.recordIssued({
+        taskId: t.id,
+        jti: 'j-ret',
+        tool: 't',
+        resource: 'r',
+        action: 'read',
+        template: 'x',
+        issuedAt: now,
+        expiresAt: now + 50,
+      });
+      const taskRev = (await s.finishTask(t.id, 'completed', now, 'done')).revocation; // until = task expiry
+      const tokenRev = await s.revokeToken('j-tok', now + 200, 'x'); // until = token exp
+      const revs = async () => (await s.revocationsSince(0, 0)).map((r) => r.seq);
+      const issued = async () => (await s.listIssued(t.id)).length;
+
+      await s.sweep(now + 99);
+      assert.deepEqual(await revs(), [taskRev.seq, tokenRev.seq], 'nothing before its until');
+      await s.sweep(now + 100);
+      assert.deepEqual(await revs(), [tokenRev.seq], 'the task revocation goes at the task expiry');
+      assert.equal(await s.isRevoked('task', t.id), true, 'the finished task still answers revoked');
+      await s.sweep(now + 199);
+      assert.deepEqual(await revs(), [tokenRev.seq]);
+      await s.sweep(now + 200);
+      assert.deepEqual(await revs(), [], 'the token revocation goes at the token expiry');
+
+      await s.sweep(now + 100 + R - 1);
+      assert.ok(await s.getTask(t.id), 'the task stays for the retention after its expiry');
+      assert.equal(await issued(), 1, 'its issued calls stay with it');
+      assert.equal((await s.countIssued(t.id, 't')).get('x'), 1);
+      await s.sweep(now + 100 + R);
+      assert.equal(await s.getTask(t.id), undefined);
+      assert.equal(await issued(), 0);
+      assert.deepEqual(await s.countIssued(t.id, 't'), new Map());
+      assert.deepEqual([...(await s.issuedTemplates(t.id, 't', 'r'))], []);
+      assert.equal(await s.currentSeq(), tokenRev.seq, 'the seq is never swept');
+    }));
 }

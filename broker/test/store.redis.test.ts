@@ -168,3 +168,49 @@ test('redis: a task recorded before icount/iprior existed gets them built from i
     await dropPrefix(p);
   }
 });
+
+// Every Lua script blocks all Redis clients while it runs: a backlog is swept in bounded steps.
+test('redis sweep: a backlog of revocations and tasks goes in bounded steps; TTLs cover the rest', async () => {
+  const p = prefix();
+  const s = new RedisStore({ url: URL, prefix: p, sweepBatchRows: 50, taskRetentionSec: 0 });
+  await s.init();
+  const mon = await admin.monitor();
+  try {
+    const now = Math.floor(Date.now() / 1000);
+    for (let i = 0; i < 400; i++) await s.revokeToken(`j${i}`, now - 1, 'old');
+    const kept = await s.revokeToken('kept', now + 600, 'x');
+    for (let i = 0; i < 120; i++) {
+      await s.createTask({
+        id: `t${i}`,
+        agent: 'a',
+        sub: 'u',
+        purpose: 'p',
+        status: 'open',
+        createdAt: now - 100,
+        expiresAt: now - 10,
+      });
+    }
+    assert.equal(await s.markUsed('u', now + 30), true);
+    const usedTtl = await admin.pttl(`${p}used:u`);
+    assert.ok(usedTtl > 0 && usedTtl <= 90_000 + 1000, `the replay marker expires by itself (${usedTtl} ms)`);
+
+    const steps = { revocations: 0, tasks: 0 };
+    mon.on('monitor', (_t: string, args: string[]) => {
+      if (/^eval/i.test(args[0] ?? '') && args.includes(`${p}revs:until`)) steps.revocations++;
+      if (/^zrangebyscore$/i.test(args[0] ?? '') && args[1] === `${p}tasks:exp`) steps.tasks++;
+    });
+    await s.sweep(now);
+    await new Promise((r) => setTimeout(r, 100)); // MONITOR lines arrive asynchronously
+    assert.ok(steps.revocations >= 8, `${steps.revocations} revocation steps for 400 at 50 a step`);
+    assert.ok(steps.tasks >= 3, `${steps.tasks} task steps for 120 at 50 a step`);
+    assert.deepEqual(await s.revocationsSince(0, 0), [kept]);
+    assert.equal(await admin.hlen(`${p}revdata`), 1);
+    assert.equal(await admin.zcard(`${p}revs:until`), 1);
+    assert.equal(await admin.zcard(`${p}tasks:exp`), 0);
+    assert.deepEqual(await s.listTasks(), []);
+  } finally {
+    mon.disconnect();
+    await s.close();
+    await dropPrefix(p);
+  }
+});

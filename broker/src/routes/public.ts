@@ -90,7 +90,12 @@ export async function publicRoutes(app: FastifyInstance, ctx: RouteContext): Pro
         checks.keys = ctx.keys.current().kid.length > 0;
       } catch {}
       const ok = checks.store && checks.policies && checks.svid && checks.keys;
-      return reply.code(ok ? 200 : 503).send({ status: ok ? 'ready' : 'not_ready', checks });
+      const atRest = ctx.keys.protection;
+      return reply.code(ok ? 200 : 503).send({
+        status: ok ? 'ready' : 'not_ready',
+        checks,
+        ...(atRest ? { signing_keys_at_rest: atRest } : {}),
+      });
     },
   );
 

@@ -385,5 +385,7 @@ export const Ready = {
         keys: { type: 'boolean' },
       },
     },
+    /** How the signing keys are kept in the store: `plaintext` only with keys.allowPlaintext. */
+    signing_keys_at_rest: { type: 'string', enum: ['encrypted', 'plaintext'] },
   },
 } as const;

@@ -42,6 +42,8 @@ export interface RedisStoreOptions {
   logger?: Logger;
   /** Seconds a task is kept after it expired (see SqliteStoreOptions). Default 300. */
   taskRetentionSec?: number;
+  /** Most entries one sweep step removes (default 500; see SqliteStoreOptions.sweepBatchRows). */
+  sweepBatchRows?: number;
   /** Extra ioredis options (tests, TLS). */
   redisOptions?: RedisOptions;
 }
@@ -173,14 +175,15 @@ local v = redis.call('HGET', KEYS[3], field(ARGV[2], ARGV[1]))
 if not v then return {} end
 return cjson.decode(v)`;
 
-// KEYS: revs, revs:until, revdata; ARGV: now
+// KEYS: revs, revs:until, revdata; ARGV: now, batch. At most `batch` revocations per call: a
+// script blocks Redis for every client while it runs, so a large backlog is dropped in many calls.
 const SWEEP_REVOCATIONS = `
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, s in ipairs(old) do
   redis.call('ZREM', KEYS[1], s)
+  redis.call('ZREM', KEYS[2], s)
   redis.call('HDEL', KEYS[3], s)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 return #old`;
 
 // KEYS: keys hash; ARGV: kid, json, activeAfter ('' = any stored key blocks the save)
@@ -235,6 +238,7 @@ export class RedisStore implements Store {
   readonly #url: string;
   readonly #logger: Logger | undefined;
   readonly #retention: number;
+  readonly #batchRows: number;
   readonly #redisOptions: RedisOptions;
   readonly #events = new EventEmitter();
   #redis: Redis | undefined;
@@ -249,6 +253,7 @@ export class RedisStore implements Store {
     this.prefix = opts.prefix ?? 'taskpass:';
     this.#logger = opts.logger;
     this.#retention = opts.taskRetentionSec ?? 300;
+    this.#batchRows = Math.max(1, Math.floor(opts.sweepBatchRows ?? 500));
     this.#redisOptions = opts.redisOptions ?? {};
     this.#events.setMaxListeners(0);
   }
@@ -625,23 +630,30 @@ export class RedisStore implements Store {
     };
   }
 
+  /**
+   * Drops revocations past `until` and the index entries of tasks expired for longer than the
+   * retention, in steps of at most `sweepBatchRows` (one short script or MULTI each), so neither
+   * Redis nor this process is held by a large backlog. The task, issued-call, revoked: and used:
+   * keys carry their own TTLs (task expiry + retention, `until` + margin): Redis expires them even
+   * when no sweep runs; the sweep only removes what has no TTL (the zsets and revdata).
+   */
   async sweep(now: number): Promise<void> {
     const r = this.#r;
-    await this.#script(
-      SWEEP_REVOCATIONS,
-      [this.#k('revs'), this.#k('revs', 'until'), this.#k('revdata')],
-      [now],
-    );
-    // Scored by expiry + retention (see CREATE_TASK).
-    const ids = await r.zrangebyscore(this.#k('tasks', 'exp'), '-inf', now);
-    for (let i = 0; i < ids.length; i += 500) {
-      const chunk = ids.slice(i, i + 500);
-      const p = r.multi();
-      for (const id of chunk) p.del(this.#k('task', id), ...this.#issuedKeys(id));
-      p.zrem(this.#k('tasks'), ...chunk);
-      p.zrem(this.#k('tasks', 'exp'), ...chunk);
-      await p.exec();
+    const n = this.#batchRows;
+    const revKeys = [this.#k('revs'), this.#k('revs', 'until'), this.#k('revdata')];
+    for (let more = true; more; ) {
+      more = Number(await this.#script(SWEEP_REVOCATIONS, revKeys, [now, n])) === n;
     }
-    // Markers (revoked:, used:) expire by TTL.
+    // Scored by expiry + retention (see CREATE_TASK).
+    for (;;) {
+      const ids = await r.zrangebyscore(this.#k('tasks', 'exp'), '-inf', now, 'LIMIT', 0, n);
+      if (ids.length === 0) break;
+      const p = r.multi();
+      for (const id of ids) p.del(this.#k('task', id), ...this.#issuedKeys(id));
+      p.zrem(this.#k('tasks'), ...ids);
+      p.zrem(this.#k('tasks', 'exp'), ...ids);
+      await p.exec();
+      if (ids.length < n) break;
+    }
   }
 }

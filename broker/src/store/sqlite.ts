@@ -30,6 +30,13 @@ export interface SqliteStoreOptions {
    * that status queries shortly after expiry still answer. Default 300.
    */
   taskRetentionSec?: number;
+  /**
+   * Most rows one sweep transaction deletes (default 500): the sweep runs in batches of this size
+   * and yields to the event loop between them, so that it never holds the loop for long.
+   */
+  sweepBatchRows?: number;
+  /** Most free pages one `incremental_vacuum` step returns to the file system (default 256). */
+  vacuumStepPages?: number;
 }
 
 /** `$TASKPASS_DATA_DIR/taskpass.db`, or `./taskpass.db` when the variable is unset. */
@@ -230,7 +237,9 @@ function prepareStatements(db: Database.Database) {
     saveKey: p(
       `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
        VALUES (?, ?, ?, ?, ?, ?, ?)
-       ON CONFLICT (kid) DO UPDATE SET active_from = excluded.active_from, retire_at = excluded.retire_at`,
+       ON CONFLICT (kid) DO UPDATE SET alg = excluded.alg, private_jwk = excluded.private_jwk,
+         public_jwk = excluded.public_jwk, created_at = excluded.created_at,
+         active_from = excluded.active_from, retire_at = excluded.retire_at`,
     ),
     insertKey: p(
       `INSERT INTO signing_keys (kid, alg, private_jwk, public_jwk, created_at, active_from, retire_at)
@@ -239,16 +248,17 @@ function prepareStatements(db: Database.Database) {
     countKeys: p('SELECT COUNT(*) AS n FROM signing_keys'),
     countKeysAfter: p('SELECT COUNT(*) AS n FROM signing_keys WHERE active_from > ?'),
     deleteKey: p('DELETE FROM signing_keys WHERE kid = ?'),
-    sweepIssued: p('DELETE FROM issued WHERE task_id IN (SELECT id FROM tasks WHERE expires_at <= ?)'),
-    sweepIssuedCounts: p(
-      'DELETE FROM issued_counts WHERE task_id IN (SELECT id FROM tasks WHERE expires_at <= ?)',
-    ),
-    sweepIssuedPrior: p(
-      'DELETE FROM issued_prior WHERE task_id IN (SELECT id FROM tasks WHERE expires_at <= ?)',
-    ),
-    sweepTasks: p('DELETE FROM tasks WHERE expires_at <= ?'),
-    sweepRevocations: p('DELETE FROM revocations WHERE until <= ?'),
-    sweepUsed: p('DELETE FROM used WHERE until <= ?'),
+    // The sweep, in bounded steps; each is an index range scan (EXPLAIN QUERY PLAN is pinned by
+    // store-sqlite.test.ts): tasks_expires, issued_task, the task_id prefix of the primary keys
+    // of issued_counts / issued_prior, revocations_until, used_until.
+    expiredTasks: p('SELECT id FROM tasks WHERE expires_at <= ? ORDER BY expires_at LIMIT ?'),
+    sweepIssuedOf: p('DELETE FROM issued WHERE task_id = ? LIMIT ?'),
+    sweepIssuedCountsOf: p('DELETE FROM issued_counts WHERE task_id = ? LIMIT ?'),
+    sweepIssuedPriorOf: p('DELETE FROM issued_prior WHERE task_id = ? LIMIT ?'),
+    sweepTask: p('DELETE FROM tasks WHERE id = ?'),
+    sweepRevocations: p('DELETE FROM revocations WHERE until <= ? LIMIT ?'),
+    sweepUsed: p('DELETE FROM used WHERE until <= ? LIMIT ?'),
+    freePages: p('PRAGMA freelist_count'),
   };
 }
 type Statements = ReturnType<typeof prepareStatements>;
@@ -281,6 +291,9 @@ export class SqliteStore implements Store {
   readonly path: string;
   readonly #logger: Logger | undefined;
   readonly #retention: number;
+  readonly #batchRows: number;
+  readonly #vacuumPages: number;
+  #sweeping: Promise<void> | undefined;
   readonly #events = new EventEmitter();
   #db: Database.Database | undefined;
   #stmts: Statements | undefined;
@@ -293,6 +306,8 @@ export class SqliteStore implements Store {
     this.path = opts.path ?? defaultSqlitePath();
     this.#logger = opts.logger;
     this.#retention = opts.taskRetentionSec ?? 300;
+    this.#batchRows = Math.max(1, Math.floor(opts.sweepBatchRows ?? 100));
+    this.#vacuumPages = Math.max(1, Math.floor(opts.vacuumStepPages ?? 64));
     // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
     this.#events.setMaxListeners(0);
   }
@@ -312,6 +327,7 @@ export class SqliteStore implements Store {
     if (this.path !== ':memory:') mkdirSync(dirname(resolve(this.path)), { recursive: true });
     const db = new Database(this.path);
     try {
+      this.#incrementalVacuum(db);
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
       db.pragma('foreign_keys = ON');
@@ -339,6 +355,23 @@ export class SqliteStore implements Store {
       throw e;
     }
     this.#db = db;
+  }
+
+  // Swept rows leave free pages; with auto_vacuum = INCREMENTAL the sweep hands them back to the
+  // file system in small steps (`incremental_vacuum(N)`), so the file does not stay at its
+  // high-water mark. A new database gets the mode before its first table; a database created
+  // before it (auto_vacuum = NONE) is converted once with VACUUM, at start-up, before serving.
+  #incrementalVacuum(db: Database.Database): void {
+    if (db.pragma('auto_vacuum', { simple: true }) === 2) return;
+    db.pragma('auto_vacuum = INCREMENTAL');
+    const empty = db.prepare('SELECT COUNT(*) AS n FROM sqlite_schema').get() as { n: number };
+    if (empty.n === 0 || this.path === ':memory:') return;
+    const t0 = Date.now();
+    db.exec('VACUUM');
+    this.#logger?.info(
+      { store: 'sqlite', ms: Date.now() - t0 },
+      'store converted to auto_vacuum = INCREMENTAL',
+    );
   }
 
   #migrate(db: Database.Database): void {
@@ -603,7 +636,29 @@ export class SqliteStore implements Store {
 
   async saveSigningKey(key: StoredSigningKey): Promise<void> {
     this.#commitBatch();
-    this.#s.saveKey.run(...keyArgs(key));
+    this.#scrubbing(() => this.#s.saveKey.run(...keyArgs(key)));
+  }
+
+  /**
+   * Runs a write that replaces or deletes key material so that the old bytes do not stay on disk:
+   * `secure_delete` zeroes the freed cell content, and a TRUNCATE checkpoint moves the pages into
+   * the database file and empties the WAL, which still held the old page images. (Only here: on
+   * the sweep's deletes, zeroing would be I/O spent on data that is not secret.)
+   */
+  #scrubbing(write: () => unknown): void {
+    const db = this.#conn;
+    db.pragma('secure_delete = ON');
+    try {
+      write();
+    } finally {
+      db.pragma('secure_delete = OFF');
+    }
+    if (this.path === ':memory:') return;
+    const [r] = db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+    if (r?.busy)
+      this.#logger?.warn(
+        'signing key write: WAL checkpoint incomplete; old key bytes may stay in the WAL until the next one',
+      );
   }
 
   async addSigningKeyIfLatest(key: StoredSigningKey, activeAfter: number | undefined): Promise<boolean> {
@@ -624,7 +679,7 @@ export class SqliteStore implements Store {
 
   async deleteSigningKey(kid: string): Promise<void> {
     this.#commitBatch();
-    this.#s.deleteKey.run(kid);
+    this.#scrubbing(() => this.#s.deleteKey.run(kid));
   }
 
   onRevocation(listener: (r: Revocation) => void): () => void {
@@ -634,18 +689,72 @@ export class SqliteStore implements Store {
     };
   }
 
-  async sweep(now: number): Promise<void> {
-    this.#commitBatch();
-    const db = this.#conn;
-    const s = this.#s;
-    db.transaction(() => {
-      const cutoff = now - this.#retention;
-      s.sweepIssued.run(cutoff);
-      s.sweepIssuedCounts.run(cutoff);
-      s.sweepIssuedPrior.run(cutoff);
-      s.sweepTasks.run(cutoff);
-      s.sweepRevocations.run(now);
-      s.sweepUsed.run(now);
-    }).immediate();
+  /**
+   * Drops, in this order: tasks expired for longer than the retention with their issued calls,
+   * revocations past `until`, replay markers past `until`; then returns the freed pages to the file
+   * system. Each step is one transaction of at most `sweepBatchRows` deletions (or
+   * `vacuumStepPages` pages), and the sweep yields to the event loop between steps (setImmediate),
+   * so requests keep being served while a large backlog is swept. A sweep called while one runs
+   * joins it.
+   */
+  sweep(now: number): Promise<void> {
+    this.#sweeping ??= this.#sweep(now).finally(() => {
+      this.#sweeping = undefined;
+    });
+    return this.#sweeping;
+  }
+
+  async #sweep(now: number): Promise<void> {
+    const cutoff = now - this.#retention;
+    const n = this.#batchRows;
+    // Each step: a fresh transaction on the current connection (close() may run between steps),
+    // committed without its own fsync (synchronous = NORMAL, restored before anything else runs):
+    // the fsync was most of a step's time. Nothing is lost by it — a sweep lost to a power cut
+    // only leaves expired rows to the next sweep, and the next FULL commit (any acknowledged
+    // write) fsyncs the WAL up to and including the sweep's frames.
+    const relaxed = <T>(fn: () => T): T => {
+      this.#commitBatch();
+      const db = this.#conn;
+      db.pragma('synchronous = NORMAL');
+      try {
+        return fn();
+      } finally {
+        db.pragma('synchronous = FULL');
+      }
+    };
+    const step = (work: (s: Statements) => boolean): boolean =>
+      relaxed(() => {
+        const s = this.#s;
+        return this.#conn.transaction(() => work(s)).immediate();
+      });
+    const yieldToLoop = () => new Promise<void>((r) => setImmediate(r));
+
+    // Expired tasks: their issued calls first, then the task row once nothing of it is left.
+    for (let more = true; more; await yieldToLoop()) {
+      more = step((s) => {
+        let left = n;
+        for (const { id } of s.expiredTasks.all(cutoff, n) as { id: string }[]) {
+          for (const del of [s.sweepIssuedOf, s.sweepIssuedCountsOf, s.sweepIssuedPriorOf]) {
+            left -= del.run(id, left).changes;
+            if (left <= 0) return true;
+          }
+          s.sweepTask.run(id);
+          if (--left <= 0) return true;
+        }
+        return left < n;
+      });
+    }
+    for (const del of ['sweepRevocations', 'sweepUsed'] as const) {
+      for (let more = true; more; await yieldToLoop()) {
+        more = step((s) => s[del].run(now, n).changes === n);
+      }
+    }
+    // Free pages back to the file system (autocommit: incremental_vacuum is its own transaction).
+    for (;;) {
+      this.#commitBatch();
+      if ((this.#s.freePages.get() as { freelist_count: number }).freelist_count === 0) break;
+      relaxed(() => this.#conn.pragma(`incremental_vacuum(${this.#vacuumPages})`));
+      await yieldToLoop();
+    }
   }
 }

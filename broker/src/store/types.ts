@@ -50,7 +50,11 @@ export interface Revocation {
 export interface StoredSigningKey {
   kid: string;
   alg: 'ES256';
-  /** Private JWK (kept only in the store; never logged, never served). */
+  /**
+   * The private key as its KeyWrapper stored it (keys.ts, key-wrap.ts): an AES-256-GCM envelope
+   * `{ enc, kek, iv, ct, tag }`, or a plain private JWK in plaintext mode and in stores written
+   * before keys were wrapped. Opaque to the store; never logged, never served.
+   */
   privateJwk: Record<string, unknown>;
   publicJwk: Record<string, unknown>;
   /** Epoch seconds: published from createdAt, signs from activeFrom, stops signing at retireAt,
@@ -136,6 +140,7 @@ export interface Store {
   markUsed(jti: string, until: number): Promise<boolean>;
 
   loadSigningKeys(): Promise<StoredSigningKey[]>;
+  /** Inserts or replaces a key (the whole record: schedule and wrapped private key). */
   saveSigningKey(key: StoredSigningKey): Promise<void>;
   /**
    * Saves a new key only if no stored key activates after `activeAfter` (epoch s), or, when
