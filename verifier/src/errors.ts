@@ -151,6 +151,7 @@ export const VERIFIER_ERRORS = {
     status: 400,
     description:
       'More than one credential: two `Authorization` headers, or a token both in the header and in `_meta`/the query. Answered as an RFC 6750 `invalid_request` challenge with `{ code, message }`.',
+    challenge: true,
   },
   TASKPASS_VERIFY_INTERNAL: {
     status: 500,
@@ -160,7 +161,11 @@ export const VERIFIER_ERRORS = {
     status: 500,
     description: 'The verifier options are invalid (thrown by createVerifier at start-up).',
   },
-} as const satisfies Record<string, { status: 400 | 401 | 403 | 500 | 503; description: string }>;
+} as const satisfies Record<
+  string,
+  // challenge: a 400 about the credential, answered like 401/403 (RFC 6750 challenge, { code, message }).
+  { status: 400 | 401 | 403 | 500 | 503; description: string; challenge?: true }
+>;
 
 /** A stable verifier error code. */
 export type VerifierErrorCode = keyof typeof VERIFIER_ERRORS;
@@ -186,12 +191,16 @@ export class VerifierError extends Error {
   readonly status: 400 | 401 | 403 | 500 | 503;
   /** JSON-RPC error code for 400 answers. */
   readonly jsonRpcCode: number | undefined;
+  /** Answered with an RFC 6750 `WWW-Authenticate` challenge and `{ code, message }` (401, 403, credential 400s). */
+  readonly challenge: boolean;
 
   constructor(code: VerifierErrorCode, message: string, options?: { cause?: unknown; jsonRpcCode?: number }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.status = VERIFIER_ERRORS[code].status;
     this.jsonRpcCode = options?.jsonRpcCode;
+    const entry: { status: number; challenge?: true } = VERIFIER_ERRORS[code];
+    this.challenge = entry.status === 401 || entry.status === 403 || entry.challenge === true;
   }
 
   /**
