@@ -50,7 +50,7 @@ function fakeRequest(o: FakeRequest) {
   const distinct: Record<string, string[]> = {};
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const k = rawHeaders[i]!.toLowerCase();
-    (distinct[k] ??= []).push(rawHeaders[i + 1]!);
+    distinct[k] = [...(distinct[k] ?? []), rawHeaders[i + 1]!];
     headers[k] ??= rawHeaders[i + 1]!; // node:http keeps the first Authorization
   }
   const req = Object.assign(stream, {
