@@ -66,8 +66,9 @@ export {
   registerProtectedResourceMetadata,
 } from './prm.ts';
 export {
+  DEFAULT_REPLAY_MAX_ENTRIES,
   MemoryReplayCache,
-  type RedisSetNx,
+  type RedisEval,
   RedisReplayCache,
   type ReplayCache,
   ReplayCacheFullError,
