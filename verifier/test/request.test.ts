@@ -4,14 +4,22 @@
 // proxy only).
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import { request as httpRequest } from 'node:http';
-import { Readable } from 'node:stream';
 import { before, describe, test } from 'node:test';
 import { createVerifier, type Verifier } from '../src/core.ts';
-import { type MiddlewareOptions, taskpassMiddleware } from '../src/http.ts';
-import { jwksOf, type Key, listen, mint, newKey } from './support.ts';
-import { AUDIENCE, ISSUER } from './support.ts';
+import { taskpassMiddleware } from '../src/http.ts';
+import {
+  AUDIENCE,
+  fakeRequest,
+  ISSUER,
+  jwksOf,
+  type Key,
+  listen,
+  mint,
+  newKey,
+  runMiddleware,
+} from './support.ts';
 
 let key: Key;
 let verifier: Verifier;
@@ -26,72 +34,6 @@ before(async () => {
   });
 });
 
-interface FakeRequest {
-  headers?: Record<string, string | string[]>;
-  body?: string | Buffer;
-  remoteAddress?: string;
-  url?: string;
-  method?: string;
-}
-
-/** A node:http-shaped request whose body records whether anyone read it. */
-function fakeRequest(o: FakeRequest) {
-  const chunks = o.body === undefined ? [] : [Buffer.from(o.body)];
-  let read = false;
-  const stream = Readable.from(
-    (function* () {
-      read = true;
-      yield* chunks;
-    })(),
-  );
-  const rawHeaders: string[] = [];
-  for (const [k, v] of Object.entries(o.headers ?? {})) for (const one of [v].flat()) rawHeaders.push(k, one);
-  const headers: Record<string, string> = {};
-  const distinct: Record<string, string[]> = {};
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const k = rawHeaders[i]!.toLowerCase();
-    distinct[k] = [...(distinct[k] ?? []), rawHeaders[i + 1]!];
-    headers[k] ??= rawHeaders[i + 1]!; // node:http keeps the first Authorization
-  }
-  const req = Object.assign(stream, {
-    method: o.method ?? 'POST',
-    url: o.url ?? '/mcp',
-    headers,
-    rawHeaders,
-    headersDistinct: distinct,
-    socket: { remoteAddress: o.remoteAddress ?? '127.0.0.1' },
-  }) as unknown as IncomingMessage;
-  return { req, wasRead: () => read };
-}
-
-async function run(o: FakeRequest, opts: MiddlewareOptions = {}) {
-  const { req, wasRead } = fakeRequest(o);
-  let status = 0;
-  let headers: Record<string, string> = {};
-  let body = '';
-  let nextCalled = false;
-  const res = {
-    writeHead(s: number, h: Record<string, string>) {
-      status = s;
-      headers = h;
-      return res;
-    },
-    end(b: string) {
-      body = b;
-    },
-  } as unknown as ServerResponse;
-  await taskpassMiddleware(verifier, opts)(req, res, () => {
-    nextCalled = true;
-  });
-  return {
-    status: nextCalled ? 200 : status,
-    headers,
-    json: body ? (JSON.parse(body) as { code?: string; error?: { data?: { code?: string } } }) : undefined,
-    wasRead: wasRead(),
-    req: req as IncomingMessage & { auth?: { extra?: { taskpass?: { agent?: string } } } },
-  };
-}
-
 const call = (args: unknown = { ticket_id: 'T-1' }, extra: Record<string, unknown> = {}) =>
   JSON.stringify({
     jsonrpc: '2.0',
@@ -103,21 +45,24 @@ const nested = (depth: number) => '['.repeat(depth) + ']'.repeat(depth);
 
 describe('before the body', () => {
   test('a request without a token is refused without reading its body', async () => {
-    const r = await run({ body: nested(500_000) });
+    const r = await runMiddleware(verifier, { body: nested(500_000) });
     assert.equal(r.status, 401);
     assert.equal(r.json?.code, 'TASKPASS_VERIFY_MISSING_TOKEN');
     assert.equal(r.wasRead, false);
   });
 
   test('a token that is not a compact JWS is refused without reading the body', async () => {
-    const r = await run({ headers: { authorization: 'Bearer not-a-token' }, body: nested(500_000) });
+    const r = await runMiddleware(verifier, {
+      headers: { authorization: 'Bearer not-a-token' },
+      body: nested(500_000),
+    });
     assert.equal(r.status, 401);
     assert.equal(r.json?.code, 'TASKPASS_VERIFY_MALFORMED');
     assert.equal(r.wasRead, false);
   });
 
   test('a declared content-length above the limit is refused without reading the body', async () => {
-    const r = await run({
+    const r = await runMiddleware(verifier, {
       headers: { authorization: `Bearer ${await mint({ key })}`, 'content-length': String(2 << 20) },
       body: call(),
     });
@@ -131,19 +76,19 @@ describe('body bounds (defaults: 1 MiB, depth 64)', () => {
   test('a call whose arguments nest deeper than 64 levels is refused; 60 levels pass', async () => {
     const deep = (n: number): unknown => (n === 0 ? 'x' : { a: deep(n - 1) });
     const token = async () => `Bearer ${await mint({ key })}`;
-    const ok = await run({
+    const ok = await runMiddleware(verifier, {
       headers: { authorization: await token() },
       body: call({ ticket_id: 'T-1', note: deep(60) }),
     });
     assert.equal(ok.status, 200);
-    const r = await run({
+    const r = await runMiddleware(verifier, {
       headers: { authorization: await token() },
       body: call({ ticket_id: 'T-1', note: deep(100) }),
     });
     assert.equal(r.status, 400);
     assert.equal(r.json?.error?.data?.code, 'TASKPASS_VERIFY_BAD_REQUEST');
     // brackets inside strings do not count
-    const s = await run({
+    const s = await runMiddleware(verifier, {
       headers: { authorization: await token() },
       body: call({ ticket_id: 'T-1', note: '[{'.repeat(1000) }),
     });
@@ -152,10 +97,14 @@ describe('body bounds (defaults: 1 MiB, depth 64)', () => {
 
   test('a body over 1 MiB is refused even without content-length; limits are options', async () => {
     const big = call({ ticket_id: 'T-1', note: 'x'.repeat(1100 * 1024) });
-    const r = await run({ headers: { authorization: `Bearer ${await mint({ key })}` }, body: big });
+    const r = await runMiddleware(verifier, {
+      headers: { authorization: `Bearer ${await mint({ key })}` },
+      body: big,
+    });
     assert.equal(r.status, 400);
     assert.equal(r.json?.error?.data?.code, 'TASKPASS_VERIFY_BAD_REQUEST');
-    const allowed = await run(
+    const allowed = await runMiddleware(
+      verifier,
       { headers: { authorization: `Bearer ${await mint({ key })}` }, body: big },
       { maxBodyBytes: 2 << 20 },
     );
@@ -181,7 +130,7 @@ describe('body bounds (defaults: 1 MiB, depth 64)', () => {
 });
 
 describe('ambiguous credentials → 400 invalid_request challenge with { code, message }', () => {
-  const expectAmbiguous = (r: Awaited<ReturnType<typeof run>>) => {
+  const expectAmbiguous = (r: Awaited<ReturnType<typeof runMiddleware>>) => {
     assert.equal(r.status, 400);
     assert.equal(r.json?.code, 'TASKPASS_VERIFY_AMBIGUOUS_TOKEN');
     assert.match(r.headers['www-authenticate'] ?? '', /^Bearer error="invalid_request"/);
@@ -190,13 +139,18 @@ describe('ambiguous credentials → 400 invalid_request challenge with { code, m
   test('two Authorization headers (node:http would keep only the first)', async () => {
     const a = await mint({ key });
     const b = await mint({ key });
-    expectAmbiguous(await run({ headers: { authorization: [`Bearer ${a}`, `Bearer ${b}`] }, body: call() }));
+    expectAmbiguous(
+      await runMiddleware(verifier, {
+        headers: { authorization: [`Bearer ${a}`, `Bearer ${b}`] },
+        body: call(),
+      }),
+    );
   });
 
   test('a token in the header and in params._meta', async () => {
     const t = await mint({ key });
     expectAmbiguous(
-      await run({
+      await runMiddleware(verifier, {
         headers: { authorization: `Bearer ${t}` },
         body: call(undefined, { _meta: { 'dev.taskpass/token': await mint({ key }) } }),
       }),
@@ -206,7 +160,11 @@ describe('ambiguous credentials → 400 invalid_request challenge with { code, m
   test('a token in the header and in the query', async () => {
     const t = await mint({ key });
     expectAmbiguous(
-      await run({ headers: { authorization: `Bearer ${t}` }, url: `/mcp?access_token=${t}`, body: call() }),
+      await runMiddleware(verifier, {
+        headers: { authorization: `Bearer ${t}` },
+        url: `/mcp?access_token=${t}`,
+        body: call(),
+      }),
     );
   });
 
@@ -261,7 +219,8 @@ describe('client certificate: the TLS connection, or Client-Cert (RFC 9440) from
   const bound = () => mint({ key, claims: { cnf: { 'x5t#S256': x5t } } });
 
   test('a bound token with the certificate forwarded by a trusted proxy is accepted', async () => {
-    const r = await run(
+    const r = await runMiddleware(
+      verifier,
       {
         headers: { authorization: `Bearer ${await bound()}`, 'client-cert': clientCert },
         remoteAddress: '10.1.2.3',
@@ -274,7 +233,8 @@ describe('client certificate: the TLS connection, or Client-Cert (RFC 9440) from
 
   test('the same header from an untrusted peer is ignored: the bound token is refused', async () => {
     for (const trustedProxies of [undefined, ['10.0.0.0/8']]) {
-      const r = await run(
+      const r = await runMiddleware(
+        verifier,
         {
           headers: { authorization: `Bearer ${await bound()}`, 'client-cert': clientCert },
           remoteAddress: '192.0.2.7',
@@ -289,7 +249,8 @@ describe('client certificate: the TLS connection, or Client-Cert (RFC 9440) from
 
   test('another certificate from the trusted proxy → CNF_MISMATCH; none → CNF_REQUIRED', async () => {
     const opts = { trustedProxies: ['::1', '127.0.0.1'] };
-    const other = await run(
+    const other = await runMiddleware(
+      verifier,
       {
         headers: {
           authorization: `Bearer ${await bound()}`,
@@ -301,7 +262,8 @@ describe('client certificate: the TLS connection, or Client-Cert (RFC 9440) from
       opts,
     );
     assert.equal(other.json?.code, 'TASKPASS_VERIFY_CNF_MISMATCH');
-    const none = await run(
+    const none = await runMiddleware(
+      verifier,
       { headers: { authorization: `Bearer ${await bound()}` }, remoteAddress: '::1', body: call() },
       opts,
     );
@@ -316,7 +278,8 @@ describe('client certificate: the TLS connection, or Client-Cert (RFC 9440) from
       `${clientCert};a=1`, // parameters
       '::',
     ]) {
-      const r = await run(
+      const r = await runMiddleware(
+        verifier,
         {
           headers: { authorization: `Bearer ${await bound()}`, 'client-cert': value },
           remoteAddress: '10.0.0.1',
