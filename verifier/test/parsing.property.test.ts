@@ -59,6 +59,22 @@ describe('token strings (properties)', () => {
     );
   });
 
+  test('a last character that decodes to the same bytes (other unused bits) is refused as MALFORMED', async () => {
+    const parts = token.split('.');
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(0, 1, 2), fc.integer({ min: 1, max: 15 }), async (seg, k) => {
+        const part = parts[seg]!;
+        const unusedBits = { 0: 0, 2: 4, 3: 2 }[(part.length % 4) as 0 | 2 | 3];
+        fc.pre(unusedBits > 0 && k < 2 ** unusedBits);
+        const twin = part.slice(0, -1) + B64URL[B64URL.indexOf(part.at(-1)!) + k];
+        assert.deepEqual(Buffer.from(twin, 'base64url'), Buffer.from(part, 'base64url'));
+        const t = parts.map((p, i) => (i === seg ? twin : p)).join('.');
+        assert.equal(await verdict(t), 'TASKPASS_VERIFY_MALFORMED');
+      }),
+      { numRuns: 40 },
+    );
+  });
+
   test('padding or whitespace inserted anywhere is refused as MALFORMED', async () => {
     await fc.assert(
       fc.asyncProperty(
