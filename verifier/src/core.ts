@@ -164,15 +164,30 @@ export interface SessionAuth extends AuthBase {
   tokenType: 'mcp_session' | 'mcp_tool_call';
 }
 
+/**
+ * A token whose form, signature and claims {@link Verifier.verifyToken} verified before the request
+ * body was read. Pass it to `verifyCall`/`verifySession` in place of the string; only the verifier
+ * that produced it accepts it.
+ */
+export interface VerifiedToken {
+  readonly token: string;
+}
+
 /** The verifier: create once at start-up with {@link createVerifier}. */
 export interface Verifier {
   readonly issuer: string;
   readonly audience: string;
+  /**
+   * Verifies what needs no request body: the token's form, signature and claims (not the call,
+   * `cnf`, revocation or single use). The HTTP adapters call it before reading the body, so a
+   * request without a valid token never has its body read or parsed. Throws {@link VerifierError}.
+   */
+  verifyToken(token: string | undefined): Promise<VerifiedToken>;
   /** Verifies a call token for one `tools/call`. Throws {@link VerifierError}. */
-  verifyCall(token: string | undefined, call: ToolCall): Promise<CallAuth>;
+  verifyCall(token: string | VerifiedToken | undefined, call: ToolCall): Promise<CallAuth>;
   /** Verifies a token for a non-call request (initialize, tools/list, ping, …). Throws {@link VerifierError}. */
   verifySession(
-    token: string | undefined,
+    token: string | VerifiedToken | undefined,
     ctx?: { clientCertificate?: ClientCertificate | undefined },
   ): Promise<SessionAuth>;
   /** The declared action class of a tool, or undefined when the tool is not protected. */
@@ -562,6 +577,19 @@ export function createVerifier(options: VerifierOptions): Verifier {
     return { payload, actorChain: actorChainOf(payload.act, payload.client_id as string) };
   }
 
+  // verifyToken's results, by handle: a handle cannot be forged or carry claims of its own.
+  const verifiedTokens = new WeakMap<VerifiedToken, Verified>();
+
+  async function verifiedOf(token: string | VerifiedToken): Promise<Verified> {
+    if (typeof token === 'string') return verifyJwt(token);
+    const v = verifiedTokens.get(token);
+    if (!v) fail('TASKPASS_VERIFY_INTERNAL', 'a VerifiedToken of another verifier');
+    // Verified before the body arrived; a slow body must not stretch the token's life.
+    if ((v.payload.exp as number) <= now() / 1000 - tol)
+      fail('TASKPASS_VERIFY_EXPIRED', 'the token has expired');
+    return v;
+  }
+
   function checkCnf(p: JWTPayload, cert: ClientCertificate | undefined): void {
     const cnf = p.cnf as Record<string, unknown> | undefined;
     let bound: string | undefined;
@@ -650,6 +678,13 @@ export function createVerifier(options: VerifierOptions): Verifier {
     audience: o.audience,
     actionOf: (tool) => tools.get(tool)?.action,
 
+    async verifyToken(token) {
+      const v = await verifyJwt(token);
+      const handle: VerifiedToken = Object.freeze({ token: token! });
+      verifiedTokens.set(handle, v);
+      return handle;
+    },
+
     async verifyCall(token, call) {
       if (token === undefined || token === '')
         fail('TASKPASS_VERIFY_MISSING_TOKEN', 'a Bearer call token is required');
@@ -659,7 +694,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
       const resource = tool.derive(args);
       checkFresh(tool.action);
 
-      const v = await verifyJwt(token);
+      const v = await verifiedOf(token);
       const p = v.payload;
       const d = detailOf(p);
       if (d.type === 'mcp_session') {
@@ -689,7 +724,9 @@ export function createVerifier(options: VerifierOptions): Verifier {
       };
       checkRevoked(p);
       if (auth.singleUse) await spend(auth.jti, auth.expiresAt);
-      if (introspectFor.has(tool.action)) await introspectToken(token, auth.singleUse);
+      if (introspectFor.has(tool.action)) {
+        await introspectToken(typeof token === 'string' ? token : token.token, auth.singleUse);
+      }
       return auth;
     },
 
@@ -697,7 +734,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
       if (token === undefined || token === '')
         fail('TASKPASS_VERIFY_MISSING_TOKEN', 'a Bearer session token is required');
       checkFresh('read');
-      const v = await verifyJwt(token);
+      const v = await verifiedOf(token);
       const p = v.payload;
       const d = detailOf(p);
       checkCnf(p, ctx?.clientCertificate);

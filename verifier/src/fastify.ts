@@ -3,10 +3,13 @@
 import type { IncomingMessage } from 'node:http';
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
 import { DEFAULT_MAX_JSON_DEPTH, withinDepth } from './body.ts';
-import type { Verifier } from './core.ts';
+import type { VerifiedToken, Verifier } from './core.ts';
 import { VerifierError } from './errors.ts';
 import { type ClientCertificateOptions, clientCertificateOf, proxyTrust, requestHeaders } from './http.ts';
 import { authorizeMcpRequest, refusal, requestBearerToken } from './request.ts';
+
+// onRequest's verified token, for the preHandler of the same request.
+const verifiedTokens = new WeakMap<object, VerifiedToken>();
 
 /** Options of {@link taskpassPreHandler} and {@link taskpassFastify}. */
 export interface FastifyVerifierOptions extends ClientCertificateOptions {
@@ -56,6 +59,8 @@ export function taskpassPreHandler(
   const maxDepth = options.maxJsonDepth ?? DEFAULT_MAX_JSON_DEPTH;
   return async (request, reply) => {
     try {
+      const verifiedToken = verifiedTokens.get(request.raw);
+      verifiedTokens.delete(request.raw);
       if (!withinDepth(request.body, maxDepth)) {
         throw new VerifierError('TASKPASS_VERIFY_BAD_REQUEST', 'the body nests JSON too deeply');
       }
@@ -64,6 +69,7 @@ export function taskpassPreHandler(
         headers: requestHeaders(request.raw),
         url: request.raw.url,
         body: request.body,
+        verifiedToken,
         clientCertificate: clientCertificateOf(request.raw, trusted),
       });
       return undefined;
@@ -75,20 +81,23 @@ export function taskpassPreHandler(
 }
 
 /**
- * A fastify `onRequest` hook refusing a request without exactly one well-formed Bearer token
- * before fastify reads or parses its body (the preHandler runs only after parsing).
+ * A fastify `onRequest` hook that verifies the request's one Bearer token (form, signature,
+ * claims) before fastify reads or parses the body; a request without a valid token is refused
+ * there. {@link taskpassPreHandler} then checks the call without verifying the signature again.
  *
  * @example
  * ```ts
- * app.post('/mcp', { onRequest: taskpassOnRequest({ resourceMetadataUrl }), preHandler: taskpassPreHandler(verifier, opts) }, handler);
+ * app.post('/mcp', { onRequest: taskpassOnRequest(verifier, opts), preHandler: taskpassPreHandler(verifier, opts) }, handler);
  * ```
  */
 export function taskpassOnRequest(
+  verifier: Verifier,
   options: { resourceMetadataUrl?: string } = {},
 ): (request: FastifyRequestLike, reply: FastifyReplyLike) => Promise<unknown> {
   return async (request, reply) => {
     try {
-      requestBearerToken(requestHeaders(request.raw));
+      const token = requestBearerToken(requestHeaders(request.raw));
+      verifiedTokens.set(request.raw, await verifier.verifyToken(token));
       return undefined;
     } catch (e) {
       const r = refusal(e, options.resourceMetadataUrl);
@@ -122,7 +131,7 @@ export async function taskpassFastify(
   scope: FastifyHookHost,
   options: FastifyVerifierOptions & { verifier: Verifier },
 ): Promise<void> {
-  scope.addHook('onRequest', taskpassOnRequest(options));
+  scope.addHook('onRequest', taskpassOnRequest(options.verifier, options));
   scope.addHook('preHandler', taskpassPreHandler(options.verifier, options));
 }
 // As fastify-plugin does: the hook lands in the scope that registers the plugin (not in a child

@@ -202,8 +202,8 @@ export function taskpassMiddleware(
     let body: unknown;
     try {
       const headers = requestHeaders(req);
-      // No body is read for a request without one well-formed Bearer token.
-      requestBearerToken(headers);
+      // No body is read, let alone parsed, for a request without one valid token for this server.
+      const verifiedToken = await verifier.verifyToken(requestBearerToken(headers));
       if (req.method === 'POST') {
         if (req.body !== undefined) {
           body = req.body;
@@ -218,6 +218,7 @@ export function taskpassMiddleware(
         headers,
         url: req.url,
         body,
+        verifiedToken,
         clientCertificate: clientCertificateOf(req, trusted),
       });
     } catch (e) {

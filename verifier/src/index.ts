@@ -17,6 +17,7 @@ export {
   type SessionAuth,
   type ToolCall,
   type ToolPolicy,
+  type VerifiedToken,
   type Verifier,
   type VerifierOptions,
 } from './core.ts';

@@ -8,6 +8,7 @@ import {
   type ClientCertificate,
   META_TOKEN,
   type SessionAuth,
+  type VerifiedToken,
   type Verifier,
 } from './core.ts';
 import { JSONRPC_HEADER_MISMATCH, JSONRPC_INVALID_REQUEST, VerifierError } from './errors.ts';
@@ -33,6 +34,8 @@ export interface McpHttpRequest {
   /** The parsed JSON body (POST); undefined otherwise. */
   body?: unknown;
   clientCertificate?: ClientCertificate | undefined;
+  /** The header's token as `verifier.verifyToken` already verified it (before the body was read). */
+  verifiedToken?: VerifiedToken | undefined;
 }
 
 /** A refusal ready to send. */
@@ -132,6 +135,7 @@ function nameOf(m: JsonRpcMessage): string | undefined {
  */
 export async function authorizeMcpRequest(verifier: Verifier, req: McpHttpRequest): Promise<AuthInfo> {
   const token = requestBearerToken(req.headers);
+  const credential = req.verifiedToken?.token === token ? req.verifiedToken : token;
   if (req.url?.includes('access_token=') && new URL(req.url, 'http://x').searchParams.has('access_token')) {
     throw ambiguous('the query');
   }
@@ -179,13 +183,13 @@ export async function authorizeMcpRequest(verifier: Verifier, req: McpHttpReques
     if (args !== undefined && (typeof args !== 'object' || args === null || Array.isArray(args))) {
       throw badRequest('TASKPASS_VERIFY_BAD_REQUEST', 'tools/call params.arguments must be an object');
     }
-    auth = await verifier.verifyCall(token, {
+    auth = await verifier.verifyCall(credential, {
       tool: name,
       args: args as ToolArgs | undefined,
       clientCertificate: req.clientCertificate,
     });
   } else {
-    auth = await verifier.verifySession(token, { clientCertificate: req.clientCertificate });
+    auth = await verifier.verifySession(credential, { clientCertificate: req.clientCertificate });
   }
   const extra: TaskpassAuthExtra = { taskpass: auth };
   return {

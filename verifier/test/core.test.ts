@@ -419,6 +419,24 @@ describe('single use, revocation, staleness, binding', () => {
   });
 });
 
+describe('verifyToken (before the body), then verifyCall', () => {
+  test('the call is still checked in full; the handle works only with its own verifier, and not past exp', async () => {
+    let now = Date.now();
+    const v = make({ now: () => now });
+    const handle = await v.verifyToken(await mint({ key, now, ttl: 60 }));
+    await rejects(
+      v.verifyCall(handle, { tool: 'get_ticket', args: { ticket_id: 'T-2' } }),
+      'TASKPASS_VERIFY_WRONG_RESOURCE',
+    );
+    assert.equal((await v.verifyCall(handle, read)).resource, 'tickets/T-1');
+    await rejects(make().verifyCall(handle, read), 'TASKPASS_VERIFY_INTERNAL');
+    await rejects(make().verifyCall({ token: handle.token }, read), 'TASKPASS_VERIFY_INTERNAL');
+    now += 70_000; // the body took longer than the token lived
+    await rejects(v.verifyCall(handle, read), 'TASKPASS_VERIFY_EXPIRED');
+    await rejects(v.verifyToken(await mint({ key: other })), 'TASKPASS_VERIFY_UNKNOWN_KID');
+  });
+});
+
 describe('verifySession', () => {
   test('accepts a session token and a call token for this server', async () => {
     const v = make();

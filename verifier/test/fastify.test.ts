@@ -107,7 +107,7 @@ test('fastify: the hook stays inside its scope; PRM served', async () => {
   assert.equal(prm.json().resource, AUDIENCE);
 });
 
-test('fastify: a request without a token is refused before fastify parses its body', async () => {
+test('fastify: a request without a valid token is refused before fastify parses its body', async () => {
   let parsed = 0;
   const guarded = Fastify();
   guarded.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
@@ -133,6 +133,15 @@ test('fastify: a request without a token is refused before fastify parses its bo
     });
     assert.equal(none.statusCode, 401);
     assert.equal(none.json().code, 'TASKPASS_VERIFY_MISSING_TOKEN');
+    assert.equal(parsed, 0);
+    const forged = await guarded.inject({
+      method: 'POST',
+      url: '/mcp',
+      headers: headers(await mint({ key: { ...(await newKey('k1')), kid: 'k1' } })),
+      payload: JSON.stringify(call),
+    });
+    assert.equal(forged.statusCode, 401);
+    assert.equal(forged.json().code, 'TASKPASS_VERIFY_BAD_SIGNATURE');
     assert.equal(parsed, 0);
     const ok = await guarded.inject({
       method: 'POST',

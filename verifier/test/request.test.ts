@@ -61,6 +61,17 @@ describe('before the body', () => {
     assert.equal(r.wasRead, false);
   });
 
+  test('a well-formed token with a bad signature is refused without reading the body', async () => {
+    const forged = await mint({ key: { ...(await newKey('k1')), kid: 'k1' } });
+    const r = await runMiddleware(verifier, {
+      headers: { authorization: `Bearer ${forged}` },
+      body: call({ ticket_id: 'T-1', n: JSON.parse(nested(60)) }),
+    });
+    assert.equal(r.status, 401);
+    assert.equal(r.json?.code, 'TASKPASS_VERIFY_BAD_SIGNATURE');
+    assert.equal(r.wasRead, false);
+  });
+
   test('a declared content-length above the limit is refused without reading the body', async () => {
     const r = await runMiddleware(verifier, {
       headers: { authorization: `Bearer ${await mint({ key })}`, 'content-length': String(2 << 20) },
