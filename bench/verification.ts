@@ -2,8 +2,11 @@
 // verifier: tool declaration, resource derivation, jose jwtVerify, claim checks, revocation lookup
 // in a RevocationFeedClient following the broker's SSE feed) versus the same server doing only
 // `jose.jwtVerify` with the same key on the same tools/call requests. Plain HTTP keep-alive on both
-// (no TLS on either side, so no client certificate and no `cnf` check: TLS would cost both alike).
+// (no TLS on either side: TLS would cost both alike). The broker binds the tokens to the agent's
+// certificate (`cnf`), which the verifier enforces, so the subject sits behind a "proxy" on
+// loopback that forwards the agent certificate in `Client-Cert` (RFC 9440): the cnf check is measured.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { importJWK, type JWK, jwtVerify } from 'jose';
 import {
@@ -62,7 +65,8 @@ export async function runVerification(env: BenchEnv, o: VerificationOptions): Pr
     tools: { get_ticket: { action: 'read', resource: 'tickets/{ticket_id}' } },
     revocation: feed,
   });
-  const guard = taskpassMiddleware(verifier);
+  const guard = taskpassMiddleware(verifier, { trustedProxies: ['127.0.0.1', '::1'] });
+  const clientCert = `:${new X509Certificate(env.agent.cert).raw.toString('base64')}:`;
   const subject = await listen((req, res) =>
     guard(req, res, () => {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -104,6 +108,7 @@ export async function runVerification(env: BenchEnv, o: VerificationOptions): Pr
           'content-type': 'application/json',
           accept: 'application/json, text/event-stream',
           authorization: `Bearer ${t.access_token}`,
+          'client-cert': clientCert,
         },
         body: JSON.stringify({
           jsonrpc: '2.0',

@@ -3,10 +3,12 @@
 // and the client certificate, and turn a VerifierError into the transport's refusal.
 //
 // Check order: first what needs no token and no crypto (tool declared, resource derivable, feed
-// fresh enough for this action class), then one jose jwtVerify (format, ES256 only, kid from the
-// broker JWKS, signature, typ, iss, aud, exp/nbf, required claims), then O(1) claim checks, the
-// O(1) revocation lookup, single use, and last the optional network introspection.
+// fresh enough for this action class), then the strict compact-JWS form (jws.ts: one spelling per
+// token, a kid, no crit), one jose jwtVerify (ES256 only, kid from the broker JWKS, signature, typ,
+// iss, aud, exp/nbf, required claims), then O(1) claim checks (lifetime cap, actor = client_id),
+// the O(1) revocation lookup, single use, and last the optional network introspection.
 import { createHash, type X509Certificate } from 'node:crypto';
+import { SpiffeId } from '@taskpass/spiffe';
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
@@ -20,6 +22,7 @@ import {
 import { fetch as undiciFetch, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import { VerifierError, type VerifierErrorCode } from './errors.ts';
+import { parseCompactJws } from './jws.ts';
 import { type ReplayCache, ReplayCacheFullError, MemoryReplayCache } from './replay.ts';
 import {
   argsSha256,
@@ -78,6 +81,12 @@ export interface VerifierOptions {
   tools: Record<string, ToolPolicy>;
   /** Leeway for exp/nbf/iat, seconds (default 5). */
   clockToleranceSec?: number;
+  /**
+   * Longest token lifetime (`exp - iat`) accepted, seconds (default 300: the broker's default
+   * `tokens.maxTtl`, which caps every template ttl). Raise it only together with the broker's cap;
+   * it also bounds how long a replay-cache entry lives.
+   */
+  maxTokenLifetimeSec?: number;
   /** The revocation feed (see {@link RevocationFeedClient}); without one only expiry ends a token. */
   revocation?: RevocationSource;
   /** Fail-closed rules when the feed is silent (default 30 s; reads allowed). */
@@ -87,8 +96,9 @@ export interface VerifierOptions {
   /** `claim` (default): only tokens with `single_use: true` are single use; `all`: every call token. */
   singleUse?: 'claim' | 'all';
   /**
-   * true: every call token must carry `cnf` and the connection must present that certificate.
-   * false (default): `cnf` is checked whenever the connection presents a client certificate.
+   * A token carrying `cnf` is always accepted only from the client certificate it names (RFC 8705),
+   * never as a plain bearer token. true: in addition every token must carry `cnf` (default false:
+   * unbound tokens are accepted with or without a client certificate).
    */
   requireCertificateBinding?: boolean;
   /** RFC 7662 introspection at the broker for these action classes (e.g. every write). */
@@ -154,15 +164,30 @@ export interface SessionAuth extends AuthBase {
   tokenType: 'mcp_session' | 'mcp_tool_call';
 }
 
+/**
+ * A token whose form, signature and claims {@link Verifier.verifyToken} verified before the request
+ * body was read. Pass it to `verifyCall`/`verifySession` in place of the string; only the verifier
+ * that produced it accepts it.
+ */
+export interface VerifiedToken {
+  readonly token: string;
+}
+
 /** The verifier: create once at start-up with {@link createVerifier}. */
 export interface Verifier {
   readonly issuer: string;
   readonly audience: string;
+  /**
+   * Verifies what needs no request body: the token's form, signature and claims (not the call,
+   * `cnf`, revocation or single use). The HTTP adapters call it before reading the body, so a
+   * request without a valid token never has its body read or parsed. Throws {@link VerifierError}.
+   */
+  verifyToken(token: string | undefined): Promise<VerifiedToken>;
   /** Verifies a call token for one `tools/call`. Throws {@link VerifierError}. */
-  verifyCall(token: string | undefined, call: ToolCall): Promise<CallAuth>;
+  verifyCall(token: string | VerifiedToken | undefined, call: ToolCall): Promise<CallAuth>;
   /** Verifies a token for a non-call request (initialize, tools/list, ping, …). Throws {@link VerifierError}. */
   verifySession(
-    token: string | undefined,
+    token: string | VerifiedToken | undefined,
     ctx?: { clientCertificate?: ClientCertificate | undefined },
   ): Promise<SessionAuth>;
   /** The declared action class of a tool, or undefined when the tool is not protected. */
@@ -182,8 +207,9 @@ const REQUIRED_CLAIMS = [
   'act',
   'authorization_details',
 ];
-const MAX_TOKEN_LENGTH = 8192;
 const MAX_ACTOR_DEPTH = 8;
+/** Default of `maxTokenLifetimeSec`: the broker's default `tokens.maxTtl`. */
+const DEFAULT_MAX_TOKEN_LIFETIME_SEC = 300;
 
 const fn = <T>(what: string) =>
   z.custom<T>((v) => typeof v === 'function', { message: `${what} must be a function` });
@@ -214,6 +240,7 @@ const OptionsSchema = z
       }),
     ),
     clockToleranceSec: z.number().int().min(0).max(300).default(5),
+    maxTokenLifetimeSec: z.number().int().min(1).max(86_400).default(DEFAULT_MAX_TOKEN_LIFETIME_SEC),
     revocation: z
       .custom<RevocationSource>(
         (v) => typeof v === 'object' && v !== null && typeof (v as RevocationSource).isRevoked === 'function',
@@ -376,7 +403,10 @@ function detailOf(p: JWTPayload): Detail {
   return d as unknown as Detail;
 }
 
-function actorChainOf(act: unknown): string[] {
+// RFC 8693 §4.1: the outermost act is the current actor, nested ones are earlier actors. The tool
+// handler is told the agent is the current actor, so it must be the client the broker authenticated
+// (client_id), and every actor must be a workload (SPIFFE ID), never a free-form name.
+function actorChainOf(act: unknown, clientId: string): string[] {
   const chain: string[] = [];
   let a = act;
   while (a !== undefined) {
@@ -384,13 +414,27 @@ function actorChainOf(act: unknown): string[] {
       fail('TASKPASS_VERIFY_MALFORMED', 'the act claim is not an RFC 8693 actor');
     }
     if (chain.length === MAX_ACTOR_DEPTH) fail('TASKPASS_VERIFY_MALFORMED', 'the actor chain is too deep');
-    chain.push((a as { sub: string }).sub);
+    const sub = (a as { sub: string }).sub;
+    try {
+      SpiffeId.parse(sub);
+    } catch {
+      fail('TASKPASS_VERIFY_BAD_ACTOR', 'an actor of the token is not a SPIFFE ID');
+    }
+    chain.push(sub);
     a = (a as { act?: unknown }).act;
   }
+  if (chain[0] !== clientId)
+    fail('TASKPASS_VERIFY_BAD_ACTOR', 'the current actor is not the token client_id');
   return chain;
 }
 
 const nonEmpty = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
+
+interface Verified {
+  payload: JWTPayload;
+  /** Current actor first; the first equals client_id. */
+  actorChain: string[];
+}
 
 /**
  * Creates the verifier. Validates every option now, so bad configuration fails at start-up.
@@ -473,6 +517,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
 
   const now = o.now ?? Date.now;
   const tol = o.clockToleranceSec;
+  const maxLifetime = o.maxTokenLifetimeSec;
   const revocation = o.revocation;
   const { maxFeedAgeMs, readsWhenStale } = o.staleness;
   const replay = o.replayCache ?? new MemoryReplayCache({ now });
@@ -507,10 +552,10 @@ export function createVerifier(options: VerifierOptions): Verifier {
     }
   }
 
-  async function verifyJwt(token: string | undefined): Promise<JWTPayload> {
+  async function verifyJwt(token: string | undefined): Promise<Verified> {
     if (token === undefined || token === '')
       fail('TASKPASS_VERIFY_MISSING_TOKEN', 'a Bearer token is required');
-    if (token.length > MAX_TOKEN_LENGTH) fail('TASKPASS_VERIFY_MALFORMED', 'the token is too long');
+    parseCompactJws(token);
     let payload: JWTPayload;
     try {
       // A fresh options object only when the clock is injected (tests); jose reads it per call.
@@ -539,7 +584,26 @@ export function createVerifier(options: VerifierOptions): Verifier {
     ) {
       fail('TASKPASS_VERIFY_MALFORMED', 'sub, jti, client_id and txn must be non-empty strings');
     }
-    return payload;
+    // jose has checked exp is a number; a long-lived token would also pin a replay-cache entry.
+    const lifetime = (payload.exp as number) - payload.iat;
+    if (lifetime <= 0) fail('TASKPASS_VERIFY_MALFORMED', 'the token exp is not after its iat');
+    if (lifetime > maxLifetime) {
+      fail('TASKPASS_VERIFY_LIFETIME_TOO_LONG', `the token lifetime exceeds ${maxLifetime} s`);
+    }
+    return { payload, actorChain: actorChainOf(payload.act, payload.client_id as string) };
+  }
+
+  // verifyToken's results, by handle: a handle cannot be forged or carry claims of its own.
+  const verifiedTokens = new WeakMap<VerifiedToken, Verified>();
+
+  async function verifiedOf(token: string | VerifiedToken): Promise<Verified> {
+    if (typeof token === 'string') return verifyJwt(token);
+    const v = verifiedTokens.get(token);
+    if (!v) fail('TASKPASS_VERIFY_INTERNAL', 'a VerifiedToken of another verifier');
+    // Verified before the body arrived; a slow body must not stretch the token's life.
+    if ((v.payload.exp as number) <= now() / 1000 - tol)
+      fail('TASKPASS_VERIFY_EXPIRED', 'the token has expired');
+    return v;
   }
 
   function checkCnf(p: JWTPayload, cert: ClientCertificate | undefined): void {
@@ -551,7 +615,11 @@ export function createVerifier(options: VerifierOptions): Verifier {
       }
       bound = cnf['x5t#S256'] as string;
     }
-    if (o.requireCertificateBinding && (bound === undefined || cert === undefined)) {
+    // RFC 8705 §3: a bound token is not a bearer token; without the certificate it is refused.
+    if (bound !== undefined && cert === undefined) {
+      fail('TASKPASS_VERIFY_CNF_REQUIRED', 'the token is certificate-bound; present its client certificate');
+    }
+    if (o.requireCertificateBinding && bound === undefined) {
       fail('TASKPASS_VERIFY_CNF_REQUIRED', 'a certificate-bound token over an mTLS connection is required');
     }
     if (bound !== undefined && cert !== undefined && thumbprintOf(cert) !== bound) {
@@ -607,8 +675,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
     if (active !== true) fail('TASKPASS_VERIFY_REVOKED', 'the broker reports the token inactive');
   }
 
-  function base(p: JWTPayload): AuthBase {
-    const actorChain = actorChainOf(p.act);
+  function base({ payload: p, actorChain }: Verified): AuthBase {
     const a: AuthBase = {
       user: p.sub as string,
       agent: actorChain[0]!,
@@ -627,6 +694,13 @@ export function createVerifier(options: VerifierOptions): Verifier {
     audience: o.audience,
     actionOf: (tool) => tools.get(tool)?.action,
 
+    async verifyToken(token) {
+      const v = await verifyJwt(token);
+      const handle: VerifiedToken = Object.freeze({ token: token! });
+      verifiedTokens.set(handle, v);
+      return handle;
+    },
+
     async verifyCall(token, call) {
       if (token === undefined || token === '')
         fail('TASKPASS_VERIFY_MISSING_TOKEN', 'a Bearer call token is required');
@@ -636,7 +710,8 @@ export function createVerifier(options: VerifierOptions): Verifier {
       const resource = tool.derive(args);
       checkFresh(tool.action);
 
-      const p = await verifyJwt(token);
+      const v = await verifiedOf(token);
+      const p = v.payload;
       const d = detailOf(p);
       if (d.type === 'mcp_session') {
         fail('TASKPASS_VERIFY_SESSION_TOKEN_FOR_CALL', 'a session token cannot authorize a tool call');
@@ -657,7 +732,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
       checkCnf(p, call.clientCertificate);
       const auth: CallAuth = {
         kind: 'call',
-        ...base(p),
+        ...base(v),
         tool: call.tool,
         resource,
         action: tool.action,
@@ -665,7 +740,9 @@ export function createVerifier(options: VerifierOptions): Verifier {
       };
       checkRevoked(p);
       if (auth.singleUse) await spend(auth.jti, auth.expiresAt);
-      if (introspectFor.has(tool.action)) await introspectToken(token, auth.singleUse);
+      if (introspectFor.has(tool.action)) {
+        await introspectToken(typeof token === 'string' ? token : token.token, auth.singleUse);
+      }
       return auth;
     },
 
@@ -673,10 +750,11 @@ export function createVerifier(options: VerifierOptions): Verifier {
       if (token === undefined || token === '')
         fail('TASKPASS_VERIFY_MISSING_TOKEN', 'a Bearer session token is required');
       checkFresh('read');
-      const p = await verifyJwt(token);
+      const v = await verifiedOf(token);
+      const p = v.payload;
       const d = detailOf(p);
       checkCnf(p, ctx?.clientCertificate);
-      const auth: SessionAuth = { kind: 'session', ...base(p), tokenType: d.type };
+      const auth: SessionAuth = { kind: 'session', ...base(v), tokenType: d.type };
       checkRevoked(p);
       return auth;
     },

@@ -18,7 +18,7 @@ export const VERIFIER_ERRORS = {
   TASKPASS_VERIFY_MALFORMED: {
     status: 401,
     description:
-      'The token is not a compact JWS/JWT, or a claim has the wrong shape (act, authorization_details, cnf).',
+      'The token is not a canonical compact JWS (three unpadded base64url segments, at most 8192 characters, a JSON header with a `kid`), or a claim has the wrong shape (act, authorization_details, cnf, exp before iat).',
   },
   TASKPASS_VERIFY_MISSING_CLAIM: {
     status: 401,
@@ -28,6 +28,11 @@ export const VERIFIER_ERRORS = {
   TASKPASS_VERIFY_BAD_ALGORITHM: {
     status: 401,
     description: 'The token is not signed with ES256 (HS256, none and every other algorithm are refused).',
+  },
+  TASKPASS_VERIFY_UNSUPPORTED_CRIT: {
+    status: 401,
+    description:
+      'The token header has `crit` (RFC 7515 §4.1.11): it names extensions this verifier does not implement (it implements none).',
   },
   TASKPASS_VERIFY_BAD_SIGNATURE: {
     status: 401,
@@ -46,6 +51,16 @@ export const VERIFIER_ERRORS = {
     description: 'The `aud` claim is not exactly one string equal to this server resource URI.',
   },
   TASKPASS_VERIFY_WRONG_TYPE: { status: 401, description: 'The header `typ` is not `at+jwt` (RFC 9068).' },
+  TASKPASS_VERIFY_BAD_ACTOR: {
+    status: 401,
+    description:
+      'The current actor (outermost `act.sub`) is not the token `client_id`, or an actor is not a SPIFFE ID.',
+  },
+  TASKPASS_VERIFY_LIFETIME_TOO_LONG: {
+    status: 401,
+    description:
+      'The token lifetime (`exp - iat`) exceeds the verifier limit `maxTokenLifetimeSec` (default 300 s).',
+  },
   TASKPASS_VERIFY_EXPIRED: {
     status: 401,
     description: 'The token has expired (beyond the clock tolerance).',
@@ -64,7 +79,7 @@ export const VERIFIER_ERRORS = {
   TASKPASS_VERIFY_CNF_REQUIRED: {
     status: 401,
     description:
-      'Certificate binding is required, but the token has no `cnf` or the connection has no client certificate.',
+      'The token is bound (`cnf`) but the request presents no client certificate (mTLS or `Client-Cert` from a trusted proxy), or `requireCertificateBinding` is set and the token has no `cnf`.',
   },
   TASKPASS_VERIFY_JWKS_UNAVAILABLE: { status: 503, description: 'The broker JWKS could not be fetched.' },
   TASKPASS_VERIFY_FEED_STALE: {
@@ -134,7 +149,14 @@ export const VERIFIER_ERRORS = {
   },
   TASKPASS_VERIFY_BAD_REQUEST: {
     status: 400,
-    description: 'The body is not JSON (-32700), not a JSON-RPC request (-32600), or too large.',
+    description:
+      'The body is not JSON (-32700), not a JSON-RPC request (-32600), too large or too deeply nested; or a trusted proxy sent a malformed `Client-Cert`.',
+  },
+  TASKPASS_VERIFY_AMBIGUOUS_TOKEN: {
+    status: 400,
+    description:
+      'More than one credential: two `Authorization` headers, or a token both in the header and in `_meta`/the query. Answered as an RFC 6750 `invalid_request` challenge with `{ code, message }`.',
+    challenge: true,
   },
   TASKPASS_VERIFY_INTERNAL: {
     status: 500,
@@ -144,7 +166,11 @@ export const VERIFIER_ERRORS = {
     status: 500,
     description: 'The verifier options are invalid (thrown by createVerifier at start-up).',
   },
-} as const satisfies Record<string, { status: 400 | 401 | 403 | 500 | 503; description: string }>;
+} as const satisfies Record<
+  string,
+  // challenge: a 400 about the credential, answered like 401/403 (RFC 6750 challenge, { code, message }).
+  { status: 400 | 401 | 403 | 500 | 503; description: string; challenge?: true }
+>;
 
 /** A stable verifier error code. */
 export type VerifierErrorCode = keyof typeof VERIFIER_ERRORS;
@@ -170,12 +196,16 @@ export class VerifierError extends Error {
   readonly status: 400 | 401 | 403 | 500 | 503;
   /** JSON-RPC error code for 400 answers. */
   readonly jsonRpcCode: number | undefined;
+  /** Answered with an RFC 6750 `WWW-Authenticate` challenge and `{ code, message }` (401, 403, credential 400s). */
+  readonly challenge: boolean;
 
   constructor(code: VerifierErrorCode, message: string, options?: { cause?: unknown; jsonRpcCode?: number }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.status = VERIFIER_ERRORS[code].status;
     this.jsonRpcCode = options?.jsonRpcCode;
+    const entry: { status: number; challenge?: true } = VERIFIER_ERRORS[code];
+    this.challenge = entry.status === 401 || entry.status === 403 || entry.challenge === true;
   }
 
   /**

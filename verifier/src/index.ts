@@ -17,6 +17,7 @@ export {
   type SessionAuth,
   type ToolCall,
   type ToolPolicy,
+  type VerifiedToken,
   type Verifier,
   type VerifierOptions,
 } from './core.ts';
@@ -29,19 +30,33 @@ export {
   type VerifierErrorCode,
 } from './errors.ts';
 export {
+  type BodyLimits,
+  DEFAULT_MAX_BODY_BYTES,
+  DEFAULT_MAX_JSON_DEPTH,
+  JsonNestingGuard,
+  readJsonBody,
+} from './body.ts';
+export {
   type FastifyHookHost,
   type FastifyReplyLike,
   type FastifyRequestLike,
+  type FastifyVerifierOptions,
   taskpassFastify,
+  taskpassOnRequest,
   taskpassPreHandler,
 } from './fastify.ts';
 export {
+  type ClientCertificateOptions,
   clientCertificateOf,
   type MiddlewareOptions,
+  type ProxyTrust,
+  proxyTrust,
+  requestHeaders,
   sendRefusal,
   type TaskpassRequest,
   taskpassMiddleware,
 } from './http.ts';
+export { type JwsHeader, MAX_TOKEN_LENGTH, parseCompactJws } from './jws.ts';
 export {
   type PrmOptions,
   type ProtectedResourceMetadata,
@@ -52,8 +67,9 @@ export {
   registerProtectedResourceMetadata,
 } from './prm.ts';
 export {
+  DEFAULT_REPLAY_MAX_ENTRIES,
   MemoryReplayCache,
-  type RedisSetNx,
+  type RedisEval,
   RedisReplayCache,
   type ReplayCache,
   ReplayCacheFullError,
@@ -64,6 +80,7 @@ export {
   type HttpRefusal,
   type McpHttpRequest,
   refusal,
+  requestBearerToken,
   type TaskpassAuthExtra,
   wwwAuthenticate,
 } from './request.ts';

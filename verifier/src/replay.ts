@@ -1,10 +1,12 @@
 // Single-use enforcement: a jti is remembered until the token it belongs to can no longer be
-// accepted (exp + clock tolerance), then forgotten.
+// accepted (exp + clock tolerance), then forgotten; a cache full of live jtis refuses new ones
+// (fail closed) instead of forgetting any. The verifier caps token lifetimes
+// (maxTokenLifetimeSec), which bounds how long any entry lives.
 
 /**
  * Where spent jtis are remembered. `markUsed` must be atomic: it returns true the first time a jti
- * is seen and false afterwards. Implement it over Redis (`SET key 1 NX EXAT until`) to share
- * single use between replicas of one MCP server.
+ * is seen and false afterwards, and throw {@link ReplayCacheFullError} rather than forget an
+ * unexpired jti. {@link RedisReplayCache} shares single use between replicas of one MCP server.
  */
 export interface ReplayCache {
   /** Records `jti` until `untilSec` (epoch seconds); true if it was not recorded yet. */
@@ -13,18 +15,39 @@ export interface ReplayCache {
 
 /**
  * The one Redis command {@link RedisReplayCache} needs, in ioredis' signature
- * (`redis.set(key, value, 'EXAT', untilSec, 'NX')`). Any client can be adapted to it.
+ * (`redis.eval(script, numKeys, ...keysAndArgs)`). Any client can be adapted to it.
  */
-export interface RedisSetNx {
-  set(key: string, value: string, exat: 'EXAT', untilSec: number, nx: 'NX'): Promise<'OK' | null>;
+export interface RedisEval {
+  eval(script: string, numKeys: number, ...args: (string | number)[]): Promise<unknown>;
 }
 
+/** Default cap on remembered jtis (in memory and in Redis). */
+export const DEFAULT_REPLAY_MAX_ENTRIES = 1_000_000;
+
+// One sorted set per cache, scored by the epoch second until which each jti must be remembered.
+// Every call first drops what the server clock says has expired, so the set only ever holds live
+// entries and its size is the number of tokens that could still be replayed. The set itself
+// expires with its longest-lived member. Returns 1 (first use), 0 (replay), -1 (full).
+const MARK_USED = `
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[1], tonumber(last[2]) + 1)
+return 1
+`;
+
 /**
- * Replay cache shared by every replica of one MCP server: one `SET key 1 EXAT until NX` per spent
- * jti, atomic in Redis, forgotten by Redis itself when the token could no longer be accepted. When
- * Redis cannot be reached the verifier refuses the single-use call
+ * Replay cache shared by every replica of one MCP server: one Lua script per spent jti over one
+ * sorted set (`{keyPrefix}spent`), atomic in Redis. An entry lives until the token could no longer
+ * be accepted (exp + clock tolerance, by the Redis clock) and is then dropped; at `maxEntries`
+ * live entries new single-use tokens are refused (`TASKPASS_VERIFY_REPLAY_CACHE_FULL`) rather than
+ * anything forgotten. When Redis cannot be reached the verifier refuses the single-use call
  * (`TASKPASS_VERIFY_REPLAY_UNAVAILABLE`): a replay cache that is down must not turn into "never
- * seen". Redis ≥ 6.2 (EXAT).
+ * seen". Redis ≥ 6.2. Run Redis with `maxmemory-policy noeviction`: an evicting policy could
+ * drop the set, and with it every spent jti.
  *
  * @example
  * ```ts
@@ -33,21 +56,30 @@ export interface RedisSetNx {
  * ```
  */
 export class RedisReplayCache implements ReplayCache {
-  readonly #redis: RedisSetNx;
-  readonly #prefix: string;
+  readonly #redis: RedisEval;
+  readonly #key: string;
+  readonly #max: number;
 
-  constructor(redis: RedisSetNx, opts: { keyPrefix?: string } = {}) {
+  constructor(redis: RedisEval, opts: { keyPrefix?: string; maxEntries?: number } = {}) {
     this.#redis = redis;
-    this.#prefix = opts.keyPrefix ?? 'taskpass:verifier:jti:';
+    this.#key = `${opts.keyPrefix ?? 'taskpass:verifier:jti:'}spent`;
+    this.#max = opts.maxEntries ?? DEFAULT_REPLAY_MAX_ENTRIES;
+  }
+
+  /** The Redis key of the sorted set (for operators and tests). */
+  get key(): string {
+    return this.#key;
   }
 
   async markUsed(jti: string, untilSec: number): Promise<boolean> {
-    return (await this.#redis.set(this.#prefix + jti, '1', 'EXAT', Math.ceil(untilSec), 'NX')) === 'OK';
+    const r = await this.#redis.eval(MARK_USED, 1, this.#key, jti, Math.ceil(untilSec), this.#max);
+    if (r === -1) throw new ReplayCacheFullError('replay cache is full');
+    return r === 1;
   }
 }
 
 /**
- * Thrown (as a plain signal) when the in-memory cache is full of live entries. The verifier turns
+ * Thrown (as a plain signal) when a replay cache is full of live entries. The verifier turns
  * it into a 503 `TASKPASS_VERIFY_REPLAY_CACHE_FULL`.
  *
  * @example
@@ -62,10 +94,11 @@ export class ReplayCacheFullError extends Error {
 }
 
 /**
- * In-process replay cache: a Map in insertion order. Tokens live seconds and are inserted roughly
- * in expiry order, so each insert drops a few expired entries from the front (amortized O(1)); a
- * full sweep runs only when the map doubles. When `maxEntries` live entries are held, new ones are
- * refused rather than old ones evicted: forgetting a live jti would allow a replay.
+ * In-process replay cache. Entries are grouped by the whole second until which they must be kept;
+ * once per second every group whose second has passed is dropped, so each entry is deleted once,
+ * exactly when it expires, whatever order tokens of different lifetimes arrive in (O(1) amortized
+ * per call plus O(live seconds) once a second). When `maxEntries` live entries are held, new ones
+ * are refused rather than old ones evicted: forgetting a live jti would allow a replay.
  *
  * @example
  * ```ts
@@ -75,43 +108,55 @@ export class ReplayCacheFullError extends Error {
  * ```
  */
 export class MemoryReplayCache implements ReplayCache {
-  readonly #entries = new Map<string, number>();
+  /** jti → the second until which it is kept. */
+  readonly #until = new Map<string, number>();
+  /** second → the jtis kept until then. */
+  readonly #bySecond = new Map<number, string[]>();
   readonly #max: number;
   readonly #now: () => number;
-  #sweepAt = 1024;
+  #expiredBefore = Number.NEGATIVE_INFINITY;
 
   constructor(opts: { maxEntries?: number; now?: () => number } = {}) {
-    this.#max = opts.maxEntries ?? 1_000_000;
+    this.#max = opts.maxEntries ?? DEFAULT_REPLAY_MAX_ENTRIES;
     this.#now = opts.now ?? Date.now;
   }
 
+  /** Entries held (expired ones are dropped at most a second late). */
   get size(): number {
-    return this.#entries.size;
+    return this.#until.size;
   }
 
   markUsed(jti: string, untilSec: number): boolean {
     const nowSec = this.#now() / 1000;
-    const seen = this.#entries.get(jti);
+    this.#expire(Math.floor(nowSec));
+    const seen = this.#until.get(jti);
     if (seen !== undefined && seen >= nowSec) return false;
-    this.#dropFront(nowSec, 4);
-    if (this.#entries.size >= this.#sweepAt) this.sweep();
-    if (this.#entries.size >= this.#max) throw new ReplayCacheFullError('replay cache is full');
-    this.#entries.delete(jti);
-    this.#entries.set(jti, untilSec);
+    if (seen === undefined && this.#until.size >= this.#max) {
+      throw new ReplayCacheFullError('replay cache is full');
+    }
+    const second = Math.ceil(untilSec);
+    this.#until.set(jti, second);
+    const group = this.#bySecond.get(second);
+    if (group) group.push(jti);
+    else this.#bySecond.set(second, [jti]);
     return true;
   }
 
-  /** Drops every expired entry (O(n); called automatically when the map doubles). */
+  /** Drops every entry whose second has passed (also done automatically, once a second). */
   sweep(): void {
-    const nowSec = this.#now() / 1000;
-    for (const [k, until] of this.#entries) if (until < nowSec) this.#entries.delete(k);
-    this.#sweepAt = Math.max(1024, this.#entries.size * 2);
+    this.#expiredBefore = Number.NEGATIVE_INFINITY;
+    this.#expire(Math.floor(this.#now() / 1000));
   }
 
-  #dropFront(nowSec: number, n: number): void {
-    for (const [k, until] of this.#entries) {
-      if (n-- <= 0 || until >= nowSec) return;
-      this.#entries.delete(k);
+  // Drops the groups of seconds before `second`. A jti re-recorded under a later second (its old
+  // entry had expired) stays: only entries still pointing at the dropped second go.
+  #expire(second: number): void {
+    if (second <= this.#expiredBefore) return;
+    this.#expiredBefore = second;
+    for (const [s, jtis] of this.#bySecond) {
+      if (s >= second) continue;
+      for (const jti of jtis) if (this.#until.get(jti) === s) this.#until.delete(jti);
+      this.#bySecond.delete(s);
     }
   }
 }

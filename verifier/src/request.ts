@@ -3,8 +3,16 @@
 // build the SDK AuthInfo; and turn a refusal into status, headers and body. http.ts and
 // fastify.ts only move these values in and out of their framework.
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
-import type { CallAuth, ClientCertificate, SessionAuth, Verifier } from './core.ts';
+import {
+  type CallAuth,
+  type ClientCertificate,
+  META_TOKEN,
+  type SessionAuth,
+  type VerifiedToken,
+  type Verifier,
+} from './core.ts';
 import { JSONRPC_HEADER_MISMATCH, JSONRPC_INVALID_REQUEST, VerifierError } from './errors.ts';
+import { parseCompactJws } from './jws.ts';
 import type { ToolArgs } from './resource.ts';
 
 /** What the adapters put in `AuthInfo.extra`. */
@@ -16,11 +24,18 @@ export interface TaskpassAuthExtra {
 export interface McpHttpRequest {
   /** HTTP method (POST carries JSON-RPC; GET opens the SSE stream; DELETE ends a session). */
   method: string;
-  /** Lower-case header names, as node:http gives them. */
+  /**
+   * Lower-case header names, as node:http gives them. `authorization` as an array when the request
+   * carried several (node:http keeps only the first in `headers`; see `headersDistinct`).
+   */
   headers: Record<string, string | string[] | undefined>;
+  /** The request target (path and query), to refuse a second token in `?access_token=`. */
+  url?: string | undefined;
   /** The parsed JSON body (POST); undefined otherwise. */
   body?: unknown;
   clientCertificate?: ClientCertificate | undefined;
+  /** The header's token as `verifier.verifyToken` already verified it (before the body was read). */
+  verifiedToken?: VerifiedToken | undefined;
 }
 
 /** A refusal ready to send. */
@@ -59,6 +74,36 @@ export function bearerToken(authorization: string | undefined): string | undefin
   return t === '' ? undefined : t;
 }
 
+/**
+ * The request's one Bearer token, checked before anything else is read: refuses two
+ * `Authorization` headers (`TASKPASS_VERIFY_AMBIGUOUS_TOKEN`, RFC 6750 §2: one method, one token),
+ * a request without a Bearer token (`TASKPASS_VERIFY_MISSING_TOKEN`) and a token that is not a
+ * canonical compact JWS (`TASKPASS_VERIFY_MALFORMED`). No body has been read or parsed at this
+ * point, so an unauthenticated request costs a header lookup, never a JSON parse.
+ *
+ * @example
+ * ```ts
+ * const token = requestBearerToken(req.headers); // throws VerifierError when absent or ambiguous
+ * ```
+ */
+export function requestBearerToken(headers: McpHttpRequest['headers']): string {
+  const v = headers.authorization;
+  if (Array.isArray(v) && v.length > 1) {
+    throw new VerifierError(
+      'TASKPASS_VERIFY_AMBIGUOUS_TOKEN',
+      'the request has more than one Authorization header',
+    );
+  }
+  const token = bearerToken(Array.isArray(v) ? v[0] : v);
+  if (token === undefined)
+    throw new VerifierError('TASKPASS_VERIFY_MISSING_TOKEN', 'a Bearer token is required');
+  parseCompactJws(token);
+  return token;
+}
+
+const ambiguous = (where: string) =>
+  new VerifierError('TASKPASS_VERIFY_AMBIGUOUS_TOKEN', `a token in the Authorization header and in ${where}`);
+
 function badRequest(
   code: 'TASKPASS_VERIFY_BAD_REQUEST',
   msg: string,
@@ -89,7 +134,11 @@ function nameOf(m: JsonRpcMessage): string | undefined {
  * ```
  */
 export async function authorizeMcpRequest(verifier: Verifier, req: McpHttpRequest): Promise<AuthInfo> {
-  const token = bearerToken(header(req.headers, 'authorization'));
+  const token = requestBearerToken(req.headers);
+  const credential = req.verifiedToken?.token === token ? req.verifiedToken : token;
+  if (req.url?.includes('access_token=') && new URL(req.url, 'http://x').searchParams.has('access_token')) {
+    throw ambiguous('the query');
+  }
   let call: JsonRpcMessage | undefined;
   if (req.method === 'POST') {
     const body = req.body;
@@ -98,6 +147,15 @@ export async function authorizeMcpRequest(verifier: Verifier, req: McpHttpReques
     for (const m of messages) {
       if (typeof m !== 'object' || m === null || typeof (m as JsonRpcMessage).jsonrpc !== 'string') {
         throw badRequest('TASKPASS_VERIFY_BAD_REQUEST', 'the body is not a JSON-RPC message');
+      }
+      // withTaskpass reads _meta's token where no verified call is at hand: two places, two tokens.
+      const meta = (m as { params?: { _meta?: unknown } }).params?._meta;
+      if (
+        typeof meta === 'object' &&
+        meta !== null &&
+        (meta as Record<string, unknown>)[META_TOKEN] !== undefined
+      ) {
+        throw ambiguous('_meta');
       }
       if ((m as JsonRpcMessage).method === 'tools/call') {
         // One token names one call; two calls in one POST would need two tokens.
@@ -125,17 +183,17 @@ export async function authorizeMcpRequest(verifier: Verifier, req: McpHttpReques
     if (args !== undefined && (typeof args !== 'object' || args === null || Array.isArray(args))) {
       throw badRequest('TASKPASS_VERIFY_BAD_REQUEST', 'tools/call params.arguments must be an object');
     }
-    auth = await verifier.verifyCall(token, {
+    auth = await verifier.verifyCall(credential, {
       tool: name,
       args: args as ToolArgs | undefined,
       clientCertificate: req.clientCertificate,
     });
   } else {
-    auth = await verifier.verifySession(token, { clientCertificate: req.clientCertificate });
+    auth = await verifier.verifySession(credential, { clientCertificate: req.clientCertificate });
   }
   const extra: TaskpassAuthExtra = { taskpass: auth };
   return {
-    token: token!,
+    token,
     clientId: auth.clientId,
     scopes: [],
     expiresAt: auth.expiresAt,
@@ -210,10 +268,9 @@ export function refusal(err: unknown, resourceMetadataUrl: string | undefined, b
       ? err
       : new VerifierError('TASKPASS_VERIFY_INTERNAL', 'internal error', { cause: err });
   const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' };
-  if (e.status === 401 || e.status === 403)
-    headers['www-authenticate'] = wwwAuthenticate(e, resourceMetadataUrl);
+  if (e.challenge) headers['www-authenticate'] = wwwAuthenticate(e, resourceMetadataUrl);
   if (e.status === 503) headers['retry-after'] = '5';
-  if (e.status === 400) {
+  if (e.status === 400 && !e.challenge) {
     const id =
       !Array.isArray(body) && typeof body === 'object' && body !== null ? (body as JsonRpcMessage).id : null;
     return {

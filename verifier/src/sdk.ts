@@ -93,11 +93,18 @@ export function withTaskpass<A extends ToolArgs, E extends ExtraLike, R extends 
   opts: { verifier: Verifier; tool: string },
 ): (args: A, extra: E) => Promise<R | CallToolResult> {
   return async (args, extra) => {
-    const already = callerOf(extra);
-    if (already && already.tool === opts.tool) return handler(args, extra);
     const token = extra._meta?.[META_TOKEN];
     let auth: CallAuth;
     try {
+      // Two places, two tokens: which one the handler would act on must not be our guess (RFC 6750 §2).
+      if (token !== undefined && extra.authInfo !== undefined) {
+        throw new VerifierError(
+          'TASKPASS_VERIFY_AMBIGUOUS_TOKEN',
+          'a token in _meta and another on the HTTP request',
+        );
+      }
+      const already = callerOf(extra);
+      if (already && already.tool === opts.tool) return handler(args, extra);
       auth = await opts.verifier.verifyCall(typeof token === 'string' ? token : undefined, {
         tool: opts.tool,
         args,

@@ -56,7 +56,10 @@ describe('verifyCall accepts', () => {
   });
 
   test('a nested actor chain, current actor first', async () => {
-    const t = await mint({ key, claims: { act: { sub: 'spiffe://t/sub', act: { sub: AGENT } } } });
+    const t = await mint({
+      key,
+      claims: { client_id: 'spiffe://t/sub', act: { sub: 'spiffe://t/sub', act: { sub: AGENT } } },
+    });
     const auth = await make().verifyCall(t, read);
     assert.equal(auth.agent, 'spiffe://t/sub');
     assert.deepEqual(auth.actorChain, ['spiffe://t/sub', AGENT]);
@@ -163,6 +166,33 @@ describe('verifyCall refuses', () => {
     ['unknown detail type', () => mint({ key, detail: { type: 'other' } }), 'TASKPASS_VERIFY_MALFORMED'],
     ['bad action value', () => mint({ key, detail: { action: 'root' } }), 'TASKPASS_VERIFY_MALFORMED'],
     ['act without sub', () => mint({ key, claims: { act: { iss: 'x' } } }), 'TASKPASS_VERIFY_MALFORMED'],
+    [
+      'act.sub is another agent than client_id',
+      () => mint({ key, claims: { act: { sub: 'spiffe://taskpass.test/agents/other' } } }),
+      'TASKPASS_VERIFY_BAD_ACTOR',
+    ],
+    [
+      'act.sub equal to client_id but not a SPIFFE ID',
+      () => mint({ key, claims: { client_id: 'support-bot', act: { sub: 'support-bot' } } }),
+      'TASKPASS_VERIFY_BAD_ACTOR',
+    ],
+    [
+      'a nested (earlier) actor that is not a SPIFFE ID',
+      () => mint({ key, claims: { act: { sub: AGENT, act: { sub: 'root' } } } }),
+      'TASKPASS_VERIFY_BAD_ACTOR',
+    ],
+    [
+      'client_id only as the nested actor, not the current one',
+      () => mint({ key, claims: { act: { sub: 'spiffe://taskpass.test/agents/sub', act: { sub: AGENT } } } }),
+      'TASKPASS_VERIFY_BAD_ACTOR',
+    ],
+    ['no kid in the header', () => mint({ key, header: { kid: undefined } }), 'TASKPASS_VERIFY_MALFORMED'],
+    [
+      'lifetime over the 300 s default cap',
+      () => mint({ key, ttl: 301 }),
+      'TASKPASS_VERIFY_LIFETIME_TOO_LONG',
+    ],
+    ['exp not after iat', () => mint({ key, ttl: 0 }), 'TASKPASS_VERIFY_MALFORMED'],
     ['empty txn', () => mint({ key, claims: { txn: '' } }), 'TASKPASS_VERIFY_MALFORMED'],
     [
       'unknown tool',
@@ -211,9 +241,66 @@ describe('verifyCall refuses', () => {
     await rejects(make().verifyCall(t, read), 'TASKPASS_VERIFY_BAD_ALGORITHM');
   });
 
-  test('alg none → BAD_ALGORITHM', async () => {
+  test('alg none: unsigned → MALFORMED (empty signature segment); with a kid and a signature → BAD_ALGORITHM', async () => {
     const t = new UnsecuredJWT({ iss: ISSUER, aud: AUDIENCE }).encode();
-    await rejects(make().verifyCall(t, read), 'TASKPASS_VERIFY_BAD_ALGORITHM');
+    await rejects(make().verifyCall(t, read), 'TASKPASS_VERIFY_MALFORMED');
+    const [, payload] = t.split('.');
+    const header = Buffer.from(JSON.stringify({ alg: 'none', typ: 'at+jwt', kid: 'k1' })).toString(
+      'base64url',
+    );
+    await rejects(make().verifyCall(`${header}.${payload}.AAAA`, read), 'TASKPASS_VERIFY_BAD_ALGORITHM');
+  });
+
+  test('a crit header gets its own code, not BAD_ALGORITHM', async () => {
+    // jose refuses to sign with an unknown crit, so sign by hand (ES256 = raw r||s, RFC 7518 §3.4).
+    const enc = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const now = Math.floor(Date.now() / 1000);
+    const input = `${enc({ alg: 'ES256', typ: 'at+jwt', kid: 'k1', crit: ['exp'], exp: now + 60 })}.${enc({
+      iss: ISSUER,
+      aud: AUDIENCE,
+    })}`;
+    const sig = await crypto.subtle.sign(
+      { name: 'ECDSA', hash: 'SHA-256' },
+      key.privateKey,
+      new TextEncoder().encode(input),
+    );
+    const t = `${input}.${Buffer.from(sig).toString('base64url')}`;
+    await rejects(make().verifyCall(t, read), 'TASKPASS_VERIFY_UNSUPPORTED_CRIT');
+  });
+
+  test('the token lifetime cap is configurable', async () => {
+    const t = await mint({ key, ttl: 600 });
+    await rejects(make().verifyCall(t, read), 'TASKPASS_VERIFY_LIFETIME_TOO_LONG');
+    await make({ maxTokenLifetimeSec: 600 }).verifyCall(t, read);
+    await rejects(
+      make({ maxTokenLifetimeSec: 30 }).verifyCall(await mint({ key, ttl: 31 }), read),
+      'TASKPASS_VERIFY_LIFETIME_TOO_LONG',
+    );
+  });
+
+  test('one spelling per token: padding, whitespace and non-canonical last characters are refused', async () => {
+    const t = await mint({ key });
+    const v = make();
+    await v.verifyCall(t, read);
+    const [h, p, sig] = t.split('.') as [string, string, string];
+    // 64-byte ES256 signature → 86 characters whose last one has 4 unused bits: the next alphabet
+    // character decodes to the same bytes, and a lenient decoder verifies the signature.
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    const twin = `${sig.slice(0, -1)}${alphabet[alphabet.indexOf(sig.at(-1)!) + 1]}`;
+    assert.deepEqual(Buffer.from(twin, 'base64url'), Buffer.from(sig, 'base64url'));
+    for (const bad of [
+      `${t}==`,
+      `${h}.${p}.${sig.slice(0, 40)} ${sig.slice(40)}`,
+      `${h}.${p}.${sig.slice(0, 40)}\n${sig.slice(40)}`,
+      `${h}==.${p}.${sig}`,
+      `${h}.${p}.${twin}`,
+      `${h}.${p}.${sig}.`,
+      `${h}..${sig}`,
+      `${h}.${p}.${sig}.${sig}`,
+      `${h}.${p}.${sig.replace(/-/g, '+').replace(/_/g, '/')}`,
+    ]) {
+      await rejects(v.verifyCall(bad, read), 'TASKPASS_VERIFY_MALFORMED');
+    }
   });
 
   test('jku/x5u headers are never followed', async () => {
@@ -303,7 +390,7 @@ describe('single use, revocation, staleness, binding', () => {
     await fresh.verifyCall(write, { tool: 'close_ticket', args: { ticket_id: 'T-1' } });
   });
 
-  test('cnf: matching certificate accepted, other certificate refused, binding optionally required', async () => {
+  test('cnf: matching certificate accepted, other or no certificate refused, binding of every token optional', async () => {
     const der = Buffer.from('a certificate (DER bytes)');
     const x5t = createHash('sha256').update(der).digest('base64url');
     const bound = await mint({ key, claims: { cnf: { 'x5t#S256': x5t } } });
@@ -318,8 +405,12 @@ describe('single use, revocation, staleness, binding', () => {
       v.verifySession(bound, { clientCertificate: Buffer.from('another certificate') }),
       'TASKPASS_VERIFY_CNF_MISMATCH',
     );
-    // not mTLS: nothing to compare with
-    await v.verifyCall(bound, read);
+    // RFC 8705: a bound token is no bearer token; without a client certificate it is refused.
+    await rejects(v.verifyCall(bound, read), 'TASKPASS_VERIFY_CNF_REQUIRED');
+    await rejects(v.verifySession(bound), 'TASKPASS_VERIFY_CNF_REQUIRED');
+    // unbound tokens stay acceptable with or without a certificate unless binding is required
+    await v.verifyCall(await mint({ key }), read);
+    await v.verifyCall(await mint({ key }), { ...read, clientCertificate: der });
     const strict = make({ requireCertificateBinding: true });
     await rejects(strict.verifyCall(bound, read), 'TASKPASS_VERIFY_CNF_REQUIRED');
     await rejects(
@@ -327,6 +418,24 @@ describe('single use, revocation, staleness, binding', () => {
       'TASKPASS_VERIFY_CNF_REQUIRED',
     );
     await strict.verifyCall(bound, { ...read, clientCertificate: der });
+  });
+});
+
+describe('verifyToken (before the body), then verifyCall', () => {
+  test('the call is still checked in full; the handle works only with its own verifier, and not past exp', async () => {
+    let now = Date.now();
+    const v = make({ now: () => now });
+    const handle = await v.verifyToken(await mint({ key, now, ttl: 60 }));
+    await rejects(
+      v.verifyCall(handle, { tool: 'get_ticket', args: { ticket_id: 'T-2' } }),
+      'TASKPASS_VERIFY_WRONG_RESOURCE',
+    );
+    assert.equal((await v.verifyCall(handle, read)).resource, 'tickets/T-1');
+    await rejects(make().verifyCall(handle, read), 'TASKPASS_VERIFY_INTERNAL');
+    await rejects(make().verifyCall({ token: handle.token }, read), 'TASKPASS_VERIFY_INTERNAL');
+    now += 70_000; // the body took longer than the token lived
+    await rejects(v.verifyCall(handle, read), 'TASKPASS_VERIFY_EXPIRED');
+    await rejects(v.verifyToken(await mint({ key: other })), 'TASKPASS_VERIFY_UNKNOWN_KID');
   });
 });
 

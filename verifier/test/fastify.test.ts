@@ -106,3 +106,66 @@ test('fastify: the hook stays inside its scope; PRM served', async () => {
   assert.deepEqual(prm.json().authorization_servers, [ISSUER]);
   assert.equal(prm.json().resource, AUDIENCE);
 });
+
+test('fastify: a request without a valid token is refused before fastify parses its body', async () => {
+  let parsed = 0;
+  const guarded = Fastify();
+  guarded.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    parsed++;
+    done(null, JSON.parse(body as string));
+  });
+  const verifier = createVerifier({
+    issuer: ISSUER,
+    audience: AUDIENCE,
+    jwks: jwksOf(key),
+    tools: { get_ticket: { resource: 'tickets/{ticket_id}', action: 'read' } },
+  });
+  await guarded.register(async (scope) => {
+    await scope.register(taskpassFastify, { verifier });
+    scope.post('/mcp', async () => ({ ok: true }));
+  });
+  try {
+    const none = await guarded.inject({
+      method: 'POST',
+      url: '/mcp',
+      headers: { 'content-type': 'application/json' },
+      payload: JSON.stringify(call),
+    });
+    assert.equal(none.statusCode, 401);
+    assert.equal(none.json().code, 'TASKPASS_VERIFY_MISSING_TOKEN');
+    assert.equal(parsed, 0);
+    const forged = await guarded.inject({
+      method: 'POST',
+      url: '/mcp',
+      headers: headers(await mint({ key: { ...(await newKey('k1')), kid: 'k1' } })),
+      payload: JSON.stringify(call),
+    });
+    assert.equal(forged.statusCode, 401);
+    assert.equal(forged.json().code, 'TASKPASS_VERIFY_BAD_SIGNATURE');
+    assert.equal(parsed, 0);
+    const ok = await guarded.inject({
+      method: 'POST',
+      url: '/mcp',
+      headers: headers(await mint({ key })),
+      payload: JSON.stringify(call),
+    });
+    assert.equal(ok.statusCode, 200);
+    assert.equal(parsed, 1);
+    const deep = await guarded.inject({
+      method: 'POST',
+      url: '/mcp',
+      headers: headers(await mint({ key })),
+      payload: JSON.stringify({
+        ...call,
+        params: {
+          ...call.params,
+          arguments: { ticket_id: 'T-1', n: JSON.parse(`${'['.repeat(80)}${']'.repeat(80)}`) },
+        },
+      }),
+    });
+    assert.equal(deep.statusCode, 400);
+    assert.equal(deep.json().error.data.code, 'TASKPASS_VERIFY_BAD_REQUEST');
+  } finally {
+    await guarded.close();
+  }
+});

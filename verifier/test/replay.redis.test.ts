@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { after, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { createVerifier, type VerifierOptions } from '../src/core.ts';
-import { RedisReplayCache } from '../src/replay.ts';
+import { RedisReplayCache, ReplayCacheFullError } from '../src/replay.ts';
 import { AUDIENCE, ISSUER, jwksOf, mint, newKey } from './support.ts';
 
 const prefix = `taskpass:test:${randomUUID()}:`;
@@ -43,19 +43,33 @@ async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
   }
 }
 
-test('a single-use token spent at one replica is refused at the other, and the key expires with the token', async () => {
+test('a single-use token spent at one replica is refused at the other, and the entry lives until exp + tolerance', async () => {
   await redis.connect();
-  const { key, a, b } = await replicas(() => new RedisReplayCache(redis, { keyPrefix: prefix }));
+  const cache = new RedisReplayCache(redis, { keyPrefix: prefix });
+  const { key, a, b } = await replicas(() => cache);
   const jti = randomUUID();
   const token = await mint({ key, detail: writeDetail, claims: { single_use: true, jti }, ttl: 30 });
-  assert.equal((await a.verifyCall(token, write)).singleUse, true);
+  const auth = await a.verifyCall(token, write);
+  assert.equal(auth.singleUse, true);
   assert.equal(await codeOf(b.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAYED');
   assert.equal(await codeOf(a.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAYED');
-  const ttl = await redis.ttl(`${prefix}${jti}`);
-  assert.ok(
-    ttl > 0 && ttl <= 30 + 60,
-    `Redis forgets the jti after the token's exp + tolerance (ttl ${ttl}s)`,
-  );
+  assert.equal(Number(await redis.zscore(cache.key, jti)), auth.expiresAt + 5, 'kept until exp + tolerance');
+  const ttl = await redis.ttl(cache.key);
+  assert.ok(ttl > 0 && ttl <= 30 + 5 + 1, `the set expires with its last entry (ttl ${ttl}s)`);
+});
+
+test('Redis: expired entries are dropped; at maxEntries live entries new ones are refused, none evicted', async () => {
+  const cache = new RedisReplayCache(redis, { keyPrefix: `${prefix}cap:`, maxEntries: 2 });
+  const nowSec = Math.floor(Date.now() / 1000);
+  assert.equal(await cache.markUsed('gone', nowSec - 10), true);
+  assert.equal(await cache.markUsed('a', nowSec + 60), true);
+  assert.equal(await cache.markUsed('b', nowSec + 60), true, 'the expired entry no longer counts');
+  assert.equal(await redis.zcard(cache.key), 2);
+  await assert.rejects(cache.markUsed('c', nowSec + 60), ReplayCacheFullError);
+  assert.equal(await cache.markUsed('a', nowSec + 60), false, 'a live entry is never evicted');
+  const { key, a } = await replicas(() => cache);
+  const token = await mint({ key, detail: writeDetail, claims: { single_use: true } });
+  assert.equal(await codeOf(a.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAY_CACHE_FULL');
 });
 
 test('separate in-memory caches would each accept it once (why replicas need the shared cache)', async () => {

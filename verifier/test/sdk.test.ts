@@ -138,4 +138,27 @@ describe('withTaskpass over an in-memory (stdio-like) transport', () => {
     assert.match((other.content as { text: string }[])[0]!.text, /^TASKPASS_VERIFY_WRONG_RESOURCE: /);
     await c.close();
   });
+
+  test('a token in _meta next to a token on the HTTP request is refused as ambiguous', async () => {
+    const handler = withTaskpass(async () => ({ content: [{ type: 'text' as const, text: 'ran' }] }), {
+      verifier,
+      tool: 'close_ticket',
+    });
+    const headerToken = await mint({ key, detail: { tool: 'close_ticket', action: 'write' } });
+    const metaToken = await mint({ key, detail: { tool: 'close_ticket', action: 'write' } });
+    // The HTTP middleware verified the header token for this very call; _meta carries another one.
+    const httpVerified = await verifier.verifyCall(headerToken, {
+      tool: 'close_ticket',
+      args: { ticket_id: 'T-1' },
+    });
+    const r = await handler(
+      { ticket_id: 'T-1' },
+      {
+        authInfo: { token: headerToken, clientId: 'x', scopes: [], extra: { taskpass: httpVerified } },
+        _meta: { 'dev.taskpass/token': metaToken },
+      },
+    );
+    assert.equal((r as { isError?: boolean }).isError, true);
+    assert.match((r.content as { text: string }[])[0]!.text, /^TASKPASS_VERIFY_AMBIGUOUS_TOKEN: /);
+  });
 });

@@ -3,7 +3,10 @@
 import { randomUUID, type webcrypto } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
 import { exportJWK, generateKeyPair, type JSONWebKeySet, type JWK, SignJWT } from 'jose';
+import type { Verifier } from '../src/core.ts';
+import { type MiddlewareOptions, taskpassMiddleware } from '../src/http.ts';
 import type { Revocation } from '../src/revocation.ts';
 
 export const ISSUER = 'https://broker.taskpass.test';
@@ -190,4 +193,71 @@ export async function until(f: () => boolean, ms = 3000): Promise<void> {
     if (Date.now() > end) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+export interface FakeRequest {
+  headers?: Record<string, string | string[]>;
+  body?: string | Buffer;
+  remoteAddress?: string;
+  url?: string;
+  method?: string;
+}
+
+/** A node:http-shaped request whose body records whether anyone read it. */
+export function fakeRequest(o: FakeRequest) {
+  const chunks = o.body === undefined ? [] : [Buffer.from(o.body)];
+  let read = false;
+  const stream = Readable.from(
+    (function* () {
+      read = true;
+      yield* chunks;
+    })(),
+  );
+  const rawHeaders: string[] = [];
+  for (const [k, v] of Object.entries(o.headers ?? {})) for (const one of [v].flat()) rawHeaders.push(k, one);
+  const headers: Record<string, string> = {};
+  const distinct: Record<string, string[]> = {};
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const k = rawHeaders[i]!.toLowerCase();
+    distinct[k] = [...(distinct[k] ?? []), rawHeaders[i + 1]!];
+    headers[k] ??= rawHeaders[i + 1]!; // node:http keeps the first Authorization
+  }
+  const req = Object.assign(stream, {
+    method: o.method ?? 'POST',
+    url: o.url ?? '/mcp',
+    headers,
+    rawHeaders,
+    headersDistinct: distinct,
+    socket: { remoteAddress: o.remoteAddress ?? '127.0.0.1' },
+  }) as unknown as IncomingMessage;
+  return { req, wasRead: () => read };
+}
+
+/** Runs taskpassMiddleware on a fake request; status 200 when it called next(). */
+export async function runMiddleware(verifier: Verifier, o: FakeRequest, opts: MiddlewareOptions = {}) {
+  const { req, wasRead } = fakeRequest(o);
+  let status = 0;
+  let headers: Record<string, string> = {};
+  let body = '';
+  let nextCalled = false;
+  const res = {
+    writeHead(s: number, h: Record<string, string>) {
+      status = s;
+      headers = h;
+      return res;
+    },
+    end(b: string) {
+      body = b;
+    },
+  } as unknown as ServerResponse;
+  await taskpassMiddleware(verifier, opts)(req, res, () => {
+    nextCalled = true;
+  });
+  return {
+    status: nextCalled ? 200 : status,
+    headers,
+    json: body ? (JSON.parse(body) as { code?: string; error?: { data?: { code?: string } } }) : undefined,
+    wasRead: wasRead(),
+    req: req as IncomingMessage & { auth?: { extra?: { taskpass?: { agent?: string } } } },
+  };
 }
