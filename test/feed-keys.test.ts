@@ -9,6 +9,7 @@ import { createVerifier, RevocationFeedClient } from '@taskpass/verifier';
 import Fastify from 'fastify';
 import { SignJWT } from 'jose';
 import { Agent } from 'undici';
+import { AesGcmKeyWrapper, generateKek } from '../broker/src/key-wrap.ts';
 import { SigningKeys } from '../broker/src/keys.ts';
 import { RevocationHub } from '../broker/src/revocation-hub.ts';
 import { revocationRoutes } from '../broker/src/routes/revocations.ts';
@@ -36,6 +37,7 @@ test('a verifier on the feed loads a rotated-in key before it signs, with no unk
     maxTokenTtlSec: 60,
     now: () => keyClock,
     autoStart: false,
+    wrapper: new AesGcmKeyWrapper(generateKek('test-kek')),
   });
   const hub = new RevocationHub({ store, heartbeatMs: 60_000, keys });
   const app = Fastify();
