@@ -10,6 +10,7 @@ import { type BrokerConfig, parseConfig } from '../src/config.ts';
 import { TaskpassError } from '../src/errors.ts';
 import { historyOf } from '../src/policy/engine.ts';
 import type { HistoryQueries, PolicyDecision, PolicyDeny, PolicyPort, PolicyUser } from '../src/ports.ts';
+import { RevocationHub } from '../src/revocation-hub.ts';
 import type {
   FinishStatus,
   IssuedCall,
@@ -288,9 +289,9 @@ export async function userIssuer() {
 /** A fake JWT-SVID for `id` (accepted by fakeAuth). */
 export const svid = (id: string): string => `tsvid.${Buffer.from(id).toString('base64url')}`;
 
-export interface TestBroker {
+export interface TestBroker<S extends Store = MemoryStore> {
   app: FastifyInstance;
-  store: MemoryStore;
+  store: S;
   config: BrokerConfig;
   publicJwk: Record<string, unknown>;
   user: Awaited<ReturnType<typeof userIssuer>>;
@@ -301,8 +302,14 @@ export interface TestBroker {
   mtls(id: string): Record<string, string>;
 }
 
-/** Builds the app with the fakes above; `x-test-peer` drives the peer-certificate seam. */
-export async function testBroker(extra: Record<string, unknown> = {}): Promise<TestBroker> {
+/**
+ * Builds the app with the fakes above; `x-test-peer` drives the peer-certificate seam. With
+ * `opts.store` (an initialised real store) the app uses it and the real revocation feed routes.
+ */
+export async function testBroker<S extends Store = MemoryStore>(
+  extra: Record<string, unknown> = {},
+  opts: { store?: S } = {},
+): Promise<TestBroker<S>> {
   const user = await userIssuer();
   const config = parseConfig({
     issuer: ISSUER,
@@ -318,7 +325,8 @@ export async function testBroker(extra: Record<string, unknown> = {}): Promise<T
     rateLimit: { perAgentPerMinute: 1000 },
     ...extra,
   });
-  const store = new MemoryStore();
+  const store = opts.store ?? new MemoryStore();
+  const hub = opts.store ? new RevocationHub({ store: opts.store }) : undefined;
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const publicJwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
   const clock = { now: Date.now() };
@@ -330,30 +338,20 @@ export async function testBroker(extra: Record<string, unknown> = {}): Promise<T
     policies: { current: () => policy },
     identity: { agentAuth: fakeAuth() },
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
-    hub: {} as never,
+    hub: hub ?? ({} as never),
     logger: pino({ level: 'silent' }),
     now: () => clock.now,
     peerCertificates: (req: FastifyRequest) => {
       const id = req.headers['x-test-peer'];
       return typeof id === 'string' ? ([{ id }] as never) : undefined;
     },
-    feedRoutes: (async (f: FastifyInstance, o: { preHandler: (r: FastifyRequest) => Promise<void> }) => {
-      f.get(
-        '/v1/revocations',
-        {
-          preHandler: o.preHandler,
-          schema: { response: { 200: { type: 'object', properties: { seq: { type: 'integer' } } } } },
-        },
-        async () => ({
-          seq: await store.currentSeq(),
-        }),
-      );
-    }) as never,
+    ...(hub ? {} : { feedRoutes: stubFeedRoutes(store) }),
   });
+  if (hub) app.addHook('onClose', () => hub.close());
   await app.ready();
   return {
     app,
-    store,
+    store: store as S,
     config,
     publicJwk,
     user,
@@ -361,4 +359,20 @@ export async function testBroker(extra: Record<string, unknown> = {}): Promise<T
     jwt: (id) => ({ authorization: `Bearer ${svid(id)}` }),
     mtls: (id) => ({ 'x-test-peer': id }),
   };
+}
+
+// The pull route only, answering the store's seq (the app tests need no SSE).
+function stubFeedRoutes(store: Store): never {
+  return (async (f: FastifyInstance, o: { preHandler: (r: FastifyRequest) => Promise<void> }) => {
+    f.get(
+      '/v1/revocations',
+      {
+        preHandler: o.preHandler,
+        schema: { response: { 200: { type: 'object', properties: { seq: { type: 'integer' } } } } },
+      },
+      async () => ({
+        seq: await store.currentSeq(),
+      }),
+    );
+  }) as never;
 }
