@@ -22,27 +22,49 @@ export interface RedisSetNx {
 /**
  * Replay cache shared by every replica of one MCP server: one `SET key 1 EXAT until NX` per spent
  * jti, atomic in Redis, forgotten by Redis itself when the token could no longer be accepted. When
- * Redis cannot be reached the verifier refuses the single-use call
+ * Redis cannot be reached, or does not answer within `timeoutMs` (default 1000; a frozen Redis
+ * must not hang the call), the verifier refuses the single-use call
  * (`TASKPASS_VERIFY_REPLAY_UNAVAILABLE`): a replay cache that is down must not turn into "never
- * seen". Redis ≥ 6.2 (EXAT).
+ * seen". A mark that reaches Redis after the refusal still spends the jti: the caller gets a new
+ * token, never a second use. Redis ≥ 6.2 (EXAT).
+ *
+ * Give it a client that does not queue commands while disconnected, so that an outage fails at
+ * once instead of after `timeoutMs` for every call.
  *
  * @example
  * ```ts
  * import { Redis } from 'ioredis';
- * const verifier = createVerifier({ ..., replayCache: new RedisReplayCache(new Redis(url)) });
+ * const redis = new Redis(url, { enableOfflineQueue: false, commandTimeout: 1000, maxRetriesPerRequest: 0 });
+ * const verifier = createVerifier({ ..., replayCache: new RedisReplayCache(redis) });
  * ```
  */
 export class RedisReplayCache implements ReplayCache {
   readonly #redis: RedisSetNx;
   readonly #prefix: string;
+  readonly #timeoutMs: number;
 
-  constructor(redis: RedisSetNx, opts: { keyPrefix?: string } = {}) {
+  constructor(redis: RedisSetNx, opts: { keyPrefix?: string; timeoutMs?: number } = {}) {
     this.#redis = redis;
     this.#prefix = opts.keyPrefix ?? 'taskpass:verifier:jti:';
+    this.#timeoutMs = opts.timeoutMs ?? 1000;
   }
 
   async markUsed(jti: string, untilSec: number): Promise<boolean> {
-    return (await this.#redis.set(this.#prefix + jti, '1', 'EXAT', Math.ceil(untilSec), 'NX')) === 'OK';
+    const set = this.#redis.set(this.#prefix + jti, '1', 'EXAT', Math.ceil(untilSec), 'NX');
+    // Bounded here whatever the client's own options: the promise from Redis may never settle.
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`the replay cache did not answer in ${this.#timeoutMs} ms`)),
+        this.#timeoutMs,
+      );
+    });
+    try {
+      return (await Promise.race([set, timeout])) === 'OK';
+    } finally {
+      clearTimeout(timer);
+      set.catch(() => {}); // a late rejection has no one left to hear it
+    }
   }
 }
 
