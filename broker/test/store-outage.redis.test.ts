@@ -15,7 +15,7 @@ import { RedisStore } from '../src/store/redis.ts';
 import type { FinishStatus, IssuedCall, TaskRecord } from '../src/store/types.ts';
 import { ADMIN, AGENT, type TestBroker, TICKETS, testBroker } from './app-support.ts';
 
-const STORE_TIMEOUT_MS = 1000;
+const STORE_TIMEOUT_MS = 2000; // the default
 const HANG_MS = 20_000;
 
 /**
@@ -340,4 +340,67 @@ test('store level: a token revocation and a single-use mark sent into a frozen R
   await recovered();
   assert.equal(await store.isRevoked('token', 'late'), false);
   assert.equal(await store.markUsed('late', until), true, 'the jti was not spent by the late command');
+});
+
+test('the bounds cannot be switched off through redisOptions', async () => {
+  const lax = new RedisStore({
+    url: redis.url,
+    prefix: `outage:${randomUUID()}:`,
+    timeoutMs: STORE_TIMEOUT_MS,
+    redisOptions: { commandTimeout: 3_600_000, enableOfflineQueue: true, maxRetriesPerRequest: 20 },
+  });
+  await lax.init();
+  redis.freeze();
+  try {
+    let timer: NodeJS.Timeout | undefined;
+    const hang = new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve('hangs'), HANG_MS);
+    });
+    const answer = lax.currentSeq().then(
+      () => 'answered',
+      (e: { code?: string }) => e.code,
+    );
+    assert.equal(await Promise.race([answer, hang]), 'TASKPASS_STORE_UNAVAILABLE');
+    clearTimeout(timer);
+  } finally {
+    redis.thaw();
+    await lax.close();
+  }
+});
+
+const aTask = (id: string): TaskRecord => {
+  const now = Math.floor(Date.now() / 1000);
+  return { id, agent: AGENT, sub: 'u', purpose: 'p', status: 'open', createdAt: now, expiresAt: now + 60 };
+};
+
+test('deadlines are in Redis time: a broker clock 10 s behind Redis still writes (its offset is measured)', async () => {
+  const behind = new RedisStore({
+    url: redis.url,
+    prefix: `outage:${randomUUID()}:`,
+    now: () => Date.now() - 10_000,
+  });
+  await behind.init();
+  try {
+    await behind.createTask(aTask('t1'));
+    assert.equal((await behind.finishTask('t1', 'completed', 0, 'done')).task.status, 'completed');
+  } finally {
+    await behind.close();
+  }
+});
+
+test('a stalled clock sample (slow event loop at start-up) is not taken for skew', async () => {
+  let calls = 0;
+  // The first sample's round trip looks 4 s long, as if the reply waited behind a busy loop.
+  const stalled = new RedisStore({
+    url: redis.url,
+    prefix: `outage:${randomUUID()}:`,
+    now: () => Date.now() + (++calls === 2 ? 4000 : 0),
+  });
+  await stalled.init();
+  try {
+    await stalled.createTask(aTask('t1'));
+    assert.equal((await stalled.finishTask('t1', 'completed', 0, 'done')).task.status, 'completed');
+  } finally {
+    await stalled.close();
+  }
 });

@@ -53,7 +53,9 @@ export interface RedisStoreOptions {
    * connection is dropped and re-opened, and so is a connection attempt. Default 2000.
    */
   timeoutMs?: number;
-  /** Extra ioredis options (tests, TLS). */
+  /** Our clock, epoch ms, against which Redis' is measured (tests). Default `Date.now`. */
+  now?: () => number;
+  /** Extra ioredis options (TLS, retryStrategy...); the time bounds and queueing ones are fixed. */
   redisOptions?: RedisOptions;
 }
 
@@ -291,6 +293,7 @@ export class RedisStore implements Store {
   readonly #logger: Logger | undefined;
   readonly #retention: number;
   readonly #timeoutMs: number;
+  readonly #now: () => number;
   readonly #redisOptions: RedisOptions;
   readonly #events = new EventEmitter();
   #redis: Redis | undefined;
@@ -309,6 +312,7 @@ export class RedisStore implements Store {
     this.#logger = opts.logger;
     this.#retention = opts.taskRetentionSec ?? 300;
     this.#timeoutMs = opts.timeoutMs ?? 2000;
+    this.#now = opts.now ?? Date.now;
     this.#redisOptions = opts.redisOptions ?? {};
     this.#events.setMaxListeners(0);
   }
@@ -336,19 +340,20 @@ export class RedisStore implements Store {
   async #doInit(): Promise<void> {
     const t = this.#timeoutMs;
     const options: RedisOptions = {
+      retryStrategy: (n: number) => Math.min(50 * 2 ** n, 1000),
+      ...this.#redisOptions,
       lazyConnect: true,
-      // No call waits longer than t, and nothing is held to be sent later: while the connection is
-      // down a command fails at once (the caller answers 503); one written to a silent socket fails
-      // after t and the socket is dropped (a frozen Redis, a vanished host); nothing is re-sent on
-      // reconnect, since its outcome is unknown (mutating scripts carry a deadline instead).
+      // Not overridable. No call waits longer than t, and nothing is held to be sent later: while
+      // the connection is down a command fails at once (the caller answers 503); one written to a
+      // silent socket fails after t and the socket is dropped (a frozen Redis, a vanished host);
+      // nothing is re-sent on reconnect, since its outcome is unknown (mutating scripts carry a
+      // deadline instead).
       commandTimeout: t,
       socketTimeout: t,
       connectTimeout: t,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
-      retryStrategy: (n: number) => Math.min(50 * 2 ** n, 1000),
-      ...this.#redisOptions,
     };
     const redis = new Redis(this.#url, options);
     redis.on('error', (err: Error) =>
@@ -356,13 +361,15 @@ export class RedisStore implements Store {
     );
     let connected = false;
     redis.on('ready', () => {
+      if (!connected) return; // the first connection is measured below, before any write
       void this.#measureSkew(redis);
       // Revocations published while we were away were lost to the subscriber too: read them back.
-      if (connected && this.#sub) this.#enqueue(() => this.#catchUp());
-      connected = true;
+      if (this.#sub) this.#enqueue(() => this.#catchUp());
     });
     this.#redis = redis;
     await redis.connect();
+    connected = true;
+    await this.#measureSkew(redis);
     await this.#checkDurability(redis);
 
     // Deliveries wait until the starting seq is known (set below).
@@ -394,17 +401,26 @@ export class RedisStore implements Store {
     }
   }
 
+  // The sample with the shortest round trip, which bounds its error: a busy event loop (start-up,
+  // schema compilation) that delays a reply would otherwise pass for skew and void every deadline.
   async #measureSkew(redis: Redis): Promise<void> {
+    let best: { rtt: number; skew: number } | undefined;
     try {
-      const before = Date.now();
-      const [sec, usec] = (await redis.time()) as [string | number, string | number];
-      const after = Date.now();
-      this.#skewMs = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (before + after) / 2;
-      if (Math.abs(this.#skewMs) > this.#timeoutMs / 2) {
-        this.#logger?.warn({ skewMs: Math.round(this.#skewMs) }, 'redis clock differs from ours');
+      for (let i = 0; i < 3; i++) {
+        const before = this.#now();
+        const [sec, usec] = (await redis.time()) as [string | number, string | number];
+        const after = this.#now();
+        const skew = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (before + after) / 2;
+        if (!best || after - before < best.rtt) best = { rtt: after - before, skew };
       }
     } catch {
-      // Keeps the last measure; a connection that cannot answer TIME fails the writes anyway.
+      // A connection that cannot answer TIME fails the writes anyway.
+    }
+    // Too coarse to trust: keep the last measure (0 at first: same host or NTP).
+    if (!best || best.rtt > this.#timeoutMs / 8) return;
+    this.#skewMs = best.skew;
+    if (Math.abs(best.skew) > this.#timeoutMs / 4) {
+      this.#logger?.warn({ skewMs: Math.round(best.skew) }, 'redis clock differs from ours');
     }
   }
 
@@ -487,7 +503,7 @@ export class RedisStore implements Store {
    * script ran is the one case where a 503 hides a change; every mutation here is safe to retry.)
    */
   #mutate(lua: string, keys: string[], args: (string | number)[]): Promise<unknown> {
-    const deadline = Math.floor(Date.now() + this.#skewMs + this.#timeoutMs / 2);
+    const deadline = Math.floor(this.#now() + this.#skewMs + this.#timeoutMs / 2);
     return this.#script(lua, keys, [...args, deadline]);
   }
 
