@@ -446,7 +446,7 @@ describe('two broker replicas on one Redis store (real SPIRE)', () => {
   test(`6. key rotation (rotateEvery ${ROTATE_SEC}s, prepublish ${PREPUBLISH_SEC}s): the replicas agree on keys`, async (t) => {
     const prefix = newPrefix('rotation');
     const rotating: Partial<BrokerConfig> = {
-      store: { redis: { url: REDIS_URL, keyPrefix: prefix } },
+      store: { redis: { url: REDIS_URL, keyPrefix: prefix, timeoutMs: 2000 } },
       keys: { ...config.keys, rotateEvery: ROTATE_SEC, prepublish: PREPUBLISH_SEC, jwksMaxAge: 1 },
     };
     // Started together on an empty store, like a fresh deployment.

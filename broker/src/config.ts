@@ -125,7 +125,12 @@ export const ConfigSchema = z
           .strict()
           .optional(),
         redis: z
-          .object({ url: z.string().min(1), keyPrefix: z.string().default('taskpass:') })
+          .object({
+            url: z.string().min(1),
+            keyPrefix: z.string().default('taskpass:'),
+            /** Bound of every Redis call (and connection attempt): past it the request answers 503. */
+            timeoutMs: z.number().int().min(50).max(60_000).default(2000),
+          })
           .strict()
           .optional(),
       })
@@ -328,6 +333,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_POLICIES_DIR: { path: ['policiesDir'] },
     TASKPASS_STORE_SQLITE_PATH: { path: ['store', 'sqlite', 'path'] },
     TASKPASS_STORE_REDIS_URL: { path: ['store', 'redis', 'url'] },
+    TASKPASS_STORE_REDIS_TIMEOUT_MS: { path: ['store', 'redis', 'timeoutMs'], conv: int },
     TASKPASS_FEED_AUTH: { path: ['feed', 'auth'] },
     TASKPASS_RATE_LIMIT_PER_AGENT_PER_MINUTE: { path: ['rateLimit', 'perAgentPerMinute'], conv: int },
     TASKPASS_RATE_LIMIT_PER_WORKLOAD_PER_MINUTE: { path: ['rateLimit', 'perWorkloadPerMinute'], conv: int },

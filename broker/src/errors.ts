@@ -92,7 +92,8 @@ export const BROKER_ERRORS = {
   },
   TASKPASS_STORE_UNAVAILABLE: {
     status: 503,
-    description: 'The store could not make the change durable; nothing was acknowledged.',
+    description:
+      'The store could not be reached or did not answer in time (Redis down, frozen, loading, read-only), or could not make the change durable; nothing was acknowledged, and a retry is safe.',
   },
   TASKPASS_INTERNAL: {
     status: 500,

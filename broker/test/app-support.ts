@@ -296,9 +296,9 @@ export async function userIssuer() {
 /** A fake JWT-SVID for `id` (accepted by fakeAuth). */
 export const svid = (id: string): string => `tsvid.${Buffer.from(id).toString('base64url')}`;
 
-export interface TestBroker {
+export interface TestBroker<S extends Store = MemoryStore> {
   app: FastifyInstance;
-  store: MemoryStore;
+  store: S;
   config: BrokerConfig;
   publicJwk: Record<string, unknown>;
   user: Awaited<ReturnType<typeof userIssuer>>;
@@ -309,11 +309,14 @@ export interface TestBroker {
   mtls(id: string): Record<string, string>;
 }
 
-/** Builds the app with the fakes above; `x-test-peer` drives the peer-certificate seam. */
-export async function testBroker(
+/**
+ * Builds the app with the fakes above; `x-test-peer` drives the peer-certificate seam. With
+ * `opts.store` (an initialised real store) the app uses it instead of the in-memory fake.
+ */
+export async function testBroker<S extends Store = MemoryStore>(
   extra: Record<string, unknown> = {},
-  opts: { policy?: PolicyPort; keysProtection?: 'encrypted' | 'plaintext' } = {},
-): Promise<TestBroker> {
+  opts: { store?: S; policy?: PolicyPort; keysProtection?: 'encrypted' | 'plaintext' } = {},
+): Promise<TestBroker<S>> {
   const user = await userIssuer();
   const config = parseConfig({
     issuer: ISSUER,
@@ -329,7 +332,8 @@ export async function testBroker(
     rateLimit: { perAgentPerMinute: 1000 },
     ...extra,
   });
-  const store = new MemoryStore();
+  const store = opts.store ?? new MemoryStore();
+  const hub = new RevocationHub({ store });
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const publicJwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
   const clock = { now: Date.now() };
@@ -345,7 +349,7 @@ export async function testBroker(
     policies: { current: () => policy },
     identity: { agentAuth: fakeAuth() },
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
-    hub: new RevocationHub({ store }),
+    hub,
     logger: pino({ level: 'silent' }),
     now: () => clock.now,
     peerCertificates: (req: FastifyRequest) => {
@@ -353,10 +357,11 @@ export async function testBroker(
       return typeof id === 'string' ? ([{ id }] as never) : undefined;
     },
   });
+  app.addHook('onClose', () => hub.close());
   await app.ready();
   return {
     app,
-    store,
+    store: store as S,
     config,
     publicJwk,
     user,

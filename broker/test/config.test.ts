@@ -228,3 +228,22 @@ test('signing keys at rest: no KEK and no plaintext opt-in refuses to start; KEK
   assert.throws(() => parseConfig({ ...minimal, keys: { kek, allowPlaintext: true } }), TaskpassError);
   assert.throws(() => parseConfig({ ...minimal, keys: { kek, kekFile: file } }), TaskpassError);
 });
+
+test('store.redis.timeoutMs bounds every Redis call: default 2000 ms, TASKPASS_STORE_REDIS_TIMEOUT_MS sets it', () => {
+  const d = parseConfig({ ...minimal, store: { redis: { url: 'redis://127.0.0.1:6379' } } });
+  assert.equal(d.store.redis?.timeoutMs, 2000);
+  const e = loadConfig({
+    env: {
+      TASKPASS_ISSUER: minimal.issuer,
+      TASKPASS_TRUST_DOMAIN: minimal.trustDomain,
+      TASKPASS_STORE_REDIS_URL: 'redis://127.0.0.1:6379',
+      TASKPASS_STORE_REDIS_TIMEOUT_MS: '500',
+    },
+  });
+  assert.equal(e.store.redis?.timeoutMs, 500);
+  assert.ok(
+    invalid({ ...minimal, store: { redis: { url: 'redis://x', timeoutMs: 0 } } }).some(
+      (i) => i.path === 'store.redis.timeoutMs',
+    ),
+  );
+});

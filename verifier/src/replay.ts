@@ -44,26 +44,34 @@ return 1
  * sorted set (`{keyPrefix}spent`), atomic in Redis. An entry lives until the token could no longer
  * be accepted (exp + clock tolerance, by the Redis clock) and is then dropped; at `maxEntries`
  * live entries new single-use tokens are refused (`TASKPASS_VERIFY_REPLAY_CACHE_FULL`) rather than
- * anything forgotten. When Redis cannot be reached the verifier refuses the single-use call
+ * anything forgotten. When Redis cannot be reached, or does not answer within `timeoutMs` (default
+ * 1000; a frozen Redis must not hang the call), the verifier refuses the single-use call
  * (`TASKPASS_VERIFY_REPLAY_UNAVAILABLE`): a replay cache that is down must not turn into "never
- * seen". Redis ≥ 6.2. Run Redis with `maxmemory-policy noeviction`: an evicting policy could
- * drop the set, and with it every spent jti.
+ * seen". A mark that reaches Redis after the refusal still spends the jti: the caller gets a new
+ * token, never a second use. Redis ≥ 6.2. Run Redis with `maxmemory-policy noeviction`: an
+ * evicting policy could drop the set, and with it every spent jti.
+ *
+ * Give it a client that does not queue commands while disconnected, so that an outage fails at
+ * once instead of after `timeoutMs` for every call.
  *
  * @example
  * ```ts
  * import { Redis } from 'ioredis';
- * const verifier = createVerifier({ ..., replayCache: new RedisReplayCache(new Redis(url)) });
+ * const redis = new Redis(url, { enableOfflineQueue: false, commandTimeout: 1000, maxRetriesPerRequest: 0 });
+ * const verifier = createVerifier({ ..., replayCache: new RedisReplayCache(redis) });
  * ```
  */
 export class RedisReplayCache implements ReplayCache {
   readonly #redis: RedisEval;
   readonly #key: string;
   readonly #max: number;
+  readonly #timeoutMs: number;
 
-  constructor(redis: RedisEval, opts: { keyPrefix?: string; maxEntries?: number } = {}) {
+  constructor(redis: RedisEval, opts: { keyPrefix?: string; maxEntries?: number; timeoutMs?: number } = {}) {
     this.#redis = redis;
     this.#key = `${opts.keyPrefix ?? 'taskpass:verifier:jti:'}spent`;
     this.#max = opts.maxEntries ?? DEFAULT_REPLAY_MAX_ENTRIES;
+    this.#timeoutMs = opts.timeoutMs ?? 1000;
   }
 
   /** The Redis key of the sorted set (for operators and tests). */
@@ -72,7 +80,22 @@ export class RedisReplayCache implements ReplayCache {
   }
 
   async markUsed(jti: string, untilSec: number): Promise<boolean> {
-    const r = await this.#redis.eval(MARK_USED, 1, this.#key, jti, Math.ceil(untilSec), this.#max);
+    const mark = this.#redis.eval(MARK_USED, 1, this.#key, jti, Math.ceil(untilSec), this.#max);
+    // Bounded here whatever the client's own options: the promise from Redis may never settle.
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`the replay cache did not answer in ${this.#timeoutMs} ms`)),
+        this.#timeoutMs,
+      );
+    });
+    let r: unknown;
+    try {
+      r = await Promise.race([mark, timeout]);
+    } finally {
+      clearTimeout(timer);
+      mark.catch(() => {}); // a late rejection has no one left to hear it
+    }
     if (r === -1) throw new ReplayCacheFullError('replay cache is full');
     return r === 1;
   }

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, test } from 'node:test';
 import { Redis } from 'ioredis';
+import { startRedisServer } from '../../test/support/redis-server.ts';
 import { createVerifier, type VerifierOptions } from '../src/core.ts';
 import { RedisReplayCache, ReplayCacheFullError } from '../src/replay.ts';
 import { AUDIENCE, ISSUER, jwksOf, mint, newKey } from './support.ts';
@@ -94,5 +95,35 @@ test('an unreachable Redis refuses single-use calls with TASKPASS_VERIFY_REPLAY_
     assert.equal(await codeOf(a.verifyCall(token, write)), 'TASKPASS_VERIFY_REPLAY_UNAVAILABLE');
   } finally {
     down.disconnect();
+  }
+});
+
+test('a frozen Redis (SIGSTOP) refuses single-use calls with TASKPASS_VERIFY_REPLAY_UNAVAILABLE instead of hanging', async () => {
+  const own = await startRedisServer();
+  // ioredis' defaults: no command timeout, commands queued while disconnected. The cache bounds it.
+  const frozen = new Redis(own.url);
+  frozen.on('error', () => {});
+  try {
+    await frozen.ping();
+    const { key, a } = await replicas(() => new RedisReplayCache(frozen, { keyPrefix: prefix }));
+    const token = await mint({ key, detail: writeDetail, claims: { single_use: true } });
+    own.freeze();
+    // The client's own patience, far above the cache's bound: no answer by then is a hang.
+    let timer: NodeJS.Timeout | undefined;
+    const hang = new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve('no answer within 20 s (hangs)'), 20_000);
+    });
+    try {
+      assert.equal(
+        await Promise.race([codeOf(a.verifyCall(token, write)), hang]),
+        'TASKPASS_VERIFY_REPLAY_UNAVAILABLE',
+      );
+    } finally {
+      clearTimeout(timer);
+      own.thaw();
+    }
+  } finally {
+    frozen.disconnect();
+    await own.stop();
   }
 });

@@ -14,7 +14,7 @@ export type StoreConfig = { kind: 'sqlite'; path: string } | { kind: 'redis'; ur
 /** The `store` section of the broker configuration file (exactly one of the two is set). */
 export interface StoreConfigSection {
   sqlite?: { path: string } | undefined;
-  redis?: { url: string; keyPrefix?: string | undefined } | undefined;
+  redis?: { url: string; keyPrefix?: string | undefined; timeoutMs?: number | undefined } | undefined;
 }
 
 /**
@@ -33,8 +33,13 @@ export function createStore(config: StoreConfig | StoreConfigSection, opts: { lo
   }
   if (config.sqlite && config.redis) throw new Error('choose one of store.sqlite or store.redis');
   if (config.redis) {
-    const { url, keyPrefix } = config.redis;
-    return new RedisStore({ url, ...(keyPrefix ? { prefix: keyPrefix } : {}), ...logger });
+    const { url, keyPrefix, timeoutMs } = config.redis;
+    return new RedisStore({
+      url,
+      ...(keyPrefix ? { prefix: keyPrefix } : {}),
+      ...(timeoutMs ? { timeoutMs } : {}),
+      ...logger,
+    });
   }
   return new SqliteStore({ ...(config.sqlite ? { path: config.sqlite.path } : {}), ...logger });
 }

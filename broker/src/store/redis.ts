@@ -18,9 +18,15 @@
 //   P revoked:<kind>:<id>  seq (expires with what it covers)   P used:<jti>  single-use marker
 //   P keys                 hash kid -> JSON signing key
 //   channel P revocations  every revocation, as JSON, published by the script that made it
+//
+// Outages (docs/decisions.md, "A frozen or dead Redis"): every command is bounded by `timeoutMs`,
+// nothing is queued while the connection is down, and every Store method then rejects with
+// TASKPASS_STORE_UNAVAILABLE. A command already written to a frozen Redis runs when it resumes,
+// after the caller answered 503; so each mutating script carries a deadline in Redis time and
+// changes nothing once it has passed (a late `complete` is a no-op, the 503 stays the truth).
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { Redis, type RedisOptions } from 'ioredis';
+import { Redis, type RedisOptions, ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
 import { TaskpassError } from '../errors.ts';
 import type {
@@ -45,22 +51,43 @@ export interface RedisStoreOptions {
   /** Most entries one sweep step removes (default 500; see SqliteStoreOptions.sweepBatchRows). */
   sweepBatchRows?: number;
   /** Extra ioredis options (tests, TLS). */
+
+  /**
+   * Bound of every Redis call, in ms: a command without a reply by then fails (503), the silent
+   * connection is dropped and re-opened, and so is a connection attempt. Default 2000.
+   */
+  timeoutMs?: number;
+  /** Our clock, epoch ms, against which Redis' is measured (tests). Default `Date.now`. */
+  now?: () => number;
+  /** Extra ioredis options (TLS, retryStrategy...); the time bounds and queueing ones are fixed. */
   redisOptions?: RedisOptions;
 }
 
+// Prepended to every mutating script; its caller appends the deadline (ms, Redis clock) as the last
+// ARGV. A script that runs later — Redis was frozen with it in its socket, or too slow — changes
+// nothing and answers an error. TIME before writes needs effects replication (Redis >= 5).
+const LATE = 'TASKPASS_LATE';
+const withDeadline = (body: string): string => `
+local deadline = tonumber(table.remove(ARGV))
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then
+  return redis.error_reply('${LATE} the caller gave up before this ran; nothing was changed')
+end
+${body}`;
+
 // Every script is atomic in Redis: a revocation's seq, its entries and the task status change are
 // one step, so a reader never sees a seq without its revocation (no gaps to wait for).
-const CREATE_TASK = `
+const CREATE_TASK = withDeadline(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-return 1`;
+return 1`);
 
 // KEYS: task, seq, revs, revs:until, revdata, revoked marker
 // ARGV: status, at, reason, channel, id, retention
-const FINISH_TASK = `
+const FINISH_TASK = withDeadline(`
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing'} end
 if st ~= 'open' then
@@ -78,11 +105,11 @@ redis.call('HSET', KEYS[5], seq, json)
 redis.call('SET', KEYS[6], seq)
 redis.call('EXPIREAT', KEYS[6], exp + tonumber(ARGV[6]))
 redis.call('PUBLISH', ARGV[4], json)
-return {'ok', tostring(seq), json}`;
+return {'ok', tostring(seq), json}`);
 
 // KEYS: seq, revs, revs:until, revdata, revoked marker
 // ARGV: jti, until, reason, channel, retention
-const REVOKE_TOKEN = `
+const REVOKE_TOKEN = withDeadline(`
 local seq = redis.call('INCR', KEYS[1])
 local u = tonumber(ARGV[2])
 local json = cjson.encode({seq = seq, kind = 'token', id = ARGV[1], ['until'] = u, reason = ARGV[3]})
@@ -92,7 +119,7 @@ redis.call('HSET', KEYS[4], seq, json)
 redis.call('SET', KEYS[5], seq)
 redis.call('EXPIREAT', KEYS[5], u + tonumber(ARGV[5]))
 redis.call('PUBLISH', ARGV[4], json)
-return json`;
+return json`);
 
 // Shared by the issued-call scripts. KEYS of each: 1 the issued list, 2 icount, 3 iprior.
 // A field is the length-prefixed pair `#a:a..b`, unambiguous whatever the strings hold.
@@ -135,7 +162,7 @@ end
 // ifToolCount ('' for none: with it, nothing is written and 0 returned unless the task has exactly
 // that many calls of tool).
 // The issued-call keys must live as long as their task, or per-task call limits would reset.
-const RECORD_ISSUED = `${ISSUED_HELPERS}
+const RECORD_ISSUED = withDeadline(`${ISSUED_HELPERS}
 ensure(KEYS[1], KEYS[2], KEYS[3])
 if ARGV[6] ~= '' then
   local total = 0
@@ -152,7 +179,7 @@ local ttl = redis.call('PTTL', KEYS[4])
 for i = 1, 3 do
   if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('EXPIREAT', KEYS[i], ARGV[2]) end
 end
-return 1`;
+return 1`);
 
 // ARGV: tool. Returns template, count, template, count, ...
 const COUNT_ISSUED = `${ISSUED_HELPERS}
@@ -187,15 +214,47 @@ end
 return #old`;
 
 // KEYS: keys hash; ARGV: kid, json, activeAfter ('' = any stored key blocks the save)
-const ADD_KEY_IF_LATEST = `
+const ADD_KEY_IF_LATEST = withDeadline(`
 local after = tonumber(ARGV[3])
 for _, j in ipairs(redis.call('HVALS', KEYS[1])) do
   if not after or cjson.decode(j).activeFrom > after then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1`;
+return 1`);
+
+// KEYS: used marker; ARGV: ttl ms. SET NX as a script only to carry the deadline: a jti marked
+// used after the caller was told 503 would spend a token nobody used.
+const MARK_USED = withDeadline(`
+return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1], 'NX')`);
 
 const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex');
+
+// Replies that mean "Redis cannot serve this now", not "this request or our code is wrong".
+const UNAVAILABLE_REPLY =
+  /^(TASKPASS_LATE|LOADING|BUSY|READONLY|MISCONF|OOM|MASTERDOWN|NOREPLICAS|TRYAGAIN|CLUSTERDOWN|NOAUTH|WRONGPASS|NOPERM)\b/;
+
+/**
+ * What a failed Redis call becomes: TASKPASS_STORE_UNAVAILABLE (503) for an outage — timeout,
+ * connection refused or reset, no connection, a late script, a Redis that is loading, read-only or
+ * out of memory; our own errors and programming errors (script bugs, TypeError...) pass unchanged.
+ */
+function storeFailure(e: unknown): unknown {
+  if (e instanceof TaskpassError) return e;
+  const bug =
+    e instanceof ReplyError
+      ? !UNAVAILABLE_REPLY.test((e as Error).message)
+      : e instanceof TypeError ||
+        e instanceof SyntaxError ||
+        e instanceof RangeError ||
+        e instanceof ReferenceError;
+  if (bug) return e;
+  return new TaskpassError(
+    'TASKPASS_STORE_UNAVAILABLE',
+    'the store did not answer in time or cannot be reached; nothing was acknowledged',
+    undefined,
+    { cause: e },
+  );
+}
 
 function parseRevocation(json: string): Revocation | undefined {
   try {
@@ -239,6 +298,9 @@ export class RedisStore implements Store {
   readonly #logger: Logger | undefined;
   readonly #retention: number;
   readonly #batchRows: number;
+
+  readonly #timeoutMs: number;
+  readonly #now: () => number;
   readonly #redisOptions: RedisOptions;
   readonly #events = new EventEmitter();
   #redis: Redis | undefined;
@@ -247,6 +309,9 @@ export class RedisStore implements Store {
   // Revocations reach listeners in seq order, once each, with gaps filled from the store.
   #lastEmitted = 0;
   #chain: Promise<void> = Promise.resolve();
+  // Redis' clock minus ours (ms), measured on every (re)connection: deadlines are written in Redis
+  // time, so a skewed broker clock neither voids every write nor lets a late one through.
+  #skewMs = 0;
 
   constructor(opts: RedisStoreOptions) {
     this.#url = opts.url;
@@ -254,6 +319,9 @@ export class RedisStore implements Store {
     this.#logger = opts.logger;
     this.#retention = opts.taskRetentionSec ?? 300;
     this.#batchRows = Math.max(1, Math.floor(opts.sweepBatchRows ?? 500));
+
+    this.#timeoutMs = opts.timeoutMs ?? 2000;
+    this.#now = opts.now ?? Date.now;
     this.#redisOptions = opts.redisOptions ?? {};
     this.#events.setMaxListeners(0);
   }
@@ -279,19 +347,38 @@ export class RedisStore implements Store {
   }
 
   async #doInit(): Promise<void> {
+    const t = this.#timeoutMs;
     const options: RedisOptions = {
-      lazyConnect: true,
-      // Fail a write rather than hold it for long: the caller answers 503 and nothing is acked.
-      maxRetriesPerRequest: 2,
-      connectTimeout: 5000,
+      retryStrategy: (n: number) => Math.min(50 * 2 ** n, 1000),
       ...this.#redisOptions,
+      lazyConnect: true,
+      // Not overridable. No call waits longer than t, and nothing is held to be sent later: while
+      // the connection is down a command fails at once (the caller answers 503); one written to a
+      // silent socket fails after t and the socket is dropped (a frozen Redis, a vanished host);
+      // nothing is re-sent on reconnect, since its outcome is unknown (mutating scripts carry a
+      // deadline instead).
+      commandTimeout: t,
+      socketTimeout: t,
+      connectTimeout: t,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      autoResendUnfulfilledCommands: false,
     };
     const redis = new Redis(this.#url, options);
     redis.on('error', (err: Error) =>
       this.#logger?.warn({ err: err.message }, 'redis store connection error'),
     );
+    let connected = false;
+    redis.on('ready', () => {
+      if (!connected) return; // the first connection is measured below, before any write
+      void this.#measureSkew(redis);
+      // Revocations published while we were away were lost to the subscriber too: read them back.
+      if (this.#sub) this.#enqueue(() => this.#catchUp());
+    });
     this.#redis = redis;
     await redis.connect();
+    connected = true;
+    await this.#measureSkew(redis);
     await this.#checkDurability(redis);
 
     // Deliveries wait until the starting seq is known (set below).
@@ -320,6 +407,29 @@ export class RedisStore implements Store {
       this.#lastEmitted = await this.currentSeq();
     } finally {
       open();
+    }
+  }
+
+  // The sample with the shortest round trip, which bounds its error: a busy event loop (start-up,
+  // schema compilation) that delays a reply would otherwise pass for skew and void every deadline.
+  async #measureSkew(redis: Redis): Promise<void> {
+    let best: { rtt: number; skew: number } | undefined;
+    try {
+      for (let i = 0; i < 3; i++) {
+        const before = this.#now();
+        const [sec, usec] = (await redis.time()) as [string | number, string | number];
+        const after = this.#now();
+        const skew = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (before + after) / 2;
+        if (!best || after - before < best.rtt) best = { rtt: after - before, skew };
+      }
+    } catch {
+      // A connection that cannot answer TIME fails the writes anyway.
+    }
+    // Too coarse to trust: keep the last measure (0 at first: same host or NTP).
+    if (!best || best.rtt > this.#timeoutMs / 8) return;
+    this.#skewMs = best.skew;
+    if (Math.abs(best.skew) > this.#timeoutMs / 4) {
+      this.#logger?.warn({ skewMs: Math.round(best.skew) }, 'redis clock differs from ours');
     }
   }
 
@@ -395,6 +505,17 @@ export class RedisStore implements Store {
     );
   }
 
+  /**
+   * Runs a {@link withDeadline} script. It may change something only within the first half of the
+   * call's time bound (in Redis time), so that its reply has the second half to come back: a caller
+   * answered 503 on a timeout can count on the change not happening later. (A reply lost after the
+   * script ran is the one case where a 503 hides a change; every mutation here is safe to retry.)
+   */
+  #mutate(lua: string, keys: string[], args: (string | number)[]): Promise<unknown> {
+    const deadline = Math.floor(this.#now() + this.#skewMs + this.#timeoutMs / 2);
+    return this.#script(lua, keys, [...args, deadline]);
+  }
+
   // EVALSHA with a fallback to EVAL: the script cache is lost when Redis restarts.
   async #script(lua: string, keys: string[], args: (string | number)[]): Promise<unknown> {
     const r = this.#r;
@@ -427,7 +548,7 @@ export class RedisStore implements Store {
     if (task.userIssuer !== undefined) fields.push('userIssuer', task.userIssuer);
     if (task.userClaims !== undefined) fields.push('userClaims', JSON.stringify(task.userClaims));
     if (task.finishedAt !== undefined) fields.push('finishedAt', String(task.finishedAt));
-    const created = await this.#script(
+    const created = await this.#mutate(
       CREATE_TASK,
       [this.#k('task', task.id), this.#k('tasks'), this.#k('tasks', 'exp')],
       [task.id, task.createdAt, task.expiresAt + this.#retention, ...fields],
@@ -470,7 +591,7 @@ export class RedisStore implements Store {
     at: number,
     reason: string,
   ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyFinished: boolean }> {
-    const res = (await this.#script(
+    const res = (await this.#mutate(
       FINISH_TASK,
       [
         this.#k('task', id),
@@ -497,7 +618,7 @@ export class RedisStore implements Store {
   }
 
   async recordIssued(call: IssuedCall, opts: { ifToolCount?: number } = {}): Promise<boolean> {
-    const recorded = await this.#script(
+    const recorded = await this.#mutate(
       RECORD_ISSUED,
       [...this.#issuedKeys(call.taskId), this.#k('task', call.taskId)],
       [
@@ -533,7 +654,7 @@ export class RedisStore implements Store {
   }
 
   async revokeToken(jti: string, until: number, reason: string): Promise<Revocation> {
-    const json = (await this.#script(
+    const json = (await this.#mutate(
       REVOKE_TOKEN,
       [
         this.#k('seq'),
@@ -598,7 +719,7 @@ export class RedisStore implements Store {
   async markUsed(jti: string, until: number): Promise<boolean> {
     // A minute beyond `until` absorbs clock differences between the replicas and Redis.
     const ttlMs = Math.max(60_000, until * 1000 - Date.now() + 60_000);
-    return (await this.#r.set(this.#k('used', jti), '1', 'PX', ttlMs, 'NX')) === 'OK';
+    return (await this.#mutate(MARK_USED, [this.#k('used', jti)], [ttlMs])) === 'OK';
   }
 
   async loadSigningKeys(): Promise<StoredSigningKey[]> {
@@ -611,7 +732,7 @@ export class RedisStore implements Store {
   }
 
   async addSigningKeyIfLatest(key: StoredSigningKey, activeAfter: number | undefined): Promise<boolean> {
-    const saved = await this.#script(
+    const saved = await this.#mutate(
       ADD_KEY_IF_LATEST,
       [this.#k('keys')],
       [key.kid, JSON.stringify(key), activeAfter === undefined ? '' : activeAfter],
@@ -654,6 +775,31 @@ export class RedisStore implements Store {
       p.zrem(this.#k('tasks', 'exp'), ...ids);
       await p.exec();
       if (ids.length < n) break;
+    }
+  }
+
+  // Every Store method — those added later too — rejects as TASKPASS_STORE_UNAVAILABLE when Redis
+  // cannot serve it (see storeFailure): mapped here once, so that no route has to and none answers
+  // 500 for an outage.
+  static {
+    const proto = RedisStore.prototype;
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      const method = Object.getOwnPropertyDescriptor(proto, name)?.value as unknown;
+      if (name === 'constructor' || typeof method !== 'function') continue;
+      const guarded = function (this: RedisStore, ...args: unknown[]): unknown {
+        let out: unknown;
+        try {
+          out = method.apply(this, args);
+        } catch (e) {
+          throw storeFailure(e);
+        }
+        return out instanceof Promise
+          ? out.catch((e: unknown) => {
+              throw storeFailure(e);
+            })
+          : out;
+      };
+      Object.defineProperty(proto, name, { value: guarded, writable: true, configurable: true });
     }
   }
 }

@@ -1,6 +1,8 @@
 // The broker's state, behind one interface with two implementations: SQLite (embedded default,
 // one process) and Redis (several replicas). Every method that records a revocation resolves only
-// once the revocation is durable; callers answer the client after that, never before.
+// once the revocation is durable; callers answer the client after that, never before. A store that
+// cannot be reached, or does not answer within its bound, rejects with TASKPASS_STORE_UNAVAILABLE
+// (a TaskpassError: 503 on every route) rather than hang — RedisStore does, and explains late writes.
 
 export type TaskStatus = 'open' | 'completed' | 'failed' | 'cancelled' | 'revoked';
 export type FinishStatus = Exclude<TaskStatus, 'open'>;
