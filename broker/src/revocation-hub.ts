@@ -13,7 +13,7 @@
 // snapshot written at once stalled the broker and was cut off as a slow reader, forever).
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import type { Revocation, Store } from './store/types.ts';
+import { REVOCATION_GRACE_SEC, type Revocation, type Store } from './store/types.ts';
 
 /** The broker's signing-key set as the feed sees it: the kids it publishes and when that changes. */
 export interface KeySetSource {
@@ -184,7 +184,8 @@ export class RevocationHub {
    */
   async open(since: number | undefined, onOverflow?: () => void): Promise<FeedView> {
     await this.#ready;
-    const nowSec = Math.floor(this.#now() / 1000);
+    // Served until `until` + grace: verifiers accept tokens that long past their exp.
+    const nowSec = Math.floor(this.#now() / 1000) - REVOCATION_GRACE_SEC;
     const pageSize = this.pageSize;
     const maxPending = this.#maxPending;
     let covered = 0;
@@ -287,7 +288,8 @@ export class RevocationHub {
     since: number | undefined,
     limit: number,
   ): Promise<{ seq: number; revocations: Revocation[]; more: boolean }> {
-    const nowSec = Math.floor(this.#now() / 1000);
+    // Served until `until` + grace: verifiers accept tokens that long past their exp.
+    const nowSec = Math.floor(this.#now() / 1000) - REVOCATION_GRACE_SEC;
     const current = await this.store.currentSeq();
     const from = since === undefined || since > current ? 0 : since;
     const page = await this.store.revocationsPage(from, nowSec, limit);

@@ -5,7 +5,7 @@ import { Agent, fetch } from 'undici';
 import { FeedOverflowError, type KeySetSource, RevocationHub } from '../src/revocation-hub.ts';
 import { revocationRoutes } from '../src/routes/revocations.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import type { Revocation } from '../src/store/types.ts';
+import { REVOCATION_GRACE_SEC, type Revocation } from '../src/store/types.ts';
 
 interface SseEvent {
   event: string;
@@ -148,7 +148,7 @@ test('feed: snapshot of live revocations, then each new revocation once its stor
   const f = await setup();
   try {
     const live = await f.store.revokeToken('j-live', nowSec() + 60, 'x');
-    await f.store.revokeToken('j-expired', nowSec() - 1, 'x');
+    await f.store.revokeToken('j-expired', nowSec() - REVOCATION_GRACE_SEC - 1, 'x');
     const { res, sse } = await f.stream();
     assert.equal(res.status, 200);
     assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/);
@@ -386,12 +386,14 @@ test('feed: pull endpoint', async () => {
     const until = nowSec() + 60;
     const r1 = await f.store.revokeToken('j1', until, 'x');
     const r2 = await f.store.revokeToken('j2', until, 'x');
-    await f.store.revokeToken('j3', nowSec() - 5, 'expired');
+    // Just past `until`: a verifier may still accept its tokens within its clock tolerance.
+    const r3 = await f.store.revokeToken('j3', nowSec() - 5, 'within the grace');
+    await f.store.revokeToken('j4', nowSec() - REVOCATION_GRACE_SEC - 5, 'expired');
     const all = await fetch(`${f.url}/v1/revocations`, { dispatcher: f.dispatcher });
     assert.equal(all.status, 200);
-    assert.deepEqual(await all.json(), { seq: 3, revocations: [r1, r2], more: false });
+    assert.deepEqual(await all.json(), { seq: 4, revocations: [r1, r2, r3], more: false });
     const later = await fetch(`${f.url}/v1/revocations?since=1`, { dispatcher: f.dispatcher });
-    assert.deepEqual(await later.json(), { seq: 3, revocations: [r2], more: false });
+    assert.deepEqual(await later.json(), { seq: 4, revocations: [r2, r3], more: false });
     assert.equal((await fetch(`${f.url}/v1/revocations?since=-1`, { dispatcher: f.dispatcher })).status, 400);
     assert.equal(
       (await fetch(`${f.url}/v1/revocations?since=abc`, { dispatcher: f.dispatcher })).status,

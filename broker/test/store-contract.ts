@@ -3,7 +3,13 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { test } from 'node:test';
 import { TaskpassError } from '../src/errors.ts';
-import type { Revocation, Store, StoredSigningKey, TaskRecord } from '../src/store/types.ts';
+import {
+  REVOCATION_GRACE_SEC,
+  type Revocation,
+  type Store,
+  type StoredSigningKey,
+  type TaskRecord,
+} from '../src/store/types.ts';
 
 /** A fresh, initialised store (each call gets its own empty namespace) and its cleanup. */
 export type MakeStore = () => Promise<{ store: Store; cleanup: () => Promise<void> }>;
@@ -449,25 +455,26 @@ export function storeContract(name: string, make: MakeStore): void {
       const revs = async () => (await s.revocationsSince(0, 0)).map((r) => r.seq);
       const issued = async () => (await s.listIssued(t.id)).length;
 
-      await s.sweep(now + 99);
-      assert.deepEqual(await revs(), [taskRev.seq, tokenRev.seq], 'nothing before its until');
+      const G = REVOCATION_GRACE_SEC; // served and kept this long past `until` (verifier clock tolerance)
       await s.sweep(now + 100);
-      assert.deepEqual(await revs(), [tokenRev.seq], 'the task revocation goes at the task expiry');
-      assert.equal(await s.isRevoked('task', t.id), true, 'the finished task still answers revoked');
-      await s.sweep(now + 199);
-      assert.deepEqual(await revs(), [tokenRev.seq]);
-      await s.sweep(now + 200);
-      assert.deepEqual(await revs(), [], 'the token revocation goes at the token expiry');
-
-      await s.sweep(now + 100 + R - 1);
+      assert.deepEqual(await revs(), [taskRev.seq, tokenRev.seq], 'nothing before its until');
+      await s.sweep(now + 100 + G - 1);
+      assert.deepEqual(await revs(), [taskRev.seq, tokenRev.seq], 'kept for the grace after its until');
+      assert.equal(G, R, 'the steps below assume the grace equals the task retention');
       assert.ok(await s.getTask(t.id), 'the task stays for the retention after its expiry');
       assert.equal(await issued(), 1, 'its issued calls stay with it');
       assert.equal((await s.countIssued(t.id, 't')).get('x'), 1);
-      await s.sweep(now + 100 + R);
+      assert.equal(await s.isRevoked('task', t.id), true, 'the finished task still answers revoked');
+      await s.sweep(now + 100 + G);
+      assert.deepEqual(await revs(), [tokenRev.seq], 'the task revocation goes at task expiry + grace');
       assert.equal(await s.getTask(t.id), undefined);
       assert.equal(await issued(), 0);
       assert.deepEqual(await s.countIssued(t.id, 't'), new Map());
       assert.deepEqual([...(await s.issuedTemplates(t.id, 't', 'r'))], []);
+      await s.sweep(now + 200 + G - 1);
+      assert.deepEqual(await revs(), [tokenRev.seq]);
+      await s.sweep(now + 200 + G);
+      assert.deepEqual(await revs(), [], 'the token revocation goes at token expiry + grace');
       assert.equal(await s.currentSeq(), tokenRev.seq, 'the seq is never swept');
     }));
 }

@@ -5,7 +5,7 @@ import { Redis } from 'ioredis';
 import pino from 'pino';
 import { createStore } from '../src/store/index.ts';
 import { RedisStore } from '../src/store/redis.ts';
-import type { Revocation } from '../src/store/types.ts';
+import { REVOCATION_GRACE_SEC, type Revocation } from '../src/store/types.ts';
 import { storeContract } from './store-contract.ts';
 
 const URL = 'redis://127.0.0.1:6379';
@@ -178,7 +178,7 @@ test('redis sweep: a backlog of revocations and tasks goes in bounded steps; TTL
   const mon = await admin.monitor();
   try {
     const now = Math.floor(Date.now() / 1000);
-    for (let i = 0; i < 400; i++) await s.revokeToken(`j${i}`, now - 1, 'old');
+    for (let i = 0; i < 400; i++) await s.revokeToken(`j${i}`, now - REVOCATION_GRACE_SEC - 1, 'old');
     const kept = await s.revokeToken('kept', now + 600, 'x');
     for (let i = 0; i < 120; i++) {
       await s.createTask({

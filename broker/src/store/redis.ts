@@ -38,6 +38,7 @@ import type {
   TaskRecord,
   TaskStatus,
 } from './types.ts';
+import { REVOCATION_GRACE_SEC } from './types.ts';
 
 /** Options of {@link RedisStore}. */
 export interface RedisStoreOptions {
@@ -763,7 +764,7 @@ export class RedisStore implements Store {
     const n = this.#batchRows;
     const revKeys = [this.#k('revs'), this.#k('revs', 'until'), this.#k('revdata')];
     for (let more = true; more; ) {
-      more = Number(await this.#script(SWEEP_REVOCATIONS, revKeys, [now, n])) === n;
+      more = Number(await this.#script(SWEEP_REVOCATIONS, revKeys, [now - REVOCATION_GRACE_SEC, n])) === n;
     }
     // Scored by expiry + retention (see CREATE_TASK).
     for (;;) {

@@ -19,6 +19,7 @@ import type {
   TaskRecord,
   TaskStatus,
 } from './types.ts';
+import { REVOCATION_GRACE_SEC } from './types.ts';
 
 /** Options of {@link SqliteStore}. */
 export interface SqliteStoreOptions {
@@ -746,7 +747,8 @@ export class SqliteStore implements Store {
     }
     for (const del of ['sweepRevocations', 'sweepUsed'] as const) {
       for (let more = true; more; await yieldToLoop()) {
-        more = step((s) => s[del].run(now, n).changes === n);
+        const horizon = del === 'sweepRevocations' ? now - REVOCATION_GRACE_SEC : now;
+        more = step((s) => s[del].run(horizon, n).changes === n);
       }
     }
     // Free pages back to the file system (autocommit: incremental_vacuum is its own transaction).

@@ -39,6 +39,14 @@ export interface IssuedCall {
   expiresAt: number;
 }
 
+/**
+ * Seconds a revocation is still served (feed snapshots, pull pages) and kept by the sweep after its
+ * `until`. Verifiers accept a token up to their clock tolerance after `exp` (at most 300 s, see the
+ * verifier's `clockToleranceSec`), so a verifier that connects just after `until` must still learn
+ * of it.
+ */
+export const REVOCATION_GRACE_SEC = 300;
+
 export interface Revocation {
   seq: number;
   kind: 'task' | 'token';
