@@ -18,7 +18,13 @@ import { type BrokerMetrics, createMetrics } from './metrics.ts';
 import type { KeysPort, PolicyPort } from './ports.ts';
 import type { revocationFeedRoutes } from './revocation-hub.ts';
 import { adminRoutes } from './routes/admin.ts';
-import { authenticateRequest, type RouteContext, socketPeerChain } from './routes/context.ts';
+import {
+  ALWAYS_FRESH,
+  authenticateRequest,
+  type RouteContext,
+  type SvidHealth,
+  socketPeerChain,
+} from './routes/context.ts';
 import { oauthRoutes } from './routes/oauth.ts';
 import { publicRoutes } from './routes/public.ts';
 import { ErrorBody, OAuthErrorBody } from './routes/schemas.ts';
@@ -39,8 +45,8 @@ export interface AppDeps {
   identity: {
     /** Authenticates workloads from the mTLS chain or a JWT-SVID. */
     agentAuth: WorkloadAuthenticator;
-    /** Does the broker hold its own SVID (readiness)? Default: true. */
-    svidReady?: () => boolean;
+    /** The broker's own SVID and the Workload API (readiness, metrics). Default: always fresh. */
+    svidHealth?: () => SvidHealth;
   };
   userTokens: UserTokenVerifier;
   hub: FeedOptions['hub'];
@@ -79,7 +85,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     return503OnClosing: true,
   }) as unknown as FastifyInstance;
 
-  const metrics = deps.metrics ?? createMetrics(() => subscriberCount(deps.hub));
+  const svidHealth = deps.identity.svidHealth ?? ALWAYS_FRESH;
+  const metrics = deps.metrics ?? createMetrics(() => subscriberCount(deps.hub), svidHealth);
   const audit = deps.audit ?? createAuditLog(deps.logger, config.audit.destination);
   const service = new TaskService({
     config,
@@ -103,7 +110,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     matchers: { agent: agentMatcherFromConfig(config), admin: idListMatcher(config.admins) },
     now,
     peerChain: deps.peerCertificates ?? socketPeerChain,
-    svidReady: deps.identity.svidReady ?? (() => true),
+    svidHealth,
   };
 
   app.decorateRequest('workload', null);

@@ -301,8 +301,14 @@ export interface TestBroker {
   mtls(id: string): Record<string, string>;
 }
 
-/** Builds the app with the fakes above; `x-test-peer` drives the peer-certificate seam. */
-export async function testBroker(extra: Record<string, unknown> = {}): Promise<TestBroker> {
+/**
+ * Builds the app with the fakes above; `x-test-peer` drives the peer-certificate seam. `identity`
+ * adds to the fake authenticator (e.g. a `svidHealth` for readiness tests).
+ */
+export async function testBroker(
+  extra: Record<string, unknown> = {},
+  identity: Omit<Parameters<typeof buildApp>[0]['identity'], 'agentAuth'> = {},
+): Promise<TestBroker> {
   const user = await userIssuer();
   const config = parseConfig({
     issuer: ISSUER,
@@ -328,7 +334,7 @@ export async function testBroker(extra: Record<string, unknown> = {}): Promise<T
     store,
     keys: { current: () => ({ kid: 'k1', privateKey }), jwks: () => ({ keys: [publicJwk] }) },
     policies: { current: () => policy },
-    identity: { agentAuth: fakeAuth() },
+    identity: { agentAuth: fakeAuth(), ...identity },
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
     hub: {} as never,
     logger: pino({ level: 'silent' }),

@@ -351,5 +351,16 @@ export const Ready = {
         keys: { type: 'boolean' },
       },
     },
+    svid: {
+      type: 'object',
+      description:
+        'The X.509-SVID the broker serves: fresh; stale = still valid but the Workload API is down or its rotation is overdue (still ready); expired or missing = not ready.',
+      properties: {
+        state: { type: 'string', enum: ['fresh', 'stale', 'expired', 'missing'] },
+        workloadApi: { type: 'string', enum: ['up', 'down'] },
+        expiresAt: { type: 'string', format: 'date-time' },
+        expiresInSeconds: { type: 'integer' },
+      },
+    },
   },
 } as const;
