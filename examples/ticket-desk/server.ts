@@ -158,6 +158,8 @@ export interface RunningTicketDesk {
   readonly desk: TicketDesk;
   readonly verifier: Verifier;
   readonly feed: RevocationFeedClient;
+  /** What `GET /readyz` answers (its SVID and the feed), without a TLS connection. */
+  readiness(): ReturnType<typeof readiness>;
   /** Resolves with the ms waited once the feed knows the task (or token) is revoked; rejects on timeout. */
   waitRevoked(taskId: string, opts?: { jti?: string; timeoutMs?: number }): Promise<number>;
   close(): Promise<void>;
@@ -389,6 +391,7 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
       desk,
       verifier,
       feed,
+      readiness: () => readiness(source, feed),
       async waitRevoked(taskId, o = {}) {
         const started = performance.now();
         const deadline = Date.now() + (o.timeoutMs ?? 5000);
