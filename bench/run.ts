@@ -1,10 +1,12 @@
 // Taskpass benchmarks (issues #3 and #4): `npm run bench`, `npm run bench -- --quick`,
-// `npm run bench -- --only issuance,verification,revocation`. See bench/README.md.
+// `npm run bench -- --only issuance,verification,revocation`; the soak (issue #7, 10 minutes by
+// default): `npm run bench -- soak [--minutes N]`. See bench/README.md.
 import { cpus, loadavg, totalmem } from 'node:os';
 import { runIssuance } from './issuance.ts';
 import { startBenchEnv } from './lib/env.ts';
 import { fmtMs, fmtRate, table } from './lib/stats.ts';
 import { runRevocation } from './revocation.ts';
+import { soakMain } from './soak.ts';
 import { runVerification } from './verification.ts';
 
 const args = process.argv.slice(2);
@@ -108,4 +110,5 @@ async function main(): Promise<void> {
     console.log('  (MISS rows are reported, not failures: the exit code stays 0.)');
 }
 
-await main();
+if (args[0] === 'soak') await soakMain(args.slice(1));
+else await main();
