@@ -2,6 +2,7 @@
 // with short-lived X.509-SVIDs, and a bounded loop of real agent calls (open a task, get a call
 // token, call the tool over mTLS, complete the task) running the whole time.
 //
+//   0. first a routine rotation under load (all three SVIDs rotate at half-life): zero failed calls;
 //   1. agent stopped for 30 s while every SVID is still valid: zero failed calls; the broker's and
 //      the desk's readiness stay green and say `svid.state: "stale"`, `workloadApi: "down"`; the
 //      broker's metrics say `taskpass_workload_api_up 0`;
@@ -12,8 +13,8 @@
 //
 // SVID lifetime: SPIRE backdates notBefore by 10 s and rotates at half of notAfter − notBefore, so
 // with a 50 s TTL an SVID has 50 s left when issued and about 30 s when it is rotated. The outage
-// starts only when every SVID has at least OUTAGE + MARGIN seconds left (so phase 1 is about the
-// outage, not about luck), which holds right after the stack starts or right after a rotation.
+// starts right after the rotation of phase 0, and only once every SVID has at least OUTAGE + MARGIN
+// seconds left, so phase 1 is about the outage, not about luck.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { BrokerClient } from '@taskpass/agent-plugin';
@@ -37,7 +38,7 @@ const PACE_MS = 500;
 /** Upper bound of iterations per worker, so the load loop ends even if the stop flag never comes. */
 const MAX_ITERATIONS = 5_000;
 
-type Phase = 'warm' | 'outage' | 'expiring' | 'expired' | 'recovering' | 'recovered';
+type Phase = 'warm' | 'rotation' | 'outage' | 'expiring' | 'expired' | 'recovering' | 'recovered';
 
 interface Outcome {
   phase: Phase;
@@ -177,7 +178,32 @@ test('SPIRE agent outage under load: stale SVIDs keep serving, expired ones fail
   assert.equal(await brokerMetric('taskpass_workload_api_up'), 1);
   assert.equal(tally('warm').failed, 0, tally('warm').errors.join('; '));
 
-  // Start the outage when every SVID outlives it (just after issuance or a rotation).
+  // 0. A routine rotation of all three SVIDs under load.
+  phase = 'rotation';
+  // secondsLeft() of an SVID falls by one every second; a rotated one jumps back up.
+  const expiries = async () => {
+    const l = await secondsLeft();
+    const now = Date.now() / 1000;
+    return { broker: now + l.broker, desk: now + l.desk, agent: now + l.agent };
+  };
+  const issued = await expiries();
+  await pollUntil('all three SVIDs to rotate', 60_000, 250, async () => {
+    const e = await expiries();
+    return e.broker > issued.broker + 5 && e.desk > issued.desk + 5 && e.agent > issued.agent + 5
+      ? true
+      : undefined;
+  });
+  // Calls started before the last rotation landed; give a few more after it.
+  const atRotation = outcomes.length;
+  await pollUntil('calls after the rotation', 20_000, 100, () =>
+    outcomes.length >= atRotation + 8 ? true : undefined,
+  );
+  const rotation = tally('rotation');
+  t.diagnostic(`rotation: ${rotation.ok} calls ok, ${rotation.failed} failed`);
+  assert.equal(rotation.failed, 0, `calls failed across a routine rotation: ${rotation.errors.join('; ')}`);
+
+  // Start the outage when every SVID outlives it (just after the rotation).
+  phase = 'warm';
   const needS = (OUTAGE_MS + MARGIN_MS) / 1000;
   const left = await pollUntil(`every SVID with ≥ ${needS} s left`, 60_000, 250, async () => {
     const l = await secondsLeft();
