@@ -272,7 +272,21 @@ test('SPIRE agent outage under load: stale SVIDs keep serving, expired ones fail
   } finally {
     await fresh1.close();
   }
-  // …and one presenting the agent's expired certificate is refused by the broker.
+  // …one presenting the agent's expired certificate is refused by the desk in the handshake…
+  const expiredClient = agentSource.getX509Svid();
+  const toDeskExpired = new Agent({
+    connect: {
+      rejectUnauthorized: false,
+      cert: expiredClient.certChainPem(),
+      key: expiredClient.privateKeyPem(),
+    },
+  });
+  try {
+    await assert.rejects(request(`${stack.tickets.origin}/healthz`, { dispatcher: toDeskExpired }));
+  } finally {
+    await toDeskExpired.close();
+  }
+  // …and by the broker (which lets certificate-less clients connect) with 401.
   const svid = agentSource.getX509Svid();
   const presentsExpired = new Agent({
     connect: {
