@@ -355,3 +355,32 @@ test('SPIRE agent outage under load: stale SVIDs keep serving, expired ones fail
   assert.equal(healed.failed, 0, `calls failed after recovery: ${healed.errors.join('; ')}`);
   assert.ok(healed.ok >= 10);
 });
+
+test('a hung SPIRE agent (SIGSTOP: streams open, nothing sent) turns the SVID stale once its rotation is overdue; SIGCONT makes it fresh again', async (t) => {
+  // After the first test every SVID is fresh and rotates at half-life; a frozen agent misses that,
+  // and with less than a quarter of the lifetime left the sources call the SVID stale.
+  await pollUntil('the broker to be fresh', 60_000, 250, async () =>
+    (await brokerReadiness()).body.svid.state === 'fresh' ? true : undefined,
+  );
+  stack.spire.pauseAgent();
+  try {
+    const stale = await pollUntil('the broker to report a stale SVID', 60_000, 250, async () => {
+      const r = await brokerReadiness();
+      return r.body.svid.state === 'stale' ? r : undefined;
+    });
+    t.diagnostic(`hung agent: stale with ${stale.body.svid.expiresInSeconds} s left`);
+    assert.equal(stale.status, 200, 'still valid: still ready');
+    assert.equal(stale.body.svid.workloadApi, 'up', 'the stream of a hung agent looks open');
+    assert.ok((stale.body.svid.expiresInSeconds ?? 0) > 0);
+    assert.equal(stack.tickets.readiness().svid.state, 'stale');
+    assert.equal(await brokerMetric('taskpass_workload_api_up'), 1);
+  } finally {
+    stack.spire.resumeAgent();
+  }
+  await pollUntil('the broker to be fresh after SIGCONT', 30_000, 250, async () =>
+    (await brokerReadiness()).body.svid.state === 'fresh' ? true : undefined,
+  );
+  await pollUntil('the desk to be fresh after SIGCONT', 30_000, 250, () =>
+    stack.tickets.readiness().svid.state === 'fresh' ? true : undefined,
+  );
+});

@@ -140,6 +140,12 @@ export interface SpireHarness extends AsyncDisposable {
    * is served again. Resolves once the agent is healthy (not once SVIDs are served).
    */
   startAgent(): Promise<void>;
+  /**
+   * Freezes the agent (SIGSTOP to its process group): a hung agent whose Workload API streams stay
+   * open but answer nothing. {@link resumeAgent} (SIGCONT) lets it go on.
+   */
+  pauseAgent(): void;
+  resumeAgent(): void;
   /** The last lines of the server and agent logs (for error messages). */
   logTail(lines?: number): string;
   /** Kills both processes (process groups) and removes the temporary directory. Idempotent. */
@@ -425,6 +431,14 @@ class Harness implements SpireHarness {
     return this.serverCli('bundle', 'show', '-format', 'pem');
   }
 
+  pauseAgent(): void {
+    if (this.agent?.pid !== undefined) process.kill(-this.agent.pid, 'SIGSTOP');
+  }
+
+  resumeAgent(): void {
+    if (this.agent?.pid !== undefined) process.kill(-this.agent.pid, 'SIGCONT');
+  }
+
   async stopAgent(): Promise<void> {
     if (this.agent) await killGroup(this.agent);
   }
@@ -473,6 +487,8 @@ async function killGroup(child: ChildProcess, graceMs = 3_000): Promise<void> {
       process.kill(-pid, sig);
     } catch {}
   };
+  // A paused (SIGSTOPped) process would not act on SIGTERM before the SIGKILL.
+  signal('SIGCONT');
   signal('SIGTERM');
   const timer = setTimeout(() => signal('SIGKILL'), graceMs);
   await exited;
