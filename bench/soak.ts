@@ -78,6 +78,8 @@ export interface SoakResult {
   /** Cycles completed during the soak (and how many were attempted). */
   cycles: number;
   attempted: number;
+  /** Cycles completed after the warm-up (the work the memory comparison covers). */
+  steadyCycles: number;
   /** Cycles that could not start on time because `maxInFlight` were running. */
   behind: number;
   errors: number;
@@ -271,6 +273,7 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakResult> {
   const latencies: number[] = [];
   let behind = 0;
   let done = 0;
+  let steadyCycles = 0;
   let inFlight = 0;
   let resubscriptions = 0;
   const t0 = performance.now();
@@ -322,6 +325,7 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakResult> {
       running.delete(p);
       if (ok) {
         done++;
+        if (performance.now() - t0 >= warmupMs) steadyCycles++;
         latencies.push(performance.now() - started);
       }
     });
@@ -368,6 +372,7 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakResult> {
     targetRate,
     cycles: done,
     attempted,
+    steadyCycles,
     behind,
     errors,
     errorSamples: [...errorSamples],
