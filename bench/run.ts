@@ -1,11 +1,13 @@
 // Taskpass benchmarks (issues #3 and #4): `npm run bench`, `npm run bench -- --quick`,
-// `npm run bench -- --only issuance,verification,revocation,feed`. See bench/README.md.
+// `npm run bench -- --only issuance,verification,revocation,feed`; the soak (issue #7, 10 minutes by
+// default): `npm run bench -- soak [--minutes N]`. See bench/README.md.
 import { cpus, loadavg, totalmem } from 'node:os';
 import { runFeedSnapshot } from './feed-snapshot.ts';
 import { runIssuance } from './issuance.ts';
 import { startBenchEnv } from './lib/env.ts';
 import { fmtMs, fmtRate, table } from './lib/stats.ts';
 import { runRevocation } from './revocation.ts';
+import { soakMain } from './soak.ts';
 import { runVerification } from './verification.ts';
 
 const args = process.argv.slice(2);
@@ -126,4 +128,5 @@ async function main(): Promise<void> {
     console.log('  (MISS rows are reported, not failures: the exit code stays 0.)');
 }
 
-await main();
+if (args[0] === 'soak') await soakMain(args.slice(1));
+else await main();

@@ -66,6 +66,11 @@ export interface StackOptions {
   redis?: { url: string; keyPrefix?: string };
   /** Progress lines ("SPIRE server and agent up in 1.2 s"). */
   progress?: (line: string) => void;
+  /**
+   * Lifetime of the three workloads' X.509-SVIDs, seconds (entry `-x509SVIDTTL`; SPIRE's default is
+   * 1 h). SPIRE backdates notBefore by 10 s and rotates at half of that lifetime.
+   */
+  x509SvidTtl?: number;
   /** Called as soon as SPIRE runs (e.g. to check later that none of its processes is left). */
   onSpire?: (spire: SpireHarness) => void;
   /** A test context: `stop()` is registered with its `after`. */
@@ -158,9 +163,20 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
 
     t = performance.now();
     // Entry IDs sort the broker first (its SVID is the workload's default).
-    await spire.createEntry({ spiffeId: ids.broker, hint: hints.broker, entryId: 'taskpass-1-broker' });
-    await spire.createEntry({ spiffeId: ids.tickets, hint: hints.tickets, entryId: 'taskpass-2-tickets' });
-    await spire.createEntry({ spiffeId: ids.agent, hint: hints.agent, entryId: 'taskpass-3-agent' });
+    const ttl = opts.x509SvidTtl !== undefined ? { x509SvidTtl: opts.x509SvidTtl } : {};
+    await spire.createEntry({
+      spiffeId: ids.broker,
+      hint: hints.broker,
+      entryId: 'taskpass-1-broker',
+      ...ttl,
+    });
+    await spire.createEntry({
+      spiffeId: ids.tickets,
+      hint: hints.tickets,
+      entryId: 'taskpass-2-tickets',
+      ...ttl,
+    });
+    await spire.createEntry({ spiffeId: ids.agent, hint: hints.agent, entryId: 'taskpass-3-agent', ...ttl });
     await Promise.all(Object.values(ids).map((id) => spire.waitForIdentity(id)));
     const identitiesMs = since(t);
     progress(`3 registration entries served by the Workload API after ${(identitiesMs / 1000).toFixed(1)} s`);

@@ -21,7 +21,13 @@ import { limiterRedis, registerRateLimitStore } from './rate-limit.ts';
 import { fastifyClientError, installDepthLimitedJsonParser, strictQueryTypes } from './request-boundary.ts';
 import type { RevocationHub } from './revocation-hub.ts';
 import { adminRoutes } from './routes/admin.ts';
-import { authenticateRequest, type RouteContext, socketPeerChain } from './routes/context.ts';
+import {
+  ALWAYS_FRESH,
+  authenticateRequest,
+  type RouteContext,
+  type SvidHealth,
+  socketPeerChain,
+} from './routes/context.ts';
 import { oauthRoutes } from './routes/oauth.ts';
 import { publicRoutes } from './routes/public.ts';
 import { revocationRoutes } from './routes/revocations.ts';
@@ -41,8 +47,8 @@ export interface AppDeps {
   identity: {
     /** Authenticates workloads from the mTLS chain or a JWT-SVID. */
     agentAuth: WorkloadAuthenticator;
-    /** Does the broker hold its own SVID (readiness)? Default: true. */
-    svidReady?: () => boolean;
+    /** The broker's own SVID and the Workload API (readiness, metrics). Default: always fresh. */
+    svidHealth?: () => SvidHealth;
   };
   userTokens: UserTokenVerifier;
   hub: RevocationHub;
@@ -80,7 +86,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     return503OnClosing: true,
   }) as unknown as FastifyInstance;
 
-  const metrics = deps.metrics ?? createMetrics(() => deps.hub.subscriberCount());
+  const svidHealth = deps.identity.svidHealth ?? ALWAYS_FRESH;
+  const metrics = deps.metrics ?? createMetrics(() => deps.hub.subscriberCount(), svidHealth);
   const audit = deps.audit ?? createAuditLog(deps.logger, config.audit.destination);
   const service = new TaskService({
     config,
@@ -104,7 +111,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     matchers: { agent: agentMatcherFromConfig(config), admin: idListMatcher(config.admins) },
     now,
     peerChain: deps.peerCertificates ?? socketPeerChain,
-    svidReady: deps.identity.svidReady ?? (() => true),
+    svidHealth,
   };
 
   app.decorateRequest('workload', null);

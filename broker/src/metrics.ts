@@ -1,5 +1,6 @@
 // Prometheus metrics. One registry per app (tests build many apps in one process).
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { SvidHealth } from './routes/context.ts';
 
 /** The broker's metrics. */
 export interface BrokerMetrics {
@@ -9,11 +10,28 @@ export interface BrokerMetrics {
   issuance: Histogram<string>;
   revocations: Counter<'kind'>;
   feedSubscribers: Gauge<string>;
+  svidExpiry: Gauge<string>;
+  workloadApiUp: Gauge<string>;
+  svidState: Gauge<'state'>;
 }
 
-/** Creates the metrics; `subscribers` is read at scrape time for the feed gauge. */
-export function createMetrics(subscribers: () => number = () => 0): BrokerMetrics {
+const SVID_STATES = ['fresh', 'stale', 'expired', 'missing'] as const;
+
+/** Creates the metrics; `subscribers` and `svidHealth` are read at scrape time. */
+export function createMetrics(
+  subscribers: () => number = () => 0,
+  svidHealth?: () => SvidHealth,
+): BrokerMetrics {
   const registry = new Registry();
+  // Without a live source (tests) the SVID counts as fresh; a failing one counts as missing.
+  const health = (): SvidHealth => {
+    if (!svidHealth) return { svid: 'fresh', workloadApi: 'up', expiresAt: undefined };
+    try {
+      return svidHealth();
+    } catch {
+      return { svid: 'missing', workloadApi: 'down', expiresAt: undefined };
+    }
+  };
   return {
     registry,
     decisions: new Counter({
@@ -40,6 +58,33 @@ export function createMetrics(subscribers: () => number = () => 0): BrokerMetric
       registers: [registry],
       collect() {
         this.set(subscribers());
+      },
+    }),
+    svidExpiry: new Gauge({
+      name: 'taskpass_svid_expiry_seconds',
+      help: "Seconds until the broker's served X.509-SVID expires (negative once expired, 0 without one).",
+      registers: [registry],
+      collect() {
+        const at = health().expiresAt;
+        this.set(at ? (at.getTime() - Date.now()) / 1000 : 0);
+      },
+    }),
+    workloadApiUp: new Gauge({
+      name: 'taskpass_workload_api_up',
+      help: 'Whether the SPIFFE Workload API stream of the broker is up (1) or failing (0).',
+      registers: [registry],
+      collect() {
+        this.set(health().workloadApi === 'up' ? 1 : 0);
+      },
+    }),
+    svidState: new Gauge({
+      name: 'taskpass_svid_state',
+      help: "1 for the state of the broker's X.509-SVID: fresh, stale (valid, Workload API down or rotation overdue), expired, missing.",
+      labelNames: ['state'],
+      registers: [registry],
+      collect() {
+        const current = health().svid;
+        for (const s of SVID_STATES) this.set({ state: s }, s === current ? 1 : 0);
       },
     }),
   };

@@ -9,6 +9,7 @@ import {
   currentSecureContextOptions,
   isSpiffeError,
   pickByHint,
+  svidState,
   X509Source,
   type X509Svid,
 } from '@taskpass/spiffe';
@@ -154,7 +155,8 @@ async function start(
       'workload api error (keeping the cached bundles)',
     ),
   );
-  let svidReady = true;
+  // The SVID the HTTPS server presents: readiness and metrics report this one, which peers check.
+  let served: X509Svid = own;
   let servedSerial = own.certificates[0]?.serialNumber;
   // Key, chain and the trusted domains' CAs from the source's current state (the spiffe helper).
   const secureContext = () => currentSecureContextOptions(x509, { trustDomains });
@@ -185,17 +187,16 @@ async function start(
         try {
           next = secureContext();
         } catch (err) {
-          // Redacted (no identity) or the hint vanished: keep serving the last good context until
-          // it expires; readiness reports it.
-          svidReady = false;
+          // Redacted (no identity) or the hint vanished: the last good context stays on the server
+          // (it cannot be unset); readiness reports the SVID missing.
           logger.error({ err }, 'no X.509-SVID for the broker in the Workload API update');
           return;
         }
         try {
-          server.setSecureContext(next);
-          svidReady = true;
           // Updates also come for the workload's other SVIDs and for bundles; log rotations only.
           const svid = x509.getX509Svid();
+          server.setSecureContext(next);
+          served = svid;
           const serial = svid.certificates[0]?.serialNumber;
           logger[serial === servedSerial ? 'debug' : 'info'](
             { spiffeId: svid.id.toString(), serial, expiresAt: svid.expiresAt },
@@ -203,7 +204,7 @@ async function start(
           );
           servedSerial = serial;
         } catch (err) {
-          svidReady = false;
+          // The previous context stays served; it turns stale, then expired, in readiness.
           logger.error({ err }, 'cannot apply the rotated SVID');
         }
       };
@@ -233,12 +234,10 @@ async function start(
         audience: config.jwtSvidAudience,
         trustDomains,
       }),
-      svidReady: () => {
-        try {
-          return svidReady && x509.getX509Svid().expiresAt.getTime() > Date.now();
-        } catch {
-          return false;
-        }
+      svidHealth: () => {
+        const h = x509.health();
+        if (config.tls.mode !== 'spiffe' || h.svid === 'missing') return h;
+        return { ...h, svid: svidState(served, h.workloadApi), expiresAt: served.expiresAt };
       },
     },
     userTokens: createUserTokenVerifier(config.users.trustedIssuers),

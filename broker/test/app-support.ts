@@ -315,7 +315,13 @@ export interface TestBroker<S extends Store = MemoryStore> {
  */
 export async function testBroker<S extends Store = MemoryStore>(
   extra: Record<string, unknown> = {},
-  opts: { store?: S; policy?: PolicyPort; keysProtection?: 'encrypted' | 'plaintext' } = {},
+  opts: {
+    store?: S;
+    policy?: PolicyPort;
+    keysProtection?: 'encrypted' | 'plaintext';
+    /** Adds to the fake authenticator (e.g. a `svidHealth` for readiness tests). */
+    identity?: Omit<Parameters<typeof buildApp>[0]['identity'], 'agentAuth'>;
+  } = {},
 ): Promise<TestBroker<S>> {
   const user = await userIssuer();
   const config = parseConfig({
@@ -347,7 +353,7 @@ export async function testBroker<S extends Store = MemoryStore>(
       ...(opts.keysProtection ? { protection: opts.keysProtection } : {}),
     },
     policies: { current: () => policy },
-    identity: { agentAuth: fakeAuth() },
+    identity: { agentAuth: fakeAuth(), ...opts.identity },
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
     hub,
     logger: pino({ level: 'silent' }),

@@ -158,6 +158,8 @@ export interface RunningTicketDesk {
   readonly desk: TicketDesk;
   readonly verifier: Verifier;
   readonly feed: RevocationFeedClient;
+  /** What `GET /readyz` answers (its SVID and the feed), without a TLS connection. */
+  readiness(): ReturnType<typeof readiness>;
   /** Resolves with the ms waited once the feed knows the task (or token) is revoked; rejects on timeout. */
   waitRevoked(taskId: string, opts?: { jti?: string; timeoutMs?: number }): Promise<number>;
   close(): Promise<void>;
@@ -314,6 +316,13 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
         res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
         return;
       }
+      if (path === '/readyz' && req.method === 'GET') {
+        const body = readiness(source, feed);
+        res
+          .writeHead(body.status === 'ready' ? 200 : 503, { 'content-type': 'application/json' })
+          .end(JSON.stringify(body));
+        return;
+      }
       if (path !== '/mcp') {
         res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"not_found"}');
         return;
@@ -382,6 +391,7 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
       desk,
       verifier,
       feed,
+      readiness: () => readiness(source, feed),
       async waitRevoked(taskId, o = {}) {
         const started = performance.now();
         const deadline = Date.now() + (o.timeoutMs ?? 5000);
@@ -400,6 +410,38 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
     await runCleanups(cleanups);
     throw e;
   }
+}
+
+/**
+ * The desk's readiness: ready while its own X.509-SVID is valid — `fresh`, or `stale` when the
+ * Workload API is down (served until it expires) — and the revocation feed delivered its snapshot.
+ * An expired or missing SVID is not ready: peers refuse it anyway.
+ */
+export function readiness(
+  source: Pick<X509Source, 'health'>,
+  feed: Pick<RevocationFeedClient, 'lastEventAt'>,
+  now: number = Date.now(),
+): {
+  status: 'ready' | 'not_ready';
+  checks: { svid: boolean; feed: boolean };
+  svid: { state: string; workloadApi: string; expiresAt?: string; expiresInSeconds?: number };
+  feedAgeSeconds?: number;
+} {
+  const h = source.health(now);
+  const svid: ReturnType<typeof readiness>['svid'] = { state: h.svid, workloadApi: h.workloadApi };
+  if (h.expiresAt) {
+    svid.expiresAt = h.expiresAt.toISOString();
+    svid.expiresInSeconds = Math.floor((h.expiresAt.getTime() - now) / 1000);
+  }
+  const checks = { svid: h.svid === 'fresh' || h.svid === 'stale', feed: feed.lastEventAt !== undefined };
+  return {
+    status: checks.svid && checks.feed ? 'ready' : 'not_ready',
+    checks,
+    svid,
+    ...(feed.lastEventAt !== undefined
+      ? { feedAgeSeconds: Math.max(0, Math.floor((now - feed.lastEventAt) / 1000)) }
+      : {}),
+  };
 }
 
 function describe(e: Error): string {

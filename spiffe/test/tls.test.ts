@@ -275,6 +275,26 @@ test('client SVID rotation: createMtlsAgent presents the current SVID on each ne
   }
 });
 
+test('client SVID rotation: a kept-alive connection is not reused with the old SVID (token binding follows the new one)', async () => {
+  const srv = await startServer(await source(caA, SERVER));
+  srv.keepAlive.value = true;
+  const client = await source(caA, CLIENT);
+  const agent = createMtlsAgent(client, matchId(SERVER));
+  try {
+    const first = (await get(srv.url, agent)).x5t;
+    assert.equal((await get(srv.url, agent)).x5t, first, 'kept alive: same connection, same SVID');
+    client.setSvid(await svid(caA, CLIENT));
+    // A broker binds the next call token to the new SVID (cnf); a request on a connection that
+    // still presents the old one would be refused by the verifier.
+    const second = (await get(srv.url, agent)).x5t;
+    assert.equal(second, x5tS256(client.getX509Svid().certificates[0]!));
+    assert.notEqual(second, first);
+  } finally {
+    await agent.close();
+    await srv.close();
+  }
+});
+
 test('server-auth-only TLS: createTlsAgent authenticates the server by SPIFFE ID', async () => {
   const serverSvid = await svid(caA, SERVER);
   const server = createHttpsServer(

@@ -167,6 +167,71 @@ test('redaction: PermissionDenied drops the SVID and bundles, then a new identit
   assert.equal(back.id.toString(), DB);
 });
 
+test('health: fresh while the stream is up; stale (still valid) while the Workload API is down; fresh again on the next message', async () => {
+  const first = await ca.createX509Svid(WEB, { ttlSec: 600 });
+  fake.setX509Svids({ svids: [first] });
+  await using source = await X509Source.create({ address: fake.address, backoff: recordingBackoff(20) });
+  const up = source.health();
+  assert.equal(up.workloadApi, 'up');
+  assert.equal(up.svid, 'fresh');
+  assert.equal(up.spiffeId, WEB);
+  assert.equal(up.expiresAt?.getTime(), source.getX509Svid().expiresAt.getTime());
+  assert.ok(up.lastUpdateAt);
+
+  // The agent goes away: the open stream ends and every reconnect fails.
+  fake.setError('FetchX509SVID', status.UNAVAILABLE, { details: 'agent stopped' });
+  fake.endStreams('FetchX509SVID');
+  const down = await until('the stream failure', () => {
+    const h = source.health();
+    return h.workloadApi === 'down' ? h : undefined;
+  });
+  assert.equal(down.svid, 'stale');
+  assert.equal(down.lastErrorCode, 'ERR_SPIFFE_WORKLOAD_API');
+  // The cached SVID is still served: nothing was redacted.
+  assert.equal(source.getX509Svid().certificates[0]!.serialNumber, first.certificates[0]!.serialNumber);
+
+  // The agent is back: the next message makes the source up and the SVID fresh again.
+  const rotated = await ca.createX509Svid(WEB, { ttlSec: 600 });
+  fake.setX509Svids({ svids: [rotated] });
+  fake.setError('FetchX509SVID', null);
+  const back = await until('the agent to be back', () => {
+    const h = source.health();
+    return h.workloadApi === 'up' ? h : undefined;
+  });
+  assert.equal(back.svid, 'fresh');
+  assert.equal(back.lastErrorCode, undefined);
+  assert.equal(source.getX509Svid().certificates[0]!.serialNumber, rotated.certificates[0]!.serialNumber);
+});
+
+test('health: stale once a rotation is overdue, expired past notAfter, missing when redacted or closed', async () => {
+  const svid = await ca.createX509Svid(WEB, { ttlSec: 100 });
+  fake.setX509Svids({ svids: [svid] });
+  const source = await X509Source.create({ address: fake.address, backoff: recordingBackoff(20) });
+  const leaf = source.getX509Svid().certificates[0]!;
+  const notBefore = Date.parse(leaf.validFrom);
+  const notAfter = Date.parse(leaf.validTo);
+  const at = (share: number) => notBefore + (notAfter - notBefore) * share;
+  // A hung agent keeps the stream open but never rotates: the SVID turns stale before it expires.
+  assert.equal(source.health(at(0.5)).svid, 'fresh');
+  assert.equal(source.health(at(0.8)).svid, 'stale');
+  assert.equal(source.health(at(0.8)).workloadApi, 'up');
+  assert.equal(source.health(notAfter).svid, 'expired');
+  assert.equal(source.health(notBefore - 1000).svid, 'expired');
+
+  fake.setX509Svids(null);
+  await until('redaction', () => (source.health().svid === 'missing' ? true : undefined));
+  assert.equal(source.health().spiffeId, undefined);
+  assert.equal(source.health().lastErrorCode, 'ERR_SPIFFE_NO_IDENTITY');
+
+  fake.setX509Svids({ svids: [svid] });
+  await until('the identity back', () => (source.health().svid === 'fresh' ? true : undefined));
+  await source.close();
+  assert.deepEqual(
+    { workloadApi: source.health().workloadApi, svid: source.health().svid },
+    { workloadApi: 'down', svid: 'missing' },
+  );
+});
+
 test('empty federated_bundles in a later message drops the federated bundles', async () => {
   fake.setX509Svids({
     svids: [await ca.createX509Svid(WEB)],

@@ -128,6 +128,24 @@ export interface SpireHarness extends AsyncDisposable {
   serverCli(...args: string[]): Promise<string>;
   /** Runs `spire-agent <args…> -socketPath <workload socket>`; rejects with stderr on a non-zero exit. */
   agentCli(...args: string[]): Promise<string>;
+  /**
+   * Stops the agent (its process group: SIGTERM, SIGKILL after 3 s), as an agent outage. The
+   * Workload API socket goes away; workloads keep their cached SVIDs. The server keeps running.
+   */
+  stopAgent(): Promise<void>;
+  /**
+   * Starts the agent again after {@link stopAgent}: it re-attests with a new join token (join
+   * tokens are single-use and the agent's memory KeyManager lost its key), so its data directory
+   * is wiped first. The new agent ID gets the same alias, so every entry created under the alias
+   * is served again. Resolves once the agent is healthy (not once SVIDs are served).
+   */
+  startAgent(): Promise<void>;
+  /**
+   * Freezes the agent (SIGSTOP to its process group): a hung agent whose Workload API streams stay
+   * open but answer nothing. {@link resumeAgent} (SIGCONT) lets it go on.
+   */
+  pauseAgent(): void;
+  resumeAgent(): void;
   /** The last lines of the server and agent logs (for error messages). */
   logTail(lines?: number): string;
   /** Kills both processes (process groups) and removes the temporary directory. Idempotent. */
@@ -413,6 +431,26 @@ class Harness implements SpireHarness {
     return this.serverCli('bundle', 'show', '-format', 'pem');
   }
 
+  pauseAgent(): void {
+    if (this.agent?.pid !== undefined) process.kill(-this.agent.pid, 'SIGSTOP');
+  }
+
+  resumeAgent(): void {
+    if (this.agent?.pid !== undefined) process.kill(-this.agent.pid, 'SIGCONT');
+  }
+
+  async stopAgent(): Promise<void> {
+    if (this.agent) await killGroup(this.agent);
+  }
+
+  async startAgent(timeoutMs = 30_000): Promise<void> {
+    if (this.stopped) throw new Error('the harness is stopped');
+    if (this.agent && this.agent.exitCode === null && this.agent.signalCode === null) {
+      throw new Error('the agent is still running; stopAgent() first');
+    }
+    await spawnAgent(this, timeoutMs);
+  }
+
   stopSync(): void {
     if (this.stopped) return;
     this.stopped = true;
@@ -449,6 +487,8 @@ async function killGroup(child: ChildProcess, graceMs = 3_000): Promise<void> {
       process.kill(-pid, sig);
     } catch {}
   };
+  // A paused (SIGSTOPped) process would not act on SIGTERM before the SIGKILL.
+  signal('SIGCONT');
   signal('SIGTERM');
   const timer = setTimeout(() => signal('SIGKILL'), graceMs);
   await exited;
@@ -605,29 +645,37 @@ export async function startSpire(opts: StartSpireOptions = {}): Promise<SpireHar
 
     const bundlePath = join(dir, 'bootstrap.pem');
     await writeFile(bundlePath, await h.bundlePem());
-    const tokenOut = await h.serverCli('token', 'generate', '-output', 'json', '-spiffeID', h.agentAliasId);
-    const token = (JSON.parse(tokenOut) as { value?: string }).value;
-    if (!token) throw h.fail(`token generate printed no token`);
-    const tokenPath = join(dir, 'join-token');
-    await writeFile(tokenPath, token, { mode: 0o600 });
-
-    const agentConf = join(dir, 'agent.conf');
     await writeFile(
-      agentConf,
+      join(dir, 'agent.conf'),
       agentConfig({ dir, port, trustDomain, logLevel, socketPath: h.socketPath, bundlePath }),
     );
-    // -joinTokenFile keeps the token out of `ps`.
-    h.agent = h.spawnLogged(
-      h.agentBin,
-      ['run', '-config', agentConf, '-joinTokenFile', tokenPath],
-      join(dir, 'agent.log'),
-    );
-    await h.waitHealthy('agent', h.agent, ['healthcheck', '-socketPath', h.socketPath], timeoutMs);
+    await spawnAgent(h, timeoutMs);
     return h;
   } catch (e) {
     await h.stop();
     throw e;
   }
+}
+
+/**
+ * Attests a fresh agent with a new join token (aliased to the harness's agent alias) from an empty
+ * data directory, and waits until it is healthy.
+ */
+async function spawnAgent(h: Harness, timeoutMs: number): Promise<void> {
+  const tokenOut = await h.serverCli('token', 'generate', '-output', 'json', '-spiffeID', h.agentAliasId);
+  const token = (JSON.parse(tokenOut) as { value?: string }).value;
+  if (!token) throw h.fail(`token generate printed no token`);
+  const tokenPath = join(h.dir, 'join-token');
+  await writeFile(tokenPath, token, { mode: 0o600 });
+  rmSync(join(h.dir, 'agent'), { recursive: true, force: true });
+  await mkdir(join(h.dir, 'agent'), { recursive: true });
+  // -joinTokenFile keeps the token out of `ps`.
+  h.agent = h.spawnLogged(
+    h.agentBin,
+    ['run', '-config', join(h.dir, 'agent.conf'), '-joinTokenFile', tokenPath],
+    join(h.dir, 'agent.log'),
+  );
+  await h.waitHealthy('agent', h.agent, ['healthcheck', '-socketPath', h.socketPath], timeoutMs);
 }
 
 /** Finds an executable on PATH (or returns undefined). */

@@ -1,5 +1,6 @@
 // What route modules share: the dependencies, the task service and request authentication.
 import type { X509Certificate } from 'node:crypto';
+import type { X509SourceHealth } from '@taskpass/spiffe';
 import type { FastifyRequest } from 'fastify';
 import type { AuditLog } from '../audit.ts';
 import {
@@ -40,8 +41,21 @@ export interface RouteContext {
   now: () => number;
   /** The peer certificate chain of a request (socket, or the test seam). */
   peerChain: (req: FastifyRequest) => readonly X509Certificate[] | undefined;
-  svidReady: () => boolean;
+  svidHealth: () => SvidHealth;
 }
+
+/**
+ * The broker's own X.509-SVID as peers get it, and whether the Workload API is reachable
+ * (readiness and metrics). `fresh` and `stale` SVIDs are served; `expired` and `missing` are not.
+ */
+export type SvidHealth = Pick<X509SourceHealth, 'svid' | 'workloadApi' | 'expiresAt'>;
+
+/** For apps built without a live source (tests with static identities). */
+export const ALWAYS_FRESH: () => SvidHealth = () => ({
+  svid: 'fresh',
+  workloadApi: 'up',
+  expiresAt: undefined,
+});
 
 /** Default peer-chain lookup: the TLS socket's peer certificate chain. */
 export const socketPeerChain = (req: FastifyRequest): readonly X509Certificate[] | undefined =>

@@ -66,7 +66,8 @@ export async function publicRoutes(app: FastifyInstance, ctx: RouteContext): Pro
     '/readyz',
     {
       schema: {
-        summary: 'Readiness: store reachable, policies loaded, SVID present, signing key available',
+        summary:
+          'Readiness: store reachable, policies loaded, own SVID valid (fresh or stale), signing key available',
         tags: ['ops'],
         response: { 200: Ready, 503: Ready },
       },
@@ -83,9 +84,20 @@ export async function publicRoutes(app: FastifyInstance, ctx: RouteContext): Pro
         ctx.policies.current();
         checks.policies = true;
       } catch {}
+      // A stale SVID (Workload API down, SVID still valid) is served: the broker stays ready until
+      // the SVID expires, and says so. An expired or missing one is not.
+      let svid: Record<string, unknown> = { state: 'missing', workloadApi: 'down' };
       try {
-        checks.svid = ctx.svidReady();
-      } catch {}
+        const h = ctx.svidHealth();
+        checks.svid = h.svid === 'fresh' || h.svid === 'stale';
+        svid = { state: h.svid, workloadApi: h.workloadApi };
+        if (h.expiresAt) {
+          svid.expiresAt = h.expiresAt.toISOString();
+          svid.expiresInSeconds = Math.floor((h.expiresAt.getTime() - Date.now()) / 1000);
+        }
+      } catch (err) {
+        req.log.warn({ err }, 'readiness: SVID health unavailable');
+      }
       try {
         checks.keys = ctx.keys.current().kid.length > 0;
       } catch {}
@@ -94,6 +106,7 @@ export async function publicRoutes(app: FastifyInstance, ctx: RouteContext): Pro
       return reply.code(ok ? 200 : 503).send({
         status: ok ? 'ready' : 'not_ready',
         checks,
+        svid,
         ...(atRest ? { signing_keys_at_rest: atRest } : {}),
       });
     },

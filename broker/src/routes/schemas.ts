@@ -387,5 +387,16 @@ export const Ready = {
     },
     /** How the signing keys are kept in the store: `plaintext` only with keys.allowPlaintext. */
     signing_keys_at_rest: { type: 'string', enum: ['encrypted', 'plaintext'] },
+    svid: {
+      type: 'object',
+      description:
+        'The X.509-SVID the broker serves: fresh; stale = still valid but the Workload API is down or its rotation is overdue (still ready); expired or missing = not ready.',
+      properties: {
+        state: { type: 'string', enum: ['fresh', 'stale', 'expired', 'missing'] },
+        workloadApi: { type: 'string', enum: ['up', 'down'] },
+        expiresAt: { type: 'string', format: 'date-time' },
+        expiresInSeconds: { type: 'integer' },
+      },
+    },
   },
 } as const;

@@ -18,7 +18,12 @@ export {
   JwtSource,
   pickByHint,
   type SourceEvents,
+  type SourceHealth,
   type SourceOptions,
+  type SvidState,
+  svidState,
+  type WorkloadApiState,
   X509Source,
+  type X509SourceHealth,
   type X509SourceOptions,
 } from './sources.ts';

@@ -39,6 +39,67 @@ export interface SourceEvents {
   error: [Error];
 }
 
+/**
+ * Whether the Workload API is reachable, as the source last saw it: `up` after a message (or
+ * while the stream it came on stays open), `down` after the stream failed, until the next message
+ * arrives. A silent stream counts as up: SPIRE sends only on change. A hung agent is caught by
+ * {@link X509SourceHealth.svid} instead (`stale` once the SVID is overdue for rotation).
+ */
+export type WorkloadApiState = 'up' | 'down';
+
+/** How a source's connection to the Workload API stands (see {@link LiveSource.health}). */
+export interface SourceHealth {
+  readonly workloadApi: WorkloadApiState;
+  /** When the last update arrived; undefined before the first. */
+  readonly lastUpdateAt: Date | undefined;
+  /** Code of the last stream failure since the last update (e.g. `ERR_SPIFFE_WORKLOAD_API`). */
+  readonly lastErrorCode: string | undefined;
+}
+
+/**
+ * The state of the source's own X.509-SVID:
+ * - `fresh`: valid, and the Workload API is up and rotating it on time;
+ * - `stale`: still valid, but the Workload API is down, or the SVID is overdue for rotation (less
+ *   than a quarter of its lifetime left; SPIRE rotates at about half), so it will expire unless the
+ *   agent comes back. Keep serving with it;
+ * - `expired`: past its notAfter (or before its notBefore): do not serve with it;
+ * - `missing`: no SVID (redacted on PermissionDenied, the picker chose none, or closed).
+ */
+export type SvidState = 'fresh' | 'stale' | 'expired' | 'missing';
+
+/** {@link SourceHealth} plus the SVID the source would present now. */
+export interface X509SourceHealth extends SourceHealth {
+  readonly svid: SvidState;
+  readonly spiffeId: string | undefined;
+  readonly expiresAt: Date | undefined;
+}
+
+/** A rotation is overdue once less than this share of the SVID's lifetime remains. */
+const OVERDUE_REMAINING_SHARE = 0.25;
+
+/**
+ * The state of `svid` at `now` given the Workload API state (exported for the readiness of
+ * components that hold an SVID some other way).
+ *
+ * @example
+ * ```ts
+ * svidState(source.getX509Svid(), 'up'); // 'fresh'
+ * ```
+ */
+export function svidState(
+  svid: X509Svid | undefined,
+  workloadApi: WorkloadApiState,
+  now: number = Date.now(),
+): SvidState {
+  if (!svid) return 'missing';
+  const leaf = svid.certificates[0];
+  const notBefore = leaf ? Date.parse(leaf.validFrom) : Number.NaN;
+  const notAfter = svid.expiresAt.getTime();
+  if (!(now < notAfter) || !(now >= notBefore)) return 'expired';
+  if (workloadApi === 'down') return 'stale';
+  return notAfter - now < (notAfter - notBefore) * OVERDUE_REMAINING_SHARE ? 'stale' : 'fresh';
+}
+
 function closedError(what: string): SpiffeError {
   return new SpiffeError('ERR_SPIFFE_CLOSED', `the ${what} is closed`);
 }
@@ -53,6 +114,10 @@ class SourceRuntime {
   readonly #logger: WorkloadApiLogger | undefined;
   readonly #timeoutMs: number | undefined;
   readonly #what: string;
+  // Per watch: is its stream up? The source is up only when all of them are.
+  readonly #down = new Set<number>();
+  #lastUpdateAt: Date | undefined;
+  #lastErrorCode: string | undefined;
 
   constructor(what: string, opts: SourceOptions) {
     this.#what = what;
@@ -75,6 +140,14 @@ class SourceRuntime {
     return this.#stop.signal.aborted;
   }
 
+  health(): SourceHealth {
+    return {
+      workloadApi: this.closed || this.#down.size > 0 ? 'down' : 'up',
+      lastUpdateAt: this.#lastUpdateAt,
+      lastErrorCode: this.#lastErrorCode,
+    };
+  }
+
   assertOpen(): void {
     if (this.closed) throw closedError(this.#what);
   }
@@ -86,14 +159,25 @@ class SourceRuntime {
     report: (e: Error) => void,
   ): void {
     const gate = new FirstUpdateGate(this.#what, this.#timeoutMs);
-    this.#gates.push(gate);
+    const index = this.#gates.push(gate) - 1;
+    // Down until the first message: a source that never got one has nothing to serve with.
+    this.#down.add(index);
     const run = start(
       {
         onUpdate: (v) => {
+          this.#down.delete(index);
+          this.#lastUpdateAt = new Date();
+          this.#lastErrorCode = undefined;
           apply(v);
           gate.updated();
         },
         onError: (e) => {
+          // Only a failed stream means the API is unreachable; an invalid message came over a
+          // working one.
+          if (isSpiffeError(e, 'ERR_SPIFFE_WORKLOAD_API') || isSpiffeError(e, 'ERR_SPIFFE_NO_IDENTITY')) {
+            if (isSpiffeError(e, 'ERR_SPIFFE_WORKLOAD_API')) this.#down.add(index);
+            this.#lastErrorCode = e.code;
+          }
           gate.noteError(e);
           report(e);
         },
@@ -182,6 +266,14 @@ abstract class LiveSource extends EventEmitter<SourceEvents> implements AsyncDis
         () => set(undefined),
       ),
     );
+  }
+
+  /**
+   * How the connection to the Workload API stands, for readiness and metrics. Never throws (also
+   * not after close, when it reports `down`).
+   */
+  health(): SourceHealth {
+    return this.rt.health();
   }
 
   /** Stops the watches (and closes the client if the source created it). Idempotent. */
@@ -291,6 +383,27 @@ export class X509Source extends LiveSource implements X509SvidSource, X509Bundle
       );
     }
     return svid;
+  }
+
+  /**
+   * The Workload API state plus the SVID `getX509Svid()` would return and its {@link SvidState}
+   * at `now`. Never throws.
+   *
+   * @example
+   * ```ts
+   * const h = source.health();
+   * if (h.svid === 'stale') log.warn({ expiresAt: h.expiresAt }, 'Workload API down; serving the cached SVID');
+   * ```
+   */
+  override health(now: number = Date.now()): X509SourceHealth {
+    const base = this.rt.health();
+    const svid = this.rt.closed ? undefined : this.#state?.svid;
+    return {
+      ...base,
+      svid: svidState(svid, base.workloadApi, now),
+      spiffeId: svid?.id.toString(),
+      expiresAt: svid?.expiresAt,
+    };
   }
 
   /** The bundle of `td` (own or federated); undefined if unknown or redacted. */
