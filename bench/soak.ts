@@ -25,6 +25,7 @@
 // Errors: any non-2xx answer or exception, a fresh token a verifier refuses, a completed task's
 // token a verifier still accepts. Memory is compared after the warm-up: first vs last samples
 // (mean of three each) and the least-squares slope, MB per minute.
+import { X509Certificate } from 'node:crypto';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parseArgs } from 'node:util';
@@ -177,6 +178,8 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakResult> {
     });
     return { feed, verifier, dispatcher };
   };
+  // Call tokens are bound to the agent's certificate (cnf): an MCP server sees it on the connection.
+  const clientCertificate = new X509Certificate(env.agent.cert);
   const slots: Slot[] = [];
   for (let i = 0; i < nVerifiers; i++) slots.push(await subscribe());
   cleanups.push(async () => {
@@ -228,7 +231,11 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakResult> {
         requests++;
         step = 'verify';
         const slot = slots[(n + k) % slots.length]!;
-        await slot.verifier.verifyCall(tok.access_token, { tool: 'get_ticket', args: { ticket_id: ticket } });
+        await slot.verifier.verifyCall(tok.access_token, {
+          tool: 'get_ticket',
+          args: { ticket_id: ticket },
+          clientCertificate,
+        });
         verifications++;
         last = { token: tok.access_token, ticket };
       }
@@ -346,7 +353,11 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakResult> {
   for (const c of completed) {
     for (const [i, s] of slots.entries()) {
       try {
-        await s.verifier.verifyCall(c.token, { tool: 'get_ticket', args: { ticket_id: c.ticket } });
+        await s.verifier.verifyCall(c.token, {
+          tool: 'get_ticket',
+          args: { ticket_id: c.ticket },
+          clientCertificate,
+        });
         fail('revocation', new Error(`verifier ${i} still accepts a token of completed task ${c.task}`));
       } catch (e) {
         if (!(e instanceof VerifierError && e.code === 'TASKPASS_VERIFY_REVOKED')) fail('revocation', e);

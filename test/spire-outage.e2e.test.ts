@@ -372,7 +372,12 @@ test('a hung SPIRE agent (SIGSTOP: streams open, nothing sent) turns the SVID st
     assert.equal(stale.status, 200, 'still valid: still ready');
     assert.equal(stale.body.svid.workloadApi, 'up', 'the stream of a hung agent looks open');
     assert.ok((stale.body.svid.expiresInSeconds ?? 0) > 0);
-    assert.equal(stack.tickets.readiness().svid.state, 'stale');
+    // The desk's SVID was issued at another moment: its rotation falls overdue on its own schedule.
+    const desk = await pollUntil('the desk to report a stale SVID', 60_000, 250, () => {
+      const r = stack.tickets.readiness();
+      return r.svid.state === 'stale' ? r : undefined;
+    });
+    assert.equal(desk.status, 'ready', 'still valid: the desk stays ready');
     assert.equal(await brokerMetric('taskpass_workload_api_up'), 1);
   } finally {
     stack.spire.resumeAgent();
