@@ -9,9 +9,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import Fastify from 'fastify';
 import { Agent, fetch } from 'undici';
-import { RevocationHub } from '../broker/src/revocation-hub.ts';
-import { revocationRoutes } from '../broker/src/routes/revocations.ts';
-import { SqliteStore } from '../broker/src/store/sqlite.ts';
+import { RevocationHub, revocationRoutes, SqliteStore } from '@taskpass/broker';
 import { tsWorker } from './lib/load.ts';
 
 export interface FeedSnapshotResult {

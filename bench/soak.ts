@@ -31,7 +31,7 @@ import { runInNewContext } from 'node:vm';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import type { Agent } from 'undici';
-import { createVerifier, RevocationFeedClient, type Verifier, VerifierError } from '../verifier/src/index.ts';
+import { createVerifier, RevocationFeedClient, type Verifier, VerifierError } from '@taskpass/verifier';
 import { agentCall, AUDIENCE, type BenchEnv, ISSUER, startBenchEnv } from './lib/env.ts';
 import { fmtMs, percentiles, type Percentiles } from './lib/stats.ts';
 

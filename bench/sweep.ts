@@ -12,7 +12,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
-import { SqliteStore } from '../broker/src/store/sqlite.ts';
+import { SqliteStore } from '@taskpass/broker';
 
 const { values } = parseArgs({
   options: { stored: { type: 'string', default: '1000000' }, expiring: { type: 'string', default: '50000' } },

@@ -14,7 +14,7 @@ import {
   RevocationFeedClient,
   type TaskpassRequest,
   taskpassMiddleware,
-} from '../verifier/src/index.ts';
+} from '@taskpass/verifier';
 import { AUDIENCE, type BenchEnv, ISSUER, issueToken, openTasks } from './lib/env.ts';
 import { LoadClient, type LoadResult, type PreparedRequest } from './lib/load.ts';
 import { fmtRate, median, type Percentiles, percentiles, table } from './lib/stats.ts';

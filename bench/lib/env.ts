@@ -16,17 +16,22 @@ import { TestCa } from '@taskpass/spiffe/testing';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino from 'pino';
 import { Agent, Pool } from 'undici';
-import { type AppDeps, buildApp } from '../../broker/src/app.ts';
-import { pinPeerIdentity } from '../../broker/src/auth.ts';
-import { type BrokerConfig, parseConfig } from '../../broker/src/config.ts';
-import { AesGcmKeyWrapper, generateKek } from '../../broker/src/key-wrap.ts';
-import { SigningKeys } from '../../broker/src/keys.ts';
-import { PolicyWatcher } from '../../broker/src/policy/index.ts';
-import { RevocationHub } from '../../broker/src/revocation-hub.ts';
-import { createStore } from '../../broker/src/store/index.ts';
-import type { Store } from '../../broker/src/store/types.ts';
-import { createUserTokenVerifier } from '../../broker/src/user-tokens.ts';
-import { createWorkloadAuthenticator } from '../../broker/src/workload-auth.ts';
+import {
+  AesGcmKeyWrapper,
+  type AppDeps,
+  type BrokerConfig,
+  buildApp,
+  createStore,
+  createUserTokenVerifier,
+  createWorkloadAuthenticator,
+  generateKek,
+  parseConfig,
+  pinPeerIdentity,
+  PolicyWatcher,
+  RevocationHub,
+  SigningKeys,
+  type Store,
+} from '@taskpass/broker';
 import { type Idp, startIdp } from '../../examples/idp/idp.ts';
 
 export const TRUST_DOMAIN = 'taskpass.local';

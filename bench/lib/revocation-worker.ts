@@ -5,12 +5,7 @@
 import { setImmediate as tick } from 'node:timers/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Agent } from 'undici';
-import {
-  createVerifier,
-  RevocationFeedClient,
-  type Verifier,
-  VerifierError,
-} from '../../verifier/src/index.ts';
+import { createVerifier, RevocationFeedClient, type Verifier, VerifierError } from '@taskpass/verifier';
 
 export interface RevocationWorkerData {
   brokerUrl: string;

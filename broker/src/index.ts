@@ -34,6 +34,7 @@ export {
   PlaintextKeyWrapper,
   parseKekRing,
 } from './key-wrap.ts';
+export { SigningKeys, type SigningKeysOptions } from './keys.ts';
 export { type BrokerMetrics, createMetrics } from './metrics.ts';
 export {
   type ActClaim,
@@ -51,9 +52,20 @@ export type {
   PolicyUser,
   TaskHistory,
 } from './ports.ts';
+export { PolicyWatcher, type PolicyWatcherOptions } from './policy/index.ts';
+export { FeedOverflowError, RevocationHub, type RevocationHubOptions } from './revocation-hub.ts';
 export { authorizationServerMetadata } from './routes/public.ts';
+export { type RevocationRoutesOptions, revocationRoutes } from './routes/revocations.ts';
 export { type RunningBroker, startBroker } from './server.ts';
 export { checkResource, type IssuedToken, TaskService } from './service.ts';
+export {
+  createStore,
+  RedisStore,
+  type RedisStoreOptions,
+  SqliteStore,
+  type SqliteStoreOptions,
+} from './store/index.ts';
+export { REVOCATION_GRACE_SEC } from './store/types.ts';
 export type * from './store/types.ts';
 export { createUserTokenVerifier, type UserTokenVerifier, type VerifiedUser } from './user-tokens.ts';
 export { createWorkloadAuthenticator } from './workload-auth.ts';
