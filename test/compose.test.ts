@@ -6,8 +6,7 @@ import { dirname, join, posix, resolve } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
-import { loadConfig } from '../broker/src/config.ts';
-import { compilePattern, loadPolicyDir } from '../broker/src/policy/index.ts';
+import { compilePattern, loadConfig, loadPolicyDir } from '@taskpass/broker';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const read = (p: string): string => readFileSync(join(root, p), 'utf8');

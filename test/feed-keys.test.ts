@@ -9,11 +9,14 @@ import { createVerifier, RevocationFeedClient } from '@taskpass/verifier';
 import Fastify from 'fastify';
 import { SignJWT } from 'jose';
 import { Agent } from 'undici';
-import { AesGcmKeyWrapper, generateKek } from '../broker/src/key-wrap.ts';
-import { SigningKeys } from '../broker/src/keys.ts';
-import { RevocationHub } from '../broker/src/revocation-hub.ts';
-import { revocationRoutes } from '../broker/src/routes/revocations.ts';
-import { SqliteStore } from '../broker/src/store/sqlite.ts';
+import {
+  AesGcmKeyWrapper,
+  generateKek,
+  RevocationHub,
+  revocationRoutes,
+  SigningKeys,
+  SqliteStore,
+} from '@taskpass/broker';
 
 const ISSUER = 'https://broker.taskpass.test';
 const AUDIENCE = 'https://tickets.taskpass.test/mcp';

@@ -14,9 +14,7 @@ import Database from 'better-sqlite3';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { exportJWK, SignJWT } from 'jose';
 import { Agent, fetch } from 'undici';
-import { RevocationHub } from '../broker/src/revocation-hub.ts';
-import { revocationRoutes } from '../broker/src/routes/revocations.ts';
-import { SqliteStore } from '../broker/src/store/sqlite.ts';
+import { RevocationHub, revocationRoutes, SqliteStore } from '@taskpass/broker';
 
 const ISSUER = 'https://broker.taskpass.test';
 const AUDIENCE = 'https://tickets.taskpass.test/mcp';

@@ -11,16 +11,22 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { BrokerClient, BrokerError, TaskpassDeniedError } from '@taskpass/agent-plugin';
-import { type BrokerConfig, type RunningBroker, startBroker } from '@taskpass/broker';
+import {
+  AesGcmKeyWrapper,
+  type BrokerConfig,
+  generateKek,
+  RedisStore,
+  type RunningBroker,
+  SigningKeys,
+  type SigningKeysOptions,
+  startBroker,
+} from '@taskpass/broker';
 import { createMtlsAgent, matchId, type TlsSource, type X509Source } from '@taskpass/spiffe';
 import { RedisReplayCache } from '@taskpass/verifier';
 import { Redis } from 'ioredis';
 import { createLocalJWKSet, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from 'jose';
 import pino from 'pino';
 import { type Agent, fetch } from 'undici';
-import { AesGcmKeyWrapper, generateKek } from '../broker/src/key-wrap.ts';
-import { SigningKeys, type SigningKeysOptions } from '../broker/src/keys.ts';
-import { RedisStore } from '../broker/src/store/redis.ts';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';
 import { assertAccepted, assertRefused, rawToolCall } from './support/mcp-raw.ts';

@@ -6,8 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { compileResourceTemplate, isValidResource } from '@taskpass/verifier/resource';
 import fc from 'fast-check';
-import { compilePattern, validateResource } from '../broker/src/policy/pattern.ts';
-import { checkResource } from '../broker/src/service.ts';
+import { checkResource, compilePattern, validateResource } from '@taskpass/broker';
 
 const CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~:@+=-';
 const char = fc.constantFrom(

@@ -52,7 +52,13 @@ export type {
   PolicyUser,
   TaskHistory,
 } from './ports.ts';
-export { PolicyWatcher, type PolicyWatcherOptions } from './policy/index.ts';
+export {
+  compilePattern,
+  loadPolicyDir,
+  PolicyWatcher,
+  type PolicyWatcherOptions,
+  validateResource,
+} from './policy/index.ts';
 export { FeedOverflowError, RevocationHub, type RevocationHubOptions } from './revocation-hub.ts';
 export { authorizationServerMetadata } from './routes/public.ts';
 export { type RevocationRoutesOptions, revocationRoutes } from './routes/revocations.ts';
