@@ -28,9 +28,8 @@ import type { ToolArgs } from './resource.ts';
 export function taskpassTokenVerifier(verifier: Verifier): OAuthTokenVerifier {
   return {
     async verifyAccessToken(token: string): Promise<AuthInfo> {
-      let auth: SessionAuth;
       try {
-        auth = await verifier.verifySession(token);
+        return await sessionAuthInfo(verifier, token);
       } catch (e) {
         if (e instanceof VerifierError) {
           const msg = `${e.code}: ${e.message}`;
@@ -40,16 +39,24 @@ export function taskpassTokenVerifier(verifier: Verifier): OAuthTokenVerifier {
         }
         throw new ServerError('token verification failed');
       }
-      const extra: TaskpassAuthExtra = { taskpass: auth };
-      return {
-        token,
-        clientId: auth.clientId,
-        scopes: [],
-        expiresAt: auth.expiresAt,
-        resource: new URL(verifier.audience),
-        extra: extra as unknown as Record<string, unknown>,
-      };
     },
+  };
+}
+
+/**
+ * The session-level check behind both SDKs' token verifier interfaces: the `AuthInfo` (with
+ * `expiresAt` and `extra.taskpass`) for a token, or a {@link VerifierError}.
+ */
+export async function sessionAuthInfo(verifier: Verifier, token: string): Promise<AuthInfo> {
+  const auth: SessionAuth = await verifier.verifySession(token);
+  const extra: TaskpassAuthExtra = { taskpass: auth };
+  return {
+    token,
+    clientId: auth.clientId,
+    scopes: [],
+    expiresAt: auth.expiresAt,
+    resource: new URL(verifier.audience),
+    extra: extra as unknown as Record<string, unknown>,
   };
 }
 
@@ -77,7 +84,8 @@ export interface ExtraLike {
  * ```
  */
 export function callerOf(extra: ExtraLike | undefined): CallAuth | undefined {
-  const t = ((extra?.authInfo ?? extra?.http?.authInfo)?.extra as Partial<TaskpassAuthExtra> | undefined)?.taskpass;
+  const t = ((extra?.authInfo ?? extra?.http?.authInfo)?.extra as Partial<TaskpassAuthExtra> | undefined)
+    ?.taskpass;
   return t?.kind === 'call' ? t : undefined;
 }
 

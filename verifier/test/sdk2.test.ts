@@ -5,11 +5,12 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { toNodeHandler } from '@modelcontextprotocol/node';
-import { createMcpHandler, McpServer } from '@modelcontextprotocol/server';
+import { createMcpHandler, McpServer, requireBearerAuth } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { type CallAuth, createVerifier } from '../src/core.ts';
 import { type TaskpassRequest, taskpassMiddleware } from '../src/http.ts';
-import { callerOf } from '../src/sdk.ts';
+import { callerOf, taskpassTokenVerifier as taskpassTokenVerifierV1 } from '../src/sdk.ts';
+import { taskpassTokenVerifier } from '../src/sdk-v2.ts';
 import { AGENT, AUDIENCE, ISSUER, jwksOf, type Key, listen, mint, newKey, USER } from './support.ts';
 
 let key: Key;
@@ -169,5 +170,44 @@ describe('SDK 2.x server and client (2026-07-28, stateless)', () => {
     });
     assert.equal(r.status, 400);
     assert.equal(((await r.json()) as { error: { code: number } }).error.code, -32020);
+  });
+});
+
+describe('SDK 2.x requireBearerAuth with taskpassTokenVerifier (@taskpass/verifier/sdk-v2)', () => {
+  const request = (token: string) =>
+    new Request(AUDIENCE, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+  const verifier = () =>
+    createVerifier({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      jwks: jwksOf(key),
+      tools: { get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } } },
+    });
+  const resourceMetadataUrl = `${AUDIENCE}/.well-known/oauth-protected-resource`;
+
+  test('a session token passes with expiresAt and extra.taskpass; a refused one is a 401 challenge, not a 500', async () => {
+    const gate = requireBearerAuth({ verifier: taskpassTokenVerifier(verifier()), resourceMetadataUrl });
+    const ok = await gate(request(await session()));
+    assert.ok(!(ok instanceof Response));
+    assert.equal(typeof ok.expiresAt, 'number');
+    assert.equal((ok.extra as { taskpass: { agent: string } }).taskpass.agent, AGENT);
+
+    const expired = await gate(request(await mint({ key, iat: -600, ttl: 60 })));
+    assert.ok(expired instanceof Response);
+    assert.equal(expired.status, 401);
+    assert.match(
+      expired.headers.get('www-authenticate') ?? '',
+      /^Bearer error="invalid_token".*TASKPASS_VERIFY_EXPIRED/,
+    );
+  });
+
+  test('the SDK 1.x verifier does not fit 2.x: its refusals become a bare 500', async () => {
+    const gate = requireBearerAuth({
+      verifier: taskpassTokenVerifierV1(verifier()) as never,
+      resourceMetadataUrl,
+    });
+    const r = await gate(request(await mint({ key, iat: -600, ttl: 60 })));
+    assert.ok(r instanceof Response);
+    assert.equal(r.status, 500);
   });
 });
