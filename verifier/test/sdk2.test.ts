@@ -3,13 +3,13 @@
 // server reads `req.auth` (set by taskpassMiddleware) as `ctx.http.authInfo`; callerOf() reads it.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import { Client, InMemoryTransport, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { toNodeHandler } from '@modelcontextprotocol/node';
 import { createMcpHandler, McpServer, requireBearerAuth } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { type CallAuth, createVerifier } from '../src/core.ts';
 import { type TaskpassRequest, taskpassMiddleware } from '../src/http.ts';
-import { callerOf, taskpassTokenVerifier as taskpassTokenVerifierV1 } from '../src/sdk.ts';
+import { callerOf, taskpassTokenVerifier as taskpassTokenVerifierV1, withTaskpass } from '../src/sdk.ts';
 import { taskpassTokenVerifier } from '../src/sdk-v2.ts';
 import { AGENT, AUDIENCE, ISSUER, jwksOf, type Key, listen, mint, newKey, USER } from './support.ts';
 
@@ -209,5 +209,52 @@ describe('SDK 2.x requireBearerAuth with taskpassTokenVerifier (@taskpass/verifi
     const r = await gate(request(await mint({ key, iat: -600, ttl: 60 })));
     assert.ok(r instanceof Response);
     assert.equal(r.status, 500);
+  });
+});
+
+describe('withTaskpass on an SDK 2.x server over an in-memory (stdio-like) transport', () => {
+  test('the token in _meta (ctx.mcpReq._meta) authorizes exactly the call it names', async () => {
+    const verifier = createVerifier({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      jwks: jwksOf(key),
+      tools: { close_ticket: { resource: 'tickets/{ticket_id}', action: 'write' } },
+    });
+    const mcp = new McpServer({ name: 'tickets', version: '2.0.0' });
+    mcp.registerTool(
+      'close_ticket',
+      { inputSchema: z.object({ ticket_id: z.string() }) },
+      withTaskpass(
+        async ({ ticket_id }: { ticket_id: string }, ctx: Parameters<typeof callerOf>[0] & object) => {
+          const who = callerOf(ctx);
+          return {
+            content: [
+              { type: 'text' as const, text: `closed ${ticket_id} for ${who?.user} in ${who?.task}` },
+            ],
+          };
+        },
+        { verifier, tool: 'close_ticket' },
+      ) as never,
+    );
+    const [a, b] = InMemoryTransport.createLinkedPair();
+    await mcp.connect(a as never);
+    const c = new Client({ name: 'agent', version: '2.0.0' });
+    await c.connect(b);
+    const token = await mint({
+      key,
+      detail: { tool: 'close_ticket', action: 'write' },
+      claims: { single_use: true, txn: 'task-7' },
+    });
+    const ok = await c.callTool({
+      name: 'close_ticket',
+      arguments: { ticket_id: 'T-1' },
+      _meta: { 'dev.taskpass/token': token },
+    });
+    assert.equal(ok.isError, undefined, JSON.stringify(ok.content));
+    assert.deepEqual(ok.content, [{ type: 'text', text: `closed T-1 for ${USER} in task-7` }]);
+    const none = await c.callTool({ name: 'close_ticket', arguments: { ticket_id: 'T-1' } });
+    assert.equal(none.isError, true);
+    assert.match((none.content as { text: string }[])[0]!.text, /^TASKPASS_VERIFY_MISSING_TOKEN: /);
+    await c.close();
   });
 });
