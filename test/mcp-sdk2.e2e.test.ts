@@ -7,6 +7,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import { Client as ClientV1 } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport as StreamableHTTPClientTransportV1 } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { BrokerClient, type Task, TaskpassDeniedError, taskpassFetch } from '@taskpass/agent-plugin';
 import { createMtlsAgent, matchId, type TlsSource, type X509Source } from '@taskpass/spiffe';
 import { type Agent, fetch as undiciFetch } from 'undici';
@@ -184,6 +186,33 @@ describe('SDK 2.x server and client with Taskpass (real SPIRE, HTTPS with mTLS)'
     assert.equal(r.isError, undefined);
     // The SDK sent initialize without the standard headers; the plugin added them.
     assert.ok(sent.some((s) => s.method === 'initialize' && s.mcpMethod === 'initialize'));
+    await client.close();
+    await task.complete();
+  });
+
+  test('1.x client with the plugin → the header-requiring 2.x desk (2025 protocol): allowed and denied', async () => {
+    await using task = await openTask('read T-1001 on the 2.x desk');
+    const client = new ClientV1({ name: 'triage-bot', version: '1.0.0' });
+    cleanups.push(() => client.close());
+    const transport = new StreamableHTTPClientTransportV1(new URL(v2.mcpUrl), {
+      fetch: taskpassFetch(task, {
+        audience: stack.audience,
+        fetch: async (url, init) =>
+          (await undiciFetch(url, { ...(init as object), dispatcher: asAgent })) as unknown as Response,
+      }),
+    });
+    await client.connect(transport);
+    await client.listTools();
+    const r = await client.callTool({ name: 'get_ticket', arguments: { ticket_id: 'T-1001' } });
+    assert.equal(r.isError, undefined, JSON.stringify(r.content));
+    assert.equal(
+      (JSON.parse((r.content as { text: string }[])[0]!.text) as { caller: { agent: string } }).caller.agent,
+      stack.ids.agent,
+    );
+    await assert.rejects(
+      client.callTool({ name: 'delete_ticket', arguments: { ticket_id: 'T-1001' } }),
+      TaskpassDeniedError,
+    );
     await client.close();
     await task.complete();
   });
