@@ -11,6 +11,7 @@ import {
   isValidResource,
   type ToolArgs,
 } from '@taskpass/verifier/resource';
+import { encodeMcpHeaderValue, mcpNameOf } from '@taskpass/verifier/mcp-headers';
 import type { Action } from './broker-client.ts';
 import { AgentPluginError } from './errors.ts';
 import type { Task } from './task.ts';
@@ -291,6 +292,10 @@ function callOf(m: RpcMessage): { name: string; args: ToolArgs | undefined } {
  * `TASKPASS_AGENT_BATCH_MULTIPLE_CALLS` before anything is sent, since one header carries one token
  * and the verifier would refuse it too. The SDK v1 client itself never batches.
  *
+ * Every POST also carries the MCP 2026-07-28 `Mcp-Method` header, and `Mcp-Name` when the body
+ * names a tool, prompt, resource or task, derived from the body (non-ASCII names in the spec's
+ * `=?base64?…?=` form); headers the caller set there are replaced.
+ *
  * Hints are learned from tools/list answers passing through (JSON or SSE) unless
  * `useServerHints: false`.
  *
@@ -359,6 +364,17 @@ export function taskpassFetch(task: Task, opts: TaskpassFetchOptions): TaskpassF
     }
     const headers = new Headers(init?.headers);
     headers.set('authorization', `Bearer ${token}`);
+    // MCP 2026-07-28 (SEP-2243) servers require Mcp-Method/Mcp-Name and refuse them when they
+    // disagree with the body; SDK 1.x never sends them. Derived from the body this token is for,
+    // replacing whatever the caller set, so header and body cannot disagree.
+    headers.delete('mcp-method');
+    headers.delete('mcp-name');
+    const target = call ?? (messages?.length === 1 ? messages[0] : undefined);
+    if (typeof target?.method === 'string') {
+      headers.set('mcp-method', target.method);
+      const name = mcpNameOf(target);
+      if (name !== undefined) headers.set('mcp-name', encodeMcpHeaderValue(name));
+    }
     const res = await base(url, { ...init, headers });
     if (listIds.length === 0 || !catalog.useServerHints || !res.ok || !res.body) return res;
     return learnFromResponse(catalog, res, listIds);

@@ -388,3 +388,48 @@ describe('stdio: the call token in params._meta', () => {
     await mcp.close();
   });
 });
+
+test('MCP 2026-07-28 headers: every POST carries Mcp-Method (and Mcp-Name where the body names a target), derived from the body', async () => {
+  await using bc = new BrokerClient({ url: broker.url, auth: { kind: 'none-insecure' } });
+  await using task = await bc.openTask({ purpose: 'p' });
+  const sent: { method: string | null; name: string | null }[] = [];
+  const f = taskpassFetch(task, {
+    audience: AUD,
+    tools: { ...declared, résumé: { resource: 'tickets/{ticket_id}', action: 'read' } },
+    fetch: async (_url, init) => {
+      const h = new Headers(init?.headers);
+      sent.push({ method: h.get('mcp-method'), name: h.get('mcp-name') });
+      return new Response('{}', { headers: { 'content-type': 'application/json' } });
+    },
+  });
+  const post = (body: unknown, headers: Record<string, string> = {}) =>
+    f(endpoint, {
+      method: 'POST',
+      body: JSON.stringify(body),
+      headers: { 'content-type': 'application/json', ...headers },
+    });
+  const callOf = (name: string) => ({
+    jsonrpc: '2.0',
+    id: 1,
+    method: 'tools/call',
+    params: { name, arguments: { ticket_id: 'T-1' } },
+  });
+  await post(callOf('get_ticket'));
+  await post({ jsonrpc: '2.0', id: 2, method: 'tools/list' });
+  await post({ jsonrpc: '2.0', method: 'notifications/initialized' });
+  await post({ jsonrpc: '2.0', id: 3, method: 'resources/read', params: { uri: 'tickets://T-1' } });
+  // A non-ASCII name travels in the spec's =?base64?…?= form.
+  await post(callOf('résumé'));
+  // Headers the caller set that disagree with the body are replaced, not forwarded.
+  await post(callOf('get_ticket'), { 'mcp-method': 'tools/list', 'mcp-name': 'close_ticket' });
+  await f(endpoint, { method: 'GET' });
+  assert.deepEqual(sent, [
+    { method: 'tools/call', name: 'get_ticket' },
+    { method: 'tools/list', name: null },
+    { method: 'notifications/initialized', name: null },
+    { method: 'resources/read', name: 'tickets://T-1' },
+    { method: 'tools/call', name: `=?base64?${Buffer.from('résumé').toString('base64')}?=` },
+    { method: 'tools/call', name: 'get_ticket' },
+    { method: null, name: null },
+  ]);
+});

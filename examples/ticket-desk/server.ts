@@ -19,6 +19,8 @@ import { parseArgs } from 'node:util';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { toNodeHandler } from '@modelcontextprotocol/node';
+import { createMcpHandler, McpServer as McpServerV2 } from '@modelcontextprotocol/server';
 import {
   createMtlsAgent,
   matchId,
@@ -142,6 +144,14 @@ export interface TicketDeskOptions {
    * server must share one, e.g. `new RedisReplayCache(redis)`.
    */
   replayCache?: ReplayCache;
+  /**
+   * The MCP SDK serving the tools: `v1` (default; `@modelcontextprotocol/sdk`, stateless
+   * Streamable HTTP, protocol up to 2025-11-25) or `v2` (`@modelcontextprotocol/server` +
+   * `/node`: 2026-07-28 without sessions, and the 2025 protocol statelessly).
+   */
+  sdk?: 'v1' | 'v2';
+  /** The verifier's `requireMcpHeaders` (default false: Mcp-Method/Mcp-Name checked when present). */
+  requireMcpHeaders?: boolean;
   log?: DeskLog;
 }
 
@@ -184,55 +194,61 @@ function callerView(who: CallAuth | undefined) {
     : undefined;
 }
 
-/** Registers the ticket tools on an MCP server; handlers read the verified caller. */
-export function registerTicketTools(mcp: McpServer, desk: TicketDesk): void {
-  const guarded =
-    <A>(fn: (args: A, who: CallAuth | undefined) => unknown) =>
-    async (args: A, extra: Parameters<typeof callerOf>[0]): Promise<CallToolResult> => {
-      const who = callerOf(extra);
-      try {
-        return text({ ...(fn(args, who) as object), caller: callerView(who) });
-      } catch (e) {
-        return fail((e as Error).message);
-      }
-    };
-  mcp.registerTool(
-    'list_tickets',
-    TOOLS.list_tickets,
-    guarded(({ status }: { status?: 'open' | 'pending' | 'closed' }) => ({ tickets: desk.list(status) })),
-  );
-  mcp.registerTool(
-    'get_ticket',
-    TOOLS.get_ticket,
-    guarded(({ ticket_id }: { ticket_id: string }) => ({ ticket: desk.get(ticket_id) })),
-  );
-  mcp.registerTool(
-    'update_ticket',
-    TOOLS.update_ticket,
-    guarded(({ ticket_id, comment }: { ticket_id: string; comment: string }, who) => ({
+type ToolName = keyof typeof TOOLS;
+
+/** What each tool does, given its arguments and the verified caller. */
+function ticketActions(desk: TicketDesk): {
+  [K in ToolName]: (args: never, who: CallAuth | undefined) => unknown;
+} {
+  return {
+    list_tickets: ({ status }: { status?: 'open' | 'pending' | 'closed' }) => ({
+      tickets: desk.list(status),
+    }),
+    get_ticket: ({ ticket_id }: { ticket_id: string }) => ({ ticket: desk.get(ticket_id) }),
+    update_ticket: ({ ticket_id, comment }: { ticket_id: string; comment: string }, who) => ({
       ticket: desk.comment(ticket_id, actor(who), comment),
-    })),
-  );
-  mcp.registerTool(
-    'close_ticket',
-    TOOLS.close_ticket,
-    guarded(({ ticket_id }: { ticket_id: string }, who) => ({ ticket: desk.close(ticket_id, actor(who)) })),
-  );
-  mcp.registerTool(
-    'issue_refund',
-    TOOLS.issue_refund,
-    guarded(({ ticket_id, amount }: { ticket_id: string; amount: number }, who) => ({
+    }),
+    close_ticket: ({ ticket_id }: { ticket_id: string }, who) => ({
+      ticket: desk.close(ticket_id, actor(who)),
+    }),
+    issue_refund: ({ ticket_id, amount }: { ticket_id: string; amount: number }, who) => ({
       ticket: desk.refund(ticket_id, amount, actor(who)),
-    })),
-  );
-  mcp.registerTool(
-    'delete_ticket',
-    TOOLS.delete_ticket,
-    guarded(({ ticket_id }: { ticket_id: string }) => {
+    }),
+    delete_ticket: ({ ticket_id }: { ticket_id: string }) => {
       desk.delete(ticket_id);
       return { deleted: ticket_id };
-    }),
-  );
+    },
+  };
+}
+
+// The caller is read from the SDK 1.x `extra` or the SDK 2.x `ctx` alike (callerOf takes both).
+function guarded(fn: (args: never, who: CallAuth | undefined) => unknown) {
+  return async (args: unknown, extra: Parameters<typeof callerOf>[0]): Promise<CallToolResult> => {
+    const who = callerOf(extra);
+    try {
+      return text({ ...(fn(args as never, who) as object), caller: callerView(who) });
+    } catch (e) {
+      return fail((e as Error).message);
+    }
+  };
+}
+
+/** Registers the ticket tools on an MCP server (SDK 1.x); handlers read the verified caller. */
+export function registerTicketTools(mcp: McpServer, desk: TicketDesk): void {
+  const actions = ticketActions(desk);
+  // One loop over six differently typed tools: the per-tool schema typing is TOOLS' own.
+  const register = mcp.registerTool.bind(mcp) as (name: string, config: object, cb: unknown) => unknown;
+  for (const name of Object.keys(TOOLS) as ToolName[]) register(name, TOOLS[name], guarded(actions[name]));
+}
+
+/** The same tools on an SDK 2.x server (it takes object schemas, not zod raw shapes). */
+export function registerTicketToolsV2(mcp: McpServerV2, desk: TicketDesk): void {
+  const actions = ticketActions(desk);
+  const register = mcp.registerTool.bind(mcp) as (name: string, config: object, cb: unknown) => unknown;
+  for (const name of Object.keys(TOOLS) as ToolName[]) {
+    const { inputSchema, ...config } = TOOLS[name];
+    register(name, { ...config, inputSchema: z.object(inputSchema) }, guarded(actions[name]));
+  }
 }
 
 /**
@@ -298,12 +314,29 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
       requireCertificateBinding: true,
       ...(opts.staleness ? { staleness: opts.staleness } : {}),
       ...(opts.replayCache ? { replayCache: opts.replayCache } : {}),
+      ...(opts.requireMcpHeaders ? { requireMcpHeaders: true } : {}),
     });
     const resourceMetadataUrl = protectedResourceMetadataUrl(audience);
     const guard = taskpassMiddleware(verifier, { resourceMetadataUrl });
     const servePrm = prmHandler(
       protectedResourceMetadata({ resource: audience, issuer, resourceName: 'Ticket desk' }),
     );
+
+    // SDK 2.x: one server per request from a factory, no sessions (2026-07-28 has none; 2025
+    // traffic is served statelessly). req.auth from the guard reaches handlers as ctx.http.authInfo.
+    const serveV2 =
+      opts.sdk === 'v2'
+        ? toNodeHandler(
+            createMcpHandler(
+              () => {
+                const mcp = new McpServerV2({ name: 'ticket-desk', version: '2.0.0' });
+                registerTicketToolsV2(mcp, desk);
+                return mcp;
+              },
+              { onerror: (e) => log('mcp.error', { message: e.message }) },
+            ),
+          )
+        : undefined;
 
     const clientTd = opts.clientTrustDomain ?? spiffeId.trustDomain.name;
     const mtls = mtlsServerOptions(source as TlsSource, matchMemberOf(clientTd), {
@@ -346,6 +379,10 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
         });
       });
       void guard(req, res, async () => {
+        if (serveV2) {
+          await serveV2(req, res, (req as { body?: unknown }).body);
+          return;
+        }
         // Stateless Streamable HTTP: one McpServer and transport per request.
         const mcp = new McpServer({ name: 'ticket-desk', version: '1.0.0' });
         registerTicketTools(mcp, desk);

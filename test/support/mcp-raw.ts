@@ -55,10 +55,13 @@ export async function rawToolCall(
   token: string | undefined,
   tool: string,
   args: Record<string, unknown>,
+  /** More request headers, e.g. `mcp-method` / `mcp-name`. */
+  extraHeaders: Record<string, string> = {},
 ): Promise<RawCallResult> {
   const headers: Record<string, string> = {
     'content-type': 'application/json',
     accept: 'application/json, text/event-stream',
+    ...extraHeaders,
   };
   if (token !== undefined) headers.authorization = `Bearer ${token}`;
   const res = await fetch(mcpUrl, {

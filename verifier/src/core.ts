@@ -101,6 +101,14 @@ export interface VerifierOptions {
    * unbound tokens are accepted with or without a client certificate).
    */
   requireCertificateBinding?: boolean;
+  /**
+   * MCP 2026-07-28 servers: true refuses a POSTed JSON-RPC request without `Mcp-Method`, or
+   * without `Mcp-Name` when its method names a target (`tools/call`, `prompts/get`,
+   * `resources/read`, `tasks/*`), with `TASKPASS_VERIFY_HEADER_MISMATCH` (-32020). Default false:
+   * the headers are checked against the body only when present, since SDK 1.x clients never send
+   * them. A header that disagrees with the body is refused either way.
+   */
+  requireMcpHeaders?: boolean;
   /** RFC 7662 introspection at the broker for these action classes (e.g. every write). */
   introspect?: {
     endpoint: string;
@@ -177,6 +185,8 @@ export interface VerifiedToken {
 export interface Verifier {
   readonly issuer: string;
   readonly audience: string;
+  /** {@link VerifierOptions.requireMcpHeaders}, read by the HTTP adapters. */
+  readonly requireMcpHeaders: boolean;
   /**
    * Verifies what needs no request body: the token's form, signature and claims (not the call,
    * `cnf`, revocation or single use). The HTTP adapters call it before reading the body, so a
@@ -261,6 +271,7 @@ const OptionsSchema = z
       .optional(),
     singleUse: z.enum(['claim', 'all']).default('claim'),
     requireCertificateBinding: z.boolean().default(false),
+    requireMcpHeaders: z.boolean().default(false),
     introspect: z
       .object({
         endpoint: httpUrl,
@@ -692,6 +703,7 @@ export function createVerifier(options: VerifierOptions): Verifier {
   return {
     issuer: o.issuer,
     audience: o.audience,
+    requireMcpHeaders: o.requireMcpHeaders,
     actionOf: (tool) => tools.get(tool)?.action,
 
     async verifyToken(token) {

@@ -140,7 +140,7 @@ export const VERIFIER_ERRORS = {
   TASKPASS_VERIFY_HEADER_MISMATCH: {
     status: 400,
     description:
-      'The `Mcp-Name` or `Mcp-Method` header disagrees with the JSON-RPC body (JSON-RPC error -32020).',
+      'The `Mcp-Name` or `Mcp-Method` header disagrees with the JSON-RPC body, or (with `requireMcpHeaders`) a required one is missing (JSON-RPC error -32020).',
   },
   TASKPASS_VERIFY_BATCH_NOT_ALLOWED: {
     status: 400,

@@ -57,6 +57,7 @@ export {
   taskpassMiddleware,
 } from './http.ts';
 export { type JwsHeader, MAX_TOKEN_LENGTH, parseCompactJws } from './jws.ts';
+export { decodeMcpHeaderValue, encodeMcpHeaderValue, MCP_NAME_SOURCE, mcpNameOf } from './mcp-headers.ts';
 export {
   type PrmOptions,
   type ProtectedResourceMetadata,

@@ -13,6 +13,7 @@ import {
 } from './core.ts';
 import { JSONRPC_HEADER_MISMATCH, JSONRPC_INVALID_REQUEST, VerifierError } from './errors.ts';
 import { parseCompactJws } from './jws.ts';
+import { decodeMcpHeaderValue, mcpNameOf } from './mcp-headers.ts';
 import type { ToolArgs } from './resource.ts';
 
 /** What the adapters put in `AuthInfo.extra`. */
@@ -112,15 +113,6 @@ function badRequest(
   return new VerifierError(code, msg, { jsonRpcCode: rpc });
 }
 
-// Names an Mcp-Name header must agree with (2026-07-28 transport: tool/prompt name or resource URI).
-function nameOf(m: JsonRpcMessage): string | undefined {
-  if (m.method === 'tools/call' || m.method === 'prompts/get') {
-    return typeof m.params?.name === 'string' ? m.params.name : undefined;
-  }
-  if (m.method === 'resources/read') return typeof m.params?.uri === 'string' ? m.params.uri : undefined;
-  return undefined;
-}
-
 /**
  * Checks one Streamable HTTP request: a `tools/call` needs a call token for that exact call; every
  * other request (initialize, tools/list, ping, notifications, GET/DELETE) a session token or a
@@ -171,7 +163,11 @@ export async function authorizeMcpRequest(verifier: Verifier, req: McpHttpReques
         call = m as JsonRpcMessage;
       }
     }
-    checkHeaders(req.headers, call ?? (messages.length === 1 ? (messages[0] as JsonRpcMessage) : undefined));
+    checkHeaders(
+      req.headers,
+      call ?? (messages.length === 1 ? (messages[0] as JsonRpcMessage) : undefined),
+      verifier.requireMcpHeaders === true,
+    );
   }
 
   let auth: CallAuth | SessionAuth;
@@ -202,20 +198,38 @@ export async function authorizeMcpRequest(verifier: Verifier, req: McpHttpReques
   };
 }
 
-function checkHeaders(h: McpHttpRequest['headers'], m: JsonRpcMessage | undefined): void {
+// SEP-2243 (MCP 2026-07-28): a server that reads the body MUST refuse standard headers that
+// disagree with it, and a 2026-07-28 server MUST refuse requests without them. Without
+// requireMcpHeaders a missing header is let through, since 1.x clients never send one.
+function checkHeaders(h: McpHttpRequest['headers'], m: JsonRpcMessage | undefined, required: boolean): void {
   const mcpName = header(h, 'mcp-name');
   const mcpMethod = header(h, 'mcp-method');
-  if (mcpName === undefined && mcpMethod === undefined) return;
   const mismatch = (what: string) =>
     new VerifierError(
       'TASKPASS_VERIFY_HEADER_MISMATCH',
       `the ${what} header does not match the request body`,
-      {
-        jsonRpcCode: JSONRPC_HEADER_MISMATCH,
-      },
+      { jsonRpcCode: JSONRPC_HEADER_MISMATCH },
     );
-  if (mcpMethod !== undefined && mcpMethod !== m?.method) throw mismatch('Mcp-Method');
-  if (mcpName !== undefined && (m === undefined || mcpName !== nameOf(m))) throw mismatch('Mcp-Name');
+  const missing = (what: string) =>
+    new VerifierError('TASKPASS_VERIFY_HEADER_MISMATCH', `the required ${what} header is missing`, {
+      jsonRpcCode: JSONRPC_HEADER_MISMATCH,
+    });
+  // Requests only (they carry an id): the spec and the SDK 2.x server exempt notifications and
+  // responses; a batch without a call has no one method to mirror, so it cannot qualify.
+  const isRequest = m !== undefined && typeof m.method === 'string' && m.id !== undefined;
+  if (mcpMethod === undefined) {
+    if (required && (m === undefined || isRequest)) throw missing('Mcp-Method');
+  } else if (mcpMethod !== m?.method) {
+    throw mismatch('Mcp-Method');
+  }
+  const name = m === undefined ? undefined : mcpNameOf(m);
+  if (mcpName === undefined) {
+    if (required && isRequest && name !== undefined) throw missing('Mcp-Name');
+    return;
+  }
+  // Compared after decoding, so an SDK 2.x client's =?base64?…?= spelling of a non-ASCII name
+  // matches; a header naming a target the body does not name is a disagreement too.
+  if (name === undefined || decodeMcpHeaderValue(mcpName) !== name) throw mismatch('Mcp-Name');
 }
 
 function quote(s: string): string {

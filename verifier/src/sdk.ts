@@ -1,5 +1,5 @@
 // Glue to @modelcontextprotocol/sdk v1: a token verifier for requireBearerAuth, a stdio tool
-// wrapper reading the token from _meta, and callerOf() for tool handlers.
+// wrapper reading the token from _meta, and callerOf() for tool handlers (v1 extra or v2 ctx).
 import {
   InsufficientScopeError,
   InvalidTokenError,
@@ -28,9 +28,8 @@ import type { ToolArgs } from './resource.ts';
 export function taskpassTokenVerifier(verifier: Verifier): OAuthTokenVerifier {
   return {
     async verifyAccessToken(token: string): Promise<AuthInfo> {
-      let auth: SessionAuth;
       try {
-        auth = await verifier.verifySession(token);
+        return await sessionAuthInfo(verifier, token);
       } catch (e) {
         if (e instanceof VerifierError) {
           const msg = `${e.code}: ${e.message}`;
@@ -40,23 +39,36 @@ export function taskpassTokenVerifier(verifier: Verifier): OAuthTokenVerifier {
         }
         throw new ServerError('token verification failed');
       }
-      const extra: TaskpassAuthExtra = { taskpass: auth };
-      return {
-        token,
-        clientId: auth.clientId,
-        scopes: [],
-        expiresAt: auth.expiresAt,
-        resource: new URL(verifier.audience),
-        extra: extra as unknown as Record<string, unknown>,
-      };
     },
   };
 }
 
-/** The `extra` fields the helpers read (a subset of the SDK's RequestHandlerExtra). */
+/**
+ * The session-level check behind both SDKs' token verifier interfaces: the `AuthInfo` (with
+ * `expiresAt` and `extra.taskpass`) for a token, or a {@link VerifierError}.
+ */
+export async function sessionAuthInfo(verifier: Verifier, token: string): Promise<AuthInfo> {
+  const auth: SessionAuth = await verifier.verifySession(token);
+  const extra: TaskpassAuthExtra = { taskpass: auth };
+  return {
+    token,
+    clientId: auth.clientId,
+    scopes: [],
+    expiresAt: auth.expiresAt,
+    resource: new URL(verifier.audience),
+    extra: extra as unknown as Record<string, unknown>,
+  };
+}
+
+/**
+ * The fields the helpers read: SDK 1.x `RequestHandlerExtra` (`authInfo`, `_meta`) or SDK 2.x
+ * `ServerContext` (`http.authInfo`, `mcpReq._meta`), which both carry what `req.auth` held.
+ */
 export interface ExtraLike {
   authInfo?: AuthInfo | undefined;
   _meta?: Record<string, unknown> | undefined;
+  http?: { authInfo?: AuthInfo | undefined } | undefined;
+  mcpReq?: { _meta?: Record<string, unknown> | undefined } | undefined;
 }
 
 /**
@@ -72,7 +84,8 @@ export interface ExtraLike {
  * ```
  */
 export function callerOf(extra: ExtraLike | undefined): CallAuth | undefined {
-  const t = (extra?.authInfo?.extra as Partial<TaskpassAuthExtra> | undefined)?.taskpass;
+  const t = ((extra?.authInfo ?? extra?.http?.authInfo)?.extra as Partial<TaskpassAuthExtra> | undefined)
+    ?.taskpass;
   return t?.kind === 'call' ? t : undefined;
 }
 
@@ -93,11 +106,11 @@ export function withTaskpass<A extends ToolArgs, E extends ExtraLike, R extends 
   opts: { verifier: Verifier; tool: string },
 ): (args: A, extra: E) => Promise<R | CallToolResult> {
   return async (args, extra) => {
-    const token = extra._meta?.[META_TOKEN];
+    const token = (extra._meta ?? extra.mcpReq?._meta)?.[META_TOKEN];
     let auth: CallAuth;
     try {
       // Two places, two tokens: which one the handler would act on must not be our guess (RFC 6750 §2).
-      if (token !== undefined && extra.authInfo !== undefined) {
+      if (token !== undefined && (extra.authInfo ?? extra.http?.authInfo) !== undefined) {
         throw new VerifierError(
           'TASKPASS_VERIFY_AMBIGUOUS_TOKEN',
           'a token in _meta and another on the HTTP request',

@@ -313,3 +313,136 @@ describe('client certificate: the TLS connection, or Client-Cert (RFC 9440) from
     }
   });
 });
+
+describe('MCP 2026-07-28 standard headers (Mcp-Method, Mcp-Name)', () => {
+  let strict: Verifier;
+  before(() => {
+    strict = createVerifier({
+      issuer: ISSUER,
+      audience: AUDIENCE,
+      jwks: jwksOf(key),
+      tools: { get_ticket: { resource: 'tickets/{ticket_id}', action: 'read' } },
+      requireMcpHeaders: true,
+    });
+  });
+  const session = () => mint({ key, claims: { authorization_details: [{ type: 'mcp_session' }] } });
+  const codeOf = (r: Awaited<ReturnType<typeof runMiddleware>>) => r.json?.error?.data?.code;
+  const rpcCodeOf = (r: Awaited<ReturnType<typeof runMiddleware>>) =>
+    (r.json as { error?: { code?: number } } | undefined)?.error?.code;
+
+  test('requireMcpHeaders: a tools/call without Mcp-Method or without Mcp-Name → 400 -32020', async () => {
+    const partial: Record<string, string>[] = [
+      { 'mcp-name': 'get_ticket' },
+      { 'mcp-method': 'tools/call' },
+      {},
+    ];
+    for (const headers of partial) {
+      const r = await runMiddleware(strict, {
+        headers: { authorization: `Bearer ${await mint({ key })}`, ...headers },
+        body: call(),
+      });
+      assert.equal(r.status, 400, JSON.stringify(headers));
+      assert.equal(codeOf(r), 'TASKPASS_VERIFY_HEADER_MISMATCH');
+      assert.equal(rpcCodeOf(r), -32020);
+      assert.match(
+        (r.json as { error: { message: string } }).error.message,
+        /required Mcp-(Method|Name) header is missing/,
+      );
+    }
+    const ok = await runMiddleware(strict, {
+      headers: {
+        authorization: `Bearer ${await mint({ key })}`,
+        'mcp-method': 'tools/call',
+        'mcp-name': 'get_ticket',
+      },
+      body: call(),
+    });
+    assert.equal(ok.status, 200);
+  });
+
+  test('requireMcpHeaders: any other request needs Mcp-Method; notifications, responses and GET do not', async () => {
+    const list = JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/list' });
+    const bare = await runMiddleware(strict, {
+      headers: { authorization: `Bearer ${await session()}` },
+      body: list,
+    });
+    assert.equal(bare.status, 400);
+    assert.equal(codeOf(bare), 'TASKPASS_VERIFY_HEADER_MISMATCH');
+    const withMethod = await runMiddleware(strict, {
+      headers: { authorization: `Bearer ${await session()}`, 'mcp-method': 'tools/list' },
+      body: list,
+    });
+    assert.equal(withMethod.status, 200);
+    for (const body of [
+      { jsonrpc: '2.0', method: 'notifications/initialized' },
+      { jsonrpc: '2.0', id: 7, result: {} },
+    ]) {
+      const r = await runMiddleware(strict, {
+        headers: { authorization: `Bearer ${await session()}` },
+        body: JSON.stringify(body),
+      });
+      assert.equal(r.status, 200, JSON.stringify(body));
+    }
+    const get = await runMiddleware(strict, {
+      method: 'GET',
+      headers: { authorization: `Bearer ${await session()}` },
+    });
+    assert.equal(get.status, 200);
+  });
+
+  test('by default a missing header passes (SDK 1.x clients send none); a disagreeing one never does', async () => {
+    const r = await runMiddleware(verifier, {
+      headers: { authorization: `Bearer ${await mint({ key })}` },
+      body: call(),
+    });
+    assert.equal(r.status, 200);
+    const bad = await runMiddleware(verifier, {
+      headers: {
+        authorization: `Bearer ${await mint({ key })}`,
+        'mcp-method': 'tools/call',
+        'mcp-name': 'close_ticket',
+      },
+      body: call(),
+    });
+    assert.equal(bad.status, 400);
+    assert.equal(codeOf(bad), 'TASKPASS_VERIFY_HEADER_MISMATCH');
+  });
+
+  test('Mcp-Name in the =?base64?…?= form is compared decoded; a non-canonical or wrong one is refused', async () => {
+    const uri = 'tickets://T-1/résumé';
+    const read = JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'resources/read', params: { uri } });
+    const b64 = Buffer.from(uri).toString('base64');
+    const send = async (name: string) =>
+      runMiddleware(strict, {
+        headers: {
+          authorization: `Bearer ${await session()}`,
+          'mcp-method': 'resources/read',
+          'mcp-name': name,
+        },
+        body: read,
+      });
+    assert.equal((await send(`=?base64?${b64}?=`)).status, 200);
+    for (const name of [
+      `=?base64?${b64.replace(/=+$/, '')}?=`, // padding dropped: not canonical
+      `=?base64?${Buffer.from('tickets://T-2').toString('base64')}?=`,
+      `=?base64?${Buffer.from([0xff, 0xfe]).toString('base64')}?=`, // not UTF-8
+      '=?base64?=',
+    ]) {
+      const r = await send(name);
+      assert.equal(r.status, 400, name);
+      assert.equal(codeOf(r), 'TASKPASS_VERIFY_HEADER_MISMATCH', name);
+    }
+  });
+
+  test('tasks/* requests: Mcp-Name mirrors params.taskId', async () => {
+    const get = JSON.stringify({ jsonrpc: '2.0', id: 4, method: 'tasks/get', params: { taskId: 't-1' } });
+    const send = async (headers: Record<string, string>) =>
+      runMiddleware(strict, {
+        headers: { authorization: `Bearer ${await session()}`, 'mcp-method': 'tasks/get', ...headers },
+        body: get,
+      });
+    assert.equal((await send({ 'mcp-name': 't-1' })).status, 200);
+    assert.equal((await send({ 'mcp-name': 't-2' })).status, 400);
+    assert.equal((await send({})).status, 400);
+  });
+});
