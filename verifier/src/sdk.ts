@@ -8,7 +8,8 @@ import {
 import type { OAuthTokenVerifier } from '@modelcontextprotocol/sdk/server/auth/provider.js';
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { type CallAuth, META_TOKEN, type SessionAuth, type Verifier } from './core.ts';
+import { META_TOKEN } from '@taskpass/contract';
+import type { CallAuth, SessionAuth, Verifier } from './core.ts';
 import { VerifierError } from './errors.ts';
 import type { TaskpassAuthExtra } from './request.ts';
 import type { ToolArgs } from './resource.ts';
