@@ -16,6 +16,7 @@ export {
   type McpSessionDetail,
   type McpToolCallDetail,
 } from './claims.ts';
+export { COMPLETION_STATUSES, type CompletionStatus } from './completion.ts';
 export { CONTRACT_ERRORS, ContractError, type ContractErrorCode } from './errors.ts';
 export { META_ACTION, META_RESOURCE, META_TOKEN } from './meta.ts';
 export {

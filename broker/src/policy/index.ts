@@ -45,8 +45,6 @@ export {
 export {
   type CompiledPattern,
   compilePattern,
-  isResourceSegment,
-  MAX_RESOURCE_BYTES,
   type PatternContext,
   type ParsedSpiffeId,
   parseSpiffeId,

@@ -2,7 +2,7 @@
 // camelCase `Template` objects with defaults applied and durations in seconds; every pattern is
 // compiled once here so a template that loads is a template that can be matched.
 import { z } from 'zod';
-import type { Action } from '../store/types.ts';
+import type { Action } from '@taskpass/contract';
 import { compilePattern } from './pattern.ts';
 
 /** Longest token lifetime a template may grant (tokens are meant to live seconds, not hours). */
