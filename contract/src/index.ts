@@ -18,7 +18,7 @@ export {
 } from './claims.ts';
 export { COMPLETION_STATUSES, type CompletionStatus } from './completion.ts';
 export { CONTRACT_ERRORS, ContractError, type ContractErrorCode } from './errors.ts';
-export { META_ACTION, META_RESOURCE, META_TOKEN } from './meta.ts';
+export { META_ACTION, META_ERROR, META_RESOURCE, META_TOKEN } from './meta.ts';
 export {
   checkResource,
   isResourceChar,

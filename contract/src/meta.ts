@@ -7,3 +7,5 @@ export const META_RESOURCE = 'dev.taskpass/resource';
 export const META_ACTION = 'dev.taskpass/action';
 /** The call token of a `tools/call` over stdio (`params._meta`), where there is no HTTP header. */
 export const META_TOKEN = 'dev.taskpass/token';
+/** The stable error code of a refused `tools/call` over stdio (`CallToolResult._meta`). */
+export const META_ERROR = 'dev.taskpass/error';

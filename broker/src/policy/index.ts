@@ -52,7 +52,6 @@ export {
   validateResource,
 } from './pattern.ts';
 export {
-  ACTIONS,
   type ClaimCondition,
   MAX_TASK_TTL_SEC,
   MAX_TOKEN_TTL_SEC,
