@@ -52,7 +52,10 @@ const WIRE_DEFINITIONS: [string, RegExp][] = [
   ['a feed event name', /['"](snapshot-page|heartbeat)['"]/],
   ['the action classes', /['"]read['"]\s*(\||,)\s*['"]write['"]\s*(\||,)\s*['"]admin['"]/],
   ['the resource character set', /0123456789\._~:@\+=-['"]|\/\^\[A-Za-z0-9\._~:@\+=-\]/],
-  ['a certificate thumbprint', /\.raw\b[^;]*;[^;]*createHash\(['"]sha256['"]\)|createHash\(['"]sha256['"]\)[^;]*\.raw\b/],
+  [
+    'a certificate thumbprint',
+    /\.raw\b[^;]*;[^;]*createHash\(['"]sha256['"]\)|createHash\(['"]sha256['"]\)[^;]*\.raw\b/,
+  ],
   ['the Revocation type', /export (interface|type) Revocation\b/],
   ['the Action type', /export type Action\b/],
   ['the CeilingEntry type', /export interface CeilingEntry\b/],
