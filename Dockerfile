@@ -12,6 +12,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 # Every workspace's manifest (test/compose.test.ts checks this list against package.json).
 COPY spiffe/package.json spiffe/
+COPY contract/package.json contract/
 COPY broker/package.json broker/
 COPY verifier/package.json verifier/
 COPY agent-plugin/package.json agent-plugin/

@@ -1,18 +1,13 @@
 // The agent's HTTP client for the broker API (docs/design.md §3). One undici dispatcher is kept per
 // client so connections are reused: an mTLS handshake costs far more than a token request. Every
 // broker answer is validated here, at the boundary; nothing else in the package parses broker JSON.
+import { ACTIONS, type Action, type CeilingEntry, type CompletionStatus } from '@taskpass/contract';
 import type { Matcher, SpiffeId, TlsSource } from '@taskpass/spiffe';
 import { decodeJwt } from 'jose';
 import { Agent, type Dispatcher, request } from 'undici';
 import { z } from 'zod';
 import { AgentPluginError, BrokerError, type BrokerErrorBody, TaskpassDeniedError } from './errors.ts';
 import { Task } from './task.ts';
-
-/** Action classes, from least to most powerful (docs/design.md §2). */
-export type Action = 'read' | 'write' | 'admin';
-
-/** How a task ends. */
-export type FinishStatus = 'completed' | 'failed' | 'cancelled';
 
 /** Something that hands out JWT-SVIDs, such as `JwtSource` or `WorkloadApiClient` of `@taskpass/spiffe`. */
 export interface JwtSvidSource {
@@ -64,13 +59,6 @@ export interface BrokerClientOptions {
   tokenReuseMarginSec?: number;
   /** Clock in epoch milliseconds (test seam). Default `Date.now`. */
   clock?: () => number;
-}
-
-/** The permissions a task may ever use (from the templates that matched when it was opened). */
-export interface CeilingEntry {
-  template: string;
-  audience: string;
-  tools: { tool: string; action: Action; resources: string[] }[];
 }
 
 /** The broker's view of a task (`GET /v1/tasks/:id`). */
@@ -148,7 +136,7 @@ export class IssuedToken {
 
 // --- Response schemas (the boundary) ---------------------------------------------------------
 
-const ActionSchema = z.enum(['read', 'write', 'admin']);
+const ActionSchema = z.enum(ACTIONS);
 const EpochSec = z.number().int().nonnegative();
 const Jws = z.string().regex(/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/, 'not a compact JWS');
 
@@ -400,7 +388,7 @@ export class BrokerClient {
   }
 
   /** Finishes a task (`POST /v1/tasks/:id/complete`); resolves once its revocation is durable. */
-  async complete(taskId: string, status: FinishStatus): Promise<CompleteResult> {
+  async complete(taskId: string, status: CompletionStatus): Promise<CompleteResult> {
     const r = await this.#call(
       'POST',
       `/v1/tasks/${encodeURIComponent(taskId)}/complete`,

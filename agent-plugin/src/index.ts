@@ -1,13 +1,22 @@
 // Public API of @taskpass/agent-plugin: the broker client, task handles and the MCP client glue.
+// The wire language shared with broker and verifier, re-exported so an agent needs one import.
 export {
   type Action,
+  argsSha256,
+  type CeilingEntry,
+  type CompletionStatus,
+  isValidResource,
+  META_ACTION,
+  META_RESOURCE,
+  META_TOKEN,
+  type ToolArgs,
+} from '@taskpass/contract';
+export {
   type BrokerAuth,
   BrokerClient,
   type BrokerClientOptions,
   type CallTokenRequest,
-  type CeilingEntry,
   type CompleteResult,
-  type FinishStatus,
   type InsecureAuth,
   IssuedToken,
   type JwtSvidAuth,
@@ -26,16 +35,10 @@ export {
   TaskpassDeniedError,
 } from './errors.ts';
 export {
-  argsSha256,
   type CallToolParams,
   type CallToolTokenOptions,
   type FetchLike,
-  isValidResource,
-  META_ACTION,
-  META_RESOURCE,
-  META_TOKEN,
   type ResolvedCall,
-  type ToolArgs,
   ToolCatalog,
   type ToolCatalogOptions,
   type ToolDeclaration,

@@ -5,25 +5,22 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { RequestOptions } from '@modelcontextprotocol/sdk/shared/protocol.js';
 import type { FetchLike } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
+  type Action,
   argsSha256,
   checkedDeriver,
+  encodeMcpHeaderValue,
   compileResourceTemplate,
-  isValidResource,
+  isAction,
+  META_ACTION,
+  META_RESOURCE,
+  META_TOKEN,
+  mcpNameOf,
   type ToolArgs,
-} from '@taskpass/verifier/resource';
-import { encodeMcpHeaderValue, mcpNameOf } from '@taskpass/verifier/mcp-headers';
-import type { Action } from './broker-client.ts';
+} from '@taskpass/contract';
 import { AgentPluginError } from './errors.ts';
 import type { Task } from './task.ts';
 
-export type { FetchLike, ToolArgs };
-export { argsSha256, isValidResource };
-
-/** `_meta` keys of docs/design.md §6. */
-export const META_RESOURCE = 'dev.taskpass/resource';
-export const META_ACTION = 'dev.taskpass/action';
-/** `_meta` key carrying the call token over stdio. */
-export const META_TOKEN = 'dev.taskpass/token';
+export type { FetchLike };
 
 /**
  * How the agent author maps one tool's calls to a Taskpass resource and action class.
@@ -54,8 +51,6 @@ export interface ResolvedCall {
   argsSha256?: string;
 }
 
-const ACTIONS: readonly string[] = ['read', 'write', 'admin'];
-
 type Deriver = (args: ToolArgs) => string;
 
 function underivable(msg: string, cause?: unknown): AgentPluginError {
@@ -67,8 +62,8 @@ function underivable(msg: string, cause?: unknown): AgentPluginError {
 }
 
 /**
- * The agent derives resources with the verifier's own compiler (`@taskpass/verifier/resource`), so
- * both sides of a call always agree on the resource; only the error type is the agent's.
+ * The agent derives resources with the compiler the verifier uses (`@taskpass/contract`), so both
+ * sides of a call always agree on the resource; only the error type is the agent's.
  */
 function asAgentDeriver(derive: (args: ToolArgs) => string): Deriver {
   return (args) => {
@@ -120,7 +115,7 @@ export class ToolCatalog {
   constructor(declared: ToolDeclarations = {}, opts: ToolCatalogOptions = {}) {
     this.useServerHints = opts.useServerHints ?? true;
     for (const [name, d] of Object.entries(declared)) {
-      if (!d || !ACTIONS.includes(d.action)) {
+      if (!d || !isAction(d.action)) {
         throw new AgentPluginError(
           'TASKPASS_AGENT_CONFIG_INVALID',
           `tool "${name}": action must be read, write or admin`,
@@ -161,7 +156,7 @@ export class ToolCatalog {
       }
       const act = meta[META_ACTION];
       let action: Action;
-      if (typeof act === 'string' && ACTIONS.includes(act)) action = act as Action;
+      if (isAction(act)) action = act;
       else if (act !== undefined) {
         this.#hints.set(
           t.name,

@@ -1,12 +1,10 @@
 // A task handle: the agent's side of one task at the broker. It caches tokens (read and session
 // tokens while valid; single-use tokens never) and ends the task on `await using` disposal.
+import type { Action, CeilingEntry, CompletionStatus } from '@taskpass/contract';
 import type {
-  Action,
   BrokerClient,
   CallTokenRequest,
-  CeilingEntry,
   CompleteResult,
-  FinishStatus,
   IssuedToken,
   OpenedTask,
 } from './broker-client.ts';
@@ -17,7 +15,7 @@ import { AgentPluginError, BrokerError } from './errors.ts';
  * status once the broker confirmed it; `closed` when the broker reported the task closed or expired
  * (revoked by an administrator, or timed out).
  */
-export type TaskState = 'open' | 'finishing' | FinishStatus | 'closed';
+export type TaskState = 'open' | 'finishing' | CompletionStatus | 'closed';
 
 /** What {@link Task.token} asks for: one tool call at one MCP server. */
 export interface TokenRequest {
@@ -72,7 +70,7 @@ export class Task {
   readonly #client: BrokerClient;
   #state: TaskState = 'open';
   #finishing: Promise<CompleteResult> | undefined;
-  #finishingStatus: FinishStatus | undefined;
+  #finishingStatus: CompletionStatus | undefined;
   readonly #calls = new Map<string, Cached>();
   readonly #sessions = new Map<string, Cached>();
   readonly #inflight = new Map<string, Promise<IssuedToken>>();
@@ -140,17 +138,17 @@ export class Task {
 
   /** Completes the task; its tokens are revoked once this resolves. */
   complete(): Promise<CompleteResult> {
-    return this.#finish('completed');
+    return this.#complete('completed');
   }
 
   /** Ends the task as failed. */
   fail(): Promise<CompleteResult> {
-    return this.#finish('failed');
+    return this.#complete('failed');
   }
 
   /** Cancels the task. */
   cancel(): Promise<CompleteResult> {
-    return this.#finish('cancelled');
+    return this.#complete('cancelled');
   }
 
   /**
@@ -232,7 +230,7 @@ export class Task {
     this.#sessions.clear();
   }
 
-  async #finish(status: FinishStatus): Promise<CompleteResult> {
+  async #complete(status: CompletionStatus): Promise<CompleteResult> {
     if (this.#finishing && this.#finishingStatus === status) return this.#finishing;
     this.#assertOpen();
     this.#state = 'finishing';

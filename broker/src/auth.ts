@@ -6,7 +6,7 @@
 // Agents, admins and feed readers are then decided by matchers on the SPIFFE ID.
 import type { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import { chainFromPeerCertificate, pinPeerCertificate, type SpiffeId, x5tS256 } from '@taskpass/spiffe';
+import { chainFromPeerCertificate, pinPeerCertificate, type SpiffeId } from '@taskpass/spiffe';
 import { TaskpassError } from './errors.ts';
 import { compilePattern } from './policy/pattern.ts';
 
@@ -47,9 +47,6 @@ export interface WorkloadAuthenticator {
     opts?: { audience?: string | readonly string[] },
   ): Promise<WorkloadIdentity>;
 }
-
-/** RFC 8705 thumbprint: base64url(SHA-256(DER)) — the spiffe package's, under the broker's old name. */
-export const x5tS256Of: (cert: X509Certificate) => string = x5tS256;
 
 /**
  * The peer certificate chain (leaf first, a trailing self-signed root dropped) of a TLS socket;

@@ -1,4 +1,14 @@
 // Public API of @taskpass/broker.
+// The wire language (claims, actions, ceiling, revocations) is @taskpass/contract's; re-exported so
+// code embedding the broker needs one import.
+export type {
+  Action,
+  ActorClaim,
+  AuthorizationDetail,
+  CallTokenClaims,
+  CeilingEntry,
+  Revocation,
+} from '@taskpass/contract';
 export { type AppDeps, buildApp } from './app.ts';
 export { type AuditEvent, type AuditLog, createAuditLog } from './audit.ts';
 export {
@@ -12,7 +22,6 @@ export {
   spiffeIdPatternMatcher,
   type WorkloadAuthenticator,
   type WorkloadIdentity,
-  x5tS256Of,
 } from './auth.ts';
 export { runCli } from './cli.ts';
 export {
@@ -36,15 +45,8 @@ export {
 } from './key-wrap.ts';
 export { SigningKeys, type SigningKeysOptions } from './keys.ts';
 export { type BrokerMetrics, createMetrics } from './metrics.ts';
-export {
-  type ActClaim,
-  type AuthorizationDetail,
-  type MintInput,
-  mintToken,
-  type TokenClaims,
-} from './mint.ts';
+export { type MintInput, mintToken } from './mint.ts';
 export type {
-  CeilingEntry,
   HistoryQueries,
   KeysPort,
   PolicyDecision,
@@ -63,7 +65,7 @@ export { FeedOverflowError, RevocationHub, type RevocationHubOptions } from './r
 export { authorizationServerMetadata } from './routes/public.ts';
 export { type RevocationRoutesOptions, revocationRoutes } from './routes/revocations.ts';
 export { type RunningBroker, startBroker } from './server.ts';
-export { checkResource, type IssuedToken, TaskService } from './service.ts';
+export { type MintedToken, TaskService } from './service.ts';
 export {
   createStore,
   RedisStore,

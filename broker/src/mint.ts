@@ -2,18 +2,12 @@
 // signature encoding, as JWS requires): about twice the throughput of jose's SignJWT on Node 20,
 // and the output is an ordinary compact JWS that jose verifies (see test/mint.test.ts).
 import { KeyObject, randomBytes, sign, type webcrypto } from 'node:crypto';
-import type { Action } from './store/types.ts';
-
-/** One RFC 9396 authorization detail carried by a call or session token. */
-export type AuthorizationDetail =
-  | { type: 'mcp_tool_call'; tool: string; resource: string; action: Action; args_sha256?: string }
-  | { type: 'mcp_session' };
-
-/** RFC 8693 actor claim (nested for sub-agents: the current actor outermost). */
-export interface ActClaim {
-  sub: string;
-  act?: ActClaim;
-}
+import {
+  ACCESS_TOKEN_TYPE,
+  type ActorClaim,
+  type AuthorizationDetail,
+  type CallTokenClaims,
+} from '@taskpass/contract';
 
 /** Everything a token says; the caller has already decided that it may be issued. */
 export interface MintInput {
@@ -26,7 +20,7 @@ export interface MintInput {
   /** Agent SPIFFE ID: `client_id` and `act.sub`. */
   agent: string;
   /** Earlier actors (for sub-agents), nested under the current one. */
-  priorAct?: ActClaim;
+  priorAct?: ActorClaim;
   audience: string;
   /** Epoch seconds. */
   iat: number;
@@ -37,23 +31,6 @@ export interface MintInput {
   x5tS256?: string;
   singleUse: boolean;
   template: string;
-}
-
-/** The claims of a Taskpass call or session token. */
-export interface TokenClaims {
-  iss: string;
-  sub: string;
-  act: ActClaim;
-  client_id: string;
-  aud: string;
-  iat: number;
-  exp: number;
-  jti: string;
-  txn: string;
-  authorization_details: AuthorizationDetail[];
-  cnf?: { 'x5t#S256': string };
-  single_use?: true;
-  tpl: string;
 }
 
 const keyObjects = new WeakMap<object, KeyObject>();
@@ -73,9 +50,9 @@ const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64url');
 export const newJti = (): string => randomBytes(16).toString('base64url');
 
 /** Builds the claim set (exported for tests and explain). */
-export function buildClaims(input: MintInput, jti: string): TokenClaims {
-  const act: ActClaim = input.priorAct ? { sub: input.agent, act: input.priorAct } : { sub: input.agent };
-  const claims: TokenClaims = {
+export function buildClaims(input: MintInput, jti: string): CallTokenClaims {
+  const act: ActorClaim = input.priorAct ? { sub: input.agent, act: input.priorAct } : { sub: input.agent };
+  const claims: CallTokenClaims = {
     iss: input.issuer,
     sub: input.sub,
     act,
@@ -94,13 +71,13 @@ export function buildClaims(input: MintInput, jti: string): TokenClaims {
 }
 
 /** Signs a call/session token. Throws if exp is not after iat (never mint a dead or eternal token). */
-export function mintToken(input: MintInput): { token: string; jti: string; claims: TokenClaims } {
+export function mintToken(input: MintInput): { token: string; jti: string; claims: CallTokenClaims } {
   if (!(Number.isInteger(input.iat) && Number.isInteger(input.exp) && input.exp > input.iat)) {
     throw new Error('mintToken: exp must be an integer after iat');
   }
   const jti = newJti();
   const claims = buildClaims(input, jti);
-  const header = b64(JSON.stringify({ alg: 'ES256', typ: 'at+jwt', kid: input.kid }));
+  const header = b64(JSON.stringify({ alg: 'ES256', typ: ACCESS_TOKEN_TYPE, kid: input.kid }));
   const signingInput = `${header}.${b64(JSON.stringify(claims))}`;
   const sig = sign('sha256', Buffer.from(signingInput), {
     key: toKeyObject(input.privateKey),

@@ -1,21 +1,14 @@
 // The small interfaces the HTTP layer needs from the policy engine, the signing keys and the
 // revocation hub. The concrete classes (policy/, keys.ts, revocation-hub.ts) satisfy them
 // structurally; tests may hand in fakes.
+import type { Action, CeilingEntry } from '@taskpass/contract';
 import type { BrokerErrorCode } from './errors.ts';
-import type { Action } from './store/types.ts';
 
 /** The verified delegating user, as templates see it. */
 export interface PolicyUser {
   iss: string;
   sub: string;
   claims: Record<string, unknown>;
-}
-
-/** One entry of a task's ceiling. */
-export interface CeilingEntry {
-  template: string;
-  audience: string;
-  tools: { tool: string; action: Action; resources: string[] }[];
 }
 
 /** Allowed: which template, its owner, the token ttl and single-use flag. */

@@ -13,7 +13,8 @@
 // snapshot written at once stalled the broker and was cut off as a slow reader, forever).
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { REVOCATION_GRACE_SEC, type Revocation, type Store } from './store/types.ts';
+import type { Revocation } from '@taskpass/contract';
+import { REVOCATION_GRACE_SEC, type Store } from './store/types.ts';
 
 /** The broker's signing-key set as the feed sees it: the kids it publishes and when that changes. */
 export interface KeySetSource {

@@ -2,18 +2,25 @@
 // task is usable by its caller, decide + mint + record a call token, complete or revoke a task.
 // Every state change is durable in the store before the caller is answered.
 import { randomBytes } from 'node:crypto';
+import {
+  type Action,
+  type AuthorizationDetail,
+  type CeilingEntry,
+  checkResource,
+  type Revocation,
+} from '@taskpass/contract';
 import type { AuditLog } from './audit.ts';
 import type { WorkloadIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { TaskpassError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
-import { type AuthorizationDetail, mintToken } from './mint.ts';
-import type { CeilingEntry, HistoryQueries, KeysPort, PolicyPort, PolicyUser, TaskHistory } from './ports.ts';
-import type { Action, FinishStatus, Revocation, Store, TaskRecord } from './store/types.ts';
+import { mintToken } from './mint.ts';
+import type { HistoryQueries, KeysPort, PolicyPort, PolicyUser, TaskHistory } from './ports.ts';
+import type { ClosingStatus, Store, TaskRecord } from './store/types.ts';
 import type { VerifiedUser } from './user-tokens.ts';
 
-/** A minted token and what the client needs to know about it. */
-export interface IssuedToken {
+/** A token the broker minted and what the client needs to know about it. */
+export interface MintedToken {
   accessToken: string;
   jti: string;
   expiresAt: number;
@@ -21,21 +28,6 @@ export interface IssuedToken {
   singleUse: boolean;
   template: string;
   detail: AuthorizationDetail;
-}
-
-const RESOURCE_SEGMENT = /^[A-Za-z0-9._~:@+=-]+$/;
-
-/** Resource grammar of docs/design.md §5; throws TASKPASS_INVALID_RESOURCE. */
-export function checkResource(resource: string): void {
-  const ok =
-    Buffer.byteLength(resource) <= 512 &&
-    resource.split('/').every((s) => s !== '.' && s !== '..' && RESOURCE_SEGMENT.test(s));
-  if (!ok) {
-    throw new TaskpassError(
-      'TASKPASS_INVALID_RESOURCE',
-      'resource must be /-separated segments of [A-Za-z0-9._~:@+=-], at most 512 bytes, no . or .. segments',
-    );
-  }
 }
 
 /**
@@ -205,9 +197,10 @@ export class TaskService {
       action: Action;
       args_sha256?: string | undefined;
     },
-  ): Promise<IssuedToken> {
+  ): Promise<MintedToken> {
     const started = performance.now();
-    checkResource(req.resource);
+    const grammar = checkResource(req.resource);
+    if (!grammar.ok) throw new TaskpassError('TASKPASS_INVALID_RESOURCE', grammar.reason);
     const policy = this.d.policies.current();
     const queries = policy.historyQueries({
       audience: req.audience,
@@ -334,7 +327,7 @@ export class TaskService {
   }
 
   /** Mints a session token (permits no tool call) for an audience in the task's ceiling. */
-  async issueSession(agent: WorkloadIdentity, task: TaskRecord, audience: string): Promise<IssuedToken> {
+  async issueSession(agent: WorkloadIdentity, task: TaskRecord, audience: string): Promise<MintedToken> {
     const s = this.d.policies
       .current()
       .session(agent.id, taskUser(task), audience, this.nowSec() - task.createdAt);
@@ -394,18 +387,18 @@ export class TaskService {
     };
   }
 
-  /** Finishes a task; resolves after the revocation is durable. */
-  async finish(
+  /** Completes (or, for an admin, revokes) a task; resolves after the revocation is durable. */
+  async complete(
     by: WorkloadIdentity,
     id: string,
-    status: FinishStatus,
+    status: ClosingStatus,
     reason: string,
   ): Promise<{ task: TaskRecord; revocation: Revocation }> {
     const r = await durable(
       'record the revocation',
-      this.d.store.finishTask(id, status, this.nowSec(), reason),
+      this.d.store.completeTask(id, status, this.nowSec(), reason),
     );
-    if (!r.alreadyFinished) this.d.metrics.revocations.inc({ kind: 'task' });
+    if (!r.alreadyCompleted) this.d.metrics.revocations.inc({ kind: 'task' });
     this.d.audit.record({
       event: status === 'revoked' ? 'task.revoked' : 'task.completed',
       agent: r.task.agent,

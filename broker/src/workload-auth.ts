@@ -6,9 +6,9 @@ import {
   type SpiffeId,
   type X509BundleSource,
   verifyX509Svid,
-  x5tS256,
 } from '@taskpass/spiffe';
 import type { X509Certificate } from 'node:crypto';
+import { x5tS256 } from '@taskpass/contract';
 import type { WorkloadAuthenticator, WorkloadIdentity } from './auth.ts';
 import { TaskpassError } from './errors.ts';
 

@@ -11,14 +11,8 @@ import { TaskpassError } from '../src/errors.ts';
 import { historyOf } from '../src/policy/engine.ts';
 import type { HistoryQueries, PolicyDecision, PolicyDeny, PolicyPort, PolicyUser } from '../src/ports.ts';
 import { RevocationHub } from '../src/revocation-hub.ts';
-import type {
-  FinishStatus,
-  IssuedCall,
-  Revocation,
-  Store,
-  StoredSigningKey,
-  TaskRecord,
-} from '../src/store/types.ts';
+import type { Revocation } from '@taskpass/contract';
+import type { ClosingStatus, IssuedCall, Store, StoredSigningKey, TaskRecord } from '../src/store/types.ts';
 import { createUserTokenVerifier } from '../src/user-tokens.ts';
 
 export const TD = 'taskpass.local';
@@ -62,20 +56,20 @@ export class MemoryStore implements Store {
     for (const l of this.listeners) l(rev);
     return rev;
   }
-  async finishTask(id: string, status: FinishStatus, at: number, reason: string) {
+  async completeTask(id: string, status: ClosingStatus, at: number, reason: string) {
     if (this.failWrites) throw new Error('disk full');
     const t = this.tasks.get(id);
     if (!t) throw new Error('no task');
     if (t.status !== 'open') {
       const r = this.revs.find((x) => x.kind === 'task' && x.id === id)!;
-      return { task: structuredClone(t), revocation: r, alreadyFinished: true };
+      return { task: structuredClone(t), revocation: r, alreadyCompleted: true };
     }
     t.status = status;
     t.finishedAt = at;
     return {
       task: structuredClone(t),
       revocation: this.push({ kind: 'task', id, until: t.expiresAt, reason }),
-      alreadyFinished: false,
+      alreadyCompleted: false,
     };
   }
   async recordIssued(c: IssuedCall, opts: { ifToolCount?: number } = {}) {

@@ -24,8 +24,8 @@ import {
   WorkloadApiClient,
   X509Source,
   type X509Svid,
-  x5tS256,
 } from '@taskpass/spiffe';
+import { x5tS256 } from '@taskpass/contract';
 import { TestCa } from '@taskpass/spiffe/testing';
 import { createLocalJWKSet, type JWTPayload, jwtVerify } from 'jose';
 import pino from 'pino';

@@ -4,12 +4,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import {
-  type CompiledPattern,
-  compilePattern,
-  isResourceSegment,
-  validateResource,
-} from '../src/policy/pattern.ts';
+import { compileResourceTemplate } from '@taskpass/contract';
+import { type CompiledPattern, compilePattern, validateResource } from '../src/policy/pattern.ts';
 
 // ---- the reference model ------------------------------------------------------------------------
 
@@ -336,8 +332,8 @@ describe('property: agent patterns', () => {
   });
 });
 
-describe('property: the resource grammar has one answer in the broker', () => {
-  test('validateResource and isResourceSegment agree with the design grammar', () => {
+describe('property: the broker speaks the resource grammar of the contract', () => {
+  test('validateResource follows the design grammar (the contract check, with the broker code)', () => {
     const longish = fc
       .tuple(fc.integer({ min: 500, max: 520 }), fc.constantFrom('a', 'a/', '.', 'é'))
       .map(([n, c]) => `x${c.repeat(n)}`.slice(0, n));
@@ -349,8 +345,37 @@ describe('property: the resource grammar has one answer in the broker', () => {
           fc.array(word, { minLength: 1, maxLength: 6 }).map((a) => a.join('/')),
         ),
         (s) => {
-          assert.equal(validateResource(s).ok, refValid(s), JSON.stringify(s));
-          assert.equal(isResourceSegment(s), refSegment(s), JSON.stringify(s));
+          const r = validateResource(s);
+          assert.equal(r.ok, refValid(s), JSON.stringify(s));
+          if (!r.ok) assert.equal(r.code, 'TASKPASS_INVALID_RESOURCE');
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+
+  // A policy placeholder ({user.v}) and an MCP server's resource template ({v}) fill a segment by
+  // the same rule: a value one accepts and the other refuses would fail closed at the verifier, or
+  // be checked by different rules.
+  test('a policy placeholder and a resource template accept the same values', () => {
+    const brokerPattern = compilePattern('items/{user.v}', 'resource');
+    assert.ok(brokerPattern.ok);
+    const derive = compileResourceTemplate('items/{v}');
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          hostileString,
+          fc.array(word, { minLength: 1, maxLength: 3 }).map((a) => a.join('/')),
+        ),
+        (v) => {
+          let templateValue: string | undefined;
+          try {
+            templateValue = derive({ v });
+          } catch {
+            templateValue = undefined;
+          }
+          const policyValue = brokerPattern.pattern.render({ user: { sub: 's', claims: { v } } });
+          assert.equal(policyValue, templateValue, JSON.stringify(v));
         },
       ),
       { numRuns: 1000 },

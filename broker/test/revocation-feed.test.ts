@@ -5,7 +5,8 @@ import { Agent, fetch } from 'undici';
 import { FeedOverflowError, type KeySetSource, RevocationHub } from '../src/revocation-hub.ts';
 import { revocationRoutes } from '../src/routes/revocations.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import { REVOCATION_GRACE_SEC, type Revocation } from '../src/store/types.ts';
+import type { Revocation } from '@taskpass/contract';
+import { REVOCATION_GRACE_SEC } from '../src/store/types.ts';
 
 interface SseEvent {
   event: string;
@@ -159,7 +160,7 @@ test('feed: snapshot of live revocations, then each new revocation once its stor
     assert.equal(f.hub.subscriberCount(), 1);
 
     const id = await f.openTask();
-    const { revocation } = await f.store.finishTask(id, 'completed', nowSec(), 'task completed');
+    const { revocation } = await f.store.completeTask(id, 'completed', nowSec(), 'task completed');
     const ev = await sse!.next();
     assert.equal(ev.event, 'revoked');
     assert.equal(ev.id, String(revocation.seq));

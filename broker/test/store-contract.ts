@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { test } from 'node:test';
 import { TaskpassError } from '../src/errors.ts';
+import type { Revocation } from '@taskpass/contract';
 import {
   REVOCATION_GRACE_SEC,
-  type Revocation,
   type Store,
   type StoredSigningKey,
   type TaskRecord,
@@ -69,7 +69,7 @@ export function storeContract(name: string, make: MakeStore): void {
       const t2 = task({ createdAt: now - 2, agent: 'spiffe://taskpass.local/agents/other' });
       const t3 = task({ createdAt: now - 1 });
       for (const t of [t1, t2, t3]) await s.createTask(t);
-      await s.finishTask(t3.id, 'completed', now, 'done');
+      await s.completeTask(t3.id, 'completed', now, 'done');
       assert.deepEqual(
         (await s.listTasks()).map((t) => t.id),
         [t3.id, t2.id, t1.id],
@@ -88,15 +88,15 @@ export function storeContract(name: string, make: MakeStore): void {
       );
     }));
 
-  test(`${name}: finishTask is atomic, idempotent and appends one task revocation`, () =>
+  test(`${name}: completeTask is atomic, idempotent and appends one task revocation`, () =>
     withStore(make, async (s) => {
       const t = task();
       await s.createTask(t);
       const seen: Revocation[] = [];
       const off = s.onRevocation((r) => seen.push(r));
       const at = nowSec();
-      const r1 = await s.finishTask(t.id, 'completed', at, 'task completed');
-      assert.equal(r1.alreadyFinished, false);
+      const r1 = await s.completeTask(t.id, 'completed', at, 'task completed');
+      assert.equal(r1.alreadyCompleted, false);
       assert.equal(r1.task.status, 'completed');
       assert.equal(r1.task.finishedAt, at);
       assert.deepEqual(r1.revocation, {
@@ -109,8 +109,8 @@ export function storeContract(name: string, make: MakeStore): void {
       assert.equal((await s.getTask(t.id))?.status, 'completed');
       assert.equal(await s.currentSeq(), 1);
 
-      const r2 = await s.finishTask(t.id, 'revoked', at + 5, 'again');
-      assert.equal(r2.alreadyFinished, true);
+      const r2 = await s.completeTask(t.id, 'revoked', at + 5, 'again');
+      assert.equal(r2.alreadyCompleted, true);
       assert.equal(r2.task.status, 'completed', 'the first outcome stands');
       assert.deepEqual(r2.revocation, r1.revocation);
       assert.equal(await s.currentSeq(), 1, 'no second revocation');
@@ -120,7 +120,7 @@ export function storeContract(name: string, make: MakeStore): void {
       assert.deepEqual(seen, [r1.revocation], 'onRevocation fired once');
       off();
 
-      await assert.rejects(s.finishTask('missing', 'completed', at, 'x'), (e: unknown) => {
+      await assert.rejects(s.completeTask('missing', 'completed', at, 'x'), (e: unknown) => {
         assert.ok(e instanceof TaskpassError);
         assert.equal(e.code, 'TASKPASS_TASK_NOT_FOUND');
         return true;
@@ -135,10 +135,10 @@ export function storeContract(name: string, make: MakeStore): void {
       const at = nowSec();
       const rs = await Promise.all(
         (['completed', 'failed', 'cancelled', 'revoked'] as const).map((st) =>
-          s.finishTask(t.id, st, at, st),
+          s.completeTask(t.id, st, at, st),
         ),
       );
-      assert.equal(rs.filter((r) => !r.alreadyFinished).length, 1);
+      assert.equal(rs.filter((r) => !r.alreadyCompleted).length, 1);
       assert.equal(new Set(rs.map((r) => r.revocation.seq)).size, 1);
       assert.equal(await s.currentSeq(), 1);
     }));
@@ -291,7 +291,7 @@ export function storeContract(name: string, make: MakeStore): void {
       const b = await s.revokeToken('jti-b', now - 1, 'already expired');
       const t = task();
       await s.createTask(t);
-      const c = (await s.finishTask(t.id, 'revoked', now, 'admin')).revocation;
+      const c = (await s.completeTask(t.id, 'revoked', now, 'admin')).revocation;
       assert.deepEqual([a.seq, b.seq, c.seq], [1, 2, 3]);
       assert.deepEqual(a, { seq: 1, kind: 'token', id: 'jti-a', until: now + 60, reason: 'rfc7009' });
       assert.deepEqual(await s.revocationsSince(0, now), [a, c], 'only live ones');
@@ -412,7 +412,7 @@ export function storeContract(name: string, make: MakeStore): void {
         issuedAt: now,
         expiresAt: now + 10,
       });
-      await s.finishTask(old.id, 'completed', now, 'done');
+      await s.completeTask(old.id, 'completed', now, 'done');
       const keep = await s.revokeToken('j-keep', now + 5000, 'x');
       assert.equal(await s.markUsed('u-1', now + 10), true);
 
@@ -450,7 +450,7 @@ export function storeContract(name: string, make: MakeStore): void {
         issuedAt: now,
         expiresAt: now + 50,
       });
-      const taskRev = (await s.finishTask(t.id, 'completed', now, 'done')).revocation; // until = task expiry
+      const taskRev = (await s.completeTask(t.id, 'completed', now, 'done')).revocation; // until = task expiry
       const tokenRev = await s.revokeToken('j-tok', now + 200, 'x'); // until = token exp
       const revs = async () => (await s.revocationsSince(0, 0)).map((r) => r.seq);
       const issued = async () => (await s.listIssued(t.id)).length;

@@ -12,7 +12,7 @@ import type { InjectOptions, LightMyRequestResponse as Response } from 'fastify'
 import { pollUntil } from '../../test/support/poll.ts';
 import { type OwnRedis, startRedisServer } from '../../test/support/redis-server.ts';
 import { RedisStore } from '../src/store/redis.ts';
-import type { FinishStatus, IssuedCall, TaskRecord } from '../src/store/types.ts';
+import type { ClosingStatus, IssuedCall, TaskRecord } from '../src/store/types.ts';
 import { ADMIN, AGENT, type TestBroker, TICKETS, testBroker } from './app-support.ts';
 
 const STORE_TIMEOUT_MS = 2000; // the default
@@ -23,7 +23,7 @@ const HANG_MS = 20_000;
  * succeeded, with the write itself sent into the frozen socket (the case a deadline must cover).
  */
 class FreezingStore extends RedisStore {
-  freezeBefore: { op: 'createTask' | 'recordIssued' | 'finishTask'; freeze: () => void } | undefined;
+  freezeBefore: { op: 'createTask' | 'recordIssued' | 'completeTask'; freeze: () => void } | undefined;
   #trip(op: string): void {
     if (this.freezeBefore?.op !== op) return;
     const { freeze } = this.freezeBefore;
@@ -38,9 +38,9 @@ class FreezingStore extends RedisStore {
     this.#trip('recordIssued');
     return super.recordIssued(call, opts);
   }
-  override finishTask(id: string, status: FinishStatus, at: number, reason: string) {
-    this.#trip('finishTask');
-    return super.finishTask(id, status, at, reason);
+  override completeTask(id: string, status: ClosingStatus, at: number, reason: string) {
+    this.#trip('completeTask');
+    return super.completeTask(id, status, at, reason);
   }
 }
 
@@ -267,7 +267,7 @@ test('a complete sent during a freeze is not applied when Redis resumes: the 503
 
   // Frozen after the ownership read, with the revocation script itself in Redis' socket.
   const seqBefore = await store.currentSeq();
-  store.freezeBefore = { op: 'finishTask', freeze: () => redis.freeze() };
+  store.freezeBefore = { op: 'completeTask', freeze: () => redis.freeze() };
   try {
     assertUnavailable('complete', await complete(task));
   } finally {
@@ -382,7 +382,7 @@ test('deadlines are in Redis time: a broker clock 10 s behind Redis still writes
   await behind.init();
   try {
     await behind.createTask(aTask('t1'));
-    assert.equal((await behind.finishTask('t1', 'completed', 0, 'done')).task.status, 'completed');
+    assert.equal((await behind.completeTask('t1', 'completed', 0, 'done')).task.status, 'completed');
   } finally {
     await behind.close();
   }
@@ -399,7 +399,7 @@ test('a stalled clock sample (slow event loop at start-up) is not taken for skew
   await stalled.init();
   try {
     await stalled.createTask(aTask('t1'));
-    assert.equal((await stalled.finishTask('t1', 'completed', 0, 'done')).task.status, 'completed');
+    assert.equal((await stalled.completeTask('t1', 'completed', 0, 'done')).task.status, 'completed');
   } finally {
     await stalled.close();
   }

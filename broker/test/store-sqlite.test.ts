@@ -59,7 +59,7 @@ test('sqlite file: revocations and seq survive a restart; seq is never reused', 
     createdAt: now,
     expiresAt: now + 5,
   });
-  const fin = await a.finishTask('t1', 'completed', now, 'done');
+  const fin = await a.completeTask('t1', 'completed', now, 'done');
   const tok = await a.revokeToken('j1', now + 600, 'x');
   assert.equal(await a.markUsed('once', now + 600), true);
   await a.close();
@@ -96,10 +96,10 @@ test('sqlite: finishing an already-finished task after its revocation was swept 
     createdAt: now,
     expiresAt: now + 10,
   });
-  const first = await s.finishTask('t', 'cancelled', now, 'stop');
+  const first = await s.completeTask('t', 'cancelled', now, 'stop');
   await s.sweep(now + 20); // revocation past `until`, task still within retention
-  const again = await s.finishTask('t', 'completed', now + 20, 'late');
-  assert.equal(again.alreadyFinished, true);
+  const again = await s.completeTask('t', 'completed', now + 20, 'late');
+  assert.equal(again.alreadyCompleted, true);
   assert.equal(again.revocation.seq, first.revocation.seq);
   assert.equal(again.task.status, 'cancelled');
   assert.equal(await s.isRevoked('task', 't'), true, 'a finished task stays revoked');

@@ -5,7 +5,8 @@ import { Redis } from 'ioredis';
 import pino from 'pino';
 import { createStore } from '../src/store/index.ts';
 import { RedisStore } from '../src/store/redis.ts';
-import { REVOCATION_GRACE_SEC, type Revocation } from '../src/store/types.ts';
+import type { Revocation } from '@taskpass/contract';
+import { REVOCATION_GRACE_SEC } from '../src/store/types.ts';
 import { storeContract } from './store-contract.ts';
 
 const URL = 'redis://127.0.0.1:6379';
@@ -65,14 +66,14 @@ test('redis: a revocation made on one replica reaches the other replica, in orde
       createdAt: now,
       expiresAt: now + 60,
     });
-    const fin = await a.finishTask('t', 'completed', now, 'done');
+    const fin = await a.completeTask('t', 'completed', now, 'done');
     const tok = await b.revokeToken('j', now + 60, 'r');
     await waitFor(() => onB.length === 2 && onA.length === 2);
     assert.deepEqual(onB, [fin.revocation, tok]);
     assert.deepEqual(onA, [fin.revocation, tok]);
     // Both replicas see the same task and the same sequence.
     assert.equal((await b.getTask('t'))?.status, 'completed');
-    assert.equal((await b.finishTask('t', 'failed', now, 'x')).alreadyFinished, true);
+    assert.equal((await b.completeTask('t', 'failed', now, 'x')).alreadyCompleted, true);
     assert.equal(await a.currentSeq(), 2);
   } finally {
     await a.close();

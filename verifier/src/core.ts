@@ -7,7 +7,21 @@
 // token, a kid, no crit), one jose jwtVerify (ES256 only, kid from the broker JWKS, signature, typ,
 // iss, aud, exp/nbf, required claims), then O(1) claim checks (lifetime cap, actor = client_id),
 // the O(1) revocation lookup, single use, and last the optional network introspection.
-import { createHash, type X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
+import {
+  ACTIONS,
+  type Action,
+  argsSha256,
+  ContractError,
+  checkedDeriver,
+  compileResourceTemplate,
+  isAction,
+  META_ACTION,
+  META_RESOURCE,
+  type ResourceDeriver,
+  type ToolArgs,
+  x5tS256,
+} from '@taskpass/contract';
 import { SpiffeId } from '@taskpass/spiffe';
 import {
   createLocalJWKSet,
@@ -24,23 +38,7 @@ import { z } from 'zod';
 import { VerifierError, type VerifierErrorCode } from './errors.ts';
 import { parseCompactJws } from './jws.ts';
 import { type ReplayCache, ReplayCacheFullError, MemoryReplayCache } from './replay.ts';
-import {
-  argsSha256,
-  checkedDeriver,
-  compileResourceTemplate,
-  type ResourceDeriver,
-  type ToolArgs,
-} from './resource.ts';
 import type { RevocationSource } from './revocation.ts';
-
-/** Action classes, from least to most powerful. */
-export type Action = 'read' | 'write' | 'admin';
-
-/** `_meta` keys by which a tool publishes its Taskpass declaration (docs/design.md §6). */
-export const META_RESOURCE = 'dev.taskpass/resource';
-export const META_ACTION = 'dev.taskpass/action';
-/** `_meta` key carrying the call token over stdio. */
-export const META_TOKEN = 'dev.taskpass/token';
 
 /**
  * How this server protects one tool. The same object may be the tool's MCP registration config:
@@ -204,7 +202,6 @@ export interface Verifier {
   actionOf(tool: string): Action | undefined;
 }
 
-const ACTIONS = ['read', 'write', 'admin'] as const;
 const REQUIRED_CLAIMS = [
   'exp',
   'iat',
@@ -302,7 +299,7 @@ interface CompiledTool {
 function compileTool(name: string, p: ToolPolicy): CompiledTool {
   const metaAction = p._meta?.[META_ACTION];
   const metaResource = p._meta?.[META_RESOURCE];
-  if (metaAction !== undefined && !ACTIONS.includes(metaAction as Action)) {
+  if (metaAction !== undefined && !isAction(metaAction)) {
     throw new Error(`tool "${name}": _meta["${META_ACTION}"] must be read, write or admin`);
   }
   const action: Action =
@@ -313,34 +310,32 @@ function compileTool(name: string, p: ToolPolicy): CompiledTool {
   if (resource === undefined)
     throw new Error(`tool "${name}": no resource (give resource or _meta["${META_RESOURCE}"])`);
   if (typeof resource === 'function')
-    return { action, derive: checkedDeriver(resource as (a: ToolArgs) => string) };
+    return { action, derive: asVerifierDeriver(checkedDeriver(resource as (a: ToolArgs) => string)) };
   if (typeof resource !== 'string')
     throw new Error(`tool "${name}": resource must be a template string or a function`);
-  return { action, derive: compileResourceTemplate(resource) };
+  return { action, derive: asVerifierDeriver(compileResourceTemplate(resource)) };
+}
+
+/** The contract's underivable-resource error surfaces as this package's stable code. */
+function asVerifierDeriver(derive: ResourceDeriver): ResourceDeriver {
+  return (args) => {
+    try {
+      return derive(args);
+    } catch (e) {
+      if (e instanceof ContractError) fail('TASKPASS_VERIFY_RESOURCE_UNDERIVABLE', e.message, e.cause);
+      throw e;
+    }
+  };
 }
 
 function fail(code: VerifierErrorCode, message: string, cause?: unknown): never {
   throw new VerifierError(code, message, cause === undefined ? undefined : { cause });
 }
 
-/**
- * base64url(SHA-256(DER)) of a certificate (RFC 8705 `x5t#S256`).
- *
- * @example
- * ```ts
- * const x5t = certificateThumbprint((req.socket as TLSSocket).getPeerCertificate().raw);
- * // equals the token's cnf['x5t#S256'] when the token is bound to this client certificate
- * ```
- */
-export function certificateThumbprint(cert: Uint8Array | X509Certificate): string {
-  const der = cert instanceof Uint8Array ? cert : cert.raw;
-  return createHash('sha256').update(der).digest('base64url');
-}
-
 function thumbprintOf(c: ClientCertificate): string {
-  if (c instanceof Uint8Array) return certificateThumbprint(c);
+  if (c instanceof Uint8Array) return x5tS256(c);
   if ('x5tS256' in c) return c.x5tS256;
-  return certificateThumbprint(c);
+  return x5tS256(c);
 }
 
 // jose error → our most specific code. Claim errors carry the claim name.
@@ -403,7 +398,7 @@ function detailOf(p: JWTPayload): Detail {
     d.type !== 'mcp_tool_call' ||
     typeof d.tool !== 'string' ||
     typeof d.resource !== 'string' ||
-    !ACTIONS.includes(d.action as Action) ||
+    !isAction(d.action) ||
     (d.args_sha256 !== undefined && typeof d.args_sha256 !== 'string')
   ) {
     fail(

@@ -4,9 +4,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
+import { x5tS256 } from '@taskpass/contract';
 import { DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_DEPTH, readJsonBody, withinDepth } from './body.ts';
 import type { ClientCertificate, Verifier } from './core.ts';
-import { certificateThumbprint } from './core.ts';
 import { VerifierError } from './errors.ts';
 import {
   authorizeMcpRequest,
@@ -127,7 +127,7 @@ export function clientCertificateOf(
   let t = thumbprints.get(socket);
   if (t === undefined) {
     const raw = socket.getPeerCertificate(false)?.raw;
-    t = raw && raw.length > 0 ? { x5tS256: certificateThumbprint(raw) } : null;
+    t = raw && raw.length > 0 ? { x5tS256: x5tS256(raw) } : null;
     thumbprints.set(socket, t);
   }
   return t ?? undefined;

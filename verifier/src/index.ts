@@ -4,16 +4,25 @@
  * Framework-neutral core ({@link createVerifier}), node:http/express and fastify adapters, the
  * revocation feed client, RFC 9728 metadata, and MCP SDK glue.
  */
+// The wire language shared with broker and agent, re-exported so a server needs one import.
 export {
   type Action,
-  type CallAuth,
-  type ClientCertificate,
-  certificateThumbprint,
-  createVerifier,
-  type FetchLike,
+  argsSha256,
+  compileResourceTemplate,
+  isValidResource,
   META_ACTION,
   META_RESOURCE,
   META_TOKEN,
+  type ResourceDeriver,
+  type Revocation,
+  type ToolArgs,
+  x5tS256,
+} from '@taskpass/contract';
+export {
+  type CallAuth,
+  type ClientCertificate,
+  createVerifier,
+  type FetchLike,
   type SessionAuth,
   type ToolCall,
   type ToolPolicy,
@@ -86,16 +95,8 @@ export {
   wwwAuthenticate,
 } from './request.ts';
 export {
-  argsSha256,
-  compileResourceTemplate,
-  isValidResource,
-  type ResourceDeriver,
-  type ToolArgs,
-} from './resource.ts';
-export {
   type BrokerConnection,
   pullRevocations,
-  type Revocation,
   RevocationFeedClient,
   type RevocationFeedOptions,
   type RevocationSource,

@@ -3,18 +3,10 @@
 // build the SDK AuthInfo; and turn a refusal into status, headers and body. http.ts and
 // fastify.ts only move these values in and out of their framework.
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
-import {
-  type CallAuth,
-  type ClientCertificate,
-  META_TOKEN,
-  type SessionAuth,
-  type VerifiedToken,
-  type Verifier,
-} from './core.ts';
+import { decodeMcpHeaderValue, META_TOKEN, mcpNameOf, type ToolArgs } from '@taskpass/contract';
+import type { CallAuth, ClientCertificate, SessionAuth, VerifiedToken, Verifier } from './core.ts';
 import { JSONRPC_HEADER_MISMATCH, JSONRPC_INVALID_REQUEST, VerifierError } from './errors.ts';
 import { parseCompactJws } from './jws.ts';
-import { decodeMcpHeaderValue, mcpNameOf } from './mcp-headers.ts';
-import type { ToolArgs } from './resource.ts';
 
 /** What the adapters put in `AuthInfo.extra`. */
 export interface TaskpassAuthExtra {

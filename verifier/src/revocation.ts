@@ -3,19 +3,15 @@
 // connect in pages (`snapshot-page` events ending with `snapshot`), then one event per revocation,
 // key-set changes and heartbeats. Lookups are two Map probes; entries are forgotten once nothing
 // they cover can still be valid (`until` plus a margin for clock tolerance).
+import {
+  FEED_EVENTS,
+  FEED_VERSION,
+  FEED_VERSION_HEADER,
+  isRevocation,
+  type Revocation,
+} from '@taskpass/contract';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { type Dispatcher, fetch as undiciFetch } from 'undici';
-
-/** One revocation (docs/design.md §3). */
-export interface Revocation {
-  seq: number;
-  kind: 'task' | 'token';
-  /** Task id or jti. */
-  id: string;
-  /** Epoch seconds after which no token it covers can be valid. */
-  until: number;
-  reason: string;
-}
 
 /** What the verifier needs from a revocation source: O(1) lookups and the time of the last sign of life. */
 export interface RevocationSource {
@@ -63,22 +59,8 @@ export interface RevocationFeedOptions extends BrokerConnection {
   sweepEveryMs?: number;
 }
 
-/** Request header asking the broker for feed format 2 (paged snapshot); older brokers ignore it. */
-const FEED_VERSION_HEADER = 'taskpass-feed-version';
 /** Pages a catch-up pulls at most before it waits for the next heartbeat. */
 const MAX_CATCH_UP_PAGES = 1000;
-
-const isRevocation = (v: unknown): v is Revocation => {
-  const r = v as Revocation;
-  return (
-    typeof r === 'object' &&
-    r !== null &&
-    Number.isInteger(r.seq) &&
-    (r.kind === 'task' || r.kind === 'token') &&
-    typeof r.id === 'string' &&
-    typeof r.until === 'number'
-  );
-};
 
 async function headersOf(h: BrokerConnection['headers']): Promise<Record<string, string>> {
   return typeof h === 'function' ? await h() : (h ?? {});
@@ -304,7 +286,7 @@ export class RevocationFeedClient implements RevocationSource {
       ...(await headersOf(this.#opts.headers)),
       accept: 'text/event-stream',
       'cache-control': 'no-cache',
-      [FEED_VERSION_HEADER]: '2',
+      [FEED_VERSION_HEADER]: FEED_VERSION,
     };
     if (this.#seq > 0) headers['last-event-id'] = String(this.#seq);
     const res = await undiciFetch(`${base(this.#opts.brokerUrl)}/v1/revocations/stream`, {
@@ -340,8 +322,8 @@ export class RevocationFeedClient implements RevocationSource {
     }
     const d = data as { seq?: unknown; revocations?: unknown; kids?: unknown };
     switch (ev.event) {
-      case 'snapshot-page':
-      case 'snapshot':
+      case FEED_EVENTS.snapshotPage:
+      case FEED_EVENTS.snapshot:
         if (!Array.isArray(d.revocations)) return;
         // A page's seq says it is complete up to there, so a stream cut between pages resumes
         // after the last page applied (Last-Event-ID), and the rest of the snapshot follows.
@@ -349,18 +331,18 @@ export class RevocationFeedClient implements RevocationSource {
           d.revocations.filter(isRevocation),
           Number.isInteger(d.seq) ? (d.seq as number) : undefined,
         );
-        if (ev.event === 'snapshot' && !this.#isReady) {
+        if (ev.event === FEED_EVENTS.snapshot && !this.#isReady) {
           this.#isReady = true;
           this.#readyResolve();
         }
         this.#markLive();
         return;
-      case 'revoked':
+      case FEED_EVENTS.revoked:
         if (!isRevocation(data)) return;
         this.apply([data]);
         this.#markLive();
         return;
-      case 'keys': {
+      case FEED_EVENTS.keys: {
         if (!Array.isArray(d.kids)) return;
         const kids = d.kids.filter((k): k is string => typeof k === 'string');
         for (const l of this.#keyListeners) {
@@ -373,7 +355,7 @@ export class RevocationFeedClient implements RevocationSource {
         this.#markLive();
         return;
       }
-      case 'heartbeat':
+      case FEED_EVENTS.heartbeat:
         this.#markLive();
         if (Number.isInteger(d.seq) && (d.seq as number) > this.#seq && this.#isReady) void this.#catchUp();
         return;

@@ -8,7 +8,8 @@ import {
 import type { OAuthTokenVerifier } from '@modelcontextprotocol/sdk/server/auth/provider.js';
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { type CallAuth, META_TOKEN, type SessionAuth, type Verifier } from './core.ts';
+import { META_ERROR, META_TOKEN } from '@taskpass/contract';
+import type { CallAuth, SessionAuth, Verifier } from './core.ts';
 import { VerifierError } from './errors.ts';
 import type { TaskpassAuthExtra } from './request.ts';
 import type { ToolArgs } from './resource.ts';
@@ -131,7 +132,7 @@ export function withTaskpass<A extends ToolArgs, E extends ExtraLike, R extends 
       return {
         isError: true,
         content: [{ type: 'text', text: `${code}: ${message}` }],
-        _meta: { 'dev.taskpass/error': code },
+        _meta: { [META_ERROR]: code },
       };
     }
     const extraTaskpass: TaskpassAuthExtra = { taskpass: auth };

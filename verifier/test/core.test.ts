@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import { SignJWT, UnsecuredJWT } from 'jose';
 import { createVerifier, type Verifier, type VerifierOptions } from '../src/core.ts';
 import type { VerifierErrorCode } from '../src/errors.ts';
-import { argsSha256 } from '../src/resource.ts';
+import { argsSha256 } from '@taskpass/contract';
 import type { RevocationSource } from '../src/revocation.ts';
 import { AGENT, AUDIENCE, ISSUER, jwksOf, jwksServer, type Key, mint, newKey, USER } from './support.ts';
 

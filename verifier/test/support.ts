@@ -7,7 +7,7 @@ import { Readable } from 'node:stream';
 import { exportJWK, generateKeyPair, type JSONWebKeySet, type JWK, SignJWT } from 'jose';
 import type { Verifier } from '../src/core.ts';
 import { type MiddlewareOptions, taskpassMiddleware } from '../src/http.ts';
-import type { Revocation } from '../src/revocation.ts';
+import type { Revocation } from '@taskpass/contract';
 
 export const ISSUER = 'https://broker.taskpass.test';
 export const AUDIENCE = 'https://tickets.taskpass.test/mcp';

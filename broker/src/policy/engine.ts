@@ -32,8 +32,9 @@
 // is no longer loaded; it satisfies a prerequisite only when its templates are loaded and all have
 // that audience. Both fail closed.
 import type { BrokerErrorCode } from '../errors.ts';
-import type { CeilingEntry, HistoryQueries, PolicyPort, PolicyUser, TaskHistory } from '../ports.ts';
-import type { Action, IssuedCall } from '../store/types.ts';
+import type { CeilingEntry, Action } from '@taskpass/contract';
+import type { HistoryQueries, PolicyPort, PolicyUser, TaskHistory } from '../ports.ts';
+import type { IssuedCall } from '../store/types.ts';
 import {
   type CompiledPattern,
   mustCompile,

@@ -24,10 +24,11 @@ import { join } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { BROKER_ERRORS, type BrokerErrorCode } from '../errors.ts';
+import { ACTIONS } from '@taskpass/contract';
 import type { IssuedCall } from '../store/types.ts';
 import { type Decision, type PolicySet, templateIds } from './engine.ts';
 import { formatPath, loadPolicyDir, type PolicyError } from './loader.ts';
-import { ACTIONS, parseDuration } from './schema.ts';
+import { parseDuration } from './schema.ts';
 
 const CODES = Object.keys(BROKER_ERRORS) as [BrokerErrorCode, ...BrokerErrorCode[]];
 

@@ -45,8 +45,6 @@ export {
 export {
   type CompiledPattern,
   compilePattern,
-  isResourceSegment,
-  MAX_RESOURCE_BYTES,
   type PatternContext,
   type ParsedSpiffeId,
   parseSpiffeId,
@@ -54,7 +52,6 @@ export {
   validateResource,
 } from './pattern.ts';
 export {
-  ACTIONS,
   type ClaimCondition,
   MAX_TASK_TTL_SEC,
   MAX_TOKEN_TTL_SEC,

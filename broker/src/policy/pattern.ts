@@ -21,15 +21,22 @@
 // domains) + path segments in the same language, without placeholders. Matching never backtracks:
 // each pattern segment consumes exactly one input segment, except a final "**" which consumes the
 // rest, so it is linear in the input. No regular expression is ever built from file content.
+//
+// What a RESOURCE is (its grammar) is not defined here but in @taskpass/contract, which the verifier
+// and the agent use too: patterns match resources, they do not redefine them.
+import {
+  checkResource,
+  isResourceSegment,
+  MAX_RESOURCE_BYTES,
+  RESOURCE_SEGMENT_CHARS,
+} from '@taskpass/contract';
 import type { BrokerErrorCode } from '../errors.ts';
 
-/** Longest resource, in bytes. */
-export const MAX_RESOURCE_BYTES = 512;
 /** Longest SPIFFE ID we accept, in bytes (SPIFFE spec: 2048). */
 export const MAX_SPIFFE_ID_BYTES = 2048;
 
 // Character tables instead of regexes: obviously linear, and shared by validation and matching.
-const RESOURCE_CHARS = charTable('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~:@+=-');
+const RESOURCE_CHARS = charTable(RESOURCE_SEGMENT_CHARS);
 const SPIFFE_PATH_CHARS = charTable('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-');
 const TRUST_DOMAIN_CHARS = charTable('abcdefghijklmnopqrstuvwxyz0123456789._-');
 const CLAIM_CHARS = charTable('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-');
@@ -48,51 +55,15 @@ function allIn(s: string, table: Uint8Array): boolean {
   return true;
 }
 
-/** Is `s` one valid resource segment (grammar, not "." or "..")? */
-export function isResourceSegment(s: string): boolean {
-  return (
-    s.length > 0 && s.length <= MAX_RESOURCE_BYTES && s !== '.' && s !== '..' && allIn(s, RESOURCE_CHARS)
-  );
-}
-
 /**
- * Checks a resource string against the design grammar:
- * `^[A-Za-z0-9._~:@+=-]+(/[A-Za-z0-9._~:@+=-]+)*$`, at most 512 bytes, no `.`/`..` segments.
- * Percent-encoding, backslashes and non-ASCII (look-alike) characters are simply not in the grammar.
+ * The contract's resource check with the broker's error code attached (the policy engine answers
+ * with it).
  */
 export function validateResource(
   s: string,
 ): { ok: true } | { ok: false; code: Extract<BrokerErrorCode, 'TASKPASS_INVALID_RESOURCE'>; reason: string } {
-  const bad = (reason: string) => ({
-    ok: false as const,
-    code: 'TASKPASS_INVALID_RESOURCE' as const,
-    reason,
-  });
-  if (typeof s !== 'string' || s.length === 0) return bad('the resource is empty');
-  // Every allowed character is one byte, so a longer string is too long whatever it holds.
-  if (s.length > MAX_RESOURCE_BYTES) return bad(`the resource is longer than ${MAX_RESOURCE_BYTES} bytes`);
-  let start = 0;
-  for (let i = 0; i <= s.length; i++) {
-    if (i === s.length || s.charCodeAt(i) === 0x2f) {
-      const len = i - start;
-      if (len === 0) return bad('the resource has an empty segment (leading, trailing or double "/")');
-      if (
-        (len === 1 && s.charCodeAt(start) === 0x2e) ||
-        (len === 2 && s.charCodeAt(start) === 0x2e && s.charCodeAt(start + 1) === 0x2e)
-      ) {
-        return bad('the resource has a "." or ".." segment');
-      }
-      start = i + 1;
-      continue;
-    }
-    const c = s.charCodeAt(i);
-    if (c >= 128 || RESOURCE_CHARS[c] !== 1) {
-      return bad(
-        'the resource contains a character outside [A-Za-z0-9._~:@+=-] (no percent-encoding, spaces or non-ASCII)',
-      );
-    }
-  }
-  return { ok: true };
+  const r = checkResource(s);
+  return r.ok ? r : { ok: false, code: 'TASKPASS_INVALID_RESOURCE', reason: r.reason };
 }
 
 /** A SPIFFE ID split for matching: the trust domain first, then the path segments. */

@@ -2,7 +2,7 @@
 // camelCase `Template` objects with defaults applied and durations in seconds; every pattern is
 // compiled once here so a template that loads is a template that can be matched.
 import { z } from 'zod';
-import type { Action } from '../store/types.ts';
+import { ACTIONS, type Action } from '@taskpass/contract';
 import { compilePattern } from './pattern.ts';
 
 /** Longest token lifetime a template may grant (tokens are meant to live seconds, not hours). */
@@ -51,7 +51,6 @@ const toolName = z.string().regex(TOOL_NAME, 'tool names are 1-128 characters of
 const scalar = z.union([z.string(), z.number(), z.boolean()]);
 
 /** Actions in increasing power. */
-export const ACTIONS = ['read', 'write', 'admin'] as const satisfies readonly Action[];
 
 const RequireSchema = z
   .strictObject({

@@ -72,7 +72,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: RouteContext): Prom
       const t = await ctx.store.getTask(req.params.id);
       if (!t) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${req.params.id}`);
       const reason = req.body?.reason ?? 'revoked by an administrator';
-      const { task, revocation } = await ctx.service.finish(req.workload!, t.id, 'revoked', reason);
+      const { task, revocation } = await ctx.service.complete(req.workload!, t.id, 'revoked', reason);
       return { task_id: task.id, status: task.status, revocation_seq: revocation.seq };
     },
   );

@@ -20,7 +20,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import { createLocalJWKSet, type JSONWebKeySet, type JWTPayload, jwtVerify } from 'jose';
 import type { WorkloadIdentity } from '../auth.ts';
 import { type BrokerErrorCode, TaskpassError } from '../errors.ts';
-import type { AuthorizationDetail } from '../mint.ts';
+import type { AuthorizationDetail } from '@taskpass/contract';
 import { rateLimiter } from '../rate-limit.ts';
 import { BODY_LIMITS, bodyLimit, fastifyClientError } from '../request-boundary.ts';
 import type { VerifiedUser } from '../user-tokens.ts';

@@ -6,9 +6,9 @@
 // verifier that reads slowly gets it at its own pace instead of being cut off (it used to be cut
 // beyond 1 MiB and restart from nothing, forever). Once live, a client that stops reading is still
 // cut beyond `maxBufferedBytes`: it resumes cheaply with Last-Event-ID.
+import { FEED_EVENTS, FEED_VERSION, FEED_VERSION_HEADER, type Revocation } from '@taskpass/contract';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { FeedOverflowError, type RevocationHub } from '../revocation-hub.ts';
-import type { Revocation } from '../store/types.ts';
 
 /** Options of {@link revocationRoutes}. */
 export interface RevocationRoutesOptions {
@@ -70,13 +70,6 @@ const PullQuery = {
 } as const;
 
 const StreamQuery = { type: 'object', properties: { since }, additionalProperties: false } as const;
-
-/**
- * Request header by which a client asks for feed format 2 (snapshot in `snapshot-page` events). A
- * header rather than a query parameter: brokers that predate it ignore it and answer format 1,
- * which every client understands.
- */
-export const FEED_VERSION_HEADER = 'taskpass-feed-version';
 
 const security: Record<string, string[]>[] = [{ mtls: [] }, { jwtSvid: [] }];
 
@@ -155,7 +148,7 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
     },
     async (req, reply) => {
       const from = lastEventId(req) ?? req.query.since;
-      const paged = req.headers[FEED_VERSION_HEADER] === '2';
+      const paged = req.headers[FEED_VERSION_HEADER] === FEED_VERSION;
       const res = reply.raw;
       let ended = false;
       let heartbeat: NodeJS.Timeout | undefined;
@@ -200,7 +193,7 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
       };
       const keysEvent = () => {
         const kids = hub.kids();
-        if (kids.length > 0) write(sse('keys', { kids }));
+        if (kids.length > 0) write(sse(FEED_EVENTS.keys, { kids }));
       };
 
       reply.hijack();
@@ -231,11 +224,15 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
           for await (const page of view.pages()) {
             if (ended) return;
             if (held)
-              await send(sse('snapshot-page', { seq: held.upTo, revocations: held.revocations }, held.upTo));
+              await send(
+                sse(FEED_EVENTS.snapshotPage, { seq: held.upTo, revocations: held.revocations }, held.upTo),
+              );
             held = page;
           }
           if (ended) return;
-          await send(sse('snapshot', { seq: view.seq, revocations: held?.revocations ?? [] }, view.seq));
+          await send(
+            sse(FEED_EVENTS.snapshot, { seq: view.seq, revocations: held?.revocations ?? [] }, view.seq),
+          );
         } else {
           // Format 1: one `snapshot` event, as before, but written page by page. Its seq comes
           // last (SSE allows `id:` after `data:`), once the pages have said how far it reaches.
@@ -251,11 +248,16 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
           await send(`],"seq":${view.seq}}\nid: ${view.seq}\n\n`);
         }
         if (ended) return;
-        view.live((r) => write(sse('revoked', r, r.seq)));
+        view.live((r) => write(sse(FEED_EVENTS.revoked, r, r.seq)));
         keysEvent();
         offKeys = hub.onKeysChange(keysEvent);
         heartbeat = setInterval(() => {
-          write(sse('heartbeat', { seq: Math.max(view?.seq ?? 0, hub.seq), now: Math.floor(now() / 1000) }));
+          write(
+            sse(FEED_EVENTS.heartbeat, {
+              seq: Math.max(view?.seq ?? 0, hub.seq),
+              now: Math.floor(now() / 1000),
+            }),
+          );
         }, heartbeatMs);
         heartbeat.unref();
       } catch (err) {

@@ -1,6 +1,7 @@
 // Request and response JSON schemas for every route. Response schemas are a security control:
 // fastify serializes only the properties listed here, so nothing else (a stack, a key, a token in
 // an unexpected field) can leave the broker.
+import { ACTIONS, type Action as ActionT, COMPLETION_STATUSES, MAX_RESOURCE_BYTES } from '@taskpass/contract';
 import type { TaskRecord } from '../store/types.ts';
 
 const str = { type: 'string' } as const;
@@ -80,7 +81,7 @@ export const TaskIdParams = {
   properties: { id: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' } },
 } as const;
 
-const Action = { type: 'string', enum: ['read', 'write', 'admin'] } as const;
+const Action = { type: 'string', enum: ACTIONS } as const;
 
 export const Ceiling = {
   type: 'array',
@@ -162,7 +163,7 @@ export const CallTokenBody = {
   properties: {
     audience: Audience,
     tool: { type: 'string', minLength: 1, maxLength: 256 },
-    resource: { type: 'string', minLength: 1, maxLength: 512 },
+    resource: { type: 'string', minLength: 1, maxLength: MAX_RESOURCE_BYTES },
     action: Action,
     args_sha256: { type: 'string', pattern: '^[A-Za-z0-9_-]{43}$' },
   },
@@ -171,7 +172,7 @@ export interface CallTokenBodyT {
   audience: string;
   tool: string;
   resource: string;
-  action: 'read' | 'write' | 'admin';
+  action: ActionT;
   args_sha256?: string;
 }
 
@@ -200,7 +201,7 @@ export const CompleteBody = {
   type: 'object',
   required: ['status'],
   additionalProperties: false,
-  properties: { status: { type: 'string', enum: ['completed', 'failed', 'cancelled'] } },
+  properties: { status: { type: 'string', enum: COMPLETION_STATUSES } },
 } as const;
 
 export const CompleteResponse = {

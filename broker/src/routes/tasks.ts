@@ -4,8 +4,8 @@ import type { FastifyInstance } from 'fastify';
 import { TaskpassError } from '../errors.ts';
 import { rateLimiter } from '../rate-limit.ts';
 import { BODY_LIMITS, bodyLimit } from '../request-boundary.ts';
-import type { IssuedToken } from '../service.ts';
-import type { FinishStatus } from '../store/types.ts';
+import type { MintedToken } from '../service.ts';
+import type { ClosingStatus } from '../store/types.ts';
 import type { VerifiedUser } from '../user-tokens.ts';
 import { authenticateRequest, type RouteContext } from './context.ts';
 import {
@@ -27,7 +27,7 @@ import {
 
 const security: Record<string, string[]>[] = [{ mtls: [] }, { jwtSvid: [] }];
 
-const tokenBody = (t: IssuedToken) => ({
+const tokenBody = (t: MintedToken) => ({
   access_token: t.accessToken,
   token_type: 'Bearer' as const,
   expires_in: t.expiresIn,
@@ -148,7 +148,7 @@ export async function taskRoutes(app: FastifyInstance, ctx: RouteContext): Promi
     },
   );
 
-  app.post<{ Params: { id: string }; Body: { status: Exclude<FinishStatus, 'revoked'> } }>(
+  app.post<{ Params: { id: string }; Body: { status: Exclude<ClosingStatus, 'revoked'> } }>(
     '/v1/tasks/:id/complete',
     {
       bodyLimit: limits.small,
@@ -164,7 +164,7 @@ export async function taskRoutes(app: FastifyInstance, ctx: RouteContext): Promi
     async (req) => {
       const agent = req.workload!;
       await ctx.service.ownedTask(agent, req.params.id);
-      const { task, revocation } = await ctx.service.finish(
+      const { task, revocation } = await ctx.service.complete(
         agent,
         req.params.id,
         req.body.status,

@@ -29,15 +29,8 @@ import { EventEmitter } from 'node:events';
 import { Redis, type RedisOptions, ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
 import { TaskpassError } from '../errors.ts';
-import type {
-  FinishStatus,
-  IssuedCall,
-  Revocation,
-  Store,
-  StoredSigningKey,
-  TaskRecord,
-  TaskStatus,
-} from './types.ts';
+import type { Revocation } from '@taskpass/contract';
+import type { ClosingStatus, IssuedCall, Store, StoredSigningKey, TaskRecord, TaskStatus } from './types.ts';
 import { REVOCATION_GRACE_SEC } from './types.ts';
 
 /** Options of {@link RedisStore}. */
@@ -586,12 +579,12 @@ export class RedisStore implements Store {
     return out;
   }
 
-  async finishTask(
+  async completeTask(
     id: string,
-    status: FinishStatus,
+    status: ClosingStatus,
     at: number,
     reason: string,
-  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyFinished: boolean }> {
+  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyCompleted: boolean }> {
     const res = (await this.#mutate(
       FINISH_TASK,
       [
@@ -611,7 +604,7 @@ export class RedisStore implements Store {
     // An earlier revocation may have been swept (its `until` passed); it covered nothing any more.
     revocation ??= { seq: Number(res[1]), kind: 'task', id, until: task.expiresAt, reason: task.status };
     if (res[0] === 'ok') this.#deliverLocal(revocation);
-    return { task, revocation, alreadyFinished: res[0] === 'already' };
+    return { task, revocation, alreadyCompleted: res[0] === 'already' };
   }
 
   #issuedKeys(taskId: string): string[] {

@@ -9,16 +9,8 @@ import { dirname, join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import { TaskpassError } from '../errors.ts';
-import type {
-  Action,
-  FinishStatus,
-  IssuedCall,
-  Revocation,
-  Store,
-  StoredSigningKey,
-  TaskRecord,
-  TaskStatus,
-} from './types.ts';
+import type { Action, Revocation } from '@taskpass/contract';
+import type { ClosingStatus, IssuedCall, Store, StoredSigningKey, TaskRecord, TaskStatus } from './types.ts';
 import { REVOCATION_GRACE_SEC } from './types.ts';
 
 /** Options of {@link SqliteStore}. */
@@ -208,7 +200,7 @@ function prepareStatements(db: Database.Database) {
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     getTask: p('SELECT * FROM tasks WHERE id = ?'),
-    finishTask: p('UPDATE tasks SET status = ?, finished_at = ?, revocation_seq = ? WHERE id = ?'),
+    completeTask: p('UPDATE tasks SET status = ?, finished_at = ?, revocation_seq = ? WHERE id = ?'),
     taskStatus: p('SELECT status FROM tasks WHERE id = ?'),
     nextSeq: p("UPDATE counters SET value = value + 1 WHERE name = 'revocation_seq' RETURNING value"),
     currentSeq: p("SELECT value FROM counters WHERE name = 'revocation_seq'"),
@@ -472,12 +464,12 @@ export class SqliteStore implements Store {
     return (stmt.all(...args) as TaskRow[]).map(taskFromRow);
   }
 
-  async finishTask(
+  async completeTask(
     id: string,
-    status: FinishStatus,
+    status: ClosingStatus,
     at: number,
     reason: string,
-  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyFinished: boolean }> {
+  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyCompleted: boolean }> {
     this.#commitBatch();
     const db = this.#conn;
     const s = this.#s;
@@ -486,20 +478,20 @@ export class SqliteStore implements Store {
         const row = s.getTask.get(id) as TaskRow | undefined;
         if (!row) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
         if (row.status !== 'open') {
-          return { task: taskFromRow(row), revocation: this.#earlierRevocation(row), alreadyFinished: true };
+          return { task: taskFromRow(row), revocation: this.#earlierRevocation(row), alreadyCompleted: true };
         }
         const seq = this.#nextSeq();
         const revocation: Revocation = { seq, kind: 'task', id, until: row.expires_at, reason };
         this.#insertRevocation(revocation);
-        s.finishTask.run(status, at, seq, id);
+        s.completeTask.run(status, at, seq, id);
         return {
           task: taskFromRow({ ...row, status, finished_at: at, revocation_seq: seq }),
           revocation,
-          alreadyFinished: false,
+          alreadyCompleted: false,
         };
       })
       .immediate();
-    if (!result.alreadyFinished) this.#emit(result.revocation);
+    if (!result.alreadyCompleted) this.#emit(result.revocation);
     return result;
   }
 

@@ -4,9 +4,11 @@
 // cannot be reached, or does not answer within its bound, rejects with TASKPASS_STORE_UNAVAILABLE
 // (a TaskpassError: 503 on every route) rather than hang — RedisStore does, and explains late writes.
 
-export type TaskStatus = 'open' | 'completed' | 'failed' | 'cancelled' | 'revoked';
-export type FinishStatus = Exclude<TaskStatus, 'open'>;
-export type Action = 'read' | 'write' | 'admin';
+import type { Action, CompletionStatus, Revocation } from '@taskpass/contract';
+
+export type TaskStatus = 'open' | CompletionStatus | 'revoked';
+/** How a task ends: what its agent reports on `complete`, or `revoked` by an admin. */
+export type ClosingStatus = CompletionStatus | 'revoked';
 
 export interface TaskRecord {
   id: string;
@@ -47,16 +49,6 @@ export interface IssuedCall {
  */
 export const REVOCATION_GRACE_SEC = 300;
 
-export interface Revocation {
-  seq: number;
-  kind: 'task' | 'token';
-  /** Task id or token jti. */
-  id: string;
-  /** Epoch seconds after which no token it covers can still be valid (so it can be forgotten). */
-  until: number;
-  reason: string;
-}
-
 export interface StoredSigningKey {
   kid: string;
   alg: 'ES256';
@@ -83,16 +75,16 @@ export interface Store {
   getTask(id: string): Promise<TaskRecord | undefined>;
   listTasks(filter?: { status?: TaskStatus; agent?: string; limit?: number }): Promise<TaskRecord[]>;
   /**
-   * Marks an open task finished and appends a durable task revocation in one atomic step.
-   * Resolves with the revocation (and `alreadyFinished: true` with the earlier one when the task
-   * was already finished). Rejects when the task does not exist.
+   * Marks an open task completed (or revoked) and appends a durable task revocation in one atomic step.
+   * Resolves with the revocation (and `alreadyCompleted: true` with the earlier one when the task
+   * was already closed). Rejects when the task does not exist.
    */
-  finishTask(
+  completeTask(
     id: string,
-    status: FinishStatus,
+    status: ClosingStatus,
     at: number,
     reason: string,
-  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyFinished: boolean }>;
+  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyCompleted: boolean }>;
 
   /**
    * Records an issued call token (workflow context and per-task counts). Resolves once durable,

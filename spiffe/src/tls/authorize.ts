@@ -2,7 +2,7 @@
 // one pooled `ca` list, which accepts a certificate issued by *any* trusted domain's CA for *any*
 // SPIFFE ID (SPIFFE-NOTES §2.2, X509-SVID.md §5.1). So after the handshake the peer chain is
 // re-validated against the bundle of the leaf's own trust domain, then the matcher decides.
-import { createHash, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import type { X509BundleSource } from '../bundle/index.ts';
 import { SpiffeError } from '../errors.ts';
@@ -139,19 +139,4 @@ export function peerSpiffeId(
   );
   verified.set(socket, id);
   return id;
-}
-
-/**
- * RFC 8705 certificate thumbprint: base64url(SHA-256(DER of the certificate)), the value of a
- * token's `cnf["x5t#S256"]` for the client's leaf X.509-SVID.
- *
- * @example
- * ```ts
- * const leaf = source.getX509Svid().certificates[0]!;
- * const cnf = { 'x5t#S256': x5tS256(leaf) }; // same as x5tS256(leaf.raw)
- * ```
- */
-export function x5tS256(cert: X509Certificate | Uint8Array): string {
-  const der = cert instanceof X509Certificate ? cert.raw : cert;
-  return createHash('sha256').update(der).digest('base64url');
 }

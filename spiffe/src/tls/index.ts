@@ -1,6 +1,6 @@
 // TLS with SPIFFE identities for node:tls, node:https and undici: options that follow a live
 // X.509 source across rotation, authentication of peers by SPIFFE ID against their own trust
-// domain's bundle, and the RFC 8705 thumbprint of a certificate.
+// domain's bundle. (The RFC 8705 thumbprint `x5tS256` is Taskpass's wire contract: @taskpass/contract.)
 export {
   type Authorizer,
   chainFromPeerCertificate,
@@ -8,7 +8,6 @@ export {
   pinPeerCertificate,
   type VerifyPeerOptions,
   verifyPeerChain,
-  x5tS256,
 } from './authorize.ts';
 export {
   createMtlsAgent,

@@ -1,0 +1,12 @@
+// The ceiling of a task (docs/design.md §3, `POST /v1/tasks` answer): every grant the templates
+// allow this agent for this user when the task opens. Nothing later can exceed it.
+import type { Action } from './action.ts';
+
+/** One entry of a task's ceiling: what one template allows on one MCP server. */
+export interface CeilingEntry {
+  template: string;
+  /** The MCP server's resource URI. */
+  audience: string;
+  /** Resource patterns in the templates' pattern language (`*`, `prefix*`, `**`, placeholders). */
+  tools: { tool: string; action: Action; resources: string[] }[];
+}
