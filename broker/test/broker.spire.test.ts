@@ -15,13 +15,11 @@ import {
   createMtlsAgent,
   createTlsAgent,
   matchId,
-  pickByHint,
   type TlsSource,
-  WorkloadApiClient,
-  X509Source,
   type X509Svid,
   x5tS256,
 } from '@taskpass/spiffe';
+import { pickByHint, WorkloadApiClient, X509Source } from '@taskpass/spiffe/workload';
 import { TestCa } from '@taskpass/spiffe/testing';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, type JWTPayload, jwtVerify } from 'jose';
 import pino from 'pino';

@@ -19,15 +19,8 @@ import { parseArgs } from 'node:util';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import {
-  createMtlsAgent,
-  matchId,
-  matchMemberOf,
-  mtlsServerOptions,
-  pickByHint,
-  type TlsSource,
-  X509Source,
-} from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, matchMemberOf, mtlsServerOptions, type TlsSource } from '@taskpass/spiffe';
+import { pickByHint, X509Source } from '@taskpass/spiffe/workload';
 import {
   type CallAuth,
   callerOf,

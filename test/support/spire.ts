@@ -31,7 +31,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { isSpiffeError, WorkloadApiClient } from '../../spiffe/src/index.ts';
+import { isSpiffeError } from '../../spiffe/src/index.ts';
+import { WorkloadApiClient } from '../../spiffe/src/workload/index.ts';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
