@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// The whole test suite: type-check, lint, build (or reuse) SPIRE, then every *.test.ts with Node's
-// test runner. Integration tests (*.spire.test.ts, *.e2e.test.ts) start real SPIRE, Redis-backed
-// tests use 127.0.0.1:6379; none of them is skipped.
+// The whole test suite: type-check, lint, build the packages, build (or reuse) SPIRE, then every
+// *.test.ts with Node's test runner. Integration tests (*.spire.test.ts, *.e2e.test.ts) start real
+// SPIRE, Redis-backed tests use 127.0.0.1:6379; none of them is skipped.
 //
 //   npm test                 everything
 //   npm test -- --unit       only unit tests (no SPIRE)
@@ -42,6 +42,9 @@ const isIntegration = (f) => /\.(spire|e2e|redis)\.test\.ts$/.test(f);
 if (explicit.length === 0) {
   step('type-check (tsc --noEmit)', 'npx', ['tsc', '-p', 'tsconfig.json', '--noEmit']);
   step('lint (biome check)', 'npx', ['biome', 'check', '.']);
+  // test/packages.e2e.test.ts builds too (run alone it must); built here first, that is an
+  // up-to-date check instead of a compile competing for the CPU with the timing-sensitive SPIRE tests.
+  if (!unitOnly) step('build (tsc -b tsconfig.build.json)', 'npx', ['tsc', '-b', 'tsconfig.build.json']);
 }
 
 let files = explicit.length ? explicit : findTests(root).sort();

@@ -3,7 +3,8 @@
 // serial, bundle size, and the claims of a JWT-SVID (never the token or any key). Then stops SPIRE.
 //
 //   node --conditions=taskpass:source --import tsx scripts/whoami.ts
-import { TrustDomain, WorkloadApiClient, X509Source } from '@taskpass/spiffe';
+import { TrustDomain } from '@taskpass/spiffe';
+import { WorkloadApiClient, X509Source } from '@taskpass/spiffe/workload';
 import { startSpire } from '../test/support/spire.ts';
 
 const ID = 'spiffe://taskpass.local/whoami';

@@ -9,7 +9,8 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { BrokerClient } from '@taskpass/agent-plugin';
-import type { TlsSource, X509Source } from '@taskpass/spiffe';
+import type { TlsSource } from '@taskpass/spiffe';
+import type { X509Source } from '@taskpass/spiffe/workload';
 import { ADMIN_ID, ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { registerWorkload, sourceByHint } from './support/workloads.ts';
 

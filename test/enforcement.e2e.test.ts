@@ -7,7 +7,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { BrokerClient, type Task, TaskpassDeniedError } from '@taskpass/agent-plugin';
-import { createMtlsAgent, matchId, type TlsSource, type X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
+import type { X509Source } from '@taskpass/spiffe/workload';
 import type { Agent } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';

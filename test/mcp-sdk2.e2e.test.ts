@@ -10,7 +10,8 @@ import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/cli
 import { Client as ClientV1 } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport as StreamableHTTPClientTransportV1 } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { BrokerClient, type Task, TaskpassDeniedError, taskpassFetch } from '@taskpass/agent-plugin';
-import { createMtlsAgent, matchId, type TlsSource, type X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
+import type { X509Source } from '@taskpass/spiffe/workload';
 import { type Agent, fetch as undiciFetch } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';

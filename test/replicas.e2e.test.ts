@@ -21,7 +21,8 @@ import {
   type SigningKeysOptions,
   startBroker,
 } from '@taskpass/broker';
-import { createMtlsAgent, matchId, type TlsSource, type X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
+import type { X509Source } from '@taskpass/spiffe/workload';
 import { RedisReplayCache } from '@taskpass/verifier';
 import { Redis } from 'ioredis';
 import { createLocalJWKSet, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from 'jose';

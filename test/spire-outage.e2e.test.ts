@@ -18,7 +18,8 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { BrokerClient } from '@taskpass/agent-plugin';
-import { createMtlsAgent, matchId, type TlsSource, type X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
+import type { X509Source } from '@taskpass/spiffe/workload';
 import { Agent, fetch, request } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { rawToolCall } from './support/mcp-raw.ts';

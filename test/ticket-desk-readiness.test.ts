@@ -2,7 +2,7 @@
 // down) and the revocation feed delivered its snapshot; not ready once the SVID expired or is gone.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { X509SourceHealth } from '@taskpass/spiffe';
+import type { X509SourceHealth } from '@taskpass/spiffe/workload';
 import { readiness } from '../examples/ticket-desk/server.ts';
 
 const NOW = Date.parse('2026-12-02T10:00:00Z');

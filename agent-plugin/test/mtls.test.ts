@@ -5,7 +5,6 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 import {
-  type JwtSource,
   matchId,
   matchMemberOf,
   mtlsServerOptions,
@@ -13,6 +12,7 @@ import {
   type X509Bundle,
   type X509Svid,
 } from '@taskpass/spiffe';
+import type { JwtSource } from '@taskpass/spiffe/workload';
 import { TestCa } from '@taskpass/spiffe/testing';
 import { BrokerClient, type JwtSvidSource } from '../src/index.ts';
 import { FakeBroker } from './support.ts';

@@ -61,7 +61,8 @@ async function call(
   // Over https the broker is always authenticated by SPIFFE ID (public routes such as the JWKS
   // included: a JWKS from an impostor would make `token explain` vouch for forged tokens).
   if (u.protocol === 'https:') {
-    const { X509Source, matchId, mtlsClientOptions, pickByHint } = await import('@taskpass/spiffe');
+    const { matchId, mtlsClientOptions } = await import('@taskpass/spiffe');
+    const { X509Source, pickByHint } = await import('@taskpass/spiffe/workload');
     const hint = io.conn?.hint;
     const address = io.env.SPIFFE_ENDPOINT_SOCKET;
     const source = await X509Source.create({

@@ -4,15 +4,8 @@
 //   SIGHUP: reload the policy directory (a bad reload keeps the previous policies).
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import {
-  BundleSource,
-  currentSecureContextOptions,
-  isSpiffeError,
-  pickByHint,
-  svidState,
-  X509Source,
-  type X509Svid,
-} from '@taskpass/spiffe';
+import { currentSecureContextOptions, isSpiffeError, type X509Svid } from '@taskpass/spiffe';
+import { BundleSource, pickByHint, svidState, X509Source } from '@taskpass/spiffe/workload';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino, { type Logger } from 'pino';
 import type { TLSSocket } from 'node:tls';

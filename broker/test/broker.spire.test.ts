@@ -11,17 +11,9 @@ import { dirname, join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 import * as tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import {
-  createMtlsAgent,
-  createTlsAgent,
-  matchId,
-  pickByHint,
-  type TlsSource,
-  WorkloadApiClient,
-  X509Source,
-  type X509Svid,
-} from '@taskpass/spiffe';
+import { createMtlsAgent, createTlsAgent, matchId, type TlsSource, type X509Svid } from '@taskpass/spiffe';
 import { x5tS256 } from '@taskpass/contract';
+import { pickByHint, WorkloadApiClient, X509Source } from '@taskpass/spiffe/workload';
 import { TestCa } from '@taskpass/spiffe/testing';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, type JWTPayload, jwtVerify } from 'jose';
 import pino from 'pino';

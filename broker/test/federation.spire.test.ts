@@ -21,11 +21,10 @@ import {
   mtlsClientOptions,
   type TlsSource,
   TrustDomain,
-  WorkloadApiClient,
-  X509Source,
   type X509Svid,
 } from '@taskpass/spiffe';
 import { x5tS256 } from '@taskpass/contract';
+import { WorkloadApiClient, X509Source } from '@taskpass/spiffe/workload';
 import { TestCa } from '@taskpass/spiffe/testing';
 import { createLocalJWKSet, type JWTPayload, jwtVerify } from 'jose';
 import pino from 'pino';

@@ -25,7 +25,8 @@ import {
   isTaskpassDenial,
   taskpassFetch,
 } from '@taskpass/agent-plugin';
-import { createMtlsAgent, matchId, pickByHint, type TlsSource, X509Source } from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
+import { pickByHint, X509Source } from '@taskpass/spiffe/workload';
 import { decodeJwt } from 'jose';
 import { type Dispatcher, fetch as undiciFetch } from 'undici';
 import { BROKER_ID, TICKETS_AUDIENCE, TICKETS_ID } from './server.ts';

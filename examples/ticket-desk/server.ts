@@ -21,15 +21,8 @@ import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { toNodeHandler } from '@modelcontextprotocol/node';
 import { createMcpHandler, McpServer as McpServerV2 } from '@modelcontextprotocol/server';
-import {
-  createMtlsAgent,
-  matchId,
-  matchMemberOf,
-  mtlsServerOptions,
-  pickByHint,
-  type TlsSource,
-  X509Source,
-} from '@taskpass/spiffe';
+import { createMtlsAgent, matchId, matchMemberOf, mtlsServerOptions, type TlsSource } from '@taskpass/spiffe';
+import { pickByHint, X509Source } from '@taskpass/spiffe/workload';
 import {
   type CallAuth,
   callerOf,

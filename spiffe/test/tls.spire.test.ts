@@ -14,8 +14,8 @@ import {
   matchId,
   mtlsClientOptions,
   mtlsServerOptions,
-  X509Source,
 } from '../src/index.ts';
+import { X509Source } from '../src/workload/index.ts';
 import { type SpireHarness, startSpire } from '../../test/support/spire.ts';
 
 const SERVER = 'spiffe://taskpass.local/svc/server';

@@ -1,7 +1,11 @@
 // Workload API address parsing (SPIFFE_Workload_Endpoint.md §4), cases after go-spiffe's addr tests.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { grpcTargetFromAddress, resolveWorkloadApiAddress, WorkloadApiClient } from '../src/index.ts';
+import {
+  grpcTargetFromAddress,
+  resolveWorkloadApiAddress,
+  WorkloadApiClient,
+} from '../src/workload/index.ts';
 
 test('valid unix and tcp addresses convert to grpc-js targets', () => {
   const cases: [string, string][] = [

@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, test } from 'node:test';
 import { credentials, Client as GrpcClient, Metadata, type ServiceError, status } from '@grpc/grpc-js';
-import { isSpiffeError, SpiffeId, TrustDomain, WorkloadApiClient } from '../src/index.ts';
+import { isSpiffeError, SpiffeId, TrustDomain } from '../src/index.ts';
+import { WorkloadApiClient } from '../src/workload/index.ts';
 import { workloadApiService } from '../src/workload/proto.ts';
 import { FakeWorkloadApi, fakeStatus, TestCa } from '../src/testing/index.ts';
 

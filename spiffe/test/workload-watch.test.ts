@@ -5,19 +5,18 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { after, before, beforeEach, test } from 'node:test';
 import { status } from '@grpc/grpc-js';
+import { isSpiffeError, TrustDomain } from '../src/index.ts';
 import {
   type Backoff,
   type BackoffStrategy,
   BundleSource,
-  isSpiffeError,
   JwtSource,
   linearBackoff,
   pickByHint,
-  TrustDomain,
   WorkloadApiClient,
   type X509Context,
   X509Source,
-} from '../src/index.ts';
+} from '../src/workload/index.ts';
 import { FakeWorkloadApi, TestCa } from '../src/testing/index.ts';
 
 const TD = TrustDomain.parse('example.org');
@@ -423,7 +422,7 @@ test('close() is idempotent, cancels the streams and makes getters throw ERR_SPI
 });
 
 test('after close() nothing keeps the process alive (the child exits on its own)', async () => {
-  const index = fileURLToPath(new URL('../src/index.ts', import.meta.url));
+  const index = fileURLToPath(new URL('../src/workload/index.ts', import.meta.url));
   const testing = fileURLToPath(new URL('../src/testing/index.ts', import.meta.url));
   const script = `
     import { WorkloadApiClient, X509Source, JwtSource, BundleSource, linearBackoff } from ${JSON.stringify(index)};

@@ -9,9 +9,8 @@ import {
   SpiffeId,
   TrustDomain,
   verifyX509Svid,
-  WorkloadApiClient,
-  X509Source,
 } from '../src/index.ts';
+import { WorkloadApiClient, X509Source } from '../src/workload/index.ts';
 import { runAs, type SpireHarness, startSpire } from '../../test/support/spire.ts';
 
 const TD = TrustDomain.parse('taskpass.local');

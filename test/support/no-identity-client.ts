@@ -1,7 +1,8 @@
 // A tiny Workload API client for "no identity" tests: run it under another uid (see runAs in
 // spire.ts) against SPIFFE_ENDPOINT_SOCKET and it prints one JSON line describing what each call
 // returned: `{ fetchX509Context, fetchJwtSvid, source }`, each `{ ok: true, ids }` or `{ ok: false, code }`.
-import { isSpiffeError, WorkloadApiClient, X509Source } from '@taskpass/spiffe';
+import { isSpiffeError } from '@taskpass/spiffe';
+import { WorkloadApiClient, X509Source } from '@taskpass/spiffe/workload';
 
 type Outcome = { ok: true; ids: string[] } | { ok: false; code: string; message: string };
 

@@ -31,7 +31,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { isSpiffeError, WorkloadApiClient } from '@taskpass/spiffe';
+import { isSpiffeError } from '@taskpass/spiffe';
+import { WorkloadApiClient } from '@taskpass/spiffe/workload';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 

@@ -1,5 +1,5 @@
 /** Workload identities for end-to-end tests on the demo stack (examples/stack.ts). */
-import { pickByHint, X509Source } from '@taskpass/spiffe';
+import { pickByHint, X509Source } from '@taskpass/spiffe/workload';
 import type { Stack } from '../../examples/stack.ts';
 
 /** A live X.509 source on the stack's Workload API that presents the SVID of the entry with `hint`. */

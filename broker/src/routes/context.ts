@@ -1,6 +1,6 @@
 // What route modules share: the dependencies, the task service and request authentication.
 import type { X509Certificate } from 'node:crypto';
-import type { X509SourceHealth } from '@taskpass/spiffe';
+import type { X509SourceHealth } from '@taskpass/spiffe/workload';
 import type { FastifyRequest } from 'fastify';
 import type { AuditLog } from '../audit.ts';
 import {

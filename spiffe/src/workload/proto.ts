@@ -1,5 +1,5 @@
-// Loads workload.proto at runtime (the .proto ships in src/, next to this file) and describes the
-// decoded messages. Shared by the client and the fake server; not part of the public API.
+// Loads workload.proto at runtime (it ships in the package's proto/, two levels up from both src/workload/
+// and dist/workload/) and describes the decoded messages. Shared by the client and the fake server.
 import { fileURLToPath } from 'node:url';
 import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
@@ -80,7 +80,7 @@ let cached: (WorkloadApiMethods & ServiceDefinition) | undefined;
 /** The `SpiffeWorkloadAPI` service definition (loaded once). */
 export function workloadApiService(): WorkloadApiMethods & ServiceDefinition {
   if (!cached) {
-    const path = fileURLToPath(new URL('./proto/workload.proto', import.meta.url));
+    const path = fileURLToPath(new URL('../../proto/workload.proto', import.meta.url));
     const pkg = loadSync(path, {
       keepCase: true,
       longs: String,
