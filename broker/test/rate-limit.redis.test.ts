@@ -7,22 +7,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import { AGENT, OTHER_AGENT, type TestBroker, testBroker } from './app-support.ts';
 
-const URL = 'redis://127.0.0.1:6379';
-const admin = new Redis(URL);
-after(() => admin.quit());
-
-async function dropPrefix(prefix: string): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-    cursor = next;
-    if (keys.length) await admin.del(...keys);
-  } while (cursor !== '0');
-}
+import { admin, dropPrefix, URL } from './redis-support.ts';
 
 const onRedis = (url: string, keyPrefix: string, rateLimit: Record<string, number>) =>
   testBroker({ store: { redis: { url, keyPrefix } }, rateLimit });

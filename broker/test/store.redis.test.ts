@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { after, test } from 'node:test';
-import { Redis } from 'ioredis';
+import { test } from 'node:test';
 import pino from 'pino';
 import { createStore } from '../src/store/index.ts';
 import { RedisStore } from '../src/store/redis.ts';
@@ -9,18 +8,7 @@ import type { Revocation } from '@taskpass/contract';
 import { REVOCATION_GRACE_SEC } from '../src/store/types.ts';
 import { storeContract } from './store-contract.ts';
 
-const URL = 'redis://127.0.0.1:6379';
-const admin = new Redis(URL);
-after(() => admin.quit());
-
-async function dropPrefix(prefix: string): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-    cursor = next;
-    if (keys.length) await admin.del(...keys);
-  } while (cursor !== '0');
-}
+import { admin, dropPrefix, URL } from './redis-support.ts';
 
 const prefix = () => `taskpass-test:${randomUUID()}:`;
 
