@@ -1,6 +1,7 @@
 // The claims of a Taskpass call or session token (docs/design.md §2): an RFC 9068 access token
 // with RFC 9396 authorization details, an RFC 8693 actor and an RFC 8705 certificate binding.
 import type { Action } from './action.ts';
+import type { ApprovalClaim } from './approval.ts';
 
 /** JOSE header `typ` of every Taskpass token (RFC 9068 §2.1). */
 export const ACCESS_TOKEN_TYPE = 'at+jwt';
@@ -13,6 +14,8 @@ export interface McpToolCallDetail {
   action: Action;
   /** Binds the token to the exact call arguments (see `argsSha256`). */
   args_sha256?: string;
+  /** Present when a person approved this call (docs/approvals.md); `args_sha256` is then present too. */
+  approval?: ApprovalClaim;
 }
 
 /** RFC 9396 authorization detail of a session token: permits no tool call. */

@@ -1,10 +1,24 @@
 /**
  * @taskpass/contract — the wire language broker, verifier and agent plugin share: token claims
  * (RFC 9068, 9396, 8693, 8705), action classes, the resource grammar and its template compiler,
- * `args_sha256`, the MCP `_meta` keys, the revocation feed format and the ceiling entry.
+ * `args_sha256`, approvals, the MCP `_meta` keys, the revocation feed format and the ceiling entry.
  * No dependency on the other packages.
  */
 export { ACTIONS, type Action, isAction } from './action.ts';
+export {
+  APPROVAL_DECISIONS,
+  APPROVAL_ID,
+  APPROVAL_STATUSES,
+  type ApprovalClaim,
+  type ApprovalDecision,
+  type ApprovalDecisionRecord,
+  type ApprovalDecisionRequest,
+  type ApprovalRequiredBody,
+  type ApprovalStatus,
+  type ApprovalSubject,
+  type ApprovalView,
+  type ApproverRef,
+} from './approval.ts';
 export { argsSha256, canonicalJson } from './args-sha256.ts';
 export type { CeilingEntry } from './ceiling.ts';
 export {
