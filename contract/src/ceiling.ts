@@ -8,5 +8,18 @@ export interface CeilingEntry {
   /** The MCP server's resource URI. */
   audience: string;
   /** Resource patterns in the templates' pattern language (`*`, `prefix*`, `**`, placeholders). */
-  tools: { tool: string; action: Action; resources: string[] }[];
+  tools: CeilingTool[];
+}
+
+/** One tool rule of a ceiling entry. */
+export interface CeilingTool {
+  tool: string;
+  action: Action;
+  resources: string[];
+  /** The token must be bound to the call's arguments: send `args_sha256` with the token request. */
+  bind_arguments?: true;
+  /** Send the arguments themselves too (a rule whose approval `when:` reads them). */
+  send_arguments?: true;
+  /** Some or all calls need a person's approval (docs/approvals.md). */
+  approval?: true;
 }

@@ -20,7 +20,7 @@ export {
   type ApproverRef,
 } from './approval.ts';
 export { argsSha256, canonicalJson } from './args-sha256.ts';
-export type { CeilingEntry } from './ceiling.ts';
+export type { CeilingEntry, CeilingTool } from './ceiling.ts';
 export {
   ACCESS_TOKEN_TYPE,
   type ActorClaim,
