@@ -1,18 +1,19 @@
 // The packages as a consumer gets them from npm: every publishable workspace is built (`tsc -b`),
 // packed (`npm pack`), checked with publint and @arethetypeswrong/cli, and installed from its
-// tarball into a scratch project outside the repository (os.tmpdir()), together with the MCP SDK
-// from the registry. There, with plain `node` (no tsx, no `taskpass:source` condition) and only
-// the installed packages (test/consumer/src), `tsc` type-checks the consumer (strict, nodenext),
-// the `taskpass` bin answers, and an agent calls an MCP server through a broker on real SPIRE —
-// one call allowed, one denied, one without a token.
+// tarball into a scratch project outside the repository (os.tmpdir()), together with both MCP SDK
+// generations from the registry. There, with plain `node` (no tsx, no `taskpass:source` condition)
+// and only the installed packages (test/consumer/src), `tsc` type-checks the consumer (strict,
+// nodenext), the `taskpass` bin answers, the installed broker serves on real SPIRE, and agents on
+// both MCP client generations call MCP servers on both server generations through it — one call
+// allowed, one denied, one without a token.
 //
-// The broker runs from the repository's own build (broker/dist, the files its tarball holds) with
-// plain node: its tarball is installed too, but with --ignore-scripts, so better-sqlite3 (the
-// broker's native SQLite store) is not compiled from source in every run — that would take longer
-// than the rest of this test. The MCP server and the agent run from the tarballs.
+// The tarballs are installed with --ignore-scripts, so better-sqlite3 (the broker's native SQLite
+// store) is not compiled from source in every run — that would take longer than the rest of this
+// test. The consumer pins the repository's better-sqlite3 version and takes its compiled addon from
+// the repository's node_modules (same version, same Node): everything else runs from the tarballs.
 //
 // A new workspace package is picked up by itself (every non-private workspace is packed); a new
-// MCP server variant (e.g. SDK 2.x) is one entry in SERVERS plus its file in test/consumer/src.
+// MCP server or client variant is one entry in SERVERS or AGENTS plus its file in test/consumer/src.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -43,25 +44,54 @@ function rangeOf(name: string): string {
   throw new Error(`no workspace depends on ${name}`);
 }
 
-/** The MCP servers the agent is run against, each a file of test/consumer/src compiled to dist/. */
+/** The MCP servers and agents (files of test/consumer/src compiled to dist/); each agent calls each server. */
 const SERVERS = [
-  { name: 'MCP SDK 1.x', entry: 'dist/sdk1-server.js', sdk: '@modelcontextprotocol/sdk', major: 1 },
-  // MCP SDK 2.x: add { name, entry: 'dist/sdk2-server.js', sdk: <its package>, major: 2 } here,
-  // test/consumer/src/sdk2-server.ts, and its packages to CONSUMER_DEPS below.
+  {
+    name: 'server on SDK 1.x (node:https)',
+    entry: 'dist/sdk1-server.js',
+    sdk: '@modelcontextprotocol/sdk',
+    major: 1,
+  },
+  {
+    name: 'server on SDK 2.x (/node)',
+    entry: 'dist/sdk2-node-server.js',
+    sdk: '@modelcontextprotocol/node',
+    major: 2,
+  },
+  {
+    name: 'server on SDK 2.x (/express)',
+    entry: 'dist/sdk2-express-server.js',
+    sdk: '@modelcontextprotocol/express',
+    major: 2,
+  },
+];
+const AGENTS = [
+  { name: 'agent on SDK 1.x', entry: 'dist/agent-sdk1.js', sdk: '@modelcontextprotocol/sdk', major: 1 },
+  { name: 'agent on SDK 2.x', entry: 'dist/agent-sdk2.js', sdk: '@modelcontextprotocol/client', major: 2 },
 ];
 
 /** What the consumer project installs from the registry besides the tarballs. */
-const CONSUMER_DEPS: Record<string, string> = {
-  '@modelcontextprotocol/sdk': rangeOf('@modelcontextprotocol/sdk'),
-  undici: rangeOf('undici'),
-  zod: rangeOf('zod'),
-};
+const CONSUMER_DEPS: Record<string, string> = Object.fromEntries(
+  [
+    '@modelcontextprotocol/sdk',
+    '@modelcontextprotocol/server',
+    '@modelcontextprotocol/node',
+    '@modelcontextprotocol/express',
+    '@modelcontextprotocol/client',
+    'express',
+    'undici',
+    'zod',
+  ].map((name) => [name, rangeOf(name)]),
+);
+/** The repository's better-sqlite3, whose compiled addon the consumer reuses (see the top). */
+const SQLITE_DIR = join(root, 'node_modules', 'better-sqlite3');
+const SQLITE_VERSION = readJson(join(SQLITE_DIR, 'package.json')).version as string;
 const CONSUMER_DEV_DEPS: Record<string, string> = {
   typescript: rangeOf('typescript'),
   '@types/node': rangeOf('@types/node'),
   // The consumer's tsc checks every .d.ts (skipLibCheck: false, so ours are checked too); the MCP
   // SDK 1.x's own declarations then need express's types (and DOM's HeadersInit, see tsconfig).
-  '@types/express': '^5.0.6',
+  '@types/express': rangeOf('@types/express'),
 };
 
 const TD = 'taskpass.local';
@@ -190,7 +220,7 @@ describe('packages as installed from npm (plain node, outside the repository)', 
     }
   });
 
-  test('a consumer project installs the tarballs and the SDK from the registry; tsc checks it (strict, nodenext)', () => {
+  test('a consumer project installs the tarballs and both MCP SDK generations from the registry; tsc checks it (strict, nodenext)', () => {
     assert.equal(tarballs.size, PUBLISHED.length);
     mkdirSync(consumer);
     cpSync(join(root, 'test', 'consumer', 'src'), join(consumer, 'src'), { recursive: true });
@@ -200,19 +230,32 @@ describe('packages as installed from npm (plain node, outside the repository)', 
     writeFileSync(
       join(consumer, 'package.json'),
       JSON.stringify(
-        { name: 'consumer', private: true, type: 'module', dependencies, devDependencies: CONSUMER_DEV_DEPS },
+        {
+          name: 'consumer',
+          private: true,
+          type: 'module',
+          dependencies,
+          devDependencies: CONSUMER_DEV_DEPS,
+          overrides: { 'better-sqlite3': SQLITE_VERSION },
+        },
         null,
         2,
       ),
     );
     // --ignore-scripts: see the top of this file (better-sqlite3); nothing the consumer runs needs one.
     run('npm', ['install', '--no-audit', '--no-fund', '--ignore-scripts', '--loglevel=error'], consumer);
-    for (const s of SERVERS) {
+    for (const s of [...SERVERS, ...AGENTS]) {
       const v = readJson(join(consumer, 'node_modules', s.sdk, 'package.json')).version as string;
       assert.equal(Number(v.split('.')[0]), s.major, `${s.name}: installed ${s.sdk}@${v}`);
     }
+    const sqlite = join(consumer, 'node_modules', 'better-sqlite3');
+    assert.equal(readJson(join(sqlite, 'package.json')).version, SQLITE_VERSION);
+    cpSync(
+      join(SQLITE_DIR, 'build', 'Release', 'better_sqlite3.node'),
+      join(sqlite, 'build', 'Release', 'better_sqlite3.node'),
+    );
     run(process.execPath, [join(consumer, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', '.'], consumer);
-    for (const s of SERVERS) assert.ok(existsSync(join(consumer, s.entry)), s.entry);
+    for (const s of [...SERVERS, ...AGENTS]) assert.ok(existsSync(join(consumer, s.entry)), s.entry);
   });
 
   test('the taskpass bin of the installed broker runs with plain node (npx taskpass --help)', () => {
@@ -299,10 +342,12 @@ describe('packages as installed from npm (plain node, outside the repository)', 
           logLevel: 'info',
         }),
       );
+      const installed = join(consumer, 'node_modules', '@taskpass', 'broker');
+      const bin = join(installed, readJson(join(installed, 'package.json')).bin.taskpass);
       const broker = await startChild(
-        'broker (broker/dist/bin/taskpass.js serve)',
-        [join(root, 'broker', 'dist', 'bin', 'taskpass.js'), 'serve', '--config', config],
-        root,
+        'the installed broker (taskpass serve)',
+        [bin, 'serve', '--config', config],
+        consumer,
         // The test runner silences the repository's broker logs; this one's listening line is needed.
         plainEnv({ TASKPASS_LOG_LEVEL: 'info' }),
         (l) => l.msg === 'taskpass broker listening',
@@ -313,7 +358,7 @@ describe('packages as installed from npm (plain node, outside the repository)', 
     after(() => spire?.stop());
 
     for (const server of SERVERS) {
-      test(`${server.name}: allowed, denied by the broker, refused without a token`, async () => {
+      test(`${server.name}, called by each agent: allowed, denied by the broker, refused without a token`, async () => {
         const common = {
           SPIFFE_ENDPOINT_SOCKET: spire.address,
           BROKER_URL: brokerUrl,
@@ -330,20 +375,28 @@ describe('packages as installed from npm (plain node, outside the repository)', 
         );
         children.push(mcp.child);
         try {
-          const out = run(
-            process.execPath,
-            ['dist/agent.js'],
-            consumer,
-            plainEnv({ ...common, HINT: 'agent', SERVER_ID: IDS.server, MCP_URL: String(mcp.line.mcpUrl) }),
-          );
-          const r = JSON.parse(out.trim().split('\n').pop() ?? '{}');
-          assert.equal(r.agent, IDS.agent);
-          assert.equal(r.allowed?.isError, false, JSON.stringify(r));
-          assert.match(JSON.stringify(r.allowed.content), /n-1/);
-          assert.equal(r.denied?.status, 403, JSON.stringify(r));
-          assert.equal(r.denied.code, 'TASKPASS_DENIED_TOOL');
-          assert.equal(r.noToken?.status, 401, JSON.stringify(r));
-          assert.equal(r.noToken.challenge, 'Bearer');
+          for (const agent of AGENTS) {
+            const out = run(
+              process.execPath,
+              [agent.entry],
+              consumer,
+              plainEnv({ ...common, HINT: 'agent', SERVER_ID: IDS.server, MCP_URL: String(mcp.line.mcpUrl) }),
+            );
+            const r = JSON.parse(out.trim().split('\n').pop() ?? '{}');
+            const what = `${agent.name}: ${JSON.stringify(r)}`;
+            assert.equal(r.agent, IDS.agent, what);
+            assert.equal(r.allowed?.isError, false, what);
+            // The handler saw the caller the verifier established: the agent, on its own (no user).
+            assert.deepEqual(
+              JSON.parse(r.allowed.content[0].text),
+              { note_id: 'n-1', user: IDS.agent, agent: IDS.agent },
+              what,
+            );
+            assert.equal(r.denied?.status, 403, what);
+            assert.equal(r.denied.code, 'TASKPASS_DENIED_TOOL', what);
+            assert.equal(r.noToken?.status, 401, what);
+            assert.equal(r.noToken.challenge, 'Bearer', what);
+          }
         } finally {
           mcp.child.kill('SIGTERM');
         }
