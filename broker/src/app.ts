@@ -127,6 +127,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.setErrorHandler((err: FastifyError | TaskpassError, req, reply) => {
     if (err instanceof TaskpassError) {
       if (err.status >= 500) req.log.error({ err }, 'request failed');
+      // A store outage is brief or an operator's matter: clients back off a second, then retry.
+      if (err.status === 503) reply.header('retry-after', '1');
       const body: Record<string, unknown> = { code: err.code, message: err.message };
       if (err.code === 'TASKPASS_INTERNAL') body.message = 'internal error';
       else if (err.details) Object.assign(body, err.details, body);

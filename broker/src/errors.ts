@@ -93,7 +93,7 @@ export const BROKER_ERRORS = {
   TASKPASS_STORE_UNAVAILABLE: {
     status: 503,
     description:
-      'The store could not be reached or did not answer in time (Redis down, frozen, loading, read-only), or could not make the change durable; nothing was acknowledged, and a retry is safe.',
+      'The store could not be reached or did not answer in time (Redis down, frozen, loading, read-only; SQLite locked by another writer past `busyTimeoutMs`, disk full or failing), or could not make the change durable; nothing was acknowledged, and a retry is safe. Answered with `Retry-After: 1`.',
   },
   TASKPASS_INTERNAL: {
     status: 500,

@@ -372,3 +372,37 @@ test('sqlite: a replay marker is kept until its token expires, then swept', asyn
   assert.equal(await s.markUsed('j', now + 60), true, 'swept at exp (the token no longer verifies)');
   await s.close();
 });
+
+test('sqlite: a database held by another writer answers TASKPASS_STORE_UNAVAILABLE, not a bare error', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const s = new SqliteStore({ path, busyTimeoutMs: 50 });
+  await s.init();
+  const other = new Database(path);
+  try {
+    other.exec('BEGIN EXCLUSIVE');
+    const now = nowSec();
+    const task = {
+      id: 'tsk_busy',
+      agent: 'spiffe://t/a',
+      sub: 'u',
+      purpose: 'p',
+      status: 'open' as const,
+      createdAt: now,
+      expiresAt: now + 60,
+    };
+    await assert.rejects(s.createTask(task), (e: unknown) => {
+      const err = e as { code?: string; status?: number; cause?: { code?: string } };
+      assert.equal(err.code, 'TASKPASS_STORE_UNAVAILABLE');
+      assert.equal(err.status, 503);
+      assert.equal(err.cause?.code, 'SQLITE_BUSY');
+      return true;
+    });
+    other.exec('COMMIT');
+    await s.createTask(task); // the lock is gone: the same write goes through
+    assert.equal((await s.getTask('tsk_busy'))?.id, 'tsk_busy');
+  } finally {
+    other.close();
+    await s.close();
+  }
+});

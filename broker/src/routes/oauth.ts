@@ -171,6 +171,7 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
     if (err instanceof TaskpassError) {
       const [error, status] = OAUTH_OF[err.code] ?? ['server_error', 500];
       if (status >= 500) req.log.error({ err }, 'oauth request failed');
+      if (status === 503) reply.header('retry-after', '1');
       const template = typeof err.details?.template === 'string' ? err.details.template : undefined;
       return reply.code(status).send({
         error,

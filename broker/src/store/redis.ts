@@ -31,6 +31,7 @@ import type { Logger } from 'pino';
 import { TaskpassError } from '../errors.ts';
 import type { Revocation } from '@taskpass/contract';
 import type { ClosingStatus, IssuedCall, Store, StoredSigningKey, TaskRecord, TaskStatus } from './types.ts';
+import { mapStoreFailures } from './unavailable.ts';
 import { REVOCATION_GRACE_SEC } from './types.ts';
 
 /** Options of {@link RedisStore}. */
@@ -771,29 +772,9 @@ export class RedisStore implements Store {
       if (ids.length < n) break;
     }
   }
-
-  // Every Store method — those added later too — rejects as TASKPASS_STORE_UNAVAILABLE when Redis
-  // cannot serve it (see storeFailure): mapped here once, so that no route has to and none answers
-  // 500 for an outage.
-  static {
-    const proto = RedisStore.prototype;
-    for (const name of Object.getOwnPropertyNames(proto)) {
-      const method = Object.getOwnPropertyDescriptor(proto, name)?.value as unknown;
-      if (name === 'constructor' || typeof method !== 'function') continue;
-      const guarded = function (this: RedisStore, ...args: unknown[]): unknown {
-        let out: unknown;
-        try {
-          out = method.apply(this, args);
-        } catch (e) {
-          throw storeFailure(e);
-        }
-        return out instanceof Promise
-          ? out.catch((e: unknown) => {
-              throw storeFailure(e);
-            })
-          : out;
-      };
-      Object.defineProperty(proto, name, { value: guarded, writable: true, configurable: true });
-    }
-  }
 }
+
+// Every Store method — those added later too — rejects as TASKPASS_STORE_UNAVAILABLE when Redis
+// cannot serve it (see storeFailure): mapped here once, so that no route has to and none answers
+// 500 for an outage.
+mapStoreFailures(RedisStore.prototype, storeFailure);

@@ -12,6 +12,7 @@ import { TaskpassError } from '../errors.ts';
 import type { Action, Revocation } from '@taskpass/contract';
 import type { ClosingStatus, IssuedCall, Store, StoredSigningKey, TaskRecord, TaskStatus } from './types.ts';
 import { REVOCATION_GRACE_SEC } from './types.ts';
+import { mapStoreFailures } from './unavailable.ts';
 
 /** Options of {@link SqliteStore}. */
 export interface SqliteStoreOptions {
@@ -30,6 +31,11 @@ export interface SqliteStoreOptions {
   sweepBatchRows?: number;
   /** Most free pages one `incremental_vacuum` step returns to the file system (default 256). */
   vacuumStepPages?: number;
+  /**
+   * How long a statement waits for another connection's write lock before the request is answered
+   * 503 TASKPASS_STORE_UNAVAILABLE, ms (default 5000).
+   */
+  busyTimeoutMs?: number;
 }
 
 /** `$TASKPASS_DATA_DIR/taskpass.db`, or `./taskpass.db` when the variable is unset. */
@@ -286,6 +292,7 @@ export class SqliteStore implements Store {
   readonly #retention: number;
   readonly #batchRows: number;
   readonly #vacuumPages: number;
+  readonly #busyTimeoutMs: number;
   #sweeping: Promise<void> | undefined;
   readonly #events = new EventEmitter();
   #db: Database.Database | undefined;
@@ -301,6 +308,7 @@ export class SqliteStore implements Store {
     this.#retention = opts.taskRetentionSec ?? 300;
     this.#batchRows = Math.max(1, Math.floor(opts.sweepBatchRows ?? 100));
     this.#vacuumPages = Math.max(1, Math.floor(opts.vacuumStepPages ?? 64));
+    this.#busyTimeoutMs = Math.max(0, Math.floor(opts.busyTimeoutMs ?? 5000));
     // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
     this.#events.setMaxListeners(0);
   }
@@ -324,7 +332,7 @@ export class SqliteStore implements Store {
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
       db.pragma('foreign_keys = ON');
-      db.pragma('busy_timeout = 5000');
+      db.pragma(`busy_timeout = ${this.#busyTimeoutMs}`);
       this.#migrate(db);
       const s = prepareStatements(db);
       // Nested in the group-commit transaction, this runs as a savepoint: a record is all or nothing.
@@ -752,3 +760,21 @@ export class SqliteStore implements Store {
     }
   }
 }
+
+// SQLite result codes that mean "the database cannot serve this now" (another writer held the lock
+// past busy_timeout, the disk is full or failing), not "this request or our code is wrong".
+const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|FULL|IOERR|CANTOPEN|READONLY|PROTOCOL)/;
+
+/** What a failed SQLite call becomes: TASKPASS_STORE_UNAVAILABLE (503) for those; others unchanged. */
+function sqliteFailure(e: unknown): unknown {
+  if (e instanceof Database.SqliteError && SQLITE_UNAVAILABLE.test(e.code)) {
+    return new TaskpassError(
+      'TASKPASS_STORE_UNAVAILABLE',
+      'the database is busy or cannot be written; nothing was acknowledged',
+      undefined,
+      { cause: e },
+    );
+  }
+  return e;
+}
+mapStoreFailures(SqliteStore.prototype, sqliteFailure);
