@@ -477,8 +477,7 @@ export class BrokerClient {
    * @throws BrokerError (404 unknown approval, 403 another agent's …), AgentPluginError.
    */
   async getApproval(approvalId: string, opts: GetApprovalOptions = {}): Promise<ApprovalView> {
-    const waitSec =
-      opts.waitSec === undefined ? undefined : Math.min(60, Math.max(1, Math.ceil(opts.waitSec)));
+    const waitSec = opts.waitSec && opts.waitSec > 0 ? Math.min(60, Math.ceil(opts.waitSec)) : undefined;
     const q = waitSec === undefined ? '' : `?wait=${waitSec}`;
     const r = await this.#call(
       'GET',

@@ -221,6 +221,7 @@ export class Task {
     let backoffMs = 0;
     for (;;) {
       signal?.throwIfAborted();
+      this.#assertOpen(); // finished here meanwhile: the broker cancels the approval anyway
       const started = Date.now();
       let view: ApprovalView;
       try {

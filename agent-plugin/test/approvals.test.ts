@@ -288,6 +288,20 @@ describe('Task.waitForApproval', () => {
     assert.ok(polls >= 2 && polls <= 4, `${polls} polls in 2.5 s`);
   });
 
+  test('BrokerClient.getApproval: no wait by default, the long poll capped at 60 s', async () => {
+    await using c = client();
+    await using task = await c.openTask({ purpose: 'p' });
+    const e = await askApproval(task, 305);
+    const path = `/approvals/${e.approvalId}`;
+    assert.equal((await c.getApproval(e.approvalId)).status, 'pending');
+    assert.equal(broker.requestsTo(path).at(-1)?.query, '');
+    broker.decide(e.approvalId, 'approved');
+    await c.getApproval(e.approvalId, { waitSec: 600 });
+    assert.equal(broker.requestsTo(path).at(-1)?.query, 'wait=60');
+    await c.getApproval(e.approvalId, { waitSec: 0.2 });
+    assert.equal(broker.requestsTo(path).at(-1)?.query, 'wait=1');
+  });
+
   test('a malformed approval view is a bad response', async () => {
     await using c = client();
     await using task = await c.openTask({ purpose: 'p' });
