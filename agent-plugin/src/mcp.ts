@@ -18,6 +18,7 @@ import {
   type ToolArgs,
 } from '@taskpass/contract';
 import { createParser } from 'eventsource-parser';
+import type { IssuedToken } from './broker-client.ts';
 import { AgentPluginError, TaskpassApprovalRequiredError } from './errors.ts';
 import type { Task, TokenRequest } from './task.ts';
 
@@ -322,6 +323,29 @@ function tokenRequestFor(
   };
 }
 
+/**
+ * The call token; when the broker asks for a person's approval and the mode waits: the callback,
+ * the wait, and one more request (asked for approval again, that error is thrown).
+ */
+async function tokenOrWait(
+  task: Task,
+  req: TokenRequest,
+  approval: ApprovalMode,
+  signal: AbortSignal | undefined,
+): Promise<IssuedToken> {
+  try {
+    return await task.token(req);
+  } catch (e) {
+    if (approval === 'throw' || !(e instanceof TaskpassApprovalRequiredError)) throw e;
+    await approval.onApprovalRequired?.(e);
+    await task.waitForApproval(e.approvalId, {
+      ...(signal ? { signal } : {}),
+      ...(approval.timeoutMs !== undefined ? { timeoutMs: approval.timeoutMs } : {}),
+    });
+    return task.token(req);
+  }
+}
+
 function approvalModeOf(mode: unknown): ApprovalMode {
   if (mode === undefined || mode === 'throw') return 'throw';
   const m = mode as Partial<ApprovalWait> | null;
@@ -403,26 +427,21 @@ export function taskpassFetch(task: Task, opts: TaskpassFetchOptions): TaskpassF
   const base: FetchLike = opts.fetch ?? ((url, init) => fetch(url, init));
   const audience = opts.audience;
   const approval = approvalModeOf(opts.approval);
-  // Calls waiting for approval, by JSON-RPC id: the client's cancellation of one ends its wait.
+  // Calls in flight, by JSON-RPC id: the client's cancellation of one ends its wait for approval.
   const waiting = new Map<unknown, AbortController>();
 
   const callToken = async (req: TokenRequest, rpcId: unknown, signal: AbortSignal | undefined) => {
+    const cancel = new AbortController();
+    waiting.set(rpcId, cancel);
     try {
-      return await task.token(req);
-    } catch (e) {
-      if (approval === 'throw' || !(e instanceof TaskpassApprovalRequiredError)) throw e;
-      await approval.onApprovalRequired?.(e);
-      const cancel = new AbortController();
-      waiting.set(rpcId, cancel);
-      try {
-        await task.waitForApproval(e.approvalId, {
-          signal: signal ? AbortSignal.any([signal, cancel.signal]) : cancel.signal,
-          ...(approval.timeoutMs !== undefined ? { timeoutMs: approval.timeoutMs } : {}),
-        });
-      } finally {
-        if (waiting.get(rpcId) === cancel) waiting.delete(rpcId);
-      }
-      return task.token(req);
+      return await tokenOrWait(
+        task,
+        req,
+        approval,
+        signal ? AbortSignal.any([signal, cancel.signal]) : cancel.signal,
+      );
+    } finally {
+      if (waiting.get(rpcId) === cancel) waiting.delete(rpcId);
     }
   };
 
@@ -549,6 +568,10 @@ export interface CallToolTokenOptions {
   audience: string;
   /** Per-tool mappers, or a {@link ToolCatalog} (which may hold hints learned from `listTools()`). */
   tools: ToolDeclarations | ToolCatalog;
+  /** Calls that need a person's approval: throw (default) or wait, as with {@link taskpassFetch}. */
+  approval?: ApprovalMode;
+  /** Ends a wait for approval (rejects with its reason). */
+  signal?: AbortSignal;
 }
 
 /** tools/call params as `Client.callTool` takes them. */
@@ -571,9 +594,15 @@ export async function withCallToken(
 ): Promise<CallToolParams> {
   const catalog =
     opts.tools instanceof ToolCatalog ? opts.tools : new ToolCatalog(opts.tools, { useServerHints: false });
+  const approval = approvalModeOf(opts.approval);
   const { name, args } = callOf({ params });
   const r = catalog.resolve(name, args);
-  const t = await task.token(tokenRequestFor(task, opts.audience, name, args, r));
+  const t = await tokenOrWait(
+    task,
+    tokenRequestFor(task, opts.audience, name, args, r),
+    approval,
+    opts.signal,
+  );
   return { ...params, _meta: { ...params._meta, [META_TOKEN]: t.accessToken } };
 }
 
@@ -594,5 +623,7 @@ export async function taskpassCallTool(
   params: CallToolParams,
   opts: CallToolTokenOptions & { requestOptions?: RequestOptions },
 ): Promise<Awaited<ReturnType<Client['callTool']>>> {
-  return client.callTool(await withCallToken(task, params, opts), undefined, opts.requestOptions);
+  const signal = opts.signal ?? opts.requestOptions?.signal;
+  const withToken = await withCallToken(task, params, { ...opts, ...(signal ? { signal } : {}) });
+  return client.callTool(withToken, undefined, opts.requestOptions);
 }

@@ -21,6 +21,7 @@ import {
   TaskpassApprovalRequiredError,
   TaskpassDeniedError,
   taskpassFetch,
+  withCallToken,
 } from '../src/index.ts';
 import { detailsOf, FakeBroker } from './support.ts';
 
@@ -430,5 +431,45 @@ describe('taskpassFetch and approvals, in front of a real MCP server', () => {
         (e: unknown) => e instanceof AgentPluginError && e.code === 'TASKPASS_AGENT_CONFIG_INVALID',
       );
     }
+  });
+});
+
+describe('withCallToken (stdio) and approvals', () => {
+  const tools = { refund: { resource: 'orders/{order}', action: 'write' as const } };
+  const params = (amount: number) => ({ name: 'refund', arguments: { order: 'o-1', amount } });
+
+  test('throws by default; waits with approval: { wait: true } and puts the approved token in _meta', async () => {
+    await using c = client();
+    await using task = await c.openTask({ purpose: 'p' });
+    await assert.rejects(withCallToken(task, params(600), { audience: SHOP, tools }), (e: unknown) =>
+      isApprovalRequired(e),
+    );
+    const out = await withCallToken(task, params(600), {
+      audience: SHOP,
+      tools,
+      approval: {
+        wait: true,
+        onApprovalRequired: (e) => void setTimeout(() => broker.decide(e.approvalId, 'approved'), 100),
+      },
+    });
+    const d = detailsOf(`Bearer ${String(out._meta?.['dev.taskpass/token'])}`);
+    assert.equal(d?.args_sha256, argsSha256({ order: 'o-1', amount: 600 }));
+    assert.equal((d?.approval as { approver: { sub: string } } | undefined)?.approver.sub, 'lead-1');
+  });
+
+  test('its signal ends the wait', async () => {
+    await using c = client();
+    await using task = await c.openTask({ purpose: 'p' });
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 150);
+    await assert.rejects(
+      withCallToken(task, params(601), {
+        audience: SHOP,
+        tools,
+        approval: { wait: true },
+        signal: ac.signal,
+      }),
+      { name: 'AbortError' },
+    );
   });
 });
