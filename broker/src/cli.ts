@@ -5,6 +5,7 @@
 //   taskpass tasks list [--broker URL] [--status s] | tasks revoke <id> [--broker URL] [--reason r]
 //   taskpass token decode <jwt> | token explain <jwt> [--broker URL]
 //   taskpass keys generate-kek [--id id] | keys rewrap [--config file]
+//   taskpass approvals list | show <id> | approve <id> | deny <id>   (cli-approvals.ts)
 // Admin calls use the caller's own X.509-SVID from the Workload API over mTLS (https URLs), or plain
 // HTTP for a tls:none test broker. Exit codes: 0 ok, 1 failure/denied, 2 usage error.
 import { request as httpRequest } from 'node:http';
@@ -34,6 +35,8 @@ const USAGE = `usage:
                                                  a new KEK ring entry (id:base64url) on stdout, or
                                                  into a new file (mode 0600; an existing one is kept)
   taskpass keys rewrap [--config <file>]         re-wrap stored signing keys under the current KEK
+  taskpass approvals list|show|approve|deny ...  decide calls held for approval, as yourself
+                                                 (taskpass approvals --help)
 Broker calls over https authenticate both sides by SPIFFE ID: this process presents its X.509-SVID
 from the Workload API (--hint picks the entry by hint) and accepts only the broker's SPIFFE ID
 (--broker-id, default spiffe://<own trust domain>/broker).
@@ -147,6 +150,8 @@ function explainText(header: Record<string, unknown>, c: Record<string, unknown>
 
 /** Runs the CLI; resolves with the exit code. */
 export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
+  // Approvers are people with their own token, not workloads: their own flags and connection.
+  if (argv[0] === 'approvals') return (await import('./cli-approvals.ts')).runApprovalsCli(argv.slice(1), io);
   try {
     const { values, positionals } = parseArgs({
       args: [...argv],
