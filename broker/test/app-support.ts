@@ -389,6 +389,8 @@ export async function testBroker<S extends Store = MemoryStore>(
     store?: S;
     policy?: PolicyPort;
     keysProtection?: 'encrypted' | 'plaintext';
+    /** Receives the audit records (default: the silent logger). */
+    audit?: Parameters<typeof buildApp>[0]['audit'];
     /** Adds to the fake authenticator (e.g. a `svidHealth` for readiness tests). */
     identity?: Omit<Parameters<typeof buildApp>[0]['identity'], 'agentAuth'>;
   } = {},
@@ -424,6 +426,7 @@ export async function testBroker<S extends Store = MemoryStore>(
     },
     policies: { current: () => policy },
     identity: { agentAuth: fakeAuth(), ...opts.identity },
+    ...(opts.audit ? { audit: opts.audit } : {}),
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
     hub,
     logger: pino({ level: 'silent' }),
