@@ -103,7 +103,7 @@ export class MemoryStore implements Store {
     }
     const consume = opts.consumeApproval;
     const a = consume && this.approvals.get(consume.id);
-    if (consume && (!a || a.status !== 'approved' || a.expiresAt <= consume.now)) return false;
+    if (consume && (a?.status !== 'approved' || a.expiresAt <= consume.now)) return false;
     if (a) Object.assign(a, { status: 'used', usedAt: consume!.now, jti: c.jti });
     this.issued.push(c);
     if (a) this.approvalChanged(a.id);

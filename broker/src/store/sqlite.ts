@@ -703,7 +703,7 @@ export class SqliteStore implements Store {
     if (opts.consumeApproval) {
       // Same synchronous step: approved → used at most once, together with the call's record.
       const a = this.#approval(opts.consumeApproval.id);
-      if (!a || a.status !== 'approved' || a.expiresAt <= opts.consumeApproval.now) return false;
+      if (a?.status !== 'approved' || a.expiresAt <= opts.consumeApproval.now) return false;
       used = { ...a, status: 'used', usedAt: opts.consumeApproval.now, jti: call.jti };
     }
     if (!this.#batch) {
