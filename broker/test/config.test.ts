@@ -255,16 +255,16 @@ test('approvals: a distinct audience for approver tokens, and an approval URL te
   const idp = (audience: string | string[]) => ({
     users: { trustedIssuers: [{ issuer: 'https://idp.test', audience, jwks: { keys: [{ kty: 'EC' }] } }] },
   });
-  const refused = (raw: Record<string, unknown>, path: string, message: RegExp) => {
-    try {
-      parseConfig({ ...minimal, ...raw });
-      assert.fail('accepted');
-    } catch (e) {
-      assert.ok(e instanceof TaskpassError && e.code === 'TASKPASS_CONFIG_INVALID');
-      const issue = (e.details?.issues as { path: string; message: string }[]).find((i) => i.path === path);
-      assert.match(issue?.message ?? '', message);
-    }
-  };
+  const refused = (raw: Record<string, unknown>, path: string, message: RegExp) =>
+    assert.throws(
+      () => parseConfig({ ...minimal, ...raw }),
+      (e: unknown) => {
+        assert.ok(e instanceof TaskpassError && e.code === 'TASKPASS_CONFIG_INVALID');
+        const issues = (e.details?.issues ?? []) as { path: string; message: string }[];
+        assert.match(issues.find((i) => i.path === path)?.message ?? '', message);
+        return true;
+      },
+    );
   // The agent holds delegation tokens: one valid for approving would let it approve.
   refused(idp(['taskpass', 'taskpass-approvals']), 'approvals.audience', /delegation token the agent holds/);
   refused(
