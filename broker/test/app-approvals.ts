@@ -408,6 +408,10 @@ export function approvalApiTests(name: string, make: MakeAppStore): void {
       assert.equal(w.statusCode, 200, w.body);
       assert.equal(w.json().status, 'approved');
       assert.ok(Date.now() - started < 10_000, 'answered on the change, not at the end of the wait');
+      const atOnce = Date.now();
+      const decided = await x.view(id, b.mtls(AGENT), '?wait=30');
+      assert.equal(decided.json().status, 'approved');
+      assert.ok(Date.now() - atOnce < 5_000, 'a decided approval is not waited on');
       assert.equal((await x.token(task, refund(500))).statusCode, 200);
       const s = await streaming; // ends once the approval is used
       assert.match(String(s.headers['content-type']), /text\/event-stream/);

@@ -14,7 +14,7 @@ import { bearerOf, type WorkloadIdentity } from '../auth.ts';
 import { TaskpassError } from '../errors.ts';
 import { rateLimiter } from '../rate-limit.ts';
 import { BODY_LIMITS, bodyLimit } from '../request-boundary.ts';
-import type { ApprovalRecord } from '../store/types.ts';
+import { type ApprovalRecord, effectiveStatus } from '../store/types.ts';
 import { authenticateRequest, nowSec, type RouteContext } from './context.ts';
 import {
   ApprovalDecisionBody,
@@ -165,7 +165,8 @@ export async function approvalRoutes(
       try {
         const first = await approvals.visible(caller, id);
         const now = nowSec(ctx);
-        if (!watch || !isLive(first, now)) return approvalView(ctx.config, first, now);
+        // Only a pending approval is waited on: once decided, the agent wants to know at once.
+        if (!watch || effectiveStatus(first, now) !== 'pending') return approvalView(ctx.config, first, now);
         // Until a change, the wait's end, or the approval's own expiry (which changes its status).
         const untilExpiry = Math.max(0, (first.expiresAt - now) * 1000 + 50);
         if (untilExpiry < waitMs) setTimeout(watch.cancel, untilExpiry).unref();
