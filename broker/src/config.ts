@@ -231,6 +231,29 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Approvals (docs/approvals.md): people deciding calls that templates mark "not without a human". */
+    approvals: z
+      .object({
+        /**
+         * The audience an approver's own token must be minted for. It must differ from every
+         * trusted issuer's user-token audience: the agent holds the delegating user's token, and a
+         * token it holds must never be able to approve.
+         */
+        audience: z.string().min(1).max(1024).default('taskpass-approvals'),
+        /**
+         * Where an approver opens an approval: a URL template with `{id}`, e.g.
+         * `https://console.example/approvals/{id}`. Default: `<issuer>/v1/approvals/{id}`.
+         */
+        url: z
+          .string()
+          .refine(
+            (s) => s.includes('{id}') && URL.canParse(s.replaceAll('{id}', 'apr_x')),
+            'an absolute URL template containing {id}',
+          )
+          .optional(),
+      })
+      .strict()
+      .prefault({}),
     /** How often expired tasks, replay entries and stale revocations are dropped from the store. */
     sweepEvery: Duration.default(60),
     /** Ceiling on every request body; each route has a smaller limit of its own (request-boundary.ts). */
@@ -254,6 +277,18 @@ export const ConfigSchema = z
           'the JWKS cache lifetime announced to verifiers: they would meet tokens of a key they have not ' +
           'loaded. Raise keys.prepublish or lower keys.jwksMaxAge',
       });
+    }
+  })
+  .superRefine((c, ctx) => {
+    for (const [i, t] of c.users.trustedIssuers.entries()) {
+      const auds = typeof t.audience === 'string' ? [t.audience] : t.audience;
+      if (auds.includes(c.approvals.audience)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['approvals', 'audience'],
+          message: `approvals.audience "${c.approvals.audience}" is also the user-token audience of users.trustedIssuers[${i}]: a delegation token the agent holds could then approve; mint approver tokens for a distinct audience`,
+        });
+      }
     }
   })
   .refine((c) => c.tokens.defaultTtl <= c.tokens.maxTtl, {
@@ -340,6 +375,8 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_RATE_LIMIT_PER_ADMIN_PER_MINUTE: { path: ['rateLimit', 'perAdminPerMinute'], conv: int },
     TASKPASS_RATE_LIMIT_PER_IP_PER_MINUTE: { path: ['rateLimit', 'perIpPerMinute'], conv: int },
     TASKPASS_AUDIT_DESTINATION: { path: ['audit', 'destination'] },
+    TASKPASS_APPROVALS_AUDIENCE: { path: ['approvals', 'audience'] },
+    TASKPASS_APPROVALS_URL: { path: ['approvals', 'url'] },
     TASKPASS_SWEEP_EVERY: { path: ['sweepEvery'] },
     TASKPASS_BODY_LIMIT: { path: ['bodyLimit'], conv: int },
     TASKPASS_LOG_LEVEL: { path: ['logLevel'] },

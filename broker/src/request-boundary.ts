@@ -20,8 +20,10 @@ export const MAX_JSON_DEPTH = 8;
 export const BODY_LIMITS = {
   /** purpose ≤ 512 chars, user_token ≤ 16 KiB. */
   openTask: 20 * 1024,
-  /** audience ≤ 2 KiB, tool, resource, action, args_sha256. */
-  callToken: 8 * 1024,
+  /** audience ≤ 2 KiB, tool, resource, action, args_sha256, and the call's arguments (≤ ~32 KiB). */
+  callToken: 40 * 1024,
+  /** An approval decision: decision and a comment ≤ 1000 characters. */
+  approvalDecision: 8 * 1024,
   /** audience only; complete: status only; admin revoke: reason ≤ 256 chars. */
   small: 4 * 1024,
   /** subject_token and actor credential ≤ 16 KiB each, authorization_details ≤ 8 KiB (form-encoded). */

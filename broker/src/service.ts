@@ -4,19 +4,36 @@
 import { randomBytes } from 'node:crypto';
 import {
   type Action,
+  type ApprovalClaim,
+  type ApprovalRequiredBody,
   type AuthorizationDetail,
+  argsSha256,
   type CeilingEntry,
   checkResource,
   type Revocation,
 } from '@taskpass/contract';
+import { approvalSubject, approvalUrl, newApprovalId } from './approvals.ts';
 import type { AuditLog } from './audit.ts';
 import type { WorkloadIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { TaskpassError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
 import { mintToken } from './mint.ts';
-import type { HistoryQueries, KeysPort, PolicyPort, PolicyUser, TaskHistory } from './ports.ts';
-import type { ClosingStatus, Store, TaskRecord } from './store/types.ts';
+import type {
+  ApprovalRequirement,
+  HistoryQueries,
+  KeysPort,
+  PolicyPort,
+  PolicyUser,
+  TaskHistory,
+} from './ports.ts';
+import {
+  type ApprovalRecord,
+  type ClosingStatus,
+  effectiveStatus,
+  type Store,
+  type TaskRecord,
+} from './store/types.ts';
 import type { VerifiedUser } from './user-tokens.ts';
 
 /** A token the broker minted and what the client needs to know about it. */
@@ -186,6 +203,119 @@ export class TaskService {
     return Math.min(now + Math.min(ttlSec, this.d.config.tokens.maxTtl), task.expiresAt);
   }
 
+  /**
+   * The digest the token would be bound to: `args_sha256` as sent, checked against the arguments
+   * when they were sent too (or computed from them when only they were sent).
+   */
+  private boundDigest(req: {
+    args_sha256?: string | undefined;
+    arguments?: Record<string, unknown> | undefined;
+  }) {
+    if (req.arguments === undefined) return req.args_sha256;
+    let digest: string;
+    try {
+      digest = argsSha256(req.arguments);
+    } catch {
+      throw new TaskpassError('TASKPASS_BAD_REQUEST', 'arguments must be JSON');
+    }
+    if (req.args_sha256 !== undefined && req.args_sha256 !== digest) {
+      throw new TaskpassError(
+        'TASKPASS_ARGUMENTS_MISMATCH',
+        'the arguments sent do not hash to args_sha256 (canonical JSON, SHA-256, base64url)',
+      );
+    }
+    return digest;
+  }
+
+  /**
+   * The approval of this exact call (asked now if none is live), or an error that says where it
+   * stands: TASKPASS_APPROVAL_REQUIRED while pending, _DENIED, _EXPIRED. Resolves only with an
+   * approved approval, whose one token the caller may now issue.
+   */
+  private async approvalOf(
+    agent: WorkloadIdentity,
+    task: TaskRecord,
+    req: { audience: string; tool: string; resource: string; action: Action },
+    digest: string,
+    args: Record<string, unknown> | undefined,
+    need: ApprovalRequirement,
+  ): Promise<ApprovalRecord> {
+    const now = this.nowSec();
+    const asked: ApprovalRecord = {
+      id: newApprovalId(),
+      taskId: task.id,
+      agent: agent.id,
+      sub: task.sub,
+      ...(task.userIssuer ? { userIssuer: task.userIssuer } : {}),
+      purpose: task.purpose,
+      audience: req.audience,
+      tool: req.tool,
+      resource: req.resource,
+      action: req.action,
+      argsSha256: digest,
+      ...(args !== undefined ? { arguments: args } : {}),
+      template: need.template,
+      rules: [...need.rules],
+      status: 'pending',
+      createdAt: now,
+      // A pending approval never outlives its task.
+      expiresAt: Math.min(now + need.ttlSec, task.expiresAt),
+    };
+    const { approval: a, created } = await durable(
+      'record the approval',
+      this.d.store.requestApproval(asked, now),
+    );
+    const base = {
+      approval: a.id,
+      agent: agent.id,
+      user: task.sub,
+      task: task.id,
+      tool: req.tool,
+      resource: req.resource,
+      action: req.action,
+      audience: req.audience,
+      template: a.template,
+      args_sha256: digest,
+    };
+    if (created) {
+      this.d.metrics.approvalRequests.inc();
+      this.d.audit.record({ event: 'approval.requested', ...base, exp: a.expiresAt });
+    }
+    const status = effectiveStatus(a, now);
+    if (status === 'approved') return a;
+    this.d.metrics.decisions.inc({ result: 'deny', reason: approvalCode(status) });
+    if (status === 'denied') {
+      throw new TaskpassError(
+        'TASKPASS_APPROVAL_DENIED',
+        `${a.approver ? `${a.approver.sub} ` : 'an approver '}denied this call${a.comment ? `: ${a.comment}` : ''}`,
+        {
+          approval_id: a.id,
+          template: a.template,
+          ...(a.comment !== undefined ? { comment: a.comment } : {}),
+        },
+      );
+    }
+    if (status === 'expired') {
+      throw new TaskpassError(
+        'TASKPASS_APPROVAL_EXPIRED',
+        `approval ${a.id} expired before it was ${a.status === 'approved' ? 'used' : 'decided'}; ask again`,
+        { approval_id: a.id, template: a.template },
+      );
+    }
+    const body: Omit<ApprovalRequiredBody, 'code' | 'message'> = {
+      approval_id: a.id,
+      approval_url: approvalUrl(this.d.config, a.id),
+      expires_at: a.expiresAt,
+      request: approvalSubject(a),
+      template: a.template,
+    };
+    throw new TaskpassError(
+      'TASKPASS_APPROVAL_REQUIRED',
+      `a person must approve this call first (template ${a.template}); ask again once approval ${a.id} is approved`,
+      { ...body },
+    );
+  }
+
   /** Decides, mints and records one call token. */
   async issueCall(
     agent: WorkloadIdentity,
@@ -196,11 +326,13 @@ export class TaskService {
       resource: string;
       action: Action;
       args_sha256?: string | undefined;
+      arguments?: Record<string, unknown> | undefined;
     },
   ): Promise<MintedToken> {
     const started = performance.now();
     const grammar = checkResource(req.resource);
     if (!grammar.ok) throw new TaskpassError('TASKPASS_INVALID_RESOURCE', grammar.reason);
+    const digest = this.boundDigest(req);
     const policy = this.d.policies.current();
     const queries = policy.historyQueries({
       audience: req.audience,
@@ -232,6 +364,8 @@ export class TaskService {
         resource: req.resource,
         history,
         taskAgeSec: this.nowSec() - task.createdAt,
+        argsSha256: digest,
+        arguments: req.arguments,
       });
       if (!decision.allow) {
         this.d.metrics.decisions.inc({ result: 'deny', reason: decision.code });
@@ -250,6 +384,19 @@ export class TaskService {
             : { reason: decision.reason },
         );
       }
+      // Past the policy, a call that needs a person stops here until one approved it.
+      const approval =
+        decision.approval && digest
+          ? await this.approvalOf(agent, task, req, digest, req.arguments, decision.approval)
+          : undefined;
+      if (decision.approval && !approval) {
+        // The engine asks for args_sha256 whenever a rule binds arguments; never mint unbound.
+        throw new TaskpassError('TASKPASS_ARGUMENTS_REQUIRED', 'this call must be bound to its arguments');
+      }
+      const claim: ApprovalClaim | undefined =
+        approval?.approver && approval.decidedAt !== undefined
+          ? { id: approval.id, approver: approval.approver, approved_at: approval.decidedAt }
+          : undefined;
       const now = this.nowSec();
       const exp = this.tokenExp(now, decision.ttlSec, task);
       const detail: AuthorizationDetail = {
@@ -257,7 +404,8 @@ export class TaskService {
         tool: req.tool,
         resource: req.resource,
         action: req.action,
-        ...(req.args_sha256 ? { args_sha256: req.args_sha256 } : {}),
+        ...(digest ? { args_sha256: digest } : {}),
+        ...(claim ? { approval: claim } : {}),
       };
       const key = this.d.keys.current();
       const { token, jti } = mintToken({
@@ -293,11 +441,16 @@ export class TaskService {
             issuedAt: now,
             expiresAt: exp,
           },
-          toolCount === undefined ? {} : { ifToolCount: toolCount },
+          {
+            ...(toolCount === undefined ? {} : { ifToolCount: toolCount }),
+            // One approval, one token: used in the same atomic step that records the call.
+            ...(approval ? { consumeApproval: { id: approval.id, now } } : {}),
+          },
         ),
       );
       if (!recorded) {
-        // The minted token was never handed out; it dies here.
+        // The minted token was never handed out; it dies here. (Had its approval been used by a
+        // concurrent request, the next attempt finds it used and asks for a new one.)
         if (attempt < MAX_CAS_ATTEMPTS) continue;
         throw new TaskpassError(
           'TASKPASS_STORE_UNAVAILABLE',
@@ -313,7 +466,19 @@ export class TaskService {
         owner: decision.owner,
         jti,
         exp,
+        ...(approval ? { approval: approval.id, args_sha256: digest } : {}),
       });
+      if (approval) {
+        this.d.audit.record({
+          event: 'approval.used',
+          ...base,
+          approval: approval.id,
+          approver: claim ? `${claim.approver.sub} at ${claim.approver.iss}` : undefined,
+          template: approval.template,
+          args_sha256: digest,
+          jti,
+        });
+      }
       return {
         accessToken: token,
         jti,
@@ -399,6 +564,17 @@ export class TaskService {
       this.d.store.completeTask(id, status, this.nowSec(), reason),
     );
     if (!r.alreadyCompleted) this.d.metrics.revocations.inc({ kind: 'task' });
+    for (const approval of r.cancelledApprovals) {
+      this.d.audit.record({
+        event: 'approval.cancelled',
+        approval,
+        agent: r.task.agent,
+        user: r.task.sub,
+        task: id,
+        status: r.task.status,
+        by: by.id,
+      });
+    }
     this.d.audit.record({
       event: status === 'revoked' ? 'task.revoked' : 'task.completed',
       agent: r.task.agent,
@@ -421,4 +597,12 @@ export class TaskService {
     this.d.audit.record({ event: 'token.revoked', jti, task, by: by.id });
     return r;
   }
+}
+
+function approvalCode(status: string): string {
+  return status === 'denied'
+    ? 'TASKPASS_APPROVAL_DENIED'
+    : status === 'expired'
+      ? 'TASKPASS_APPROVAL_EXPIRED'
+      : 'TASKPASS_APPROVAL_REQUIRED';
 }

@@ -247,3 +247,47 @@ test('store.redis.timeoutMs bounds every Redis call: default 2000 ms, TASKPASS_S
     ),
   );
 });
+
+test('approvals: a distinct audience for approver tokens, and an approval URL template with {id}', () => {
+  const c = parseConfig(minimal);
+  assert.equal(c.approvals.audience, 'taskpass-approvals');
+  assert.equal(c.approvals.url, undefined);
+  const idp = (audience: string | string[]) => ({
+    users: { trustedIssuers: [{ issuer: 'https://idp.test', audience, jwks: { keys: [{ kty: 'EC' }] } }] },
+  });
+  const refused = (raw: Record<string, unknown>, path: string, message: RegExp) =>
+    assert.throws(
+      () => parseConfig({ ...minimal, ...raw }),
+      (e: unknown) => {
+        assert.ok(e instanceof TaskpassError && e.code === 'TASKPASS_CONFIG_INVALID');
+        const issues = (e.details?.issues ?? []) as { path: string; message: string }[];
+        assert.match(issues.find((i) => i.path === path)?.message ?? '', message);
+        return true;
+      },
+    );
+  // The agent holds delegation tokens: one valid for approving would let it approve.
+  refused(idp(['taskpass', 'taskpass-approvals']), 'approvals.audience', /delegation token the agent holds/);
+  refused(
+    { ...idp('taskpass'), approvals: { audience: 'taskpass' } },
+    'approvals.audience',
+    /users\.trustedIssuers\[0\]/,
+  );
+  refused({ approvals: { url: 'https://console.example/approvals' } }, 'approvals.url', /\{id\}/);
+  refused({ approvals: { url: '/approvals/{id}' } }, 'approvals.url', /absolute URL/);
+  const ok = parseConfig({
+    ...minimal,
+    ...idp('taskpass'),
+    approvals: { audience: 'approvals', url: 'https://console.example/a/{id}' },
+  });
+  assert.equal(ok.approvals.url, 'https://console.example/a/{id}');
+  assert.equal(
+    loadConfig({
+      env: {
+        TASKPASS_ISSUER: minimal.issuer,
+        TASKPASS_TRUST_DOMAIN: 'td',
+        TASKPASS_APPROVALS_AUDIENCE: 'apr',
+      },
+    }).approvals.audience,
+    'apr',
+  );
+});
