@@ -46,6 +46,12 @@ export interface DemoUser {
 }
 
 export const ALICE: DemoUser = { sub: 'alice', email: 'alice@taskpass.local', groups: ['support'] };
+/** A support lead: approves refunds above the limit (policies/tickets-refunds.yaml). */
+export const BOB: DemoUser = {
+  sub: 'bob',
+  email: 'bob@taskpass.local',
+  groups: ['support', 'support-leads'],
+};
 
 /** Options of {@link startStack}. */
 export interface StackOptions {
@@ -105,8 +111,13 @@ export interface Stack extends AsyncDisposable {
   /** The temporary directory (broker database and log). Removed by `stop()`. */
   readonly dir: string;
   readonly timings: StackTimings;
-  /** An ID token for a user (issued for the broker). */
+  /** An ID token for a user (issued for the broker): what an agent is given to act for them. */
   userToken(user?: DemoUser): Promise<string>;
+  /**
+   * An approver's own token (issued for the broker's `approvals.audience`, never the delegation
+   * audience): what a person signs approvals with. Default {@link BOB}.
+   */
+  approverToken(user?: DemoUser): Promise<string>;
   /** Options for `runAgentScript` against this stack (add `userToken`). */
   agentOptions(): Omit<AgentScriptOptions, 'userToken'>;
   /** Stops everything that was started, in reverse order. Idempotent; never throws. */
@@ -257,6 +268,14 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       timings,
       userToken: (user = ALICE) =>
         idp.idToken({ sub: user.sub, email: user.email, groups: user.groups, audience: BROKER_ISSUER }),
+      approverToken: (user = BOB) =>
+        idp.idToken({
+          sub: user.sub,
+          email: user.email,
+          groups: user.groups,
+          audience: config.approvals.audience,
+          ttlSec: 300,
+        }),
       agentOptions: () => ({
         workloadApiAddress: spire.address,
         hint: hints.agent,
