@@ -15,7 +15,7 @@ import { ApprovalService } from './approvals.ts';
 import { type AuditLog, createAuditLog } from './audit.ts';
 import { agentMatcherFromConfig, idListMatcher, type WorkloadAuthenticator } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
-import { BROKER_ERRORS, TaskpassError } from './errors.ts';
+import { BROKER_ERRORS, BrokerError } from './errors.ts';
 import { type BrokerMetrics, createMetrics } from './metrics.ts';
 import type { KeysPort, PolicyPort } from './ports.ts';
 import { limiterRedis, registerRateLimitStore } from './rate-limit.ts';
@@ -141,8 +141,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.addSchema(ErrorBody);
   app.addSchema(OAuthErrorBody);
 
-  app.setErrorHandler((err: FastifyError | TaskpassError, req, reply) => {
-    if (err instanceof TaskpassError) {
+  app.setErrorHandler((err: FastifyError | BrokerError, req, reply) => {
+    if (err instanceof BrokerError) {
       if (err.status >= 500) req.log.error({ err }, 'request failed');
       // A store outage is brief or an operator's matter: clients back off a second, then retry.
       if (err.status === 503) reply.header('retry-after', '1');
@@ -202,7 +202,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         : async (req: FastifyRequest) => {
             const id = await authenticateRequest(ctx, req);
             if (mode === 'agents' && !ctx.matchers.agent(id.spiffeId)) {
-              throw new TaskpassError('TASKPASS_FORBIDDEN', 'the revocation feed is for agents only');
+              throw new BrokerError('TASKPASS_FORBIDDEN', 'the revocation feed is for agents only');
             }
             req.workload = id;
           };

@@ -7,7 +7,7 @@ import type { ApprovalSubject, ApprovalView, ApproverRef } from '@taskpass/contr
 import type { AuditLog } from './audit.ts';
 import type { WorkloadIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
 import { approverMayDecide } from './policy/engine.ts';
 import type { PolicyUser } from './ports.ts';
@@ -92,19 +92,19 @@ export async function verifyApprover(
     user = await verifier.verify(token);
   } catch (e) {
     const why =
-      e instanceof TaskpassError ? e.message.replace(/^the user token/, 'the approver token') : 'invalid';
-    throw new TaskpassError('TASKPASS_APPROVER_TOKEN_INVALID', why, undefined, { cause: e });
+      e instanceof BrokerError ? e.message.replace(/^the user token/, 'the approver token') : 'invalid';
+    throw new BrokerError('TASKPASS_APPROVER_TOKEN_INVALID', why, undefined, { cause: e });
   }
   const aud = user.claims.aud;
   const auds = Array.isArray(aud) ? aud : [aud];
   if (auds.some((x) => typeof x === 'string' && delegationAudiences.has(x))) {
-    throw new TaskpassError(
+    throw new BrokerError(
       'TASKPASS_APPROVER_TOKEN_INVALID',
       'the approver token is also a delegation token (its audience includes the user-token audience); approver tokens must be for the approvals audience only',
     );
   }
   if (user.sub.startsWith('spiffe://')) {
-    throw new TaskpassError('TASKPASS_APPROVER_IS_WORKLOAD', 'a workload identity cannot approve');
+    throw new BrokerError('TASKPASS_APPROVER_IS_WORKLOAD', 'a workload identity cannot approve');
   }
   return user;
 }
@@ -132,7 +132,7 @@ export class ApprovalService {
     const a = await this.d.store.getApproval(id);
     // Not found and not yours look the same: approval ids are not disclosed to other callers.
     if (!a || !this.mayView(caller, a)) {
-      throw new TaskpassError('TASKPASS_APPROVAL_NOT_FOUND', `no approval ${id} for this caller`);
+      throw new BrokerError('TASKPASS_APPROVAL_NOT_FOUND', `no approval ${id} for this caller`);
     }
     return a;
   }
@@ -158,7 +158,7 @@ export class ApprovalService {
     id: string,
     input: { decision: 'approve' | 'deny'; comment?: string | undefined },
   ): Promise<ApprovalRecord> {
-    const refuse = (e: TaskpassError, a?: ApprovalRecord): never => {
+    const refuse = (e: BrokerError, a?: ApprovalRecord): never => {
       this.d.metrics.approvalDecisions.inc({
         result: e.code === 'TASKPASS_APPROVAL_ALREADY_DECIDED' ? 'lost' : 'refused',
       });
@@ -174,15 +174,15 @@ export class ApprovalService {
       throw e;
     };
     const a = await this.d.store.getApproval(id);
-    if (!a) return refuse(new TaskpassError('TASKPASS_APPROVAL_NOT_FOUND', `no approval ${id}`));
+    if (!a) return refuse(new BrokerError('TASKPASS_APPROVAL_NOT_FOUND', `no approval ${id}`));
     const may = approverMayDecide(a.rules, asPolicyUser(user), delegatingUser(a));
-    if (!may.ok) return refuse(new TaskpassError(may.code, may.reason), a);
+    if (!may.ok) return refuse(new BrokerError(may.code, may.reason), a);
     const now = this.nowSec();
-    const closed = (cur: ApprovalRecord): TaskpassError => {
+    const closed = (cur: ApprovalRecord): BrokerError => {
       const status = effectiveStatus(cur, now);
       return status === 'expired'
-        ? new TaskpassError('TASKPASS_APPROVAL_EXPIRED', `approval ${id} expired before it was decided`)
-        : new TaskpassError(
+        ? new BrokerError('TASKPASS_APPROVAL_EXPIRED', `approval ${id} expired before it was decided`)
+        : new BrokerError(
             'TASKPASS_APPROVAL_ALREADY_DECIDED',
             `approval ${id} is ${status}, no longer pending`,
             {
@@ -204,8 +204,8 @@ export class ApprovalService {
         now,
       );
     } catch (e) {
-      if (e instanceof TaskpassError) throw e;
-      throw new TaskpassError(
+      if (e instanceof BrokerError) throw e;
+      throw new BrokerError(
         'TASKPASS_STORE_UNAVAILABLE',
         'the store could not record the decision',
         undefined,
@@ -214,7 +214,7 @@ export class ApprovalService {
         },
       );
     }
-    if (!r) return refuse(new TaskpassError('TASKPASS_APPROVAL_NOT_FOUND', `no approval ${id}`));
+    if (!r) return refuse(new BrokerError('TASKPASS_APPROVAL_NOT_FOUND', `no approval ${id}`));
     if (!r.decided) return refuse(closed(r.approval), r.approval);
     const result = r.approval.status;
     this.d.metrics.approvalDecisions.inc({ result });

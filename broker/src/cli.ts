@@ -12,7 +12,7 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { parseArgs } from 'node:util';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from 'jose';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 
 /** Where the CLI writes (tests capture it). */
 export interface CliIo {
@@ -347,7 +347,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
       io.err(`taskpass: ${(e as Error).message}\n${USAGE}`);
       return 2;
     }
-    if (e instanceof TaskpassError) {
+    if (e instanceof BrokerError) {
       io.err(`taskpass: ${e.code}: ${e.message}`);
       return 1;
     }

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 import { parseKekRing } from './key-wrap.ts';
 
 const UNIT_SECONDS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
@@ -320,7 +320,7 @@ export function parseConfig(raw: unknown, source = 'configuration'): BrokerConfi
       path: i.path.map(String).join('.') || '(root)',
       message: i.message,
     }));
-    throw new TaskpassError(
+    throw new BrokerError(
       'TASKPASS_CONFIG_INVALID',
       `${source} is invalid: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`,
       { issues },
@@ -410,7 +410,7 @@ export function loadConfig(
     try {
       text = readFileSync(file, 'utf8');
     } catch (e) {
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_CONFIG_INVALID',
         `cannot read configuration file ${file}: ${(e as Error).message}`,
         {
@@ -422,17 +422,15 @@ export function loadConfig(
     try {
       parsed = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
     } catch (e) {
-      throw new TaskpassError('TASKPASS_CONFIG_INVALID', `cannot parse ${file}: ${(e as Error).message}`, {
+      throw new BrokerError('TASKPASS_CONFIG_INVALID', `cannot parse ${file}: ${(e as Error).message}`, {
         file,
       });
     }
     if (parsed !== null && parsed !== undefined) {
       if (typeof parsed !== 'object' || Array.isArray(parsed)) {
-        throw new TaskpassError(
-          'TASKPASS_CONFIG_INVALID',
-          `${file} must contain a mapping at the top level`,
-          { file },
-        );
+        throw new BrokerError('TASKPASS_CONFIG_INVALID', `${file} must contain a mapping at the top level`, {
+          file,
+        });
       }
       raw = parsed as Json;
     }

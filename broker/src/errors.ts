@@ -166,7 +166,7 @@ export const BROKER_ERRORS = {
 
 export type BrokerErrorCode = keyof typeof BROKER_ERRORS;
 
-export class TaskpassError extends Error {
+export class BrokerError extends Error {
   readonly code: BrokerErrorCode;
   readonly status: number;
   readonly details: Record<string, unknown> | undefined;
@@ -177,7 +177,7 @@ export class TaskpassError extends Error {
     options?: { cause?: unknown },
   ) {
     super(message, options);
-    this.name = 'TaskpassError';
+    this.name = 'BrokerError';
     this.code = code;
     this.status = BROKER_ERRORS[code].status;
     this.details = details;

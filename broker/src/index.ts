@@ -38,7 +38,7 @@ export {
   parseDurationSec,
   type TrustedIssuerConfig,
 } from './config.ts';
-export { BROKER_ERRORS, type BrokerErrorCode, TaskpassError } from './errors.ts';
+export { BROKER_ERRORS, type BrokerErrorCode, BrokerError } from './errors.ts';
 export {
   AesGcmKeyWrapper,
   generateKek,

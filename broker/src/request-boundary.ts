@@ -3,7 +3,7 @@
 // so none of this is reachable by an unauthenticated caller except the token-exchange form, which
 // carries its client credential inside the body and is therefore bounded by size alone.
 import type { FastifyError, FastifyInstance, FastifyRequest } from 'fastify';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 
 /**
  * The deepest JSON a body may nest. Every broker body is one flat object (depth 1); the headroom is
@@ -67,7 +67,7 @@ export function installDepthLimitedJsonParser(app: FastifyInstance): void {
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
     if (jsonNestsDeeperThan(body as string, MAX_JSON_DEPTH)) {
       done(
-        new TaskpassError('TASKPASS_BAD_REQUEST', `JSON nested deeper than ${MAX_JSON_DEPTH} levels`),
+        new BrokerError('TASKPASS_BAD_REQUEST', `JSON nested deeper than ${MAX_JSON_DEPTH} levels`),
         undefined,
       );
       return;

@@ -16,7 +16,7 @@ import { approvalSubject, approvalUrl, newApprovalId } from './approvals.ts';
 import type { AuditLog } from './audit.ts';
 import type { WorkloadIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
 import { mintToken } from './mint.ts';
 import type {
@@ -90,8 +90,8 @@ async function durable<T>(what: string, p: Promise<T>): Promise<T> {
   try {
     return await p;
   } catch (e) {
-    if (e instanceof TaskpassError) throw e;
-    throw new TaskpassError(
+    if (e instanceof BrokerError) throw e;
+    throw new BrokerError(
       'TASKPASS_STORE_UNAVAILABLE',
       `the store could not ${what}; nothing was recorded`,
       undefined,
@@ -147,13 +147,12 @@ export class TaskService {
         code: admit.code,
         reason: admit.reason,
       });
-      throw new TaskpassError(admit.code, admit.reason);
+      throw new BrokerError(admit.code, admit.reason);
     }
     const maxTtl = policy.maxTaskTtlSec(agent.id, pu);
     let expiresAt = now + Math.min(input.ttlSec ?? maxTtl, maxTtl);
     if (user) expiresAt = Math.min(expiresAt, user.exp);
-    if (expiresAt <= now)
-      throw new TaskpassError('TASKPASS_USER_TOKEN_INVALID', 'the user token has expired');
+    if (expiresAt <= now) throw new BrokerError('TASKPASS_USER_TOKEN_INVALID', 'the user token has expired');
     const task: TaskRecord = {
       id: newTaskId(),
       agent: agent.id,
@@ -183,19 +182,19 @@ export class TaskService {
   async usableTask(agent: WorkloadIdentity, id: string): Promise<TaskRecord> {
     const task = await this.ownedTask(agent, id);
     if (task.status !== 'open') {
-      throw new TaskpassError('TASKPASS_TASK_CLOSED', `task ${id} is ${task.status}; its tokens are revoked`);
+      throw new BrokerError('TASKPASS_TASK_CLOSED', `task ${id} is ${task.status}; its tokens are revoked`);
     }
     if (task.expiresAt <= this.nowSec())
-      throw new TaskpassError('TASKPASS_TASK_EXPIRED', `task ${id} has expired`);
+      throw new BrokerError('TASKPASS_TASK_EXPIRED', `task ${id} has expired`);
     return task;
   }
 
   /** Loads a task and checks it belongs to the caller (status not checked). */
   async ownedTask(agent: WorkloadIdentity, id: string): Promise<TaskRecord> {
     const task = await this.d.store.getTask(id);
-    if (!task) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+    if (!task) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
     if (task.agent !== agent.id)
-      throw new TaskpassError('TASKPASS_TASK_NOT_OWNED', `task ${id} belongs to another agent`);
+      throw new BrokerError('TASKPASS_TASK_NOT_OWNED', `task ${id} belongs to another agent`);
     return task;
   }
 
@@ -216,10 +215,10 @@ export class TaskService {
     try {
       digest = argsSha256(req.arguments);
     } catch {
-      throw new TaskpassError('TASKPASS_BAD_REQUEST', 'arguments must be JSON');
+      throw new BrokerError('TASKPASS_BAD_REQUEST', 'arguments must be JSON');
     }
     if (req.args_sha256 !== undefined && req.args_sha256 !== digest) {
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_ARGUMENTS_MISMATCH',
         'the arguments sent do not hash to args_sha256 (canonical JSON, SHA-256, base64url)',
       );
@@ -285,7 +284,7 @@ export class TaskService {
     if (status === 'approved') return a;
     this.d.metrics.decisions.inc({ result: 'deny', reason: approvalCode(status) });
     if (status === 'denied') {
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_APPROVAL_DENIED',
         `${a.approver ? `${a.approver.sub} ` : 'an approver '}denied this call${a.comment ? `: ${a.comment}` : ''}`,
         {
@@ -296,7 +295,7 @@ export class TaskService {
       );
     }
     if (status === 'expired') {
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_APPROVAL_EXPIRED',
         `approval ${a.id} expired before it was ${a.status === 'approved' ? 'used' : 'decided'}; ask again`,
         { approval_id: a.id, template: a.template },
@@ -309,7 +308,7 @@ export class TaskService {
       request: approvalSubject(a),
       template: a.template,
     };
-    throw new TaskpassError(
+    throw new BrokerError(
       'TASKPASS_APPROVAL_REQUIRED',
       `a person must approve this call first (template ${a.template}); ask again once approval ${a.id} is approved`,
       { ...body },
@@ -331,7 +330,7 @@ export class TaskService {
   ): Promise<MintedToken> {
     const started = performance.now();
     const grammar = checkResource(req.resource);
-    if (!grammar.ok) throw new TaskpassError('TASKPASS_INVALID_RESOURCE', grammar.reason);
+    if (!grammar.ok) throw new BrokerError('TASKPASS_INVALID_RESOURCE', grammar.reason);
     const digest = this.boundDigest(req);
     const policy = this.d.policies.current();
     const queries = policy.historyQueries({
@@ -376,7 +375,7 @@ export class TaskService {
           code: decision.code,
           reason: decision.reason,
         });
-        throw new TaskpassError(
+        throw new BrokerError(
           decision.code,
           decision.reason,
           decision.template
@@ -391,7 +390,7 @@ export class TaskService {
           : undefined;
       if (decision.approval && !approval) {
         // The engine asks for args_sha256 whenever a rule binds arguments; never mint unbound.
-        throw new TaskpassError('TASKPASS_ARGUMENTS_REQUIRED', 'this call must be bound to its arguments');
+        throw new BrokerError('TASKPASS_ARGUMENTS_REQUIRED', 'this call must be bound to its arguments');
       }
       const claim: ApprovalClaim | undefined =
         approval?.approver && approval.decidedAt !== undefined
@@ -452,7 +451,7 @@ export class TaskService {
         // The minted token was never handed out; it dies here. (Had its approval been used by a
         // concurrent request, the next attempt finds it used and asks for a new one.)
         if (attempt < MAX_CAS_ATTEMPTS) continue;
-        throw new TaskpassError(
+        throw new BrokerError(
           'TASKPASS_STORE_UNAVAILABLE',
           'the task changed concurrently on every attempt to record this call; try again',
         );
@@ -506,10 +505,7 @@ export class TaskService {
         audience,
         code: 'TASKPASS_DENIED_AUDIENCE',
       });
-      throw new TaskpassError(
-        'TASKPASS_DENIED_AUDIENCE',
-        `no template allows this agent to call ${audience}`,
-      );
+      throw new BrokerError('TASKPASS_DENIED_AUDIENCE', `no template allows this agent to call ${audience}`);
     }
     const now = this.nowSec();
     const exp = this.tokenExp(now, s.ttlSec || this.d.config.tokens.defaultTtl, task);

@@ -7,7 +7,7 @@ import pino from 'pino';
 import { buildApp } from '../src/app.ts';
 import type { WorkloadAuthenticator, WorkloadIdentity } from '../src/auth.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
-import { TaskpassError } from '../src/errors.ts';
+import { BrokerError } from '../src/errors.ts';
 import { historyOf } from '../src/policy/engine.ts';
 import type { HistoryQueries, PolicyDecision, PolicyDeny, PolicyPort, PolicyUser } from '../src/ports.ts';
 import { RevocationHub } from '../src/revocation-hub.ts';
@@ -164,8 +164,8 @@ export class MemoryStore implements Store {
   }
   async requestApproval(a: ApprovalRecord, now: number) {
     const t = this.tasks.get(a.taskId);
-    if (!t) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', 'no task');
-    if (t.status !== 'open') throw new TaskpassError('TASKPASS_TASK_CLOSED', 'closed');
+    if (!t) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', 'no task');
+    if (t.status !== 'open') throw new BrokerError('TASKPASS_TASK_CLOSED', 'closed');
     const key = approvalCallKey(a);
     const cur = this.approvals.get(this.approvalOfCall.get(key) ?? '');
     if (cur) {
@@ -319,7 +319,7 @@ export class TinyPolicy implements PolicyPort {
 export function fakeAuth(): WorkloadAuthenticator {
   const identity = (id: string, method: 'mtls' | 'jwt-svid'): WorkloadIdentity => {
     const m = /^spiffe:\/\/([^/]+)(\/.*)$/.exec(id);
-    if (!m) throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'bad id');
+    if (!m) throw new BrokerError('TASKPASS_UNAUTHENTICATED', 'bad id');
     const spiffeId = {
       trustDomain: { name: m[1]! },
       path: m[2]!,
@@ -339,7 +339,7 @@ export function fakeAuth(): WorkloadAuthenticator {
       if (chain?.length) return identity((chain[0] as unknown as { id: string }).id, 'mtls');
       if (c.jwtSvid?.startsWith('tsvid.'))
         return identity(Buffer.from(c.jwtSvid.slice(6), 'base64url').toString(), 'jwt-svid');
-      throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'no credential');
+      throw new BrokerError('TASKPASS_UNAUTHENTICATED', 'no credential');
     },
   };
 }

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { test } from 'node:test';
 import { argsSha256 } from '@taskpass/contract';
-import { TaskpassError } from '../src/errors.ts';
+import { BrokerError } from '../src/errors.ts';
 import { type ApprovalRecord, effectiveStatus, type Store, type TaskRecord } from '../src/store/types.ts';
 import type { MakeStore } from './store-contract.ts';
 
@@ -245,11 +245,11 @@ export function approvalContract(name: string, make: MakeStore): void {
       off();
       await assert.rejects(
         s.requestApproval(approvalFor(t, 9), now),
-        (e: unknown) => e instanceof TaskpassError && e.code === 'TASKPASS_TASK_CLOSED',
+        (e: unknown) => e instanceof BrokerError && e.code === 'TASKPASS_TASK_CLOSED',
       );
       await assert.rejects(
         s.requestApproval(approvalFor(task(), 9), now),
-        (e: unknown) => e instanceof TaskpassError && e.code === 'TASKPASS_TASK_NOT_FOUND',
+        (e: unknown) => e instanceof BrokerError && e.code === 'TASKPASS_TASK_NOT_FOUND',
       );
     }));
 

@@ -11,7 +11,7 @@ import {
   verifyApprover,
 } from '../approvals.ts';
 import { bearerOf, type WorkloadIdentity } from '../auth.ts';
-import { TaskpassError } from '../errors.ts';
+import { BrokerError } from '../errors.ts';
 import { rateLimiter } from '../rate-limit.ts';
 import { BODY_LIMITS, bodyLimit } from '../request-boundary.ts';
 import { type ApprovalRecord, effectiveStatus } from '../store/types.ts';
@@ -39,7 +39,7 @@ async function workloadOf(ctx: RouteContext, req: FastifyRequest): Promise<Workl
   try {
     return await authenticateRequest(ctx, req);
   } catch (e) {
-    if (e instanceof TaskpassError && e.code === 'TASKPASS_UNAUTHENTICATED') return undefined;
+    if (e instanceof BrokerError && e.code === 'TASKPASS_UNAUTHENTICATED') return undefined;
     throw e;
   }
 }
@@ -73,7 +73,7 @@ export async function approvalRoutes(
     const workload = await workloadOf(ctx, req);
     if (workload) {
       if (!ctx.matchers.agent(workload.spiffeId)) {
-        throw new TaskpassError('TASKPASS_FORBIDDEN', 'this SPIFFE ID is not an allowed agent');
+        throw new BrokerError('TASKPASS_FORBIDDEN', 'this SPIFFE ID is not an allowed agent');
       }
       await limiter.consume(req, reply, 'agent', workload.id);
       return { kind: 'agent', agent: workload };
@@ -87,7 +87,7 @@ export async function approvalRoutes(
     await limiter.consume(req, reply, 'ip', req.ip);
     const token = bearerOf(req.headers.authorization);
     if (!token) {
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_APPROVER_TOKEN_INVALID',
         'authenticate with Authorization: Bearer <your own token for the approvals audience>',
       );
@@ -108,14 +108,14 @@ export async function approvalRoutes(
     },
     async (req, reply) => {
       if (hasClientCertificate(ctx, req)) {
-        throw new TaskpassError(
+        throw new BrokerError(
           'TASKPASS_APPROVER_IS_WORKLOAD',
           'approvals are listed for people, not workloads',
         );
       }
       const caller = await callerOf(req, reply);
       if (caller.kind !== 'approver') {
-        throw new TaskpassError(
+        throw new BrokerError(
           'TASKPASS_APPROVER_IS_WORKLOAD',
           'approvals are listed for people, not workloads',
         );
@@ -186,7 +186,7 @@ export async function approvalRoutes(
       // Before the body is read: only people decide.
       onRequest: async (req) => {
         if (hasClientCertificate(ctx, req) || (await workloadOf(ctx, req))) {
-          throw new TaskpassError(
+          throw new BrokerError(
             'TASKPASS_APPROVER_IS_WORKLOAD',
             'a workload (X.509-SVID or JWT-SVID) cannot approve: agents ask, people decide',
           );

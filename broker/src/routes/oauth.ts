@@ -19,7 +19,7 @@ import formbody from '@fastify/formbody';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTPayload, jwtVerify } from 'jose';
 import type { WorkloadIdentity } from '../auth.ts';
-import { type BrokerErrorCode, TaskpassError } from '../errors.ts';
+import { type BrokerErrorCode, BrokerError } from '../errors.ts';
 import type { AuthorizationDetail } from '@taskpass/contract';
 import { rateLimiter } from '../rate-limit.ts';
 import { BODY_LIMITS, bodyLimit, fastifyClientError } from '../request-boundary.ts';
@@ -90,7 +90,7 @@ const OAUTH_OF: Partial<Record<BrokerErrorCode, [string, number]>> = {
   TASKPASS_APPROVAL_EXPIRED: ['expired_token', 400],
 };
 
-/** The approval members a TaskpassError carries into an OAuth error body. */
+/** The approval members a BrokerError carries into an OAuth error body. */
 function approvalMembers(details: Record<string, unknown> | undefined): Record<string, unknown> {
   if (!details) return {};
   const out: Record<string, unknown> = {};
@@ -186,7 +186,7 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
   await app.register(formbody, { bodyLimit: bodyLimit(ctx.config, BODY_LIMITS.tokenExchange) });
   const limiter = rateLimiter(app);
 
-  app.setErrorHandler((err: FastifyError | TaskpassError | OAuthError, req, reply) => {
+  app.setErrorHandler((err: FastifyError | BrokerError | OAuthError, req, reply) => {
     reply.header('cache-control', 'no-store');
     if (err instanceof OAuthError) {
       return reply.code(err.status).send({
@@ -198,7 +198,7 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
         ...(err.template ? { template: err.template } : {}),
       });
     }
-    if (err instanceof TaskpassError) {
+    if (err instanceof BrokerError) {
       const [error, status] = OAUTH_OF[err.code] ?? ['server_error', 500];
       if (status >= 500) req.log.error({ err }, 'oauth request failed');
       if (status === 503) reply.header('retry-after', '1');

@@ -9,7 +9,7 @@ const int = { type: 'integer' } as const;
 
 /** `{ code, message, ... }` error body of the broker API. */
 export const ErrorBody = {
-  $id: 'TaskpassError',
+  $id: 'BrokerError',
   type: 'object',
   required: ['code', 'message'],
   properties: {
@@ -104,9 +104,9 @@ function limitedRoute<R extends string>(ref: R, body: boolean) {
 }
 
 /** Error answers of routes without a body. */
-export const errorResponses = limitedRoute('TaskpassError', false);
+export const errorResponses = limitedRoute('BrokerError', false);
 /** Error answers of routes with a JSON body. */
-export const bodyErrorResponses = limitedRoute('TaskpassError', true);
+export const bodyErrorResponses = limitedRoute('BrokerError', true);
 /** Error answers of the form-encoded OAuth routes. */
 export const oauthErrorResponses = limitedRoute('OAuthError', true);
 

@@ -37,7 +37,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Redis, type RedisOptions, ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
-import { TaskpassError } from '../errors.ts';
+import { BrokerError } from '../errors.ts';
 import type { ApprovalStatus, ApproverRef, Revocation } from '@taskpass/contract';
 import {
   type ApprovalDecisionInput,
@@ -325,7 +325,7 @@ const UNAVAILABLE_REPLY =
  * out of memory; our own errors and programming errors (script bugs, TypeError...) pass unchanged.
  */
 function storeFailure(e: unknown): unknown {
-  if (e instanceof TaskpassError) return e;
+  if (e instanceof BrokerError) return e;
   const bug =
     e instanceof ReplyError
       ? !UNAVAILABLE_REPLY.test((e as Error).message)
@@ -334,7 +334,7 @@ function storeFailure(e: unknown): unknown {
         e instanceof RangeError ||
         e instanceof ReferenceError;
   if (bug) return e;
-  return new TaskpassError(
+  return new BrokerError(
     'TASKPASS_STORE_UNAVAILABLE',
     'the store did not answer in time or cannot be reached; nothing was acknowledged',
     undefined,
@@ -717,9 +717,9 @@ export class RedisStore implements Store {
       ],
       [status, at, reason, this.#channel, id, this.#retention, this.prefix, this.#approvalChannel],
     )) as [string, string?, string?, string[]?];
-    if (res[0] === 'missing') throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+    if (res[0] === 'missing') throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
     const task = await this.getTask(id);
-    if (!task) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+    if (!task) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
     let revocation = parseRevocation(res[2] ?? '');
     // An earlier revocation may have been swept (its `until` passed); it covered nothing any more.
     revocation ??= { seq: Number(res[1]), kind: 'task', id, until: task.expiresAt, reason: task.status };
@@ -757,9 +757,9 @@ export class RedisStore implements Store {
       ],
       [a.id, JSON.stringify(request), a.expiresAt, now, this.prefix, this.#approvalChannel],
     )) as [string, string?];
-    if (outcome === 'missing') throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${a.taskId}`);
+    if (outcome === 'missing') throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${a.taskId}`);
     if (outcome === 'closed') {
-      throw new TaskpassError('TASKPASS_TASK_CLOSED', `task ${a.taskId} is closed; its tokens are revoked`);
+      throw new BrokerError('TASKPASS_TASK_CLOSED', `task ${a.taskId} is closed; its tokens are revoked`);
     }
     const approval = await this.getApproval(id!);
     if (!approval) throw new Error(`approval ${id} vanished`);

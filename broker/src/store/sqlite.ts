@@ -8,7 +8,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
-import { TaskpassError } from '../errors.ts';
+import { BrokerError } from '../errors.ts';
 import type { Action, Revocation } from '@taskpass/contract';
 import {
   type ApprovalDecisionInput,
@@ -536,7 +536,7 @@ export class SqliteStore implements Store {
     const result = db
       .transaction(() => {
         const row = s.getTask.get(id) as TaskRow | undefined;
-        if (!row) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+        if (!row) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
         if (row.status !== 'open') {
           return {
             task: taskFromRow(row),
@@ -597,12 +597,9 @@ export class SqliteStore implements Store {
       .transaction(() => {
         // Asked only while the task is open: completeTask cancels what exists, nothing comes after.
         const task = s.taskStatus.get(a.taskId) as { status: string } | undefined;
-        if (!task) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${a.taskId}`);
+        if (!task) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${a.taskId}`);
         if (task.status !== 'open') {
-          throw new TaskpassError(
-            'TASKPASS_TASK_CLOSED',
-            `task ${a.taskId} is closed; its tokens are revoked`,
-          );
+          throw new BrokerError('TASKPASS_TASK_CLOSED', `task ${a.taskId} is closed; its tokens are revoked`);
         }
         const cur = s.approvalOfCall.get(key) as { approval_id: string } | undefined;
         const existing = cur && this.#approval(cur.approval_id);
@@ -950,7 +947,7 @@ const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|FULL|IOERR|CANTOPEN|READONLY|PR
 /** What a failed SQLite call becomes: TASKPASS_STORE_UNAVAILABLE (503) for those; others unchanged. */
 function sqliteFailure(e: unknown): unknown {
   if (e instanceof Database.SqliteError && SQLITE_UNAVAILABLE.test(e.code)) {
-    return new TaskpassError(
+    return new BrokerError(
       'TASKPASS_STORE_UNAVAILABLE',
       'the database is busy or cannot be written; nothing was acknowledged',
       undefined,

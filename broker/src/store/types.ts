@@ -2,7 +2,7 @@
 // one process) and Redis (several replicas). Every method that records a revocation resolves only
 // once the revocation is durable; callers answer the client after that, never before. A store that
 // cannot be reached, or does not answer within its bound, rejects with TASKPASS_STORE_UNAVAILABLE
-// (a TaskpassError: 503 on every route) rather than hang — RedisStore does, and explains late writes.
+// (a BrokerError: 503 on every route) rather than hang — RedisStore does, and explains late writes.
 
 import type { Action, ApprovalStatus, ApproverRef, CompletionStatus, Revocation } from '@taskpass/contract';
 import type { ApprovalRule } from '../policy/schema.ts';
