@@ -40,12 +40,12 @@ function summary(step: Extract<Step, { kind: 'call' }>): string {
     | {
         tickets?: { id: string }[];
         ticket?: { subject: string; status: string; order: { id: string; amount: number; currency: string } };
-        caller?: { user: string; agent: string; approvedBy?: string };
+        caller?: { user: string; agent: string; approval?: { approver: { sub: string } } };
       }
     | undefined;
   if (step.isError) return red(`tool error: ${JSON.stringify(r)}`);
   const c = r?.caller;
-  const approved = c?.approvedBy ? `, approved by ${c.approvedBy}` : '';
+  const approved = c?.approval ? `, approved by ${c.approval.approver.sub}` : '';
   const by = c ? dim(` (server saw ${c.user} via …/${c.agent.split('/').pop()}${approved})`) : '';
   if (r?.tickets) return `${r.tickets.length} tickets: ${r.tickets.map((x) => x.id).join(', ')}${by}`;
   if (r?.ticket) {

@@ -176,7 +176,10 @@ function fail(message: string): CallToolResult {
   return { isError: true, content: [{ type: 'text', text: message }] };
 }
 
-/** Who acts, as the tool handlers record it: "alice (via spiffe://…/triage-bot, task …)". */
+/**
+ * Who acts, as the tool handlers record it: "alice via spiffe://…/triage-bot", and for a call a
+ * person approved (the token's approval, docs/approvals.md) ", approved by bob".
+ */
 function actor(who: CallAuth | undefined): string {
   if (!who) return 'unknown';
   const approved = who.approval ? `, approved by ${who.approval.approver.sub}` : '';
@@ -192,7 +195,7 @@ function callerView(who: CallAuth | undefined) {
         resource: who.resource,
         action: who.action,
         // The person who approved this exact call, as the token names them (docs/approvals.md).
-        ...(who.approval ? { approvedBy: who.approval.approver.sub } : {}),
+        ...(who.approval ? { approval: who.approval } : {}),
       }
     : undefined;
 }
