@@ -18,6 +18,8 @@ export { GUARD_ERRORS, GuardError, type GuardErrorCode } from './guard/errors.ts
 export {
   type ApprovalEvidence,
   approvalOf,
+  type CallerIdentity,
+  callerIdentity,
   downstreamResponseHeaders,
   FORWARDED_REQUEST_HEADERS,
   GUARD_SECRET_HEADER,
@@ -32,5 +34,5 @@ export {
   startGuard,
 } from './guard/server.ts';
 export { type SkippedTool, toolPolicies } from './guard/tools.ts';
-export type { UpstreamTool } from './guard/upstream.ts';
+export { META_CALLER, type UpstreamTool } from './guard/upstream.ts';
 export { runCli } from './cli.ts';

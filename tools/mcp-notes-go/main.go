@@ -40,6 +40,8 @@ type servedCall struct {
 	Tool    string            `json:"tool"`
 	Args    map[string]any    `json:"args"`
 	Headers map[string]string `json:"headers"`
+	// Whether an Authorization header reached the server (the guard strips it).
+	Authorization bool `json:"authorization"`
 }
 
 type noteArgs struct {
@@ -73,9 +75,10 @@ func (n *notes) record(req *mcp.CallToolRequest, args noteArgs) map[string]strin
 	}
 	seen := taskpassHeaders(h)
 	n.calls = append(n.calls, servedCall{
-		Tool:    req.Params.Name,
-		Args:    map[string]any{"note_id": args.NoteID},
-		Headers: seen,
+		Tool:          req.Params.Name,
+		Args:          map[string]any{"note_id": args.NoteID},
+		Headers:       seen,
+		Authorization: h.Get("Authorization") != "",
 	})
 	return seen
 }

@@ -70,6 +70,42 @@ export function approvalOf(token: string): ApprovalEvidence | undefined {
   return { id, approver: { iss: approver.iss, sub: approver.sub } };
 }
 
+/** Who is calling, from the verified token: what the identity headers (or, over stdio, `_meta`) carry. */
+export type CallerIdentity = Partial<Record<keyof typeof IDENTITY_HEADERS, string>>;
+
+/**
+ * The caller's identity from the middleware's `req.auth` (undefined without a verified token).
+ *
+ * @example
+ * ```ts
+ * callerIdentity(req.auth); // { user: 'alice', agent: 'spiffe://…', task: 'tsk_…', tool: 'read_note', … }
+ * ```
+ */
+export function callerIdentity(auth: {
+  token: string;
+  extra?: Record<string, unknown> | undefined;
+}): CallerIdentity | undefined {
+  const who = (auth.extra as TaskpassAuthExtra | undefined)?.taskpass;
+  if (!who) return undefined;
+  const id: CallerIdentity = { user: who.user, agent: who.agent, task: who.task, jti: who.jti };
+  if (who.kind === 'session') return { ...id, tokenType: who.tokenType };
+  Object.assign(id, {
+    tokenType: 'mcp_tool_call',
+    tool: who.tool,
+    resource: who.resource,
+    action: who.action,
+  });
+  const approval = approvalOf(auth.token);
+  if (approval) {
+    Object.assign(id, {
+      approvalId: approval.id,
+      approver: approval.approver.sub,
+      approverIssuer: approval.approver.iss,
+    });
+  }
+  return id;
+}
+
 /**
  * The headers of the request to the upstream: the allowlisted transport headers, the identity of
  * the verified caller (values in the MCP header encoding: as is when plain ASCII, else
@@ -77,13 +113,13 @@ export function approvalOf(token: string): ApprovalEvidence | undefined {
  *
  * @example
  * ```ts
- * const headers = upstreamRequestHeaders(req.headers, req.auth, secret);
+ * const headers = upstreamRequestHeaders(req.headers, callerIdentity(req.auth), secret);
  * // { 'content-type': 'application/json', 'taskpass-user': 'alice', 'taskpass-tool': 'read_note', … }
  * ```
  */
 export function upstreamRequestHeaders(
   incoming: IncomingHttpHeaders,
-  auth: { token: string; extra?: Record<string, unknown> | undefined },
+  identity: CallerIdentity | undefined,
   secret?: string,
 ): Record<string, string> {
   const out: Record<string, string> = {};
@@ -92,29 +128,8 @@ export function upstreamRequestHeaders(
     if (typeof v === 'string') out[name] = v;
     else if (Array.isArray(v)) out[name] = v.join(', ');
   }
-  const who = (auth.extra as TaskpassAuthExtra | undefined)?.taskpass;
-  if (who) {
-    const set = (name: string, value: string) => {
-      out[name] = encodeMcpHeaderValue(value);
-    };
-    set(IDENTITY_HEADERS.user, who.user);
-    set(IDENTITY_HEADERS.agent, who.agent);
-    set(IDENTITY_HEADERS.task, who.task);
-    set(IDENTITY_HEADERS.jti, who.jti);
-    if (who.kind === 'call') {
-      set(IDENTITY_HEADERS.tokenType, 'mcp_tool_call');
-      set(IDENTITY_HEADERS.tool, who.tool);
-      set(IDENTITY_HEADERS.resource, who.resource);
-      set(IDENTITY_HEADERS.action, who.action);
-      const approval = approvalOf(auth.token);
-      if (approval) {
-        set(IDENTITY_HEADERS.approvalId, approval.id);
-        set(IDENTITY_HEADERS.approver, approval.approver.sub);
-        set(IDENTITY_HEADERS.approverIssuer, approval.approver.iss);
-      }
-    } else {
-      set(IDENTITY_HEADERS.tokenType, who.tokenType);
-    }
+  for (const [k, v] of Object.entries(identity ?? {})) {
+    if (v !== undefined) out[IDENTITY_HEADERS[k as keyof typeof IDENTITY_HEADERS]] = encodeMcpHeaderValue(v);
   }
   if (secret !== undefined) out[GUARD_SECRET_HEADER] = secret;
   return out;

@@ -28,7 +28,7 @@ import {
 import pino, { type Logger } from 'pino';
 import type { GuardConfig } from './config.ts';
 import { GuardError } from './errors.ts';
-import { upstreamRequestHeaders } from './headers.ts';
+import { callerIdentity, upstreamRequestHeaders } from './headers.ts';
 import { createGuardMetrics, type GuardMetrics } from './metrics.ts';
 import { toolPolicies } from './tools.ts';
 import type { Upstream } from './upstream.ts';
@@ -272,6 +272,7 @@ export async function startGuard(config: GuardConfig, opts: GuardOptions = {}): 
       res.once('close', () => {
         if (!res.writableFinished) aborted.abort();
       });
+      const identity = callerIdentity(req.auth!);
       const started = performance.now();
       let outcome = 'ok';
       try {
@@ -279,7 +280,8 @@ export async function startGuard(config: GuardConfig, opts: GuardOptions = {}): 
           {
             method: req.method ?? 'POST',
             url: req.url ?? mcpPath,
-            headers: upstreamRequestHeaders(req.headers, req.auth!, config.secret),
+            headers: upstreamRequestHeaders(req.headers, identity, config.secret),
+            identity,
             body: req.body,
             signal: aborted.signal,
           },

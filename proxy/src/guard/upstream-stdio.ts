@@ -7,10 +7,12 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import type { ServerResponse } from 'node:http';
 import { createInterface } from 'node:readline';
 import { GuardError } from './errors.ts';
+import type { CallerIdentity } from './headers.ts';
 import {
   type ForwardRequest,
   GUARD_CLIENT_INFO,
   GUARD_PROTOCOL_VERSION,
+  META_CALLER,
   toolsOfListResult,
   type Upstream,
   type UpstreamTool,
@@ -39,6 +41,17 @@ export interface StdioUpstreamOptions {
   timeoutMs: number;
   /** A line the server wrote on stderr, or a note about the process. */
   log?: (event: string, data: Record<string, unknown>) => void;
+}
+
+// The caller's identity in the request's _meta, replacing whatever the caller put there itself.
+function withCaller(m: JsonRpc, identity: CallerIdentity | undefined): JsonRpc {
+  const params =
+    typeof m.params === 'object' && m.params !== null && !Array.isArray(m.params) ? m.params : {};
+  const { _meta, ...rest } = params as { _meta?: unknown };
+  const meta = typeof _meta === 'object' && _meta !== null ? { ..._meta } : {};
+  delete (meta as Record<string, unknown>)[META_CALLER];
+  if (identity) (meta as Record<string, unknown>)[META_CALLER] = identity;
+  return { ...m, params: { ...rest, _meta: meta } };
 }
 
 const unavailable = (msg: string, cause?: unknown) =>
@@ -194,7 +207,11 @@ export class StdioUpstream implements Upstream {
   }
 
   /** One message of the caller's body: its answer, or undefined for a notification or response. */
-  async #one(m: JsonRpc, signal: AbortSignal): Promise<JsonRpc | undefined> {
+  async #one(
+    m: JsonRpc,
+    signal: AbortSignal,
+    identity: CallerIdentity | undefined,
+  ): Promise<JsonRpc | undefined> {
     const isRequest = typeof m.method === 'string' && m.id !== undefined && m.id !== null;
     if (!isRequest) {
       // The guard initialized the server already; a caller's own "initialized" would be a second one.
@@ -203,7 +220,7 @@ export class StdioUpstream implements Upstream {
     }
     if (m.method === 'initialize') return { jsonrpc: '2.0', id: m.id, result: this.#initResult };
     const { id: callerId, ...rest } = m;
-    const answer = await this.#request(rest, signal);
+    const answer = await this.#request(withCaller(rest, identity), signal);
     return { ...answer, id: callerId };
   }
 
@@ -211,7 +228,7 @@ export class StdioUpstream implements Upstream {
     if (!this.ready()) await this.start();
     const batch = Array.isArray(req.body);
     const messages = (batch ? req.body : [req.body]) as JsonRpc[];
-    const answers = (await Promise.all(messages.map((m) => this.#one(m, req.signal)))).filter(
+    const answers = (await Promise.all(messages.map((m) => this.#one(m, req.signal, req.identity)))).filter(
       (a): a is JsonRpc => a !== undefined,
     );
     if (answers.length === 0) {

@@ -1,6 +1,7 @@
 // The two kinds of upstream behind the guard share one face: forward a verified request and write
 // the answer on the caller's response, and list the upstream's tools at start-up.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { CallerIdentity } from './headers.ts';
 
 /** A tool as the upstream's tools/list describes it (only what the guard reads). */
 export interface UpstreamTool {
@@ -16,6 +17,8 @@ export interface ForwardRequest {
   url: string;
   /** The headers for the upstream (allowlisted, identity, secret). */
   headers: Record<string, string>;
+  /** Who is calling (stdio upstreams get it in `params._meta["dev.taskpass/caller"]`). */
+  identity?: CallerIdentity | undefined;
   /** The parsed JSON-RPC body of a POST. */
   body: unknown;
   /** Aborted when the caller goes away. */
@@ -55,6 +58,9 @@ export function toolsOfListResult(result: unknown): { tools: UpstreamTool[]; nex
   }
   return typeof r.nextCursor === 'string' ? { tools, nextCursor: r.nextCursor } : { tools };
 }
+
+/** Where a stdio upstream finds the caller's identity: `params._meta[META_CALLER]`. */
+export const META_CALLER = 'dev.taskpass/caller';
 
 /** The protocol version the guard speaks when it initializes an upstream itself. */
 export const GUARD_PROTOCOL_VERSION = '2025-06-18';
