@@ -11,7 +11,7 @@ export const GUARD_ERRORS = {
   TASKPASS_GUARD_UPSTREAM_UNAVAILABLE: {
     status: 502,
     description:
-      'The upstream MCP server could not be reached, closed the connection, or (stdio) exited or wrote something that is not JSON-RPC. The request was verified; the call may not have run.',
+      'The upstream MCP server could not be reached, closed the connection, or (stdio) could not be started or exited. The request was verified; the call may not have run.',
   },
   TASKPASS_GUARD_UPSTREAM_TIMEOUT: {
     status: 504,
