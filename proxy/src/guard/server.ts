@@ -286,7 +286,6 @@ export async function startGuard(config: GuardConfig, opts: GuardOptions = {}): 
             signal: aborted.signal,
           },
           res,
-          req,
         );
       } catch (e) {
         const ge =

@@ -1,6 +1,6 @@
 // The two kinds of upstream behind the guard share one face: forward a verified request and write
 // the answer on the caller's response, and list the upstream's tools at start-up.
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import type { CallerIdentity } from './headers.ts';
 
 /** A tool as the upstream's tools/list describes it (only what the guard reads). */
@@ -33,7 +33,7 @@ export interface Upstream {
   /** Whether it can serve now (stdio: the process runs). */
   ready(): boolean;
   /** Forwards one request and streams the answer to `res`. Throws GuardError before the answer starts. */
-  forward(req: ForwardRequest, res: ServerResponse, incoming: IncomingMessage): Promise<void>;
+  forward(req: ForwardRequest, res: ServerResponse): Promise<void>;
   /** Every tool of tools/list (following pagination). */
   listTools(headers: Record<string, string>): Promise<UpstreamTool[]>;
   close(): Promise<void>;
