@@ -6,6 +6,8 @@
 // mTLS connection to the guard, so the test controls the Authorization header exactly. What the
 // Go server executed is read back from it: a refused call must never have reached it.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -25,6 +27,9 @@ const NOTES_AUDIENCE = 'https://notes.taskpass.local/mcp';
 const ARCHIVE_AUDIENCE = 'https://notes-archive.taskpass.local/mcp';
 const GUARD_ID = 'spiffe://taskpass.local/mcp/notes-guard';
 const SECRET = 'guard-secret-0123456789abcdef';
+/** Another support agent: a workload of the trust domain, not the one the tokens are bound to. */
+const OTHER_AGENT_ID = 'spiffe://taskpass.local/agents/support/other-bot';
+const repoRoot = resolve(import.meta.dirname, '..');
 const policiesDir = resolve(import.meta.dirname, 'fixtures', 'guard', 'policies');
 
 describe('taskpass guard in front of a Go MCP server (real SPIRE, mTLS)', () => {
@@ -303,6 +308,97 @@ describe('taskpass guard in front of a Go MCP server (real SPIRE, mTLS)', () => 
     assert.equal(r.status, 502);
     assert.equal(r.code, 'TASKPASS_GUARD_UPSTREAM_UNAVAILABLE');
     await task.complete();
+  });
+
+  test('a token presented over another workload mTLS connection is refused (cnf), unseen upstream', async () => {
+    const otherSource = await registerWorkload(stack, {
+      spiffeId: OTHER_AGENT_ID,
+      hint: 'other-agent',
+      entryId: 'taskpass-5-other',
+    });
+    const asOther = createMtlsAgent(otherSource as TlsSource, matchId(GUARD_ID));
+    try {
+      await using task = await openTask('read note n-1 (stolen token)');
+      const t = await token(task, 'read_note', 'n-1');
+      const before = await servedCount();
+      assertRefused(
+        await rawToolCall(asOther, guard.mcpUrl, t, 'read_note', { note_id: 'n-1' }),
+        401,
+        'TASKPASS_VERIFY_CNF_MISMATCH',
+        'invalid_token',
+      );
+      assert.equal(await servedCount(), before);
+      await task.complete();
+    } finally {
+      await asOther.close();
+      await otherSource.close();
+    }
+  });
+
+  test('taskpass guard --config guard.yaml as a process (through the broker CLI) serves and stops on SIGTERM', async () => {
+    const file = join(stack.dir, 'guard.yaml');
+    await writeFile(
+      file,
+      [
+        'listen: { host: 127.0.0.1, port: 0 }',
+        `workloadApi: { address: "${stack.spire.address}", hint: notes-guard }`,
+        `audience: ${NOTES_AUDIENCE}`,
+        `broker: { url: "${stack.urls.broker}", issuer: "${stack.issuer}", id: "${stack.ids.broker}" }`,
+        `upstream: { url: "${notes.mcpUrl}", secretFile: guard-secret }`,
+        'logLevel: info',
+        '',
+      ].join('\n'),
+    );
+    const child = spawn(
+      process.execPath,
+      [
+        '--conditions=taskpass:source',
+        '--import',
+        'tsx',
+        'broker/src/bin/taskpass.ts',
+        'guard',
+        '--config',
+        file,
+      ],
+      { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      const logLines: Record<string, unknown>[] = [];
+      const origin = await new Promise<string>((res, rej) => {
+        const timer = setTimeout(
+          () => rej(new Error(`no listening line: ${JSON.stringify(logLines)}`)),
+          30_000,
+        );
+        createInterface({ input: child.stderr! }).on('line', (line) => {
+          const l = JSON.parse(line) as Record<string, unknown>;
+          logLines.push(l);
+          if (l.event === 'listening') {
+            clearTimeout(timer);
+            res(l.origin as string);
+          }
+        });
+        void exited.then((code) => rej(new Error(`the guard exited (${code}): ${JSON.stringify(logLines)}`)));
+      });
+      await using task = await openTask('read note n-2 through the CLI guard');
+      const t = await token(task, 'read_note', 'n-2');
+      const out = assertAccepted(
+        await rawToolCall(asAgent, `${origin}/mcp`, t, 'read_note', { note_id: 'n-2' }),
+      );
+      assert.equal(out.text, 'call the bank');
+      await task.complete();
+      // The request line names the caller, never the token.
+      await pollUntil('the request log line', 2000, 10, () => logLines.find((l) => l.event === 'request'));
+      const text = JSON.stringify(logLines);
+      assert.ok(!text.includes(t), 'the token is never logged');
+      assert.ok(!text.includes(SECRET), 'the secret is never logged');
+      assert.ok(
+        logLines.some((l) => l.event === 'request' && l.user === ALICE.sub && l.tool === 'read_note'),
+      );
+    } finally {
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0);
+    }
   });
 
   test('stdio upstream: allowed calls get the caller in _meta; undeclared tools, wrong tokens and timeouts are refused', async () => {
