@@ -15,6 +15,7 @@ import { BrokerClient, type Task } from '@taskpass/agent-plugin';
 import { parseGuardConfig, type RunningGuard, startGuard } from '@taskpass/proxy';
 import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
 import type { X509Source } from '@taskpass/spiffe/workload';
+import { Redis } from 'ioredis';
 import pino from 'pino';
 import { type Agent, fetch } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
@@ -30,12 +31,17 @@ const SECRET = 'guard-secret-0123456789abcdef';
 /** Another support agent: a workload of the trust domain, not the one the tokens are bound to. */
 const OTHER_AGENT_ID = 'spiffe://taskpass.local/agents/support/other-bot';
 const repoRoot = resolve(import.meta.dirname, '..');
+/** The shared Redis of the tests; this file's keys live under its own prefix and are removed after. */
+const REDIS_URL = 'redis://127.0.0.1:6379';
+const REPLAY_PREFIX = `taskpass:test:guard:${process.pid}:${Date.now()}:`;
 const policiesDir = resolve(import.meta.dirname, 'fixtures', 'guard', 'policies');
 
 describe('taskpass guard in front of a Go MCP server (real SPIRE, mTLS)', () => {
   let stack: Stack;
   let notes: NotesGo;
   let guard: RunningGuard;
+  /** A second replica of `guard`: the same upstream, the same Redis replay cache. */
+  let replica: RunningGuard;
   let stdioGuard: RunningGuard;
   let deadGuard: RunningGuard;
   let guardSource: X509Source;
@@ -75,11 +81,28 @@ describe('taskpass guard in front of a Go MCP server (real SPIRE, mTLS)', () => 
     };
     const logger = pino({ level: 'silent' });
     // No tool declared: read_note and delete_note are learned from the Go server's _meta hints.
-    guard = await startGuard(
-      parseGuardConfig({ ...base, upstream: { url: notes.mcpUrl, secretFile } }, 'guard test config'),
-      { source: guardSource, logger },
-    );
+    // Two replicas share one replay cache in Redis: a token spent at one is spent at both.
+    const replicated = {
+      ...base,
+      upstream: { url: notes.mcpUrl, secretFile },
+      replay: { redis: { url: REDIS_URL, keyPrefix: REPLAY_PREFIX } },
+    };
+    guard = await startGuard(parseGuardConfig(replicated, 'guard test config'), {
+      source: guardSource,
+      logger,
+    });
     cleanups.push(() => guard.close());
+    replica = await startGuard(parseGuardConfig(replicated, 'replica config'), {
+      source: guardSource,
+      logger,
+    });
+    cleanups.push(() => replica.close());
+    cleanups.push(async () => {
+      const redis = new Redis(REDIS_URL);
+      const keys = await redis.keys(`${REPLAY_PREFIX}*`);
+      if (keys.length) await redis.del(...keys);
+      await redis.quit();
+    });
     stdioGuard = await startGuard(
       parseGuardConfig(
         {
@@ -217,7 +240,7 @@ describe('taskpass guard in front of a Go MCP server (real SPIRE, mTLS)', () => 
     await task.complete();
   });
 
-  test('a single-use token is refused when replayed; the Go server deleted once', async () => {
+  test('a single-use token is refused when replayed, at the same guard and at its replica; the Go server deleted once', async () => {
     await using task = await openTask('delete note n-3');
     const del = await token(task, 'delete_note', 'n-3', 'write');
     const before = (await notes.calls()).filter((c) => c.tool === 'delete_note').length;
@@ -225,12 +248,14 @@ describe('taskpass guard in front of a Go MCP server (real SPIRE, mTLS)', () => 
       await rawToolCall(asAgent, guard.mcpUrl, del, 'delete_note', { note_id: 'n-3' }),
     );
     assert.equal(first.deleted, true);
-    assertRefused(
-      await rawToolCall(asAgent, guard.mcpUrl, del, 'delete_note', { note_id: 'n-3' }),
-      401,
-      'TASKPASS_VERIFY_REPLAYED',
-      'invalid_token',
-    );
+    for (const g of [guard, replica]) {
+      assertRefused(
+        await rawToolCall(asAgent, g.mcpUrl, del, 'delete_note', { note_id: 'n-3' }),
+        401,
+        'TASKPASS_VERIFY_REPLAYED',
+        'invalid_token',
+      );
+    }
     const deletes = (await notes.calls()).filter((c) => c.tool === 'delete_note');
     assert.equal(deletes.length, before + 1, 'the replay never reached the Go server');
     await task.complete();
