@@ -109,7 +109,7 @@ describe('taskpass guard in front of a Go MCP server (real SPIRE, mTLS)', () => 
           ...base,
           upstream: {
             command: [process.execPath, '--import', 'tsx', 'test/fixtures/guard/stdio-notes.ts'],
-            timeoutMs: 1500,
+            timeoutMs: 3000,
           },
         },
         'stdio guard test config',
@@ -479,7 +479,7 @@ describe('taskpass guard in front of a Go MCP server (real SPIRE, mTLS)', () => 
       'slow_note',
       {
         note_id: 'n-1',
-        ms: 3000,
+        ms: 8000,
       },
     );
     assert.equal(slow.status, 504);

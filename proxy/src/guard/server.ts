@@ -107,6 +107,7 @@ function upstreamOf(config: GuardConfig, log: Logger): Upstream {
     env: u.env,
     cwd: u.cwd,
     timeoutMs: u.timeoutMs,
+    startTimeoutMs: u.startTimeoutMs,
     log: (event, data) => log.info({ event, ...data }, event),
   });
 }

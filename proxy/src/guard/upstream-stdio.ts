@@ -39,6 +39,8 @@ export interface StdioUpstreamOptions {
   env?: Record<string, string> | undefined;
   cwd?: string | undefined;
   timeoutMs: number;
+  /** How long launching and initializing may take (default 15 s: a cold interpreter is slow). */
+  startTimeoutMs?: number | undefined;
   /** A line the server wrote on stderr, or a note about the process. */
   log?: (event: string, data: Record<string, unknown>) => void;
 }
@@ -106,11 +108,15 @@ export class StdioUpstream implements Upstream {
     createInterface({ input: child.stdout! }).on('line', (line) => this.#onLine(line));
     child.stdin!.on('error', () => {}); // an exited child's EPIPE surfaces through 'exit'
 
-    const init = await this.#request({
-      jsonrpc: '2.0',
-      method: 'initialize',
-      params: { protocolVersion: GUARD_PROTOCOL_VERSION, capabilities: {}, clientInfo: GUARD_CLIENT_INFO },
-    });
+    const init = await this.#request(
+      {
+        jsonrpc: '2.0',
+        method: 'initialize',
+        params: { protocolVersion: GUARD_PROTOCOL_VERSION, capabilities: {}, clientInfo: GUARD_CLIENT_INFO },
+      },
+      undefined,
+      this.#o.startTimeoutMs ?? 15_000,
+    );
     if (init.error !== undefined || init.result === undefined)
       throw unavailable('the stdio MCP server refused initialize');
     this.#send({ jsonrpc: '2.0', method: 'notifications/initialized' });
@@ -171,15 +177,17 @@ export class StdioUpstream implements Upstream {
     stdin.write(`${JSON.stringify(m)}\n`);
   }
 
-  #request(m: JsonRpc, signal?: AbortSignal): Promise<JsonRpc> {
+  #request(m: JsonRpc, signal?: AbortSignal, timeoutMs = this.#o.timeoutMs): Promise<JsonRpc> {
     const id = this.#nextId++;
     return new Promise<JsonRpc>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
+        // The answer would have nowhere to go: let the server stop working on it.
+        this.#trySend({ jsonrpc: '2.0', method: 'notifications/cancelled', params: { requestId: id } });
         reject(
           new GuardError('TASKPASS_GUARD_UPSTREAM_TIMEOUT', 'the stdio MCP server did not answer in time'),
         );
-      }, this.#o.timeoutMs);
+      }, timeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
       signal?.addEventListener('abort', () => {
         if (!this.#pending.delete(id)) return;
