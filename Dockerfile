@@ -16,6 +16,7 @@ COPY contract/package.json contract/
 COPY broker/package.json broker/
 COPY verifier/package.json verifier/
 COPY agent-plugin/package.json agent-plugin/
+COPY proxy/package.json proxy/
 COPY examples/package.json examples/
 # Dev dependencies included: tsx runs the TypeScript sources directly (no build step, as everywhere
 # in this repository).

@@ -1,8 +1,10 @@
 // Taskpass benchmarks (issues #3 and #4): `npm run bench`, `npm run bench -- --quick`,
 // `npm run bench -- --only issuance,verification,revocation,feed`; the soak (issue #7, 10 minutes by
-// default): `npm run bench -- soak [--minutes N]`. See bench/README.md.
+// default): `npm run bench -- soak [--minutes N]`; the guard (issue #14): `npm run bench -- guard`.
+// See bench/README.md.
 import { cpus, loadavg, totalmem } from 'node:os';
 import { runFeedSnapshot } from './feed-snapshot.ts';
+import { guardMain } from './guard.ts';
 import { runIssuance } from './issuance.ts';
 import { startBenchEnv } from './lib/env.ts';
 import { fmtMs, fmtRate, table } from './lib/stats.ts';
@@ -129,4 +131,5 @@ async function main(): Promise<void> {
 }
 
 if (args[0] === 'soak') await soakMain(args.slice(1));
+else if (args[0] === 'guard') await guardMain(args.slice(1));
 else await main();

@@ -35,6 +35,7 @@ const USAGE = `usage:
                                                  a new KEK ring entry (id:base64url) on stdout, or
                                                  into a new file (mode 0600; an existing one is kept)
   taskpass keys rewrap [--config <file>]         re-wrap stored signing keys under the current KEK
+  taskpass guard --config <file>                 the enforcing reverse proxy (needs @taskpass/proxy)
   taskpass approvals list|show|approve|deny ...  decide calls held for approval, as yourself
                                                  (taskpass approvals --help)
 Broker calls over https authenticate both sides by SPIFFE ID: this process presents its X.509-SVID
@@ -148,8 +149,26 @@ function explainText(header: Record<string, unknown>, c: Record<string, unknown>
   return lines.join('\n');
 }
 
+// A variable specifier: the broker neither depends on nor type-checks against the proxy package.
+const PROXY_PACKAGE = '@taskpass/proxy';
+
+async function runProxyCli(argv: readonly string[], io: CliIo): Promise<number> {
+  let proxy: { runCli(argv: readonly string[], io: Pick<CliIo, 'out' | 'err' | 'env'>): Promise<number> };
+  try {
+    proxy = await import(PROXY_PACKAGE);
+  } catch (e) {
+    const missing = (e as { code?: unknown }).code === 'ERR_MODULE_NOT_FOUND';
+    if (!missing || !String((e as Error).message).includes(PROXY_PACKAGE)) throw e;
+    io.err(`taskpass ${argv[0]} needs the @taskpass/proxy package: npm install @taskpass/proxy`);
+    return 1;
+  }
+  return proxy.runCli(argv, io);
+}
+
 /** Runs the CLI; resolves with the exit code. */
 export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
+  // `taskpass guard …` belongs to @taskpass/proxy, an optional package with options of its own.
+  if (argv[0] === 'guard') return runProxyCli(argv, io);
   // Approvers are people with their own token, not workloads: their own flags and connection.
   if (argv[0] === 'approvals') return (await import('./cli-approvals.ts')).runApprovalsCli(argv.slice(1), io);
   try {

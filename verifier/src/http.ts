@@ -24,6 +24,8 @@ export interface MiddlewareOptions extends ClientCertificateOptions {
   maxBodyBytes?: number;
   /** Deepest nesting of JSON arrays/objects in a body (default 64). */
   maxJsonDepth?: number;
+  /** Told of every refusal before it is sent (metrics, logs); `error` is what the checks threw. */
+  onRefusal?: (error: unknown, refusal: HttpRefusal, req: TaskpassRequest) => void;
 }
 
 /** Where the client certificate of a request may come from besides the TLS connection itself. */
@@ -222,7 +224,9 @@ export function taskpassMiddleware(
         clientCertificate: clientCertificateOf(req, trusted),
       });
     } catch (e) {
-      sendRefusal(res, refusal(e, resourceMetadataUrl, body));
+      const r = refusal(e, resourceMetadataUrl, body);
+      options.onRefusal?.(e, r, req);
+      sendRefusal(res, r);
       return;
     }
     next();

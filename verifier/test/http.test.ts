@@ -309,3 +309,39 @@ test('a client-chosen tool name never breaks the challenge header', async () => 
     `Bearer error="insufficient_scope", error_description="tool \\"??\\"??\\" is not protected by this server", resource_metadata="${PRM_URL}"`,
   );
 });
+
+test('onRefusal is told of each refusal (error and answer) before it is sent, and of nothing else', async () => {
+  const told: { code: unknown; status: number }[] = [];
+  const verifier = createVerifier({
+    issuer: ISSUER,
+    audience: AUDIENCE,
+    jwks: jwksOf(key),
+    tools: { get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } } },
+  });
+  const guard = taskpassMiddleware(verifier, {
+    onRefusal: (e, r) => told.push({ code: (e as { code?: unknown }).code, status: r.status }),
+  });
+  const s = await listen((req, res) => {
+    void guard(req, res, () => res.writeHead(200).end('{}'));
+  });
+  try {
+    const call = async (token: string) =>
+      (
+        await fetch(`${s.url}/mcp`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+          body: JSON.stringify({
+            jsonrpc: '2.0',
+            id: 1,
+            method: 'tools/call',
+            params: { name: 'get_ticket', arguments: { ticket_id: 'T-1' } },
+          }),
+        })
+      ).status;
+    assert.equal(await call(await mint({ key, detail: { resource: 'tickets/T-2' } })), 403);
+    assert.equal(await call(await mint({ key })), 200);
+    assert.deepEqual(told, [{ code: 'TASKPASS_VERIFY_WRONG_RESOURCE', status: 403 }]);
+  } finally {
+    await s.close();
+  }
+});
