@@ -365,19 +365,22 @@ test('a hung SPIRE agent (SIGSTOP: streams open, nothing sent) turns the SVID st
   );
   stack.spire.pauseAgent();
   try {
-    const stale = await pollUntil('the broker to report a stale SVID', 60_000, 250, async () => {
-      const r = await brokerReadiness();
-      return r.body.svid.state === 'stale' ? r : undefined;
-    });
+    // Both are watched from the pause on: each SVID was issued at its own moment, and one may pass
+    // its whole stale window (a quarter of the lifetime) while the other is still fresh.
+    const [stale, desk] = await Promise.all([
+      pollUntil('the broker to report a stale SVID', 60_000, 250, async () => {
+        const r = await brokerReadiness();
+        return r.body.svid.state === 'stale' ? r : undefined;
+      }),
+      pollUntil('the desk to report a stale SVID', 60_000, 250, () => {
+        const r = stack.tickets.readiness();
+        return r.svid.state === 'stale' ? r : undefined;
+      }),
+    ]);
     t.diagnostic(`hung agent: stale with ${stale.body.svid.expiresInSeconds} s left`);
     assert.equal(stale.status, 200, 'still valid: still ready');
     assert.equal(stale.body.svid.workloadApi, 'up', 'the stream of a hung agent looks open');
     assert.ok((stale.body.svid.expiresInSeconds ?? 0) > 0);
-    // The desk's SVID was issued at another moment: its rotation falls overdue on its own schedule.
-    const desk = await pollUntil('the desk to report a stale SVID', 60_000, 250, () => {
-      const r = stack.tickets.readiness();
-      return r.svid.state === 'stale' ? r : undefined;
-    });
     assert.equal(desk.status, 'ready', 'still valid: the desk stays ready');
     assert.equal(await brokerMetric('taskpass_workload_api_up'), 1);
   } finally {
