@@ -420,6 +420,8 @@ describe('approvals end to end (real SPIRE, mTLS, two replicas on Redis)', () =>
     await assert.rejects(task.token(refundReq('T-1001', 120)), (e: unknown) => {
       refusedWith('TASKPASS_APPROVAL_DENIED')(e);
       assert.match((e as TaskpassDeniedError).message, /bob denied this call: The photos show no damage\./);
+      // The same reason on both paths: the wait's ending and the token request's answer.
+      assert.equal((e as TaskpassDeniedError).reason, comment);
       return true;
     });
     // A second decision finds it decided.

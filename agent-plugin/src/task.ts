@@ -242,7 +242,10 @@ export class Task {
       if (code) {
         throw new TaskpassDeniedError(403, {
           code,
-          message: `approval ${approvalId} is ${view.status}`,
+          // The broker's wording for the same ending, so both paths read alike.
+          message: view.decision
+            ? `${view.decision.approver.sub} ${view.status} this call`
+            : `approval ${approvalId} is ${view.status}`,
           ...(view.decision?.comment ? { reason: view.decision.comment } : {}),
           template: view.request.template,
         });

@@ -290,7 +290,9 @@ export class TaskService {
         {
           approval_id: a.id,
           template: a.template,
-          ...(a.comment !== undefined ? { comment: a.comment } : {}),
+          // `reason` is what the agent shows (the plugin's TaskpassDeniedError.reason): the
+          // approver's own words when given, as the approval's long poll reports them too.
+          ...(a.comment !== undefined ? { comment: a.comment, reason: a.comment } : {}),
         },
       );
     }
