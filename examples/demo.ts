@@ -1,10 +1,13 @@
 // `npm run demo`: the whole story on real SPIRE, told in a few screens. Starts the stack
 // (examples/stack.ts), runs the scripted agent (examples/ticket-desk/agent.ts) for Alice, prints who
 // is who, the task and its ceiling, each tool call with its token, the refusals with their codes,
-// the completion and what happens to a leftover token, then stops everything and checks that no
-// SPIRE process of this run is left. Exit code 0 only when every step went as expected.
+// a large refund that waits until a support lead (Bob, with his own IdP token) approves it with
+// `taskpass approvals approve`, the completion and what happens to a leftover token, then stops
+// everything and checks that no SPIRE process of this run is left. Exit code 0 only when every step
+// went as expected.
 import { execFileSync } from 'node:child_process';
-import { ALICE, type Stack, startStack } from './stack.ts';
+import type { TaskpassApprovalRequiredError } from '@taskpass/agent-plugin';
+import { ALICE, BOB, type Stack, startStack } from './stack.ts';
 import { checkStory, runAgentScript, type Step, type Transcript } from './ticket-desk/agent.ts';
 
 const tty = process.stdout.isTTY && !process.env.NO_COLOR;
@@ -37,11 +40,13 @@ function summary(step: Extract<Step, { kind: 'call' }>): string {
     | {
         tickets?: { id: string }[];
         ticket?: { subject: string; status: string; order: { id: string; amount: number; currency: string } };
-        caller?: { user: string; agent: string };
+        caller?: { user: string; agent: string; approval?: { approver: { sub: string } } };
       }
     | undefined;
   if (step.isError) return red(`tool error: ${JSON.stringify(r)}`);
-  const by = r?.caller ? dim(` (server saw ${r.caller.user} via …/${r.caller.agent.split('/').pop()})`) : '';
+  const c = r?.caller;
+  const approved = c?.approval ? `, approved by ${c.approval.approver.sub}` : '';
+  const by = c ? dim(` (server saw ${c.user} via …/${c.agent.split('/').pop()}${approved})`) : '';
   if (r?.tickets) return `${r.tickets.length} tickets: ${r.tickets.map((x) => x.id).join(', ')}${by}`;
   if (r?.ticket) {
     const t = r.ticket;
@@ -56,9 +61,18 @@ function printStep(step: Step): void {
     if (step.outcome === 'allowed') {
       const tk = step.token;
       const facts = tk
-        ? `token ${tk.lifetimeSec} s, ${tk.singleUse ? 'single use' : 'reusable'}${tk.certificateBound ? ', bound to the agent cert' : ''}, by ${tk.template}`
+        ? `token ${tk.lifetimeSec} s, ${tk.singleUse ? 'single use' : 'reusable'}${tk.certificateBound ? ', bound to the agent cert' : ''}${tk.argsBound ? ', bound to these arguments' : ''}, by ${tk.template}`
         : 'no token recorded';
       out(`  ${OK} ${bold(what)}`);
+      if (step.approval) {
+        out(`      ${yellow('403 TASKPASS_APPROVAL_REQUIRED')}: the agent waits for a support lead`);
+        out(`      ${dim(`approval ${step.approval.id} at ${step.approval.url}`)}`);
+        for (const l of approverLines) out(`      ${dim('approver$')} ${l}`);
+        const a = tk?.approval;
+        out(
+          `      approved by ${bold(a?.approver ?? '?')} after ${msf(step.approval.waitedMs)}; the token names the approval and the exact arguments`,
+        );
+      }
       out(`      ${dim(facts)} ${dim(`· ${msf(step.ms)}`)}`);
       out(`      → ${summary(step)}`);
     } else {
@@ -88,6 +102,22 @@ function printStep(step: Step): void {
   }
 }
 
+/** What the support lead typed and saw (`taskpass approvals approve …`), shown with the refund. */
+const approverLines: string[] = [];
+
+/**
+ * The support lead at work: Bob signs in to the IdP (his own token, for the broker's approvals
+ * audience — never the delegation token the agent holds) and approves with the admin CLI.
+ */
+async function approveAsLead(stack: Stack, e: TaskpassApprovalRequiredError): Promise<void> {
+  approverLines.push(`taskpass approvals approve ${e.approvalId} --comment "…"`);
+  const r = await stack.approvalsCli(
+    ['approve', e.approvalId, '--comment', 'Parcel damage confirmed on the photos.'],
+    BOB,
+  );
+  approverLines.push(...r.lines.map((l) => (r.code === 0 ? l : red(l))));
+}
+
 function printStory(stack: Stack, t: Transcript, agentMs: number): void {
   section('Who is who (identities issued by SPIRE just now)');
   const row = (k: string, v: string, more = '') =>
@@ -96,6 +126,11 @@ function printStory(stack: Stack, t: Transcript, agentMs: number): void {
     'user',
     `${ALICE.sub} <${ALICE.email}>, groups [${ALICE.groups.join(', ')}]`,
     `ID token from ${stack.idp.issuer}`,
+  );
+  row(
+    'approver',
+    `${BOB.sub} <${BOB.email}>, groups [${BOB.groups.join(', ')}]`,
+    'his own token, for the approvals audience',
   );
   row('agent', t.agent.spiffeId, `X.509-SVID until ${time(t.agent.svidExpiresAt)} UTC`);
   row('broker', stack.ids.broker, `${stack.urls.broker}, iss ${stack.issuer}`);
@@ -161,7 +196,13 @@ async function main(): Promise<number> {
     });
     out(`  ${dim(`stack ready in ${secs(stack.timings.total)}`)}`);
     const a0 = performance.now();
-    transcript = await runAgentScript({ ...stack.agentOptions(), userToken: await stack.userToken(ALICE) });
+    const running = stack;
+    transcript = await runAgentScript({
+      ...stack.agentOptions(),
+      userToken: await stack.userToken(ALICE),
+      onApprovalRequired: (e) =>
+        void approveAsLead(running, e).catch((err) => approverLines.push(red(String(err)))),
+    });
     agentMs = performance.now() - a0;
     printStory(stack, transcript, agentMs);
   } catch (e) {

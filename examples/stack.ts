@@ -17,6 +17,7 @@ import {
   generateKek,
   parseConfig,
   type RunningBroker,
+  runCli,
   startBroker,
 } from '@taskpass/broker';
 import pino from 'pino';
@@ -46,6 +47,12 @@ export interface DemoUser {
 }
 
 export const ALICE: DemoUser = { sub: 'alice', email: 'alice@taskpass.local', groups: ['support'] };
+/** A support lead: approves refunds above the limit (policies/tickets-refunds.yaml). */
+export const BOB: DemoUser = {
+  sub: 'bob',
+  email: 'bob@taskpass.local',
+  groups: ['support', 'support-leads'],
+};
 
 /** Options of {@link startStack}. */
 export interface StackOptions {
@@ -105,8 +112,18 @@ export interface Stack extends AsyncDisposable {
   /** The temporary directory (broker database and log). Removed by `stop()`. */
   readonly dir: string;
   readonly timings: StackTimings;
-  /** An ID token for a user (issued for the broker). */
+  /** An ID token for a user (issued for the broker): what an agent is given to act for them. */
   userToken(user?: DemoUser): Promise<string>;
+  /**
+   * An approver's own token (issued for the broker's `approvals.audience`, never the delegation
+   * audience): what a person signs approvals with. Default {@link BOB}.
+   */
+  approverToken(user?: DemoUser): Promise<string>;
+  /**
+   * Runs `taskpass approvals <argv…>` as a person (default {@link BOB}): their own approver token,
+   * the broker trusted through the Workload API's bundle, no client certificate.
+   */
+  approvalsCli(argv: readonly string[], user?: DemoUser): Promise<{ code: number; lines: string[] }>;
   /** Options for `runAgentScript` against this stack (add `userToken`). */
   agentOptions(): Omit<AgentScriptOptions, 'userToken'>;
   /** Stops everything that was started, in reverse order. Idempotent; never throws. */
@@ -242,6 +259,14 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       tickets: ticketsMs,
       total: since(t0),
     };
+    const approverToken = (user = BOB) =>
+      idp.idToken({
+        sub: user.sub,
+        email: user.email,
+        groups: user.groups,
+        audience: config.approvals.audience,
+        ttlSec: 300,
+      });
     return {
       spire,
       idp,
@@ -257,6 +282,18 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       timings,
       userToken: (user = ALICE) =>
         idp.idToken({ sub: user.sub, email: user.email, groups: user.groups, audience: BROKER_ISSUER }),
+      approverToken,
+      async approvalsCli(argv, user = BOB) {
+        const env = {
+          TASKPASS_BROKER_URL: broker.url,
+          TASKPASS_APPROVER_TOKEN: await approverToken(user),
+          SPIFFE_ENDPOINT_SOCKET: spire.address,
+        };
+        const lines: string[] = [];
+        const write = (s: string) => lines.push(...s.trimEnd().split('\n'));
+        const code = await runCli(['approvals', ...argv], { out: write, err: write, env });
+        return { code, lines };
+      },
       agentOptions: () => ({
         workloadApiAddress: spire.address,
         hint: hints.agent,

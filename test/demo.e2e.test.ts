@@ -1,10 +1,11 @@
 // The demo story end to end on real SPIRE: the stack of examples/stack.ts (SPIRE server + agent,
 // IdP, broker with ./policies, ticket desk MCP server over mTLS) and the scripted agent of
-// examples/ticket-desk/agent.ts, acting for Alice (group support).
+// examples/ticket-desk/agent.ts, acting for Alice (group support); Bob, a support lead, approves the
+// large refund with `taskpass approvals approve` while the agent waits.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { ALICE, type Stack, startStack } from '../examples/stack.ts';
+import { ALICE, BOB, type Stack, startStack } from '../examples/stack.ts';
 import { checkStory, runAgentScript, type Step, type Transcript } from '../examples/ticket-desk/agent.ts';
 
 type CallStep = Extract<Step, { kind: 'call' }>;
@@ -30,8 +31,15 @@ describe('demo story (real SPIRE)', () => {
         spireDir = s.dir;
       },
     });
-    t = await runAgentScript({ ...stack.agentOptions(), userToken: await stack.userToken(ALICE) });
+    t = await runAgentScript({
+      ...stack.agentOptions(),
+      userToken: await stack.userToken(ALICE),
+      onApprovalRequired: (e) => {
+        approvedWith = stack.approvalsCli(['approve', e.approvalId, '--comment', 'checked'], BOB);
+      },
+    });
   });
+  let approvedWith: Promise<{ code: number; lines: string[] }> | undefined;
   after(() => stack?.stop());
 
   const call = (tool: string) => t.steps.find((s): s is CallStep => s.kind === 'call' && s.tool === tool);
@@ -43,9 +51,16 @@ describe('demo story (real SPIRE)', () => {
     assert.equal(t.task.sub, ALICE.sub);
     assert.equal(t.task.agent, stack.ids.agent);
     assert.deepEqual(t.task.ceiling.map((c) => c.template).sort(), [
+      'tickets-refunds',
       'tickets-support-read',
       'tickets-support-write',
     ]);
+    // The ceiling tells the agent that refunds are bound to their arguments and may need approval.
+    const refund = t.task.ceiling.find((c) => c.template === 'tickets-refunds')?.tools[0];
+    assert.deepEqual(
+      { bind: refund?.bind_arguments, send: refund?.send_arguments, approval: refund?.approval },
+      { bind: true, send: true, approval: true },
+    );
     const published = Object.fromEntries(t.tools.map((x) => [x.name, x.action]));
     assert.equal(published.delete_ticket, 'admin');
     assert.equal(published.get_ticket, 'read');
@@ -72,16 +87,48 @@ describe('demo story (real SPIRE)', () => {
     );
   });
 
+  test('a refund up to 100 runs on its own; above it, it waits for a support lead and names him', async () => {
+    const [small, large] = t.steps.filter(
+      (s): s is CallStep => s.kind === 'call' && s.tool === 'issue_refund',
+    );
+    assert.equal(small?.outcome, 'allowed', JSON.stringify(small?.refusal));
+    assert.equal(small.approval, undefined);
+    assert.equal(small.token?.argsBound, true);
+    assert.equal(small.token?.approval, undefined);
+    assert.equal(stack.tickets.desk.get('T-1002').order.refunded, 54);
+
+    assert.equal(large?.outcome, 'allowed', JSON.stringify(large?.refusal));
+    assert.match(large.approval?.id ?? '', /^apr_/);
+    assert.equal(large.approval?.url, `${stack.issuer}/v1/approvals/${large.approval?.id}`);
+    assert.deepEqual(
+      large.token?.approval && { id: large.token.approval.id, by: large.token.approval.approver },
+      {
+        id: large.approval?.id,
+        by: BOB.sub,
+      },
+    );
+    assert.equal(large.token?.argsBound, true);
+    assert.equal(large.token?.singleUse, true);
+    // The approver used the CLI; the desk recorded the refund as approved by Bob.
+    const cli = await approvedWith;
+    assert.equal(cli?.code, 0, cli?.lines.join('\n'));
+    const t1001 = stack.tickets.desk.get('T-1001');
+    assert.equal(t1001.order.refunded, 129.9);
+    assert.match(t1001.comments.at(-1)?.by ?? '', /approved by bob$/);
+
+    // The approved token, presented with ten times the amount, is refused by the MCP server.
+    const tampered = replay('approved refund token');
+    assert.equal(tampered?.status, 403);
+    assert.equal(tampered.refusal?.code, 'TASKPASS_VERIFY_ARGS_MISMATCH');
+    assert.equal(stack.tickets.desk.get('T-1001').order.refunded, 129.9);
+  });
+
   test('the broker denies what the ceiling or the workflow does not allow', () => {
-    const refund = call('issue_refund');
-    assert.equal(refund?.outcome, 'denied');
-    assert.equal(refund.refusal?.by, 'broker');
-    assert.equal(refund.refusal?.status, 403);
-    assert.equal(refund.refusal?.code, 'TASKPASS_DENIED_TOOL');
+    assert.equal(call('delete_ticket')?.refusal?.by, 'broker');
+    assert.equal(call('delete_ticket')?.refusal?.status, 403);
     assert.equal(call('delete_ticket')?.refusal?.code, 'TASKPASS_DENIED_TOOL');
     assert.equal(call('close_ticket')?.refusal?.code, 'TASKPASS_DENIED_PREREQUISITE');
-    // Nothing was refunded, deleted or closed.
-    assert.equal(stack.tickets.desk.get('T-1002').order.refunded, 0);
+    // Nothing was deleted or closed.
     assert.equal(stack.tickets.desk.get('T-1003').status, 'open');
   });
 

@@ -1,12 +1,27 @@
 // The agent's HTTP client for the broker API (docs/design.md §3). One undici dispatcher is kept per
 // client so connections are reused: an mTLS handshake costs far more than a token request. Every
 // broker answer is validated here, at the boundary; nothing else in the package parses broker JSON.
-import { ACTIONS, type Action, type CeilingEntry, type CompletionStatus } from '@taskpass/contract';
+import {
+  ACTIONS,
+  type Action,
+  APPROVAL_ID,
+  APPROVAL_STATUSES,
+  type ApprovalView,
+  type CeilingEntry,
+  type CompletionStatus,
+} from '@taskpass/contract';
 import type { Matcher, SpiffeId, TlsSource } from '@taskpass/spiffe';
 import { decodeJwt } from 'jose';
 import { Agent, type Dispatcher, request } from 'undici';
 import { z } from 'zod';
-import { AgentPluginError, BrokerError, type BrokerErrorBody, TaskpassDeniedError } from './errors.ts';
+import {
+  AgentPluginError,
+  BrokerError,
+  type BrokerErrorBody,
+  type ApprovalRequiredDetails,
+  TaskpassApprovalRequiredError,
+  TaskpassDeniedError,
+} from './errors.ts';
 import { Task } from './task.ts';
 
 /** Something that hands out JWT-SVIDs, such as `JwtSource` or `WorkloadApiClient` of `@taskpass/spiffe`. */
@@ -82,6 +97,19 @@ export interface CallTokenRequest {
   action: Action;
   /** Binds the token to exact arguments (see `argsSha256()`). */
   argsSha256?: string;
+  /**
+   * The arguments themselves, for templates whose approval conditions read them (the ceiling's
+   * `send_arguments`). Give `argsSha256` of the same arguments too.
+   */
+  arguments?: Record<string, unknown>;
+}
+
+/** Options of {@link BrokerClient.getApproval}. */
+export interface GetApprovalOptions {
+  /** Long poll: the broker answers when the status changes or after this many seconds (1–60). */
+  waitSec?: number;
+  /** Aborts the request; it then rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** Result of {@link BrokerClient.complete}. */
@@ -144,7 +172,16 @@ const CeilingSchema = z.array(
   z.object({
     template: z.string(),
     audience: z.string(),
-    tools: z.array(z.object({ tool: z.string(), action: ActionSchema, resources: z.array(z.string()) })),
+    tools: z.array(
+      z.object({
+        tool: z.string(),
+        action: ActionSchema,
+        resources: z.array(z.string()),
+        bind_arguments: z.literal(true).optional(),
+        send_arguments: z.literal(true).optional(),
+        approval: z.literal(true).optional(),
+      }),
+    ),
   }),
 );
 
@@ -182,6 +219,50 @@ const CompleteResponse = z.object({
   task_id: z.string().min(1),
   status: z.string(),
   revocation_seq: z.number().int().nonnegative(),
+});
+
+const ApprovalSubjectSchema = z.object({
+  agent: z.string().min(1),
+  user: z.string().min(1),
+  task: z.object({ id: z.string().min(1), purpose: z.string() }),
+  audience: z.string().min(1),
+  tool: z.string().min(1),
+  resource: z.string().min(1),
+  action: ActionSchema,
+  args_sha256: z.string().min(1),
+  arguments: z.record(z.string(), z.unknown()).optional(),
+  template: z.string(),
+});
+
+const ApprovalIdSchema = z.string().regex(APPROVAL_ID, 'not an approval id');
+// Shown to a person, who opens it: an https (or, for a local demo broker, http) URL, nothing else.
+const ApprovalUrlSchema = z.url({ protocol: /^https?$/ });
+
+const ApprovalViewResponse = z.object({
+  id: ApprovalIdSchema,
+  status: z.enum(APPROVAL_STATUSES),
+  created_at: EpochSec,
+  expires_at: EpochSec,
+  approval_url: ApprovalUrlSchema,
+  request: ApprovalSubjectSchema,
+  decision: z
+    .object({
+      decision: z.enum(['approve', 'deny']),
+      approver: z.object({ iss: z.string(), sub: z.string() }),
+      decided_at: EpochSec,
+      comment: z.string().optional(),
+    })
+    .optional(),
+});
+
+const ApprovalRequiredResponse = z.object({
+  code: z.literal('TASKPASS_APPROVAL_REQUIRED'),
+  message: z.string(),
+  approval_id: ApprovalIdSchema,
+  approval_url: ApprovalUrlSchema,
+  expires_at: EpochSec,
+  request: ApprovalSubjectSchema,
+  template: z.string(),
 });
 
 const ErrorResponse = z.object({
@@ -365,6 +446,7 @@ export class BrokerClient {
       action: req.action,
     };
     if (req.argsSha256 !== undefined) body.args_sha256 = req.argsSha256;
+    if (req.arguments !== undefined) body.arguments = req.arguments;
     const r = await this.#call(
       'POST',
       `/v1/tasks/${encodeURIComponent(taskId)}/tokens`,
@@ -385,6 +467,28 @@ export class BrokerClient {
       200,
     );
     return new IssuedToken(r, this.clock());
+  }
+
+  /**
+   * Reads an approval this agent asked for (`GET /v1/approvals/:id`). With `waitSec` it is a long
+   * poll: the broker holds the request until the status changes or the time is up, so a waiting
+   * agent asks about once a `waitSec`. Use {@link Task.waitForApproval} to wait for a decision.
+   *
+   * @throws BrokerError (404 unknown approval, 403 another agent's …), AgentPluginError.
+   */
+  async getApproval(approvalId: string, opts: GetApprovalOptions = {}): Promise<ApprovalView> {
+    const waitSec = opts.waitSec && opts.waitSec > 0 ? Math.min(60, Math.ceil(opts.waitSec)) : undefined;
+    const q = waitSec === undefined ? '' : `?wait=${waitSec}`;
+    const r = await this.#call(
+      'GET',
+      `/v1/approvals/${encodeURIComponent(approvalId)}${q}`,
+      undefined,
+      ApprovalViewResponse,
+      200,
+      // The broker holds a long poll up to waitSec: the request timeout runs on top of it.
+      { timeoutMs: this.#timeoutMs + (waitSec ?? 0) * 1000, signal: opts.signal },
+    );
+    return r as ApprovalView;
   }
 
   /** Finishes a task (`POST /v1/tasks/:id/complete`); resolves once its revocation is durable. */
@@ -512,12 +616,13 @@ export class BrokerClient {
     body: unknown,
     schema: S,
     okStatus: number,
+    opts: SendOptions = {},
   ): Promise<z.infer<S>> {
-    let res = await this.#send(method, path, body, false);
+    let res = await this.#send(method, path, body, false, opts);
     if (res.status === 401 && this.#auth.kind === 'jwt-svid') {
       // A 401 means nothing was done; retry once with a fresh JWT-SVID (the cached one may have
       // been refused for clock reasons or a key rotation at the broker).
-      res = await this.#send(method, path, body, true);
+      res = await this.#send(method, path, body, true, opts);
     }
     const json = parseJson(res.text);
     if (res.status === okStatus) {
@@ -538,6 +643,8 @@ export class BrokerClient {
       );
     }
     const eb: BrokerErrorBody = err.data;
+    if (res.status === 403 && eb.code === 'TASKPASS_APPROVAL_REQUIRED')
+      throw approvalRequired(method, path, json);
     if (res.status === 403) throw new TaskpassDeniedError(res.status, eb);
     throw new BrokerError(res.status, eb);
   }
@@ -547,26 +654,58 @@ export class BrokerClient {
     path: string,
     body: unknown,
     freshJwt: boolean,
+    opts: SendOptions,
   ): Promise<{ status: number; text: string }> {
     const headers: Record<string, string> = { accept: 'application/json' };
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (this.#auth.kind === 'jwt-svid') headers.authorization = `Bearer ${await this.#jwtSvid(freshJwt)}`;
     const dispatcher = await this.#getDispatcher();
+    const timeout = AbortSignal.timeout(opts.timeoutMs ?? this.#timeoutMs);
     try {
       const res = await request(this.url + path, {
         method,
         headers,
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
         dispatcher,
-        signal: AbortSignal.timeout(this.#timeoutMs),
+        signal: opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout,
       });
       return { status: res.statusCode, text: await res.body.text() };
     } catch (e) {
+      // The caller gave up: that is not the broker being unreachable.
+      if (opts.signal?.aborted) throw opts.signal.reason;
       throw new AgentPluginError('TASKPASS_AGENT_BROKER_UNREACHABLE', `${method} ${path}: ${describe(e)}`, {
         cause: e,
       });
     }
   }
+}
+
+interface SendOptions {
+  timeoutMs?: number | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+// A 403 TASKPASS_APPROVAL_REQUIRED must carry the whole approval; one that does not is refused as a
+// bad answer rather than shown to a person with half its fields.
+function approvalRequired(method: string, path: string, json: unknown): TaskpassApprovalRequiredError {
+  const parsed = ApprovalRequiredResponse.safeParse(json);
+  if (!parsed.success) {
+    throw new AgentPluginError(
+      'TASKPASS_AGENT_BAD_RESPONSE',
+      `${method} ${path}: the approval-required answer does not match the API: ${z.prettifyError(parsed.error)}`,
+    );
+  }
+  const b = parsed.data;
+  return new TaskpassApprovalRequiredError(
+    403,
+    { code: b.code, message: b.message, template: b.template },
+    {
+      approvalId: b.approval_id,
+      approvalUrl: b.approval_url,
+      expiresAt: new Date(b.expires_at * 1000),
+      request: b.request as ApprovalRequiredDetails['request'],
+    },
+  );
 }
 
 function parseJson(text: string): unknown {

@@ -1,9 +1,12 @@
+import type { ApprovalSubject } from '@taskpass/contract';
+
 /**
  * Errors of the agent plugin. Three kinds, each with a stable string `code`:
  *
  * - {@link TaskpassDeniedError}: the broker refused with 403 (a policy denial, an expired task …).
  *   Carries the broker's `code`, `reason` and, for template decisions, `template`, so an agent
- *   framework can show the refusal or ask a human for approval.
+ *   framework can show the refusal. Its subclass {@link TaskpassApprovalRequiredError} is the
+ *   refusal a person can lift: the call waits for an approval.
  * - {@link BrokerError}: any other `{ code, message }` error answer of the broker (401, 404, 409, 429, 5xx).
  * - {@link AgentPluginError}: raised by the plugin itself (`TASKPASS_AGENT_…`, listed in
  *   {@link AGENT_ERRORS} and docs/errors.md; a test keeps both in sync).
@@ -108,7 +111,7 @@ export class BrokerError extends Error {
  * ```
  */
 export class TaskpassDeniedError extends BrokerError {
-  override readonly name = 'TaskpassDeniedError';
+  override readonly name: string = 'TaskpassDeniedError';
   /** Why the broker refused. */
   readonly reason: string;
   /** The scope template that decided, when the broker names one. */
@@ -121,9 +124,59 @@ export class TaskpassDeniedError extends BrokerError {
   }
 }
 
+/** The `TASKPASS_APPROVAL_REQUIRED` answer, as {@link TaskpassApprovalRequiredError} is built from it. */
+export interface ApprovalRequiredDetails {
+  approvalId: string;
+  approvalUrl: string;
+  /** When the pending approval expires (the broker's `expires_at`). */
+  expiresAt: Date;
+  /** What the approver is asked: agent, user, task, tool, resource, action, arguments or their digest. */
+  request: ApprovalSubject;
+}
+
 /**
- * True for a {@link TaskpassDeniedError}, also one from another copy of this package (checks the
- * shape, not only the prototype).
+ * The broker will issue this call's token only after a person approves it (403
+ * `TASKPASS_APPROVAL_REQUIRED`, docs/approvals.md). Show {@link approvalUrl} to someone who may
+ * approve, then {@link Task.waitForApproval} and ask for the token again; or let `taskpassFetch`
+ * do all that with its `approval: { wait: true }` option.
+ *
+ * It extends {@link TaskpassDeniedError} on purpose: until someone approves, the call is refused,
+ * and code written before approvals existed (`instanceof TaskpassDeniedError`, `isTaskpassDenial`)
+ * keeps treating it as a refusal instead of retrying blindly. Check for this class first to wait.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await task.token({ audience, tool: 'refund', resource: 'orders/o-1', action: 'write', argsSha256: argsSha256(args) });
+ * } catch (e) {
+ *   if (!(e instanceof TaskpassApprovalRequiredError)) throw e;
+ *   tellUser(`waiting for approval: ${e.approvalUrl} (until ${e.expiresAt.toISOString()})`);
+ *   await task.waitForApproval(e.approvalId, { timeoutMs: 10 * 60_000 });
+ *   // ask for the token again: it now names the approver
+ * }
+ * ```
+ */
+export class TaskpassApprovalRequiredError extends TaskpassDeniedError {
+  override readonly name: string = 'TaskpassApprovalRequiredError';
+  /** The approval's id (`apr_…`), for {@link Task.waitForApproval}. */
+  readonly approvalId: string;
+  /** Where an approver opens the request. Not a secret; a host shows it to its user. */
+  readonly approvalUrl: string;
+  readonly expiresAt: Date;
+  readonly request: ApprovalSubject;
+
+  constructor(status: number, body: BrokerErrorBody, details: ApprovalRequiredDetails) {
+    super(status, body);
+    this.approvalId = details.approvalId;
+    this.approvalUrl = details.approvalUrl;
+    this.expiresAt = details.expiresAt;
+    this.request = details.request;
+  }
+}
+
+/**
+ * True for a {@link TaskpassDeniedError} (a {@link TaskpassApprovalRequiredError} included), also
+ * one from another copy of this package (checks the shape, not only the prototype).
  *
  * @example
  * ```ts
@@ -141,8 +194,27 @@ export function isTaskpassDenial(e: unknown): e is TaskpassDeniedError {
   return (
     typeof x === 'object' &&
     x !== null &&
-    x.name === 'TaskpassDeniedError' &&
+    (x.name === 'TaskpassDeniedError' || x.name === 'TaskpassApprovalRequiredError') &&
     typeof x.code === 'string' &&
     typeof x.reason === 'string'
+  );
+}
+
+/**
+ * True for a {@link TaskpassApprovalRequiredError}, also one from another copy of this package.
+ *
+ * @example
+ * ```ts
+ * catch (e) { if (isApprovalRequired(e)) show(e.approvalUrl); else throw e; }
+ * ```
+ */
+export function isApprovalRequired(e: unknown): e is TaskpassApprovalRequiredError {
+  if (e instanceof TaskpassApprovalRequiredError) return true;
+  const x = e as Partial<TaskpassApprovalRequiredError> | null;
+  return (
+    isTaskpassDenial(e) &&
+    x?.name === 'TaskpassApprovalRequiredError' &&
+    typeof x.approvalId === 'string' &&
+    typeof x.approvalUrl === 'string'
   );
 }

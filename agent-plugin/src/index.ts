@@ -2,8 +2,12 @@
 // The wire language shared with broker and verifier, re-exported so an agent needs one import.
 export {
   type Action,
+  type ApprovalStatus,
+  type ApprovalSubject,
+  type ApprovalView,
   argsSha256,
   type CeilingEntry,
+  type CeilingTool,
   type CompletionStatus,
   isValidResource,
   META_ACTION,
@@ -17,6 +21,7 @@ export {
   type BrokerClientOptions,
   type CallTokenRequest,
   type CompleteResult,
+  type GetApprovalOptions,
   type InsecureAuth,
   IssuedToken,
   type JwtSvidAuth,
@@ -29,12 +34,17 @@ export {
   AGENT_ERRORS,
   type AgentErrorCode,
   AgentPluginError,
+  type ApprovalRequiredDetails,
   BrokerError,
   type BrokerErrorBody,
+  isApprovalRequired,
   isTaskpassDenial,
+  TaskpassApprovalRequiredError,
   TaskpassDeniedError,
 } from './errors.ts';
 export {
+  type ApprovalMode,
+  type ApprovalWait,
   type CallToolParams,
   type CallToolTokenOptions,
   type FetchLike,
@@ -50,4 +60,10 @@ export {
   taskpassFetch,
   withCallToken,
 } from './mcp.ts';
-export { Task, type TaskState, type TokenRequest } from './task.ts';
+export {
+  type ArgumentRules,
+  Task,
+  type TaskState,
+  type TokenRequest,
+  type WaitForApprovalOptions,
+} from './task.ts';

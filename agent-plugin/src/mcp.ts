@@ -17,8 +17,10 @@ import {
   mcpNameOf,
   type ToolArgs,
 } from '@taskpass/contract';
-import { AgentPluginError } from './errors.ts';
-import type { Task } from './task.ts';
+import { createParser } from 'eventsource-parser';
+import type { IssuedToken } from './broker-client.ts';
+import { AgentPluginError, TaskpassApprovalRequiredError } from './errors.ts';
+import type { Task, TokenRequest } from './task.ts';
 
 export type { FetchLike };
 
@@ -220,6 +222,26 @@ export class ToolCatalog {
   }
 }
 
+/**
+ * What {@link taskpassFetch} does when a call needs a person's approval: `'throw'` (default) rejects
+ * the call with the {@link TaskpassApprovalRequiredError}; `{ wait: true }` waits for the decision
+ * and then sends the call.
+ */
+export type ApprovalMode = 'throw' | ApprovalWait;
+
+/** {@link ApprovalMode} that waits. */
+export interface ApprovalWait {
+  wait: true;
+  /**
+   * Called once per call that needs approval, before the wait, so the host can show
+   * `e.approvalUrl` (and `e.request`: what is asked) to its user. Throwing here rejects the call
+   * with that error instead of waiting.
+   */
+  onApprovalRequired?: (e: TaskpassApprovalRequiredError) => void | Promise<void>;
+  /** Gives up waiting after this long (a `TimeoutError` rejects the call). Default: until the approval expires. */
+  timeoutMs?: number;
+}
+
 /** Options of {@link taskpassFetch}. */
 export interface TaskpassFetchOptions {
   /** The MCP server's resource URI, exactly as the broker templates name it (the token `aud`). */
@@ -230,6 +252,8 @@ export interface TaskpassFetchOptions {
   useServerHints?: boolean;
   /** The fetch to wrap. Default the global `fetch`. */
   fetch?: FetchLike;
+  /** Calls that need a person's approval: throw (default) or wait. See {@link ApprovalMode}. */
+  approval?: ApprovalMode;
 }
 
 /** The fetch returned by {@link taskpassFetch}. */
@@ -244,7 +268,7 @@ interface RpcMessage {
   jsonrpc?: unknown;
   id?: unknown;
   method?: unknown;
-  params?: { name?: unknown; arguments?: unknown } | null;
+  params?: { name?: unknown; arguments?: unknown; requestId?: unknown } | null;
   result?: { tools?: unknown } | null;
 }
 
@@ -276,6 +300,71 @@ function callOf(m: RpcMessage): { name: string; args: ToolArgs | undefined } {
 }
 
 /**
+ * The token request for one call: the resource and action resolved by the catalog, the arguments
+ * bound (`args_sha256`) when the declaration or the task's ceiling asks for it, and sent along when
+ * the ceiling says `send_arguments`.
+ */
+function tokenRequestFor(
+  task: Task,
+  audience: string,
+  tool: string,
+  args: ToolArgs | undefined,
+  r: ResolvedCall,
+): TokenRequest {
+  const rules = task.argumentRules(audience, tool, r.action);
+  const digest = r.argsSha256 ?? (rules.bind ? argsSha256(args) : undefined);
+  return {
+    audience,
+    tool,
+    resource: r.resource,
+    action: r.action,
+    ...(digest !== undefined ? { argsSha256: digest } : {}),
+    ...(rules.send ? { arguments: { ...args } } : {}),
+  };
+}
+
+/**
+ * The call token; when the broker asks for a person's approval and the mode waits: the callback,
+ * the wait, and one more request (asked for approval again, that error is thrown).
+ */
+async function tokenOrWait(
+  task: Task,
+  req: TokenRequest,
+  approval: ApprovalMode,
+  signal: AbortSignal | undefined,
+): Promise<IssuedToken> {
+  try {
+    return await task.token(req);
+  } catch (e) {
+    if (approval === 'throw' || !(e instanceof TaskpassApprovalRequiredError)) throw e;
+    await approval.onApprovalRequired?.(e);
+    await task.waitForApproval(e.approvalId, {
+      ...(signal ? { signal } : {}),
+      ...(approval.timeoutMs !== undefined ? { timeoutMs: approval.timeoutMs } : {}),
+    });
+    return task.token(req);
+  }
+}
+
+function approvalModeOf(mode: unknown): ApprovalMode {
+  if (mode === undefined || mode === 'throw') return 'throw';
+  const m = mode as Partial<ApprovalWait> | null;
+  const ok =
+    typeof m === 'object' &&
+    m !== null &&
+    m.wait === true &&
+    (m.onApprovalRequired === undefined || typeof m.onApprovalRequired === 'function') &&
+    (m.timeoutMs === undefined || (typeof m.timeoutMs === 'number' && m.timeoutMs > 0));
+  if (!ok) {
+    throw new AgentPluginError(
+      'TASKPASS_AGENT_CONFIG_INVALID',
+      "approval must be 'throw' or { wait: true, onApprovalRequired?: function, timeoutMs?: number > 0 }",
+    );
+  }
+  return m as ApprovalWait;
+}
+
+/**
  * A `fetch` for the SDK's `StreamableHTTPClientTransport` that authorizes every request with the
  * task: a `tools/call` POST gets a call token for exactly that tool, the resource derived from its
  * arguments and its action class (declared mapper first, else the server's published hint); every
@@ -296,6 +385,17 @@ function callOf(m: RpcMessage): { name: string; args: ToolArgs | undefined } {
  *
  * Errors from the broker are thrown from the fetch, so `client.callTool()` rejects with the same
  * {@link TaskpassDeniedError} (code, reason, template).
+ *
+ * Arguments: the token is bound to the call's arguments (`args_sha256`) when the declaration says
+ * `bindArgs` or the task's ceiling says `bind_arguments` or `approval` for the tool; the arguments
+ * themselves go to the broker only when the ceiling says `send_arguments`.
+ *
+ * Approvals: with `approval: { wait: true, onApprovalRequired }` a call that needs a person's
+ * approval calls back with the approval URL, waits ({@link Task.waitForApproval}), asks for the
+ * token again and sends the call. It waits once per call: asked for approval again, it throws.
+ * The MCP client's own request timeout (60 s by default in the SDK) still applies: pass a longer
+ * `timeout` to `callTool()`. When the client gives up on the call (its `notifications/cancelled`
+ * passes through this fetch) or closes the transport, the wait ends and the call is never sent.
  *
  * @example
  * ```ts
@@ -326,6 +426,24 @@ export function taskpassFetch(task: Task, opts: TaskpassFetchOptions): TaskpassF
         );
   const base: FetchLike = opts.fetch ?? ((url, init) => fetch(url, init));
   const audience = opts.audience;
+  const approval = approvalModeOf(opts.approval);
+  // Calls in flight, by JSON-RPC id: the client's cancellation of one ends its wait for approval.
+  const waiting = new Map<unknown, AbortController>();
+
+  const callToken = async (req: TokenRequest, rpcId: unknown, signal: AbortSignal | undefined) => {
+    const cancel = new AbortController();
+    waiting.set(rpcId, cancel);
+    try {
+      return await tokenOrWait(
+        task,
+        req,
+        approval,
+        signal ? AbortSignal.any([signal, cancel.signal]) : cancel.signal,
+      );
+    } finally {
+      if (waiting.get(rpcId) === cancel) waiting.delete(rpcId);
+    }
+  };
 
   const wrapped = async (url: string | URL, init?: RequestInit): Promise<Response> => {
     const method = (init?.method ?? 'GET').toUpperCase();
@@ -339,21 +457,21 @@ export function taskpassFetch(task: Task, opts: TaskpassFetchOptions): TaskpassF
         `a JSON-RPC batch holds ${calls.length} tools/call requests; send them one per POST`,
       );
     }
-    for (const m of messages ?? []) if (m.method === 'tools/list' && m.id !== undefined) listIds.push(m.id);
+    for (const m of messages ?? []) {
+      if (m.method === 'tools/list' && m.id !== undefined) listIds.push(m.id);
+      if (m.method === 'notifications/cancelled') {
+        waiting
+          .get(m.params?.requestId)
+          ?.abort(new DOMException('the MCP client cancelled the call', 'AbortError'));
+      }
+    }
     const call = calls[0];
     if (call) {
       const { name, args } = callOf(call);
       if (!catalog.has(name)) await catalog.settled();
       const r = catalog.resolve(name, args);
-      token = (
-        await task.token({
-          audience,
-          tool: name,
-          resource: r.resource,
-          action: r.action,
-          ...(r.argsSha256 !== undefined ? { argsSha256: r.argsSha256 } : {}),
-        })
-      ).accessToken;
+      const signal = init?.signal ?? undefined;
+      token = (await callToken(tokenRequestFor(task, audience, name, args, r), call.id, signal)).accessToken;
     } else {
       token = (await task.sessionToken(audience)).accessToken;
     }
@@ -421,32 +539,20 @@ async function readSse(
 ): Promise<void> {
   const reader = stream.getReader();
   const decoder = new TextDecoder();
-  let buf = '';
-  let data: string[] = [];
+  const parser = createParser({
+    onEvent: (event) => {
+      try {
+        onData(JSON.parse(event.data));
+      } catch {
+        // not JSON: not a JSON-RPC message
+      }
+    },
+  });
   try {
     while (!done()) {
       const { value, done: end } = await reader.read();
       if (end) break;
-      buf += decoder.decode(value, { stream: true });
-      let nl = buf.search(/\r\n|\r|\n/);
-      while (nl >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + (buf.startsWith('\r\n', nl) ? 2 : 1));
-        if (line === '') {
-          if (data.length > 0) {
-            try {
-              onData(JSON.parse(data.join('\n')));
-            } catch {
-              // not JSON: not a JSON-RPC message
-            }
-          }
-          data = [];
-          if (done()) break;
-        } else if (line.startsWith('data:')) {
-          data.push(line.slice(line.startsWith('data: ') ? 6 : 5));
-        }
-        nl = buf.search(/\r\n|\r|\n/);
-      }
+      parser.feed(decoder.decode(value, { stream: true }));
     }
   } catch {
     // The SDK's copy reports stream errors.
@@ -462,6 +568,10 @@ export interface CallToolTokenOptions {
   audience: string;
   /** Per-tool mappers, or a {@link ToolCatalog} (which may hold hints learned from `listTools()`). */
   tools: ToolDeclarations | ToolCatalog;
+  /** Calls that need a person's approval: throw (default) or wait, as with {@link taskpassFetch}. */
+  approval?: ApprovalMode;
+  /** Ends a wait for approval (rejects with its reason). */
+  signal?: AbortSignal;
 }
 
 /** tools/call params as `Client.callTool` takes them. */
@@ -484,15 +594,15 @@ export async function withCallToken(
 ): Promise<CallToolParams> {
   const catalog =
     opts.tools instanceof ToolCatalog ? opts.tools : new ToolCatalog(opts.tools, { useServerHints: false });
+  const approval = approvalModeOf(opts.approval);
   const { name, args } = callOf({ params });
   const r = catalog.resolve(name, args);
-  const t = await task.token({
-    audience: opts.audience,
-    tool: name,
-    resource: r.resource,
-    action: r.action,
-    ...(r.argsSha256 !== undefined ? { argsSha256: r.argsSha256 } : {}),
-  });
+  const t = await tokenOrWait(
+    task,
+    tokenRequestFor(task, opts.audience, name, args, r),
+    approval,
+    opts.signal,
+  );
   return { ...params, _meta: { ...params._meta, [META_TOKEN]: t.accessToken } };
 }
 
@@ -513,5 +623,7 @@ export async function taskpassCallTool(
   params: CallToolParams,
   opts: CallToolTokenOptions & { requestOptions?: RequestOptions },
 ): Promise<Awaited<ReturnType<Client['callTool']>>> {
-  return client.callTool(await withCallToken(task, params, opts), undefined, opts.requestOptions);
+  const signal = opts.signal ?? opts.requestOptions?.signal;
+  const withToken = await withCallToken(task, params, { ...opts, ...(signal ? { signal } : {}) });
+  return client.callTool(withToken, undefined, opts.requestOptions);
 }

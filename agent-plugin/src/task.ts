@@ -1,6 +1,12 @@
 // A task handle: the agent's side of one task at the broker. It caches tokens (read and session
 // tokens while valid; single-use tokens never) and ends the task on `await using` disposal.
-import type { Action, CeilingEntry, CompletionStatus } from '@taskpass/contract';
+import type {
+  Action,
+  ApprovalStatus,
+  ApprovalView,
+  CeilingEntry,
+  CompletionStatus,
+} from '@taskpass/contract';
 import type {
   BrokerClient,
   CallTokenRequest,
@@ -8,7 +14,7 @@ import type {
   IssuedToken,
   OpenedTask,
 } from './broker-client.ts';
-import { AgentPluginError, BrokerError } from './errors.ts';
+import { AgentPluginError, BrokerError, TaskpassDeniedError } from './errors.ts';
 
 /**
  * Where the handle is: `open`; `finishing` while complete/fail/cancel is in flight; the finish
@@ -26,7 +32,42 @@ export interface TokenRequest {
   action: Action;
   /** Binds the token to exact arguments (`argsSha256(args)`). */
   argsSha256?: string;
+  /** The arguments themselves, when the ceiling says `send_arguments` (see {@link Task.argumentRules}). */
+  arguments?: Record<string, unknown>;
 }
+
+/** What the task's ceiling asks of a call's arguments (see {@link Task.argumentRules}). */
+export interface ArgumentRules {
+  /** Bind the token to the arguments: send `args_sha256`. */
+  bind: boolean;
+  /** Send the arguments themselves too (templates whose approval conditions read them). */
+  send: boolean;
+  /** A person's approval may be asked for some or all calls. */
+  approval: boolean;
+}
+
+/** Options of {@link Task.waitForApproval}. */
+export interface WaitForApprovalOptions {
+  /** Stops waiting: rejects with the signal's reason (an `AbortError` by default). */
+  signal?: AbortSignal;
+  /** Gives up after this long: rejects with a `TimeoutError` DOMException. Default: no limit but the approval's own expiry. */
+  timeoutMs?: number;
+}
+
+// How a decided approval that is not an approval ends the wait: a TaskpassDeniedError with this code.
+const APPROVAL_ENDINGS: Partial<Record<ApprovalStatus, string>> = {
+  denied: 'TASKPASS_APPROVAL_DENIED',
+  expired: 'TASKPASS_APPROVAL_EXPIRED',
+  cancelled: 'TASKPASS_APPROVAL_CANCELLED',
+};
+// The long poll holds each request this long at most (the broker's limit).
+const LONG_POLL_SEC = 60;
+// A poll that comes back pending sooner than this is followed by a pause: a broker (or proxy)
+// that does not hold the request must not turn the wait into a busy loop.
+const MIN_POLL_INTERVAL_MS = 1000;
+// Backoff after failed polls (broker unreachable, 429, 5xx): doubling, with jitter, up to the cap.
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
 
 interface Cached {
   token: IssuedToken;
@@ -115,6 +156,7 @@ export class Task {
       req.resource,
       req.action,
       req.argsSha256 ?? '',
+      req.arguments === undefined ? 0 : 1,
     ]);
     const r: CallTokenRequest = {
       audience: req.audience,
@@ -122,8 +164,95 @@ export class Task {
       resource: req.resource,
       action: req.action,
       ...(req.argsSha256 !== undefined ? { argsSha256: req.argsSha256 } : {}),
+      ...(req.arguments !== undefined ? { arguments: req.arguments } : {}),
     };
     return this.#cached(this.#calls, key, () => this.#client.callToken(this.id, r));
+  }
+
+  /**
+   * What the ceiling says about the arguments of calls of `tool` with `action` at `audience`: a
+   * rule of any template that allows the call asking to bind (or send) them is enough, since the
+   * broker may pick that template. A rule with `approval` always binds (an approval is for one
+   * exact call). The MCP helpers apply this themselves.
+   *
+   * @example
+   * ```ts
+   * const rules = task.argumentRules('https://shop.test/mcp', 'refund', 'write');
+   * const req = { audience, tool: 'refund', resource: 'orders/o-1', action: 'write' as const,
+   *   ...(rules.bind ? { argsSha256: argsSha256(args) } : {}), ...(rules.send ? { arguments: args } : {}) };
+   * ```
+   */
+  argumentRules(audience: string, tool: string, action: Action): ArgumentRules {
+    const r: ArgumentRules = { bind: false, send: false, approval: false };
+    for (const entry of this.ceiling) {
+      if (entry.audience !== audience) continue;
+      for (const t of entry.tools) {
+        if (t.tool !== tool || t.action !== action) continue;
+        r.approval ||= t.approval === true;
+        r.send ||= t.send_arguments === true;
+        r.bind ||= t.bind_arguments === true || t.approval === true || t.send_arguments === true;
+      }
+    }
+    return r;
+  }
+
+  /**
+   * Waits for a person to decide an approval this task asked for (the `approvalId` of a
+   * {@link TaskpassApprovalRequiredError}). Each request is a long poll the broker holds until the
+   * status changes (at most 60 s), so waiting costs about one request a minute; failed requests
+   * are retried with a growing, jittered pause (up to 30 s). Not-found and forbidden answers end
+   * the wait at once.
+   *
+   * Resolves with the approval once approved (also once its token was already issued, `used`):
+   * ask for the call's token again. Rejects with a {@link TaskpassDeniedError} whose code is
+   * `TASKPASS_APPROVAL_DENIED` (`reason` is the approver's comment when given),
+   * `TASKPASS_APPROVAL_EXPIRED` or `TASKPASS_APPROVAL_CANCELLED` (the task was closed first); with
+   * the signal's reason when aborted; with a `TimeoutError` DOMException after `timeoutMs`.
+   *
+   * @example
+   * ```ts
+   * const view = await task.waitForApproval(e.approvalId, { timeoutMs: 15 * 60_000, signal });
+   * console.log(`approved by ${view.decision?.approver.sub}`);
+   * ```
+   */
+  async waitForApproval(approvalId: string, opts: WaitForApprovalOptions = {}): Promise<ApprovalView> {
+    this.#assertOpen();
+    const signal = waitSignal(opts);
+    let backoffMs = 0;
+    for (;;) {
+      signal?.throwIfAborted();
+      this.#assertOpen(); // finished here meanwhile: the broker cancels the approval anyway
+      const started = Date.now();
+      let view: ApprovalView;
+      try {
+        view = await this.#client.getApproval(approvalId, {
+          waitSec: LONG_POLL_SEC,
+          ...(signal ? { signal } : {}),
+        });
+      } catch (e) {
+        signal?.throwIfAborted();
+        if (!retryable(e)) throw e;
+        backoffMs = Math.min(BACKOFF_MAX_MS, backoffMs === 0 ? BACKOFF_FIRST_MS : backoffMs * 2);
+        await sleep(backoffMs / 2 + Math.random() * (backoffMs / 2), signal);
+        continue;
+      }
+      backoffMs = 0;
+      if (view.status === 'approved' || view.status === 'used') return view;
+      const code = APPROVAL_ENDINGS[view.status];
+      if (code) {
+        throw new TaskpassDeniedError(403, {
+          code,
+          // The broker's wording for the same ending, so both paths read alike.
+          message: view.decision
+            ? `${view.decision.approver.sub} ${view.status} this call`
+            : `approval ${approvalId} is ${view.status}`,
+          ...(view.decision?.comment ? { reason: view.decision.comment } : {}),
+          template: view.request.template,
+        });
+      }
+      const elapsed = Date.now() - started;
+      if (elapsed < MIN_POLL_INTERVAL_MS) await sleep(MIN_POLL_INTERVAL_MS - elapsed, signal);
+    }
   }
 
   /**
@@ -255,4 +384,43 @@ export class Task {
       }
     }
   }
+}
+
+/** The caller's signal and the timeout as one signal (undefined when neither is given). */
+function waitSignal(opts: WaitForApprovalOptions): AbortSignal | undefined {
+  const signals: AbortSignal[] = [];
+  if (opts.signal) signals.push(opts.signal);
+  if (opts.timeoutMs !== undefined) {
+    if (!(opts.timeoutMs > 0)) {
+      throw new AgentPluginError('TASKPASS_AGENT_CONFIG_INVALID', 'waitForApproval timeoutMs must be > 0');
+    }
+    signals.push(AbortSignal.timeout(opts.timeoutMs));
+  }
+  return signals.length > 1 ? AbortSignal.any(signals) : signals[0];
+}
+
+// Worth asking again: the broker could not be reached or answered, or asked us to slow down.
+function retryable(e: unknown): boolean {
+  if (e instanceof AgentPluginError) return e.code === 'TASKPASS_AGENT_BROKER_UNREACHABLE';
+  if (e instanceof TaskpassDeniedError) return false;
+  return e instanceof BrokerError && (e.status === 429 || e.status >= 500);
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const done = () => {
+      signal?.removeEventListener('abort', aborted);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    const aborted = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener('abort', aborted, { once: true });
+  });
 }

@@ -433,3 +433,49 @@ test('MCP 2026-07-28 headers: every POST carries Mcp-Method (and Mcp-Name where 
     { method: null, name: null },
   ]);
 });
+
+test('hints are learned from an SSE tools/list answer split anywhere, with CRLF lines, comments and ids', async () => {
+  await using bc = new BrokerClient({ url: broker.url, auth: { kind: 'none-insecure' } });
+  await using task = await bc.openTask({ purpose: 'p' });
+  const answer = {
+    jsonrpc: '2.0',
+    id: 7,
+    result: {
+      tools: [
+        {
+          name: 'split_tool',
+          _meta: { 'dev.taskpass/resource': 'tickets/{id}', 'dev.taskpass/action': 'read' },
+        },
+      ],
+    },
+  };
+  const json = JSON.stringify(answer);
+  // A comment, an event id, and the JSON split over two data lines (joined with a newline).
+  const cut = json.indexOf(',"result"');
+  const sse = `: keep-alive\r\nid: 1\r\nevent: message\r\ndata: ${json.slice(0, cut)}\r\ndata: ${json.slice(cut)}\r\n\r\n`;
+  const bytes = new TextEncoder().encode(sse);
+  const f = taskpassFetch(task, {
+    audience: AUD,
+    fetch: async () =>
+      new Response(
+        new ReadableStream<Uint8Array>({
+          start(c) {
+            for (let i = 0; i < bytes.length; i += 5) c.enqueue(bytes.slice(i, i + 5));
+            c.close();
+          },
+        }),
+        { status: 200, headers: { 'content-type': 'text/event-stream' } },
+      ),
+  });
+  const res = await f(endpoint, {
+    method: 'POST',
+    body: JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/list' }),
+  });
+  assert.equal(await res.text(), sse); // the SDK's copy is untouched
+  await f.catalog.settled();
+  assert.ok(f.catalog.has('split_tool'));
+  assert.deepEqual(f.catalog.resolve('split_tool', { id: 'T-9' }), {
+    resource: 'tickets/T-9',
+    action: 'read',
+  });
+});

@@ -7,6 +7,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import type { KeyObject } from 'node:crypto';
+import type { ApprovalStatus, ApprovalView } from '@taskpass/contract';
 import { decodeJwt, exportJWK, generateKeyPair, type JWTPayload, SignJWT } from 'jose';
 
 type CryptoKeyLike = Parameters<SignJWT['sign']>[0];
@@ -14,6 +15,8 @@ type CryptoKeyLike = Parameters<SignJWT['sign']>[0];
 export interface Recorded {
   method: string;
   path: string;
+  /** The query string, without `?`. */
+  query: string;
   authorization: string | undefined;
   port: number | undefined;
   /** SHA-256 fingerprint of the client certificate (mTLS). */
@@ -45,6 +48,17 @@ export interface FakeBrokerOptions {
   nowSec?: () => number;
   /** Serve HTTPS with these options (mTLS tests); `attach` wires SVID rotation on the server. */
   tls?: { options: TlsOptions; attach?(server: HttpsServer): unknown };
+  /** Call token requests for which this is true need a person's approval (issue #9). */
+  needsApproval?: (body: Record<string, unknown>) => boolean;
+  /** The ceiling `POST /v1/tasks` answers (default: get_ticket read on tickets/*). */
+  ceiling?: unknown[];
+}
+
+/** An approval at the fake broker: the ApprovalView it answers, plus who waits on it. */
+export interface FakeApproval {
+  view: ApprovalView;
+  taskId: string;
+  waiters: Set<() => void>;
 }
 
 export const AGENT_ID = 'spiffe://taskpass.local/agents/support';
@@ -52,6 +66,7 @@ export const AGENT_ID = 'spiffe://taskpass.local/agents/support';
 export class FakeBroker {
   readonly requests: Recorded[] = [];
   readonly tasks = new Map<string, { status: string; purpose: string; sub: string }>();
+  readonly approvals = new Map<string, FakeApproval>();
   /** Answers this instead of the route's own, when it returns something. */
   override: ((method: string, path: string) => Canned | undefined) | undefined;
   connections = 0;
@@ -96,6 +111,26 @@ export class FakeBroker {
 
   now(): number {
     return this.#opts.nowSec?.() ?? Math.floor(Date.now() / 1000);
+  }
+
+  /**
+   * Decides (or expires, cancels) an approval as a person or the broker would; long polls waiting
+   * on it return at once.
+   */
+  decide(id: string, status: ApprovalStatus, comment?: string): void {
+    const a = this.approvals.get(id);
+    if (!a) throw new Error(`no approval ${id}`);
+    a.view.status = status;
+    if (status === 'approved' || status === 'denied') {
+      a.view.decision = {
+        decision: status === 'approved' ? 'approve' : 'deny',
+        approver: { iss: 'https://idp.test', sub: 'lead-1' },
+        decided_at: this.now(),
+        ...(comment ? { comment } : {}),
+      };
+    }
+    for (const w of a.waiters) w();
+    a.waiters.clear();
   }
 
   /** Requests to a path suffix, e.g. '/tokens'. */
@@ -146,10 +181,12 @@ export class FakeBroker {
     const text = Buffer.concat(chunks).toString('utf8');
     const body = text ? (JSON.parse(text) as Record<string, unknown>) : undefined;
     const method = req.method ?? 'GET';
-    const path = new URL(req.url ?? '/', 'http://x').pathname;
+    const u = new URL(req.url ?? '/', 'http://x');
+    const path = u.pathname;
     this.requests.push({
       method,
       path,
+      query: u.search.slice(1),
       authorization: req.headers.authorization,
       port: req.socket.remotePort,
       peer: (req.socket as Partial<TLSSocket>).getPeerCertificate?.()?.fingerprint256,
@@ -176,7 +213,7 @@ export class FakeBroker {
           expires_at: this.now() + 900,
           sub,
           agent: AGENT_ID,
-          ceiling: [
+          ceiling: this.#opts.ceiling ?? [
             {
               template: 'tickets-support',
               audience: 'https://tickets.test/mcp',
@@ -186,6 +223,8 @@ export class FakeBroker {
         },
       };
     }
+    const am = /^\/v1\/approvals\/([^/]+)$/.exec(path);
+    if (method === 'GET' && am) return this.#approvalView(am[1]!, Number(u.searchParams.get('wait') ?? 0));
     const m = /^\/v1\/tasks\/([^/]+)(\/[a-z-]+)?$/.exec(path);
     const task = m ? this.tasks.get(m[1]!) : undefined;
     if (!m || !task)
@@ -222,12 +261,24 @@ export class FakeBroker {
           body: await this.#mint(id, String(body?.audience), { type: 'mcp_session' }, false),
         };
       }
+      let approval: Record<string, unknown> | undefined;
+      if (this.#opts.needsApproval?.(body ?? {})) {
+        const a = this.#approvalFor(id, body ?? {});
+        if (a.view.status !== 'approved') return this.#approvalAnswer(a);
+        a.view.status = 'used'; // one approval, one token
+        approval = {
+          id: a.view.id,
+          approver: a.view.decision!.approver,
+          approved_at: a.view.decision!.decided_at,
+        };
+      }
       const details = {
         type: 'mcp_tool_call',
         tool: body?.tool,
         resource: body?.resource,
         action: body?.action,
         ...(body?.args_sha256 ? { args_sha256: body.args_sha256 } : {}),
+        ...(approval ? { approval } : {}),
       };
       return {
         status: 200,
@@ -239,6 +290,94 @@ export class FakeBroker {
       return { status: 200, body: { task_id: id, status: task.status, revocation_seq: ++this.#seq } };
     }
     return { status: 404, body: { code: 'TASKPASS_BAD_REQUEST', message: 'unknown route' } };
+  }
+
+  // The same call (task, tool, resource, digest) while not finished reuses its approval.
+  #approvalFor(taskId: string, body: Record<string, unknown>): FakeApproval {
+    for (const a of this.approvals.values()) {
+      const r = a.view.request;
+      if (
+        a.taskId === taskId &&
+        r.tool === body.tool &&
+        r.resource === body.resource &&
+        r.args_sha256 === body.args_sha256 &&
+        a.view.status !== 'used'
+      ) {
+        return a;
+      }
+    }
+    const id = `apr_${randomUUID().replace(/-/g, '').slice(0, 22)}`;
+    const task = this.tasks.get(taskId)!;
+    const a: FakeApproval = {
+      taskId,
+      waiters: new Set(),
+      view: {
+        id,
+        status: 'pending',
+        created_at: this.now(),
+        expires_at: this.now() + 600,
+        approval_url: `https://broker.test/approvals/${id}`,
+        request: {
+          agent: AGENT_ID,
+          user: task.sub,
+          task: { id: taskId, purpose: task.purpose },
+          audience: String(body.audience),
+          tool: String(body.tool),
+          resource: String(body.resource),
+          action: body.action as 'write',
+          args_sha256: String(body.args_sha256 ?? ''),
+          ...(body.arguments ? { arguments: body.arguments as Record<string, unknown> } : {}),
+          template: 'shop-refunds',
+        },
+      },
+    };
+    this.approvals.set(id, a);
+    return a;
+  }
+
+  #approvalAnswer(a: FakeApproval): Canned {
+    const v = a.view;
+    if (v.status === 'pending') {
+      return {
+        status: 403,
+        body: {
+          code: 'TASKPASS_APPROVAL_REQUIRED',
+          message: 'This call needs a person to approve it.',
+          approval_id: v.id,
+          approval_url: v.approval_url,
+          expires_at: v.expires_at,
+          request: v.request,
+          template: v.request.template,
+        },
+      };
+    }
+    const code = v.status === 'denied' ? 'TASKPASS_APPROVAL_DENIED' : 'TASKPASS_APPROVAL_EXPIRED';
+    return {
+      status: 403,
+      body: { code, message: `the approval is ${v.status}`, template: v.request.template },
+    };
+  }
+
+  // GET /v1/approvals/:id?wait=s: held until the status changes or the wait is over.
+  async #approvalView(id: string, waitSec: number): Promise<Canned> {
+    const a = this.approvals.get(id);
+    if (!a)
+      return { status: 404, body: { code: 'TASKPASS_APPROVAL_NOT_FOUND', message: 'No such approval.' } };
+    if (a.view.status === 'pending' && waitSec > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          a.waiters.delete(done);
+          resolve();
+        }, waitSec * 1000);
+        timer.unref(); // a held poll must not keep a finished test alive
+        const done = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+        a.waiters.add(done);
+      });
+    }
+    return { status: 200, body: a.view };
   }
 }
 

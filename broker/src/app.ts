@@ -11,16 +11,18 @@ import Fastify, {
 } from 'fastify';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { ApprovalService } from './approvals.ts';
 import { type AuditLog, createAuditLog } from './audit.ts';
 import { agentMatcherFromConfig, idListMatcher, type WorkloadAuthenticator } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
-import { BROKER_ERRORS, TaskpassError } from './errors.ts';
+import { BROKER_ERRORS, BrokerError } from './errors.ts';
 import { type BrokerMetrics, createMetrics } from './metrics.ts';
 import type { KeysPort, PolicyPort } from './ports.ts';
 import { limiterRedis, registerRateLimitStore } from './rate-limit.ts';
 import { fastifyClientError, installDepthLimitedJsonParser, strictQueryTypes } from './request-boundary.ts';
 import type { RevocationHub } from './revocation-hub.ts';
 import { adminRoutes } from './routes/admin.ts';
+import { approvalRoutes } from './routes/approvals.ts';
 import {
   ALWAYS_FRESH,
   authenticateRequest,
@@ -31,11 +33,11 @@ import {
 import { oauthRoutes } from './routes/oauth.ts';
 import { publicRoutes } from './routes/public.ts';
 import { revocationRoutes } from './routes/revocations.ts';
-import { ErrorBody, OAuthErrorBody } from './routes/schemas.ts';
+import { ApprovalSubjectSchema, ApprovalViewSchema, ErrorBody, OAuthErrorBody } from './routes/schemas.ts';
 import { taskRoutes } from './routes/tasks.ts';
 import { TaskService } from './service.ts';
 import type { Store } from './store/types.ts';
-import type { UserTokenVerifier } from './user-tokens.ts';
+import { createUserTokenVerifier, type UserTokenVerifier } from './user-tokens.ts';
 
 /** Everything the app needs, handed in (live sources in server.ts, static ones in tests). */
 export interface AppDeps {
@@ -51,6 +53,11 @@ export interface AppDeps {
     svidHealth?: () => SvidHealth;
   };
   userTokens: UserTokenVerifier;
+  /**
+   * Verifies approvers' own tokens. Default: the trusted issuers of `users`, but for the
+   * `approvals.audience` (never the delegation audience: the agent holds those tokens).
+   */
+  approverTokens?: UserTokenVerifier;
   hub: RevocationHub;
   logger: Logger;
   /** Epoch milliseconds (tests move time). */
@@ -98,12 +105,20 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     metrics,
     now,
   });
+  const approverTokens =
+    deps.approverTokens ??
+    createUserTokenVerifier(
+      config.users.trustedIssuers.map((i) => ({ ...i, audience: config.approvals.audience })),
+      { now },
+    );
+  const approvals = new ApprovalService({ config, store: deps.store, audit, metrics, now });
   const ctx: RouteContext = {
     config,
     store: deps.store,
     keys: deps.keys,
     policies: deps.policies,
     userTokens: deps.userTokens,
+    approverTokens,
     auth: deps.identity.agentAuth,
     service,
     audit,
@@ -121,12 +136,16 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     redis: deps.rateLimitRedis === undefined ? limiterRedis(config) : deps.rateLimitRedis || undefined,
     logger: deps.logger,
   });
+  app.addSchema(ApprovalSubjectSchema);
+  app.addSchema(ApprovalViewSchema);
   app.addSchema(ErrorBody);
   app.addSchema(OAuthErrorBody);
 
-  app.setErrorHandler((err: FastifyError | TaskpassError, req, reply) => {
-    if (err instanceof TaskpassError) {
+  app.setErrorHandler((err: FastifyError | BrokerError, req, reply) => {
+    if (err instanceof BrokerError) {
       if (err.status >= 500) req.log.error({ err }, 'request failed');
+      // A store outage is brief or an operator's matter: clients back off a second, then retry.
+      if (err.status === 503) reply.header('retry-after', '1');
       const body: Record<string, unknown> = { code: err.code, message: err.message };
       if (err.code === 'TASKPASS_INTERNAL') body.message = 'internal error';
       else if (err.details) Object.assign(body, err.details, body);
@@ -160,6 +179,11 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         securitySchemes: {
           mtls: { type: 'mutualTLS', description: 'X.509-SVID client certificate' },
           jwtSvid: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT-SVID' },
+          approverToken: {
+            type: 'http',
+            scheme: 'bearer',
+            bearerFormat: "JWT: the approver's own token from a trusted issuer, for approvals.audience",
+          },
         } as unknown as Record<string, { type: 'http'; scheme: string }>,
       },
     },
@@ -169,6 +193,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.register(async (scope) => taskRoutes(scope, ctx));
   app.register(async (scope) => oauthRoutes(scope, ctx));
   app.register(async (scope) => adminRoutes(scope, ctx));
+  app.register(async (scope) => approvalRoutes(scope, ctx, approvals));
   app.register(async (scope) => {
     const mode = config.feed.auth;
     const preHandler =
@@ -177,7 +202,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         : async (req: FastifyRequest) => {
             const id = await authenticateRequest(ctx, req);
             if (mode === 'agents' && !ctx.matchers.agent(id.spiffeId)) {
-              throw new TaskpassError('TASKPASS_FORBIDDEN', 'the revocation feed is for agents only');
+              throw new BrokerError('TASKPASS_FORBIDDEN', 'the revocation feed is for agents only');
             }
             req.workload = id;
           };

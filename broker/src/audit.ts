@@ -17,7 +17,12 @@ export type AuditEventKind =
   | 'session.issued'
   | 'task.completed'
   | 'task.revoked'
-  | 'token.revoked';
+  | 'token.revoked'
+  | 'approval.requested'
+  | 'approval.decided'
+  | 'approval.refused'
+  | 'approval.used'
+  | 'approval.cancelled';
 
 /** One audit record. Only these fields are written (the logger is given nothing else). */
 export interface AuditEvent {
@@ -37,6 +42,14 @@ export interface AuditEvent {
   status?: string | undefined;
   by?: string | undefined;
   exp?: number | undefined;
+  /** Approval id. */
+  approval?: string | undefined;
+  /** The approver, as `sub` at `iss` (never their token or claims). */
+  approver?: string | undefined;
+  /** approve | deny. */
+  decision?: string | undefined;
+  /** The call's argument digest (never the arguments: they may be personal data). */
+  args_sha256?: string | undefined;
 }
 
 /** Writes audit records. */
@@ -64,6 +77,10 @@ const FIELDS: readonly (keyof AuditEvent)[] = [
   'status',
   'by',
   'exp',
+  'approval',
+  'approver',
+  'decision',
+  'args_sha256',
 ];
 
 /**

@@ -7,7 +7,7 @@
 import type { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { chainFromPeerCertificate, pinPeerCertificate, type SpiffeId } from '@taskpass/spiffe';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 import { compilePattern } from './policy/pattern.ts';
 
 /** An authenticated workload. */
@@ -101,7 +101,7 @@ export type IdMatcher = (id: SpiffeId) => boolean;
  */
 export function spiffeIdPatternMatcher(pattern: string): IdMatcher {
   const r = compilePattern(pattern, 'agent');
-  if (!r.ok) throw new TaskpassError('TASKPASS_CONFIG_INVALID', r.reason);
+  if (!r.ok) throw new BrokerError('TASKPASS_CONFIG_INVALID', r.reason);
   const compiled = r.pattern;
   return (id) => compiled.match(id.toString());
 }

@@ -5,13 +5,14 @@
 //   taskpass tasks list [--broker URL] [--status s] | tasks revoke <id> [--broker URL] [--reason r]
 //   taskpass token decode <jwt> | token explain <jwt> [--broker URL]
 //   taskpass keys generate-kek [--id id] | keys rewrap [--config file]
+//   taskpass approvals list | show <id> | approve <id> | deny <id>   (cli-approvals.ts)
 // Admin calls use the caller's own X.509-SVID from the Workload API over mTLS (https URLs), or plain
 // HTTP for a tls:none test broker. Exit codes: 0 ok, 1 failure/denied, 2 usage error.
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { parseArgs } from 'node:util';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from 'jose';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 
 /** Where the CLI writes (tests capture it). */
 export interface CliIo {
@@ -35,6 +36,8 @@ const USAGE = `usage:
                                                  into a new file (mode 0600; an existing one is kept)
   taskpass keys rewrap [--config <file>]         re-wrap stored signing keys under the current KEK
   taskpass guard --config <file>                 the enforcing reverse proxy (needs @taskpass/proxy)
+  taskpass approvals list|show|approve|deny ...  decide calls held for approval, as yourself
+                                                 (taskpass approvals --help)
 Broker calls over https authenticate both sides by SPIFFE ID: this process presents its X.509-SVID
 from the Workload API (--hint picks the entry by hint) and accepts only the broker's SPIFFE ID
 (--broker-id, default spiffe://<own trust domain>/broker).
@@ -166,6 +169,8 @@ async function runProxyCli(argv: readonly string[], io: CliIo): Promise<number> 
 export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
   // `taskpass guard …` belongs to @taskpass/proxy, an optional package with options of its own.
   if (argv[0] === 'guard') return runProxyCli(argv, io);
+  // Approvers are people with their own token, not workloads: their own flags and connection.
+  if (argv[0] === 'approvals') return (await import('./cli-approvals.ts')).runApprovalsCli(argv.slice(1), io);
   try {
     const { values, positionals } = parseArgs({
       args: [...argv],
@@ -361,7 +366,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
       io.err(`taskpass: ${(e as Error).message}\n${USAGE}`);
       return 2;
     }
-    if (e instanceof TaskpassError) {
+    if (e instanceof BrokerError) {
       io.err(`taskpass: ${e.code}: ${e.message}`);
       return 1;
     }

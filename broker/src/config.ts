@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 import { parseKekRing } from './key-wrap.ts';
 
 const UNIT_SECONDS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
@@ -231,6 +231,29 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Approvals (docs/approvals.md): people deciding calls that templates mark "not without a human". */
+    approvals: z
+      .object({
+        /**
+         * The audience an approver's own token must be minted for. It must differ from every
+         * trusted issuer's user-token audience: the agent holds the delegating user's token, and a
+         * token it holds must never be able to approve.
+         */
+        audience: z.string().min(1).max(1024).default('taskpass-approvals'),
+        /**
+         * Where an approver opens an approval: a URL template with `{id}`, e.g.
+         * `https://console.example/approvals/{id}`. Default: `<issuer>/v1/approvals/{id}`.
+         */
+        url: z
+          .string()
+          .refine(
+            (s) => s.includes('{id}') && URL.canParse(s.replaceAll('{id}', 'apr_x')),
+            'an absolute URL template containing {id}',
+          )
+          .optional(),
+      })
+      .strict()
+      .prefault({}),
     /** How often expired tasks, replay entries and stale revocations are dropped from the store. */
     sweepEvery: Duration.default(60),
     /** Ceiling on every request body; each route has a smaller limit of its own (request-boundary.ts). */
@@ -254,6 +277,18 @@ export const ConfigSchema = z
           'the JWKS cache lifetime announced to verifiers: they would meet tokens of a key they have not ' +
           'loaded. Raise keys.prepublish or lower keys.jwksMaxAge',
       });
+    }
+  })
+  .superRefine((c, ctx) => {
+    for (const [i, t] of c.users.trustedIssuers.entries()) {
+      const auds = typeof t.audience === 'string' ? [t.audience] : t.audience;
+      if (auds.includes(c.approvals.audience)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['approvals', 'audience'],
+          message: `approvals.audience "${c.approvals.audience}" is also the user-token audience of users.trustedIssuers[${i}]: a delegation token the agent holds could then approve; mint approver tokens for a distinct audience`,
+        });
+      }
     }
   })
   .refine((c) => c.tokens.defaultTtl <= c.tokens.maxTtl, {
@@ -285,7 +320,7 @@ export function parseConfig(raw: unknown, source = 'configuration'): BrokerConfi
       path: i.path.map(String).join('.') || '(root)',
       message: i.message,
     }));
-    throw new TaskpassError(
+    throw new BrokerError(
       'TASKPASS_CONFIG_INVALID',
       `${source} is invalid: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`,
       { issues },
@@ -340,6 +375,8 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_RATE_LIMIT_PER_ADMIN_PER_MINUTE: { path: ['rateLimit', 'perAdminPerMinute'], conv: int },
     TASKPASS_RATE_LIMIT_PER_IP_PER_MINUTE: { path: ['rateLimit', 'perIpPerMinute'], conv: int },
     TASKPASS_AUDIT_DESTINATION: { path: ['audit', 'destination'] },
+    TASKPASS_APPROVALS_AUDIENCE: { path: ['approvals', 'audience'] },
+    TASKPASS_APPROVALS_URL: { path: ['approvals', 'url'] },
     TASKPASS_SWEEP_EVERY: { path: ['sweepEvery'] },
     TASKPASS_BODY_LIMIT: { path: ['bodyLimit'], conv: int },
     TASKPASS_LOG_LEVEL: { path: ['logLevel'] },
@@ -373,7 +410,7 @@ export function loadConfig(
     try {
       text = readFileSync(file, 'utf8');
     } catch (e) {
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_CONFIG_INVALID',
         `cannot read configuration file ${file}: ${(e as Error).message}`,
         {
@@ -385,17 +422,15 @@ export function loadConfig(
     try {
       parsed = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
     } catch (e) {
-      throw new TaskpassError('TASKPASS_CONFIG_INVALID', `cannot parse ${file}: ${(e as Error).message}`, {
+      throw new BrokerError('TASKPASS_CONFIG_INVALID', `cannot parse ${file}: ${(e as Error).message}`, {
         file,
       });
     }
     if (parsed !== null && parsed !== undefined) {
       if (typeof parsed !== 'object' || Array.isArray(parsed)) {
-        throw new TaskpassError(
-          'TASKPASS_CONFIG_INVALID',
-          `${file} must contain a mapping at the top level`,
-          { file },
-        );
+        throw new BrokerError('TASKPASS_CONFIG_INVALID', `${file} must contain a mapping at the top level`, {
+          file,
+        });
       }
       raw = parsed as Json;
     }

@@ -71,6 +71,56 @@ export const BROKER_ERRORS = {
     description:
       "The task is older than the template's max_task_ttl; that template no longer allows calls in it.",
   },
+  TASKPASS_ARGUMENTS_REQUIRED: {
+    status: 400,
+    description:
+      "The template binds this call to its arguments: send args_sha256 (and the arguments themselves when the template's approval conditions read them).",
+  },
+  TASKPASS_ARGUMENTS_MISMATCH: {
+    status: 400,
+    description: 'The arguments sent with the token request do not hash to its args_sha256.',
+  },
+  TASKPASS_APPROVAL_REQUIRED: {
+    status: 403,
+    description:
+      'A person must approve this call first; the body names the approval (approval_id, approval_url, expires_at). Ask again once it is approved.',
+  },
+  TASKPASS_APPROVAL_DENIED: {
+    status: 403,
+    description: 'An approver denied this call (their comment is in the body); it stays denied in this task.',
+  },
+  TASKPASS_APPROVAL_EXPIRED: {
+    status: 403,
+    description:
+      'The approval expired before it was decided, or was approved and not used in time; the next token request asks anew.',
+  },
+  TASKPASS_APPROVAL_NOT_FOUND: {
+    status: 404,
+    description: 'No such approval, or not one the caller may see.',
+  },
+  TASKPASS_APPROVAL_ALREADY_DECIDED: {
+    status: 409,
+    description: 'The approval is no longer pending (decided first by someone else, used or cancelled).',
+  },
+  TASKPASS_APPROVER_TOKEN_INVALID: {
+    status: 401,
+    description:
+      "The approver's token is missing or invalid: unknown issuer, bad signature, expired, or not minted for the approvals audience.",
+  },
+  TASKPASS_APPROVER_IS_WORKLOAD: {
+    status: 403,
+    description:
+      'A workload (mTLS X.509-SVID or JWT-SVID) tried to decide an approval: agents may ask, only people approve.',
+  },
+  TASKPASS_APPROVER_NOT_ALLOWED: {
+    status: 403,
+    description: "The approver does not meet the rule's approvers: conditions.",
+  },
+  TASKPASS_APPROVAL_SEPARATION_OF_DUTIES: {
+    status: 403,
+    description:
+      'The user the task acts for may not approve its own request (separation of duties; the rule does not name delegating_user).',
+  },
   TASKPASS_FORBIDDEN_ADMIN: { status: 403, description: 'The caller is not an administrator.' },
   TASKPASS_RATE_LIMITED: {
     status: 429,
@@ -93,7 +143,7 @@ export const BROKER_ERRORS = {
   TASKPASS_STORE_UNAVAILABLE: {
     status: 503,
     description:
-      'The store could not be reached or did not answer in time (Redis down, frozen, loading, read-only), or could not make the change durable; nothing was acknowledged, and a retry is safe.',
+      'The store could not be reached or did not answer in time (Redis down, frozen, loading, read-only; SQLite locked by another writer past `busyTimeoutMs`, disk full or failing), or could not make the change durable; nothing was acknowledged, and a retry is safe. Answered with `Retry-After: 1`.',
   },
   TASKPASS_INTERNAL: {
     status: 500,
@@ -116,7 +166,7 @@ export const BROKER_ERRORS = {
 
 export type BrokerErrorCode = keyof typeof BROKER_ERRORS;
 
-export class TaskpassError extends Error {
+export class BrokerError extends Error {
   readonly code: BrokerErrorCode;
   readonly status: number;
   readonly details: Record<string, unknown> | undefined;
@@ -127,7 +177,7 @@ export class TaskpassError extends Error {
     options?: { cause?: unknown },
   ) {
     super(message, options);
-    this.name = 'TaskpassError';
+    this.name = 'BrokerError';
     this.code = code;
     this.status = BROKER_ERRORS[code].status;
     this.details = details;

@@ -4,12 +4,16 @@
 export type {
   Action,
   ActorClaim,
+  ApprovalClaim,
+  ApprovalRequiredBody,
+  ApprovalView,
   AuthorizationDetail,
   CallTokenClaims,
   CeilingEntry,
   Revocation,
 } from '@taskpass/contract';
 export { type AppDeps, buildApp } from './app.ts';
+export { ApprovalService, approvalUrl, approvalView } from './approvals.ts';
 export { type AuditEvent, type AuditLog, createAuditLog } from './audit.ts';
 export {
   agentMatcherFromConfig,
@@ -34,7 +38,7 @@ export {
   parseDurationSec,
   type TrustedIssuerConfig,
 } from './config.ts';
-export { BROKER_ERRORS, type BrokerErrorCode, TaskpassError } from './errors.ts';
+export { BROKER_ERRORS, type BrokerErrorCode, BrokerError } from './errors.ts';
 export {
   AesGcmKeyWrapper,
   generateKek,
@@ -47,6 +51,8 @@ export { SigningKeys, type SigningKeysOptions } from './keys.ts';
 export { type BrokerMetrics, createMetrics } from './metrics.ts';
 export { type MintInput, mintToken } from './mint.ts';
 export type {
+  ApprovalRequirement,
+  ApproverCheck,
   HistoryQueries,
   KeysPort,
   PolicyDecision,
@@ -73,7 +79,7 @@ export {
   SqliteStore,
   type SqliteStoreOptions,
 } from './store/index.ts';
-export { REVOCATION_GRACE_SEC } from './store/types.ts';
+export { effectiveStatus, REVOCATION_GRACE_SEC } from './store/types.ts';
 export type * from './store/types.ts';
 export { createUserTokenVerifier, type UserTokenVerifier, type VerifiedUser } from './user-tokens.ts';
 export { createWorkloadAuthenticator } from './workload-auth.ts';

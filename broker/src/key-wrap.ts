@@ -11,7 +11,7 @@
 // record, or relabelled with another KEK id, fails to decrypt.
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 
 /** What a wrapper binds a key to (authenticated, not secret). */
 export interface WrappedKeyMeta {
@@ -41,9 +41,9 @@ export function isWrapped(stored: Record<string, unknown>): boolean {
   return stored.enc !== undefined || stored.kek !== undefined;
 }
 
-function unreadable(meta: WrappedKeyMeta, why: string, cause?: unknown): TaskpassError {
+function unreadable(meta: WrappedKeyMeta, why: string, cause?: unknown): BrokerError {
   // The message names the kid and the reason, never key material.
-  return new TaskpassError(
+  return new BrokerError(
     'TASKPASS_SIGNING_KEY_UNREADABLE',
     `signing key ${meta.kid}: ${why}`,
     { kid: meta.kid },
@@ -221,7 +221,7 @@ export function keyWrapperFromConfig(
     try {
       ring = readFile(cfg.kekFile);
     } catch (e) {
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_CONFIG_INVALID',
         `keys.kekFile: cannot read ${cfg.kekFile}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
         { path: 'keys.kekFile' },
@@ -232,7 +232,7 @@ export function keyWrapperFromConfig(
     try {
       return new AesGcmKeyWrapper(ring);
     } catch (e) {
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_CONFIG_INVALID',
         `keys.kek${cfg.kekFile !== undefined ? 'File' : ''}: ${(e as Error).message}`,
         {
@@ -242,7 +242,7 @@ export function keyWrapperFromConfig(
     }
   }
   if (cfg.allowPlaintext === true) return new PlaintextKeyWrapper();
-  throw new TaskpassError(
+  throw new BrokerError(
     'TASKPASS_CONFIG_INVALID',
     'no key-encryption key for the signing keys: set TASKPASS_KEK_FILE / keys.kekFile (or TASKPASS_KEK), e.g. from `taskpass keys generate-kek`; or, knowingly, keys.allowPlaintext: true',
     { path: 'keys.kek' },

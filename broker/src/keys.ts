@@ -19,7 +19,7 @@
 import { createPrivateKey, type JsonWebKey, type KeyObject, type webcrypto } from 'node:crypto';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
 import type { Logger } from 'pino';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 import type { KeyWrapper } from './key-wrap.ts';
 import type { Store, StoredSigningKey } from './store/types.ts';
 
@@ -294,7 +294,7 @@ export class SigningKeys {
       const publicJwk = publicOf(s);
       // The published half must be the half of the key that signs, whatever the record says.
       if (jwk.x !== publicJwk.x || jwk.y !== publicJwk.y) {
-        throw new TaskpassError(
+        throw new BrokerError(
           'TASKPASS_SIGNING_KEY_UNREADABLE',
           `signing key ${s.kid}: the stored public key does not belong to the private key`,
           { kid: s.kid },

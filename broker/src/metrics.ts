@@ -13,6 +13,12 @@ export interface BrokerMetrics {
   svidExpiry: Gauge<string>;
   workloadApiUp: Gauge<string>;
   svidState: Gauge<'state'>;
+  /** Approvals asked (a new approval created for a call). */
+  approvalRequests: Counter<string>;
+  /** Decision attempts: result = approved | denied | lost (someone else decided first) | refused. */
+  approvalDecisions: Counter<'result'>;
+  /** Seconds from request to decision. */
+  approvalTimeToDecide: Histogram<'result'>;
 }
 
 const SVID_STATES = ['fresh', 'stale', 'expired', 'missing'] as const;
@@ -76,6 +82,24 @@ export function createMetrics(
       collect() {
         this.set(health().workloadApi === 'up' ? 1 : 0);
       },
+    }),
+    approvalRequests: new Counter({
+      name: 'taskpass_approval_requests_total',
+      help: 'Approvals asked: a call needed a person and no approval for it was pending.',
+      registers: [registry],
+    }),
+    approvalDecisions: new Counter({
+      name: 'taskpass_approval_decisions_total',
+      help: 'Approval decision attempts by result: approved, denied, lost (decided first by someone else), refused (not an approver, expired, invalid).',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    approvalTimeToDecide: new Histogram({
+      name: 'taskpass_approval_time_to_decide_seconds',
+      help: 'Seconds from an approval request to its decision, by result (approved, denied).',
+      labelNames: ['result'],
+      buckets: [5, 15, 30, 60, 120, 300, 600, 1800, 3600],
+      registers: [registry],
     }),
     svidState: new Gauge({
       name: 'taskpass_svid_state',

@@ -3,6 +3,7 @@
 // structurally; tests may hand in fakes.
 import type { Action, CeilingEntry } from '@taskpass/contract';
 import type { BrokerErrorCode } from './errors.ts';
+import type { ApprovalRule } from './policy/schema.ts';
 
 /** The verified delegating user, as templates see it. */
 export interface PolicyUser {
@@ -18,7 +19,31 @@ export interface PolicyAllow {
   owner?: string | undefined;
   ttlSec: number;
   singleUse: boolean;
+  /** The token must carry the call's args_sha256 (the engine has checked one was given). */
+  bindArguments?: boolean | undefined;
+  /** A person must approve this call before its token is issued. */
+  approval?: ApprovalRequirement | undefined;
 }
+
+/** Why and by whose rules a call needs a person's approval (docs/approvals.md). */
+export interface ApprovalRequirement {
+  /** Ids of the templates whose rules ask for approval, sorted, space-separated. */
+  template: string;
+  /** The shortest `ttl` of those rules: how long the request stays pending. */
+  ttlSec: number;
+  /** Every rule asking; an approver must satisfy all of them. */
+  rules: readonly ApprovalRule[];
+}
+
+/** May this person decide an approval? */
+export type ApproverCheck =
+  | { ok: true }
+  | {
+      ok: false;
+      code: 'TASKPASS_APPROVER_NOT_ALLOWED' | 'TASKPASS_APPROVAL_SEPARATION_OF_DUTIES';
+      reason: string;
+    };
+
 /** Denied with a stable code and a human reason (and the closest template when useful). */
 export interface PolicyDeny {
   allow: false;
@@ -93,6 +118,10 @@ export interface PolicyPort {
     history: TaskHistory;
     /** Seconds since the task was opened (templates' max_task_ttl bounds their grants). */
     taskAgeSec?: number | undefined;
+    /** The digest the token would be bound to, when sent. */
+    argsSha256?: string | undefined;
+    /** The call's arguments, when sent (already checked against argsSha256). */
+    arguments?: Readonly<Record<string, unknown>> | undefined;
   }): PolicyDecision;
   /** The history lookups `decide` may make for this call (superset allowed). */
   historyQueries(input: { audience: string; tool: string; action: Action; resource: string }): HistoryQueries;

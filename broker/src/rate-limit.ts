@@ -12,7 +12,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest }
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { BrokerConfig } from './config.ts';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 
 /** Which budget a request counts against. */
 export type RateClass = 'agent' | 'workload' | 'admin' | 'ip';
@@ -102,7 +102,7 @@ export function rateLimiter(scope: FastifyInstance): RateLimiter {
       } catch (err) {
         logger.warn({ err: (err as Error).message, class: cls }, 'rate limiter unavailable; refusing');
         reply.header('retry-after', '1');
-        throw new TaskpassError(
+        throw new BrokerError(
           'TASKPASS_RATE_LIMIT_UNAVAILABLE',
           'the rate limiter is unavailable; retry shortly',
         );
@@ -113,7 +113,7 @@ export function rateLimiter(scope: FastifyInstance): RateLimiter {
       // The window's remaining time, as the header and the message both say it.
       const retryAfter = Math.max(1, r.ttlInSeconds);
       reply.header('retry-after', String(retryAfter));
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_RATE_LIMITED',
         `rate limit of ${r.max} requests per minute reached; retry in ${retryAfter} s`,
       );

@@ -3,7 +3,7 @@
 // so none of this is reachable by an unauthenticated caller except the token-exchange form, which
 // carries its client credential inside the body and is therefore bounded by size alone.
 import type { FastifyError, FastifyInstance, FastifyRequest } from 'fastify';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 
 /**
  * The deepest JSON a body may nest. Every broker body is one flat object (depth 1); the headroom is
@@ -20,8 +20,10 @@ export const MAX_JSON_DEPTH = 8;
 export const BODY_LIMITS = {
   /** purpose ≤ 512 chars, user_token ≤ 16 KiB. */
   openTask: 20 * 1024,
-  /** audience ≤ 2 KiB, tool, resource, action, args_sha256. */
-  callToken: 8 * 1024,
+  /** audience ≤ 2 KiB, tool, resource, action, args_sha256, and the call's arguments (≤ ~32 KiB). */
+  callToken: 40 * 1024,
+  /** An approval decision: decision and a comment ≤ 1000 characters. */
+  approvalDecision: 8 * 1024,
   /** audience only; complete: status only; admin revoke: reason ≤ 256 chars. */
   small: 4 * 1024,
   /** subject_token and actor credential ≤ 16 KiB each, authorization_details ≤ 8 KiB (form-encoded). */
@@ -65,7 +67,7 @@ export function installDepthLimitedJsonParser(app: FastifyInstance): void {
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
     if (jsonNestsDeeperThan(body as string, MAX_JSON_DEPTH)) {
       done(
-        new TaskpassError('TASKPASS_BAD_REQUEST', `JSON nested deeper than ${MAX_JSON_DEPTH} levels`),
+        new BrokerError('TASKPASS_BAD_REQUEST', `JSON nested deeper than ${MAX_JSON_DEPTH} levels`),
         undefined,
       );
       return;

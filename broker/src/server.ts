@@ -13,7 +13,7 @@ import { buildApp } from './app.ts';
 import { createAuditLog } from './audit.ts';
 import { pinPeerIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 import { keyWrapperFromConfig } from './key-wrap.ts';
 import { SigningKeys } from './keys.ts';
 import { PolicyWatcher } from './policy/index.ts';
@@ -129,7 +129,7 @@ async function start(
         .svids.map((s) => s.hint ?? '')
         .filter(Boolean);
     } catch {}
-    throw new TaskpassError(
+    throw new BrokerError(
       'TASKPASS_CONFIG_INVALID',
       `workloadApi.hint ${JSON.stringify(hint)} matches no X.509-SVID of this workload (hints offered: ${hints.length ? hints.map((h) => JSON.stringify(h)).join(', ') : 'none'})`,
       { hint, hints },

@@ -4,19 +4,36 @@
 import { randomBytes } from 'node:crypto';
 import {
   type Action,
+  type ApprovalClaim,
+  type ApprovalRequiredBody,
   type AuthorizationDetail,
+  argsSha256,
   type CeilingEntry,
   checkResource,
   type Revocation,
 } from '@taskpass/contract';
+import { approvalSubject, approvalUrl, newApprovalId } from './approvals.ts';
 import type { AuditLog } from './audit.ts';
 import type { WorkloadIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
 import { mintToken } from './mint.ts';
-import type { HistoryQueries, KeysPort, PolicyPort, PolicyUser, TaskHistory } from './ports.ts';
-import type { ClosingStatus, Store, TaskRecord } from './store/types.ts';
+import type {
+  ApprovalRequirement,
+  HistoryQueries,
+  KeysPort,
+  PolicyPort,
+  PolicyUser,
+  TaskHistory,
+} from './ports.ts';
+import {
+  type ApprovalRecord,
+  type ClosingStatus,
+  effectiveStatus,
+  type Store,
+  type TaskRecord,
+} from './store/types.ts';
 import type { VerifiedUser } from './user-tokens.ts';
 
 /** A token the broker minted and what the client needs to know about it. */
@@ -73,8 +90,8 @@ async function durable<T>(what: string, p: Promise<T>): Promise<T> {
   try {
     return await p;
   } catch (e) {
-    if (e instanceof TaskpassError) throw e;
-    throw new TaskpassError(
+    if (e instanceof BrokerError) throw e;
+    throw new BrokerError(
       'TASKPASS_STORE_UNAVAILABLE',
       `the store could not ${what}; nothing was recorded`,
       undefined,
@@ -130,13 +147,12 @@ export class TaskService {
         code: admit.code,
         reason: admit.reason,
       });
-      throw new TaskpassError(admit.code, admit.reason);
+      throw new BrokerError(admit.code, admit.reason);
     }
     const maxTtl = policy.maxTaskTtlSec(agent.id, pu);
     let expiresAt = now + Math.min(input.ttlSec ?? maxTtl, maxTtl);
     if (user) expiresAt = Math.min(expiresAt, user.exp);
-    if (expiresAt <= now)
-      throw new TaskpassError('TASKPASS_USER_TOKEN_INVALID', 'the user token has expired');
+    if (expiresAt <= now) throw new BrokerError('TASKPASS_USER_TOKEN_INVALID', 'the user token has expired');
     const task: TaskRecord = {
       id: newTaskId(),
       agent: agent.id,
@@ -166,24 +182,139 @@ export class TaskService {
   async usableTask(agent: WorkloadIdentity, id: string): Promise<TaskRecord> {
     const task = await this.ownedTask(agent, id);
     if (task.status !== 'open') {
-      throw new TaskpassError('TASKPASS_TASK_CLOSED', `task ${id} is ${task.status}; its tokens are revoked`);
+      throw new BrokerError('TASKPASS_TASK_CLOSED', `task ${id} is ${task.status}; its tokens are revoked`);
     }
     if (task.expiresAt <= this.nowSec())
-      throw new TaskpassError('TASKPASS_TASK_EXPIRED', `task ${id} has expired`);
+      throw new BrokerError('TASKPASS_TASK_EXPIRED', `task ${id} has expired`);
     return task;
   }
 
   /** Loads a task and checks it belongs to the caller (status not checked). */
   async ownedTask(agent: WorkloadIdentity, id: string): Promise<TaskRecord> {
     const task = await this.d.store.getTask(id);
-    if (!task) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+    if (!task) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
     if (task.agent !== agent.id)
-      throw new TaskpassError('TASKPASS_TASK_NOT_OWNED', `task ${id} belongs to another agent`);
+      throw new BrokerError('TASKPASS_TASK_NOT_OWNED', `task ${id} belongs to another agent`);
     return task;
   }
 
   private tokenExp(now: number, ttlSec: number, task: TaskRecord): number {
     return Math.min(now + Math.min(ttlSec, this.d.config.tokens.maxTtl), task.expiresAt);
+  }
+
+  /**
+   * The digest the token would be bound to: `args_sha256` as sent, checked against the arguments
+   * when they were sent too (or computed from them when only they were sent).
+   */
+  private boundDigest(req: {
+    args_sha256?: string | undefined;
+    arguments?: Record<string, unknown> | undefined;
+  }) {
+    if (req.arguments === undefined) return req.args_sha256;
+    let digest: string;
+    try {
+      digest = argsSha256(req.arguments);
+    } catch {
+      throw new BrokerError('TASKPASS_BAD_REQUEST', 'arguments must be JSON');
+    }
+    if (req.args_sha256 !== undefined && req.args_sha256 !== digest) {
+      throw new BrokerError(
+        'TASKPASS_ARGUMENTS_MISMATCH',
+        'the arguments sent do not hash to args_sha256 (canonical JSON, SHA-256, base64url)',
+      );
+    }
+    return digest;
+  }
+
+  /**
+   * The approval of this exact call (asked now if none is live), or an error that says where it
+   * stands: TASKPASS_APPROVAL_REQUIRED while pending, _DENIED, _EXPIRED. Resolves only with an
+   * approved approval, whose one token the caller may now issue.
+   */
+  private async approvalOf(
+    agent: WorkloadIdentity,
+    task: TaskRecord,
+    req: { audience: string; tool: string; resource: string; action: Action },
+    digest: string,
+    args: Record<string, unknown> | undefined,
+    need: ApprovalRequirement,
+  ): Promise<ApprovalRecord> {
+    const now = this.nowSec();
+    const asked: ApprovalRecord = {
+      id: newApprovalId(),
+      taskId: task.id,
+      agent: agent.id,
+      sub: task.sub,
+      ...(task.userIssuer ? { userIssuer: task.userIssuer } : {}),
+      purpose: task.purpose,
+      audience: req.audience,
+      tool: req.tool,
+      resource: req.resource,
+      action: req.action,
+      argsSha256: digest,
+      ...(args !== undefined ? { arguments: args } : {}),
+      template: need.template,
+      rules: [...need.rules],
+      status: 'pending',
+      createdAt: now,
+      // A pending approval never outlives its task.
+      expiresAt: Math.min(now + need.ttlSec, task.expiresAt),
+    };
+    const { approval: a, created } = await durable(
+      'record the approval',
+      this.d.store.requestApproval(asked, now),
+    );
+    const base = {
+      approval: a.id,
+      agent: agent.id,
+      user: task.sub,
+      task: task.id,
+      tool: req.tool,
+      resource: req.resource,
+      action: req.action,
+      audience: req.audience,
+      template: a.template,
+      args_sha256: digest,
+    };
+    if (created) {
+      this.d.metrics.approvalRequests.inc();
+      this.d.audit.record({ event: 'approval.requested', ...base, exp: a.expiresAt });
+    }
+    const status = effectiveStatus(a, now);
+    if (status === 'approved') return a;
+    this.d.metrics.decisions.inc({ result: 'deny', reason: approvalCode(status) });
+    if (status === 'denied') {
+      throw new BrokerError(
+        'TASKPASS_APPROVAL_DENIED',
+        `${a.approver ? `${a.approver.sub} ` : 'an approver '}denied this call${a.comment ? `: ${a.comment}` : ''}`,
+        {
+          approval_id: a.id,
+          template: a.template,
+          // `reason` is what the agent shows (the plugin's TaskpassDeniedError.reason): the
+          // approver's own words when given, as the approval's long poll reports them too.
+          ...(a.comment !== undefined ? { comment: a.comment, reason: a.comment } : {}),
+        },
+      );
+    }
+    if (status === 'expired') {
+      throw new BrokerError(
+        'TASKPASS_APPROVAL_EXPIRED',
+        `approval ${a.id} expired before it was ${a.status === 'approved' ? 'used' : 'decided'}; ask again`,
+        { approval_id: a.id, template: a.template },
+      );
+    }
+    const body: Omit<ApprovalRequiredBody, 'code' | 'message'> = {
+      approval_id: a.id,
+      approval_url: approvalUrl(this.d.config, a.id),
+      expires_at: a.expiresAt,
+      request: approvalSubject(a),
+      template: a.template,
+    };
+    throw new BrokerError(
+      'TASKPASS_APPROVAL_REQUIRED',
+      `a person must approve this call first (template ${a.template}); ask again once approval ${a.id} is approved`,
+      { ...body },
+    );
   }
 
   /** Decides, mints and records one call token. */
@@ -196,11 +327,13 @@ export class TaskService {
       resource: string;
       action: Action;
       args_sha256?: string | undefined;
+      arguments?: Record<string, unknown> | undefined;
     },
   ): Promise<MintedToken> {
     const started = performance.now();
     const grammar = checkResource(req.resource);
-    if (!grammar.ok) throw new TaskpassError('TASKPASS_INVALID_RESOURCE', grammar.reason);
+    if (!grammar.ok) throw new BrokerError('TASKPASS_INVALID_RESOURCE', grammar.reason);
+    const digest = this.boundDigest(req);
     const policy = this.d.policies.current();
     const queries = policy.historyQueries({
       audience: req.audience,
@@ -232,6 +365,8 @@ export class TaskService {
         resource: req.resource,
         history,
         taskAgeSec: this.nowSec() - task.createdAt,
+        argsSha256: digest,
+        arguments: req.arguments,
       });
       if (!decision.allow) {
         this.d.metrics.decisions.inc({ result: 'deny', reason: decision.code });
@@ -242,7 +377,7 @@ export class TaskService {
           code: decision.code,
           reason: decision.reason,
         });
-        throw new TaskpassError(
+        throw new BrokerError(
           decision.code,
           decision.reason,
           decision.template
@@ -250,6 +385,19 @@ export class TaskService {
             : { reason: decision.reason },
         );
       }
+      // Past the policy, a call that needs a person stops here until one approved it.
+      const approval =
+        decision.approval && digest
+          ? await this.approvalOf(agent, task, req, digest, req.arguments, decision.approval)
+          : undefined;
+      if (decision.approval && !approval) {
+        // The engine asks for args_sha256 whenever a rule binds arguments; never mint unbound.
+        throw new BrokerError('TASKPASS_ARGUMENTS_REQUIRED', 'this call must be bound to its arguments');
+      }
+      const claim: ApprovalClaim | undefined =
+        approval?.approver && approval.decidedAt !== undefined
+          ? { id: approval.id, approver: approval.approver, approved_at: approval.decidedAt }
+          : undefined;
       const now = this.nowSec();
       const exp = this.tokenExp(now, decision.ttlSec, task);
       const detail: AuthorizationDetail = {
@@ -257,7 +405,8 @@ export class TaskService {
         tool: req.tool,
         resource: req.resource,
         action: req.action,
-        ...(req.args_sha256 ? { args_sha256: req.args_sha256 } : {}),
+        ...(digest ? { args_sha256: digest } : {}),
+        ...(claim ? { approval: claim } : {}),
       };
       const key = this.d.keys.current();
       const { token, jti } = mintToken({
@@ -293,13 +442,18 @@ export class TaskService {
             issuedAt: now,
             expiresAt: exp,
           },
-          toolCount === undefined ? {} : { ifToolCount: toolCount },
+          {
+            ...(toolCount === undefined ? {} : { ifToolCount: toolCount }),
+            // One approval, one token: used in the same atomic step that records the call.
+            ...(approval ? { consumeApproval: { id: approval.id, now } } : {}),
+          },
         ),
       );
       if (!recorded) {
-        // The minted token was never handed out; it dies here.
+        // The minted token was never handed out; it dies here. (Had its approval been used by a
+        // concurrent request, the next attempt finds it used and asks for a new one.)
         if (attempt < MAX_CAS_ATTEMPTS) continue;
-        throw new TaskpassError(
+        throw new BrokerError(
           'TASKPASS_STORE_UNAVAILABLE',
           'the task changed concurrently on every attempt to record this call; try again',
         );
@@ -313,7 +467,19 @@ export class TaskService {
         owner: decision.owner,
         jti,
         exp,
+        ...(approval ? { approval: approval.id, args_sha256: digest } : {}),
       });
+      if (approval) {
+        this.d.audit.record({
+          event: 'approval.used',
+          ...base,
+          approval: approval.id,
+          approver: claim ? `${claim.approver.sub} at ${claim.approver.iss}` : undefined,
+          template: approval.template,
+          args_sha256: digest,
+          jti,
+        });
+      }
       return {
         accessToken: token,
         jti,
@@ -341,10 +507,7 @@ export class TaskService {
         audience,
         code: 'TASKPASS_DENIED_AUDIENCE',
       });
-      throw new TaskpassError(
-        'TASKPASS_DENIED_AUDIENCE',
-        `no template allows this agent to call ${audience}`,
-      );
+      throw new BrokerError('TASKPASS_DENIED_AUDIENCE', `no template allows this agent to call ${audience}`);
     }
     const now = this.nowSec();
     const exp = this.tokenExp(now, s.ttlSec || this.d.config.tokens.defaultTtl, task);
@@ -399,6 +562,17 @@ export class TaskService {
       this.d.store.completeTask(id, status, this.nowSec(), reason),
     );
     if (!r.alreadyCompleted) this.d.metrics.revocations.inc({ kind: 'task' });
+    for (const approval of r.cancelledApprovals) {
+      this.d.audit.record({
+        event: 'approval.cancelled',
+        approval,
+        agent: r.task.agent,
+        user: r.task.sub,
+        task: id,
+        status: r.task.status,
+        by: by.id,
+      });
+    }
     this.d.audit.record({
       event: status === 'revoked' ? 'task.revoked' : 'task.completed',
       agent: r.task.agent,
@@ -421,4 +595,12 @@ export class TaskService {
     this.d.audit.record({ event: 'token.revoked', jti, task, by: by.id });
     return r;
   }
+}
+
+function approvalCode(status: string): string {
+  return status === 'denied'
+    ? 'TASKPASS_APPROVAL_DENIED'
+    : status === 'expired'
+      ? 'TASKPASS_APPROVAL_EXPIRED'
+      : 'TASKPASS_APPROVAL_REQUIRED';
 }

@@ -12,7 +12,7 @@ import {
   jwtVerify,
 } from 'jose';
 import type { TrustedIssuerConfig } from './config.ts';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 
 /** A verified user token. */
 export interface VerifiedUser {
@@ -34,8 +34,8 @@ type FetchLike = (
   init?: { signal?: AbortSignal },
 ) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>;
 
-const invalid = (message: string, cause?: unknown): TaskpassError =>
-  new TaskpassError('TASKPASS_USER_TOKEN_INVALID', message, undefined, cause ? { cause } : undefined);
+const invalid = (message: string, cause?: unknown): BrokerError =>
+  new BrokerError('TASKPASS_USER_TOKEN_INVALID', message, undefined, cause ? { cause } : undefined);
 
 /** Claims copied into the task (and so into the store) — never the raw token. */
 const DROPPED_CLAIMS = new Set(['at_hash', 'c_hash', 'nonce', 'sid']);

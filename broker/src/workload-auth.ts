@@ -10,7 +10,7 @@ import {
 import type { X509Certificate } from 'node:crypto';
 import { x5tS256 } from '@taskpass/contract';
 import type { WorkloadAuthenticator, WorkloadIdentity } from './auth.ts';
-import { TaskpassError } from './errors.ts';
+import { BrokerError } from './errors.ts';
 
 /** Something that announces changes of the X.509 bundles (the X509Source emits 'update'). */
 export interface BundleUpdates {
@@ -73,10 +73,7 @@ export function createWorkloadAuthenticator(opts: {
   const peers = new WeakMap<object, CachedPeer | null>();
   const accept = (id: SpiffeId): void => {
     if (!tds.has(id.trustDomain.name)) {
-      throw new TaskpassError(
-        'TASKPASS_UNAUTHENTICATED',
-        'the SPIFFE ID belongs to an untrusted trust domain',
-      );
+      throw new BrokerError('TASKPASS_UNAUTHENTICATED', 'the SPIFFE ID belongs to an untrusted trust domain');
     }
   };
   return {
@@ -101,7 +98,7 @@ export function createWorkloadAuthenticator(opts: {
         try {
           ({ id, verifiedChain } = verifyX509Svid(peerChain, opts.x509Bundles, { now: new Date(t) }));
         } catch (e) {
-          throw new TaskpassError(
+          throw new BrokerError(
             'TASKPASS_UNAUTHENTICATED',
             'the client certificate is not a valid X.509-SVID',
             undefined,
@@ -133,7 +130,7 @@ export function createWorkloadAuthenticator(opts: {
           );
           id = svid.id;
         } catch (e) {
-          throw new TaskpassError(
+          throw new BrokerError(
             'TASKPASS_UNAUTHENTICATED',
             'the JWT-SVID is not valid for this broker',
             undefined,
@@ -145,7 +142,7 @@ export function createWorkloadAuthenticator(opts: {
         accept(id);
         return { id: id.toString(), spiffeId: id, trustDomain: id.trustDomain.name, method: 'jwt-svid' };
       }
-      throw new TaskpassError(
+      throw new BrokerError(
         'TASKPASS_UNAUTHENTICATED',
         'authenticate with an mTLS X.509-SVID or Authorization: Bearer <JWT-SVID>',
       );

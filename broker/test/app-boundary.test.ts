@@ -94,8 +94,8 @@ test('JSON nested deeper than the limit is refused before JSON.parse runs', asyn
 test('each route accepts no larger body than its schema admits (413 TASKPASS_BODY_TOO_LARGE)', async () => {
   const b = await testBroker(); // default bodyLimit (64 KiB)
   const task = await opsTask(b);
-  // A valid call-token body padded with whitespace past 8 KiB.
-  const padded = `${' '.repeat(9000)}${JSON.stringify(callBody)}`;
+  // A valid call-token body padded with whitespace past 40 KiB (the arguments may take ~32 KiB).
+  const padded = `${' '.repeat(41_000)}${JSON.stringify(callBody)}`;
   const r = await b.app.inject({
     method: 'POST',
     url: `/v1/tasks/${task}/tokens`,

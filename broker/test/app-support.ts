@@ -7,12 +7,21 @@ import pino from 'pino';
 import { buildApp } from '../src/app.ts';
 import type { WorkloadAuthenticator, WorkloadIdentity } from '../src/auth.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
-import { TaskpassError } from '../src/errors.ts';
+import { BrokerError } from '../src/errors.ts';
 import { historyOf } from '../src/policy/engine.ts';
 import type { HistoryQueries, PolicyDecision, PolicyDeny, PolicyPort, PolicyUser } from '../src/ports.ts';
 import { RevocationHub } from '../src/revocation-hub.ts';
 import type { Revocation } from '@taskpass/contract';
-import type { ClosingStatus, IssuedCall, Store, StoredSigningKey, TaskRecord } from '../src/store/types.ts';
+import {
+  type ApprovalDecisionInput,
+  type ApprovalRecord,
+  approvalCallKey,
+  type ClosingStatus,
+  type IssuedCall,
+  type Store,
+  type StoredSigningKey,
+  type TaskRecord,
+} from '../src/store/types.ts';
 import { createUserTokenVerifier } from '../src/user-tokens.ts';
 
 export const TD = 'taskpass.local';
@@ -62,17 +71,29 @@ export class MemoryStore implements Store {
     if (!t) throw new Error('no task');
     if (t.status !== 'open') {
       const r = this.revs.find((x) => x.kind === 'task' && x.id === id)!;
-      return { task: structuredClone(t), revocation: r, alreadyCompleted: true };
+      return { task: structuredClone(t), revocation: r, alreadyCompleted: true, cancelledApprovals: [] };
     }
     t.status = status;
     t.finishedAt = at;
+    const cancelledApprovals: string[] = [];
+    for (const a of this.approvals.values()) {
+      if (a.taskId === id && (a.status === 'pending' || a.status === 'approved')) {
+        a.status = 'cancelled';
+        cancelledApprovals.push(a.id);
+      }
+    }
+    for (const a of cancelledApprovals) this.approvalChanged(a);
     return {
       task: structuredClone(t),
       revocation: this.push({ kind: 'task', id, until: t.expiresAt, reason }),
       alreadyCompleted: false,
+      cancelledApprovals,
     };
   }
-  async recordIssued(c: IssuedCall, opts: { ifToolCount?: number } = {}) {
+  async recordIssued(
+    c: IssuedCall,
+    opts: { ifToolCount?: number; consumeApproval?: { id: string; now: number } } = {},
+  ) {
     if (this.failWrites) throw new Error('disk full');
     if (
       opts.ifToolCount !== undefined &&
@@ -80,7 +101,12 @@ export class MemoryStore implements Store {
     ) {
       return false;
     }
+    const consume = opts.consumeApproval;
+    const a = consume && this.approvals.get(consume.id);
+    if (consume && (a?.status !== 'approved' || a.expiresAt <= consume.now)) return false;
+    if (a) Object.assign(a, { status: 'used', usedAt: consume!.now, jti: c.jti });
     this.issued.push(c);
+    if (a) this.approvalChanged(a.id);
     return true;
   }
   async listIssued(taskId: string) {
@@ -129,6 +155,56 @@ export class MemoryStore implements Store {
   }
   async deleteSigningKey(kid: string) {
     this.keys = this.keys.filter((k) => k.kid !== kid);
+  }
+  approvals = new Map<string, ApprovalRecord>();
+  approvalOfCall = new Map<string, string>();
+  approvalListeners = new Set<(id: string) => void>();
+  private approvalChanged(id: string) {
+    for (const l of this.approvalListeners) l(id);
+  }
+  async requestApproval(a: ApprovalRecord, now: number) {
+    const t = this.tasks.get(a.taskId);
+    if (!t) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', 'no task');
+    if (t.status !== 'open') throw new BrokerError('TASKPASS_TASK_CLOSED', 'closed');
+    const key = approvalCallKey(a);
+    const cur = this.approvals.get(this.approvalOfCall.get(key) ?? '');
+    if (cur) {
+      const open = cur.status === 'pending' || cur.status === 'approved';
+      if ((open && cur.expiresAt > now) || cur.status === 'denied') {
+        return { approval: structuredClone(cur), created: false };
+      }
+      if (open) {
+        cur.status = 'expired';
+        this.approvalOfCall.delete(key);
+        return { approval: structuredClone(cur), created: false };
+      }
+    }
+    this.approvals.set(a.id, structuredClone(a));
+    this.approvalOfCall.set(key, a.id);
+    return { approval: structuredClone(a), created: true };
+  }
+  async getApproval(id: string) {
+    const a = this.approvals.get(id);
+    return a && structuredClone(a);
+  }
+  async decideApproval(id: string, d: ApprovalDecisionInput, now: number) {
+    const a = this.approvals.get(id);
+    if (!a) return undefined;
+    if (a.status !== 'pending' || a.expiresAt <= now) return { decided: false, approval: structuredClone(a) };
+    Object.assign(a, { status: d.status, approver: d.approver, decidedAt: d.decidedAt });
+    if (d.comment !== undefined) a.comment = d.comment;
+    this.approvalChanged(id);
+    return { decided: true, approval: structuredClone(a) };
+  }
+  async listPendingApprovals(now: number, limit: number) {
+    return [...this.approvals.values()]
+      .filter((a) => a.status === 'pending' && a.expiresAt > now)
+      .slice(0, limit)
+      .map((a) => structuredClone(a));
+  }
+  onApprovalChange(l: (id: string) => void) {
+    this.approvalListeners.add(l);
+    return () => this.approvalListeners.delete(l);
   }
   onRevocation(l: (r: Revocation) => void) {
     this.listeners.add(l);
@@ -243,7 +319,7 @@ export class TinyPolicy implements PolicyPort {
 export function fakeAuth(): WorkloadAuthenticator {
   const identity = (id: string, method: 'mtls' | 'jwt-svid'): WorkloadIdentity => {
     const m = /^spiffe:\/\/([^/]+)(\/.*)$/.exec(id);
-    if (!m) throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'bad id');
+    if (!m) throw new BrokerError('TASKPASS_UNAUTHENTICATED', 'bad id');
     const spiffeId = {
       trustDomain: { name: m[1]! },
       path: m[2]!,
@@ -263,7 +339,7 @@ export function fakeAuth(): WorkloadAuthenticator {
       if (chain?.length) return identity((chain[0] as unknown as { id: string }).id, 'mtls');
       if (c.jwtSvid?.startsWith('tsvid.'))
         return identity(Buffer.from(c.jwtSvid.slice(6), 'base64url').toString(), 'jwt-svid');
-      throw new TaskpassError('TASKPASS_UNAUTHENTICATED', 'no credential');
+      throw new BrokerError('TASKPASS_UNAUTHENTICATED', 'no credential');
     },
   };
 }
@@ -313,6 +389,8 @@ export async function testBroker<S extends Store = MemoryStore>(
     store?: S;
     policy?: PolicyPort;
     keysProtection?: 'encrypted' | 'plaintext';
+    /** Receives the audit records (default: the silent logger). */
+    audit?: Parameters<typeof buildApp>[0]['audit'];
     /** Adds to the fake authenticator (e.g. a `svidHealth` for readiness tests). */
     identity?: Omit<Parameters<typeof buildApp>[0]['identity'], 'agentAuth'>;
   } = {},
@@ -348,6 +426,7 @@ export async function testBroker<S extends Store = MemoryStore>(
     },
     policies: { current: () => policy },
     identity: { agentAuth: fakeAuth(), ...opts.identity },
+    ...(opts.audit ? { audit: opts.audit } : {}),
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
     hub,
     logger: pino({ level: 'silent' }),

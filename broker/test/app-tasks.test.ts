@@ -262,6 +262,7 @@ test('authentication, validation and store failures', async () => {
   const r = await token(b, t.task_id, read);
   assert.equal(r.statusCode, 503);
   assert.equal(r.json().code, 'TASKPASS_STORE_UNAVAILABLE');
+  assert.equal(r.headers['retry-after'], '1');
   assert.ok(!r.body.includes('disk full'));
   const c = await b.app.inject({
     method: 'POST',

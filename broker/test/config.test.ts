@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { loadConfig, parseConfig, parseDurationSec } from '../src/config.ts';
-import { TaskpassError } from '../src/errors.ts';
+import { BrokerError } from '../src/errors.ts';
 import { generateKek, keyWrapperFromConfig } from '../src/key-wrap.ts';
 
 const minimal = { issuer: 'https://broker.test:8443', trustDomain: 'taskpass.local' };
@@ -48,7 +48,7 @@ function invalid(raw: unknown): { path: string; message: string }[] {
   try {
     parseConfig(raw);
   } catch (e) {
-    assert.ok(e instanceof TaskpassError);
+    assert.ok(e instanceof BrokerError);
     assert.equal(e.code, 'TASKPASS_CONFIG_INVALID');
     return e.details?.issues as { path: string; message: string }[];
   }
@@ -122,7 +122,7 @@ test('loadConfig reads YAML from --config and lets TASKPASS_* env override it', 
   writeFileSync(file, 'issuer: [unclosed');
   assert.throws(
     () => loadConfig({ file, env: {} }),
-    (e: unknown) => e instanceof TaskpassError && e.code === 'TASKPASS_CONFIG_INVALID',
+    (e: unknown) => e instanceof BrokerError && e.code === 'TASKPASS_CONFIG_INVALID',
   );
 });
 
@@ -133,7 +133,7 @@ test('workloadApi.hint picks the broker SVID; sweepEvery schedules the store swe
   const c = parseConfig({ ...minimal, workloadApi: { hint: 'broker' }, sweepEvery: '5m' });
   assert.equal(c.workloadApi.hint, 'broker');
   assert.equal(c.sweepEvery, 300);
-  assert.throws(() => parseConfig({ ...minimal, workloadApi: { hint: '' } }), TaskpassError);
+  assert.throws(() => parseConfig({ ...minimal, workloadApi: { hint: '' } }), BrokerError);
   const e = loadConfig({
     env: {
       TASKPASS_ISSUER: minimal.issuer,
@@ -187,7 +187,7 @@ test('signing keys at rest: no KEK and no plaintext opt-in refuses to start; KEK
   assert.equal(none.keys.allowPlaintext, false);
   assert.throws(
     () => keyWrapperFromConfig(none.keys),
-    (e: TaskpassError) => e.code === 'TASKPASS_CONFIG_INVALID' && /keys\.allowPlaintext/.test(e.message),
+    (e: BrokerError) => e.code === 'TASKPASS_CONFIG_INVALID' && /keys\.allowPlaintext/.test(e.message),
   );
   // Explicit opt-in.
   assert.equal(
@@ -214,19 +214,19 @@ test('signing keys at rest: no KEK and no plaintext opt-in refuses to start; KEK
   assert.equal(keyWrapperFromConfig(fromFile.keys).currentKekId, 'k2', 'the first entry is current');
   assert.throws(
     () => keyWrapperFromConfig({ kekFile: join(dir, 'missing') }),
-    (e: TaskpassError) => e.code === 'TASKPASS_CONFIG_INVALID',
+    (e: BrokerError) => e.code === 'TASKPASS_CONFIG_INVALID',
   );
   // A malformed KEK fails validation without echoing the key.
   const short = `k1:${Buffer.alloc(16, 7).toString('base64url')}`;
   assert.throws(
     () => parseConfig({ ...minimal, keys: { kek: short } }),
-    (e: TaskpassError) =>
+    (e: BrokerError) =>
       e.code === 'TASKPASS_CONFIG_INVALID' &&
       /32 bytes/.test(e.message) &&
       !e.message.includes(short.slice(3)),
   );
-  assert.throws(() => parseConfig({ ...minimal, keys: { kek, allowPlaintext: true } }), TaskpassError);
-  assert.throws(() => parseConfig({ ...minimal, keys: { kek, kekFile: file } }), TaskpassError);
+  assert.throws(() => parseConfig({ ...minimal, keys: { kek, allowPlaintext: true } }), BrokerError);
+  assert.throws(() => parseConfig({ ...minimal, keys: { kek, kekFile: file } }), BrokerError);
 });
 
 test('store.redis.timeoutMs bounds every Redis call: default 2000 ms, TASKPASS_STORE_REDIS_TIMEOUT_MS sets it', () => {
@@ -245,5 +245,49 @@ test('store.redis.timeoutMs bounds every Redis call: default 2000 ms, TASKPASS_S
     invalid({ ...minimal, store: { redis: { url: 'redis://x', timeoutMs: 0 } } }).some(
       (i) => i.path === 'store.redis.timeoutMs',
     ),
+  );
+});
+
+test('approvals: a distinct audience for approver tokens, and an approval URL template with {id}', () => {
+  const c = parseConfig(minimal);
+  assert.equal(c.approvals.audience, 'taskpass-approvals');
+  assert.equal(c.approvals.url, undefined);
+  const idp = (audience: string | string[]) => ({
+    users: { trustedIssuers: [{ issuer: 'https://idp.test', audience, jwks: { keys: [{ kty: 'EC' }] } }] },
+  });
+  const refused = (raw: Record<string, unknown>, path: string, message: RegExp) =>
+    assert.throws(
+      () => parseConfig({ ...minimal, ...raw }),
+      (e: unknown) => {
+        assert.ok(e instanceof BrokerError && e.code === 'TASKPASS_CONFIG_INVALID');
+        const issues = (e.details?.issues ?? []) as { path: string; message: string }[];
+        assert.match(issues.find((i) => i.path === path)?.message ?? '', message);
+        return true;
+      },
+    );
+  // The agent holds delegation tokens: one valid for approving would let it approve.
+  refused(idp(['taskpass', 'taskpass-approvals']), 'approvals.audience', /delegation token the agent holds/);
+  refused(
+    { ...idp('taskpass'), approvals: { audience: 'taskpass' } },
+    'approvals.audience',
+    /users\.trustedIssuers\[0\]/,
+  );
+  refused({ approvals: { url: 'https://console.example/approvals' } }, 'approvals.url', /\{id\}/);
+  refused({ approvals: { url: '/approvals/{id}' } }, 'approvals.url', /absolute URL/);
+  const ok = parseConfig({
+    ...minimal,
+    ...idp('taskpass'),
+    approvals: { audience: 'approvals', url: 'https://console.example/a/{id}' },
+  });
+  assert.equal(ok.approvals.url, 'https://console.example/a/{id}');
+  assert.equal(
+    loadConfig({
+      env: {
+        TASKPASS_ISSUER: minimal.issuer,
+        TASKPASS_TRUST_DOMAIN: 'td',
+        TASKPASS_APPROVALS_AUDIENCE: 'apr',
+      },
+    }).approvals.audience,
+    'apr',
   );
 });

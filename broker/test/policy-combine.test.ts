@@ -81,6 +81,7 @@ describe('overlapping templates', () => {
         owner: 'lenient@taskpass.local, strict@taskpass.local',
         ttlSec: 30,
         singleUse: true,
+        bindArguments: false,
       });
     }
   });
@@ -94,6 +95,7 @@ describe('overlapping templates', () => {
       owner: 'lenient@taskpass.local',
       ttlSec: 120,
       singleUse: false,
+      bindArguments: false,
     });
     // Strict template's cap reached: likewise.
     const capped = close(set, [

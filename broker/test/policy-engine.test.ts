@@ -120,6 +120,7 @@ describe('PolicySet.decide', () => {
       owner: 'support@taskpass.local',
       ttlSec: 60,
       singleUse: false,
+      bindArguments: false,
     });
     const w = call({ tool: 'close_ticket', action: 'write', history: [step('get_ticket', 'tickets/T-1')] });
     assert.equal(w.allow && w.singleUse, true, 'write defaults to single use');

@@ -3,7 +3,7 @@ import { mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { TaskpassError } from '../src/errors.ts';
+import { BrokerError } from '../src/errors.ts';
 import {
   loadPolicyDir,
   type PolicyError,
@@ -214,7 +214,7 @@ describe('PolicyWatcher', () => {
     w.on('rejected', (r: ReloadReport) => rejected.push(r));
     await writeFile(join(d, 'a.yaml'), GOOD.replace('action: read', 'action: rad'));
     await assert.rejects(w.reload(), (err: unknown) => {
-      assert.ok(err instanceof TaskpassError);
+      assert.ok(err instanceof BrokerError);
       assert.equal(err.code, 'TASKPASS_POLICY_INVALID');
       assert.match(err.message, /a\.yaml:\d+:\d+ tools\[0\]\.action/);
       return true;

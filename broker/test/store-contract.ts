@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { test } from 'node:test';
-import { TaskpassError } from '../src/errors.ts';
+import { BrokerError } from '../src/errors.ts';
 import type { Revocation } from '@taskpass/contract';
 import {
   REVOCATION_GRACE_SEC,
@@ -121,7 +121,7 @@ export function storeContract(name: string, make: MakeStore): void {
       off();
 
       await assert.rejects(s.completeTask('missing', 'completed', at, 'x'), (e: unknown) => {
-        assert.ok(e instanceof TaskpassError);
+        assert.ok(e instanceof BrokerError);
         assert.equal(e.code, 'TASKPASS_TASK_NOT_FOUND');
         return true;
       });

@@ -6,13 +6,16 @@ import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import { createStore } from '../src/store/index.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import { storeContract } from './store-contract.ts';
+import { approvalContract } from './store-approvals.ts';
+import { type MakeStore, storeContract } from './store-contract.ts';
 
-storeContract('sqlite :memory:', async () => {
+const memory: MakeStore = async () => {
   const store = new SqliteStore({ path: ':memory:' });
   await store.init();
   return { store, cleanup: () => store.close() };
-});
+};
+storeContract('sqlite :memory:', memory);
+approvalContract('sqlite :memory:', memory);
 
 function tempDir(): { dir: string; [Symbol.dispose](): void } {
   const dir = mkdtempSync(join(tmpdir(), 'taskpass-store-'));
@@ -35,7 +38,7 @@ test('sqlite file: WAL journal, parent directories created, schema version recor
       2,
       'a new file is INCREMENTAL from its first table',
     );
-    assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 2);
+    assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 3);
   } finally {
     db.close();
   }
@@ -138,7 +141,9 @@ test('sqlite: upgrading a version-1 file backfills the workflow lookups from the
   await s.close();
   // Back to what version 1 had: no lookup tables, and calls in the issued log only.
   const db = new Database(path);
-  db.exec('DROP TABLE issued_counts; DROP TABLE issued_prior; UPDATE schema_version SET version = 1');
+  db.exec(
+    'DROP TABLE issued_counts; DROP TABLE issued_prior; DROP TABLE approvals; DROP TABLE approval_calls; UPDATE schema_version SET version = 1',
+  );
   const ins = db.prepare(
     `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)
      VALUES (?, 't1', ?, ?, 'read', ?, 0, 60)`,
@@ -292,6 +297,8 @@ test('sqlite sweep: each batch is an index range scan (EXPLAIN QUERY PLAN)', asy
     "DELETE FROM issued_prior WHERE task_id = 'x' LIMIT 5": 'PRIMARY KEY',
     'DELETE FROM revocations WHERE until <= 1 LIMIT 5': 'revocations_until',
     'DELETE FROM used WHERE until <= 1 LIMIT 5': 'used_until',
+    "DELETE FROM approvals WHERE task_id = 'x' LIMIT 5": 'approvals_task',
+    "DELETE FROM approval_calls WHERE task_id = 'x' LIMIT 5": 'approval_calls_task',
   };
   using tmp = tempDir();
   const path = join(tmp.dir, 'plan.db');
@@ -371,4 +378,38 @@ test('sqlite: a replay marker is kept until its token expires, then swept', asyn
   await s.sweep(now + 60);
   assert.equal(await s.markUsed('j', now + 60), true, 'swept at exp (the token no longer verifies)');
   await s.close();
+});
+
+test('sqlite: a database held by another writer answers TASKPASS_STORE_UNAVAILABLE, not a bare error', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const s = new SqliteStore({ path, busyTimeoutMs: 50 });
+  await s.init();
+  const other = new Database(path);
+  try {
+    other.exec('BEGIN EXCLUSIVE');
+    const now = nowSec();
+    const task = {
+      id: 'tsk_busy',
+      agent: 'spiffe://t/a',
+      sub: 'u',
+      purpose: 'p',
+      status: 'open' as const,
+      createdAt: now,
+      expiresAt: now + 60,
+    };
+    await assert.rejects(s.createTask(task), (e: unknown) => {
+      const err = e as { code?: string; status?: number; cause?: { code?: string } };
+      assert.equal(err.code, 'TASKPASS_STORE_UNAVAILABLE');
+      assert.equal(err.status, 503);
+      assert.equal(err.cause?.code, 'SQLITE_BUSY');
+      return true;
+    });
+    other.exec('COMMIT');
+    await s.createTask(task); // the lock is gone: the same write goes through
+    assert.equal((await s.getTask('tsk_busy'))?.id, 'tsk_busy');
+  } finally {
+    other.close();
+    await s.close();
+  }
 });

@@ -6,13 +6,14 @@ import { createStore } from '../src/store/index.ts';
 import { RedisStore } from '../src/store/redis.ts';
 import type { Revocation } from '@taskpass/contract';
 import { REVOCATION_GRACE_SEC } from '../src/store/types.ts';
-import { storeContract } from './store-contract.ts';
+import { approvalContract } from './store-approvals.ts';
+import { type MakeStore, storeContract } from './store-contract.ts';
 
 import { admin, dropPrefix, URL } from './redis-support.ts';
 
 const prefix = () => `taskpass-test:${randomUUID()}:`;
 
-storeContract('redis', async () => {
+const fresh: MakeStore = async () => {
   const p = prefix();
   const store = new RedisStore({ url: URL, prefix: p });
   await store.init();
@@ -20,6 +21,34 @@ storeContract('redis', async () => {
     store,
     cleanup: async () => {
       await store.close();
+      await dropPrefix(p);
+    },
+  };
+};
+storeContract('redis', fresh);
+approvalContract('redis', fresh);
+
+// Two replicas on one Redis: one approval per call, one decision, seen by both.
+approvalContract('redis, two replicas', async () => {
+  const p = prefix();
+  const a = new RedisStore({ url: URL, prefix: p });
+  const b = new RedisStore({ url: URL, prefix: p });
+  await a.init();
+  await b.init();
+  // Alternate calls between the replicas: every write lands on one, every read may come from the other.
+  let turn = 0;
+  const store = new Proxy(a, {
+    get(target, prop) {
+      const which = turn++ % 2 === 0 ? target : b;
+      const v = Reflect.get(which, prop) as unknown;
+      return typeof v === 'function' ? v.bind(which) : v;
+    },
+  });
+  return {
+    store,
+    cleanup: async () => {
+      await a.close();
+      await b.close();
       await dropPrefix(p);
     },
   };

@@ -2,8 +2,10 @@
 // task for a user: it proves who it is with its X.509-SVID (mTLS to the broker and to the MCP
 // server), opens a task with the user's ID token, and lets the MCP client call tools through
 // `taskpassFetch`, which fetches one call token per tools/call. The script also tries what it may
-// not do (a refund, a delete, closing a ticket it never read), replays a spent single-use token,
-// completes the task and replays a leftover token afterwards. Everything is recorded in a
+// not do (a delete, closing a ticket it never read), replays a spent single-use token, issues a
+// small refund on its own and a large one only once a support lead approved it, shows that the
+// approved token is refused for any other amount, completes the task and replays a leftover token
+// afterwards. Everything is recorded in a
 // structured transcript (never token material: only jtis, lifetimes and claims' shapes).
 //
 //   node --conditions=taskpass:source --import tsx examples/ticket-desk/agent.ts \
@@ -23,6 +25,7 @@ import {
   BrokerError,
   type CeilingEntry,
   isTaskpassDenial,
+  type TaskpassApprovalRequiredError,
   taskpassFetch,
 } from '@taskpass/agent-plugin';
 import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
@@ -53,14 +56,31 @@ export interface AgentScriptOptions {
   audience?: string;
   /** The delegating user's ID token. */
   userToken: string;
-  /** The ticket the task is about. Default T-1002 ("Charged twice for one order"). */
+  /** The ticket the task is about. Default T-1002 ("Charged twice for one order", 54.00). */
   ticketId?: string;
+  /** A ticket whose order is above the refund limit. Default T-1001 (129.90). */
+  largeRefundTicketId?: string;
   /**
    * Called right after the task completed; resolves with how long the revocation took to reach
    * the MCP server (e.g. the stack's `tickets.waitRevoked`). Without it the leftover token is
    * replayed at once.
    */
   awaitRevocation?: (taskId: string) => Promise<number>;
+  /**
+   * Called (not awaited) when a call waits for a person's approval, e.g. to have the demo's support
+   * lead decide it. Without it the agent waits for someone to decide at the approval URL.
+   */
+  onApprovalRequired?: (e: TaskpassApprovalRequiredError) => void;
+  /** How long a call waits for an approval, ms. Default 60 000. */
+  approvalTimeoutMs?: number;
+}
+
+/** A large refund's approval, as the agent saw it. */
+export interface ApprovalFacts {
+  id: string;
+  url: string;
+  /** Until the person decided and the token was issued, ms. */
+  waitedMs: number;
 }
 
 /** A refusal, from the broker (no token minted) or from the MCP server (token refused). */
@@ -85,6 +105,10 @@ export interface TokenFacts {
   /** `sub` (the user) and `act.sub` (the agent). */
   sub?: string;
   actor?: string;
+  /** `args_sha256` is present: the token is good for these exact arguments only. */
+  argsBound: boolean;
+  /** Who approved the call, when a person did (`authorization_details[0].approval`). */
+  approval?: { id: string; approver: string; approvedAt: number };
 }
 
 /** One step of the script. */
@@ -100,6 +124,8 @@ export type Step =
       result?: unknown;
       isError?: boolean;
       refusal?: Refusal;
+      /** The call waited for a person's approval. */
+      approval?: ApprovalFacts;
       ms: number;
     }
   | {
@@ -156,7 +182,12 @@ function factsOf(token: string): TokenFacts {
     exp?: number;
     cnf?: Record<string, unknown>;
     act?: { sub?: string };
+    authorization_details?: {
+      args_sha256?: string;
+      approval?: { id: string; approver: { sub: string }; approved_at: number };
+    }[];
   };
+  const detail = c.authorization_details?.[0];
   return {
     jti: String(c.jti),
     lifetimeSec: (c.exp ?? 0) - (c.iat ?? 0),
@@ -165,6 +196,16 @@ function factsOf(token: string): TokenFacts {
     certificateBound: typeof c.cnf?.['x5t#S256'] === 'string',
     ...(typeof c.sub === 'string' ? { sub: c.sub } : {}),
     ...(typeof c.act?.sub === 'string' ? { actor: c.act.sub } : {}),
+    argsBound: typeof detail?.args_sha256 === 'string',
+    ...(detail?.approval
+      ? {
+          approval: {
+            id: detail.approval.id,
+            approver: detail.approval.approver.sub,
+            approvedAt: detail.approval.approved_at,
+          },
+        }
+      : {}),
   };
 }
 
@@ -315,9 +356,20 @@ async function script(
     log({ event: 'task.opened', ...taskInfo });
 
     const mcp = new Client({ name: 'triage-bot', version: '1.0.0' });
+    // A call that needs a person's approval waits for the decision (then gets its one token).
+    let waiting: { id: string; url: string; since: number } | undefined;
+    const approval = {
+      wait: true as const,
+      timeoutMs: opts.approvalTimeoutMs ?? 60_000,
+      onApprovalRequired: (e: TaskpassApprovalRequiredError) => {
+        waiting = { id: e.approvalId, url: e.approvalUrl, since: performance.now() };
+        log({ event: 'approval.required', id: e.approvalId, url: e.approvalUrl, tool: e.request.tool });
+        opts.onApprovalRequired?.(e);
+      },
+    };
     // No declarations: the plugin uses the resource/action hints the server publishes in tools/list.
     const transport = new StreamableHTTPClientTransport(new URL(opts.mcpUrl), {
-      fetch: taskpassFetch(task, { audience, fetch: recordingFetch }),
+      fetch: taskpassFetch(task, { audience, fetch: recordingFetch, approval }),
     });
     await mcp.connect(transport);
     try {
@@ -333,6 +385,7 @@ async function script(
 
       const call = async (tool: string, args: Record<string, unknown>, expect: 'allowed' | 'denied') => {
         last = undefined;
+        waiting = undefined;
         const start = performance.now();
         let step: Extract<Step, { kind: 'call' }>;
         try {
@@ -381,6 +434,8 @@ async function script(
         }
         const rec = last as Recorded | undefined;
         if (rec && rec.tool === tool) step.token = factsOf(rec.token);
+        const asked = waiting as { id: string; url: string; since: number } | undefined;
+        if (asked) step.approval = { id: asked.id, url: asked.url, waitedMs: ms(asked.since) };
         steps.push(step);
         log({ event: 'step', ...step });
         if (step.outcome !== expect) {
@@ -443,10 +498,23 @@ async function script(
         comment: 'Duplicate charge confirmed on the order; a support lead needs to approve the refund.',
       });
 
-      // What the task's ceiling does not include, or its workflow does not allow yet.
+      // Refunds: the token is bound to the exact arguments. Up to 100 the template needs nobody
+      // else; above it a support lead approves this very call, and the token names them.
       const order = (read.step.result as { ticket?: { order?: { amount?: number } } } | undefined)?.ticket
         ?.order;
-      await call('issue_refund', { ticket_id: ticket, amount: order?.amount ?? 54 }, 'denied');
+      await call('issue_refund', { ticket_id: ticket, amount: order?.amount ?? 54 }, 'allowed');
+      const large = opts.largeRefundTicketId ?? 'T-1001';
+      const big = await call('get_ticket', { ticket_id: large }, 'allowed');
+      const bigOrder = (big.step.result as { ticket?: { order?: { amount?: number } } } | undefined)?.ticket
+        ?.order;
+      const amount = bigOrder?.amount ?? 129.9;
+      const approved = await call('issue_refund', { ticket_id: large, amount }, 'allowed');
+      await replay('approved refund token presented with another amount', approved.token, 'issue_refund', {
+        ticket_id: large,
+        amount: amount * 10,
+      });
+
+      // What the task's ceiling does not include, or its workflow does not allow yet.
       await call('delete_ticket', { ticket_id: 'T-1003' }, 'denied');
       await call('close_ticket', { ticket_id: 'T-1003' }, 'denied');
     } finally {
@@ -527,8 +595,9 @@ async function script(
  */
 export function checkStory(t: Transcript): string[] {
   const problems = [...t.deviations];
-  const call = (tool: string) =>
-    t.steps.find((s): s is Extract<Step, { kind: 'call' }> => s.kind === 'call' && s.tool === tool);
+  const calls = (tool: string) =>
+    t.steps.filter((s): s is Extract<Step, { kind: 'call' }> => s.kind === 'call' && s.tool === tool);
+  const call = (tool: string) => calls(tool)[0];
   const replay = (prefix: string) =>
     t.steps.find(
       (s): s is Extract<Step, { kind: 'replay' }> => s.kind === 'replay' && s.what.startsWith(prefix),
@@ -547,7 +616,13 @@ export function checkStory(t: Transcript): string[] {
       problems.push(`${tool}: expected a broker denial ${code}, got ${s?.outcome} ${s?.refusal?.code ?? ''}`);
     }
   };
-  expectDenied('issue_refund', /^TASKPASS_DENIED_/);
+  const [small, large] = calls('issue_refund');
+  if (small?.outcome !== 'allowed' || small.isError || small.approval || !small.token?.argsBound)
+    problems.push('the small refund did not run on its own with a token bound to its arguments');
+  if (large?.outcome !== 'allowed' || large.isError || !large.approval)
+    problems.push('the large refund did not wait for an approval and then run');
+  else if (large.token?.approval?.id !== large.approval.id || !large.token.argsBound)
+    problems.push('the large refund token does not name its approval or is not bound to its arguments');
   expectDenied('delete_ticket', /^TASKPASS_DENIED_/);
   expectDenied('close_ticket', /^TASKPASS_DENIED_PREREQUISITE$/);
   const expectRefused = (prefix: string, code: string) => {
@@ -559,6 +634,7 @@ export function checkStory(t: Transcript): string[] {
     }
   };
   expectRefused('single-use', 'TASKPASS_VERIFY_REPLAYED');
+  expectRefused('approved refund token', 'TASKPASS_VERIFY_ARGS_MISMATCH');
   expectRefused('leftover', 'TASKPASS_VERIFY_REVOKED');
   if (t.completion.status !== 'completed') problems.push(`the task ended ${t.completion.status}`);
   if (t.afterCompletion?.code !== 'TASKPASS_TASK_CLOSED') {

@@ -176,14 +176,27 @@ function fail(message: string): CallToolResult {
   return { isError: true, content: [{ type: 'text', text: message }] };
 }
 
-/** Who acts, as the tool handlers record it: "alice (via spiffe://…/triage-bot, task …)". */
+/**
+ * Who acts, as the tool handlers record it: "alice via spiffe://…/triage-bot", and for a call a
+ * person approved (the token's approval, docs/approvals.md) ", approved by bob".
+ */
 function actor(who: CallAuth | undefined): string {
-  return who ? `${who.user} via ${who.agent}` : 'unknown';
+  if (!who) return 'unknown';
+  const approved = who.approval ? `, approved by ${who.approval.approver.sub}` : '';
+  return `${who.user} via ${who.agent}${approved}`;
 }
 
 function callerView(who: CallAuth | undefined) {
   return who
-    ? { user: who.user, agent: who.agent, task: who.task, resource: who.resource, action: who.action }
+    ? {
+        user: who.user,
+        agent: who.agent,
+        task: who.task,
+        resource: who.resource,
+        action: who.action,
+        // The person who approved this exact call, as the token names them (docs/approvals.md).
+        ...(who.approval ? { approval: who.approval } : {}),
+      }
     : undefined;
 }
 

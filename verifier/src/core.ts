@@ -11,6 +11,8 @@ import type { X509Certificate } from 'node:crypto';
 import {
   ACTIONS,
   type Action,
+  APPROVAL_ID,
+  type ApprovalClaim,
   argsSha256,
   ContractError,
   checkedDeriver,
@@ -154,6 +156,16 @@ interface AuthBase {
   template?: string;
 }
 
+/** Who approved a call (docs/approvals.md): the person's issuer and subject, and when. */
+export interface CallApproval {
+  /** The approval's id at the broker (`apr_…`), for audit. */
+  id: string;
+  /** The approver as their own verified user token named them. */
+  approver: { iss: string; sub: string };
+  /** Epoch seconds. */
+  approvedAt: number;
+}
+
 /** Who is calling which tool on what: the result of a successful {@link Verifier.verifyCall}. */
 export interface CallAuth extends AuthBase {
   kind: 'call';
@@ -161,6 +173,11 @@ export interface CallAuth extends AuthBase {
   resource: string;
   action: Action;
   singleUse: boolean;
+  /**
+   * Present when a person approved this exact call (the token is then bound to the call's
+   * arguments, which the verifier recomputed).
+   */
+  approval?: CallApproval;
 }
 
 /** The result of {@link Verifier.verifySession}: a session token, or a call token used for a non-call request. */
@@ -383,7 +400,16 @@ interface Detail {
   resource?: string;
   action?: Action;
   args_sha256?: string;
+  approval?: ApprovalClaim;
 }
+
+// The approval evidence of a call token: exactly these members, so a token cannot smuggle in an
+// approval the tool handler would read differently from the broker's.
+const ApprovalClaimSchema = z.strictObject({
+  id: z.string().regex(APPROVAL_ID),
+  approver: z.strictObject({ iss: z.string().min(1), sub: z.string().min(1) }),
+  approved_at: z.number().int().nonnegative(),
+});
 
 function detailOf(p: JWTPayload): Detail {
   const ad = p.authorization_details;
@@ -405,6 +431,16 @@ function detailOf(p: JWTPayload): Detail {
       'TASKPASS_VERIFY_MALFORMED',
       'authorization_details entry is not a valid mcp_tool_call or mcp_session',
     );
+  }
+  if (d.approval !== undefined) {
+    if (!ApprovalClaimSchema.safeParse(d.approval).success) {
+      fail('TASKPASS_VERIFY_MALFORMED', 'the approval of the mcp_tool_call is malformed');
+    }
+    // An approval is for one exact call; without the digest the token would carry a person's
+    // approval to any arguments.
+    if (d.args_sha256 === undefined) {
+      fail('TASKPASS_VERIFY_APPROVAL_UNBOUND', 'the token carries an approval but no args_sha256');
+    }
   }
   return d as unknown as Detail;
 }
@@ -745,6 +781,10 @@ export function createVerifier(options: VerifierOptions): Verifier {
         action: tool.action,
         singleUse: p.single_use === true || o.singleUse === 'all',
       };
+      if (d.approval) {
+        const { id, approver, approved_at } = d.approval;
+        auth.approval = { id, approver: { iss: approver.iss, sub: approver.sub }, approvedAt: approved_at };
+      }
       checkRevoked(p);
       if (auth.singleUse) await spend(auth.jti, auth.expiresAt);
       if (introspectFor.has(tool.action)) {

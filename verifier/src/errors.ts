@@ -137,6 +137,11 @@ export const VERIFIER_ERRORS = {
     status: 403,
     description: 'The token carries `args_sha256` and the call arguments hash to another value.',
   },
+  TASKPASS_VERIFY_APPROVAL_UNBOUND: {
+    status: 401,
+    description:
+      'The token carries an `approval` but no `args_sha256`: an approval is for one exact call, so such a token is refused whatever the call.',
+  },
   TASKPASS_VERIFY_HEADER_MISMATCH: {
     status: 400,
     description:

@@ -19,6 +19,7 @@ export {
   x5tS256,
 } from '@taskpass/contract';
 export {
+  type CallApproval,
   type CallAuth,
   type ClientCertificate,
   createVerifier,

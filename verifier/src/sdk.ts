@@ -79,7 +79,7 @@ export interface ExtraLike {
  * @example
  * ```ts
  * mcp.registerTool('get_ticket', { inputSchema: { ticket_id: z.string() } }, async (args, extra) => {
- *   const who = callerOf(extra); // { user, agent, task, resource, … }
+ *   const who = callerOf(extra); // { user, agent, task, resource, approval?: { id, approver, approvedAt }, … }
  *   …
  * });
  * ```

@@ -30,6 +30,13 @@ async function rejects(p: Promise<unknown>, code: VerifierErrorCode): Promise<vo
 }
 
 const read = { tool: 'get_ticket', args: { ticket_id: 'T-1' } };
+const APPROVAL = 'apr_AAAAAAAAAAAAAAAAAAAAAA';
+const approvalClaim = (patch: Record<string, unknown> = {}) => ({
+  id: APPROVAL,
+  approver: { iss: 'https://idp.test', sub: 'lead-1' },
+  approved_at: 1_700_000_000,
+  ...patch,
+});
 const writeDetail = { tool: 'close_ticket', action: 'write' };
 
 before(async () => {
@@ -97,6 +104,43 @@ describe('verifyCall accepts', () => {
       make().verifyCall(t2, { tool: 'get_ticket', args: { ...args, note: 'other' } }),
       'TASKPASS_VERIFY_ARGS_MISMATCH',
     );
+  });
+
+  test('args_sha256 refuses the same call with another amount (number, numeric string, extra member)', async () => {
+    const args = { ticket_id: 'T-1', amount: 50 };
+    const t = () => mint({ key, detail: { ...writeDetail, args_sha256: argsSha256(args) } });
+    const close = (a: Record<string, unknown>) => ({ tool: 'close_ticket', args: a });
+    await make().verifyCall(await t(), close({ amount: 50, ticket_id: 'T-1' }));
+    for (const changed of [{ amount: 500 }, { amount: 50.01 }, { amount: '50' }, { currency: 'EUR' }]) {
+      await rejects(
+        make().verifyCall(await t(), close({ ...args, ...changed })),
+        'TASKPASS_VERIFY_ARGS_MISMATCH',
+      );
+    }
+  });
+
+  test('an approved call: the caller names the approver, the approval id and time', async () => {
+    const args = { ticket_id: 'T-1', amount: 500 };
+    const approval = {
+      id: APPROVAL,
+      approver: { iss: 'https://idp.test', sub: 'lead-1' },
+      approved_at: 1_700_000_000,
+    };
+    const t = await mint({ key, detail: { ...writeDetail, args_sha256: argsSha256(args), approval } });
+    const auth = await make().verifyCall(t, { tool: 'close_ticket', args });
+    assert.deepEqual(auth.approval, {
+      id: APPROVAL,
+      approver: { iss: 'https://idp.test', sub: 'lead-1' },
+      approvedAt: 1_700_000_000,
+    });
+    // Its arguments changed after approval: refused at the MCP server.
+    const t2 = await mint({ key, detail: { ...writeDetail, args_sha256: argsSha256(args), approval } });
+    await rejects(
+      make().verifyCall(t2, { tool: 'close_ticket', args: { ...args, amount: 5000 } }),
+      'TASKPASS_VERIFY_ARGS_MISMATCH',
+    );
+    // No approval in the token, none for the handler.
+    assert.equal((await make().verifyCall(await mint({ key }), read)).approval, undefined);
   });
 
   test('tokens within the clock tolerance', async () => {
@@ -187,6 +231,34 @@ describe('verifyCall refuses', () => {
       'TASKPASS_VERIFY_BAD_ACTOR',
     ],
     ['no kid in the header', () => mint({ key, header: { kid: undefined } }), 'TASKPASS_VERIFY_MALFORMED'],
+    [
+      'an approval without args_sha256',
+      () => mint({ key, detail: { approval: approvalClaim() } }),
+      'TASKPASS_VERIFY_APPROVAL_UNBOUND',
+    ],
+    ...(
+      [
+        ['an approval id not apr_…', { id: 'apr_short' }],
+        ['an approval with an unknown member', { comment: 'ok by me' }],
+        ['an approval whose approver has no sub', { approver: { iss: 'https://idp.test' } }],
+        [
+          'an approver with an extra member',
+          { approver: { iss: 'https://idp.test', sub: 'l', admin: true } },
+        ],
+        ['an approver with an empty iss', { approver: { iss: '', sub: 'lead-1' } }],
+        ['approved_at as a string', { approved_at: '1700000000' }],
+        ['approved_at not an integer', { approved_at: 1.5 }],
+      ] as const
+    ).map(([name, patch]): [string, () => Promise<string>, VerifierErrorCode] => [
+      name,
+      () => mint({ key, detail: { args_sha256: argsSha256(read.args), approval: approvalClaim(patch) } }),
+      'TASKPASS_VERIFY_MALFORMED',
+    ]),
+    [
+      'an approval that is not an object',
+      () => mint({ key, detail: { args_sha256: argsSha256(read.args), approval: APPROVAL } }),
+      'TASKPASS_VERIFY_MALFORMED',
+    ],
     [
       'lifetime over the 300 s default cap',
       () => mint({ key, ttl: 301 }),

@@ -5,6 +5,7 @@ import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
 import { InsufficientScopeError, InvalidTokenError } from '@modelcontextprotocol/sdk/server/auth/errors.js';
 import { requireBearerAuth } from '@modelcontextprotocol/sdk/server/auth/middleware/bearerAuth.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { argsSha256 } from '@taskpass/contract';
 import { z } from 'zod';
 import { createVerifier, type Verifier } from '../src/core.ts';
 import { callerOf, taskpassTokenVerifier, withTaskpass } from '../src/sdk.ts';
@@ -136,6 +137,50 @@ describe('withTaskpass over an in-memory (stdio-like) transport', () => {
       _meta: { 'dev.taskpass/token': await mint({ key, detail: { tool: 'close_ticket', action: 'write' } }) },
     });
     assert.match((other.content as { text: string }[])[0]!.text, /^TASKPASS_VERIFY_WRONG_RESOURCE: /);
+    await c.close();
+  });
+
+  test('the tool handler sees who approved the call (SDK 1.x extra)', async () => {
+    const approvals: unknown[] = [];
+    const mcp = new McpServer({ name: 'tickets', version: '1.0.0' });
+    mcp.registerTool(
+      'close_ticket',
+      { inputSchema: { ticket_id: z.string(), amount: z.number() } },
+      withTaskpass(
+        async ({ ticket_id }, extra) => {
+          approvals.push(callerOf(extra)?.approval);
+          return { content: [{ type: 'text' as const, text: `closed ${ticket_id}` }] };
+        },
+        { verifier, tool: 'close_ticket' },
+      ),
+    );
+    const [a, b] = InMemoryTransport.createLinkedPair();
+    await mcp.connect(a);
+    const c = new Client({ name: 'agent', version: '1.0.0' });
+    await c.connect(b);
+    const args = { ticket_id: 'T-1', amount: 500 };
+    const approval = {
+      id: 'apr_BBBBBBBBBBBBBBBBBBBBBB',
+      approver: { iss: 'https://idp.test', sub: 'lead-1' },
+      approved_at: 1_700_000_000,
+    };
+    const approved = await mint({
+      key,
+      detail: { tool: 'close_ticket', action: 'write', args_sha256: argsSha256(args), approval },
+    });
+    const plain = await mint({ key, detail: { tool: 'close_ticket', action: 'write' } });
+    for (const token of [approved, plain]) {
+      const r = await c.callTool({
+        name: 'close_ticket',
+        arguments: args,
+        _meta: { 'dev.taskpass/token': token },
+      });
+      assert.equal(r.isError, undefined);
+    }
+    assert.deepEqual(approvals, [
+      { id: approval.id, approver: approval.approver, approvedAt: approval.approved_at },
+      undefined,
+    ]);
     await c.close();
   });
 

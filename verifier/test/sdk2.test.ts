@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { Client, InMemoryTransport, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { toNodeHandler } from '@modelcontextprotocol/node';
 import { createMcpHandler, McpServer, requireBearerAuth } from '@modelcontextprotocol/server';
+import { argsSha256 } from '@taskpass/contract';
 import { z } from 'zod';
 import { type CallAuth, createVerifier } from '../src/core.ts';
 import { type TaskpassRequest, taskpassMiddleware } from '../src/http.ts';
@@ -62,7 +63,10 @@ after(async () => {
 const session = () => mint({ key, claims: { authorization_details: [{ type: 'mcp_session' }] } });
 
 /** A 2.x client whose fetch sets the Bearer the way taskpassFetch does: the call token for tools/call. */
-function client(endpoint: string, opts: { dropHeaders?: boolean; legacy?: boolean } = {}) {
+function client(
+  endpoint: string,
+  opts: { dropHeaders?: boolean; legacy?: boolean; callToken?: () => Promise<string> } = {},
+) {
   const sent: { method: string | null; name: string | null; session: string | null }[] = [];
   const responses: Response[] = [];
   const transport = new StreamableHTTPClientTransport(new URL(endpoint), {
@@ -72,7 +76,7 @@ function client(endpoint: string, opts: { dropHeaders?: boolean; legacy?: boolea
         typeof init?.body === 'string' ? (JSON.parse(init.body) as { method?: string }) : undefined;
       headers.set(
         'authorization',
-        `Bearer ${body?.method === 'tools/call' ? await mint({ key }) : await session()}`,
+        `Bearer ${body?.method === 'tools/call' ? await (opts.callToken ?? (() => mint({ key })))() : await session()}`,
       );
       if (opts.dropHeaders) {
         headers.delete('mcp-method');
@@ -108,6 +112,26 @@ describe('SDK 2.x server and client (2026-07-28, stateless)', () => {
     assert.ok(sent.some((s) => s.method === 'tools/call' && s.name === 'get_ticket'));
     assert.ok(sent.every((s) => s.session === null));
     assert.ok(!sent.some((s) => s.method === 'initialize'));
+    await c.close();
+  });
+
+  test('the 2.x handler sees who approved the call (ctx.http.authInfo)', async () => {
+    const approval = {
+      id: 'apr_CCCCCCCCCCCCCCCCCCCCCC',
+      approver: { iss: 'https://idp.test', sub: 'lead-2' },
+      approved_at: 1_700_000_123,
+    };
+    const callToken = () =>
+      mint({ key, detail: { args_sha256: argsSha256({ ticket_id: 'T-1' }), approval } });
+    const { c, transport } = client(strict, { callToken });
+    await c.connect(transport);
+    const r = await c.callTool({ name: 'get_ticket', arguments: { ticket_id: 'T-1' } });
+    assert.equal(r.isError, undefined);
+    assert.deepEqual(seen.at(-1)?.approval, {
+      id: approval.id,
+      approver: { iss: 'https://idp.test', sub: 'lead-2' },
+      approvedAt: 1_700_000_123,
+    });
     await c.close();
   });
 

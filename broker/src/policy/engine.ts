@@ -18,10 +18,12 @@
 // an OAuth scope), so neither the facts nor the name depend on how ids sort or which file loaded
 // first. `requires` and `max_calls_per_task` need no combining: each is a condition of its own
 // template, so a template whose prerequisite is missing or whose cap is reached is simply not among
-// those that allow. (There are no argument/approval conditions yet; such a condition would be one
-// more thing a template must satisfy to be among those that allow, and a binding such as an argument
-// digest would then be required if any allowing template requires it.) Quietly widening a stricter
-// template with a lenient one is what `taskpass policy validate` warns about (overlap.ts).
+// those that allow. Argument binding and approval (docs/approvals.md) are facts of the token too,
+// combined the same strict way: the token is bound to the call's arguments if any allowing rule
+// binds them, and a person must approve the call if any allowing rule's `approval:` applies to it
+// (then the approver must satisfy every such rule). So a lenient template can never quietly lift an
+// approval that a stricter one asks for. Quietly widening a stricter template with a lenient one is
+// what `taskpass policy validate` warns about (overlap.ts).
 //
 // Workflow context. A task's history is the list of call tokens already ISSUED in it (IssuedCall),
 // whether or not they were used. A "step" for tool T is an issued call token for T on the same MCP
@@ -33,7 +35,14 @@
 // that audience. Both fail closed.
 import type { BrokerErrorCode } from '../errors.ts';
 import type { CeilingEntry, Action } from '@taskpass/contract';
-import type { HistoryQueries, PolicyPort, PolicyUser, TaskHistory } from '../ports.ts';
+import type {
+  ApprovalRequirement,
+  ApproverCheck,
+  HistoryQueries,
+  PolicyPort,
+  PolicyUser,
+  TaskHistory,
+} from '../ports.ts';
 import type { IssuedCall } from '../store/types.ts';
 import {
   type CompiledPattern,
@@ -43,7 +52,7 @@ import {
   validateResource,
 } from './pattern.ts';
 import { findWidenings, type Locate, type PolicyWarning } from './overlap.ts';
-import type { Template, TemplateTool } from './schema.ts';
+import type { ApprovalRule, ArgCondition, Template, TemplateTool, UserConditions } from './schema.ts';
 
 /** The verified delegating user as templates see it. */
 export type { PolicyUser } from '../ports.ts';
@@ -70,6 +79,13 @@ export interface DecideInput {
    * another admitting template has a longer `max_task_ttl`).
    */
   taskAgeSec?: number | undefined;
+  /** The `args_sha256` the token would be bound to, when the agent sent one. */
+  argsSha256?: string | undefined;
+  /**
+   * The call's arguments, when the agent sent them (already checked against `argsSha256`). Read only
+   * by approval `when:` conditions.
+   */
+  arguments?: Readonly<Record<string, unknown>> | undefined;
 }
 
 /** A {@link TaskHistory} over a list of issued calls (fixtures, tests, small histories). */
@@ -106,6 +122,10 @@ export interface Allow {
   ttlSec: number;
   /** True when any allowing template makes the token single use. */
   singleUse: boolean;
+  /** True when any allowing rule binds the token to the call's arguments (args_sha256 was given). */
+  bindArguments: boolean;
+  /** Set when a person must approve this call first: the allowing rules that ask for it. */
+  approval?: ApprovalRequirement | undefined;
 }
 
 /** The ids named by a decision's or a recorded call's `template` (space-separated). */
@@ -165,6 +185,8 @@ interface Verdict {
   singleUse: boolean;
   /** Token lifetime this template grants (its ttl, cut to what is left of its max_task_ttl). */
   ttlSec: number;
+  /** The tool rule that allowed the call (when every check passed). */
+  rule?: TemplateTool | undefined;
 }
 
 /**
@@ -260,7 +282,7 @@ export class PolicySet implements PolicyPort {
     const ctx: PatternContext = { user: input.user, agent: input.agent };
     let best: { verdict: Verdict; rank: number; template: CompiledTemplate } | undefined;
     const considered: string[] = [];
-    const allowing: { t: CompiledTemplate; singleUse: boolean; ttlSec: number }[] = [];
+    const allowing: { t: CompiledTemplate; singleUse: boolean; ttlSec: number; rule: TemplateTool }[] = [];
     // Every template is weighed, not just the first that allows: the token's facts combine all
     // allowing templates (see the module comment), so they cannot depend on template order.
     for (const t of this.compiled) {
@@ -268,7 +290,7 @@ export class PolicySet implements PolicyPort {
       considered.push(t.def.id);
       const v = this.evaluate(t, resource, ctx, input, history);
       if (!v.principal && !v.call) {
-        allowing.push({ t, singleUse: v.singleUse, ttlSec: v.ttlSec });
+        allowing.push({ t, singleUse: v.singleUse, ttlSec: v.ttlSec, rule: v.rule! });
         continue;
       }
       const rank = v.callDepth * 2 + (v.principal ? 0 : 1);
@@ -276,6 +298,25 @@ export class PolicySet implements PolicyPort {
     }
     if (allowing.length) {
       const ids = allowing.map((a) => a.t.def.id).sort();
+      const bindArguments = allowing.some((a) => a.rule.bindArguments);
+      if (bindArguments && !input.argsSha256) {
+        const by = allowing.filter((a) => a.rule.bindArguments).map((a) => a.t.def.id);
+        return {
+          allow: false,
+          code: 'TASKPASS_ARGUMENTS_REQUIRED',
+          reason: `template "${by.sort().join('", "')}" binds "${input.tool}" tokens to the call's arguments: send args_sha256`,
+          template: ids.join(' '),
+        };
+      }
+      const approval = approvalNeeded(allowing, input.arguments);
+      if (approval && 'missing' in approval) {
+        return {
+          allow: false,
+          code: 'TASKPASS_ARGUMENTS_REQUIRED',
+          reason: `template "${approval.missing}" decides on the arguments whether "${input.tool}" needs approval: send the arguments with the token request`,
+          template: ids.join(' '),
+        };
+      }
       return {
         allow: true,
         template: ids.join(' '),
@@ -283,6 +324,8 @@ export class PolicySet implements PolicyPort {
         owner: [...new Set(allowing.map((a) => a.t.def.owner))].sort().join(', '),
         ttlSec: Math.min(...allowing.map((a) => a.ttlSec)),
         singleUse: allowing.some((a) => a.singleUse),
+        bindArguments,
+        ...(approval ? { approval } : {}),
       };
     }
     if (!best) {
@@ -334,7 +377,16 @@ export class PolicySet implements PolicyPort {
         const resources = tool.resources
           .map((r) => r.render(ctx))
           .filter((r): r is string => r !== undefined);
-        if (resources.length) tools.push({ tool: tool.def.tool, action: tool.def.action, resources });
+        if (!resources.length) continue;
+        const rule = tool.def;
+        tools.push({
+          tool: rule.tool,
+          action: rule.action,
+          resources,
+          ...(rule.bindArguments ? { bind_arguments: true as const } : {}),
+          ...(rule.approval?.when.length ? { send_arguments: true as const } : {}),
+          ...(rule.approval ? { approval: true as const } : {}),
+        });
       }
       if (tools.length) out.push({ template: t.def.id, audience: t.def.audience, tools });
     }
@@ -482,7 +534,7 @@ export class PolicySet implements PolicyPort {
       }
       ttlSec = Math.min(ttlSec, left);
     }
-    return v(7, undefined, tool.def.singleUse, ttlSec);
+    return { ...v(7, undefined, tool.def.singleUse, ttlSec), rule: tool.def };
   }
 }
 
@@ -530,7 +582,10 @@ function principalMismatch(def: Template, user: PolicyUser | undefined): Failure
 }
 
 function userMismatch(def: Template, user: PolicyUser): string | undefined {
-  const cond = def.users!;
+  return conditionsMismatch(def.users!, user);
+}
+
+function conditionsMismatch(cond: UserConditions, user: PolicyUser): string | undefined {
   if (cond.issuers && !cond.issuers.includes(user.iss)) {
     return `the user token's issuer must be ${cond.issuers.join(' or ')}`;
   }
@@ -555,4 +610,115 @@ function deepFreeze<T>(o: T): T {
     Object.freeze(o);
   }
   return o;
+}
+
+/**
+ * Does approval apply to this call? Each allowing rule with `approval:` asks for it when all its
+ * `when:` conditions hold (none: always). Undefined when none asks; `missing` (a template id) when a
+ * rule's conditions read arguments that were not sent — the caller must send them, never guess.
+ */
+function approvalNeeded(
+  allowing: readonly { t: CompiledTemplate; rule: TemplateTool }[],
+  args: Readonly<Record<string, unknown>> | undefined,
+): ApprovalRequirement | { missing: string } | undefined {
+  const asking: { id: string; rule: ApprovalRule }[] = [];
+  for (const a of allowing) {
+    const rule = a.rule.approval;
+    if (!rule) continue;
+    if (rule.when.length && args === undefined) return { missing: a.t.def.id };
+    if (rule.when.every((c) => conditionHolds(c, args ?? {}))) asking.push({ id: a.t.def.id, rule });
+  }
+  if (!asking.length) return undefined;
+  return {
+    template: asking
+      .map((a) => a.id)
+      .sort()
+      .join(' '),
+    ttlSec: Math.min(...asking.map((a) => a.rule.ttlSec)),
+    rules: asking.map((a) => a.rule),
+  };
+}
+
+/** The value at `path` in the arguments (own properties of plain objects only). */
+function argAt(args: unknown, path: readonly string[]): { found: false } | { found: true; value: unknown } {
+  let cur = args;
+  for (const p of path) {
+    if (cur === null || typeof cur !== 'object' || Array.isArray(cur) || !Object.hasOwn(cur, p)) {
+      return { found: false };
+    }
+    cur = (cur as Record<string, unknown>)[p];
+  }
+  return { found: true, value: cur };
+}
+
+/**
+ * One `when:` condition. `eq` / `in` compare strictly (no type coercion); `exists` tests presence.
+ * A comparison (`lt` … `ge`) whose argument is missing or not a finite number HOLDS: the broker
+ * cannot show the call is below the limit, so it asks a person (fail closed; a tool that coerces
+ * "1000" to 1000 must not slip past an `amount gt 100`).
+ */
+export function conditionHolds(c: ArgCondition, args: Readonly<Record<string, unknown>>): boolean {
+  const a = argAt(args, c.path);
+  switch (c.op) {
+    case 'exists':
+      return a.found === c.value;
+    case 'eq':
+      return a.found && a.value === c.value;
+    case 'in':
+      return a.found && c.value.some((v) => v === a.value);
+    default: {
+      if (!a.found || typeof a.value !== 'number' || !Number.isFinite(a.value)) return true;
+      const x = a.value;
+      return c.op === 'lt'
+        ? x < c.value
+        : c.op === 'le'
+          ? x <= c.value
+          : c.op === 'gt'
+            ? x > c.value
+            : x >= c.value;
+    }
+  }
+}
+
+/**
+ * May `approver` decide an approval asked by these rules, for a task acting for `delegating`? Every
+ * rule must admit the approver. The delegating user is refused under separation of duties unless
+ * the rule names `delegating_user: true`; anyone else must meet the rule's issuer and claims.
+ */
+export function approverMayDecide(
+  rules: readonly ApprovalRule[],
+  approver: PolicyUser,
+  delegating: { iss: string; sub: string } | undefined,
+): ApproverCheck {
+  const isDelegating =
+    delegating !== undefined && approver.iss === delegating.iss && approver.sub === delegating.sub;
+  for (const rule of rules) {
+    const a = rule.approvers;
+    if (isDelegating) {
+      if (a.delegatingUser) continue;
+      if (rule.separationOfDuties) {
+        return {
+          ok: false,
+          code: 'TASKPASS_APPROVAL_SEPARATION_OF_DUTIES',
+          reason: 'the user this task acts for cannot approve its own request (separation of duties)',
+        };
+      }
+    }
+    if (!a.anyone) {
+      return {
+        ok: false,
+        code: 'TASKPASS_APPROVER_NOT_ALLOWED',
+        reason: 'only the user this task acts for may approve this request',
+      };
+    }
+    const why = conditionsMismatch(a, approver);
+    if (why) {
+      return {
+        ok: false,
+        code: 'TASKPASS_APPROVER_NOT_ALLOWED',
+        reason: `not an approver of this request: ${why}`,
+      };
+    }
+  }
+  return { ok: true };
 }

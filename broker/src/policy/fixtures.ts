@@ -12,9 +12,15 @@
 //       history:                    # earlier steps in the same task, oldest first (optional)
 //         - { tool: get_ticket, resource: tickets/T-1 }   # action: read, audience: the case's
 //       task_age: 20m               # optional: how long ago the task was opened
-//       expect: allow               # or a denial code, e.g. TASKPASS_DENIED_RESOURCE
+//       arguments: { amount: 250 }  # optional: the call's arguments (args_sha256 is their digest)
+//       args_sha256: ...            # optional: a digest without the arguments
+//       approved: true              # optional: a person approved the call (approval_required → allow)
+//       expect: allow               # or approval_required, or a denial code, e.g. TASKPASS_DENIED_RESOURCE
 //       template: tickets-support   # optional: the allowing (or closest) template; when several
 //                                   # allow, all their ids, sorted, space-separated
+//
+// A call whose rule asks for a person's approval is `approval_required` unless the case says
+// `approved: true`; then it is `allow`.
 //
 // A history step without `template` is decided against the same policies (with the steps before
 // it) and must be allowed; that is how the fixture proves the workflow is reachable. Give
@@ -24,7 +30,7 @@ import { join } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { BROKER_ERRORS, type BrokerErrorCode } from '../errors.ts';
-import { ACTIONS } from '@taskpass/contract';
+import { ACTIONS, argsSha256 } from '@taskpass/contract';
 import type { IssuedCall } from '../store/types.ts';
 import { type Decision, type PolicySet, templateIds } from './engine.ts';
 import { formatPath, loadPolicyDir, type PolicyError } from './loader.ts';
@@ -38,6 +44,7 @@ const StepSchema = z.strictObject({
   action: z.enum(ACTIONS).default('read'),
   audience: z.string().optional(),
   template: z.string().optional(),
+  arguments: z.record(z.string(), z.unknown()).optional(),
 });
 
 const CaseSchema = z.strictObject({
@@ -60,7 +67,13 @@ const CaseSchema = z.strictObject({
     .string()
     .refine((v) => parseDuration(v) !== undefined, 'use a duration such as "90s", "20m" or "1h"')
     .optional(),
-  expect: z.union([z.literal('allow'), z.enum(CODES)]),
+  arguments: z.record(z.string(), z.unknown()).optional(),
+  args_sha256: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{43}$/, 'a base64url SHA-256 (43 characters)')
+    .optional(),
+  approved: z.boolean().default(false),
+  expect: z.union([z.literal('allow'), z.literal('approval_required'), z.enum(CODES)]),
   template: z.string().optional(),
 });
 
@@ -182,6 +195,9 @@ export function runCase(set: PolicySet, c: FixtureCase, file = '<inline>'): Fixt
         resource: step.resource,
         history,
         taskAgeSec,
+        // A step that happened was bound and, if it had to be, approved.
+        argsSha256: argsSha256(step.arguments ?? {}),
+        arguments: step.arguments ?? {},
       });
       if (!d.allow) {
         return {
@@ -216,9 +232,12 @@ export function runCase(set: PolicySet, c: FixtureCase, file = '<inline>'): Fixt
     resource: c.resource,
     history,
     taskAgeSec,
+    argsSha256: c.args_sha256 ?? (c.arguments ? argsSha256(c.arguments) : undefined),
+    arguments: c.arguments,
   });
-  const actual = d.allow ? 'allow' : d.code;
-  const template = d.template;
+  const actual = d.allow ? (d.approval && !c.approved ? 'approval_required' : 'allow') : d.code;
+  // An approval is asked by the rules that need it: those templates name the case.
+  const template = d.allow && d.approval && !c.approved ? d.approval.template : d.template;
   const problems: string[] = [];
   if (actual !== c.expect) problems.push(`expected ${c.expect}, got ${actual}`);
   if (c.template !== undefined && template !== c.template) {

@@ -6,7 +6,7 @@ import { type FSWatcher, watch } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from 'yaml';
-import { TaskpassError } from '../errors.ts';
+import { BrokerError } from '../errors.ts';
 import { PolicySet } from './engine.ts';
 import { type PolicyWarning, type SourceLocation, where } from './overlap.ts';
 import { parseTemplateFile, type Template } from './schema.ts';
@@ -290,7 +290,7 @@ export class PolicyWatcher extends EventEmitter {
 
   /**
    * Reloads now. Resolves with the report when the new set is in force; rejects with a
-   * TaskpassError TASKPASS_POLICY_INVALID (details: { errors }) when the directory is bad, in which
+   * BrokerError TASKPASS_POLICY_INVALID (details: { errors }) when the directory is bad, in which
    * case the previous set stays in force. Reloads never overlap.
    */
   reload(): Promise<ReloadReport> {
@@ -298,7 +298,7 @@ export class PolicyWatcher extends EventEmitter {
     this.chain = run.catch(() => undefined);
     return run.then((r) => {
       if (!r.ok) {
-        throw new TaskpassError(
+        throw new BrokerError(
           'TASKPASS_POLICY_INVALID',
           `invalid policies in ${this.dir}:\n${formatPolicyErrors(r.errors)}`,
           {

@@ -43,6 +43,9 @@ const pattern = (kind: 'resource' | 'agent') =>
     if (!r.ok) ctx.addIssue({ code: 'custom', message: r.reason });
   });
 
+/** Operators of an approval `when:` condition. */
+export const CONDITION_OPS = ['eq', 'in', 'lt', 'le', 'gt', 'ge', 'exists'] as const;
+
 const TEMPLATE_ID = /^[a-z0-9][a-z0-9._-]{0,127}$/;
 const TOOL_NAME = /^[A-Za-z0-9_.:-]{1,128}$/;
 const CLAIM_NAME = /^[A-Za-z0-9_.:-]{1,128}$/;
@@ -59,6 +62,96 @@ const RequireSchema = z
   })
   .transform((r) => ({ tool: r.tool, sameResource: r.same_resource }));
 
+const userConditions = {
+  issuer: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+  claims: z
+    .record(
+      z.string().regex(CLAIM_NAME, 'claim names are 1-128 characters of [A-Za-z0-9_.:-]'),
+      z.union([scalar, z.array(scalar).min(1)]),
+    )
+    .optional(),
+};
+
+const userConditionsOf = (u: {
+  issuer?: string | string[] | undefined;
+  claims?: Record<string, Scalar | Scalar[]> | undefined;
+}): UserConditions => ({
+  issuers: u.issuer === undefined ? undefined : typeof u.issuer === 'string' ? [u.issuer] : u.issuer,
+  claims: Object.entries(u.claims ?? {}).map(([name, v]) => ({
+    name,
+    values: Array.isArray(v) ? v : [v],
+  })),
+});
+
+const UsersSchema = z.strictObject(userConditions).transform(userConditionsOf);
+
+// An argument path: dot-separated names, no prototype keys (arguments are plain JSON objects, and
+// a path must never reach into Object.prototype).
+const ARG_PATH = /^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$/;
+const FORBIDDEN_SEGMENTS = new Set(['__proto__', 'prototype', 'constructor']);
+
+const ConditionSchema = z
+  .strictObject({
+    arg: z
+      .string()
+      .regex(ARG_PATH, 'arg is a dotted path of argument names, e.g. "amount" or "order.total"')
+      .refine((s) => !s.split('.').some((p) => FORBIDDEN_SEGMENTS.has(p)), 'arg names a prototype key'),
+    op: z.enum(CONDITION_OPS),
+    value: z.union([scalar, z.array(scalar)]).optional(),
+  })
+  .superRefine((c, ctx) => {
+    const v = c.value;
+    const bad = (message: string) => ctx.addIssue({ code: 'custom', path: ['value'], message });
+    if (c.op === 'exists') {
+      if (v !== undefined && typeof v !== 'boolean') bad('exists takes value true, false or none (true)');
+    } else if (c.op === 'in') {
+      if (!Array.isArray(v) || v.length === 0) bad('in takes a non-empty list of literals');
+    } else if (c.op === 'eq') {
+      if (v === undefined || Array.isArray(v)) bad('eq takes one literal (string, number or boolean)');
+    } else if (typeof v !== 'number' || !Number.isFinite(v)) {
+      bad(`${c.op} takes a number`);
+    }
+  })
+  .transform((c): ArgCondition => {
+    const path = c.arg.split('.');
+    switch (c.op) {
+      case 'exists':
+        return { path, op: 'exists', value: c.value !== false };
+      case 'in':
+        return { path, op: 'in', value: c.value as Scalar[] };
+      case 'eq':
+        return { path, op: 'eq', value: c.value as Scalar };
+      default:
+        return { path, op: c.op, value: c.value as number };
+    }
+  });
+
+const ApprovalSchema = z
+  .strictObject({
+    approvers: z
+      .strictObject({ ...userConditions, delegating_user: z.boolean().default(false) })
+      .refine(
+        (a) => a.issuer !== undefined || a.claims !== undefined || a.delegating_user,
+        'name who may approve: an issuer, claims, or delegating_user: true',
+      ),
+    when: z.array(ConditionSchema).max(16).default([]),
+    ttl: duration(MAX_TASK_TTL_SEC).default(600),
+    separation_of_duties: z.boolean().default(true),
+  })
+  .transform(
+    (a): ApprovalRule => ({
+      approvers: {
+        ...userConditionsOf(a.approvers),
+        // Without issuer or claims, only the delegating user may decide (when allowed to).
+        anyone: a.approvers.issuer !== undefined || a.approvers.claims !== undefined,
+        delegatingUser: a.approvers.delegating_user,
+      },
+      when: a.when,
+      ttlSec: a.ttl,
+      separationOfDuties: a.separation_of_duties,
+    }),
+  );
+
 const ToolSchema = z
   .strictObject({
     tool: toolName,
@@ -67,6 +160,24 @@ const ToolSchema = z
     single_use: z.boolean().optional(),
     max_calls_per_task: z.number().int().positive().max(10_000).optional(),
     requires: z.array(RequireSchema).default([]),
+    bind_arguments: z.boolean().optional(),
+    approval: ApprovalSchema.optional(),
+  })
+  .superRefine((t, ctx) => {
+    if (t.bind_arguments === true && t.action === 'read') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['bind_arguments'],
+        message: 'bind_arguments is for write and admin rules (reads are not bound to their arguments)',
+      });
+    }
+    if (t.approval && t.bind_arguments === false) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['bind_arguments'],
+        message: 'a rule with approval always binds its arguments; drop bind_arguments: false',
+      });
+    }
   })
   .transform((t) => ({
     tool: t.tool,
@@ -76,24 +187,9 @@ const ToolSchema = z
     singleUse: t.single_use ?? t.action !== 'read',
     maxCallsPerTask: t.max_calls_per_task,
     requires: t.requires,
-  }));
-
-const UsersSchema = z
-  .strictObject({
-    issuer: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
-    claims: z
-      .record(
-        z.string().regex(CLAIM_NAME, 'claim names are 1-128 characters of [A-Za-z0-9_.:-]'),
-        z.union([scalar, z.array(scalar).min(1)]),
-      )
-      .optional(),
-  })
-  .transform((u) => ({
-    issuers: u.issuer === undefined ? undefined : typeof u.issuer === 'string' ? [u.issuer] : u.issuer,
-    claims: Object.entries(u.claims ?? {}).map(([name, v]) => ({
-      name,
-      values: Array.isArray(v) ? v : [v],
-    })),
+    // An approval is for one exact call: the token must carry the digest of that call's arguments.
+    bindArguments: t.bind_arguments === true || t.approval !== undefined,
+    approval: t.approval,
   }));
 
 /** One scope template, as written in YAML (before defaults and transforms). */
@@ -120,6 +216,13 @@ export const TemplateSchema = z
         });
       }
       for (const [i, tool] of t.tools.entries()) {
+        if (tool.approval?.approvers.delegatingUser) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['tools', i, 'approval', 'approvers', 'delegating_user'],
+            message: 'autonomous tasks (delegation: forbidden) have no delegating user to approve',
+          });
+        }
         for (const [j, r] of tool.resources.entries()) {
           if (r.includes('{user.')) {
             ctx.addIssue({
@@ -193,6 +296,45 @@ export interface TemplateTool {
   singleUse: boolean;
   maxCallsPerTask: number | undefined;
   requires: ToolRequirement[];
+  /** Tokens carry the call's `args_sha256` (always with `approval`). */
+  bindArguments: boolean;
+  /** A person must approve each call (or those `approval.when` selects). */
+  approval: ApprovalRule | undefined;
+}
+
+type Scalar = string | number | boolean;
+
+/**
+ * One `when:` condition on a call's arguments, compiled: `path` into the arguments object. No code
+ * is evaluated; see engine.ts `conditionHolds` for what each operator means.
+ */
+export type ArgCondition =
+  | { path: string[]; op: 'eq'; value: Scalar }
+  | { path: string[]; op: 'in'; value: Scalar[] }
+  | { path: string[]; op: 'lt' | 'le' | 'gt' | 'ge'; value: number }
+  | { path: string[]; op: 'exists'; value: boolean };
+
+/** Issuer and claim conditions on a verified user token (`users:`, `approvers:`). */
+export interface UserConditions {
+  issuers: string[] | undefined;
+  claims: ClaimCondition[];
+}
+
+/** Who may decide an approval. */
+export interface ApproverConditions extends UserConditions {
+  /** Issuer/claims were given: any person whose token meets them may approve. */
+  anyone: boolean;
+  /** The delegating user of the task may approve (also under separation of duties). */
+  delegatingUser: boolean;
+}
+
+/** A tool rule's `approval:` (defaults applied, ttl in seconds). */
+export interface ApprovalRule {
+  approvers: ApproverConditions;
+  /** All must hold for approval to be needed; empty: always needed. */
+  when: ArgCondition[];
+  ttlSec: number;
+  separationOfDuties: boolean;
 }
 
 /** A claim condition: the user's claim must equal (or, for arrays, contain) one of `values`. */
@@ -209,7 +351,7 @@ export interface Template {
   /** SPIFFE ID patterns. */
   agents: string[];
   delegation: 'required' | 'optional' | 'forbidden';
-  users: { issuers: string[] | undefined; claims: ClaimCondition[] } | undefined;
+  users: UserConditions | undefined;
   audience: string;
   /** Max call/session token lifetime. */
   ttlSec: number;

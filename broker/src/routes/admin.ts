@@ -1,7 +1,7 @@
 // Admin API: list and revoke tasks; policy overlap warnings. Its own scope, whose hook admits only the configured admin
 // SPIFFE IDs (TASKPASS_FORBIDDEN_ADMIN for any other authenticated workload).
 import type { FastifyInstance } from 'fastify';
-import { TaskpassError } from '../errors.ts';
+import { BrokerError } from '../errors.ts';
 import { rateLimiter } from '../rate-limit.ts';
 import { BODY_LIMITS, bodyLimit } from '../request-boundary.ts';
 import type { TaskStatus } from '../store/types.ts';
@@ -25,7 +25,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: RouteContext): Prom
   app.addHook('onRequest', async (req, reply) => {
     const id = await authenticateRequest(ctx, req);
     if (!ctx.matchers.admin(id.spiffeId)) {
-      throw new TaskpassError('TASKPASS_FORBIDDEN_ADMIN', 'this SPIFFE ID is not an administrator');
+      throw new BrokerError('TASKPASS_FORBIDDEN_ADMIN', 'this SPIFFE ID is not an administrator');
     }
     req.workload = id;
     await limiter.consume(req, reply, 'admin', id.id);
@@ -70,7 +70,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: RouteContext): Prom
     },
     async (req) => {
       const t = await ctx.store.getTask(req.params.id);
-      if (!t) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${req.params.id}`);
+      if (!t) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${req.params.id}`);
       const reason = req.body?.reason ?? 'revoked by an administrator';
       const { task, revocation } = await ctx.service.complete(req.workload!, t.id, 'revoked', reason);
       return { task_id: task.id, status: task.status, revocation_seq: revocation.seq };

@@ -32,6 +32,8 @@ export interface RouteContext {
   keys: KeysPort;
   policies: { current(): PolicyPort };
   userTokens: UserTokenVerifier;
+  /** Verifies approvers' own tokens: trusted issuers, `approvals.audience`. */
+  approverTokens: UserTokenVerifier;
   auth: WorkloadAuthenticator;
   service: TaskService;
   audit: AuditLog;

@@ -19,7 +19,7 @@ import formbody from '@fastify/formbody';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTPayload, jwtVerify } from 'jose';
 import type { WorkloadIdentity } from '../auth.ts';
-import { type BrokerErrorCode, TaskpassError } from '../errors.ts';
+import { type BrokerErrorCode, BrokerError } from '../errors.ts';
 import type { AuthorizationDetail } from '@taskpass/contract';
 import { rateLimiter } from '../rate-limit.ts';
 import { BODY_LIMITS, bodyLimit, fastifyClientError } from '../request-boundary.ts';
@@ -80,9 +80,35 @@ const OAUTH_OF: Partial<Record<BrokerErrorCode, [string, number]>> = {
   TASKPASS_RATE_LIMITED: ['slow_down', 429],
   TASKPASS_RATE_LIMIT_UNAVAILABLE: ['temporarily_unavailable', 503],
   TASKPASS_STORE_UNAVAILABLE: ['temporarily_unavailable', 503],
+  TASKPASS_ARGUMENTS_REQUIRED: ['invalid_authorization_details', 400],
+  TASKPASS_ARGUMENTS_MISMATCH: ['invalid_authorization_details', 400],
+  // A person must decide first. The device grant's error codes (RFC 8628 §3.5) say exactly this to
+  // a polling client: pending (ask again later), denied, expired; approval_id / approval_url /
+  // expires_at are extension members (RFC 6749 §5.2 allows them).
+  TASKPASS_APPROVAL_REQUIRED: ['authorization_pending', 400],
+  TASKPASS_APPROVAL_DENIED: ['access_denied', 400],
+  TASKPASS_APPROVAL_EXPIRED: ['expired_token', 400],
 };
 
-function parseDetails(raw: string | undefined): AuthorizationDetail {
+/** The approval members a BrokerError carries into an OAuth error body. */
+function approvalMembers(details: Record<string, unknown> | undefined): Record<string, unknown> {
+  if (!details) return {};
+  const out: Record<string, unknown> = {};
+  for (const k of ['approval_id', 'approval_url', 'expires_at'] as const) {
+    if (details[k] !== undefined) out[k] = details[k];
+  }
+  return out;
+}
+
+/**
+ * The one authorization detail of a token exchange. An `mcp_tool_call` may carry the call's
+ * `arguments` (for templates whose approval conditions read them); they go to the decision, never
+ * into the issued detail.
+ */
+function parseDetails(raw: string | undefined): {
+  detail: AuthorizationDetail;
+  arguments?: Record<string, unknown> | undefined;
+} {
   if (!raw) throw new OAuthError('invalid_authorization_details', 'authorization_details is required');
   let v: unknown;
   try {
@@ -97,16 +123,16 @@ function parseDetails(raw: string | undefined): AuthorizationDetail {
     );
   }
   const d = v[0] as Record<string, unknown>;
-  if (d.type === 'mcp_session' && Object.keys(d).length === 1) return { type: 'mcp_session' };
+  if (d.type === 'mcp_session' && Object.keys(d).length === 1) return { detail: { type: 'mcp_session' } };
   if (d.type !== 'mcp_tool_call') {
     throw new OAuthError(
       'invalid_authorization_details',
       'authorization_details type must be mcp_tool_call or mcp_session',
     );
   }
-  const { tool, resource, action, args_sha256 } = d;
+  const { tool, resource, action, args_sha256, arguments: args } = d;
   const extra = Object.keys(d).filter(
-    (k) => !['type', 'tool', 'resource', 'action', 'args_sha256'].includes(k),
+    (k) => !['type', 'tool', 'resource', 'action', 'args_sha256', 'arguments'].includes(k),
   );
   if (
     typeof tool !== 'string' ||
@@ -116,14 +142,18 @@ function parseDetails(raw: string | undefined): AuthorizationDetail {
     (action !== 'read' && action !== 'write' && action !== 'admin') ||
     (args_sha256 !== undefined &&
       (typeof args_sha256 !== 'string' || !/^[A-Za-z0-9_-]{43}$/.test(args_sha256))) ||
+    (args !== undefined && (typeof args !== 'object' || args === null || Array.isArray(args))) ||
     extra.length > 0
   ) {
     throw new OAuthError(
       'invalid_authorization_details',
-      'mcp_tool_call needs tool, resource, action (read|write|admin) and optionally args_sha256, nothing else',
+      'mcp_tool_call needs tool, resource, action (read|write|admin) and optionally args_sha256 and arguments (an object), nothing else',
     );
   }
-  return { type: 'mcp_tool_call', tool, resource, action, ...(args_sha256 ? { args_sha256 } : {}) };
+  return {
+    detail: { type: 'mcp_tool_call', tool, resource, action, ...(args_sha256 ? { args_sha256 } : {}) },
+    ...(args !== undefined ? { arguments: args as Record<string, unknown> } : {}),
+  };
 }
 
 /** Verifies a token this broker issued (signature, iss, typ, exp); undefined when not valid. */
@@ -156,7 +186,7 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
   await app.register(formbody, { bodyLimit: bodyLimit(ctx.config, BODY_LIMITS.tokenExchange) });
   const limiter = rateLimiter(app);
 
-  app.setErrorHandler((err: FastifyError | TaskpassError | OAuthError, req, reply) => {
+  app.setErrorHandler((err: FastifyError | BrokerError | OAuthError, req, reply) => {
     reply.header('cache-control', 'no-store');
     if (err instanceof OAuthError) {
       return reply.code(err.status).send({
@@ -168,15 +198,17 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
         ...(err.template ? { template: err.template } : {}),
       });
     }
-    if (err instanceof TaskpassError) {
+    if (err instanceof BrokerError) {
       const [error, status] = OAUTH_OF[err.code] ?? ['server_error', 500];
       if (status >= 500) req.log.error({ err }, 'oauth request failed');
+      if (status === 503) reply.header('retry-after', '1');
       const template = typeof err.details?.template === 'string' ? err.details.template : undefined;
       return reply.code(status).send({
         error,
         error_description: status >= 500 && error === 'server_error' ? 'internal error' : err.message,
         code: err.code,
         ...(template ? { template } : {}),
+        ...approvalMembers(err.details),
       });
     }
     const fe = err as FastifyError;
@@ -301,7 +333,7 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
       if (b.resource !== undefined && b.audience !== undefined && b.resource !== b.audience) {
         throw new OAuthError('invalid_target', 'resource and audience disagree');
       }
-      const detail = parseDetails(b.authorization_details);
+      const { detail, arguments: args } = parseDetails(b.authorization_details);
       let user: VerifiedUser | undefined;
       if (b.subject_token !== undefined) {
         if (b.subject_token_type !== TOKEN_TYPE_ID && b.subject_token_type !== TOKEN_TYPE_JWT) {
@@ -335,7 +367,7 @@ export async function oauthRoutes(app: FastifyInstance, ctx: RouteContext): Prom
       const issued =
         detail.type === 'mcp_session'
           ? await ctx.service.issueSession(agent, task, audience)
-          : await ctx.service.issueCall(agent, task, { audience, ...detail });
+          : await ctx.service.issueCall(agent, task, { audience, ...detail, arguments: args });
       return {
         access_token: issued.accessToken,
         issued_token_type: TOKEN_TYPE_ACCESS,

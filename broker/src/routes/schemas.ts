@@ -9,7 +9,7 @@ const int = { type: 'integer' } as const;
 
 /** `{ code, message, ... }` error body of the broker API. */
 export const ErrorBody = {
-  $id: 'TaskpassError',
+  $id: 'BrokerError',
   type: 'object',
   required: ['code', 'message'],
   properties: {
@@ -21,6 +21,32 @@ export const ErrorBody = {
       type: 'array',
       items: { type: 'object', properties: { path: str, message: str } },
     },
+    // TASKPASS_APPROVAL_REQUIRED / _DENIED / _EXPIRED / _ALREADY_DECIDED (docs/approvals.md)
+    approval_id: str,
+    approval_url: str,
+    expires_at: int,
+    request: { $ref: 'ApprovalSubject#' },
+    comment: str,
+    status: str,
+  },
+} as const;
+
+/** What an approval asks (contract ApprovalSubject). */
+export const ApprovalSubjectSchema = {
+  $id: 'ApprovalSubject',
+  type: 'object',
+  required: ['agent', 'user', 'task', 'audience', 'tool', 'resource', 'action', 'args_sha256', 'template'],
+  properties: {
+    agent: str,
+    user: str,
+    task: { type: 'object', required: ['id', 'purpose'], properties: { id: str, purpose: str } },
+    audience: str,
+    tool: str,
+    resource: str,
+    action: { type: 'string', enum: ACTIONS },
+    args_sha256: str,
+    arguments: { type: 'object', additionalProperties: true },
+    template: str,
   },
 } as const;
 
@@ -29,7 +55,16 @@ export const OAuthErrorBody = {
   $id: 'OAuthError',
   type: 'object',
   required: ['error'],
-  properties: { error: str, error_description: str, code: str, template: str },
+  properties: {
+    error: str,
+    error_description: str,
+    code: str,
+    template: str,
+    // Extension members of authorization_pending / access_denied / expired_token (docs/approvals.md)
+    approval_id: str,
+    approval_url: str,
+    expires_at: int,
+  },
 } as const;
 
 const retryAfter = {
@@ -69,9 +104,9 @@ function limitedRoute<R extends string>(ref: R, body: boolean) {
 }
 
 /** Error answers of routes without a body. */
-export const errorResponses = limitedRoute('TaskpassError', false);
+export const errorResponses = limitedRoute('BrokerError', false);
 /** Error answers of routes with a JSON body. */
-export const bodyErrorResponses = limitedRoute('TaskpassError', true);
+export const bodyErrorResponses = limitedRoute('BrokerError', true);
 /** Error answers of the form-encoded OAuth routes. */
 export const oauthErrorResponses = limitedRoute('OAuthError', true);
 
@@ -96,7 +131,14 @@ export const Ceiling = {
         items: {
           type: 'object',
           required: ['tool', 'action', 'resources'],
-          properties: { tool: str, action: Action, resources: { type: 'array', items: str } },
+          properties: {
+            tool: str,
+            action: Action,
+            resources: { type: 'array', items: str },
+            bind_arguments: { type: 'boolean', enum: [true] },
+            send_arguments: { type: 'boolean', enum: [true] },
+            approval: { type: 'boolean', enum: [true] },
+          },
         },
       },
     },
@@ -166,6 +208,11 @@ export const CallTokenBody = {
     resource: { type: 'string', minLength: 1, maxLength: MAX_RESOURCE_BYTES },
     action: Action,
     args_sha256: { type: 'string', pattern: '^[A-Za-z0-9_-]{43}$' },
+    arguments: {
+      type: 'object',
+      description:
+        "The call's arguments, for templates whose approval conditions read them; they must hash to args_sha256",
+    },
   },
 } as const;
 export interface CallTokenBodyT {
@@ -174,6 +221,82 @@ export interface CallTokenBodyT {
   resource: string;
   action: ActionT;
   args_sha256?: string;
+  arguments?: Record<string, unknown>;
+}
+
+const epoch = { type: 'integer', description: 'Epoch seconds' } as const;
+
+/** `GET /v1/approvals/:id` (contract ApprovalView). */
+export const ApprovalViewSchema = {
+  $id: 'ApprovalView',
+  type: 'object',
+  required: ['id', 'status', 'created_at', 'expires_at', 'approval_url', 'request'],
+  properties: {
+    id: str,
+    status: { type: 'string', enum: ['pending', 'approved', 'denied', 'expired', 'cancelled', 'used'] },
+    created_at: epoch,
+    expires_at: epoch,
+    approval_url: str,
+    request: { $ref: 'ApprovalSubject#' },
+    decision: {
+      type: 'object',
+      required: ['decision', 'approver', 'decided_at'],
+      properties: {
+        decision: { type: 'string', enum: ['approve', 'deny'] },
+        approver: { type: 'object', required: ['iss', 'sub'], properties: { iss: str, sub: str } },
+        decided_at: epoch,
+        comment: str,
+      },
+    },
+  },
+} as const;
+
+export const ApprovalIdParams = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', pattern: '^apr_[A-Za-z0-9_-]{22}$' } },
+} as const;
+
+export const ApprovalGetQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    wait: {
+      type: 'integer',
+      minimum: 0,
+      maximum: 60,
+      description: 'Long poll: answer as soon as the status changes, or after this many seconds',
+    },
+  },
+} as const;
+
+export const ApprovalListQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    status: { type: 'string', enum: ['pending'], default: 'pending' },
+    limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 },
+  },
+} as const;
+
+export const ApprovalListResponse = {
+  type: 'object',
+  required: ['approvals'],
+  properties: { approvals: { type: 'array', items: { $ref: 'ApprovalView#' } } },
+} as const;
+
+export const ApprovalDecisionBody = {
+  type: 'object',
+  required: ['decision'],
+  additionalProperties: false,
+  properties: {
+    decision: { type: 'string', enum: ['approve', 'deny'] },
+    comment: { type: 'string', minLength: 1, maxLength: 1000 },
+  },
+} as const;
+export interface ApprovalDecisionBodyT {
+  decision: 'approve' | 'deny';
+  comment?: string;
 }
 
 export const SessionTokenBody = {
@@ -311,7 +434,21 @@ const AuthzDetails = {
   items: {
     type: 'object',
     required: ['type'],
-    properties: { type: str, tool: str, resource: str, action: str, args_sha256: str },
+    properties: {
+      type: str,
+      tool: str,
+      resource: str,
+      action: str,
+      args_sha256: str,
+      approval: {
+        type: 'object',
+        properties: {
+          id: str,
+          approver: { type: 'object', properties: { iss: str, sub: str } },
+          approved_at: int,
+        },
+      },
+    },
   },
 } as const;
 

@@ -1,7 +1,7 @@
 // The agent API (docs/design.md §3): tasks and call tokens. Registered in its own encapsulated scope
 // whose onRequest hook authenticates the agent; nothing here is reachable without it.
 import type { FastifyInstance } from 'fastify';
-import { TaskpassError } from '../errors.ts';
+import { BrokerError } from '../errors.ts';
 import { rateLimiter } from '../rate-limit.ts';
 import { BODY_LIMITS, bodyLimit } from '../request-boundary.ts';
 import type { MintedToken } from '../service.ts';
@@ -46,7 +46,7 @@ export async function taskRoutes(app: FastifyInstance, ctx: RouteContext): Promi
   app.addHook('onRequest', async (req, reply) => {
     const id = await authenticateRequest(ctx, req);
     if (!ctx.matchers.agent(id.spiffeId)) {
-      throw new TaskpassError('TASKPASS_FORBIDDEN', 'this SPIFFE ID is not an allowed agent');
+      throw new BrokerError('TASKPASS_FORBIDDEN', 'this SPIFFE ID is not an allowed agent');
     }
     req.workload = id;
     await limiter.consume(req, reply, 'agent', id.id);

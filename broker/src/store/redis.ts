@@ -18,6 +18,15 @@
 //   P revoked:<kind>:<id>  seq (expires with what it covers)   P used:<jti>  single-use marker
 //   P keys                 hash kid -> JSON signing key
 //   channel P revocations  every revocation, as JSON, published by the script that made it
+//   P apr:<id>             hash: data (the request, JSON, immutable), status, expiresAt,
+//                          decidedAt, approver (JSON), comment, usedAt, jti (TTL: the task's)
+//   P aprcall:<sha256>     the id of the approval a call currently has (key = digest of task,
+//                          audience, tool, resource, action, args_sha256; TTL: the task's)
+//   P tapr:<task>          set of the task's approval ids (its completion cancels them)
+//   P apr:pending          zset id -> expiresAt of pending approvals (approvers' lists)
+//   channel P approvals    the id of every approval whose status changed
+// The approval scripts reach P apr:<id> by ids read inside the script (keys not declared in KEYS):
+// fine on one Redis, one more reason this store is not for Cluster.
 //
 // Outages (docs/decisions.md, "A frozen or dead Redis"): every command is bounded by `timeoutMs`,
 // nothing is queued while the connection is down, and every Store method then rejects with
@@ -28,10 +37,21 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Redis, type RedisOptions, ReplyError } from 'ioredis';
 import type { Logger } from 'pino';
-import { TaskpassError } from '../errors.ts';
-import type { Revocation } from '@taskpass/contract';
-import type { ClosingStatus, IssuedCall, Store, StoredSigningKey, TaskRecord, TaskStatus } from './types.ts';
-import { REVOCATION_GRACE_SEC } from './types.ts';
+import { BrokerError } from '../errors.ts';
+import type { ApprovalStatus, ApproverRef, Revocation } from '@taskpass/contract';
+import {
+  type ApprovalDecisionInput,
+  approvalCallKey,
+  type ApprovalRecord,
+  REVOCATION_GRACE_SEC,
+  type ClosingStatus,
+  type IssuedCall,
+  type Store,
+  type StoredSigningKey,
+  type TaskRecord,
+  type TaskStatus,
+} from './types.ts';
+import { mapStoreFailures } from './unavailable.ts';
 
 /** Options of {@link RedisStore}. */
 export interface RedisStoreOptions {
@@ -80,7 +100,9 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 1`);
 
 // KEYS: task, seq, revs, revs:until, revdata, revoked marker
-// ARGV: status, at, reason, channel, id, retention
+// ARGV: status, at, reason, channel, id, retention, prefix, approvals channel
+// KEYS also: 7 the task's approval set, 8 the pending zset. The task's pending or approved approvals
+// are cancelled in the same step (returned as the 4th element).
 const FINISH_TASK = withDeadline(`
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing'} end
@@ -99,7 +121,18 @@ redis.call('HSET', KEYS[5], seq, json)
 redis.call('SET', KEYS[6], seq)
 redis.call('EXPIREAT', KEYS[6], exp + tonumber(ARGV[6]))
 redis.call('PUBLISH', ARGV[4], json)
-return {'ok', tostring(seq), json}`);
+local cancelled = {}
+for _, aid in ipairs(redis.call('SMEMBERS', KEYS[7])) do
+  local k = ARGV[7] .. 'apr:' .. aid
+  local st = redis.call('HGET', k, 'status')
+  if st == 'pending' or st == 'approved' then
+    redis.call('HSET', k, 'status', 'cancelled')
+    redis.call('ZREM', KEYS[8], aid)
+    redis.call('PUBLISH', ARGV[8], aid)
+    cancelled[#cancelled + 1] = aid
+  end
+end
+return {'ok', tostring(seq), json, cancelled}`);
 
 // KEYS: seq, revs, revs:until, revdata, revoked marker
 // ARGV: jti, until, reason, channel, retention
@@ -152,11 +185,19 @@ local function ensure(list, counts, prior)
 end
 `;
 
-// KEYS: issued, icount, iprior, task; ARGV: json, expireAt (fallback), template, tool, resource,
-// ifToolCount ('' for none: with it, nothing is written and 0 returned unless the task has exactly
-// that many calls of tool).
+// KEYS: issued, icount, iprior, task, [approval]; ARGV: json, expireAt (fallback), template, tool,
+// resource, ifToolCount ('' for none: with it, nothing is written and 0 returned unless the task has
+// exactly that many calls of tool), approval id ('' for none: with it, nothing is written and 0
+// returned unless that approval is approved and not expired at now; it becomes used), now, jti,
+// approvals channel.
 // The issued-call keys must live as long as their task, or per-task call limits would reset.
 const RECORD_ISSUED = withDeadline(`${ISSUED_HELPERS}
+local consume = ARGV[7] ~= ''
+if consume then
+  local st = redis.call('HGET', KEYS[5], 'status')
+  local exp = tonumber(redis.call('HGET', KEYS[5], 'expiresAt') or '0')
+  if st ~= 'approved' or exp <= tonumber(ARGV[8]) then return 0 end
+end
 ensure(KEYS[1], KEYS[2], KEYS[3])
 if ARGV[6] ~= '' then
   local total = 0
@@ -173,7 +214,58 @@ local ttl = redis.call('PTTL', KEYS[4])
 for i = 1, 3 do
   if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('EXPIREAT', KEYS[i], ARGV[2]) end
 end
+if consume then
+  redis.call('HSET', KEYS[5], 'status', 'used', 'usedAt', ARGV[8], 'jti', ARGV[9])
+  redis.call('PUBLISH', ARGV[10], ARGV[7])
+end
 return 1`);
+
+// KEYS: the call's aprcall key, task, the task's approval set, pending zset, the new approval's hash
+// ARGV: id, data (JSON), expiresAt, now, prefix, approvals channel
+// Returns {'created'|'existing'|'expired', id} or {'closed'} / {'missing'} for the task.
+const REQUEST_APPROVAL = withDeadline(`
+local tst = redis.call('HGET', KEYS[2], 'status')
+if not tst then return {'missing'} end
+if tst ~= 'open' then return {'closed'} end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local k = ARGV[5] .. 'apr:' .. cur
+  local st = redis.call('HGET', k, 'status')
+  if st then
+    local open = st == 'pending' or st == 'approved'
+    local exp = tonumber(redis.call('HGET', k, 'expiresAt'))
+    if (open and exp > tonumber(ARGV[4])) or st == 'denied' then return {'existing', cur} end
+    if open then
+      redis.call('HSET', k, 'status', 'expired')
+      redis.call('DEL', KEYS[1])
+      redis.call('ZREM', KEYS[4], cur)
+      redis.call('PUBLISH', ARGV[6], cur)
+      return {'expired', cur}
+    end
+  end
+end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl <= 0 then ttl = 3600000 end
+redis.call('HSET', KEYS[5], 'data', ARGV[2], 'status', 'pending', 'expiresAt', ARGV[3])
+redis.call('PEXPIRE', KEYS[5], ttl)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+return {'created', ARGV[1]}`);
+
+// KEYS: the approval's hash, pending zset; ARGV: id, status, decidedAt, approver JSON, comment
+// ('' for none), now, approvals channel. First decision wins: only a pending, unexpired approval.
+const DECIDE_APPROVAL = withDeadline(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+local exp = tonumber(redis.call('HGET', KEYS[1], 'expiresAt'))
+if st ~= 'pending' or exp <= tonumber(ARGV[6]) then return 'lost' end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'decidedAt', ARGV[3], 'approver', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'comment', ARGV[5]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[7], ARGV[1])
+return 'ok'`);
 
 // ARGV: tool. Returns template, count, template, count, ...
 const COUNT_ISSUED = `${ISSUED_HELPERS}
@@ -233,7 +325,7 @@ const UNAVAILABLE_REPLY =
  * out of memory; our own errors and programming errors (script bugs, TypeError...) pass unchanged.
  */
 function storeFailure(e: unknown): unknown {
-  if (e instanceof TaskpassError) return e;
+  if (e instanceof BrokerError) return e;
   const bug =
     e instanceof ReplyError
       ? !UNAVAILABLE_REPLY.test((e as Error).message)
@@ -242,7 +334,7 @@ function storeFailure(e: unknown): unknown {
         e instanceof RangeError ||
         e instanceof ReferenceError;
   if (bug) return e;
-  return new TaskpassError(
+  return new BrokerError(
     'TASKPASS_STORE_UNAVAILABLE',
     'the store did not answer in time or cannot be reached; nothing was acknowledged',
     undefined,
@@ -266,6 +358,20 @@ function parseRevocation(json: string): Revocation | undefined {
     // falls through: not a revocation
   }
   return undefined;
+}
+
+/** An approval from its hash: the immutable request plus the fields that change. */
+function approvalFromHash(h: Record<string, string>): ApprovalRecord | undefined {
+  if (!h.data) return undefined;
+  const a = JSON.parse(h.data) as ApprovalRecord;
+  a.status = (h.status ?? 'pending') as ApprovalStatus;
+  a.expiresAt = Number(h.expiresAt);
+  if (h.decidedAt !== undefined) a.decidedAt = Number(h.decidedAt);
+  if (h.approver !== undefined) a.approver = JSON.parse(h.approver) as ApproverRef;
+  if (h.comment !== undefined) a.comment = h.comment;
+  if (h.usedAt !== undefined) a.usedAt = Number(h.usedAt);
+  if (h.jti !== undefined) a.jti = h.jti;
+  return a;
 }
 
 function taskFromHash(h: Record<string, string>): TaskRecord | undefined {
@@ -326,6 +432,9 @@ export class RedisStore implements Store {
   get #channel(): string {
     return this.#k('revocations');
   }
+  get #approvalChannel(): string {
+    return this.#k('approvals');
+  }
   get #r(): Redis {
     if (!this.#redis) throw new Error('RedisStore: init() has not been called (or the store is closed)');
     return this.#redis;
@@ -384,6 +493,10 @@ export class RedisStore implements Store {
     sub.on('error', (err: Error) => this.#logger?.warn({ err: err.message }, 'redis feed connection error'));
     this.#sub = sub;
     sub.on('message', (channel: string, message: string) => {
+      if (channel === this.#approvalChannel) {
+        this.#approvalChanged(message);
+        return;
+      }
       if (channel !== this.#channel) return;
       const r = parseRevocation(message);
       if (r) this.#enqueue(() => this.#deliver(r));
@@ -395,7 +508,7 @@ export class RedisStore implements Store {
       first = false;
     });
     await sub.connect();
-    await sub.subscribe(this.#channel);
+    await sub.subscribe(this.#channel, this.#approvalChannel);
     // Subscribed first, then the starting point: everything after it arrives on the channel.
     try {
       this.#lastEmitted = await this.currentSeq();
@@ -584,7 +697,12 @@ export class RedisStore implements Store {
     status: ClosingStatus,
     at: number,
     reason: string,
-  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyCompleted: boolean }> {
+  ): Promise<{
+    task: TaskRecord;
+    revocation: Revocation;
+    alreadyCompleted: boolean;
+    cancelledApprovals: string[];
+  }> {
     const res = (await this.#mutate(
       FINISH_TASK,
       [
@@ -594,27 +712,124 @@ export class RedisStore implements Store {
         this.#k('revs', 'until'),
         this.#k('revdata'),
         this.#k('revoked', 'task', id),
+        this.#k('tapr', id),
+        this.#k('apr', 'pending'),
       ],
-      [status, at, reason, this.#channel, id, this.#retention],
-    )) as string[];
-    if (res[0] === 'missing') throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+      [status, at, reason, this.#channel, id, this.#retention, this.prefix, this.#approvalChannel],
+    )) as [string, string?, string?, string[]?];
+    if (res[0] === 'missing') throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
     const task = await this.getTask(id);
-    if (!task) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+    if (!task) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
     let revocation = parseRevocation(res[2] ?? '');
     // An earlier revocation may have been swept (its `until` passed); it covered nothing any more.
     revocation ??= { seq: Number(res[1]), kind: 'task', id, until: task.expiresAt, reason: task.status };
     if (res[0] === 'ok') this.#deliverLocal(revocation);
-    return { task, revocation, alreadyCompleted: res[0] === 'already' };
+    return {
+      task,
+      revocation,
+      alreadyCompleted: res[0] === 'already',
+      cancelledApprovals: res[0] === 'ok' ? (res[3] ?? []) : [],
+    };
+  }
+
+  #approvalChanged(id: string): void {
+    try {
+      this.#events.emit('approval', id);
+    } catch (err) {
+      this.#logger?.error({ err, approval: id }, 'approval listener threw');
+    }
+  }
+
+  async requestApproval(
+    a: ApprovalRecord,
+    now: number,
+  ): Promise<{ approval: ApprovalRecord; created: boolean }> {
+    const callKey = createHash('sha256').update(approvalCallKey(a)).digest('base64url');
+    const { status: _status, expiresAt: _exp, ...request } = a;
+    const [outcome, id] = (await this.#mutate(
+      REQUEST_APPROVAL,
+      [
+        this.#k('aprcall', callKey),
+        this.#k('task', a.taskId),
+        this.#k('tapr', a.taskId),
+        this.#k('apr', 'pending'),
+        this.#k('apr', a.id),
+      ],
+      [a.id, JSON.stringify(request), a.expiresAt, now, this.prefix, this.#approvalChannel],
+    )) as [string, string?];
+    if (outcome === 'missing') throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${a.taskId}`);
+    if (outcome === 'closed') {
+      throw new BrokerError('TASKPASS_TASK_CLOSED', `task ${a.taskId} is closed; its tokens are revoked`);
+    }
+    const approval = await this.getApproval(id!);
+    if (!approval) throw new Error(`approval ${id} vanished`);
+    return { approval, created: outcome === 'created' };
+  }
+
+  async getApproval(id: string): Promise<ApprovalRecord | undefined> {
+    return approvalFromHash(await this.#r.hgetall(this.#k('apr', id)));
+  }
+
+  async decideApproval(
+    id: string,
+    d: ApprovalDecisionInput,
+    now: number,
+  ): Promise<{ decided: boolean; approval: ApprovalRecord } | undefined> {
+    const outcome = await this.#mutate(
+      DECIDE_APPROVAL,
+      [this.#k('apr', id), this.#k('apr', 'pending')],
+      [id, d.status, d.decidedAt, JSON.stringify(d.approver), d.comment ?? '', now, this.#approvalChannel],
+    );
+    if (outcome === 'missing') return undefined;
+    const approval = await this.getApproval(id);
+    if (!approval) return undefined;
+    return { decided: outcome === 'ok', approval };
+  }
+
+  async listPendingApprovals(now: number, limit: number): Promise<ApprovalRecord[]> {
+    const ids = await this.#r.zrangebyscore(
+      this.#k('apr', 'pending'),
+      `(${now}`,
+      '+inf',
+      'LIMIT',
+      0,
+      Math.max(0, Math.floor(limit)),
+    );
+    if (!ids.length) return [];
+    const p = this.#r.pipeline();
+    for (const id of ids) p.hgetall(this.#k('apr', id));
+    const out: ApprovalRecord[] = [];
+    for (const [err, h] of (await p.exec()) ?? []) {
+      if (err) throw err;
+      const a = approvalFromHash(h as Record<string, string>);
+      if (a?.status === 'pending' && a.expiresAt > now) out.push(a);
+    }
+    return out;
+  }
+
+  onApprovalChange(listener: (id: string) => void): () => void {
+    this.#events.on('approval', listener);
+    return () => {
+      this.#events.off('approval', listener);
+    };
   }
 
   #issuedKeys(taskId: string): string[] {
     return [this.#k('issued', taskId), this.#k('icount', taskId), this.#k('iprior', taskId)];
   }
 
-  async recordIssued(call: IssuedCall, opts: { ifToolCount?: number } = {}): Promise<boolean> {
+  async recordIssued(
+    call: IssuedCall,
+    opts: { ifToolCount?: number; consumeApproval?: { id: string; now: number } } = {},
+  ): Promise<boolean> {
+    const consume = opts.consumeApproval;
     const recorded = await this.#mutate(
       RECORD_ISSUED,
-      [...this.#issuedKeys(call.taskId), this.#k('task', call.taskId)],
+      [
+        ...this.#issuedKeys(call.taskId),
+        this.#k('task', call.taskId),
+        ...(consume ? [this.#k('apr', consume.id)] : []),
+      ],
       [
         JSON.stringify(call),
         call.expiresAt + this.#retention,
@@ -622,6 +837,10 @@ export class RedisStore implements Store {
         call.tool,
         call.resource,
         opts.ifToolCount === undefined ? '' : String(opts.ifToolCount),
+        consume?.id ?? '',
+        consume?.now ?? 0,
+        call.jti,
+        this.#approvalChannel,
       ],
     );
     return Number(recorded) === 1;
@@ -759,41 +978,23 @@ export class RedisStore implements Store {
     for (let more = true; more; ) {
       more = Number(await this.#script(SWEEP_REVOCATIONS, revKeys, [now - REVOCATION_GRACE_SEC, n])) === n;
     }
+    // Approvals that expired pending leave the approvers' list (their hashes expire with the task).
+    await r.zremrangebyscore(this.#k('apr', 'pending'), '-inf', now);
     // Scored by expiry + retention (see CREATE_TASK).
     for (;;) {
       const ids = await r.zrangebyscore(this.#k('tasks', 'exp'), '-inf', now, 'LIMIT', 0, n);
       if (ids.length === 0) break;
       const p = r.multi();
-      for (const id of ids) p.del(this.#k('task', id), ...this.#issuedKeys(id));
+      for (const id of ids) p.del(this.#k('task', id), this.#k('tapr', id), ...this.#issuedKeys(id));
       p.zrem(this.#k('tasks'), ...ids);
       p.zrem(this.#k('tasks', 'exp'), ...ids);
       await p.exec();
       if (ids.length < n) break;
     }
   }
-
-  // Every Store method — those added later too — rejects as TASKPASS_STORE_UNAVAILABLE when Redis
-  // cannot serve it (see storeFailure): mapped here once, so that no route has to and none answers
-  // 500 for an outage.
-  static {
-    const proto = RedisStore.prototype;
-    for (const name of Object.getOwnPropertyNames(proto)) {
-      const method = Object.getOwnPropertyDescriptor(proto, name)?.value as unknown;
-      if (name === 'constructor' || typeof method !== 'function') continue;
-      const guarded = function (this: RedisStore, ...args: unknown[]): unknown {
-        let out: unknown;
-        try {
-          out = method.apply(this, args);
-        } catch (e) {
-          throw storeFailure(e);
-        }
-        return out instanceof Promise
-          ? out.catch((e: unknown) => {
-              throw storeFailure(e);
-            })
-          : out;
-      };
-      Object.defineProperty(proto, name, { value: guarded, writable: true, configurable: true });
-    }
-  }
 }
+
+// Every Store method — those added later too — rejects as TASKPASS_STORE_UNAVAILABLE when Redis
+// cannot serve it (see storeFailure): mapped here once, so that no route has to and none answers
+// 500 for an outage.
+mapStoreFailures(RedisStore.prototype, storeFailure);

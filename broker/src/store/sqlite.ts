@@ -8,10 +8,21 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
-import { TaskpassError } from '../errors.ts';
+import { BrokerError } from '../errors.ts';
 import type { Action, Revocation } from '@taskpass/contract';
-import type { ClosingStatus, IssuedCall, Store, StoredSigningKey, TaskRecord, TaskStatus } from './types.ts';
-import { REVOCATION_GRACE_SEC } from './types.ts';
+import {
+  type ApprovalDecisionInput,
+  type ApprovalRecord,
+  approvalCallKey,
+  type ClosingStatus,
+  type IssuedCall,
+  REVOCATION_GRACE_SEC,
+  type Store,
+  type StoredSigningKey,
+  type TaskRecord,
+  type TaskStatus,
+} from './types.ts';
+import { mapStoreFailures } from './unavailable.ts';
 
 /** Options of {@link SqliteStore}. */
 export interface SqliteStoreOptions {
@@ -30,6 +41,11 @@ export interface SqliteStoreOptions {
   sweepBatchRows?: number;
   /** Most free pages one `incremental_vacuum` step returns to the file system (default 256). */
   vacuumStepPages?: number;
+  /**
+   * How long a statement waits for another connection's write lock before the request is answered
+   * 503 TASKPASS_STORE_UNAVAILABLE, ms (default 5000).
+   */
+  busyTimeoutMs?: number;
 }
 
 /** `$TASKPASS_DATA_DIR/taskpass.db`, or `./taskpass.db` when the variable is unset. */
@@ -111,6 +127,25 @@ const MIGRATIONS: readonly string[] = [
   ) STRICT, WITHOUT ROWID;
   INSERT INTO issued_prior (task_id, tool, resource, template)
     SELECT DISTINCT task_id, tool, resource, template FROM issued;
+  `,
+  // Approvals (docs/approvals.md): the record as JSON, with the columns queries need; and which
+  // approval each call (task, audience, tool, resource, action, args_sha256) currently has.
+  `
+  CREATE TABLE approvals (
+    id         TEXT PRIMARY KEY,
+    task_id    TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    data       TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX approvals_task ON approvals (task_id);
+  CREATE INDEX approvals_status ON approvals (status, expires_at);
+  CREATE TABLE approval_calls (
+    call_key    TEXT PRIMARY KEY,
+    task_id     TEXT NOT NULL,
+    approval_id TEXT NOT NULL
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX approval_calls_task ON approval_calls (task_id);
   `,
 ];
 
@@ -252,6 +287,23 @@ function prepareStatements(db: Database.Database) {
     sweepRevocations: p('DELETE FROM revocations WHERE until <= ? LIMIT ?'),
     sweepUsed: p('DELETE FROM used WHERE until <= ? LIMIT ?'),
     freePages: p('PRAGMA freelist_count'),
+    insertApproval: p('INSERT INTO approvals (id, task_id, status, expires_at, data) VALUES (?, ?, ?, ?, ?)'),
+    updateApproval: p('UPDATE approvals SET status = ?, data = ? WHERE id = ?'),
+    getApproval: p('SELECT data FROM approvals WHERE id = ?'),
+    openApprovalsOfTask: p(
+      "SELECT data FROM approvals WHERE task_id = ? AND status IN ('pending', 'approved')",
+    ),
+    pendingApprovals: p(
+      "SELECT data FROM approvals WHERE status = 'pending' AND expires_at > ? ORDER BY expires_at LIMIT ?",
+    ),
+    approvalOfCall: p('SELECT approval_id FROM approval_calls WHERE call_key = ?'),
+    setApprovalOfCall: p(
+      `INSERT INTO approval_calls (call_key, task_id, approval_id) VALUES (?, ?, ?)
+       ON CONFLICT (call_key) DO UPDATE SET approval_id = excluded.approval_id`,
+    ),
+    releaseCall: p('DELETE FROM approval_calls WHERE call_key = ?'),
+    sweepApprovalsOf: p('DELETE FROM approvals WHERE task_id = ? LIMIT ?'),
+    sweepApprovalCallsOf: p('DELETE FROM approval_calls WHERE task_id = ? LIMIT ?'),
   };
 }
 type Statements = ReturnType<typeof prepareStatements>;
@@ -286,12 +338,13 @@ export class SqliteStore implements Store {
   readonly #retention: number;
   readonly #batchRows: number;
   readonly #vacuumPages: number;
+  readonly #busyTimeoutMs: number;
   #sweeping: Promise<void> | undefined;
   readonly #events = new EventEmitter();
   #db: Database.Database | undefined;
   #stmts: Statements | undefined;
   #listTasks = new Map<string, Database.Statement>();
-  #recordIssued: ((call: IssuedCall) => void) | undefined;
+  #recordIssued: ((call: IssuedCall, used?: ApprovalRecord) => void) | undefined;
   // Waiters of the open group-commit batch (undefined: no batch open).
   #batch: { resolve: () => void; reject: (e: unknown) => void }[] | undefined;
 
@@ -301,6 +354,7 @@ export class SqliteStore implements Store {
     this.#retention = opts.taskRetentionSec ?? 300;
     this.#batchRows = Math.max(1, Math.floor(opts.sweepBatchRows ?? 100));
     this.#vacuumPages = Math.max(1, Math.floor(opts.vacuumStepPages ?? 64));
+    this.#busyTimeoutMs = Math.max(0, Math.floor(opts.busyTimeoutMs ?? 5000));
     // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
     this.#events.setMaxListeners(0);
   }
@@ -324,11 +378,12 @@ export class SqliteStore implements Store {
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
       db.pragma('foreign_keys = ON');
-      db.pragma('busy_timeout = 5000');
+      db.pragma(`busy_timeout = ${this.#busyTimeoutMs}`);
       this.#migrate(db);
       const s = prepareStatements(db);
       // Nested in the group-commit transaction, this runs as a savepoint: a record is all or nothing.
-      this.#recordIssued = db.transaction((call: IssuedCall) => {
+      this.#recordIssued = db.transaction((call: IssuedCall, used?: ApprovalRecord) => {
+        if (used) s.updateApproval.run(used.status, JSON.stringify(used), used.id);
         s.insertIssued.run(
           call.jti,
           call.taskId,
@@ -469,30 +524,145 @@ export class SqliteStore implements Store {
     status: ClosingStatus,
     at: number,
     reason: string,
-  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyCompleted: boolean }> {
+  ): Promise<{
+    task: TaskRecord;
+    revocation: Revocation;
+    alreadyCompleted: boolean;
+    cancelledApprovals: string[];
+  }> {
     this.#commitBatch();
     const db = this.#conn;
     const s = this.#s;
     const result = db
       .transaction(() => {
         const row = s.getTask.get(id) as TaskRow | undefined;
-        if (!row) throw new TaskpassError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
+        if (!row) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
         if (row.status !== 'open') {
-          return { task: taskFromRow(row), revocation: this.#earlierRevocation(row), alreadyCompleted: true };
+          return {
+            task: taskFromRow(row),
+            revocation: this.#earlierRevocation(row),
+            alreadyCompleted: true,
+            cancelledApprovals: [],
+          };
         }
         const seq = this.#nextSeq();
         const revocation: Revocation = { seq, kind: 'task', id, until: row.expires_at, reason };
         this.#insertRevocation(revocation);
         s.completeTask.run(status, at, seq, id);
+        // Nothing the task asked for may be approved or used once it is closed.
+        const cancelled: string[] = [];
+        for (const { data } of s.openApprovalsOfTask.all(id) as { data: string }[]) {
+          const a = JSON.parse(data) as ApprovalRecord;
+          this.#saveApproval({ ...a, status: 'cancelled' });
+          cancelled.push(a.id);
+        }
         return {
           task: taskFromRow({ ...row, status, finished_at: at, revocation_seq: seq }),
           revocation,
           alreadyCompleted: false,
+          cancelledApprovals: cancelled,
         };
       })
       .immediate();
     if (!result.alreadyCompleted) this.#emit(result.revocation);
+    for (const a of result.cancelledApprovals) this.#approvalChanged(a);
     return result;
+  }
+
+  #saveApproval(a: ApprovalRecord): void {
+    this.#s.updateApproval.run(a.status, JSON.stringify(a), a.id);
+  }
+
+  #approval(id: string): ApprovalRecord | undefined {
+    const r = this.#s.getApproval.get(id) as { data: string } | undefined;
+    return r && (JSON.parse(r.data) as ApprovalRecord);
+  }
+
+  #approvalChanged(id: string): void {
+    try {
+      this.#events.emit('approval', id);
+    } catch (err) {
+      this.#logger?.error({ err, approval: id }, 'approval listener threw');
+    }
+  }
+
+  async requestApproval(
+    a: ApprovalRecord,
+    now: number,
+  ): Promise<{ approval: ApprovalRecord; created: boolean }> {
+    this.#commitBatch();
+    const s = this.#s;
+    const key = approvalCallKey(a);
+    return this.#conn
+      .transaction(() => {
+        // Asked only while the task is open: completeTask cancels what exists, nothing comes after.
+        const task = s.taskStatus.get(a.taskId) as { status: string } | undefined;
+        if (!task) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${a.taskId}`);
+        if (task.status !== 'open') {
+          throw new BrokerError('TASKPASS_TASK_CLOSED', `task ${a.taskId} is closed; its tokens are revoked`);
+        }
+        const cur = s.approvalOfCall.get(key) as { approval_id: string } | undefined;
+        const existing = cur && this.#approval(cur.approval_id);
+        if (existing) {
+          const open = existing.status === 'pending' || existing.status === 'approved';
+          if ((open && existing.expiresAt > now) || existing.status === 'denied') {
+            return { approval: existing, created: false };
+          }
+          if (open) {
+            const expired: ApprovalRecord = { ...existing, status: 'expired' };
+            this.#saveApproval(expired);
+            s.releaseCall.run(key);
+            return { approval: expired, created: false };
+          }
+        }
+        s.insertApproval.run(a.id, a.taskId, a.status, a.expiresAt, JSON.stringify(a));
+        s.setApprovalOfCall.run(key, a.taskId, a.id);
+        return { approval: a, created: true };
+      })
+      .immediate();
+  }
+
+  async getApproval(id: string): Promise<ApprovalRecord | undefined> {
+    return this.#approval(id);
+  }
+
+  async decideApproval(
+    id: string,
+    d: ApprovalDecisionInput,
+    now: number,
+  ): Promise<{ decided: boolean; approval: ApprovalRecord } | undefined> {
+    this.#commitBatch();
+    const r = this.#conn
+      .transaction(() => {
+        const a = this.#approval(id);
+        if (!a) return undefined;
+        if (a.status !== 'pending' || a.expiresAt <= now) return { decided: false, approval: a };
+        const decided: ApprovalRecord = {
+          ...a,
+          status: d.status,
+          decidedAt: d.decidedAt,
+          approver: d.approver,
+          ...(d.comment !== undefined ? { comment: d.comment } : {}),
+        };
+        this.#saveApproval(decided);
+        return { decided: true, approval: decided };
+      })
+      .immediate();
+    if (r?.decided) this.#approvalChanged(id);
+    return r;
+  }
+
+  async listPendingApprovals(now: number, limit: number): Promise<ApprovalRecord[]> {
+    return (this.#s.pendingApprovals.all(now, Math.max(0, Math.floor(limit))) as { data: string }[]).map(
+      (r) => JSON.parse(r.data) as ApprovalRecord,
+    );
+  }
+
+  onApprovalChange(listener: (id: string) => void): () => void {
+    this.#events.on('approval', listener);
+    return () => {
+      this.#events.off('approval', listener);
+    };
   }
 
   // The revocation row may already have been swept (its `until` passed); the task row still says
@@ -522,14 +692,24 @@ export class SqliteStore implements Store {
     }
   }
 
-  async recordIssued(call: IssuedCall, opts: { ifToolCount?: number } = {}): Promise<boolean> {
+  async recordIssued(
+    call: IssuedCall,
+    opts: { ifToolCount?: number; consumeApproval?: { id: string; now: number } } = {},
+  ): Promise<boolean> {
     const s = this.#s;
-    const record = this.#recordIssued as (call: IssuedCall) => void;
+    const record = this.#recordIssued as (call: IssuedCall, consume?: ApprovalRecord) => void;
     if (opts.ifToolCount !== undefined) {
       // Checked and written in one synchronous step (the batch's uncommitted rows are visible on
       // this connection), so no other decision of this process can slip in between.
       const { n } = s.totalIssuedOfTool.get(call.taskId, call.tool) as { n: number };
       if (n !== opts.ifToolCount) return false;
+    }
+    let used: ApprovalRecord | undefined;
+    if (opts.consumeApproval) {
+      // Same synchronous step: approved → used at most once, together with the call's record.
+      const a = this.#approval(opts.consumeApproval.id);
+      if (a?.status !== 'approved' || a.expiresAt <= opts.consumeApproval.now) return false;
+      used = { ...a, status: 'used', usedAt: opts.consumeApproval.now, jti: call.jti };
     }
     if (!this.#batch) {
       s.begin.run();
@@ -538,10 +718,11 @@ export class SqliteStore implements Store {
     }
     const batch = this.#batch;
     // Throws (rejecting this call only) when the record cannot be written; the batch goes on.
-    record(call);
+    record(call, used);
     await new Promise<void>((resolve, reject) => {
       batch.push({ resolve, reject });
     });
+    if (used) this.#approvalChanged(used.id);
     return true;
   }
 
@@ -727,7 +908,13 @@ export class SqliteStore implements Store {
       more = step((s) => {
         let left = n;
         for (const { id } of s.expiredTasks.all(cutoff, n) as { id: string }[]) {
-          for (const del of [s.sweepIssuedOf, s.sweepIssuedCountsOf, s.sweepIssuedPriorOf]) {
+          for (const del of [
+            s.sweepIssuedOf,
+            s.sweepIssuedCountsOf,
+            s.sweepIssuedPriorOf,
+            s.sweepApprovalsOf,
+            s.sweepApprovalCallsOf,
+          ]) {
             left -= del.run(id, left).changes;
             if (left <= 0) return true;
           }
@@ -752,3 +939,21 @@ export class SqliteStore implements Store {
     }
   }
 }
+
+// SQLite result codes that mean "the database cannot serve this now" (another writer held the lock
+// past busy_timeout, the disk is full or failing), not "this request or our code is wrong".
+const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|FULL|IOERR|CANTOPEN|READONLY|PROTOCOL)/;
+
+/** What a failed SQLite call becomes: TASKPASS_STORE_UNAVAILABLE (503) for those; others unchanged. */
+function sqliteFailure(e: unknown): unknown {
+  if (e instanceof Database.SqliteError && SQLITE_UNAVAILABLE.test(e.code)) {
+    return new BrokerError(
+      'TASKPASS_STORE_UNAVAILABLE',
+      'the database is busy or cannot be written; nothing was acknowledged',
+      undefined,
+      { cause: e },
+    );
+  }
+  return e;
+}
+mapStoreFailures(SqliteStore.prototype, sqliteFailure);

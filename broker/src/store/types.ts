@@ -2,9 +2,10 @@
 // one process) and Redis (several replicas). Every method that records a revocation resolves only
 // once the revocation is durable; callers answer the client after that, never before. A store that
 // cannot be reached, or does not answer within its bound, rejects with TASKPASS_STORE_UNAVAILABLE
-// (a TaskpassError: 503 on every route) rather than hang — RedisStore does, and explains late writes.
+// (a BrokerError: 503 on every route) rather than hang — RedisStore does, and explains late writes.
 
-import type { Action, CompletionStatus, Revocation } from '@taskpass/contract';
+import type { Action, ApprovalStatus, ApproverRef, CompletionStatus, Revocation } from '@taskpass/contract';
+import type { ApprovalRule } from '../policy/schema.ts';
 
 export type TaskStatus = 'open' | CompletionStatus | 'revoked';
 /** How a task ends: what its agent reports on `complete`, or `revoked` by an admin. */
@@ -39,6 +40,66 @@ export interface IssuedCall {
   /** Epoch seconds. */
   issuedAt: number;
   expiresAt: number;
+}
+
+/** The call an approval is for: asking again for the same call finds the same approval. */
+export interface ApprovalCallKey {
+  taskId: string;
+  audience: string;
+  tool: string;
+  resource: string;
+  action: Action;
+  argsSha256: string;
+}
+
+/**
+ * A request for a person's approval of one call (docs/approvals.md). Created `pending`; then
+ * `approved` or `denied` by the first decision; `approved` becomes `used` when its one token is
+ * issued; `cancelled` when its task closes. `expired` is recorded lazily: a pending or approved
+ * approval past `expiresAt` is expired whatever its stored status says (see {@link effectiveStatus}).
+ */
+export interface ApprovalRecord extends ApprovalCallKey {
+  id: string;
+  agent: string;
+  /** The task's `sub` (the delegating user, or the agent for autonomous tasks). */
+  sub: string;
+  /** Issuer of the delegating user's token (undefined for autonomous tasks). */
+  userIssuer?: string;
+  purpose: string;
+  /** The arguments, when the agent sent them. */
+  arguments?: Record<string, unknown>;
+  /** Ids of the templates whose rules ask for approval, space-separated. */
+  template: string;
+  /** Those rules as they were when asked: the decision is checked against them. */
+  rules: ApprovalRule[];
+  status: ApprovalStatus;
+  /** Epoch seconds. */
+  createdAt: number;
+  expiresAt: number;
+  decidedAt?: number;
+  approver?: ApproverRef;
+  comment?: string;
+  usedAt?: number;
+  /** The jti of the token it yielded. */
+  jti?: string;
+}
+
+/** The one string an approval's call is known by (the store's index of "this call's approval"). */
+export const approvalCallKey = (k: ApprovalCallKey): string =>
+  JSON.stringify([k.taskId, k.audience, k.tool, k.resource, k.action, k.argsSha256]);
+
+/** The status an approval has now: pending or approved past its expiry counts as expired. */
+export function effectiveStatus(a: ApprovalRecord, now: number): ApprovalStatus {
+  return (a.status === 'pending' || a.status === 'approved') && a.expiresAt <= now ? 'expired' : a.status;
+}
+
+/** The first decision on an approval. */
+export interface ApprovalDecisionInput {
+  status: 'approved' | 'denied';
+  approver: ApproverRef;
+  /** Epoch seconds. */
+  decidedAt: number;
+  comment?: string | undefined;
 }
 
 /**
@@ -84,7 +145,13 @@ export interface Store {
     status: ClosingStatus,
     at: number,
     reason: string,
-  ): Promise<{ task: TaskRecord; revocation: Revocation; alreadyCompleted: boolean }>;
+  ): Promise<{
+    task: TaskRecord;
+    revocation: Revocation;
+    alreadyCompleted: boolean;
+    /** Ids of the task's pending or approved approvals, cancelled in the same atomic step. */
+    cancelledApprovals: string[];
+  }>;
 
   /**
    * Records an issued call token (workflow context and per-task counts). Resolves once durable,
@@ -95,8 +162,16 @@ export interface Store {
    * nothing is written and it resolves `false`. A decision that read the counts for a
    * `max_calls_per_task` cap passes the total it read, so two concurrent decisions (one process or
    * several replicas) can never both spend the last call.
+   *
+   * With `consumeApproval`, the same atomic step turns that approval from `approved` (and not
+   * expired at `now`) into `used`, recording the call's jti; if it is not approved any more (used by
+   * a concurrent request, cancelled, expired) nothing is written and it resolves `false`. One
+   * approval yields one token.
    */
-  recordIssued(call: IssuedCall, opts?: { ifToolCount?: number }): Promise<boolean>;
+  recordIssued(
+    call: IssuedCall,
+    opts?: { ifToolCount?: number; consumeApproval?: { id: string; now: number } },
+  ): Promise<boolean>;
   /**
    * Calls issued so far in a task (oldest first). The whole history: for inspection, not for
    * decisions (those use {@link countIssued} and {@link issuedTemplates}).
@@ -112,6 +187,34 @@ export interface Store {
    * when given, on any resource otherwise. Cost independent of the number of calls in the task.
    */
   issuedTemplates(taskId: string, tool: string, resource?: string): Promise<Set<string>>;
+
+  /**
+   * Creates the approval for `a`'s call, or returns the one its call already has, in one atomic step
+   * (concurrent requests for the same call, on any replica, get the same approval):
+   *  - pending or approved, not expired at `now`, or denied: that one (`created: false`);
+   *  - pending or approved past its expiry: marked `expired`, released from the call, and returned
+   *    (`created: false`): the caller reports the expiry and the next request asks anew;
+   *  - none, used, expired or cancelled: `a` is stored and becomes the call's approval (`created: true`).
+   */
+  requestApproval(a: ApprovalRecord, now: number): Promise<{ approval: ApprovalRecord; created: boolean }>;
+  getApproval(id: string): Promise<ApprovalRecord | undefined>;
+  /**
+   * Records the first decision: a compare-and-set on `status = pending` and `expiresAt > now`
+   * (atomic across replicas). `decided: false` with the approval as it is when another decision
+   * came first, it expired, or it was cancelled; undefined when there is no such approval.
+   */
+  decideApproval(
+    id: string,
+    d: ApprovalDecisionInput,
+    now: number,
+  ): Promise<{ decided: boolean; approval: ApprovalRecord } | undefined>;
+  /** Approvals pending at `now` (oldest first, at most `limit`), for approvers' lists. */
+  listPendingApprovals(now: number, limit: number): Promise<ApprovalRecord[]>;
+  /**
+   * Ids of approvals whose status changed (decided, used, cancelled), from any replica (Redis
+   * pub/sub; in-process for SQLite). Returns an unsubscribe function.
+   */
+  onApprovalChange(listener: (id: string) => void): () => void;
 
   /** Appends a durable token revocation (RFC 7009, admin). */
   revokeToken(jti: string, until: number, reason: string): Promise<Revocation>;
