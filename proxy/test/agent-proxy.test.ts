@@ -413,6 +413,7 @@ describe('several upstreams', () => {
       );
       return true;
     });
+    assert.equal(taskOf(proxy.taskId)?.status, 'cancelled', 'the failed start cancelled its task');
     await proxy.close();
   });
 });

@@ -117,9 +117,17 @@ export class AgentProxy {
     return this.#session !== undefined;
   }
 
-  /** Opens the task, connects the upstreams and lists their tools (a name collision fails here). */
+  /**
+   * Opens the task, connects the upstreams and lists their tools (a name collision fails here).
+   * A failed start cancels the task it opened.
+   */
   async start(): Promise<void> {
-    await this.listTools();
+    try {
+      await this.listTools();
+    } catch (e) {
+      await this.#endSession('cancelled', 'shutdown');
+      throw e;
+    }
   }
 
   /** The tools of every upstream under their exposed names. */
