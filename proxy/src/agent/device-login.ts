@@ -72,6 +72,8 @@ const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 // RFC 8628 §3.2 / §3.5: the default polling interval, and what slow_down adds to it.
 const DEFAULT_INTERVAL_SEC = 5;
 const SLOW_DOWN_SEC = 5;
+// An IdP answering `interval: 0` does not make the proxy poll in a tight loop.
+const MIN_INTERVAL_SEC = 1;
 
 function failed(message: string, cause?: unknown): ProxyError {
   return new ProxyError('TASKPASS_PROXY_DEVICE_LOGIN_FAILED', message, cause ? { cause } : undefined);
@@ -85,18 +87,18 @@ async function json(res: Response, what: string): Promise<unknown> {
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
+    if (signal?.aborted) return reject(signal.reason);
     const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
+      signal?.removeEventListener('abort', onAbort);
       resolve();
     }, ms);
     const onAbort = () => {
       clearTimeout(timer);
-      reject(signal.reason);
+      reject(signal?.reason);
     };
-    signal.addEventListener('abort', onAbort, { once: true });
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -172,16 +174,14 @@ export async function deviceLogin(opts: DeviceLoginOptions): Promise<DeviceLogin
     expiresInSec: a.expires_in,
   });
 
-  const deadlineMs = Math.min(a.expires_in * 1000, opts.timeoutMs ?? Number.POSITIVE_INFINITY);
-  const signal = AbortSignal.any([AbortSignal.timeout(deadlineMs), ...(opts.signal ? [opts.signal] : [])]);
-  let intervalSec = a.interval ?? DEFAULT_INTERVAL_SEC;
+  // A plain deadline, checked before each poll: on Node 20 a signal combined from
+  // AbortSignal.timeout() with AbortSignal.any() can be garbage-collected and never fire.
+  const deadline = Date.now() + Math.min(a.expires_in * 1000, opts.timeoutMs ?? Number.POSITIVE_INFINITY);
+  let intervalSec = Math.max(a.interval ?? DEFAULT_INTERVAL_SEC, MIN_INTERVAL_SEC);
   for (;;) {
-    try {
-      await sleep(intervalSec * 1000, signal);
-    } catch (e) {
-      if (opts.signal?.aborted) throw e;
-      throw failed('the login was not completed before the device code expired');
-    }
+    const left = deadline - Date.now();
+    if (left <= 0) throw failed('the login was not completed before the device code expired');
+    await sleep(Math.min(intervalSec * 1000, left), opts.signal);
     const tres = await call(
       discovery.data.token_endpoint,
       form({ grant_type: DEVICE_GRANT, device_code: a.device_code, client_id: opts.clientId }),
