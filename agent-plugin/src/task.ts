@@ -394,7 +394,14 @@ function waitSignal(opts: WaitForApprovalOptions): AbortSignal | undefined {
     if (!(opts.timeoutMs > 0)) {
       throw new AgentPluginError('TASKPASS_AGENT_CONFIG_INVALID', 'waitForApproval timeoutMs must be > 0');
     }
-    signals.push(AbortSignal.timeout(opts.timeoutMs));
+    // Not AbortSignal.timeout(): combined by AbortSignal.any() below, Node 20 lets the garbage
+    // collector take it, and the wait would never time out. The timer keeps this one alive.
+    const timeout = new AbortController();
+    setTimeout(
+      () => timeout.abort(new DOMException('The operation was aborted due to timeout', 'TimeoutError')),
+      opts.timeoutMs,
+    ).unref();
+    signals.push(timeout.signal);
   }
   return signals.length > 1 ? AbortSignal.any(signals) : signals[0];
 }

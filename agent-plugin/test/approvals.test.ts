@@ -5,6 +5,8 @@ import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
@@ -243,6 +245,26 @@ describe('Task.waitForApproval', () => {
     await assert.rejects(task.waitForApproval(e.approvalId, { timeoutMs: 0 }), {
       code: 'TASKPASS_AGENT_CONFIG_INVALID',
     });
+  });
+
+  test('the timeout holds beside a caller signal while the garbage collector runs', async () => {
+    // AbortSignal.any() does not keep an AbortSignal.timeout() alive on Node 20: collected, it never fires.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    await using c = client();
+    await using task = await c.openTask({ purpose: 'p' });
+    const e = await askApproval(task, 302);
+    const collecting = setInterval(gc, 5);
+    try {
+      const t0 = Date.now();
+      await assert.rejects(
+        task.waitForApproval(e.approvalId, { timeoutMs: 300, signal: new AbortController().signal }),
+        { name: 'TimeoutError' },
+      );
+      assert.ok(Date.now() - t0 < 3000);
+    } finally {
+      clearInterval(collecting);
+    }
   });
 
   test('a broker failing retries with backoff; an unknown approval ends the wait at once', async () => {

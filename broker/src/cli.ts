@@ -36,6 +36,7 @@ const USAGE = `usage:
                                                  into a new file (mode 0600; an existing one is kept)
   taskpass keys rewrap [--config <file>]         re-wrap stored signing keys under the current KEK
   taskpass guard --config <file>                 the enforcing reverse proxy (needs @taskpass/proxy)
+  taskpass proxy --config <file>                 the agent side for unmodified MCP hosts (needs @taskpass/proxy)
   taskpass approvals list|show|approve|deny ...  decide calls held for approval, as yourself
                                                  (taskpass approvals --help)
 Broker calls over https authenticate both sides by SPIFFE ID: this process presents its X.509-SVID
@@ -167,8 +168,9 @@ async function runProxyCli(argv: readonly string[], io: CliIo): Promise<number> 
 
 /** Runs the CLI; resolves with the exit code. */
 export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
-  // `taskpass guard …` belongs to @taskpass/proxy, an optional package with options of its own.
-  if (argv[0] === 'guard') return runProxyCli(argv, io);
+  // `taskpass guard …` and `taskpass proxy …` belong to @taskpass/proxy, an optional package with
+  // options of its own.
+  if (argv[0] === 'guard' || argv[0] === 'proxy') return runProxyCli(argv, io);
   // Approvers are people with their own token, not workloads: their own flags and connection.
   if (argv[0] === 'approvals') return (await import('./cli-approvals.ts')).runApprovalsCli(argv.slice(1), io);
   try {

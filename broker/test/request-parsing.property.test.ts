@@ -91,6 +91,12 @@ const routes: Record<string, BodyRoute> = {
       args_sha256: 'string',
     },
     okStatus: 200,
+    // `arguments` (an object, for approval conditions) is a field too: fast-check's bias toward
+    // well-known property names does generate it.
+    admits: (v) => {
+      const a = (v as { arguments?: unknown } | null)?.arguments;
+      return typeof a === 'object' && a !== null && !Array.isArray(a);
+    },
   },
   'POST /v1/tasks/:id/session-token': {
     url: () => `/v1/tasks/${task}/session-token`,

@@ -1,13 +1,17 @@
-// `taskpass-proxy <command>`: `guard` runs the enforcing reverse proxy. The broker's `taskpass`
-// command forwards `taskpass guard …` here when this package is installed.
+// `taskpass-proxy <command>`: `guard` runs the enforcing reverse proxy, `proxy` the agent side for
+// unmodified MCP hosts. The broker's `taskpass` command forwards `taskpass guard …` and
+// `taskpass proxy …` here when this package is installed.
 import { parseArgs } from 'node:util';
+import { PROXY_USAGE } from './agent/cli.ts';
 
 const USAGE = `Usage: taskpass-proxy guard --config <guard.yaml>   (or TASKPASS_GUARD_CONFIG)
        taskpass-proxy guard --print-config            an example configuration
 
   guard   an enforcing reverse proxy in front of an MCP server (Streamable HTTP or stdio):
           mTLS with its own SVID, every request verified like the embedded verifier does,
-          the caller's identity passed upstream in Taskpass-* headers.`;
+          the caller's identity passed upstream in Taskpass-* headers.
+
+${PROXY_USAGE}`;
 
 /** Where the CLI writes. */
 export interface ProxyCliIo {
@@ -55,6 +59,13 @@ export async function runCli(argv: readonly string[], io: ProxyCliIo = defaultIo
   if (values.help || !cmd) {
     io.out(USAGE);
     return values.help ? 0 : 2;
+  }
+  if (cmd === 'proxy') {
+    const { runProxyCommand } = await import('./agent/cli.ts');
+    return runProxyCommand(
+      { config: values.config, printConfig: values['print-config'], positionals: positionals.slice(1) },
+      io,
+    );
   }
   if (cmd !== 'guard') {
     io.err(`unknown command "${cmd}"\n${USAGE}`);
