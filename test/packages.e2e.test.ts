@@ -263,6 +263,15 @@ describe('packages as installed from npm (plain node, outside the repository)', 
     assert.match(out, /usage:\n\s+taskpass serve/);
   });
 
+  test('the installed @taskpass/proxy runs with plain node, on its own bin and through taskpass', () => {
+    const host = JSON.parse(
+      run('npx', ['--no-install', 'taskpass', 'proxy', '--print-config', 'claude-desktop'], consumer),
+    );
+    assert.deepEqual(host.mcpServers?.taskpass?.args?.slice(0, 2), ['proxy', '--config']);
+    const guard = run('npx', ['--no-install', 'taskpass-proxy', 'guard', '--print-config'], consumer);
+    assert.match(guard, /upstream/);
+  });
+
   test('the root entries load without gRPC; the Workload API is @taskpass/spiffe/workload', () => {
     // A resolve hook refuses @grpc/*; the subpath's failure shows the hook is in force.
     const hook = `export async function resolve(s, c, next) {
