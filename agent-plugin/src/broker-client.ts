@@ -23,6 +23,7 @@ import {
   TaskpassDeniedError,
 } from './errors.ts';
 import { Task } from './task.ts';
+import { timeoutSignal } from './signals.ts';
 
 /** Something that hands out JWT-SVIDs, such as `JwtSource` or `WorkloadApiClient` of `@taskpass/spiffe`. */
 export interface JwtSvidSource {
@@ -660,14 +661,14 @@ export class BrokerClient {
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (this.#auth.kind === 'jwt-svid') headers.authorization = `Bearer ${await this.#jwtSvid(freshJwt)}`;
     const dispatcher = await this.#getDispatcher();
-    const timeout = AbortSignal.timeout(opts.timeoutMs ?? this.#timeoutMs);
+    const timeout = timeoutSignal(opts.timeoutMs ?? this.#timeoutMs, opts.signal);
     try {
       const res = await request(this.url + path, {
         method,
         headers,
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
         dispatcher,
-        signal: opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout,
+        signal: timeout.signal,
       });
       return { status: res.statusCode, text: await res.body.text() };
     } catch (e) {
@@ -676,6 +677,8 @@ export class BrokerClient {
       throw new AgentPluginError('TASKPASS_AGENT_BROKER_UNREACHABLE', `${method} ${path}: ${describe(e)}`, {
         cause: e,
       });
+    } finally {
+      timeout.clear();
     }
   }
 }

@@ -15,6 +15,7 @@ import type {
   OpenedTask,
 } from './broker-client.ts';
 import { AgentPluginError, BrokerError, TaskpassDeniedError } from './errors.ts';
+import { timeoutSignal } from './signals.ts';
 
 /**
  * Where the handle is: `open`; `finishing` while complete/fail/cancel is in flight; the finish
@@ -388,22 +389,12 @@ export class Task {
 
 /** The caller's signal and the timeout as one signal (undefined when neither is given). */
 function waitSignal(opts: WaitForApprovalOptions): AbortSignal | undefined {
-  const signals: AbortSignal[] = [];
-  if (opts.signal) signals.push(opts.signal);
-  if (opts.timeoutMs !== undefined) {
-    if (!(opts.timeoutMs > 0)) {
-      throw new AgentPluginError('TASKPASS_AGENT_CONFIG_INVALID', 'waitForApproval timeoutMs must be > 0');
-    }
-    // Not AbortSignal.timeout(): combined by AbortSignal.any() below, Node 20 lets the garbage
-    // collector take it, and the wait would never time out. The timer keeps this one alive.
-    const timeout = new AbortController();
-    setTimeout(
-      () => timeout.abort(new DOMException('The operation was aborted due to timeout', 'TimeoutError')),
-      opts.timeoutMs,
-    ).unref();
-    signals.push(timeout.signal);
+  if (opts.timeoutMs === undefined) return opts.signal;
+  if (!(opts.timeoutMs > 0)) {
+    throw new AgentPluginError('TASKPASS_AGENT_CONFIG_INVALID', 'waitForApproval timeoutMs must be > 0');
   }
-  return signals.length > 1 ? AbortSignal.any(signals) : signals[0];
+  // The wait ends by itself; its timer is left to fire (unref'd) rather than cleared.
+  return timeoutSignal(opts.timeoutMs, opts.signal).signal;
 }
 
 // Worth asking again: the broker could not be reached or answered, or asked us to slow down.
