@@ -1,13 +1,12 @@
 // The agent-side proxy's configuration: one strict zod schema, loaded from a YAML or JSON file and
 // validated at start, so a typo fails the start with the file and the field instead of running with
 // a looser setting than the person meant.
-import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { ACTIONS, compileResourceTemplate } from '@taskpass/contract';
 import { SpiffeId } from '@taskpass/spiffe';
-import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { issuesOf, parsedBy, readConfigFile } from '../config-file.ts';
 import { isLoopbackHost } from '../guard/config.ts';
 import { ProxyError } from './errors.ts';
 
@@ -23,28 +22,11 @@ const secureUrl = httpUrl.refine(
   { message: 'must be https (plain http only on loopback)' },
 );
 
-const spiffeId = z.string().refine(
-  (v) => {
-    try {
-      SpiffeId.parse(v);
-      return true;
-    } catch {
-      return false;
-    }
-  },
-  { message: 'not a SPIFFE ID (spiffe://trust-domain/path)' },
-);
+const spiffeId = parsedBy((v) => SpiffeId.parse(v), 'not a SPIFFE ID (spiffe://trust-domain/path)');
 
-const resourceTemplate = z.string().refine(
-  (v) => {
-    try {
-      compileResourceTemplate(v);
-      return true;
-    } catch {
-      return false;
-    }
-  },
-  { message: 'not a resource template (e.g. tickets/{ticket_id})' },
+const resourceTemplate = parsedBy(
+  compileResourceTemplate,
+  'not a resource template (e.g. tickets/{ticket_id})',
 );
 
 const ToolSchema = z.strictObject({
@@ -197,8 +179,7 @@ export function parseProxyConfig(
 ): ProxyConfig {
   const r = ProxyConfigSchema.safeParse(raw);
   if (!r.success) {
-    const issues = r.error.issues.map((i) => `${i.path.map(String).join('.') || '(root)'}: ${i.message}`);
-    throw invalid(`${source} is invalid: ${issues.join('; ')}`);
+    throw invalid(`${source} is invalid: ${issuesOf(r.error)}`);
   }
   const { upstreams, ...rest } = r.data;
   const names = Object.keys(upstreams);
@@ -238,21 +219,7 @@ export function parseProxyConfig(
  * ```
  */
 export function loadProxyConfig(file: string): ProxyConfig {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw invalid(`cannot read configuration file ${file}: ${(e as Error).message}`);
-  }
-  let raw: unknown;
-  try {
-    raw = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
-  } catch (e) {
-    throw invalid(`cannot parse ${file}: ${(e as Error).message}`);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
-    throw invalid(`${file} must contain a mapping at the top level`);
-  }
+  const raw = readConfigFile(file, invalid);
   return parseProxyConfig(raw, file, { baseDir: dirname(resolve(file)) });
 }
 

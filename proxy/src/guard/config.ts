@@ -5,47 +5,17 @@ import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { ACTIONS, compileResourceTemplate } from '@taskpass/contract';
 import { SpiffeId, TrustDomain } from '@taskpass/spiffe';
-import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { issuesOf, parsedBy, readConfigFile } from '../config-file.ts';
 import { GuardError } from './errors.ts';
 
 const httpUrl = z.url({ protocol: /^https?$/ });
 
-const spiffeId = z.string().refine(
-  (v) => {
-    try {
-      SpiffeId.parse(v);
-      return true;
-    } catch {
-      return false;
-    }
-  },
-  { message: 'not a SPIFFE ID (spiffe://trust-domain/path)' },
-);
+const spiffeId = parsedBy((v) => SpiffeId.parse(v), 'not a SPIFFE ID (spiffe://trust-domain/path)');
 
-const trustDomain = z.string().refine(
-  (v) => {
-    try {
-      TrustDomain.parse(v);
-      return true;
-    } catch {
-      return false;
-    }
-  },
-  { message: 'not a trust domain name' },
-);
+const trustDomain = parsedBy((v) => TrustDomain.parse(v), 'not a trust domain name');
 
-const resourceTemplate = z.string().refine(
-  (v) => {
-    try {
-      compileResourceTemplate(v);
-      return true;
-    } catch {
-      return false;
-    }
-  },
-  { message: 'not a resource template (e.g. notes/{note_id})' },
-);
+const resourceTemplate = parsedBy(compileResourceTemplate, 'not a resource template (e.g. notes/{note_id})');
 
 const UpstreamSchema = z
   .strictObject({
@@ -167,8 +137,7 @@ export function parseGuardConfig(
 ): GuardConfig {
   const r = GuardConfigSchema.safeParse(raw);
   if (!r.success) {
-    const issues = r.error.issues.map((i) => `${i.path.map(String).join('.') || '(root)'}: ${i.message}`);
-    throw invalid(`${source} is invalid: ${issues.join('; ')}`);
+    throw invalid(`${source} is invalid: ${issuesOf(r.error)}`);
   }
   const config: GuardConfig = r.data;
   const env = opts.env ?? process.env;
@@ -210,21 +179,7 @@ export function parseGuardConfig(
  * ```
  */
 export function loadGuardConfig(file: string, env: NodeJS.ProcessEnv = process.env): GuardConfig {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw invalid(`cannot read configuration file ${file}: ${(e as Error).message}`);
-  }
-  let raw: unknown;
-  try {
-    raw = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
-  } catch (e) {
-    throw invalid(`cannot parse ${file}: ${(e as Error).message}`);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
-    throw invalid(`${file} must contain a mapping at the top level`);
-  }
+  const raw = readConfigFile(file, invalid);
   return parseGuardConfig(raw, file, { baseDir: dirname(resolve(file)), env });
 }
 
