@@ -228,6 +228,8 @@ export const ConfigSchema = z
       .object({
         /** `log` (the broker log, `audit: true`), `stdout`, `stderr`, or a file path. */
         destination: z.string().min(1).default('log'),
+        /** How long the store keeps decision records (the console's timelines); swept after. */
+        retention: Duration.default(30 * 86400),
       })
       .strict()
       .prefault({}),

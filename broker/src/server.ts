@@ -85,7 +85,7 @@ async function start(
       'signing keys are stored UNENCRYPTED (keys.allowPlaintext: true); anyone who can read the store can sign tokens',
     );
   }
-  const store = createStore(config.store, { logger });
+  const store = createStore(config.store, { logger, decisionRetentionSec: config.audit.retention });
   opened.push(() => store.close());
   await store.init();
   const keys = await SigningKeys.open(store, {

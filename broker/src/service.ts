@@ -582,6 +582,8 @@ export class TaskService {
       reason,
       by: by.id,
     });
+    // A revocation's record is evidence the console and `audit verify` must have: durable first.
+    await durable('record the decision', this.d.audit.flush?.() ?? Promise.resolve());
     return { task: r.task, revocation: r.revocation };
   }
 
@@ -593,6 +595,7 @@ export class TaskService {
     );
     this.d.metrics.revocations.inc({ kind: 'token' });
     this.d.audit.record({ event: 'token.revoked', jti, task, by: by.id });
+    await durable('record the decision', this.d.audit.flush?.() ?? Promise.resolve());
     return r;
   }
 }
