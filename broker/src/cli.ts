@@ -117,7 +117,11 @@ function brokerUrl(v: Record<string, unknown>, io: CliIo, required: boolean): st
   return url?.replace(/\/$/, '');
 }
 
-function explainText(header: Record<string, unknown>, c: Record<string, unknown>, nowSec: number): string {
+export function explainText(
+  header: Record<string, unknown>,
+  c: Record<string, unknown>,
+  nowSec: number,
+): string {
   const lines: string[] = [];
   const d = Array.isArray(c.authorization_details)
     ? (c.authorization_details[0] as Record<string, unknown>)

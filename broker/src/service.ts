@@ -550,9 +550,12 @@ export class TaskService {
     };
   }
 
-  /** Completes (or, for an admin, revokes) a task; resolves after the revocation is durable. */
+  /**
+   * Completes (or, for an admin, revokes) a task; resolves after the revocation and its record are
+   * durable. `by`: the agent or admin workload, or a console admin (`console:<sub> at <iss>`).
+   */
   async complete(
-    by: WorkloadIdentity,
+    by: Pick<WorkloadIdentity, 'id'>,
     id: string,
     status: ClosingStatus,
     reason: string,
@@ -588,7 +591,12 @@ export class TaskService {
   }
 
   /** Revokes one token by jti (RFC 7009 / admin), durably. */
-  async revokeToken(by: WorkloadIdentity, jti: string, until: number, task?: string): Promise<Revocation> {
+  async revokeToken(
+    by: Pick<WorkloadIdentity, 'id'>,
+    jti: string,
+    until: number,
+    task?: string,
+  ): Promise<Revocation> {
     const r = await durable(
       'record the revocation',
       this.d.store.revokeToken(jti, until, `revoked by ${by.id}`),
