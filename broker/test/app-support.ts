@@ -4,7 +4,7 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { exportJWK, SignJWT } from 'jose';
 import pino from 'pino';
-import { buildApp } from '../src/app.ts';
+import { type AppDeps, type BrokerServices, buildApp, buildServices } from '../src/app.ts';
 import { countKeyOf, outcomeOf } from '../src/decision-chain.ts';
 import type { WorkloadAuthenticator, WorkloadIdentity } from '../src/auth.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
@@ -457,6 +457,10 @@ export interface TestBroker<S extends Store = MemoryStore> {
   jwt(id: string): Record<string, string>;
   /** Headers that make the peer-cert seam present an mTLS chain for `id`. */
   mtls(id: string): Record<string, string>;
+  /** What the app was built from and with (the console shares them). */
+  deps: AppDeps;
+  services: BrokerServices;
+  hub: RevocationHub;
 }
 
 /**
@@ -496,7 +500,7 @@ export async function testBroker<S extends Store = MemoryStore>(
   const publicJwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
   const clock = { now: Date.now() };
   const policy = opts.policy ?? new TinyPolicy();
-  const app = buildApp({
+  const deps: AppDeps = {
     config,
     store,
     keys: {
@@ -515,7 +519,9 @@ export async function testBroker<S extends Store = MemoryStore>(
       const id = req.headers['x-test-peer'];
       return typeof id === 'string' ? ([{ id }] as never) : undefined;
     },
-  });
+  };
+  const services = buildServices(deps);
+  const app = buildApp(deps, services);
   app.addHook('onClose', () => hub.close());
   await app.ready();
   return {
@@ -527,5 +533,8 @@ export async function testBroker<S extends Store = MemoryStore>(
     clock,
     jwt: (id) => ({ authorization: `Bearer ${svid(id)}` }),
     mtls: (id) => ({ 'x-test-peer': id }),
+    deps,
+    services,
+    hub,
   };
 }

@@ -78,8 +78,9 @@ export async function consoleApi(app: FastifyInstance, d: ConsoleApiDeps): Promi
     const [open, pending, lastMinute, lastHour] = await Promise.all([
       store.listTasks({ status: 'open', limit: 1000 }),
       store.listPendingApprovals(nowSec(), 1000),
-      store.decisionCounts(nowMs - 60_000, nowMs),
-      store.decisionCounts(nowMs - 3_600_000, nowMs),
+      // Up to and including this millisecond.
+      store.decisionCounts(nowMs - 60_000, nowMs + 1),
+      store.decisionCounts(nowMs - 3_600_000, nowMs + 1),
     ]);
     const { issued: issuedHour = 0, ...denials } = lastHour;
     return {
@@ -231,12 +232,13 @@ export async function consoleApi(app: FastifyInstance, d: ConsoleApiDeps): Promi
     const b = parse(WhatIfBody, req.body);
     const set = d.policies.current();
     if (!(set instanceof PolicySet)) throw new BrokerError('TASKPASS_INTERNAL', 'no policy set loaded');
-    const r = runCase(set, { ...b, name: 'what-if', expect: 'allow' }, 'console');
-    return {
-      decision: r.actual,
-      template: r.template ?? null,
-      reason: r.actual === 'allow' ? '' : r.message,
-    };
+    const probe = runCase(set, { ...b, name: 'what-if', expect: 'allow' }, 'console');
+    // Asked again expecting what it got: the message is then the engine's reason alone.
+    const r =
+      probe.passed || probe.actual === 'invalid-history'
+        ? probe
+        : runCase(set, { ...b, name: 'what-if', expect: probe.actual as 'allow' }, 'console');
+    return { decision: r.actual, template: r.template ?? null, reason: r.message };
   });
 
   const ExplainBody = z.strictObject({ token: z.string().min(10).max(16384) });
