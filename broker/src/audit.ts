@@ -2,6 +2,9 @@
 // completed or revoked, token revoked). Records carry identities, task ids and jtis so an incident
 // can be reconstructed — never a token, a key or a user-token claim set.
 //
+// The same records also go to the store as hash-chained decision records (decision-log.ts), kept
+// for `audit.retention`, for the console; what follows is about this JSON stream.
+//
 // Retention: the broker does not delete audit records. To a file it appends JSON lines and, like
 // Vault's file audit device or nginx, leaves rotation and retention to logrotate (or the log
 // shipper): `reopen()` (SIGUSR2 in `taskpass serve`) makes it continue in a new file after the old

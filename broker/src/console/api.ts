@@ -75,11 +75,13 @@ export async function consoleApi(app: FastifyInstance, d: ConsoleApiDeps): Promi
   app.get('/console/api/now', async (req) => {
     need(req, 'viewer');
     const nowMs = d.now();
+    // Rates over whole minutes (the Redis store counts per minute): the last complete one.
+    const minute = nowMs - (nowMs % 60_000);
     const [open, pending, lastMinute, lastHour] = await Promise.all([
       store.listTasks({ status: 'open', limit: 1000 }),
       store.listPendingApprovals(nowSec(), 1000),
+      store.decisionCounts(minute - 60_000, minute),
       // Up to and including this millisecond.
-      store.decisionCounts(nowMs - 60_000, nowMs + 1),
       store.decisionCounts(nowMs - 3_600_000, nowMs + 1),
     ]);
     const { issued: issuedHour = 0, ...denials } = lastHour;
