@@ -399,7 +399,10 @@ test('approve from the console: the session identity is the approver; the waitin
   assert.equal(no.statusCode, 403);
   assert.equal(no.json().code, 'TASKPASS_APPROVAL_SEPARATION_OF_DUTIES');
   const bob = await signIn('bob');
-  const queue = (await get(bob, '/console/api/approvals')).json().approvals as { id: string; request: { arguments?: unknown } }[];
+  const queue = (await get(bob, '/console/api/approvals')).json().approvals as {
+    id: string;
+    request: { arguments?: unknown };
+  }[];
   const mine = queue.find((a) => a.id === id);
   assert.ok(mine, 'bob sees the pending refund');
   assert.deepEqual(mine.request.arguments, { ticket_id: 'T-1', amount: 250 });
