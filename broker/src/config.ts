@@ -142,7 +142,7 @@ const ConsoleSchema = z
     insecureCookies: z.boolean().default(false),
   })
   .strict()
-  .refine((c) => !c.oidc.scopes.length || c.oidc.scopes.includes('openid'), {
+  .refine((c) => c.oidc.scopes.includes('openid'), {
     message: 'console.oidc.scopes must include openid',
     path: ['oidc', 'scopes'],
   })

@@ -468,6 +468,7 @@ export class TaskService {
         jti,
         exp,
         ...(approval ? { approval: approval.id, args_sha256: digest } : {}),
+        ...(claim ? { approver: `${claim.approver.sub} at ${claim.approver.iss}` } : {}),
       });
       if (approval) {
         this.d.audit.record({

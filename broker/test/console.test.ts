@@ -425,9 +425,16 @@ test('approve from the console: the session identity is the approver; the waitin
   const claims = JSON.parse(Buffer.from(minted.json().access_token.split('.')[1], 'base64url').toString());
   assert.equal(claims.authorization_details[0].approval.approver.sub, 'bob');
   await b.services.recorder.flush();
-  const events = (
-    (await get(bob, `/console/api/tasks/${task}`)).json().timeline as Record<string, unknown>[]
-  ).map((x) => x.event);
+  const timeline = (await get(bob, `/console/api/tasks/${task}`)).json().timeline as Record<
+    string,
+    unknown
+  >[];
+  const issued = timeline.find((x) => x.event === 'token.issued');
+  assert.equal(issued?.approval, id);
+  assert.equal(issued?.approver, `bob at ${IDP}`);
+  assert.equal(issued?.jti, claims.jti);
+  assert.equal(issued?.template, 'refunds');
+  const events = timeline.map((x) => x.event);
   assert.deepEqual(events, [
     'task.opened',
     'approval.requested',
