@@ -74,7 +74,7 @@ export function consoleEvents(
       })();
     });
     const poll = setInterval(() => void tail(), pollMs);
-    const heartbeat = setInterval(() => write(sse('heartbeat', { at: d.now() })), 15_000);
+    const heartbeat = setInterval(() => write(sse('keepalive', { at: d.now() })), 15_000);
     poll.unref();
     heartbeat.unref();
     open.add(end);
