@@ -520,3 +520,16 @@ test('live events: new decision records and approval changes reach an open strea
   assert.match(text, /event: decision\ndata: \{[^\n]*"event":"task.opened"/);
   assert.ok(text.includes(task));
 });
+
+test('a session ends at sessionTtl; its cookie then opens nothing', async () => {
+  const bob = await signIn('bob');
+  assert.equal((await get(bob, '/console/api/now')).statusCode, 200);
+  b.clock.now += 3601_000;
+  try {
+    const r = await get(bob, '/console/api/now');
+    assert.equal(r.statusCode, 401);
+    assert.equal(r.json().code, 'TASKPASS_CONSOLE_UNAUTHENTICATED');
+  } finally {
+    b.clock.now -= 3601_000;
+  }
+});

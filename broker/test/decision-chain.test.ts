@@ -102,3 +102,44 @@ test('deleting the newest record is detected: the head still names the last one 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a store that refuses records: flush rejects, the batch stays queued in order, and lands once the store is back', async () => {
+  const store = new SqliteStore({ path: ':memory:' });
+  await store.init();
+  let refuse = 2;
+  const flaky = new Proxy(store, {
+    get(target, prop, receiver) {
+      if (prop === 'appendDecisions') {
+        return (build: Parameters<SqliteStore['appendDecisions']>[0]) => {
+          if (refuse-- > 0) return Promise.reject(new Error('disk full'));
+          return target.appendDecisions(build);
+        };
+      }
+      const v = Reflect.get(target, prop, receiver);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+  const { DecisionRecorder } = await import('../src/decision-log.ts');
+  const rec = new DecisionRecorder({ store: flaky, log: { record() {} }, groupMs: 1_000_000 });
+  try {
+    rec.record({ event: 'task.opened', task: 'tsk_f' });
+    rec.record({ event: 'task.revoked', task: 'tsk_f' });
+    await assert.rejects(rec.flush(), /disk full/);
+    await assert.rejects(rec.flush(), /disk full/);
+    rec.record({ event: 'token.revoked', task: 'tsk_f', jti: 'j' });
+    await rec.flush();
+    const tl = await store.decisionsOfTask('tsk_f', 10);
+    assert.deepEqual(
+      tl.map((r) => [r.seq, r.event]),
+      [
+        [1, 'task.opened'],
+        [2, 'task.revoked'],
+        [3, 'token.revoked'],
+      ],
+    );
+    assert.ok((await verifyChain(store)).ok);
+  } finally {
+    await rec.drain();
+    await store.close();
+  }
+});
