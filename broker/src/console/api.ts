@@ -12,7 +12,7 @@ import { BrokerError } from '../errors.ts';
 import { FixtureCaseSchema, runCase } from '../policy/fixtures.ts';
 import { PolicySet } from '../policy/engine.ts';
 import { taskView } from '../routes/schemas.ts';
-import { effectiveStatus, type TaskStatus } from '../store/types.ts';
+import type { TaskStatus } from '../store/types.ts';
 import { type ConsoleDeps, type PolicyReloadStatus, parse } from './app.ts';
 import { consoleEvents } from './events.ts';
 import { approverOf, type ConsoleSession, type ConsoleSessions } from './session.ts';
@@ -180,7 +180,7 @@ export async function consoleApi(app: FastifyInstance, d: ConsoleApiDeps): Promi
   app.get('/console/api/approvals/:id', async (req) => {
     const { id } = parse(z.strictObject({ id: Id }), req.params);
     const a = await services.approvals.visible(approverOf(session(req)), id);
-    return { ...approvalView(config, a, nowSec()), status: effectiveStatus(a, nowSec()) };
+    return approvalView(config, a, nowSec());
   });
 
   const DecideBody = z.strictObject({
