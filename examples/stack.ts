@@ -99,7 +99,10 @@ export interface Stack extends AsyncDisposable {
   readonly spire: SpireHarness;
   readonly idp: Idp;
   readonly broker: RunningBroker;
-  /** The broker's validated configuration (start another replica with `startBroker(brokerConfig)`). */
+  /**
+   * The broker's validated configuration for another replica (`startBroker(brokerConfig)`): the
+   * same, but its console listens on an ephemeral port.
+   */
   readonly brokerConfig: BrokerConfig;
   readonly tickets: RunningTicketDesk;
   readonly ids: { readonly broker: string; readonly tickets: string; readonly agent: string };
@@ -318,7 +321,11 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       spire,
       idp,
       broker,
-      brokerConfig: config,
+      // Another replica on this host serves its console on a port of its own (same store: the
+      // sessions are shared, so a person signed in at one console is signed in at every one).
+      brokerConfig: config.console
+        ? { ...config, console: { ...config.console, listen: { ...config.console.listen, port: 0 } } }
+        : config,
       tickets,
       ids,
       hints,
