@@ -267,6 +267,18 @@ export class MemoryStore implements Store {
     }
     return out;
   }
+  async decisionCountsByMinute(fromMs: number, toMs: number) {
+    const by = new Map<number, Record<string, number>>();
+    for (const r of this.decisions) {
+      const k = countKeyOf(r);
+      if (!k || r.at < fromMs || r.at >= toMs) continue;
+      const m = Math.floor(r.at / 60000);
+      const c = by.get(m) ?? {};
+      c[k] = (c[k] ?? 0) + 1;
+      by.set(m, c);
+    }
+    return [...by.entries()].sort((a, b) => a[0] - b[0]).map(([minute, counts]) => ({ minute, counts }));
+  }
   async sweepDecisions(beforeMs: number) {
     let n = 0;
     while (this.decisions[0] && this.decisions[0].at < beforeMs) {

@@ -459,6 +459,9 @@ test('now, decisions, templates, ceiling and what-if', async () => {
   assert.ok(now.open_tasks >= 1);
   assert.ok(Object.keys(now.denials_by_code).length >= 1, JSON.stringify(now));
   assert.ok(Array.isArray(now.feed.subscribers));
+  const thisMinute = now.per_minute.at(-1);
+  assert.equal(thisMinute.at, b.clock.now - (b.clock.now % 60_000));
+  assert.ok(thisMinute.counts.TASKPASS_DENIED_TOOL >= 1, JSON.stringify(now.per_minute));
   const denied = (await get(bob, '/console/api/decisions?outcome=denied&limit=5')).json();
   assert.ok(denied.records.length >= 1);
   assert.ok(

@@ -98,6 +98,11 @@ export function decisionContract(name: string, make: MakeStore): void {
       });
       const all = await s.decisionCounts(T0 - 3_600_000, T0 + 3_600_000);
       assert.deepEqual(all, { issued: 4, TASKPASS_DENIED_TOOL: 3 });
+      const m0 = Math.floor(T0 / 60_000);
+      assert.deepEqual(await s.decisionCountsByMinute(T0 - 3_600_000, T0 + 3_600_000), [
+        { minute: m0, counts: { issued: 2, TASKPASS_DENIED_TOOL: 1 } },
+        { minute: m0 + 2, counts: { issued: 2, TASKPASS_DENIED_TOOL: 2 } },
+      ]);
     }));
 
   test(`${name}: retention sweeps the oldest records and keeps the chain verifiable by its anchor`, () =>

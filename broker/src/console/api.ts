@@ -77,12 +77,13 @@ export async function consoleApi(app: FastifyInstance, d: ConsoleApiDeps): Promi
     const nowMs = d.now();
     // Rates over whole minutes (the Redis store counts per minute): the last complete one.
     const minute = nowMs - (nowMs % 60_000);
-    const [open, pending, lastMinute, lastHour] = await Promise.all([
+    const [open, pending, lastMinute, lastHour, perMinute] = await Promise.all([
       store.listTasks({ status: 'open', limit: 1000 }),
       store.listPendingApprovals(nowSec(), 1000),
       store.decisionCounts(minute - 60_000, minute),
       // Up to and including this millisecond.
       store.decisionCounts(nowMs - 3_600_000, nowMs + 1),
+      store.decisionCountsByMinute(minute - 3_600_000, nowMs + 1),
     ]);
     const { issued: issuedHour = 0, ...denials } = lastHour;
     return {
@@ -92,6 +93,8 @@ export async function consoleApi(app: FastifyInstance, d: ConsoleApiDeps): Promi
       tokens_last_hour: issuedHour,
       denials_by_code: denials,
       approvals_waiting: pending.length,
+      // The last hour per minute (minutes without records absent): the pages' charts.
+      per_minute: perMinute.map((m) => ({ at: m.minute * 60_000, counts: m.counts })),
       feed: {
         seq: d.hub.seq,
         subscribers: d.hub.subscribers().map((s) => ({

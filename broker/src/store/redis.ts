@@ -1129,6 +1129,17 @@ export class RedisStore implements Store {
   }
 
   async decisionCounts(fromMs: number, toMs: number): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    for (const { counts } of await this.decisionCountsByMinute(fromMs, toMs)) {
+      for (const [k, n] of Object.entries(counts)) out[k] = (out[k] ?? 0) + n;
+    }
+    return out;
+  }
+
+  async decisionCountsByMinute(
+    fromMs: number,
+    toMs: number,
+  ): Promise<{ minute: number; counts: Record<string, number> }[]> {
     // Per whole minute (the buckets the append script keeps), at most the retention.
     const first = Math.max(
       Math.floor(fromMs / 60000),
@@ -1137,10 +1148,14 @@ export class RedisStore implements Store {
     const last = Math.floor((toMs - 1) / 60000);
     const p = this.#r.pipeline();
     for (let m = first; m <= last; m++) p.hgetall(this.#k('dec', 'cnt', String(m)));
-    const out: Record<string, number> = {};
+    const out: { minute: number; counts: Record<string, number> }[] = [];
+    let m = first;
     for (const [err, h] of (await p.exec()) ?? []) {
       if (err) throw err;
-      for (const [k, v] of Object.entries(h as Record<string, string>)) out[k] = (out[k] ?? 0) + Number(v);
+      const entries = Object.entries(h as Record<string, string>);
+      if (entries.length)
+        out.push({ minute: m, counts: Object.fromEntries(entries.map(([k, v]) => [k, Number(v)])) });
+      m++;
     }
     return out;
   }

@@ -360,6 +360,10 @@ function prepareStatements(db: Database.Database) {
       `SELECT count_key, COUNT(*) AS n FROM decisions
        WHERE at >= ? AND at < ? AND count_key IS NOT NULL GROUP BY count_key`,
     ),
+    decisionCountsByMinute: p(
+      `SELECT at / 60000 AS minute, count_key, COUNT(*) AS n FROM decisions
+       WHERE at >= ? AND at < ? AND count_key IS NOT NULL GROUP BY minute, count_key ORDER BY minute`,
+    ),
     oldDecisions: p('SELECT seq, hash FROM decisions WHERE at < ? ORDER BY seq LIMIT ?'),
     sweepDecisionsUpTo: p('DELETE FROM decisions WHERE seq <= ?'),
     setDecisionAnchor: p("UPDATE decision_chain SET seq = ?, hash = ? WHERE name = 'anchor'"),
@@ -1013,6 +1017,27 @@ export class SqliteStore implements Store {
   async decisionCounts(fromMs: number, toMs: number): Promise<Record<string, number>> {
     const rows = this.#s.decisionCounts.all(fromMs, toMs) as { count_key: string; n: number }[];
     return Object.fromEntries(rows.map((r) => [r.count_key, r.n]));
+  }
+
+  async decisionCountsByMinute(
+    fromMs: number,
+    toMs: number,
+  ): Promise<{ minute: number; counts: Record<string, number> }[]> {
+    const rows = this.#s.decisionCountsByMinute.all(fromMs, toMs) as {
+      minute: number;
+      count_key: string;
+      n: number;
+    }[];
+    const out: { minute: number; counts: Record<string, number> }[] = [];
+    for (const r of rows) {
+      let last = out.at(-1);
+      if (last?.minute !== r.minute) {
+        last = { minute: r.minute, counts: {} };
+        out.push(last);
+      }
+      last.counts[r.count_key] = r.n;
+    }
+    return out;
   }
 
   async sweepDecisions(beforeMs: number): Promise<number> {

@@ -339,6 +339,14 @@ export interface DecisionStore {
   recentDecisions(f: DecisionFilter): Promise<{ records: DecisionRecord[]; next: number | undefined }>;
   /** How many records per code (`issued` for tokens issued) with `at` in [fromMs, toMs). */
   decisionCounts(fromMs: number, toMs: number): Promise<Record<string, number>>;
+  /**
+   * The same per minute (epoch minute = floor(at / 60 000)), for the minutes from `fromMs` to
+   * `toMs` that have records, oldest first: the console's charts of the last hour.
+   */
+  decisionCountsByMinute(
+    fromMs: number,
+    toMs: number,
+  ): Promise<{ minute: number; counts: Record<string, number> }[]>;
   /** Drops records older than `beforeMs`, oldest first, moving the anchor to the last dropped. */
   sweepDecisions(beforeMs: number): Promise<number>;
 
