@@ -536,3 +536,30 @@ test('a session ends at sessionTtl; its cookie then opens nothing', async () => 
     b.clock.now -= 3601_000;
   }
 });
+
+test('now: each verifier on the revocation feed, with its SPIFFE ID and lag', async () => {
+  const url = await b.app.listen({ host: '127.0.0.1', port: 0 });
+  const VERIFIER_ID = 'spiffe://taskpass.local/mcp/tickets';
+  const req = request(`${url}/v1/revocations/stream`, { headers: { 'x-test-peer': VERIFIER_ID } });
+  const snapshot = new Promise<void>((resolve, reject) => {
+    req.on('response', (res) => {
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        if (c.includes('snapshot')) resolve();
+      });
+    });
+    req.on('error', reject);
+  });
+  req.end();
+  try {
+    await snapshot;
+    const bob = await signIn('bob');
+    const feed = (await get(bob, '/console/api/now')).json().feed;
+    const mine = feed.subscribers.find((s: { subscriber: string }) => s.subscriber === VERIFIER_ID);
+    assert.ok(mine, JSON.stringify(feed));
+    assert.equal(mine.seq, feed.seq);
+    assert.equal(mine.lag, 0);
+  } finally {
+    req.destroy();
+  }
+});
