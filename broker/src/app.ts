@@ -10,6 +10,7 @@ import Fastify, {
   type FastifyServerFactory,
 } from 'fastify';
 import type { Redis } from 'ioredis';
+import { Gauge } from 'prom-client';
 import type { Logger } from 'pino';
 import { ApprovalService } from './approvals.ts';
 import { type AuditLog, createAuditLog } from './audit.ts';
@@ -101,6 +102,17 @@ export function buildServices(deps: AppDeps): BrokerServices {
     log instanceof DecisionRecorder
       ? log
       : new DecisionRecorder({ store: deps.store, log, logger: deps.logger, now });
+  const QUEUED = 'taskpass_decision_records_queued';
+  if (!metrics.registry.getSingleMetric(QUEUED)) {
+    new Gauge({
+      name: QUEUED,
+      help: 'Audit records not yet stored as decision records (growing: the store refuses them).',
+      registers: [metrics.registry],
+      collect() {
+        this.set(audit.queued);
+      },
+    });
+  }
   const service = new TaskService({
     config,
     store: deps.store,

@@ -82,6 +82,11 @@ export class DecisionRecorder implements AuditLog {
     this.#schedule(this.#groupMs);
   }
 
+  /** Records waiting for the store (metrics: a growing number means the store refuses them). */
+  get queued(): number {
+    return this.#queued - this.#done;
+  }
+
   /** Resolves once every record queued before the call is in the store; rejects if it cannot be. */
   async flush(): Promise<void> {
     const target = this.#queued;

@@ -455,6 +455,8 @@ test('now, decisions, templates, ceiling and what-if', async () => {
     action: 'write',
   });
   await b.services.recorder.flush();
+  const metrics = (await b.app.inject({ method: 'GET', url: '/metrics' })).body;
+  assert.match(metrics, /^taskpass_decision_records_queued 0$/m);
   const now = (await get(bob, '/console/api/now')).json();
   assert.ok(now.open_tasks >= 1);
   assert.ok(Object.keys(now.denials_by_code).length >= 1, JSON.stringify(now));
