@@ -565,3 +565,38 @@ test('now: each verifier on the revocation feed, with its SPIFFE ID and lag', as
     req.destroy();
   }
 });
+
+test('rate limits: sign-in per client IP, the API per person (the broker rate limiter)', async () => {
+  const { parseConfig } = await import('../src/config.ts');
+  const config = parseConfig({
+    issuer: 'https://broker.test',
+    trustDomain: 'taskpass.local',
+    rateLimit: { perIpPerMinute: 2, perAdminPerMinute: 1 },
+    console: consoleSection(idp),
+  });
+  const c = buildConsole({
+    config,
+    store: b.store,
+    services: b.services,
+    hub: b.hub,
+    keys: b.deps.keys,
+    policies: b.deps.policies,
+    logger: pino({ level: 'silent' }),
+  });
+  try {
+    const codes: number[] = [];
+    for (let i = 0; i < 3; i++)
+      codes.push((await c.inject({ method: 'GET', url: '/console/auth/login' })).statusCode);
+    assert.deepEqual(codes, [303, 303, 429]);
+    const olivia = await signIn('olivia');
+    const api = () =>
+      c.inject({ method: 'GET', url: '/console/api/session', headers: { cookie: olivia.cookie } });
+    assert.equal((await api()).statusCode, 200, 'the session is in the shared store');
+    const limited = await api();
+    assert.equal(limited.statusCode, 429);
+    assert.equal(limited.json().code, 'TASKPASS_RATE_LIMITED');
+    assert.ok(Number(limited.headers['retry-after']) > 0);
+  } finally {
+    await c.close();
+  }
+});

@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { approvalView } from '../approvals.ts';
 import { explainText } from '../cli.ts';
 import { BrokerError } from '../errors.ts';
+import type { RateLimiter } from '../rate-limit.ts';
 import { FixtureCaseSchema, runCase } from '../policy/fixtures.ts';
 import { PolicySet } from '../policy/engine.ts';
 import { taskView } from '../routes/schemas.ts';
@@ -19,6 +20,7 @@ import { approverOf, type ConsoleSession, type ConsoleSessions } from './session
 
 export interface ConsoleApiDeps extends ConsoleDeps {
   now: () => number;
+  limiter: RateLimiter;
   sessions: ConsoleSessions;
   lastReload: () => PolicyReloadStatus | undefined;
 }
@@ -38,9 +40,10 @@ export async function consoleApi(app: FastifyInstance, d: ConsoleApiDeps): Promi
 
   // Every API route: a session, and the CSRF token on state changes (checked before the body is
   // used: a forged request changes nothing).
-  app.addHook('preHandler', async (req) => {
+  app.addHook('preHandler', async (req, reply) => {
     const s = await sessions.current(req);
     if (!s) throw new BrokerError('TASKPASS_CONSOLE_UNAUTHENTICATED', 'sign in at /console/auth/login');
+    await d.limiter.consume(req, reply, 'admin', `console:${s.identity.iss}|${s.identity.sub}`);
     if (STATE_CHANGING.has(req.method)) sessions.checkCsrf(req, s);
     req.consoleSession = s;
   });

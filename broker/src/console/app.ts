@@ -16,6 +16,7 @@ import { BrokerError } from '../errors.ts';
 import type { KeysPort, PolicyPort } from '../ports.ts';
 import type { RevocationHub } from '../revocation-hub.ts';
 import type { Store } from '../store/types.ts';
+import { limiterRedis, rateLimiter, registerRateLimitStore } from '../rate-limit.ts';
 import { consoleApi } from './api.ts';
 import { OidcClient } from './oidc.ts';
 import { type ConsoleSession, ConsoleSessions } from './session.ts';
@@ -90,7 +91,7 @@ export function buildConsole(deps: ConsoleDeps): FastifyInstance {
 
   app.decorateRequest('consoleSession', null);
   app.setReplySerializer((payload) => safeJson(payload));
-  app.addHook('onSend', async (req, reply, payload) => {
+  app.addHook('onSend', async (_req, reply, payload) => {
     reply.header('content-security-policy', CONSOLE_CSP);
     reply.header('x-content-type-options', 'nosniff');
     reply.header('referrer-policy', 'no-referrer');
@@ -100,7 +101,6 @@ export function buildConsole(deps: ConsoleDeps): FastifyInstance {
     if (!cfg.insecureCookies) reply.header('strict-transport-security', 'max-age=31536000');
     // Nothing a console answer holds belongs in a shared or back-button cache.
     if (!reply.getHeader('cache-control')) reply.header('cache-control', 'no-store');
-    void req;
     return payload;
   });
   app.setErrorHandler((err: FastifyError | BrokerError, req, reply) => {
@@ -124,73 +124,82 @@ export function buildConsole(deps: ConsoleDeps): FastifyInstance {
       .send({ code: 'TASKPASS_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` }),
   );
 
-  // Sign-in. `return` must be a path under /console (no open redirect).
-  const LoginQuery = z.strictObject({
-    return: z
-      .string()
-      .regex(/^\/console(\/[A-Za-z0-9/_.~%-]*)?$/)
-      .optional(),
-  });
-  app.get('/console/auth/login', async (req, reply) => {
-    const q = parse(LoginQuery, req.query);
-    const { state, login, url } = await oidc.begin(q.return ?? '/console/');
-    await sessions.saveLogin(reply, state, login);
-    return reply.redirect(url, 303);
-  });
+  // Rate limits as on the agents' API (rate-limit.ts; shared through Redis on the Redis store):
+  // sign-in per client IP (it writes a sign-in state to the store before anyone is known), the API
+  // per signed-in person, on the admin budget.
+  const limiterClient = limiterRedis(deps.config);
+  registerRateLimitStore(app, deps.config, { redis: limiterClient, logger: deps.logger });
+  app.register(async (scope) => {
+    const limiter = rateLimiter(scope);
+    scope.addHook('onRequest', async (req, reply) => limiter.consume(req, reply, 'ip', req.ip));
+    // Sign-in. `return` must be a path under /console (no open redirect).
+    const LoginQuery = z.strictObject({
+      return: z
+        .string()
+        .regex(/^\/console(\/[A-Za-z0-9/_.~%-]*)?$/)
+        .optional(),
+    });
+    scope.get('/console/auth/login', async (req, reply) => {
+      const q = parse(LoginQuery, req.query);
+      const { state, login, url } = await oidc.begin(q.return ?? '/console/');
+      await sessions.saveLogin(reply, state, login);
+      return reply.redirect(url, 303);
+    });
 
-  const CallbackQuery = z
-    .object({
-      code: z.string().min(1).max(4096).optional(),
-      state: z.string().min(16).max(128),
-      error: z.string().max(256).optional(),
-      error_description: z.string().max(1024).optional(),
-      iss: z.string().max(2048).optional(),
-      session_state: z.string().max(1024).optional(),
-    })
-    .strict();
-  app.get(cfg.oidc.redirectPath, async (req, reply) => {
-    const q = parse(CallbackQuery, req.query);
-    const login = await sessions.takeLogin(req, reply, q.state);
-    if (q.error || !q.code) {
-      throw new BrokerError(
-        'TASKPASS_CONSOLE_SIGNIN_FAILED',
-        `the identity provider answered ${q.error ?? 'no code'}`,
-      );
-    }
-    // RFC 9207: when the provider names itself, it must be ours (mix-up defence).
-    if (q.iss !== undefined && q.iss !== cfg.oidc.issuer) {
-      throw new BrokerError(
-        'TASKPASS_CONSOLE_SIGNIN_FAILED',
-        'the answer comes from another identity provider',
-      );
-    }
-    const identity = await oidc.finish(q.code, login);
-    await sessions.open(reply, identity);
-    req.log.info({ sub: identity.sub, iss: identity.iss }, 'console sign-in');
-    // A same-site page that moves on: the SameSite=Strict session cookie is sent from there on
-    // (a redirect would still count as part of the identity provider's cross-site navigation).
-    const to = login.returnTo;
-    return reply
-      .type('text/html; charset=utf-8')
-      .send(
-        `<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=${to}"><title>Signed in</title><a href="${to}">Continue to the console</a>`,
-      );
-  });
+    const CallbackQuery = z
+      .object({
+        code: z.string().min(1).max(4096).optional(),
+        state: z.string().min(16).max(128),
+        error: z.string().max(256).optional(),
+        error_description: z.string().max(1024).optional(),
+        iss: z.string().max(2048).optional(),
+        session_state: z.string().max(1024).optional(),
+      })
+      .strict();
+    scope.get(cfg.oidc.redirectPath, async (req, reply) => {
+      const q = parse(CallbackQuery, req.query);
+      const login = await sessions.takeLogin(req, reply, q.state);
+      if (q.error || !q.code) {
+        throw new BrokerError(
+          'TASKPASS_CONSOLE_SIGNIN_FAILED',
+          `the identity provider answered ${q.error ?? 'no code'}`,
+        );
+      }
+      // RFC 9207: when the provider names itself, it must be ours (mix-up defence).
+      if (q.iss !== undefined && q.iss !== cfg.oidc.issuer) {
+        throw new BrokerError(
+          'TASKPASS_CONSOLE_SIGNIN_FAILED',
+          'the answer comes from another identity provider',
+        );
+      }
+      const identity = await oidc.finish(q.code, login);
+      await sessions.open(reply, identity);
+      req.log.info({ sub: identity.sub, iss: identity.iss }, 'console sign-in');
+      // A same-site page that moves on: the SameSite=Strict session cookie is sent from there on
+      // (a redirect would still count as part of the identity provider's cross-site navigation).
+      const to = login.returnTo;
+      return reply
+        .type('text/html; charset=utf-8')
+        .send(
+          `<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=${to}"><title>Signed in</title><a href="${to}">Continue to the console</a>`,
+        );
+    });
 
-  app.post('/console/auth/logout', async (req, reply) => {
-    const s = await sessions.current(req);
-    if (s) sessions.checkCsrf(req, s);
-    await sessions.close(reply, s);
-    return { signed_out: true };
-  });
+    scope.post('/console/auth/logout', async (req, reply) => {
+      const s = await sessions.current(req);
+      if (s) sessions.checkCsrf(req, s);
+      await sessions.close(reply, s);
+      return { signed_out: true };
+    });
 
-  // Until the pages exist: a static placeholder (no data in it) so that sign-in lands somewhere.
-  app.get('/console/', async (req, reply) => {
-    const s = await sessions.current(req);
-    if (!s) return reply.redirect('/console/auth/login', 303);
-    return reply
-      .type('text/html; charset=utf-8')
-      .send('<!doctype html><meta charset="utf-8"><title>Taskpass console</title><p>Signed in.</p>');
+    // Until the pages exist: a static placeholder (no data in it) so that sign-in lands somewhere.
+    scope.get('/console/', async (req, reply) => {
+      const s = await sessions.current(req);
+      if (!s) return reply.redirect('/console/auth/login', 303);
+      return reply
+        .type('text/html; charset=utf-8')
+        .send('<!doctype html><meta charset="utf-8"><title>Taskpass console</title><p>Signed in.</p>');
+    });
   });
 
   app.register(async (scope) =>
@@ -199,6 +208,7 @@ export function buildConsole(deps: ConsoleDeps): FastifyInstance {
       now,
       sessions,
       lastReload: () => lastReload,
+      limiter: rateLimiter(scope),
     }),
   );
   return app;
