@@ -134,6 +134,7 @@ function printStory(stack: Stack, t: Transcript, agentMs: number): void {
   );
   row('agent', t.agent.spiffeId, `X.509-SVID until ${time(t.agent.svidExpiresAt)} UTC`);
   row('broker', stack.ids.broker, `${stack.urls.broker}, iss ${stack.issuer}`);
+  row('console', stack.urls.console, 'sign in at the demo IdP as alice, bob or olivia (admin)');
   row('MCP server', t.mcpServer.spiffeId, `${t.mcpServer.url}, aud ${t.mcpServer.audience}`);
 
   section(`Task opened in ${msf(t.task.openMs)}: "${t.task.purpose}"`);

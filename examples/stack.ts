@@ -99,12 +99,21 @@ export interface Stack extends AsyncDisposable {
   readonly spire: SpireHarness;
   readonly idp: Idp;
   readonly broker: RunningBroker;
-  /** The broker's validated configuration (start another replica with `startBroker(brokerConfig)`). */
+  /**
+   * The broker's validated configuration for another replica (`startBroker(brokerConfig)`): the
+   * same, but its console listens on an ephemeral port.
+   */
   readonly brokerConfig: BrokerConfig;
   readonly tickets: RunningTicketDesk;
   readonly ids: { readonly broker: string; readonly tickets: string; readonly agent: string };
   readonly hints: { readonly broker: string; readonly tickets: string; readonly agent: string };
-  readonly urls: { readonly broker: string; readonly mcp: string; readonly idpJwks: string };
+  readonly urls: {
+    readonly broker: string;
+    readonly mcp: string;
+    readonly idpJwks: string;
+    /** The web console (sign in as a demo user at the IdP's login page). */
+    readonly console: string;
+  };
   /** `iss` of the broker's tokens. */
   readonly issuer: string;
   /** The ticket desk's resource URI (token `aud`). */
@@ -131,6 +140,22 @@ export interface Stack extends AsyncDisposable {
 }
 
 const since = (t: number) => Math.round(performance.now() - t);
+
+/** The console's OIDC client id at the demo IdP. */
+export const CONSOLE_CLIENT_ID = 'taskpass-console';
+
+/** A free loopback port (the console's public URL must be known before the broker starts). */
+async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as import('node:net').AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
 
 /**
  * Starts SPIRE, registers and waits for the three identities, then starts the IdP, the broker and
@@ -209,9 +234,33 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       { level: opts.brokerLogLevel ?? 'info', base: { service: 'taskpass-broker' } },
       pino.destination({ dest: logFile, sync: true }),
     );
+    // The console on a loopback port of its own (plain HTTP: cookies without Secure, which the
+    // configuration allows on loopback only); the demo IdP signs its people in.
+    const consolePort = await freePort();
+    const consoleUrl = `http://127.0.0.1:${consolePort}`;
+    idp.registerClient({
+      clientId: CONSOLE_CLIENT_ID,
+      redirectUris: [`${consoleUrl}/console/auth/callback`],
+    });
     const config = parseConfig(
       {
         issuer: BROKER_ISSUER,
+        console: {
+          listen: { host: '127.0.0.1', port: consolePort },
+          publicUrl: consoleUrl,
+          insecureCookies: true,
+          oidc: {
+            issuer: idp.issuer,
+            discoveryUrl: idp.discoveryUrl,
+            clientId: CONSOLE_CLIENT_ID,
+            scopes: ['openid', 'profile', 'email', 'groups'],
+            algorithms: ['ES256'],
+          },
+          roles: {
+            admins: { issuer: idp.issuer, claims: { groups: 'taskpass-admins' } },
+            viewers: { issuer: idp.issuer, claims: { groups: ['support-leads'] } },
+          },
+        },
         listen: { host: '127.0.0.1', port: 0 },
         tls: { mode: 'spiffe' },
         workloadApi: { address: spire.address, hint: hints.broker },
@@ -237,6 +286,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     stops.push({ name: 'broker', fn: () => broker.close() });
     const brokerMs = since(t);
     progress(`broker ${ids.broker} listening on ${broker.url} in ${brokerMs} ms`);
+    if (broker.console) progress(`console on ${broker.console.url} (sign in as alice, bob or olivia)`);
 
     t = performance.now();
     const tickets = await startTicketDesk({
@@ -271,11 +321,20 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       spire,
       idp,
       broker,
-      brokerConfig: config,
+      // Another replica on this host serves its console on a port of its own (same store: the
+      // sessions are shared, so a person signed in at one console is signed in at every one).
+      brokerConfig: config.console
+        ? { ...config, console: { ...config.console, listen: { ...config.console.listen, port: 0 } } }
+        : config,
       tickets,
       ids,
       hints,
-      urls: { broker: broker.url, mcp: tickets.mcpUrl, idpJwks: idp.jwksUri },
+      urls: {
+        broker: broker.url,
+        mcp: tickets.mcpUrl,
+        idpJwks: idp.jwksUri,
+        console: broker.console?.url ?? `${consoleUrl}/console/`,
+      },
       issuer: BROKER_ISSUER,
       audience: TICKETS_AUDIENCE,
       dir,

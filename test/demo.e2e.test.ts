@@ -145,6 +145,49 @@ describe('demo story (real SPIRE)', () => {
     assert.equal(t.afterCompletion?.code, 'TASKPASS_TASK_CLOSED');
   });
 
+  test('the console the demo prints: Olivia signs in at the demo IdP and follows the task to its end', async () => {
+    const base = new URL(stack.urls.console);
+    assert.equal((await fetch(new URL('/console/api/now', base))).status, 401);
+    // The browser's steps, over real HTTP: console → IdP login page → IdP → console callback.
+    const start = await fetch(new URL('/console/auth/login', base), { redirect: 'manual' });
+    assert.equal(start.status, 303);
+    const signin = start.headers
+      .getSetCookie()
+      .find((c) => c.startsWith('taskpass-signin='))
+      ?.split(';')[0];
+    const authorize = new URL(String(start.headers.get('location')));
+    assert.match(await (await fetch(authorize)).text(), /Sign in as Olivia/);
+    const form = new URLSearchParams(authorize.searchParams);
+    form.set('user', 'olivia');
+    const chosen = await fetch(new URL('/authorize', authorize), {
+      method: 'POST',
+      body: form,
+      redirect: 'manual',
+    });
+    const back = String(chosen.headers.get('location'));
+    assert.ok(back.startsWith(`${base.origin}/console/auth/callback?`), back);
+    const done = await fetch(back, { headers: { cookie: String(signin) }, redirect: 'manual' });
+    assert.equal(done.status, 200);
+    const cookie = done.headers
+      .getSetCookie()
+      .find((c) => c.startsWith('taskpass-console='))
+      ?.split(';')[0];
+    const api = (path: string) => fetch(new URL(path, base), { headers: { cookie: String(cookie) } });
+    const me = (await (await api('/console/api/session')).json()) as { roles: { admin: boolean } };
+    assert.equal(me.roles.admin, true);
+    // The demo's task, from first call to completion, in its timeline.
+    type Rec = { event: string; tool?: string; approver?: string };
+    const { timeline } = (await (await api(`/console/api/tasks/${t.task.id}`)).json()) as { timeline: Rec[] };
+    const events = timeline.map((r) => r.event);
+    assert.equal(events[0], 'task.opened');
+    assert.ok(events.includes('token.issued'));
+    assert.ok(events.includes('approval.decided'));
+    assert.ok(
+      timeline.some((r) => r.event === 'token.issued' && r.approver === `bob at ${stack.idp.issuer}`),
+    );
+    assert.equal(events.at(-1), 'task.completed');
+  });
+
   test('the whole story checks out, and stopping leaves no SPIRE process', async () => {
     assert.deepEqual(checkStory(t), []);
     assert.equal(t.ok, true);

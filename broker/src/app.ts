@@ -10,11 +10,13 @@ import Fastify, {
   type FastifyServerFactory,
 } from 'fastify';
 import type { Redis } from 'ioredis';
+import { Gauge } from 'prom-client';
 import type { Logger } from 'pino';
 import { ApprovalService } from './approvals.ts';
 import { type AuditLog, createAuditLog } from './audit.ts';
 import { agentMatcherFromConfig, idListMatcher, type WorkloadAuthenticator } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
+import { DecisionRecorder } from './decision-log.ts';
 import { BROKER_ERRORS, BrokerError } from './errors.ts';
 import { type BrokerMetrics, createMetrics } from './metrics.ts';
 import type { KeysPort, PolicyPort } from './ports.ts';
@@ -78,24 +80,39 @@ export interface AppDeps {
   rateLimitRedis?: Redis | false;
 }
 
-/** Builds the broker application (routes registered; call `ready()` or `inject()`). */
-export function buildApp(deps: AppDeps): FastifyInstance {
+/** The services both listeners share (the agents' API and the console): one set per process. */
+export interface BrokerServices {
+  ctx: RouteContext;
+  service: TaskService;
+  approvals: ApprovalService;
+  /** The audit log, which also appends every event to the store's decision records. */
+  recorder: DecisionRecorder;
+  metrics: BrokerMetrics;
+}
+
+/** Builds the services from the dependencies (buildApp does when not given them). */
+export function buildServices(deps: AppDeps): BrokerServices {
   const { config } = deps;
   const now = deps.now ?? Date.now;
-  const app = Fastify({
-    loggerInstance: deps.logger,
-    bodyLimit: config.bodyLimit,
-    ...(deps.serverFactory ? { serverFactory: deps.serverFactory } : {}),
-    // JSON types as declared and nothing else: no coercion (ajv's default would accept `["read"]`
-    // for "read" and `"0x10"` or `true` for an integer), no silent removal of unknown fields, no
-    // NaN/Infinity. Query strings are converted strictly by strictQueryTypes below.
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, strictNumbers: true } },
-    return503OnClosing: true,
-  }) as unknown as FastifyInstance;
-
   const svidHealth = deps.identity.svidHealth ?? ALWAYS_FRESH;
   const metrics = deps.metrics ?? createMetrics(() => deps.hub.subscriberCount(), svidHealth);
-  const audit = deps.audit ?? createAuditLog(deps.logger, config.audit.destination);
+  const log = deps.audit ?? createAuditLog(deps.logger, config.audit.destination);
+  // Every audit event also becomes a decision record: the one hook (decision-log.ts).
+  const audit =
+    log instanceof DecisionRecorder
+      ? log
+      : new DecisionRecorder({ store: deps.store, log, logger: deps.logger, now });
+  const QUEUED = 'taskpass_decision_records_queued';
+  if (!metrics.registry.getSingleMetric(QUEUED)) {
+    new Gauge({
+      name: QUEUED,
+      help: 'Audit records not yet stored as decision records (growing: the store refuses them).',
+      registers: [metrics.registry],
+      collect() {
+        this.set(audit.queued);
+      },
+    });
+  }
   const service = new TaskService({
     config,
     store: deps.store,
@@ -128,6 +145,25 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     peerChain: deps.peerCertificates ?? socketPeerChain,
     svidHealth,
   };
+  return { ctx, service, approvals, recorder: audit, metrics };
+}
+
+/** Builds the broker application (routes registered; call `ready()` or `inject()`). */
+export function buildApp(deps: AppDeps, services: BrokerServices = buildServices(deps)): FastifyInstance {
+  const { config } = deps;
+  const app = Fastify({
+    loggerInstance: deps.logger,
+    bodyLimit: config.bodyLimit,
+    ...(deps.serverFactory ? { serverFactory: deps.serverFactory } : {}),
+    // JSON types as declared and nothing else: no coercion (ajv's default would accept `["read"]`
+    // for "read" and `"0x10"` or `true` for an integer), no silent removal of unknown fields, no
+    // NaN/Infinity. Query strings are converted strictly by strictQueryTypes below.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, strictNumbers: true } },
+    return503OnClosing: true,
+  }) as unknown as FastifyInstance;
+  const { ctx, approvals, recorder } = services;
+  // Records still queued reach the store before it closes (server.ts closes the app first).
+  app.addHook('onClose', async () => recorder.drain());
 
   app.decorateRequest('workload', null);
   installDepthLimitedJsonParser(app);

@@ -235,6 +235,17 @@ export class ApprovalService {
       decision: input.decision,
       status: result,
     });
+    // A person's decision is not answered before its record is durable.
+    try {
+      await this.d.audit.flush?.();
+    } catch (e) {
+      throw new BrokerError(
+        'TASKPASS_STORE_UNAVAILABLE',
+        'the decision is recorded but its audit record is not stored yet; it is retried',
+        undefined,
+        { cause: e },
+      );
+    }
     return r.approval;
   }
 

@@ -2,6 +2,9 @@
 // completed or revoked, token revoked). Records carry identities, task ids and jtis so an incident
 // can be reconstructed — never a token, a key or a user-token claim set.
 //
+// The same records also go to the store as hash-chained decision records (decision-log.ts), kept
+// for `audit.retention`, for the console; what follows is about this JSON stream.
+//
 // Retention: the broker does not delete audit records. To a file it appends JSON lines and, like
 // Vault's file audit device or nginx, leaves rotation and retention to logrotate (or the log
 // shipper): `reopen()` (SIGUSR2 in `taskpass serve`) makes it continue in a new file after the old
@@ -59,9 +62,16 @@ export interface AuditLog {
   reopen?(): void;
   /** Flushes and closes the audit file; no-op for other destinations. */
   close?(): void;
+  /**
+   * Resolves once every record so far is durable in the store's decision records (the
+   * DecisionRecorder; rejects when the store cannot take them). Awaited before answering a
+   * revocation or an approval decision; absent on a plain log.
+   */
+  flush?(): Promise<void>;
 }
 
-const FIELDS: readonly (keyof AuditEvent)[] = [
+/** The fields an audit record may carry, and nothing else. */
+export const AUDIT_FIELDS: readonly (keyof AuditEvent)[] = [
   'agent',
   'user',
   'task',
@@ -115,7 +125,7 @@ export function createAuditLog(logger: Logger, destination = 'log'): AuditLog {
     record(e) {
       // Copy whitelisted fields only: an accidental extra property cannot smuggle a token in.
       const rec: Record<string, unknown> = { event: e.event };
-      for (const f of FIELDS) if (e[f] !== undefined) rec[f] = e[f];
+      for (const f of AUDIT_FIELDS) if (e[f] !== undefined) rec[f] = e[f];
       out.info(rec, e.event);
     },
   };

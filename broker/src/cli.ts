@@ -4,6 +4,7 @@
 //   taskpass policy validate <dir> [--strict] | policy test <dir>
 //   taskpass tasks list [--broker URL] [--status s] | tasks revoke <id> [--broker URL] [--reason r]
 //   taskpass token decode <jwt> | token explain <jwt> [--broker URL]
+//   taskpass audit verify [--from seq] [--to seq]
 //   taskpass keys generate-kek [--id id] | keys rewrap [--config file]
 //   taskpass approvals list | show <id> | approve <id> | deny <id>   (cli-approvals.ts)
 // Admin calls use the caller's own X.509-SVID from the Workload API over mTLS (https URLs), or plain
@@ -37,6 +38,9 @@ const USAGE = `usage:
   taskpass keys rewrap [--config <file>]         re-wrap stored signing keys under the current KEK
   taskpass guard --config <file>                 the enforcing reverse proxy (needs @taskpass/proxy)
   taskpass proxy --config <file>                 the agent side for unmodified MCP hosts (needs @taskpass/proxy)
+  taskpass audit verify [--config <file>] [--from <seq>] [--to <seq>]
+                                                 walk the decision records' hash chain in the store;
+                                                 exit 1 at the first broken link
   taskpass approvals list|show|approve|deny ...  decide calls held for approval, as yourself
                                                  (taskpass approvals --help)
 Broker calls over https authenticate both sides by SPIFFE ID: this process presents its X.509-SVID
@@ -115,7 +119,11 @@ function brokerUrl(v: Record<string, unknown>, io: CliIo, required: boolean): st
   return url?.replace(/\/$/, '');
 }
 
-function explainText(header: Record<string, unknown>, c: Record<string, unknown>, nowSec: number): string {
+export function explainText(
+  header: Record<string, unknown>,
+  c: Record<string, unknown>,
+  nowSec: number,
+): string {
   const lines: string[] = [];
   const d = Array.isArray(c.authorization_details)
     ? (c.authorization_details[0] as Record<string, unknown>)
@@ -187,6 +195,8 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
         reason: { type: 'string' },
         id: { type: 'string' },
         out: { type: 'string' },
+        from: { type: 'string' },
+        to: { type: 'string' },
         json: { type: 'boolean' },
         strict: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -229,6 +239,35 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
         io.out(`${values.out} exists; kept`);
       }
       return 0;
+    }
+    if (cmd === 'audit' && sub === 'verify') {
+      const seqArg = (name: string, v: string | undefined): number | undefined => {
+        if (v === undefined) return undefined;
+        if (!/^\d+$/.test(v)) throw new UsageError(`--${name} must be a record seq (a whole number)`);
+        return Number(v);
+      };
+      const from = seqArg('from', values.from);
+      const to = seqArg('to', values.to);
+      const { loadConfig } = await import('./config.ts');
+      const { createStore } = await import('./store/index.ts');
+      const { verifyChain } = await import('./decision-chain.ts');
+      const config = loadConfig({ ...(values.config ? { file: values.config } : {}), env: io.env });
+      const store = createStore(config.store);
+      await store.init();
+      try {
+        const v = await verifyChain(store, { from, to });
+        if (values.json) io.out(JSON.stringify(v));
+        else if (v.ok) {
+          io.out(
+            v.count === 0
+              ? `ok: no records to check (chain head ${v.last.seq}, hash ${v.last.hash})`
+              : `ok: ${v.count} record(s) ${v.first}..${v.last.seq} verified; last hash ${v.last.hash}`,
+          );
+        } else io.err(`BROKEN at record ${v.seq}: ${v.problem} (${v.checked} record(s) verified before it)`);
+        return v.ok ? 0 : 1;
+      } finally {
+        await store.close();
+      }
     }
     if (cmd === 'keys' && sub === 'rewrap') {
       // What every broker start does too; this lets an operator finish a KEK rotation (and then

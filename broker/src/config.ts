@@ -64,6 +64,103 @@ const TrustedIssuer = z
     },
   );
 
+// Who holds a console role: an issuer and claims, matched as templates match `users:` (a claim
+// equals, or for arrays contains, one of the values; every listed claim must match).
+const ScalarValue = z.union([z.string(), z.number(), z.boolean()]);
+const RoleClaims = z
+  .object({
+    issuer: z.union([z.string().url(), z.array(z.string().url()).min(1)]).optional(),
+    claims: z
+      .record(
+        z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/, 'claim names are 1-128 characters of [A-Za-z0-9_.:-]'),
+        z.union([ScalarValue, z.array(ScalarValue).min(1)]),
+      )
+      .refine((c) => Object.keys(c).length > 0, 'name at least one claim'),
+  })
+  .strict();
+
+/** The web console (docs/console.md): its own listener, sign-in through OIDC, roles from claims. */
+const ConsoleSchema = z
+  .object({
+    listen: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: z.coerce.number().int().min(0).max(65535).default(8444),
+      })
+      .strict()
+      .prefault({}),
+    /** The URL people open (behind a TLS proxy in production); the OIDC redirect is under it. */
+    publicUrl: z.string().url(),
+    oidc: z
+      .object({
+        issuer: z.string().url(),
+        /** Where discovery is read; default `<issuer>/.well-known/openid-configuration`. */
+        discoveryUrl: z.string().url().optional(),
+        clientId: z.string().min(1).max(1024),
+        /** A file holding the client secret (confidential clients); public clients use PKCE only. */
+        clientSecretFile: z.string().min(1).optional(),
+        scopes: z
+          .array(z.string().regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/))
+          .default(['openid', 'profile', 'email']),
+        redirectPath: z
+          .string()
+          .regex(/^\/[A-Za-z0-9/_.-]*$/)
+          .default('/console/auth/callback'),
+        algorithms: z
+          .array(
+            z.enum([
+              'RS256',
+              'RS384',
+              'RS512',
+              'PS256',
+              'PS384',
+              'PS512',
+              'ES256',
+              'ES384',
+              'ES512',
+              'EdDSA',
+            ]),
+          )
+          .min(1)
+          .default(['RS256', 'ES256']),
+        clockToleranceSec: z.number().int().min(0).max(300).default(30),
+      })
+      .strict(),
+    roles: z
+      .object({
+        /** Who may see everything and revoke. */
+        admins: RoleClaims,
+        /** Who may see everything (read-only). */
+        viewers: RoleClaims.optional(),
+      })
+      .strict(),
+    sessionTtl: Duration.default(8 * 3600),
+    /**
+     * Cookies without `Secure`: only for a plain-http console on a loopback address in tests;
+     * anywhere else the configuration is refused.
+     */
+    insecureCookies: z.boolean().default(false),
+  })
+  .strict()
+  .refine((c) => c.oidc.scopes.includes('openid'), {
+    message: 'console.oidc.scopes must include openid',
+    path: ['oidc', 'scopes'],
+  })
+  .refine(
+    (c) =>
+      !c.insecureCookies ||
+      (/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(c.listen.host) && c.publicUrl.startsWith('http://')),
+    {
+      message:
+        'console.insecureCookies is for plain-http loopback tests only (listen.host 127.0.0.1, publicUrl http://)',
+      path: ['insecureCookies'],
+    },
+  )
+  .refine((c) => c.insecureCookies || c.publicUrl.startsWith('https://'), {
+    message: 'console.publicUrl must be https:// (session cookies are Secure)',
+    path: ['publicUrl'],
+  });
+
 /** The configuration schema (exported for tests and `taskpass config check`). */
 export const ConfigSchema = z
   .object({
@@ -228,6 +325,8 @@ export const ConfigSchema = z
       .object({
         /** `log` (the broker log, `audit: true`), `stdout`, `stderr`, or a file path. */
         destination: z.string().min(1).default('log'),
+        /** How long the store keeps decision records (the console's timelines); swept after. */
+        retention: Duration.default(30 * 86400),
       })
       .strict()
       .prefault({}),
@@ -254,6 +353,8 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** The web console; absent: no console listener. */
+    console: ConsoleSchema.optional(),
     /** How often expired tasks, replay entries and stale revocations are dropped from the store. */
     sweepEvery: Duration.default(60),
     /** Ceiling on every request body; each route has a smaller limit of its own (request-boundary.ts). */
@@ -289,6 +390,28 @@ export const ConfigSchema = z
           message: `approvals.audience "${c.approvals.audience}" is also the user-token audience of users.trustedIssuers[${i}]: a delegation token the agent holds could then approve; mint approver tokens for a distinct audience`,
         });
       }
+    }
+  })
+  .superRefine((c, ctx) => {
+    // The console's ID tokens must never double as delegation tokens (the agent holds those) nor
+    // as approver tokens: its client id must be an audience of its own.
+    const oidc = c.console?.oidc;
+    if (!oidc) return;
+    const taken = new Set([c.approvals.audience]);
+    for (const t of c.users.trustedIssuers) for (const a of [t.audience].flat()) taken.add(a);
+    if (taken.has(oidc.clientId)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['console', 'oidc', 'clientId'],
+        message: `console.oidc.clientId "${oidc.clientId}" is also a user-token or approvals audience; give the console a client id of its own`,
+      });
+    }
+    if (c.console && c.console.listen.port === c.listen.port && c.console.listen.port !== 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['console', 'listen', 'port'],
+        message: "the console needs its own port, apart from the agents' API (listen.port)",
+      });
     }
   })
   .refine((c) => c.tokens.defaultTtl <= c.tokens.maxTtl, {
@@ -368,6 +491,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_POLICIES_DIR: { path: ['policiesDir'] },
     TASKPASS_STORE_SQLITE_PATH: { path: ['store', 'sqlite', 'path'] },
     TASKPASS_STORE_REDIS_URL: { path: ['store', 'redis', 'url'] },
+    TASKPASS_STORE_REDIS_KEY_PREFIX: { path: ['store', 'redis', 'keyPrefix'] },
     TASKPASS_STORE_REDIS_TIMEOUT_MS: { path: ['store', 'redis', 'timeoutMs'], conv: int },
     TASKPASS_FEED_AUTH: { path: ['feed', 'auth'] },
     TASKPASS_RATE_LIMIT_PER_AGENT_PER_MINUTE: { path: ['rateLimit', 'perAgentPerMinute'], conv: int },
@@ -375,6 +499,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_RATE_LIMIT_PER_ADMIN_PER_MINUTE: { path: ['rateLimit', 'perAdminPerMinute'], conv: int },
     TASKPASS_RATE_LIMIT_PER_IP_PER_MINUTE: { path: ['rateLimit', 'perIpPerMinute'], conv: int },
     TASKPASS_AUDIT_DESTINATION: { path: ['audit', 'destination'] },
+    TASKPASS_AUDIT_RETENTION: { path: ['audit', 'retention'] },
     TASKPASS_APPROVALS_AUDIENCE: { path: ['approvals', 'audience'] },
     TASKPASS_APPROVALS_URL: { path: ['approvals', 'url'] },
     TASKPASS_SWEEP_EVERY: { path: ['sweepEvery'] },

@@ -122,6 +122,25 @@ export const BROKER_ERRORS = {
       'The user the task acts for may not approve its own request (separation of duties; the rule does not name delegating_user).',
   },
   TASKPASS_FORBIDDEN_ADMIN: { status: 403, description: 'The caller is not an administrator.' },
+  TASKPASS_CONSOLE_UNAUTHENTICATED: {
+    status: 401,
+    description: 'No console session (or it expired, or was signed out): sign in at /console/auth/login.',
+  },
+  TASKPASS_CONSOLE_FORBIDDEN: {
+    status: 403,
+    description:
+      "The signed-in person's role does not include this console page or action (admins, viewers).",
+  },
+  TASKPASS_CONSOLE_CSRF: {
+    status: 403,
+    description:
+      "A console POST, PUT or DELETE without the session's CSRF token in `X-CSRF-Token` (or from another origin); nothing was changed.",
+  },
+  TASKPASS_CONSOLE_SIGNIN_FAILED: {
+    status: 401,
+    description:
+      'The console sign-in did not complete: unknown or reused state, identity provider unreachable, code refused, or an invalid ID token (issuer, audience, signature, expiry, nonce).',
+  },
   TASKPASS_RATE_LIMITED: {
     status: 429,
     description:

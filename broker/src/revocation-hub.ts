@@ -75,6 +75,20 @@ export class FeedOverflowError extends Error {
 /** One open feed stream, as the hub sees it. */
 interface StreamHandle {
   end(): void;
+  /** Who reads it and how far it got (the console's "verifiers subscribed and their lag"). */
+  info?(): StreamInfo;
+}
+
+/** A feed stream as the console shows it. */
+export interface StreamInfo {
+  /** The reader's SPIFFE ID (undefined when the feed needs no authentication). */
+  subscriber: string | undefined;
+  /** The last seq written to it (its snapshot's, then each live revocation's). */
+  seq: number;
+  /** Bytes written but not yet taken by the client. */
+  buffered: number;
+  /** Epoch ms it opened. */
+  since: number;
 }
 
 /**
@@ -137,6 +151,16 @@ export class RevocationHub {
   /** Open feed streams (for the subscribers gauge). */
   subscriberCount(): number {
     return this.#streams.size;
+  }
+
+  /** Open feed streams with their lag: revocations this process has seen that a stream has not. */
+  subscribers(): (StreamInfo & { lag: number })[] {
+    const out: (StreamInfo & { lag: number })[] = [];
+    for (const s of this.#streams) {
+      const i = s.info?.();
+      if (i) out.push({ ...i, lag: Math.max(0, this.#seq - i.seq) });
+    }
+    return out;
   }
 
   /** Kids of the broker's published key set (empty without a key source). */

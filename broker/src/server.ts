@@ -9,7 +9,8 @@ import { BundleSource, pickByHint, svidState, X509Source } from '@taskpass/spiff
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino, { type Logger } from 'pino';
 import type { TLSSocket } from 'node:tls';
-import { buildApp } from './app.ts';
+import { type AppDeps, buildApp, buildServices } from './app.ts';
+import { buildConsole } from './console/app.ts';
 import { createAuditLog } from './audit.ts';
 import { pinPeerIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
@@ -31,6 +32,8 @@ export interface RunningBroker {
   close(): Promise<void>;
   /** Reloads the policy directory. */
   reloadPolicies(): Promise<void>;
+  /** The console, when configured: its app and the URL people open. */
+  console?: { app: FastifyInstance; url: string };
 }
 
 /** Picks the broker's own X.509-SVID: the one with `hint`, else the default (first) one. */
@@ -85,7 +88,7 @@ async function start(
       'signing keys are stored UNENCRYPTED (keys.allowPlaintext: true); anyone who can read the store can sign tokens',
     );
   }
-  const store = createStore(config.store, { logger });
+  const store = createStore(config.store, { logger, decisionRetentionSec: config.audit.retention });
   opened.push(() => store.close());
   await store.init();
   const keys = await SigningKeys.open(store, {
@@ -212,7 +215,7 @@ async function start(
 
   const audit = createAuditLog(logger, config.audit.destination);
   opened.push(() => audit.close?.());
-  const app = buildApp({
+  const appDeps: AppDeps = {
     config,
     audit,
     store,
@@ -237,7 +240,9 @@ async function start(
     hub,
     logger,
     serverFactory,
-  });
+  };
+  const services = buildServices(appDeps);
+  const app = buildApp(appDeps, services);
 
   opened.push(() => app.close());
   // Fastify does not know the factory's server speaks TLS and reports http://.
@@ -249,6 +254,20 @@ async function start(
   });
   const url = scheme(listening);
   logger.info({ url, issuer: config.issuer, tls: config.tls.mode }, 'taskpass broker listening');
+
+  // The console: its own listener, never the agents' port; same store, services and feed.
+  let consoleApp: FastifyInstance | undefined;
+  let consoleUrl: string | undefined;
+  if (config.console) {
+    consoleApp = buildConsole({ config, store, services, hub, keys, policies, logger });
+    opened.push(() => consoleApp?.close());
+    const at = await consoleApp.listen({
+      host: config.console.listen.host,
+      port: config.console.listen.port,
+    });
+    consoleUrl = `${config.console.publicUrl.replace(/\/$/, '')}/console/`;
+    logger.info({ listen: at, url: consoleUrl }, 'taskpass console listening');
+  }
 
   // Expired tasks, replay entries and revocations past `until` are dropped periodically, in small
   // steps that leave the event loop free (store sweep); a sweep still running when the next tick
@@ -272,6 +291,7 @@ async function start(
       logger.info('shutting down');
       clearInterval(sweeper);
       await hub.close();
+      await consoleApp?.close();
       await app.close();
       await policies.close();
       await keys.close?.();
@@ -311,5 +331,11 @@ async function start(
       logger.info('audit log reopened');
     });
   }
-  return { app, url, close, reloadPolicies };
+  return {
+    app,
+    url,
+    ...(consoleApp && consoleUrl ? { console: { app: consoleApp, url: consoleUrl } } : {}),
+    close,
+    reloadPolicies,
+  };
 }

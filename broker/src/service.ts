@@ -468,6 +468,7 @@ export class TaskService {
         jti,
         exp,
         ...(approval ? { approval: approval.id, args_sha256: digest } : {}),
+        ...(claim ? { approver: `${claim.approver.sub} at ${claim.approver.iss}` } : {}),
       });
       if (approval) {
         this.d.audit.record({
@@ -550,9 +551,12 @@ export class TaskService {
     };
   }
 
-  /** Completes (or, for an admin, revokes) a task; resolves after the revocation is durable. */
+  /**
+   * Completes (or, for an admin, revokes) a task; resolves after the revocation and its record are
+   * durable. `by`: the agent or admin workload, or a console admin (`console:<sub> at <iss>`).
+   */
   async complete(
-    by: WorkloadIdentity,
+    by: Pick<WorkloadIdentity, 'id'>,
     id: string,
     status: ClosingStatus,
     reason: string,
@@ -582,17 +586,25 @@ export class TaskService {
       reason,
       by: by.id,
     });
+    // A revocation's record is evidence the console and `audit verify` must have: durable first.
+    await durable('record the decision', this.d.audit.flush?.() ?? Promise.resolve());
     return { task: r.task, revocation: r.revocation };
   }
 
   /** Revokes one token by jti (RFC 7009 / admin), durably. */
-  async revokeToken(by: WorkloadIdentity, jti: string, until: number, task?: string): Promise<Revocation> {
+  async revokeToken(
+    by: Pick<WorkloadIdentity, 'id'>,
+    jti: string,
+    until: number,
+    task?: string,
+  ): Promise<Revocation> {
     const r = await durable(
       'record the revocation',
       this.d.store.revokeToken(jti, until, `revoked by ${by.id}`),
     );
     this.d.metrics.revocations.inc({ kind: 'token' });
     this.d.audit.record({ event: 'token.revoked', jti, task, by: by.id });
+    await durable('record the decision', this.d.audit.flush?.() ?? Promise.resolve());
     return r;
   }
 }

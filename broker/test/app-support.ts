@@ -4,7 +4,8 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { exportJWK, SignJWT } from 'jose';
 import pino from 'pino';
-import { buildApp } from '../src/app.ts';
+import { type AppDeps, type BrokerServices, buildApp, buildServices } from '../src/app.ts';
+import { countKeyOf, outcomeOf } from '../src/decision-chain.ts';
 import type { WorkloadAuthenticator, WorkloadIdentity } from '../src/auth.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
 import { BrokerError } from '../src/errors.ts';
@@ -16,7 +17,12 @@ import {
   type ApprovalDecisionInput,
   type ApprovalRecord,
   approvalCallKey,
+  type ChainHead,
   type ClosingStatus,
+  type ConsoleSessionRecord,
+  type DecisionFilter,
+  type DecisionRecord,
+  GENESIS_HASH,
   type IssuedCall,
   type Store,
   type StoredSigningKey,
@@ -211,6 +217,92 @@ export class MemoryStore implements Store {
     return () => this.listeners.delete(l);
   }
   async sweep() {}
+
+  // Decision records and console sessions: the same contract, in arrays.
+  decisions: DecisionRecord[] = [];
+  anchor: ChainHead = { seq: 0, hash: GENESIS_HASH };
+  sessions = new Map<string, ConsoleSessionRecord>();
+  async appendDecisions(build: (head: ChainHead) => DecisionRecord[]) {
+    if (this.failWrites) throw new Error('disk full');
+    const recs = build(await this.decisionHead());
+    this.decisions.push(...recs.map((r) => structuredClone(r)));
+    return recs;
+  }
+  async decisionHead() {
+    const last = this.decisions.at(-1);
+    return last ? { seq: last.seq, hash: last.hash } : { ...this.anchor };
+  }
+  async decisionAnchor() {
+    return { ...this.anchor };
+  }
+  async decisionsRange(after: number, limit: number) {
+    return this.decisions
+      .filter((r) => r.seq > after && r.seq <= after + limit)
+      .map((r) => structuredClone(r));
+  }
+  async decisionsOfTask(task: string, limit: number) {
+    return this.decisions.filter((r) => r.task === task).slice(0, limit);
+  }
+  async recentDecisions(f: DecisionFilter) {
+    const limit = f.limit ?? 50;
+    const all = [...this.decisions]
+      .reverse()
+      .filter(
+        (r) =>
+          (f.before === undefined || r.seq < f.before) &&
+          (f.agent === undefined || r.agent === f.agent) &&
+          (f.user === undefined || r.user === f.user) &&
+          (f.task === undefined || r.task === f.task) &&
+          (f.code === undefined || r.code === f.code) &&
+          (f.outcome === undefined || outcomeOf(r.event) === f.outcome),
+      );
+    const records = all.slice(0, limit);
+    return { records, next: all.length > limit ? records.at(-1)?.seq : undefined };
+  }
+  async decisionCounts(fromMs: number, toMs: number) {
+    const out: Record<string, number> = {};
+    for (const r of this.decisions) {
+      const k = countKeyOf(r);
+      if (k && r.at >= fromMs && r.at < toMs) out[k] = (out[k] ?? 0) + 1;
+    }
+    return out;
+  }
+  async decisionCountsByMinute(fromMs: number, toMs: number) {
+    const by = new Map<number, Record<string, number>>();
+    for (const r of this.decisions) {
+      const k = countKeyOf(r);
+      if (!k || r.at < fromMs || r.at >= toMs) continue;
+      const m = Math.floor(r.at / 60000);
+      const c = by.get(m) ?? {};
+      c[k] = (c[k] ?? 0) + 1;
+      by.set(m, c);
+    }
+    return [...by.entries()].sort((a, b) => a[0] - b[0]).map(([minute, counts]) => ({ minute, counts }));
+  }
+  async sweepDecisions(beforeMs: number) {
+    let n = 0;
+    while (this.decisions[0] && this.decisions[0].at < beforeMs) {
+      const r = this.decisions.shift()!;
+      this.anchor = { seq: r.seq, hash: r.hash };
+      n++;
+    }
+    return n;
+  }
+  async putConsoleSession(r: ConsoleSessionRecord) {
+    this.sessions.set(r.id, structuredClone(r));
+  }
+  async getConsoleSession(id: string, now: number) {
+    const r = this.sessions.get(id);
+    return r && r.expiresAt > now ? structuredClone(r) : undefined;
+  }
+  async takeConsoleSession(id: string, now: number) {
+    const r = await this.getConsoleSession(id, now);
+    this.sessions.delete(id);
+    return r;
+  }
+  async deleteConsoleSession(id: string) {
+    this.sessions.delete(id);
+  }
 }
 
 /** Two templates: delegated ticket support (read + single-use write after a read), autonomous ops. */
@@ -377,6 +469,10 @@ export interface TestBroker<S extends Store = MemoryStore> {
   jwt(id: string): Record<string, string>;
   /** Headers that make the peer-cert seam present an mTLS chain for `id`. */
   mtls(id: string): Record<string, string>;
+  /** What the app was built from and with (the console shares them). */
+  deps: AppDeps;
+  services: BrokerServices;
+  hub: RevocationHub;
 }
 
 /**
@@ -416,7 +512,7 @@ export async function testBroker<S extends Store = MemoryStore>(
   const publicJwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
   const clock = { now: Date.now() };
   const policy = opts.policy ?? new TinyPolicy();
-  const app = buildApp({
+  const deps: AppDeps = {
     config,
     store,
     keys: {
@@ -435,7 +531,9 @@ export async function testBroker<S extends Store = MemoryStore>(
       const id = req.headers['x-test-peer'];
       return typeof id === 'string' ? ([{ id }] as never) : undefined;
     },
-  });
+  };
+  const services = buildServices(deps);
+  const app = buildApp(deps, services);
   app.addHook('onClose', () => hub.close());
   await app.ready();
   return {
@@ -447,5 +545,8 @@ export async function testBroker<S extends Store = MemoryStore>(
     clock,
     jwt: (id) => ({ authorization: `Bearer ${svid(id)}` }),
     mtls: (id) => ({ 'x-test-peer': id }),
+    deps,
+    services,
+    hub,
   };
 }

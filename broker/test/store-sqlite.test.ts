@@ -38,7 +38,7 @@ test('sqlite file: WAL journal, parent directories created, schema version recor
       2,
       'a new file is INCREMENTAL from its first table',
     );
-    assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 3);
+    assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 4);
   } finally {
     db.close();
   }
@@ -142,7 +142,7 @@ test('sqlite: upgrading a version-1 file backfills the workflow lookups from the
   // Back to what version 1 had: no lookup tables, and calls in the issued log only.
   const db = new Database(path);
   db.exec(
-    'DROP TABLE issued_counts; DROP TABLE issued_prior; DROP TABLE approvals; DROP TABLE approval_calls; UPDATE schema_version SET version = 1',
+    'DROP TABLE issued_counts; DROP TABLE issued_prior; DROP TABLE approvals; DROP TABLE approval_calls; DROP TABLE decisions; DROP TABLE decision_chain; DROP TABLE console_sessions; UPDATE schema_version SET version = 1',
   );
   const ins = db.prepare(
     `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)

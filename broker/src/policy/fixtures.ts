@@ -47,7 +47,7 @@ const StepSchema = z.strictObject({
   arguments: z.record(z.string(), z.unknown()).optional(),
 });
 
-const CaseSchema = z.strictObject({
+export const FixtureCaseSchema = z.strictObject({
   name: z.string().min(1),
   agent: z.string().min(1),
   user: z
@@ -77,10 +77,10 @@ const CaseSchema = z.strictObject({
   template: z.string().optional(),
 });
 
-const FixtureFileSchema = z.strictObject({ cases: z.array(CaseSchema).min(1) });
+const FixtureFileSchema = z.strictObject({ cases: z.array(FixtureCaseSchema).min(1) });
 
 /** One fixture case (parsed). */
-export type FixtureCase = z.output<typeof CaseSchema>;
+export type FixtureCase = z.output<typeof FixtureCaseSchema>;
 
 /** Outcome of one case. */
 export interface FixtureCaseResult {

@@ -156,6 +156,9 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
       let offKeys: () => void = () => {};
       let untrack: () => void = () => {};
       let wake: (() => void) | undefined;
+      // How far this stream got, for the console (hub.subscribers()).
+      let delivered = 0;
+      const opened = now();
       const end = (closeConnection = false) => {
         if (ended) return;
         ended = true;
@@ -197,7 +200,15 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
       };
 
       reply.hijack();
-      untrack = hub.track({ end: () => end(true) });
+      untrack = hub.track({
+        end: () => end(true),
+        info: () => ({
+          subscriber: req.workload?.id,
+          seq: delivered,
+          buffered: res.writableLength,
+          since: opened,
+        }),
+      });
       req.raw.on('close', () => end());
       res.on('close', () => end());
       if (ended) return;
@@ -248,7 +259,11 @@ export async function revocationRoutes(app: FastifyInstance, opts: RevocationRou
           await send(`],"seq":${view.seq}}\nid: ${view.seq}\n\n`);
         }
         if (ended) return;
-        view.live((r) => write(sse(FEED_EVENTS.revoked, r, r.seq)));
+        delivered = view.seq;
+        view.live((r) => {
+          delivered = r.seq;
+          write(sse(FEED_EVENTS.revoked, r, r.seq));
+        });
         keysEvent();
         offKeys = hub.onKeysChange(keysEvent);
         heartbeat = setInterval(() => {

@@ -21,8 +21,14 @@ export interface StoreConfigSection {
  * Creates (does not initialise) the store. Accepts the explicit `{ kind, ... }` form or the
  * configuration file's `{ sqlite } | { redis }` section. Call `init()` before use.
  */
-export function createStore(config: StoreConfig | StoreConfigSection, opts: { logger?: Logger } = {}): Store {
-  const logger = opts.logger ? { logger: opts.logger } : {};
+export function createStore(
+  config: StoreConfig | StoreConfigSection,
+  opts: { logger?: Logger; decisionRetentionSec?: number } = {},
+): Store {
+  const logger = {
+    ...(opts.logger ? { logger: opts.logger } : {}),
+    ...(opts.decisionRetentionSec ? { decisionRetentionSec: opts.decisionRetentionSec } : {}),
+  };
   if ('kind' in config) {
     if (config.kind === 'sqlite') return new SqliteStore({ path: config.path, ...logger });
     return new RedisStore({

@@ -25,6 +25,13 @@
 //   P tapr:<task>          set of the task's approval ids (its completion cancels them)
 //   P apr:pending          zset id -> expiresAt of pending approvals (approvers' lists)
 //   channel P approvals    the id of every approval whose status changed
+//   P dec:head             hash seq, hash: the decision chain's last record
+//   P dec:anchor           hash seq, hash: the last swept record (the first remaining links to it)
+//   P dec:rec              hash seq -> the record as stored (JSON, hashed)
+//   P dec:time             zset seq -> at (ms): retention sweep
+//   P dec:task:<task>      zset seq -> seq: a task's timeline (TTL: the retention)
+//   P dec:cnt:<minute>     hash count key -> records that minute (TTL: the retention)
+//   P csess:<id>           a console session or sign-in state, JSON (TTL: its expiry)
 // The approval scripts reach P apr:<id> by ids read inside the script (keys not declared in KEYS):
 // fine on one Redis, one more reason this store is not for Cluster.
 //
@@ -44,13 +51,19 @@ import {
   approvalCallKey,
   type ApprovalRecord,
   REVOCATION_GRACE_SEC,
+  type ChainHead,
   type ClosingStatus,
+  type ConsoleSessionRecord,
+  type DecisionFilter,
+  type DecisionRecord,
+  GENESIS_HASH,
   type IssuedCall,
   type Store,
   type StoredSigningKey,
   type TaskRecord,
   type TaskStatus,
 } from './types.ts';
+import { countKeyOf, outcomeOf } from '../decision-chain.ts';
 import { mapStoreFailures } from './unavailable.ts';
 
 /** Options of {@link RedisStore}. */
@@ -73,6 +86,8 @@ export interface RedisStoreOptions {
   timeoutMs?: number;
   /** Our clock, epoch ms, against which Redis' is measured (tests). Default `Date.now`. */
   now?: () => number;
+  /** Seconds decision records are kept (`audit.retention`). Default 30 days. */
+  decisionRetentionSec?: number;
   /** Extra ioredis options (TLS, retryStrategy...); the time bounds and queueing ones are fixed. */
   redisOptions?: RedisOptions;
 }
@@ -313,6 +328,57 @@ return 1`);
 const MARK_USED = withDeadline(`
 return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1], 'NX')`);
 
+// KEYS: dec:head, dec:rec, dec:time, dec:anchor
+// ARGV: prefix, ttl (s), expected head seq, expected head hash, new head seq, new head hash, then
+// per record: seq, at, task ('' none), count key ('' none), json.
+// A compare-and-set on the head: a replica that appended first makes this one rechain and retry.
+const APPEND_DECISIONS = withDeadline(`
+local h = redis.call('HMGET', KEYS[1], 'seq', 'hash')
+local seq, hash = h[1], h[2]
+if not seq then
+  local a = redis.call('HMGET', KEYS[4], 'seq', 'hash')
+  seq = a[1] or '0'
+  hash = a[2] or '${GENESIS_HASH}'
+end
+if seq ~= ARGV[3] or hash ~= ARGV[4] then return {'moved', seq, hash} end
+for i = 7, #ARGV, 5 do
+  local s, at, task, ck = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  redis.call('HSET', KEYS[2], s, ARGV[i + 4])
+  redis.call('ZADD', KEYS[3], at, s)
+  if task ~= '' then
+    local tk = ARGV[1] .. 'dec:task:' .. task
+    redis.call('ZADD', tk, s, s)
+    redis.call('EXPIRE', tk, ARGV[2])
+  end
+  if ck ~= '' then
+    local bk = ARGV[1] .. 'dec:cnt:' .. math.floor(tonumber(at) / 60000)
+    redis.call('HINCRBY', bk, ck, 1)
+    redis.call('EXPIRE', bk, ARGV[2])
+  end
+end
+redis.call('HSET', KEYS[1], 'seq', ARGV[5], 'hash', ARGV[6])
+return {'ok'}`);
+
+// KEYS: dec:anchor, dec:rec, dec:time; ARGV: expected anchor seq, new anchor seq, its hash.
+// Drops records (anchor, new anchor] and moves the anchor, in one step; a no-op when another
+// replica swept them first.
+const SWEEP_DECISIONS = `
+local cur = redis.call('HGET', KEYS[1], 'seq') or '0'
+if cur ~= ARGV[1] then return 0 end
+local from, to = tonumber(cur) + 1, tonumber(ARGV[2])
+for s = from, to do
+  redis.call('HDEL', KEYS[2], s)
+  redis.call('ZREM', KEYS[3], s)
+end
+redis.call('HSET', KEYS[1], 'seq', ARGV[2], 'hash', ARGV[3])
+return to - from + 1`;
+
+// KEYS: the session key. GET and DEL in one step: a sign-in state is used once.
+const TAKE = `
+local v = redis.call('GET', KEYS[1])
+if v then redis.call('DEL', KEYS[1]) end
+return v`;
+
 const sha1 = (s: string): string => createHash('sha1').update(s).digest('hex');
 
 // Replies that mean "Redis cannot serve this now", not "this request or our code is wrong".
@@ -397,6 +463,7 @@ export class RedisStore implements Store {
   readonly #url: string;
   readonly #logger: Logger | undefined;
   readonly #retention: number;
+  readonly #decisionRetention: number;
   readonly #batchRows: number;
 
   readonly #timeoutMs: number;
@@ -418,6 +485,7 @@ export class RedisStore implements Store {
     this.prefix = opts.prefix ?? 'taskpass:';
     this.#logger = opts.logger;
     this.#retention = opts.taskRetentionSec ?? 300;
+    this.#decisionRetention = opts.decisionRetentionSec ?? 30 * 86400;
     this.#batchRows = Math.max(1, Math.floor(opts.sweepBatchRows ?? 500));
 
     this.#timeoutMs = opts.timeoutMs ?? 2000;
@@ -957,6 +1025,184 @@ export class RedisStore implements Store {
     await this.#r.hdel(this.#k('keys'), kid);
   }
 
+  // ---- decision records ----
+
+  #decKeys(): string[] {
+    return [this.#k('dec', 'head'), this.#k('dec', 'rec'), this.#k('dec', 'time'), this.#k('dec', 'anchor')];
+  }
+
+  async appendDecisions(build: (head: ChainHead) => DecisionRecord[]): Promise<DecisionRecord[]> {
+    let head = await this.decisionHead();
+    // Bounded: each retry means another replica appended; one of them always wins.
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const records = build(head);
+      const last = records.at(-1);
+      if (!last) return [];
+      const args: (string | number)[] = [
+        this.prefix,
+        this.#decisionRetention,
+        head.seq,
+        head.hash,
+        last.seq,
+        last.hash,
+      ];
+      for (const r of records) {
+        args.push(
+          r.seq,
+          r.at,
+          typeof r.task === 'string' ? r.task : '',
+          countKeyOf(r) ?? '',
+          JSON.stringify(r),
+        );
+      }
+      const res = (await this.#mutate(APPEND_DECISIONS, this.#decKeys(), args)) as string[];
+      if (res[0] === 'ok') return records;
+      head = { seq: Number(res[1]), hash: String(res[2]) };
+    }
+    throw new BrokerError(
+      'TASKPASS_STORE_UNAVAILABLE',
+      'the decision chain moved on every attempt; try again',
+    );
+  }
+
+  async decisionHead(): Promise<ChainHead> {
+    const [seq, hash] = await this.#r.hmget(this.#k('dec', 'head'), 'seq', 'hash');
+    if (!seq || !hash) return this.decisionAnchor();
+    return { seq: Number(seq), hash };
+  }
+
+  async decisionAnchor(): Promise<ChainHead> {
+    const [seq, hash] = await this.#r.hmget(this.#k('dec', 'anchor'), 'seq', 'hash');
+    return { seq: Number(seq ?? 0), hash: hash || GENESIS_HASH };
+  }
+
+  async #records(seqs: readonly (string | number)[]): Promise<DecisionRecord[]> {
+    if (seqs.length === 0) return [];
+    const out: DecisionRecord[] = [];
+    for (const j of await this.#r.hmget(this.#k('dec', 'rec'), ...seqs.map(String))) {
+      if (j !== null) out.push(JSON.parse(j) as DecisionRecord);
+    }
+    return out;
+  }
+
+  async decisionsRange(after: number, limit: number): Promise<DecisionRecord[]> {
+    const seqs = Array.from({ length: Math.max(0, limit) }, (_, i) => after + 1 + i);
+    return this.#records(seqs);
+  }
+
+  async decisionsOfTask(taskId: string, limit: number): Promise<DecisionRecord[]> {
+    const seqs = await this.#r.zrange(this.#k('dec', 'task', taskId), '0', String(Math.max(1, limit) - 1));
+    return this.#records(seqs);
+  }
+
+  async recentDecisions(f: DecisionFilter): Promise<{ records: DecisionRecord[]; next: number | undefined }> {
+    const limit = Math.max(1, Math.min(500, Math.floor(f.limit ?? 50)));
+    const match = (r: DecisionRecord) =>
+      (f.agent === undefined || r.agent === f.agent) &&
+      (f.user === undefined || r.user === f.user) &&
+      (f.task === undefined || r.task === f.task) &&
+      (f.code === undefined || r.code === f.code) &&
+      (f.outcome === undefined || outcomeOf(r.event) === f.outcome);
+    // Newest first from below `before`, at most SCAN records per page: a rare filter returns a
+    // short page with `next`, never a long blocking walk.
+    const SCAN = 5000;
+    const anchor = await this.decisionAnchor();
+    let top = (await this.decisionHead()).seq;
+    if (f.before !== undefined) top = Math.min(top, f.before - 1);
+    const out: DecisionRecord[] = [];
+    let lowest = top + 1;
+    while (out.length < limit && lowest > anchor.seq + 1 && top - lowest + 1 < SCAN) {
+      const hi = lowest - 1;
+      const lo = Math.max(anchor.seq + 1, hi - 199);
+      const recs = await this.#records(Array.from({ length: hi - lo + 1 }, (_, i) => hi - i));
+      lowest = lo;
+      for (const r of recs) {
+        if (!match(r)) continue;
+        out.push(r);
+        if (out.length === limit) {
+          lowest = r.seq;
+          break;
+        }
+      }
+    }
+    return { records: out, next: lowest > anchor.seq + 1 ? lowest : undefined };
+  }
+
+  async decisionCounts(fromMs: number, toMs: number): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    for (const { counts } of await this.decisionCountsByMinute(fromMs, toMs)) {
+      for (const [k, n] of Object.entries(counts)) out[k] = (out[k] ?? 0) + n;
+    }
+    return out;
+  }
+
+  async decisionCountsByMinute(
+    fromMs: number,
+    toMs: number,
+  ): Promise<{ minute: number; counts: Record<string, number> }[]> {
+    // Per whole minute (the buckets the append script keeps), at most the retention.
+    const first = Math.max(
+      Math.floor(fromMs / 60000),
+      Math.floor(toMs / 60000) - this.#decisionRetention / 60,
+    );
+    const last = Math.floor((toMs - 1) / 60000);
+    const p = this.#r.pipeline();
+    for (let m = first; m <= last; m++) p.hgetall(this.#k('dec', 'cnt', String(m)));
+    const out: { minute: number; counts: Record<string, number> }[] = [];
+    let m = first;
+    for (const [err, h] of (await p.exec()) ?? []) {
+      if (err) throw err;
+      const entries = Object.entries(h as Record<string, string>);
+      if (entries.length)
+        out.push({ minute: m, counts: Object.fromEntries(entries.map(([k, v]) => [k, Number(v)])) });
+      m++;
+    }
+    return out;
+  }
+
+  async sweepDecisions(beforeMs: number): Promise<number> {
+    const anchor = await this.decisionAnchor();
+    const head = await this.decisionHead();
+    // The oldest records in seq order, up to the first one still within the retention.
+    let upTo: DecisionRecord | undefined;
+    const recs = await this.decisionsRange(anchor.seq, Math.min(this.#batchRows, head.seq - anchor.seq));
+    for (const r of recs) {
+      if (r.at >= beforeMs) break;
+      upTo = r;
+    }
+    if (!upTo) return 0;
+    return Number(
+      await this.#script(
+        SWEEP_DECISIONS,
+        [this.#k('dec', 'anchor'), this.#k('dec', 'rec'), this.#k('dec', 'time')],
+        [anchor.seq, upTo.seq, upTo.hash],
+      ),
+    );
+  }
+
+  async putConsoleSession(r: ConsoleSessionRecord): Promise<void> {
+    const ttlMs = Math.max(1000, r.expiresAt * 1000 - Date.now());
+    await this.#r.set(this.#k('csess', r.id), JSON.stringify(r), 'PX', ttlMs);
+  }
+
+  #session(json: string | null, now: number): ConsoleSessionRecord | undefined {
+    if (json === null) return undefined;
+    const r = JSON.parse(json) as ConsoleSessionRecord;
+    return r.expiresAt > now ? r : undefined;
+  }
+
+  async getConsoleSession(id: string, now: number): Promise<ConsoleSessionRecord | undefined> {
+    return this.#session(await this.#r.get(this.#k('csess', id)), now);
+  }
+
+  async takeConsoleSession(id: string, now: number): Promise<ConsoleSessionRecord | undefined> {
+    return this.#session((await this.#script(TAKE, [this.#k('csess', id)], [])) as string | null, now);
+  }
+
+  async deleteConsoleSession(id: string): Promise<void> {
+    await this.#r.del(this.#k('csess', id));
+  }
+
   onRevocation(listener: (r: Revocation) => void): () => void {
     this.#events.on('revocation', listener);
     return () => {
@@ -978,6 +1224,8 @@ export class RedisStore implements Store {
     for (let more = true; more; ) {
       more = Number(await this.#script(SWEEP_REVOCATIONS, revKeys, [now - REVOCATION_GRACE_SEC, n])) === n;
     }
+    const decisionsBefore = (now - this.#decisionRetention) * 1000;
+    while ((await this.sweepDecisions(decisionsBefore)) > 0) {}
     // Approvals that expired pending leave the approvers' list (their hashes expire with the task).
     await r.zremrangebyscore(this.#k('apr', 'pending'), '-inf', now);
     // Scored by expiry + retention (see CREATE_TASK).

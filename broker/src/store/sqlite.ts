@@ -16,12 +16,18 @@ import {
   approvalCallKey,
   type ClosingStatus,
   type IssuedCall,
+  type ChainHead,
+  type ConsoleSessionRecord,
+  type DecisionFilter,
+  type DecisionRecord,
+  GENESIS_HASH,
   REVOCATION_GRACE_SEC,
   type Store,
   type StoredSigningKey,
   type TaskRecord,
   type TaskStatus,
 } from './types.ts';
+import { countKeyOf, outcomeOf } from '../decision-chain.ts';
 import { mapStoreFailures } from './unavailable.ts';
 
 /** Options of {@link SqliteStore}. */
@@ -46,6 +52,8 @@ export interface SqliteStoreOptions {
    * 503 TASKPASS_STORE_UNAVAILABLE, ms (default 5000).
    */
   busyTimeoutMs?: number;
+  /** Seconds decision records are kept (`audit.retention`). Default 30 days. */
+  decisionRetentionSec?: number;
 }
 
 /** `$TASKPASS_DATA_DIR/taskpass.db`, or `./taskpass.db` when the variable is unset. */
@@ -146,6 +154,41 @@ const MIGRATIONS: readonly string[] = [
     approval_id TEXT NOT NULL
   ) STRICT, WITHOUT ROWID;
   CREATE INDEX approval_calls_task ON approval_calls (task_id);
+  `,
+  // Decision records (docs/decisions.md "Decision records, chained by hash"): the record as
+  // stored (JSON, hashed), with the columns the console's queries filter on; the anchor (the last
+  // swept record) the first remaining record links to; console sessions shared by nothing but
+  // this process, kept here so that a restart does not sign everyone out.
+  `
+  CREATE TABLE decisions (
+    seq     INTEGER PRIMARY KEY,
+    at      INTEGER NOT NULL,
+    event   TEXT NOT NULL,
+    task    TEXT,
+    agent   TEXT,
+    user    TEXT,
+    code    TEXT,
+    outcome TEXT,
+    count_key TEXT,
+    hash    TEXT NOT NULL,
+    data    TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX decisions_task ON decisions (task, seq);
+  CREATE INDEX decisions_at ON decisions (at);
+  -- 'head': the last record appended (so that deleting the newest records is detected too);
+  -- 'anchor': the last record swept.
+  CREATE TABLE decision_chain (
+    name TEXT PRIMARY KEY,
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+  ) STRICT;
+  INSERT INTO decision_chain (name, seq, hash) VALUES ('head', 0, '${GENESIS_HASH}'), ('anchor', 0, '${GENESIS_HASH}');
+  CREATE TABLE console_sessions (
+    id         TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL,
+    data       TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX console_sessions_expires ON console_sessions (expires_at);
   `,
 ];
 
@@ -304,6 +347,33 @@ function prepareStatements(db: Database.Database) {
     releaseCall: p('DELETE FROM approval_calls WHERE call_key = ?'),
     sweepApprovalsOf: p('DELETE FROM approvals WHERE task_id = ? LIMIT ?'),
     sweepApprovalCallsOf: p('DELETE FROM approval_calls WHERE task_id = ? LIMIT ?'),
+    decisionHead: p("SELECT seq, hash FROM decision_chain WHERE name = 'head'"),
+    decisionAnchor: p("SELECT seq, hash FROM decision_chain WHERE name = 'anchor'"),
+    setDecisionHead: p("UPDATE decision_chain SET seq = ?, hash = ? WHERE name = 'head'"),
+    insertDecision: p(
+      `INSERT INTO decisions (seq, at, event, task, agent, user, code, outcome, count_key, hash, data)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    decisionsRange: p('SELECT data FROM decisions WHERE seq > ? AND seq <= ? ORDER BY seq'),
+    decisionsOfTask: p('SELECT data FROM decisions WHERE task = ? ORDER BY seq LIMIT ?'),
+    decisionCounts: p(
+      `SELECT count_key, COUNT(*) AS n FROM decisions
+       WHERE at >= ? AND at < ? AND count_key IS NOT NULL GROUP BY count_key`,
+    ),
+    decisionCountsByMinute: p(
+      `SELECT at / 60000 AS minute, count_key, COUNT(*) AS n FROM decisions
+       WHERE at >= ? AND at < ? AND count_key IS NOT NULL GROUP BY minute, count_key ORDER BY minute`,
+    ),
+    oldDecisions: p('SELECT seq, hash FROM decisions WHERE at < ? ORDER BY seq LIMIT ?'),
+    sweepDecisionsUpTo: p('DELETE FROM decisions WHERE seq <= ?'),
+    setDecisionAnchor: p("UPDATE decision_chain SET seq = ?, hash = ? WHERE name = 'anchor'"),
+    putSession: p(
+      `INSERT INTO console_sessions (id, expires_at, data) VALUES (?, ?, ?)
+       ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at, data = excluded.data`,
+    ),
+    getSession: p('SELECT * FROM console_sessions WHERE id = ? AND expires_at > ?'),
+    deleteSession: p('DELETE FROM console_sessions WHERE id = ?'),
+    sweepSessions: p('DELETE FROM console_sessions WHERE expires_at <= ? LIMIT ?'),
   };
 }
 type Statements = ReturnType<typeof prepareStatements>;
@@ -336,6 +406,7 @@ export class SqliteStore implements Store {
   readonly path: string;
   readonly #logger: Logger | undefined;
   readonly #retention: number;
+  readonly #decisionRetention: number;
   readonly #batchRows: number;
   readonly #vacuumPages: number;
   readonly #busyTimeoutMs: number;
@@ -352,6 +423,7 @@ export class SqliteStore implements Store {
     this.path = opts.path ?? defaultSqlitePath();
     this.#logger = opts.logger;
     this.#retention = opts.taskRetentionSec ?? 300;
+    this.#decisionRetention = opts.decisionRetentionSec ?? 30 * 86400;
     this.#batchRows = Math.max(1, Math.floor(opts.sweepBatchRows ?? 100));
     this.#vacuumPages = Math.max(1, Math.floor(opts.vacuumStepPages ?? 64));
     this.#busyTimeoutMs = Math.max(0, Math.floor(opts.busyTimeoutMs ?? 5000));
@@ -856,6 +928,170 @@ export class SqliteStore implements Store {
     this.#scrubbing(() => this.#s.deleteKey.run(kid));
   }
 
+  // ---- decision records (serialized: one IMMEDIATE transaction reads the head and appends) ----
+
+  #head(s: Statements): ChainHead {
+    return s.decisionHead.get() as ChainHead;
+  }
+
+  async appendDecisions(build: (head: ChainHead) => DecisionRecord[]): Promise<DecisionRecord[]> {
+    this.#commitBatch();
+    const s = this.#s;
+    return this.#conn
+      .transaction(() => {
+        const records = build(this.#head(s));
+        for (const r of records) {
+          const str = (v: unknown) => (typeof v === 'string' ? v : null);
+          s.insertDecision.run(
+            r.seq,
+            r.at,
+            r.event,
+            str(r.task),
+            str(r.agent),
+            str(r.user),
+            str(r.code),
+            outcomeOf(r.event) ?? null,
+            countKeyOf(r) ?? null,
+            r.hash,
+            JSON.stringify(r),
+          );
+        }
+        const last = records.at(-1);
+        if (last) s.setDecisionHead.run(last.seq, last.hash);
+        return records;
+      })
+      .immediate();
+  }
+
+  async decisionHead(): Promise<ChainHead> {
+    return this.#head(this.#s);
+  }
+
+  async decisionAnchor(): Promise<ChainHead> {
+    return this.#s.decisionAnchor.get() as ChainHead;
+  }
+
+  async decisionsRange(after: number, limit: number): Promise<DecisionRecord[]> {
+    const rows = this.#s.decisionsRange.all(after, after + Math.max(0, limit)) as { data: string }[];
+    return rows.map((r) => JSON.parse(r.data) as DecisionRecord);
+  }
+
+  async decisionsOfTask(taskId: string, limit: number): Promise<DecisionRecord[]> {
+    const rows = this.#s.decisionsOfTask.all(taskId, Math.max(0, limit)) as { data: string }[];
+    return rows.map((r) => JSON.parse(r.data) as DecisionRecord);
+  }
+
+  async recentDecisions(f: DecisionFilter): Promise<{ records: DecisionRecord[]; next: number | undefined }> {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    const eq = (col: string, v: string | number | undefined) => {
+      if (v === undefined) return;
+      where.push(`${col} = ?`);
+      args.push(v);
+    };
+    eq('agent', f.agent);
+    eq('user', f.user);
+    eq('task', f.task);
+    eq('code', f.code);
+    eq('outcome', f.outcome);
+    if (f.before !== undefined) {
+      where.push('seq < ?');
+      args.push(f.before);
+    }
+    const limit = Math.max(1, Math.min(500, Math.floor(f.limit ?? 50)));
+    args.push(limit);
+    // Columns are fixed names, values are bound: the statement text only varies by which filters.
+    const sql = `SELECT data FROM decisions ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+                 ORDER BY seq DESC LIMIT ?`;
+    let stmt = this.#listTasks.get(sql);
+    if (!stmt) {
+      stmt = this.#conn.prepare(sql);
+      this.#listTasks.set(sql, stmt);
+    }
+    const records = (stmt.all(...args) as { data: string }[]).map(
+      (r) => JSON.parse(r.data) as DecisionRecord,
+    );
+    return { records, next: records.length === limit ? records.at(-1)?.seq : undefined };
+  }
+
+  async decisionCounts(fromMs: number, toMs: number): Promise<Record<string, number>> {
+    const rows = this.#s.decisionCounts.all(fromMs, toMs) as { count_key: string; n: number }[];
+    return Object.fromEntries(rows.map((r) => [r.count_key, r.n]));
+  }
+
+  async decisionCountsByMinute(
+    fromMs: number,
+    toMs: number,
+  ): Promise<{ minute: number; counts: Record<string, number> }[]> {
+    const rows = this.#s.decisionCountsByMinute.all(fromMs, toMs) as {
+      minute: number;
+      count_key: string;
+      n: number;
+    }[];
+    const out: { minute: number; counts: Record<string, number> }[] = [];
+    for (const r of rows) {
+      let last = out.at(-1);
+      if (last?.minute !== r.minute) {
+        last = { minute: r.minute, counts: {} };
+        out.push(last);
+      }
+      last.counts[r.count_key] = r.n;
+    }
+    return out;
+  }
+
+  async sweepDecisions(beforeMs: number): Promise<number> {
+    this.#commitBatch();
+    const s = this.#s;
+    const db = this.#conn;
+    db.pragma('synchronous = NORMAL');
+    try {
+      return db
+        .transaction(() => {
+          // The anchor moves with the deletion, in one step: the chain stays verifiable.
+          const old = s.oldDecisions.all(beforeMs, this.#batchRows) as ChainHead[];
+          const last = old.at(-1);
+          if (!last) return 0;
+          s.sweepDecisionsUpTo.run(last.seq);
+          s.setDecisionAnchor.run(last.seq, last.hash);
+          return old.length;
+        })
+        .immediate();
+    } finally {
+      db.pragma('synchronous = FULL');
+    }
+  }
+
+  async putConsoleSession(r: ConsoleSessionRecord): Promise<void> {
+    this.#commitBatch();
+    this.#s.putSession.run(r.id, r.expiresAt, JSON.stringify(r.data));
+  }
+
+  async getConsoleSession(id: string, now: number): Promise<ConsoleSessionRecord | undefined> {
+    const r = this.#s.getSession.get(id, now) as { id: string; expires_at: number; data: string } | undefined;
+    return r && { id: r.id, expiresAt: r.expires_at, data: JSON.parse(r.data) as Record<string, unknown> };
+  }
+
+  async takeConsoleSession(id: string, now: number): Promise<ConsoleSessionRecord | undefined> {
+    this.#commitBatch();
+    return this.#conn
+      .transaction(() => {
+        const r = this.#s.getSession.get(id, now) as
+          | { id: string; expires_at: number; data: string }
+          | undefined;
+        this.#s.deleteSession.run(id);
+        return (
+          r && { id: r.id, expiresAt: r.expires_at, data: JSON.parse(r.data) as Record<string, unknown> }
+        );
+      })
+      .immediate();
+  }
+
+  async deleteConsoleSession(id: string): Promise<void> {
+    this.#commitBatch();
+    this.#s.deleteSession.run(id);
+  }
+
   onRevocation(listener: (r: Revocation) => void): () => void {
     this.#events.on('revocation', listener);
     return () => {
@@ -924,6 +1160,11 @@ export class SqliteStore implements Store {
         return left < n;
       });
     }
+    for (let more = true; more; await yieldToLoop()) {
+      more = step((s) => s.sweepSessions.run(now, n).changes === n);
+    }
+    const decisionsBefore = (now - this.#decisionRetention) * 1000;
+    while ((await this.sweepDecisions(decisionsBefore)) > 0) await yieldToLoop();
     for (const del of ['sweepRevocations', 'sweepUsed'] as const) {
       for (let more = true; more; await yieldToLoop()) {
         const horizon = del === 'sweepRevocations' ? now - REVOCATION_GRACE_SEC : now;

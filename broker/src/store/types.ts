@@ -127,7 +127,7 @@ export interface StoredSigningKey {
   retireAt: number;
 }
 
-export interface Store {
+export interface Store extends DecisionStore {
   /** Creates schema / connects. Idempotent. */
   init(): Promise<void>;
   close(): Promise<void>;
@@ -264,4 +264,96 @@ export interface Store {
 
   /** Drops expired tasks' bookkeeping, old replay entries and revocations past `until`. */
   sweep(now: number): Promise<void>;
+}
+
+/**
+ * One decision record (docs/console.md, docs/decisions.md "Decision records, chained by hash"):
+ * what the audit log says about a decision, kept in the store for the console and chained to the
+ * record before it, so that an edited or deleted record is detectable (`taskpass audit verify`).
+ * `hash` = SHA-256 (hex) of the canonical JSON of every other field, `prev_hash` included.
+ */
+export interface DecisionRecord {
+  seq: number;
+  /** Epoch milliseconds, by the clock of the replica that recorded it. */
+  at: number;
+  event: string;
+  /** The audit event's fields (agent, user, task, tool, resource, code, reason, jti, ...). */
+  [field: string]: string | number | undefined;
+  prev_hash: string;
+  hash: string;
+}
+
+/** The last record of the chain (or, before any, the anchor: the last swept one, or genesis). */
+export interface ChainHead {
+  seq: number;
+  hash: string;
+}
+
+/** `prev_hash` of the first record ever. */
+export const GENESIS_HASH = '0'.repeat(64);
+
+/** Filters of {@link DecisionStore.recentDecisions}. */
+export interface DecisionFilter {
+  agent?: string | undefined;
+  user?: string | undefined;
+  task?: string | undefined;
+  code?: string | undefined;
+  /** allowed: tokens issued; denied: tokens and tasks refused. */
+  outcome?: 'allowed' | 'denied' | undefined;
+  /** Only records with seq below this (the `next` of the previous page). */
+  before?: number | undefined;
+  limit?: number | undefined;
+}
+
+/** A console sign-in session or a sign-in in progress, shared by replicas through the store. */
+export interface ConsoleSessionRecord {
+  /** SHA-256 (base64url) of the cookie's random id: a reader of the store cannot take it over. */
+  id: string;
+  /** Epoch seconds. */
+  expiresAt: number;
+  /** The session (identity, CSRF token) or the sign-in state (nonce, PKCE verifier), as JSON. */
+  data: Record<string, unknown>;
+}
+
+/** Decision records and console sessions. */
+export interface DecisionStore {
+  /**
+   * Appends records to the chain in one atomic step (serialized on SQLite, a compare-and-set on
+   * the head in Redis, retried when another replica appended first): `build` gets the current
+   * head and returns the chained records (seq = head.seq + 1 ..., first prev_hash = head.hash).
+   * Resolves with what was stored, once durable.
+   */
+  appendDecisions(build: (head: ChainHead) => DecisionRecord[]): Promise<DecisionRecord[]>;
+  /** The chain's last record (or the anchor when none is left). */
+  decisionHead(): Promise<ChainHead>;
+  /** The hash of the last swept record, which the first remaining record links to. */
+  decisionAnchor(): Promise<ChainHead>;
+  /**
+   * Records with seq in (after, after + limit], in seq order, as stored. A record that is missing
+   * is absent (the verifier reports the gap).
+   */
+  decisionsRange(after: number, limit: number): Promise<DecisionRecord[]>;
+  /** A task's records, in order (at most `limit`, oldest first). */
+  decisionsOfTask(taskId: string, limit: number): Promise<DecisionRecord[]>;
+  /** Newest first, filtered; `next` continues below the last one (undefined at the end). */
+  recentDecisions(f: DecisionFilter): Promise<{ records: DecisionRecord[]; next: number | undefined }>;
+  /** How many records per code (`issued` for tokens issued) with `at` in [fromMs, toMs). */
+  decisionCounts(fromMs: number, toMs: number): Promise<Record<string, number>>;
+  /**
+   * The same per minute (epoch minute = floor(at / 60 000)), for the minutes from `fromMs` to
+   * `toMs` that have records, oldest first: the console's charts of the last hour.
+   */
+  decisionCountsByMinute(
+    fromMs: number,
+    toMs: number,
+  ): Promise<{ minute: number; counts: Record<string, number> }[]>;
+  /** Drops records older than `beforeMs`, oldest first, moving the anchor to the last dropped. */
+  sweepDecisions(beforeMs: number): Promise<number>;
+
+  putConsoleSession(s: ConsoleSessionRecord): Promise<void>;
+  /** The session, unless missing or expired at `now` (epoch seconds). */
+  getConsoleSession(id: string, now: number): Promise<ConsoleSessionRecord | undefined>;
+  /** Deletes and returns it (single use: a sign-in state is consumed by its callback). */
+  takeConsoleSession(id: string, now: number): Promise<ConsoleSessionRecord | undefined>;
+  deleteConsoleSession(id: string): Promise<void>;
 }
