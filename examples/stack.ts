@@ -261,6 +261,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
             viewers: { issuer: idp.issuer, claims: { groups: ['support-leads'] } },
           },
         },
+        // Approval links lead people to the console's approval page.
+        approvals: { url: `${consoleUrl}/console/approvals/{id}` },
         listen: { host: '127.0.0.1', port: 0 },
         tls: { mode: 'spiffe' },
         workloadApi: { address: spire.address, hint: hints.broker },

@@ -18,6 +18,7 @@ import type { RevocationHub } from '../revocation-hub.ts';
 import type { Store } from '../store/types.ts';
 import { limiterRedis, rateLimiter, registerRateLimitStore } from '../rate-limit.ts';
 import { consoleApi } from './api.ts';
+import { consolePages } from './pages.ts';
 import { OidcClient } from './oidc.ts';
 import { type ConsoleSession, ConsoleSessions } from './session.ts';
 
@@ -189,18 +190,25 @@ export function buildConsole(deps: ConsoleDeps): FastifyInstance {
       const s = await sessions.current(req);
       if (s) sessions.checkCsrf(req, s);
       await sessions.close(reply, s);
+      // A page's sign-out form gets a page; the API's callers get JSON.
+      if (isForm(req)) {
+        return reply
+          .type('text/html; charset=utf-8')
+          .send(
+            '<!doctype html><meta charset="utf-8"><title>Signed out</title><p>Signed out. <a href="/console/">Sign in again</a></p>',
+          );
+      }
       return { signed_out: true };
     });
-
-    // Until the pages exist: a static placeholder (no data in it) so that sign-in lands somewhere.
-    scope.get('/console/', async (req, reply) => {
-      const s = await sessions.current(req);
-      if (!s) return reply.redirect('/console/auth/login', 303);
-      return reply
-        .type('text/html; charset=utf-8')
-        .send('<!doctype html><meta charset="utf-8"><title>Taskpass console</title><p>Signed in.</p>');
-    });
   });
+
+  // The pages' forms (application/x-www-form-urlencoded): flat string fields, the last of a name
+  // wins; the pages validate them with zod like the API validates JSON.
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) =>
+    done(null, Object.fromEntries(new URLSearchParams(body as string))),
+  );
+  // The pages: every page's data comes from the API below (inject), limited there per person.
+  app.register(async (scope) => consolePages(scope, { root: app, sessions }));
 
   app.register(async (scope) =>
     consoleApi(scope, {
@@ -213,6 +221,10 @@ export function buildConsole(deps: ConsoleDeps): FastifyInstance {
   );
   return app;
 }
+
+/** Is the request an HTML form's POST? */
+export const isForm = (req: FastifyRequest): boolean =>
+  (req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded');
 
 /** Validates with zod; a failure is TASKPASS_BAD_REQUEST naming the fields. */
 export function parse<T extends z.ZodType>(schema: T, v: unknown): z.output<T> {

@@ -175,7 +175,8 @@ export class ConsoleSessions {
   }
 
   /**
-   * Refuses a state change without the session's CSRF token (header `X-CSRF-Token`) or from
+   * Refuses a state change without the session's CSRF token (header `X-CSRF-Token`, or the
+   * `_csrf` field of an HTML form) or from
    * another origin (`Origin`, when the browser sends it, must be the console's).
    */
   checkCsrf(req: FastifyRequest, s: ConsoleSession): void {
@@ -183,11 +184,16 @@ export class ConsoleSessions {
     if (origin !== undefined && origin !== new URL(this.#cfg.publicUrl).origin) {
       throw new BrokerError('TASKPASS_CONSOLE_CSRF', 'this request comes from another origin');
     }
-    const sent = req.headers['x-csrf-token'];
+    // The pages' HTML forms carry the same token in a `_csrf` field (they cannot set headers).
+    const header = req.headers['x-csrf-token'];
+    const form = (req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')
+      ? (req.body as Record<string, unknown> | undefined)?._csrf
+      : undefined;
+    const sent = typeof header === 'string' ? header : form;
     if (typeof sent !== 'string' || !sameSecret(sent, s.csrf)) {
       throw new BrokerError(
         'TASKPASS_CONSOLE_CSRF',
-        'missing or wrong X-CSRF-Token (GET /console/api/session gives it)',
+        "missing or wrong CSRF token: X-CSRF-Token (GET /console/api/session gives it) or a form's _csrf field",
       );
     }
   }

@@ -1,0 +1,313 @@
+// The console's pages (docs/console.md "Pages"): server-rendered HTML over the console API, the one
+// escaping helper, bidi controls shown, forms with a _csrf field, roles per page.
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { after, before, test } from 'node:test';
+import { argsSha256 } from '@taskpass/contract';
+import type { FastifyInstance } from 'fastify';
+import pino from 'pino';
+import { type Idp, startIdp } from '../../examples/idp/idp.ts';
+import { buildConsole, CONSOLE_CSP } from '../src/console/app.ts';
+import type { Revocation } from '@taskpass/contract';
+import { SqliteStore } from '../src/store/sqlite.ts';
+import { approvalPolicy } from './app-approvals.ts';
+import { AGENT, IDP, type TestBroker, TICKETS, testBroker } from './app-support.ts';
+
+const PUBLIC = 'http://127.0.0.1:8444';
+const consoleSection = (idp: Idp, over: Record<string, unknown> = {}) => ({
+  listen: { host: '127.0.0.1', port: 8444 },
+  publicUrl: PUBLIC,
+  insecureCookies: true,
+  oidc: {
+    issuer: IDP,
+    discoveryUrl: idp.discoveryUrl,
+    clientId: 'taskpass-console',
+    scopes: ['openid', 'profile', 'email', 'groups'],
+  },
+  roles: {
+    admins: { issuer: IDP, claims: { groups: 'taskpass-admins' } },
+    viewers: { claims: { groups: ['support-leads'] } },
+  },
+  sessionTtl: '1h',
+  ...over,
+});
+
+let idp: Idp;
+let b: TestBroker<SqliteStore>;
+let web: FastifyInstance;
+
+before(async () => {
+  idp = await startIdp({ issuer: IDP });
+  idp.registerClient({ clientId: 'taskpass-console', redirectUris: [`${PUBLIC}/console/auth/callback`] });
+  const store = new SqliteStore({ path: ':memory:' });
+  await store.init();
+  b = await testBroker({ console: consoleSection(idp) }, { store, policy: approvalPolicy() });
+  web = buildConsole({
+    config: b.config,
+    store,
+    services: b.services,
+    hub: b.hub,
+    keys: b.deps.keys,
+    policies: b.deps.policies,
+    logger: pino({ level: 'silent' }),
+    now: () => b.clock.now,
+    eventsPollMs: 50,
+  });
+  await web.ready();
+});
+after(async () => {
+  await web.close();
+  await b.app.close();
+  await b.store.close();
+  await idp.close();
+});
+
+const cookieOf = (setCookie: string | string[] | undefined, name: string): string | undefined => {
+  for (const c of [setCookie ?? []].flat()) if (c.startsWith(`${name}=`)) return c;
+  return undefined;
+};
+
+/** A browser session: the console's cookie and CSRF token for a demo user. */
+interface Browser {
+  cookie: string;
+  csrf: string;
+}
+
+/** Signs `user` in through the whole flow: console → IdP login page → IdP → console callback. */
+async function signIn(user: string): Promise<Browser & { authorizeUrl: URL; sessionCookie: string }> {
+  const start = await web.inject({ method: 'GET', url: '/console/auth/login?return=/console/tasks' });
+  assert.equal(start.statusCode, 303, start.body);
+  const authorizeUrl = new URL(String(start.headers.location));
+  const login = cookieOf(start.headers['set-cookie'], 'taskpass-signin');
+  assert.ok(login, 'the sign-in is bound to the browser by a cookie');
+  const page = await fetch(authorizeUrl);
+  assert.equal(page.status, 200);
+  assert.match(await page.text(), /Sign in as Olivia/);
+  const form = new URLSearchParams(authorizeUrl.searchParams);
+  form.set('user', user);
+  const chosen = await fetch(new URL('/authorize', authorizeUrl), {
+    method: 'POST',
+    body: form,
+    redirect: 'manual',
+  });
+  assert.equal(chosen.status, 303);
+  const back = new URL(String(chosen.headers.get('location')));
+  assert.equal(back.origin + back.pathname, `${PUBLIC}/console/auth/callback`);
+  const done = await web.inject({
+    method: 'GET',
+    url: back.pathname + back.search,
+    headers: { cookie: login.split(';')[0]! },
+  });
+  assert.equal(done.statusCode, 200, done.body);
+  assert.match(done.body, /url=\/console\/tasks/);
+  const sessionCookie = cookieOf(done.headers['set-cookie'], 'taskpass-console');
+  assert.ok(sessionCookie, 'a session cookie');
+  const cookie = sessionCookie.split(';')[0]!;
+  const me = await web.inject({ method: 'GET', url: '/console/api/session', headers: { cookie } });
+  assert.equal(me.statusCode, 200, me.body);
+  return { cookie, csrf: me.json().csrf_token, authorizeUrl, sessionCookie };
+}
+
+const get = (who: Browser | undefined, url: string) =>
+  web.inject({ method: 'GET', url, headers: who ? { cookie: who.cookie } : {} });
+const post = (who: Browser, url: string, payload: unknown, headers: Record<string, string> = {}) =>
+  web.inject({
+    method: 'POST',
+    url,
+    headers: { cookie: who.cookie, 'x-csrf-token': who.csrf, ...headers },
+    payload: payload as Record<string, unknown>,
+  });
+
+async function openTask(purpose = 'refund a double charge'): Promise<string> {
+  const r = await b.app.inject({
+    method: 'POST',
+    url: '/v1/tasks',
+    headers: b.mtls(AGENT),
+    payload: { purpose, user_token: await b.user.sign({ sub: 'alice', groups: ['support'] }) },
+  });
+  assert.equal(r.statusCode, 201, r.body);
+  return r.json().task_id;
+}
+const refund = (amount: number) => {
+  const args = { ticket_id: 'T-1', amount };
+  return {
+    audience: TICKETS,
+    tool: 'issue_refund',
+    resource: 'tickets/T-1',
+    action: 'write',
+    args_sha256: argsSha256(args),
+    arguments: args,
+  };
+};
+const token = (task: string, body: Record<string, unknown>) =>
+  b.app.inject({ method: 'POST', url: `/v1/tasks/${task}/tokens`, headers: b.mtls(AGENT), payload: body });
+
+import { escapeText, html, raw } from '../src/console/html.ts';
+
+const form = (who: Browser | undefined, url: string, fields: Record<string, string>) =>
+  web.inject({
+    method: 'POST',
+    url,
+    headers: {
+      ...(who ? { cookie: who.cookie } : {}),
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    payload: new URLSearchParams(fields).toString(),
+  });
+
+test('html`…` escapes every interpolation, keeps raw() fragments, shows bidi controls', () => {
+  const evil = '<img src=x onerror=alert(1)>"\'&\u202Etxt.exe';
+  const out = html`<p title="${evil}">${evil}${raw('<b>ok</b>')}${[1, html`<i>${'<'}</i>`]}${null}</p>`.value;
+  assert.ok(!out.includes('<img'));
+  assert.ok(!out.includes('\u202E'), 'no raw bidi control reaches the page');
+  assert.match(out, /^<p title="&lt;img src=x onerror=alert\(1\)&gt;&quot;&#39;&amp;\\u202Etxt.exe">/);
+  assert.match(out, /<span class="bidi"[^>]*>\\u202E<\/span>txt\.exe<b>ok<\/b>1<i>&lt;<\/i><\/p>$/);
+  for (const c of ['\u200F', '\u2066', '\u2069', '\u061C'])
+    assert.doesNotMatch(escapeText(`a${c}b`), /[\u061C\u200E\u200F\u2066-\u2069]/u);
+});
+
+test('pages need a session: GET goes to sign-in and back, a form POST is refused; static files and CSP', async () => {
+  const r = await get(undefined, '/console/tasks');
+  assert.equal(r.statusCode, 303);
+  assert.equal(r.headers.location, '/console/auth/login?return=%2Fconsole%2Ftasks');
+  assert.equal((await form(undefined, '/console/tokens', { token: 'x'.repeat(20) })).statusCode, 401);
+  const js = await get(undefined, '/console/static/console.js');
+  assert.equal(js.statusCode, 200);
+  assert.match(String(js.headers['content-type']), /^text\/javascript/);
+  assert.match(js.body, /new EventSource\('\/console\/api\/events'\)/);
+  const olivia = await signIn('olivia');
+  const now = await get(olivia, '/console/');
+  assert.equal(now.statusCode, 200, now.body);
+  assert.equal(now.headers['content-security-policy'], CONSOLE_CSP);
+  assert.match(now.body, /<script type="module" src="\/console\/static\/console\.js"><\/script>/);
+  // Nothing inline: the only script is the module, no style attributes or elements.
+  assert.equal(now.body.match(/<script/g)?.length, 1);
+  assert.doesNotMatch(now.body, /style=|<style/);
+  assert.match(now.body, /open tasks/);
+  assert.match(now.body, /<svg class="chart"/);
+});
+
+test('a purpose and resource holding <script> and U+202E render as visible text on every page', async () => {
+  const purpose = 'refund <script>window.pwned=1</script> \u202Egnp.exe';
+  const task = await openTask(purpose);
+  const resource = 'tickets/<script>alert(1)</script>\u202E1-T';
+  // Resources never carry markup: the broker refuses them at its boundary (before any record).
+  const t = await token(task, { ...refund(10), resource });
+  assert.equal(t.json().code, 'TASKPASS_INVALID_RESOURCE');
+  await b.services.recorder.flush();
+  const olivia = await signIn('olivia');
+  for (const url of [`/console/tasks/${task}`, '/console/tasks']) {
+    const page = await get(olivia, url);
+    assert.equal(page.statusCode, 200, page.body);
+    assert.ok(!page.body.includes('<script>'), `${url}: no agent markup`);
+    assert.ok(!page.body.includes('\u202E'), `${url}: no raw right-to-left override`);
+    assert.ok(
+      page.body.includes('refund &lt;script&gt;window.pwned=1&lt;/script&gt; <span class="bidi"'),
+      url,
+    );
+  }
+});
+
+test('revoke from the task page: a confirmation step, a form POST needs _csrf, viewers are refused', async () => {
+  const task = await openTask();
+  const olivia = await signIn('olivia');
+  const page = (await get(olivia, `/console/tasks/${task}`)).body;
+  assert.match(page, new RegExp(`href="/console/tasks/${task}/revoke"`));
+  const confirm = await get(olivia, `/console/tasks/${task}/revoke`);
+  assert.equal(confirm.statusCode, 200);
+  assert.match(confirm.body, new RegExp(`<input type="hidden" name="_csrf" value="${olivia.csrf}">`));
+
+  const forged = await form(olivia, `/console/tasks/${task}/revoke`, { reason: 'forged' });
+  assert.equal(forged.statusCode, 403);
+  assert.equal(forged.json().code, 'TASKPASS_CONSOLE_CSRF');
+  const wrong = await form(olivia, `/console/tasks/${task}/revoke`, { _csrf: 'A'.repeat(43) });
+  assert.equal(wrong.json().code, 'TASKPASS_CONSOLE_CSRF');
+  assert.equal((await get(olivia, `/console/api/tasks/${task}`)).json().task.status, 'open');
+
+  // Bob is a viewer: he sees the task but neither the revoke step nor the action.
+  const bob = await signIn('bob');
+  assert.doesNotMatch((await get(bob, `/console/tasks/${task}`)).body, /Revoke this task/);
+  assert.equal((await get(bob, `/console/tasks/${task}/revoke`)).statusCode, 403);
+  const byBob = await form(bob, `/console/tasks/${task}/revoke`, { _csrf: bob.csrf });
+  assert.equal(byBob.statusCode, 403);
+  assert.match(byBob.body, /TASKPASS_CONSOLE_FORBIDDEN/);
+  assert.equal((await get(olivia, `/console/api/tasks/${task}`)).json().task.status, 'open');
+
+  const done = await form(olivia, `/console/tasks/${task}/revoke`, { _csrf: olivia.csrf, reason: 'leaked' });
+  assert.equal(done.statusCode, 303, done.body);
+  assert.equal(done.headers.location, `/console/tasks/${task}`);
+  assert.equal((await get(olivia, `/console/api/tasks/${task}`)).json().task.status, 'revoked');
+});
+
+test('a signed-in person without the viewer or admin claim is refused the admin pages', async () => {
+  const alice = await signIn('alice');
+  const home = await get(alice, '/console/');
+  assert.equal(home.statusCode, 303);
+  assert.equal(home.headers.location, '/console/approvals');
+  for (const url of ['/console/tasks', '/console/templates', '/console/tokens']) {
+    const r = await get(alice, url);
+    assert.equal(r.statusCode, 403, url);
+    assert.match(r.body, /TASKPASS_CONSOLE_FORBIDDEN/, url);
+  }
+  const nav = (await get(alice, '/console/approvals')).body;
+  assert.doesNotMatch(nav, /href="\/console\/tasks"/);
+  assert.match(nav, /Nothing waits for you/);
+});
+
+test('approve through the approval page form: the call in full, then the decision with a comment', async () => {
+  const task = await openTask();
+  const asked = await token(task, refund(250));
+  const id = asked.json().approval_id as string;
+  const bob = await signIn('bob');
+  const list = await get(bob, '/console/approvals');
+  assert.match(list.body, new RegExp(`href="/console/approvals/${id}"`));
+  const page = await get(bob, `/console/approvals/${id}`);
+  assert.equal(page.statusCode, 200, page.body);
+  assert.match(page.body, /issue_refund/);
+  assert.match(page.body, /&quot;amount&quot;: 250/);
+  assert.match(page.body, /refund a double charge/);
+  const noCsrf = await form(bob, `/console/approvals/${id}/decision`, { decision: 'approve' });
+  assert.equal(noCsrf.json().code, 'TASKPASS_CONSOLE_CSRF');
+  const ok = await form(bob, `/console/approvals/${id}/decision`, {
+    _csrf: bob.csrf,
+    decision: 'approve',
+    comment: 'fine <b>by me</b>',
+  });
+  assert.equal(ok.statusCode, 303, ok.body);
+  const after = await get(bob, `/console/approvals/${id}`);
+  assert.match(after.body, /approved/);
+  assert.match(after.body, /fine &lt;b&gt;by me&lt;\/b&gt;/);
+  assert.equal((await token(task, refund(250))).statusCode, 200);
+});
+
+test('templates and token explain: forms POST, the token never in a URL', async () => {
+  const olivia = await signIn('olivia');
+  const t = await get(olivia, '/console/templates');
+  assert.equal(t.statusCode, 200, t.body);
+  assert.match(t.body, /refunds/);
+  const whatIf = await form(olivia, '/console/templates', {
+    _csrf: olivia.csrf,
+    form: 'what-if',
+    agent: AGENT,
+    user_iss: IDP,
+    user_sub: 'alice',
+    user_claims: '{"groups":["support"]}',
+    audience: TICKETS,
+    tool: 'issue_refund',
+    action: 'write',
+    resource: 'tickets/T-1',
+    arguments: '{"ticket_id":"T-1","amount":250}',
+  });
+  assert.equal(whatIf.statusCode, 200, whatIf.body);
+  assert.match(whatIf.body, /What if: /);
+  const explainPage = (await get(olivia, '/console/tokens')).body;
+  assert.match(explainPage, /<form method="post" action="\/console\/tokens">/);
+  const task = await openTask();
+  const minted = await token(task, refund(10));
+  assert.equal(minted.statusCode, 200, minted.body);
+  const ex = await form(olivia, '/console/tokens', { _csrf: olivia.csrf, token: minted.json().access_token });
+  assert.equal(ex.statusCode, 200, ex.body);
+  assert.match(ex.body, /Signature valid/);
+  assert.match(ex.body, /Not revoked/);
+  assert.ok(!ex.body.includes(minted.json().access_token), 'the page does not echo the token');
+});
