@@ -323,7 +323,11 @@ describe('approvals end to end (real SPIRE, mTLS, two replicas on Redis)', () =>
     assert.equal(e.status, 403);
     assert.equal(e.code, 'TASKPASS_APPROVAL_REQUIRED');
     assert.match(e.approvalId, /^apr_[A-Za-z0-9_-]{22}$/);
-    assert.equal(e.approvalUrl, `${BROKER_ISSUER}/v1/approvals/${e.approvalId}`);
+    // The stack's approvals.url: the console's approval page.
+    assert.match(
+      e.approvalUrl,
+      new RegExp(`^http://127\\.0\\.0\\.1:\\d+/console/approvals/${e.approvalId}$`),
+    );
     // The rule's ttl is 10m, but an approval never outlives its task (opened for 5 minutes).
     assert.ok(e.expiresAt.getTime() > Date.now() + 4 * 60_000, `expires at ${e.expiresAt.toISOString()}`);
     assert.equal(e.expiresAt.getTime(), task.expiresAt.getTime());
