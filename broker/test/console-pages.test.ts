@@ -1,14 +1,12 @@
 // The console's pages (docs/console.md "Pages"): server-rendered HTML over the console API, the one
 // escaping helper, bidi controls shown, forms with a _csrf field, roles per page.
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { after, before, test } from 'node:test';
 import { argsSha256 } from '@taskpass/contract';
 import type { FastifyInstance } from 'fastify';
 import pino from 'pino';
 import { type Idp, startIdp } from '../../examples/idp/idp.ts';
 import { buildConsole, CONSOLE_CSP } from '../src/console/app.ts';
-import type { Revocation } from '@taskpass/contract';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import { approvalPolicy } from './app-approvals.ts';
 import { AGENT, IDP, type TestBroker, TICKETS, testBroker } from './app-support.ts';
@@ -110,7 +108,7 @@ async function signIn(user: string): Promise<Browser & { authorizeUrl: URL; sess
 
 const get = (who: Browser | undefined, url: string) =>
   web.inject({ method: 'GET', url, headers: who ? { cookie: who.cookie } : {} });
-const post = (who: Browser, url: string, payload: unknown, headers: Record<string, string> = {}) =>
+const _post = (who: Browser, url: string, payload: unknown, headers: Record<string, string> = {}) =>
   web.inject({
     method: 'POST',
     url,
