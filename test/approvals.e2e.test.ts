@@ -42,7 +42,7 @@ import { Redis } from 'ioredis';
 import { decodeProtectedHeader, generateKeyPair, SignJWT } from 'jose';
 import pino from 'pino';
 import { type Agent, fetch as undiciFetch } from 'undici';
-import { ALICE, BOB, BROKER_ISSUER, type DemoUser, type Stack, startStack } from '../examples/stack.ts';
+import { ALICE, BOB, type DemoUser, type Stack, startStack } from '../examples/stack.ts';
 import { assertRefused, rawToolCall } from './support/mcp-raw.ts';
 import { sleep } from './support/poll.ts';
 import { sourceByHint } from './support/workloads.ts';
