@@ -169,10 +169,10 @@ describe('taskpass proxy behind a plain MCP host (real SPIRE)', () => {
       const text = textOf(refund);
       assert.match(text, /needs a person's approval before it can run \(TASKPASS_APPROVAL_REQUIRED\)/);
       assert.match(text, /Template: tickets-refunds/);
-      assert.match(
-        text,
-        /Approve at: https:\/\/\S+\/apr_[A-Za-z0-9_-]+ \(expires \d{4}-\d\d-\d\dT[\d:.]+Z\)/,
-      );
+      // The link is the console's approval page (the stack's approvals.url).
+      const link = /Approve at: (\S+) \(expires \d{4}-\d\d-\d\dT[\d:.]+Z\)/.exec(text)?.[1];
+      assert.match(link ?? '', /\/console\/approvals\/apr_[A-Za-z0-9_-]{22}$/, text);
+      assert.ok(link?.startsWith(stack.urls.console), `${link} is not on ${stack.urls.console}`);
     } finally {
       await host.client.close(); // the host goes away: stdin closes
     }
