@@ -225,10 +225,15 @@ export function approvalContract(name: string, make: MakeStore): void {
       const { approval: a } = await s.requestApproval(approvalFor(t, 2), now);
       const { approval: d } = await s.requestApproval(approvalFor(t, 3), now);
       const { approval: o } = await s.requestApproval(approvalFor(other, 1), now);
-      await s.decideApproval(a.id, { status: 'approved', approver: lena, decidedAt: now }, now);
-      await s.decideApproval(d.id, { status: 'denied', approver: lena, decidedAt: now }, now);
       const changed: string[] = [];
       const off = s.onApprovalChange((id) => changed.push(id));
+      await s.decideApproval(a.id, { status: 'approved', approver: lena, decidedAt: now }, now);
+      await s.decideApproval(d.id, { status: 'denied', approver: lena, decidedAt: now }, now);
+      // Across replicas the decisions' notifications arrive later (pub/sub): let them land first, so
+      // that what follows counts only the cancellations.
+      for (let i = 0; i < 200 && !(changed.includes(a.id) && changed.includes(d.id)); i++)
+        await new Promise((res) => setTimeout(res, 5));
+      changed.length = 0;
       const r = await s.completeTask(t.id, 'completed', now, 'done');
       assert.deepEqual(r.cancelledApprovals.sort(), [p.id, a.id].sort());
       assert.equal((await s.getApproval(p.id))?.status, 'cancelled');
