@@ -3,145 +3,26 @@
 // decide an approval) going through the broker's own services.
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
-import { after, before, test } from 'node:test';
-import { argsSha256 } from '@taskpass/contract';
-import type { FastifyInstance } from 'fastify';
+import { test } from 'node:test';
 import pino from 'pino';
-import { type Idp, startIdp } from '../../examples/idp/idp.ts';
 import { buildConsole, CONSOLE_CSP } from '../src/console/app.ts';
 import type { Revocation } from '@taskpass/contract';
-import { SqliteStore } from '../src/store/sqlite.ts';
-import { approvalPolicy } from './app-approvals.ts';
-import { AGENT, IDP, type TestBroker, TICKETS, testBroker } from './app-support.ts';
+import { AGENT, IDP, TICKETS } from './app-support.ts';
 
-const PUBLIC = 'http://127.0.0.1:8444';
-const consoleSection = (idp: Idp, over: Record<string, unknown> = {}) => ({
-  listen: { host: '127.0.0.1', port: 8444 },
-  publicUrl: PUBLIC,
-  insecureCookies: true,
-  oidc: {
-    issuer: IDP,
-    discoveryUrl: idp.discoveryUrl,
-    clientId: 'taskpass-console',
-    scopes: ['openid', 'profile', 'email', 'groups'],
-  },
-  roles: {
-    admins: { issuer: IDP, claims: { groups: 'taskpass-admins' } },
-    viewers: { claims: { groups: ['support-leads'] } },
-  },
-  sessionTtl: '1h',
-  ...over,
-});
-
-let idp: Idp;
-let b: TestBroker<SqliteStore>;
-let web: FastifyInstance;
-
-before(async () => {
-  idp = await startIdp({ issuer: IDP });
-  idp.registerClient({ clientId: 'taskpass-console', redirectUris: [`${PUBLIC}/console/auth/callback`] });
-  const store = new SqliteStore({ path: ':memory:' });
-  await store.init();
-  b = await testBroker({ console: consoleSection(idp) }, { store, policy: approvalPolicy() });
-  web = buildConsole({
-    config: b.config,
-    store,
-    services: b.services,
-    hub: b.hub,
-    keys: b.deps.keys,
-    policies: b.deps.policies,
-    logger: pino({ level: 'silent' }),
-    now: () => b.clock.now,
-    eventsPollMs: 50,
-  });
-  await web.ready();
-});
-after(async () => {
-  await web.close();
-  await b.app.close();
-  await b.store.close();
-  await idp.close();
-});
-
-const cookieOf = (setCookie: string | string[] | undefined, name: string): string | undefined => {
-  for (const c of [setCookie ?? []].flat()) if (c.startsWith(`${name}=`)) return c;
-  return undefined;
-};
-
-/** A browser session: the console's cookie and CSRF token for a demo user. */
-interface Browser {
-  cookie: string;
-  csrf: string;
-}
-
-/** Signs `user` in through the whole flow: console → IdP login page → IdP → console callback. */
-async function signIn(user: string): Promise<Browser & { authorizeUrl: URL; sessionCookie: string }> {
-  const start = await web.inject({ method: 'GET', url: '/console/auth/login?return=/console/tasks' });
-  assert.equal(start.statusCode, 303, start.body);
-  const authorizeUrl = new URL(String(start.headers.location));
-  const login = cookieOf(start.headers['set-cookie'], 'taskpass-signin');
-  assert.ok(login, 'the sign-in is bound to the browser by a cookie');
-  const page = await fetch(authorizeUrl);
-  assert.equal(page.status, 200);
-  assert.match(await page.text(), /Sign in as Olivia/);
-  const form = new URLSearchParams(authorizeUrl.searchParams);
-  form.set('user', user);
-  const chosen = await fetch(new URL('/authorize', authorizeUrl), {
-    method: 'POST',
-    body: form,
-    redirect: 'manual',
-  });
-  assert.equal(chosen.status, 303);
-  const back = new URL(String(chosen.headers.get('location')));
-  assert.equal(back.origin + back.pathname, `${PUBLIC}/console/auth/callback`);
-  const done = await web.inject({
-    method: 'GET',
-    url: back.pathname + back.search,
-    headers: { cookie: login.split(';')[0]! },
-  });
-  assert.equal(done.statusCode, 200, done.body);
-  assert.match(done.body, /url=\/console\/tasks/);
-  const sessionCookie = cookieOf(done.headers['set-cookie'], 'taskpass-console');
-  assert.ok(sessionCookie, 'a session cookie');
-  const cookie = sessionCookie.split(';')[0]!;
-  const me = await web.inject({ method: 'GET', url: '/console/api/session', headers: { cookie } });
-  assert.equal(me.statusCode, 200, me.body);
-  return { cookie, csrf: me.json().csrf_token, authorizeUrl, sessionCookie };
-}
-
-const get = (who: Browser | undefined, url: string) =>
-  web.inject({ method: 'GET', url, headers: who ? { cookie: who.cookie } : {} });
-const post = (who: Browser, url: string, payload: unknown, headers: Record<string, string> = {}) =>
-  web.inject({
-    method: 'POST',
-    url,
-    headers: { cookie: who.cookie, 'x-csrf-token': who.csrf, ...headers },
-    payload: payload as Record<string, unknown>,
-  });
-
-async function openTask(purpose = 'refund a double charge'): Promise<string> {
-  const r = await b.app.inject({
-    method: 'POST',
-    url: '/v1/tasks',
-    headers: b.mtls(AGENT),
-    payload: { purpose, user_token: await b.user.sign({ sub: 'alice', groups: ['support'] }) },
-  });
-  assert.equal(r.statusCode, 201, r.body);
-  return r.json().task_id;
-}
-const refund = (amount: number) => {
-  const args = { ticket_id: 'T-1', amount };
-  return {
-    audience: TICKETS,
-    tool: 'issue_refund',
-    resource: 'tickets/T-1',
-    action: 'write',
-    args_sha256: argsSha256(args),
-    arguments: args,
-  };
-};
-const token = (task: string, body: Record<string, unknown>) =>
-  b.app.inject({ method: 'POST', url: `/v1/tasks/${task}/tokens`, headers: b.mtls(AGENT), payload: body });
+import {
+  b,
+  consoleSection,
+  cookieOf,
+  get,
+  idp,
+  openTask,
+  post,
+  PUBLIC,
+  refund,
+  signIn,
+  token,
+  web,
+} from './console-support.ts';
 
 test('sign-in: authorization code with PKCE S256, state and nonce; session cookie HttpOnly SameSite=Strict; roles from claims', async () => {
   const olivia = await signIn('olivia');
