@@ -234,6 +234,11 @@ test('revoke from the console: durable, on the feed, audited with the admin, ref
   const fed: Revocation[] = [];
   const off = b.hub.subscribe((r) => fed.push(r));
   const olivia = await signIn('olivia');
+  const stateOf = async () =>
+    ((await get(olivia, `/console/api/tasks/${task}`)).json().issued as { state: string }[]).map(
+      (i) => i.state,
+    );
+  assert.deepEqual(await stateOf(), ['live'], 'an open task’s unexpired token is live');
   const r = await post(olivia, `/console/api/tasks/${task}/revoke`, { reason: 'looked wrong' });
   off();
   assert.equal(r.statusCode, 200, r.body);
@@ -252,6 +257,7 @@ test('revoke from the console: durable, on the feed, audited with the admin, ref
     tl.map((x) => x.event),
     ['task.opened', 'token.issued', 'task.revoked'],
   );
+  assert.deepEqual(await stateOf(), ['revoked'], 'a closed task’s tokens are revoked');
   const after = await token(task, {
     audience: TICKETS,
     tool: 'close_ticket',

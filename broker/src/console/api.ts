@@ -143,7 +143,22 @@ export async function consoleApi(app: FastifyInstance, d: ConsoleApiDeps): Promi
     ]);
     // A task swept from the store (expired past retention) still has its timeline.
     if (!task && timeline.length === 0) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${id}`);
-    return { task: task ? taskView(task) : null, timeline, issued };
+    // Each token's state as verifiers see it: a closed task's tokens are all revoked (its end is on
+    // the feed); otherwise a token is revoked on its own, expired, or live.
+    const now = nowSec();
+    const taskClosed = task?.status !== 'open';
+    const withState = await Promise.all(
+      issued.map(async (i) => ({
+        ...i,
+        state:
+          taskClosed || (await store.isRevoked('token', i.jti))
+            ? 'revoked'
+            : i.expiresAt <= now
+              ? 'expired'
+              : 'live',
+      })),
+    );
+    return { task: task ? taskView(task) : null, timeline, issued: withState };
   });
 
   const RevokeBody = z.strictObject({ reason: z.string().min(1).max(512).optional() });

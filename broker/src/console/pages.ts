@@ -141,8 +141,8 @@ ${timeline.map((r) => {
   return html`<tr><td>${str(r.seq)}</td><td>${whenMs(r.at)}</td><td>${str(r.event)}</td><td class="${denied ? 'denied' : 'allowed'}">${denied ? 'denied' : 'allowed'}</td><td>${str(r.tool)}</td><td class="resource">${str(r.resource)}</td><td>${str(r.action)}</td><td>${str(r.template)}</td><td>${str(r.code)}</td><td>${str(r.reason)}</td><td>${str(r.approval)}${r.approver ? html` by ${str(r.approver)}` : ''}</td></tr>`;
 })}</table>
 <h2>Tokens issued (${issued.length})</h2>
-<table><tr><th>Token id</th><th>Tool</th><th>Resource</th><th>Issued</th><th>Spent</th></tr>
-${issued.map((i) => html`<tr><td>${str(i.jti)}</td><td>${str(i.tool)}</td><td>${str(i.resource)}</td><td>${when(i.iat ?? i.issuedAt)}</td><td>${str(i.spent ?? i.used ?? '')}</td></tr>`)}</table>`;
+<table><tr><th>Token id</th><th>Tool</th><th>Resource</th><th>Action</th><th>Issued</th><th>Expires</th><th>State</th></tr>
+${issued.map((i) => html`<tr><td>${str(i.jti)}</td><td>${str(i.tool)}</td><td class="resource">${str(i.resource)}</td><td>${str(i.action)}</td><td>${when(i.issuedAt)}</td><td>${when(i.expiresAt)}</td><td class="${str(i.state)}">${str(i.state)}</td></tr>`)}</table>`;
 }
 
 function approvalBlock(a: Json, s: ConsoleSession, full: boolean): Html {

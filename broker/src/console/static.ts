@@ -41,7 +41,7 @@ header form { display: inline; }
 main { padding: 1rem 1.2rem; max-width: 1200px; }
 table { border-collapse: collapse; width: 100%; background: #fff; }
 th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid #e3e6ea; vertical-align: top; }
-td.allowed { color: #17692c; } td.denied { color: #a4161a; font-weight: 600; }
+td.allowed, td.live { color: #17692c; } td.denied, td.revoked { color: #a4161a; font-weight: 600; } td.expired { color: #6b7280; }
 .cards { display: flex; flex-wrap: wrap; gap: 1rem; }
 .card { background: #fff; border: 1px solid #e3e6ea; border-radius: 6px; padding: .7rem 1rem; min-width: 10rem; }
 .card .n { font-size: 1.8rem; font-weight: 600; }
