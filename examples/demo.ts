@@ -4,7 +4,8 @@
 // a large refund that waits until a support lead (Bob, with his own IdP token) approves it with
 // `taskpass approvals approve`, the completion and what happens to a leftover token, then stops
 // everything and checks that no SPIRE process of this run is left. Exit code 0 only when every step
-// went as expected.
+// went as expected. `--keep` keeps the stack up after the story (until Ctrl-C) so a person can follow
+// the task in the web console.
 import { execFileSync } from 'node:child_process';
 import type { TaskpassApprovalRequiredError } from '@taskpass/agent-plugin';
 import { ALICE, BOB, type Stack, startStack } from './stack.ts';
@@ -168,6 +169,22 @@ function printStory(stack: Stack, t: Transcript, agentMs: number): void {
   out(dim(`\n  agent script: ${msf(agentMs)} in total`));
 }
 
+/** `--keep`: the stack stays up so a person can follow the task in the console; Ctrl-C stops it. */
+const keep = process.argv.slice(2).includes('--keep');
+
+async function keepUp(stack: Stack, t: Transcript): Promise<void> {
+  const base = new URL(stack.urls.console).origin;
+  section('The stack stays up (--keep): follow the task in the console');
+  out(`  ${bold(`${base}/console/tasks/${t.task.id}`)}`);
+  out('  sign in at the demo IdP as olivia (admin: every page, revoke), bob (support lead: approvals,');
+  out('  read-only pages) or alice (her approvals only). The timeline shows every decision of the story.');
+  out(dim('  Press Ctrl-C to stop everything.'));
+  await new Promise<void>((resolve) => {
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve());
+  });
+  out('');
+}
+
 function spireLeft(dir: string): string[] {
   try {
     return execFileSync('pgrep', ['-af', dir], { encoding: 'utf8' })
@@ -206,6 +223,7 @@ async function main(): Promise<number> {
     });
     agentMs = performance.now() - a0;
     printStory(stack, transcript, agentMs);
+    if (keep) await keepUp(stack, transcript);
   } catch (e) {
     failure = e;
   }
