@@ -6,9 +6,18 @@
 // Progress goes to stderr (through `log`) so callers can print the bin path on stdout.
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 /** The cache root shared by every Go tool. */
 export function toolsCacheRoot() {
@@ -59,8 +68,65 @@ export async function ensureGoTool(o) {
   const dir = goToolCacheDir(o);
   const bin = join(dir, 'bin');
   const stamp = join(dir, 'BUILT');
-  if (!o.force && existsSync(stamp) && o.binaries.every((t) => existsSync(join(bin, t)))) return bin;
+  const cached = () => existsSync(stamp) && o.binaries.every((t) => existsSync(join(bin, t)));
+  if (!o.force && cached()) return bin;
+  // One build at a time per cache entry: a second `npm test` or demo started meanwhile waits for
+  // the first one's build instead of compiling the same packages again beside it.
+  const release = await buildLock(join(dir, 'building.lock'), o.label, log);
+  try {
+    if (!o.force && cached()) return bin;
+    return await build(o, { log, dir, bin, stamp });
+  } finally {
+    release();
+  }
+}
 
+const alive = (pid) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return e.code === 'EPERM';
+  }
+};
+
+/** Takes `file` exclusively (waiting while a live process holds it); returns its release. */
+export async function buildLock(file, label, log) {
+  mkdirSync(dirname(file), { recursive: true });
+  let waitingFor = 0;
+  for (;;) {
+    try {
+      const fd = openSync(file, 'wx');
+      writeFileSync(fd, String(process.pid));
+      closeSync(fd);
+      return () => rmSync(file, { force: true });
+    } catch (e) {
+      if (e.code !== 'EEXIST') throw e;
+    }
+    let text = '';
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      continue; // released meanwhile
+    }
+    const holder = Number.parseInt(text, 10);
+    if (text === '') {
+      await new Promise((r) => setTimeout(r, 200)); // taken a moment ago, pid not written yet
+      continue;
+    }
+    if (!Number.isInteger(holder) || !alive(holder)) {
+      rmSync(file, { force: true }); // left by a build that died
+      continue;
+    }
+    if (holder !== waitingFor) {
+      waitingFor = holder;
+      log(`Another process (pid ${holder}) is building ${label}; waiting for it…\n`);
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+async function build(o, { log, dir, bin, stamp }) {
   const go = spawnSync('go', ['version'], { encoding: 'utf8' });
   if (go.status !== 0)
     throw new Error(`Go is required to build ${o.label} (https://go.dev/dl); \`go version\` failed`);
