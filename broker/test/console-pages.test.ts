@@ -140,8 +140,8 @@ test('approve through the approval page form: the call in full, then the decisio
   });
   assert.equal(ok.statusCode, 303, ok.body);
   const after = await get(bob, `/console/approvals/${id}`);
-  assert.match(after.body, /approved/);
-  assert.match(after.body, /fine &lt;b&gt;by me&lt;\/b&gt;/);
+  assert.match(after.body, /· approved<\/h2>/);
+  assert.match(after.body, /<p class="decision">Approved by bob: fine &lt;b&gt;by me&lt;\/b&gt;<\/p>/);
   assert.equal((await token(task, refund(250))).statusCode, 200);
 });
 

@@ -149,7 +149,7 @@ test('every answer carries the CSP and friends; JSON stays JSON (no markup) even
     assert.equal(r.headers['content-security-policy'], CONSOLE_CSP);
     assert.match(CONSOLE_CSP, /frame-ancestors 'none'/);
     assert.equal(r.headers['x-content-type-options'], 'nosniff');
-    assert.equal(r.headers['referrer-policy'], 'no-referrer');
+    assert.equal(r.headers['referrer-policy'], 'same-origin');
     assert.equal(r.headers['cache-control'], 'no-store');
     assert.match(String(r.headers['content-type']), /^application\/json/);
     assert.doesNotMatch(r.body, /[<>]/);

@@ -163,7 +163,9 @@ export async function startIdp(
         res.writeHead(200, {
           'content-type': 'text/html; charset=utf-8',
           'cache-control': 'no-store',
-          'content-security-policy': "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+          // The form posts here and is redirected on to the client's registered redirect URI:
+          // browsers apply form-action to that redirect too, so its origin is allowed (only it).
+          'content-security-policy': `default-src 'none'; form-action 'self' ${new URL(a.redirectUri).origin}; frame-ancestors 'none'`,
           'x-content-type-options': 'nosniff',
         });
         res.end(loginPage(p));

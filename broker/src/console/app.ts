@@ -95,7 +95,9 @@ export function buildConsole(deps: ConsoleDeps): FastifyInstance {
   app.addHook('onSend', async (_req, reply, payload) => {
     reply.header('content-security-policy', CONSOLE_CSP);
     reply.header('x-content-type-options', 'nosniff');
-    reply.header('referrer-policy', 'no-referrer');
+    // same-origin, not no-referrer: under no-referrer a browser's form POST carries `Origin: null`,
+    // which the CSRF origin check (session.ts) must refuse; same-origin still tells no one else.
+    reply.header('referrer-policy', 'same-origin');
     reply.header('x-frame-options', 'DENY');
     reply.header('cross-origin-opener-policy', 'same-origin');
     reply.header('cross-origin-resource-policy', 'same-origin');

@@ -96,7 +96,7 @@ export function consoleEvents(
       'x-accel-buffering': 'no',
       'content-security-policy': "default-src 'none'; frame-ancestors 'none'",
       'x-content-type-options': 'nosniff',
-      'referrer-policy': 'no-referrer',
+      'referrer-policy': 'same-origin',
     });
     write(sse('ready', { seq, sees: seesAll ? 'all' : 'approvals' }));
     void tail();

@@ -54,6 +54,7 @@ function layout(s: ConsoleSession, path: string, title: string, body: Html, live
   return html`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>${title} · Taskpass console</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/console/static/console.css">
 <script type="module" src="/console/static/console.js"></script></head>
 <body data-live="${live ? '1' : '0'}">
@@ -160,7 +161,7 @@ function approvalBlock(a: Json, s: ConsoleSession, full: boolean): Html {
 <dt>MCP server</dt><dd>${str(r.audience)}</dd><dt>Tool</dt><dd>${str(r.tool)}</dd><dt>Resource</dt><dd class="resource">${str(r.resource)}</dd><dt>Action</dt><dd>${str(r.action)}</dd>
 <dt>Template</dt><dd>${str(r.template)}</dd><dt>Arguments</dt><dd><pre class="arguments">${JSON.stringify(r.arguments ?? null, null, 2)}</pre></dd>
 <dt>Expires</dt><dd>${when(a.expires_at)}</dd></dl>
-${decision ? html`<p>${str(decision.decision)} by ${str((decision.approver as Json)?.sub)}${decision.comment ? html`: ${str(decision.comment)}` : ''}</p>` : ''}
+${decision ? html`<p class="decision">${decision.decision === 'approve' ? 'Approved' : 'Denied'} by ${str((decision.approver as Json)?.sub)}${decision.comment ? html`: ${str(decision.comment)}` : ''}</p>` : ''}
 ${form}</section>`;
 }
 

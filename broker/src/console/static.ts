@@ -50,6 +50,8 @@ td.allowed, td.live { color: #17692c; } td.denied, td.revoked { color: #a4161a; 
 .ok { background: #e1f5e6; border: 1px solid #17692c; padding: .7rem 1rem; }
 pre { background: #fff; border: 1px solid #e3e6ea; padding: .5rem; white-space: pre-wrap; word-break: break-all; }
 svg.chart rect { fill: #3a6ea5; } svg.chart rect.denied { fill: #a4161a; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1.2rem; background: #fff; border: 1px solid #e3e6ea; padding: .7rem 1rem; }
+dt { font-weight: 600; color: #4b5563; } dd { margin: 0; }
 label { display: inline-block; margin: .2rem .8rem .2rem 0; }
 textarea { width: 100%; min-height: 6rem; font-family: monospace; }
 `;
