@@ -38,7 +38,7 @@ header a { color: #dfe8ff; text-decoration: none; }
 header a[aria-current] { color: #fff; font-weight: 600; border-bottom: 2px solid #fff; }
 header .who { margin-left: auto; }
 header form { display: inline; }
-main { padding: 1rem 1.2rem; max-width: 1200px; }
+main { padding: 1rem 1.2rem; max-width: 1600px; }
 table { border-collapse: collapse; width: 100%; background: #fff; }
 th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid #e3e6ea; vertical-align: top; }
 td.allowed, td.live { color: #17692c; } td.denied, td.revoked { color: #a4161a; font-weight: 600; } td.expired { color: #6b7280; }
