@@ -192,7 +192,7 @@ when {
           /^invalid Cedar policies for decision point "desk" in .*:\nbad\.cedar:3:21: .*unexpected token `}`/,
         );
         assert.deepEqual(
-          (err.details?.errors as { file: string; line: number; column: number }[]).map((e) => [
+          (err.details?.errors as { file: string; line: number; column: number }[] | undefined)?.map((e) => [
             e.file,
             e.line,
             e.column,
