@@ -204,6 +204,17 @@ when {
     );
   });
 
+  test('positions count characters, not UTF-8 bytes', async () => {
+    const policies = await dirWith({
+      'a.cedar':
+        '// Änderungen für Rückerstattungen\npermit (principal, action, resource) when { "é" == };\n',
+    });
+    await assert.rejects(
+      createCedarDecisionPoint({ name: 'desk', policies, watch: false }),
+      /\na\.cedar:2:52: unexpected token/,
+    );
+  });
+
   test('other load errors: no policies, duplicate ids, templates, request entity types in entities.json', async () => {
     const cases: [Record<string, string>, RegExp][] = [
       [{}, /no \*\.cedar policy files/],
@@ -349,7 +360,7 @@ when {
         '--import',
         'tsx',
         join(root, 'broker/test/fixtures/cedar-long-run.ts'),
-        '8000',
+        '6000',
       ],
       { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] },
     );
@@ -362,6 +373,6 @@ when {
     });
     const [code, signal] = await once(child, 'exit');
     assert.deepEqual({ code, signal }, { code: 0, signal: null }, out);
-    assert.match(out, /"calls":8000,"allow":\d+,"denied":\d+/);
+    assert.match(out, /"calls":6000,"allow":\d+,"denied":\d+/);
   });
 });

@@ -102,6 +102,8 @@ export async function createCedarDecisionPoint(cfg: CedarConfig): Promise<CedarD
     async decide(input: PdpInput): Promise<PdpDecision> {
       return decide(cedar, cfg.name, psetId, current, input);
     },
+    // cedar-wasm has no call to drop a preparsed set: a closed decision point's last set stays in
+    // the module's memory (one per decision point created, not per reload).
     async close() {
       stop?.();
       stop = undefined;

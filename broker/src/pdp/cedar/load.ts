@@ -85,11 +85,16 @@ interface SourcedPolicy {
  * Splits one file into its policies, in source order. Cedar returns each policy's exact source
  * text (in no particular order), so each is found back in the file to know where it starts.
  */
-function splitFile(cedar: CedarWasm, file: string, source: string): SourcedPolicy[] | CedarLoadError[] {
+function splitFile(
+  cedar: CedarWasm,
+  file: string,
+  source: string,
+): { policies: SourcedPolicy[] } | { errors: CedarLoadError[] } {
   const parts = cedar.policySetTextToParts(source);
-  if (parts.type === 'failure') return fromCedar(parts.errors, file, (o) => positionAt(source, o));
+  if (parts.type === 'failure')
+    return { errors: fromCedar(parts.errors, file, (o) => positionAt(source, o)) };
   if (parts.policy_templates.length) {
-    return [{ file, message: 'policy templates are not supported; write static policies' }];
+    return { errors: [{ file, message: 'policy templates are not supported; write static policies' }] };
   }
   const from = new Map<string, number>();
   const out: SourcedPolicy[] = [];
@@ -97,12 +102,12 @@ function splitFile(cedar: CedarWasm, file: string, source: string): SourcedPolic
     const offset = source.indexOf(text, from.get(text) ?? 0);
     from.set(text, offset + text.length);
     const json = cedar.policyToJson(text);
-    if (json.type === 'failure') return fromCedar(json.errors, file);
+    if (json.type === 'failure') return { errors: fromCedar(json.errors, file) };
     const { line } = positionAt(source, Buffer.byteLength(source.slice(0, offset)));
     const id = json.json.annotations?.id ?? `${file}:${line}`;
     out.push({ id, text, file, offset, source, effect: json.json.effect });
   }
-  return out.sort((a, b) => a.offset - b.offset);
+  return { policies: out.sort((a, b) => a.offset - b.offset) };
 }
 
 /** Reads and parses the schema file: `*.json` is Cedar's JSON schema format, anything else text. */
@@ -207,8 +212,8 @@ export async function loadCedarDir(
     }
     hash.update(`${name}\0${source}\0`);
     const r = splitFile(cedar, name, source);
-    if (r.length && 'message' in (r[0] as object)) errors.push(...(r as CedarLoadError[]));
-    else policies.push(...(r as SourcedPolicy[]));
+    if ('errors' in r) errors.push(...r.errors);
+    else policies.push(...r.policies);
   }
   if (!names.length)
     errors.push({ file: dir, message: 'no *.cedar policy files: every call would be denied' });
