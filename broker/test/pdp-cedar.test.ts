@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import type { Action } from '@taskpass/contract';
 import type { BrokerError } from '../src/errors.ts';
 import { type CedarReloadReport, createCedarDecisionPoint } from '../src/pdp/cedar.ts';
 import { fixtureInput, parsePdpFixtures, runPdpFixtures } from '../src/pdp/fixtures.ts';
@@ -31,9 +32,7 @@ const SCHEMA = `namespace Taskpass {
 }`;
 const READS_ONLY = `@id("reads") permit (principal, action in Taskpass::Action::"read", resource);`;
 
-function call(
-  over: { tool?: string; action?: 'read' | 'write' | 'admin'; args?: Record<string, unknown> } = {},
-): PdpInput {
+function call(over: { tool?: string; action?: Action; args?: Record<string, unknown> } = {}): PdpInput {
   return fixtureInput({
     name: 'call',
     agent: 'spiffe://taskpass.local/agents/support-bot',

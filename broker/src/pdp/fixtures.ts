@@ -1,6 +1,7 @@
 // Decision point fixtures: example calls with the expected answer, written once per policy and run
 // against any engine (policies/cedar/fixtures/*.yaml). One case is one call in the shape of the
 // template fixtures (agent, user, tool, action, resource, audience) plus the request time.
+import { ACTIONS } from '@taskpass/contract';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import type { DecisionPoint, PdpInput } from './types.ts';
@@ -11,7 +12,7 @@ const caseSchema = z.strictObject({
   user: z.object({ iss: z.string(), sub: z.string(), claims: z.record(z.string(), z.unknown()) }).optional(),
   audience: z.string().min(1),
   tool: z.string().min(1),
-  action: z.enum(['read', 'write', 'admin']),
+  action: z.enum(ACTIONS),
   resource: z.string(),
   time: z.iso.datetime({ offset: true }),
   templates: z.array(z.string()).default([]),

@@ -6,6 +6,7 @@
 //                calls_of_tool?, arguments?, approval? }
 // The user is an entity, Taskpass::User::"<iss>#<sub>" with attrs { iss, sub, claims } and one
 // parent Taskpass::Group::"<g>" per entry of its `groups` claim, referenced by context.user.
+import { ACTIONS } from '@taskpass/contract';
 import { z } from 'zod';
 import type { PdpInput } from '../types.ts';
 import type { CedarWasm } from './wasm.ts';
@@ -31,7 +32,7 @@ const inputSchema = z.object({
   }),
   action: z.object({
     name: z.string().min(1),
-    properties: z.object({ action_class: z.enum(['read', 'write', 'admin']) }),
+    properties: z.object({ action_class: z.enum(ACTIONS) }),
   }),
   resource: z.object({ id: z.string(), properties: z.object({ audience: z.string().min(1) }) }),
   context: z.object({
