@@ -170,7 +170,8 @@ export const BROKER_ERRORS = {
   },
   TASKPASS_POLICY_INVALID: {
     status: 400,
-    description: 'A scope template file is invalid (file, path and reason are given).',
+    description:
+      'A scope template or decision point policy file is invalid (file, path or line and column, and reason are given).',
   },
   TASKPASS_CONFIG_INVALID: {
     status: 500,
