@@ -38,6 +38,7 @@ import { revocationRoutes } from './routes/revocations.ts';
 import { ApprovalSubjectSchema, ApprovalViewSchema, ErrorBody, OAuthErrorBody } from './routes/schemas.ts';
 import { taskRoutes } from './routes/tasks.ts';
 import { TaskService } from './service.ts';
+import { withOpenTaskCache } from './store/open-task-cache.ts';
 import type { Store } from './store/types.ts';
 import { createUserTokenVerifier, type UserTokenVerifier } from './user-tokens.ts';
 
@@ -115,7 +116,12 @@ export function buildServices(deps: AppDeps): BrokerServices {
   }
   const service = new TaskService({
     config,
-    store: deps.store,
+    // Issuance reads open tasks and their counters from memory (docs/performance.md).
+    store: withOpenTaskCache(deps.store, {
+      maxTasks: config.openTaskCache,
+      counters: config.store.redis === undefined,
+      nowSec: () => Math.floor(now() / 1000),
+    }),
     keys: deps.keys,
     policies: deps.policies,
     audit,
