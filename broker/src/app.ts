@@ -39,6 +39,7 @@ import { ApprovalSubjectSchema, ApprovalViewSchema, ErrorBody, OAuthErrorBody } 
 import { taskRoutes } from './routes/tasks.ts';
 import { TaskService } from './service.ts';
 import { withOpenTaskCache } from './store/open-task-cache.ts';
+import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/types.ts';
 import { createUserTokenVerifier, type UserTokenVerifier } from './user-tokens.ts';
 
@@ -116,10 +117,13 @@ export function buildServices(deps: AppDeps): BrokerServices {
   }
   const service = new TaskService({
     config,
-    // Issuance reads open tasks and their counters from memory (docs/performance.md).
+    // Issuance reads open tasks and their counters from memory (docs/performance.md). SQLite only
+    // (this process is its one writer): with Redis other replicas write too, and while Redis is
+    // unreachable its close events cannot arrive, so a held task could outlive its revocation;
+    // every request there asks Redis, as before.
     store: withOpenTaskCache(deps.store, {
-      maxTasks: config.openTaskCache,
-      counters: config.store.redis === undefined,
+      maxTasks: deps.store instanceof SqliteStore ? config.openTaskCache : 0,
+      counters: true,
       nowSec: () => Math.floor(now() / 1000),
     }),
     keys: deps.keys,

@@ -1,8 +1,8 @@
 // Open tasks held in memory (issue #13): the issuance path reads a task and its workflow counters on
 // every token; for an open task both are answered from here, so a token needs no store read. The
 // store stays the source of truth: an entry is filled from it, changed only after the store accepted
-// the change, and dropped when the task closes (here, or on any replica: the revocation feed's event)
-// or expires. docs/decisions.md "Open tasks in memory".
+// the change, and dropped when the task closes (here, or wherever the store reports it: its
+// revocation events) or expires. The broker uses it on SQLite only (docs/performance.md).
 import type { IssuedCall, Store, TaskRecord } from './types.ts';
 
 export interface OpenTaskCacheOptions {
@@ -10,8 +10,8 @@ export interface OpenTaskCacheOptions {
   maxTasks: number;
   /**
    * Also hold the workflow counters (`countIssued`, `issuedTemplates`). Only when this process is
-   * the store's one writer (SQLite): on Redis other replicas record calls too, so the counters are
-   * read from Redis, where the compare-and-set keeps them atomic.
+   * the store's one writer (SQLite): where other processes record calls, counters must be read
+   * from the store, whose compare-and-set keeps them atomic.
    */
   counters: boolean;
   /** Epoch seconds (for dropping expired entries). */
