@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyRequest, type FastifyServerFactory } from 'fastify';
 import { mintToken, peerChainFromSocket } from '@taskpass/broker';
 import { AUDIENCE, AGENT_ID, type BenchEnv, ISSUER, openTasks } from './lib/env.ts';
+import { withCpu } from './lib/cpu.ts';
 import { LoadClient, type LoadResult, type PreparedRequest } from './lib/load.ts';
 import { fmtMs, fmtRate, median, type Percentiles, percentiles, table } from './lib/stats.ts';
 
@@ -32,6 +33,9 @@ export interface IssuanceResult {
   latencyRate: number;
   brokerLatency: Percentiles;
   baselineLatency: Percentiles;
+  /** Main-thread CPU per request (µs, medians over rounds; undefined where not measurable). */
+  brokerCpuUs: number | undefined;
+  baselineCpuUs: number | undefined;
   errors: number;
 }
 
@@ -85,6 +89,15 @@ function cachedPeerChain(): (req: FastifyRequest) => readonly X509Certificate[] 
 function rate(r: LoadResult): number {
   return (r.ok / r.elapsedMs) * 1000;
 }
+
+/** Runs one load job and pushes its rate, and its main-thread CPU per request sent, to the lists. */
+async function measured(run: () => Promise<LoadResult>, rates: number[], cpuUs: number[]): Promise<void> {
+  const { result, cpuMs } = await withCpu(run);
+  rates.push(rate(result));
+  if (cpuMs !== undefined && result.sent > 0) cpuUs.push((cpuMs * 1000) / result.sent);
+}
+
+const fmtUs = (us: number | undefined) => (us === undefined ? '—' : `${Math.round(us)} µs`);
 
 function check(what: string, r: LoadResult): void {
   if (r.errors > 0) {
@@ -172,13 +185,24 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
   const cachedRates: number[] = [];
   const roundRatios: number[] = [];
   const cachedRatios: number[] = [];
+  const baseCpu: number[] = [];
+  const brokerCpu: number[] = [];
   const rows: string[][] = [
-    ['round', 'bare sign route', 'broker issuance', 'ratio', 'verify every request', 'ratio'],
+    [
+      'round',
+      'bare sign route',
+      'broker issuance',
+      'ratio',
+      'verify every request',
+      'ratio',
+      'CPU/req bare',
+      'CPU/req broker',
+    ],
   ];
   for (let i = 0; i < o.rounds; i++) {
     const runs = [
-      async () => baseRates.push(rate(await runBase(closedJob(baselineReqs)))),
-      async () => brokerRates.push(rate(await runBroker(closedJob(brokerReqs)))),
+      () => measured(() => runBase(closedJob(baselineReqs)), baseRates, baseCpu),
+      () => measured(() => runBroker(closedJob(brokerReqs)), brokerRates, brokerCpu),
       async () => cachedRates.push(rate(await runCached(closedJob(brokerReqs)))),
     ];
     for (let k = 0; k < runs.length; k++) await runs[(i + k) % runs.length]!();
@@ -194,8 +218,12 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
       (s1 / b).toFixed(2),
       fmtRate(s2),
       (s2 / b).toFixed(2),
+      fmtUs(baseCpu[i]),
+      fmtUs(brokerCpu[i]),
     ]);
   }
+  const baselineCpuUs = baseCpu.length ? median(baseCpu) : undefined;
+  const brokerCpuUs = brokerCpu.length ? median(brokerCpu) : undefined;
   const brokerRate = median(brokerRates);
   const baselineRate = median(baseRates);
   const cachedChainRate = median(cachedRates);
@@ -206,11 +234,18 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
     median(roundRatios).toFixed(2),
     fmtRate(cachedChainRate),
     median(cachedRatios).toFixed(2),
+    fmtUs(baselineCpuUs),
+    fmtUs(brokerCpuUs),
   ]);
   console.log(
     `  saturation, closed loop, ${conns} keep-alive mTLS connections, ${o.roundMs / 1000} s per run:`,
   );
   console.log(indent(table(rows)));
+  if (baselineCpuUs !== undefined && brokerCpuUs !== undefined) {
+    console.log(
+      `  main-thread CPU per request: bare ÷ broker = ${(baselineCpuUs / brokerCpuUs).toFixed(2)} (the throughput ratio when the broker's thread, not a neighbour, is the limit)`,
+    );
+  }
 
   // Latency at half the broker's saturation rate (open loop, scheduled sends), both targets.
   const latencyRate = Math.max(50, Math.round(brokerRate / 2));
@@ -254,6 +289,8 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
     latencyRate,
     brokerLatency,
     baselineLatency,
+    brokerCpuUs,
+    baselineCpuUs,
     errors,
   };
 }

@@ -1,5 +1,5 @@
 // Taskpass benchmarks (issues #3 and #4): `npm run bench`, `npm run bench -- --quick`,
-// `npm run bench -- --only issuance,verification,revocation,feed`; the soak (issue #7, 10 minutes by
+// `npm run bench -- --only issuance,verification,revocation,feed,spire,scale`; the soak (issue #7, 10 minutes by
 // default): `npm run bench -- soak [--minutes N]`; the guard (issue #14): `npm run bench -- guard`.
 // See bench/README.md.
 import { cpus, loadavg, totalmem } from 'node:os';
@@ -9,7 +9,9 @@ import { runIssuance } from './issuance.ts';
 import { startBenchEnv } from './lib/env.ts';
 import { fmtMs, fmtRate, table } from './lib/stats.ts';
 import { runRevocation } from './revocation.ts';
+import { runScale } from './scale.ts';
 import { soakMain } from './soak.ts';
+import { formatSpireBench, runSpireBench } from './spire.ts';
 import { runVerification } from './verification.ts';
 
 const args = process.argv.slice(2);
@@ -19,6 +21,8 @@ const only = onlyArg
   ? new Set((onlyArg.includes('=') ? onlyArg.split('=')[1]! : args[args.indexOf(onlyArg) + 1]!).split(','))
   : undefined;
 const want = (s: string) => !only || only.has(s);
+
+const indent = (s: string) => s.replace(/^/gm, '  ');
 
 type Row = [what: string, target: string, measured: string, verdict: string];
 const verdict = (ok: boolean) => (ok ? 'PASS' : 'MISS');
@@ -54,6 +58,11 @@ async function main(): Promise<void> {
         `${fmtMs(r.brokerLatency.p99)} (p50 ${fmtMs(r.brokerLatency.p50)})`,
         verdict(r.brokerLatency.p99 <= 5 && r.errors === 0),
       ]);
+      if (r.brokerCpuUs !== undefined && r.baselineCpuUs !== undefined) {
+        info.push(
+          `main-thread CPU per request: broker ${Math.round(r.brokerCpuUs)} µs, bare route ${Math.round(r.baselineCpuUs)} µs (bare ÷ broker = ${(r.baselineCpuUs / r.brokerCpuUs).toFixed(2)})`,
+        );
+      }
       info.push(
         `for comparison, chain parsed once per connection but verified on every request (no identity cache): issuance ÷ bare = ${r.cachedChainRatio.toFixed(2)} (${fmtRate(r.cachedChainRate)})`,
       );
@@ -120,8 +129,63 @@ async function main(): Promise<void> {
         ]);
       }
     }
+    if (want('spire')) {
+      console.log(
+        '\n[8] next to SPIRE — one client, sequential: a call token vs a JWT-SVID from a real SPIRE agent',
+      );
+      const r = await runSpireBench({
+        calls: quick ? 200 : 1000,
+        warmup: 50,
+        log: (l) => console.log(`  ${l}`),
+      });
+      console.log(indent(formatSpireBench(r)));
+      rows.push([
+        'call token p50 (sequential) vs SPIRE JWT-SVID p50, new audience',
+        '< SPIRE',
+        `${fmtMs(r.callToken.p50)} vs ${fmtMs(r.jwtSvidNewAudience.p50)} (cached audience ${fmtMs(r.jwtSvidCached.p50)})`,
+        verdict(r.callToken.p50 < r.jwtSvidNewAudience.p50 && r.errors === 0),
+      ]);
+      if (r.errors) info.push(`next to SPIRE: ${r.errors} failed requests`);
+    }
   } finally {
     await env.close();
+  }
+  if (want('scale')) {
+    console.log('\n[9] scale — issuance at a fixed 200/s with N tasks already in the store (SQLite)');
+    const scale = await runScale({
+      sizes: quick ? [1_000, 100_000] : [1_000, 100_000, 1_000_000],
+      rate: 200,
+      durationMs: quick ? 3000 : 6000,
+      log: (l) => console.log(`  ${l}`),
+    });
+    console.log(
+      indent(
+        table([
+          ['tasks stored', 'p50', 'p99', 'max', 'errors', 'store file', 'process RSS'],
+          ...scale.map((r) => [
+            r.stored.toLocaleString('en'),
+            fmtMs(r.latency.p50),
+            fmtMs(r.latency.p99),
+            fmtMs(r.latency.max),
+            String(r.errors),
+            `${r.fileMiB.toFixed(0)} MiB`,
+            `${r.rssMiB.toFixed(0)} MiB`,
+          ]),
+        ]),
+      ),
+    );
+    const first = scale[0]!;
+    const last = scale.at(-1)!;
+    const growth = last.latency.p99 / first.latency.p99;
+    // Queueing (p50 far above a token's cost) means the machine did not keep up with 200/s: the
+    // growth then says nothing about the store.
+    const sustained = scale.every((r) => r.latency.p50 < 50);
+    rows.push([
+      `issuance p99 at 200/s, ${last.stored.toLocaleString('en')} ÷ ${first.stored.toLocaleString('en')} tasks stored`,
+      '≤ 1.5×',
+      `${growth.toFixed(2)}× (${fmtMs(last.latency.p99)} vs ${fmtMs(first.latency.p99)})`,
+      sustained ? verdict(growth <= 1.5 && scale.every((r) => r.errors === 0)) : 'n/a: 200/s not sustained',
+    ]);
   }
   console.log(`\nSummary — ${machine}; ${((performance.now() - started) / 1000).toFixed(0)} s`);
   console.log(table([['measure', 'target', 'measured', 'result'], ...rows]));

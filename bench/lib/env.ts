@@ -88,7 +88,13 @@ export function benchDir(): string {
   return mkdtempSync(join(tmpdir(), 'taskpass-bench-'));
 }
 
-export async function startBenchEnv(opts: { logFile?: string } = {}): Promise<BenchEnv> {
+export async function startBenchEnv(
+  opts: {
+    logFile?: string;
+    /** An existing SQLite file to serve from (scale runs); default: a fresh one in a temp dir. */
+    storePath?: string;
+  } = {},
+): Promise<BenchEnv> {
   const dir = benchDir();
   const ca = await TestCa.create(TRUST_DOMAIN);
   const caPem = pemOf(ca.x509Bundle().authorities);
@@ -120,7 +126,7 @@ export async function startBenchEnv(opts: { logFile?: string } = {}): Promise<Be
       ],
     },
     policiesDir: POLICIES_DIR,
-    store: { sqlite: { path: join(dir, 'taskpass.db') } },
+    store: { sqlite: { path: opts.storePath ?? join(dir, 'taskpass.db') } },
     // The limiter still runs on every request; the limit is raised so that one benchmark agent
     // doing thousands of requests a second is not throttled.
     rateLimit: { perAgentPerMinute: 1_000_000_000 },

@@ -38,6 +38,8 @@ import { revocationRoutes } from './routes/revocations.ts';
 import { ApprovalSubjectSchema, ApprovalViewSchema, ErrorBody, OAuthErrorBody } from './routes/schemas.ts';
 import { taskRoutes } from './routes/tasks.ts';
 import { TaskService } from './service.ts';
+import { withOpenTaskCache } from './store/open-task-cache.ts';
+import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/types.ts';
 import { createUserTokenVerifier, type UserTokenVerifier } from './user-tokens.ts';
 
@@ -115,7 +117,15 @@ export function buildServices(deps: AppDeps): BrokerServices {
   }
   const service = new TaskService({
     config,
-    store: deps.store,
+    // Issuance reads open tasks and their counters from memory (docs/performance.md). SQLite only
+    // (this process is its one writer): with Redis other replicas write too, and while Redis is
+    // unreachable its close events cannot arrive, so a held task could outlive its revocation;
+    // every request there asks Redis, as before.
+    store: withOpenTaskCache(deps.store, {
+      maxTasks: deps.store instanceof SqliteStore ? config.openTaskCache : 0,
+      counters: true,
+      nowSec: () => Math.floor(now() / 1000),
+    }),
     keys: deps.keys,
     policies: deps.policies,
     audit,

@@ -355,6 +355,12 @@ export const ConfigSchema = z
       .prefault({}),
     /** The web console; absent: no console listener. */
     console: ConsoleSchema.optional(),
+    /**
+     * SQLite store: open tasks and their workflow counters held in memory so that issuing a token
+     * reads nothing from the store (docs/performance.md). Most tasks held; 0 turns it off. Not
+     * used with Redis (other replicas write).
+     */
+    openTaskCache: z.number().int().min(0).max(10_000_000).default(20_000),
     /** How often expired tasks, replay entries and stale revocations are dropped from the store. */
     sweepEvery: Duration.default(60),
     /** Ceiling on every request body; each route has a smaller limit of its own (request-boundary.ts). */

@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import { createStore } from '../src/store/index.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
+import { append } from './decision-chain.ts';
 import { approvalContract } from './store-approvals.ts';
 import { type MakeStore, storeContract } from './store-contract.ts';
 
@@ -211,6 +212,47 @@ test('sqlite: issued calls are group-committed, durable before they resolve, fai
     await s.close();
     await d;
     assert.equal(committed(), 4);
+  } finally {
+    other.close();
+    await s.close();
+  }
+});
+
+test('sqlite: decision records join the issued-call group commit, durable before either resolves', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const s = new SqliteStore({ path });
+  await s.init();
+  const other = new Database(path, { readonly: true });
+  try {
+    const now = nowSec();
+    const count = (table: string) =>
+      (other.prepare(`SELECT COUNT(*) AS n FROM ${table}`).get() as { n: number }).n;
+    const issued = s.recordIssued({
+      taskId: 't1',
+      jti: 'j1',
+      tool: 'get_ticket',
+      resource: 'tickets/T-1',
+      action: 'read',
+      template: 'support',
+      issuedAt: now,
+      expiresAt: now + 60,
+    });
+    const records = append(s, [{ at: Date.now(), event: 'token.issued', task: 't1', jti: 'j1' }]);
+    const bad = s
+      .appendDecisions(() => {
+        throw new Error('cannot build');
+      })
+      .then(
+        () => undefined,
+        (e: Error) => e,
+      );
+    assert.equal(count('issued') + count('decisions'), 0, 'nothing committed before the turn ends');
+    await Promise.all([issued, records]);
+    assert.equal(count('issued'), 1);
+    assert.equal(count('decisions'), 1);
+    assert.match(String(await bad), /cannot build/, 'only the failed append is rejected');
+    assert.equal((await s.decisionHead()).seq, 1);
   } finally {
     other.close();
     await s.close();

@@ -398,7 +398,8 @@ const keyArgs = (key: StoredSigningKey) =>
  * COMMIT (one fsync) at the end of the turn (setImmediate) makes all of them durable before any of
  * their promises resolves, i.e. before any of those tokens is handed out. While the batch is open
  * its rows are visible to this connection's reads, so call limits and prerequisites see every call
- * already decided, exactly as with one transaction per record. Any other write commits the open
+ * already decided, exactly as with one transaction per record. Decision records (the audit
+ * chain) join the same batch, so they cost no fsync of their own. Any other write commits the open
  * batch first and then runs in its own transaction. A failed COMMIT rejects the whole batch (no
  * token of it is handed out; the rows are rolled back). See docs/decisions.md.
  */
@@ -783,19 +784,28 @@ export class SqliteStore implements Store {
       if (a?.status !== 'approved' || a.expiresAt <= opts.consumeApproval.now) return false;
       used = { ...a, status: 'used', usedAt: opts.consumeApproval.now, jti: call.jti };
     }
+    await this.#inBatch(() => record(call, used));
+    if (used) this.#approvalChanged(used.id);
+    return true;
+  }
+
+  /**
+   * Runs `write` in the open group-commit batch (opening one for this event-loop turn if none is)
+   * and resolves with its result once the batch's COMMIT returned. `write` throwing rejects this
+   * call only (run it as a nested transaction, i.e. a savepoint); the batch goes on.
+   */
+  async #inBatch<T>(write: () => T): Promise<T> {
     if (!this.#batch) {
-      s.begin.run();
+      this.#s.begin.run();
       this.#batch = [];
       setImmediate(() => this.#commitBatch());
     }
     const batch = this.#batch;
-    // Throws (rejecting this call only) when the record cannot be written; the batch goes on.
-    record(call, used);
+    const result = write();
     await new Promise<void>((resolve, reject) => {
       batch.push({ resolve, reject });
     });
-    if (used) this.#approvalChanged(used.id);
-    return true;
+    return result;
   }
 
   async listIssued(taskId: string): Promise<IssuedCall[]> {
@@ -934,33 +944,33 @@ export class SqliteStore implements Store {
     return s.decisionHead.get() as ChainHead;
   }
 
+  // Decision records join the issued-call group commit: the fsync that makes a turn's tokens
+  // durable makes the records appended in that turn durable too (docs/decisions.md).
   async appendDecisions(build: (head: ChainHead) => DecisionRecord[]): Promise<DecisionRecord[]> {
-    this.#commitBatch();
     const s = this.#s;
-    return this.#conn
-      .transaction(() => {
-        const records = build(this.#head(s));
-        for (const r of records) {
-          const str = (v: unknown) => (typeof v === 'string' ? v : null);
-          s.insertDecision.run(
-            r.seq,
-            r.at,
-            r.event,
-            str(r.task),
-            str(r.agent),
-            str(r.user),
-            str(r.code),
-            outcomeOf(r.event) ?? null,
-            countKeyOf(r) ?? null,
-            r.hash,
-            JSON.stringify(r),
-          );
-        }
-        const last = records.at(-1);
-        if (last) s.setDecisionHead.run(last.seq, last.hash);
-        return records;
-      })
-      .immediate();
+    const append = this.#conn.transaction(() => {
+      const records = build(this.#head(s));
+      for (const r of records) {
+        const str = (v: unknown) => (typeof v === 'string' ? v : null);
+        s.insertDecision.run(
+          r.seq,
+          r.at,
+          r.event,
+          str(r.task),
+          str(r.agent),
+          str(r.user),
+          str(r.code),
+          outcomeOf(r.event) ?? null,
+          countKeyOf(r) ?? null,
+          r.hash,
+          JSON.stringify(r),
+        );
+      }
+      const last = records.at(-1);
+      if (last) s.setDecisionHead.run(last.seq, last.hash);
+      return records;
+    });
+    return this.#inBatch(append);
   }
 
   async decisionHead(): Promise<ChainHead> {

@@ -1,0 +1,143 @@
+// Section 9 — issuance as the store grows (issue #13): the same broker (lib/env.ts) on a SQLite
+// file that already holds N tasks — half open, half finished, each with 3 issued calls and their
+// workflow counters — bulk-inserted straight into the tables (one transaction, prepared statements),
+// then call tokens on fresh tasks at a fixed rate (open loop, latency from the scheduled start).
+// Printed per N: p50/p99, the file's size, the broker's RSS.
+import { randomBytes } from 'node:crypto';
+import { rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { SqliteStore } from '@taskpass/broker';
+import { AGENT_ID, AUDIENCE, benchDir, openTasks, startBenchEnv } from './lib/env.ts';
+import { LoadClient, type PreparedRequest } from './lib/load.ts';
+import { type Percentiles, percentiles } from './lib/stats.ts';
+
+export interface ScaleRow {
+  stored: number;
+  seedSec: number;
+  latency: Percentiles;
+  errors: number;
+  fileMiB: number;
+  rssMiB: number;
+}
+
+const CALLS_PER_TASK = 3;
+
+/** Fills a new store at `path` with `n` tasks (even: open, odd: finished) and their calls. */
+function seed(path: string, n: number): void {
+  const db = new Database(path);
+  try {
+    // The bulk load is set-up, not what is measured: no fsync per page while filling.
+    db.pragma('synchronous = OFF');
+    db.pragma('cache_size = -262144'); // 256 MiB: random-key inserts stay in memory while filling
+    const now = Math.floor(Date.now() / 1000);
+    const task = db.prepare(
+      `INSERT INTO tasks (id, agent, sub, purpose, status, created_at, expires_at, finished_at)
+       VALUES (?, ?, 'alice', 'seeded', ?, ?, ?, ?)`,
+    );
+    const issued = db.prepare(
+      `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)
+       VALUES (?, ?, 'get_ticket', ?, 'read', 'tickets-support-read', ?, ?)`,
+    );
+    const count = db.prepare(
+      `INSERT INTO issued_counts (task_id, tool, template, n) VALUES (?, 'get_ticket', 'tickets-support-read', ?)`,
+    );
+    const prior = db.prepare(
+      `INSERT INTO issued_prior (task_id, tool, resource, template) VALUES (?, 'get_ticket', ?, 'tickets-support-read')`,
+    );
+    db.transaction(() => {
+      for (let i = 0; i < n; i++) {
+        // Random ids, as newTaskId makes them: inserts and lookups land all over the indexes.
+        const id = `tsk_${randomBytes(16).toString('base64url')}`;
+        const open = i % 2 === 0;
+        task.run(id, AGENT_ID, open ? 'open' : 'completed', now - 60, now + 3600, open ? null : now - 30);
+        for (let c = 0; c < CALLS_PER_TASK; c++) {
+          issued.run(randomBytes(16).toString('base64url'), id, `tickets/T-${c}`, now - 50, now + 10);
+          prior.run(id, `tickets/T-${c}`);
+        }
+        count.run(id, CALLS_PER_TASK);
+      }
+    })();
+  } finally {
+    db.close();
+  }
+}
+
+const fileMiB = (path: string) =>
+  [path, `${path}-wal`].reduce((sum, p) => {
+    try {
+      return sum + statSync(p).size;
+    } catch {
+      return sum;
+    }
+  }, 0) /
+  2 ** 20;
+
+export async function runScale(o: {
+  sizes: number[];
+  rate: number;
+  durationMs: number;
+  log: (line: string) => void;
+}): Promise<ScaleRow[]> {
+  const rows: ScaleRow[] = [];
+  for (const n of o.sizes) {
+    const dir = benchDir();
+    const path = join(dir, 'taskpass.db');
+    try {
+      const schema = new SqliteStore({ path });
+      await schema.init();
+      await schema.close();
+      const t0 = performance.now();
+      seed(path, n);
+      const seedSec = (performance.now() - t0) / 1000;
+      o.log(
+        `${n.toLocaleString('en')} tasks seeded in ${seedSec.toFixed(1)} s (${fileMiB(path).toFixed(0)} MiB)`,
+      );
+      const env = await startBenchEnv({ storePath: path });
+      try {
+        const tasks = await openTasks(env, 200);
+        const requests: PreparedRequest[] = tasks.map((id, i) => ({
+          method: 'POST',
+          path: `/v1/tasks/${id}/tokens`,
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({
+            audience: AUDIENCE,
+            tool: 'get_ticket',
+            resource: `tickets/T-${i}`,
+            action: 'read',
+          }),
+        }));
+        const load = new LoadClient({
+          origin: env.brokerUrl,
+          tls: { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca },
+          connections: 16,
+        });
+        try {
+          const r = await load.run({
+            kind: 'open',
+            rate: o.rate,
+            warmupMs: 500,
+            durationMs: o.durationMs,
+            requests,
+            offset: 0,
+          });
+          rows.push({
+            stored: n,
+            seedSec,
+            latency: percentiles(r.latencies),
+            errors: r.errors,
+            fileMiB: fileMiB(path),
+            rssMiB: process.memoryUsage().rss / 2 ** 20,
+          });
+        } finally {
+          await load.close();
+        }
+      } finally {
+        await env.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  return rows;
+}
