@@ -19,6 +19,7 @@ import type { BrokerConfig } from './config.ts';
 import { DecisionRecorder } from './decision-log.ts';
 import { BROKER_ERRORS, BrokerError } from './errors.ts';
 import { type BrokerMetrics, createMetrics } from './metrics.ts';
+import type { DecisionPoints } from './pdp/index.ts';
 import type { KeysPort, PolicyPort } from './ports.ts';
 import { limiterRedis, registerRateLimitStore } from './rate-limit.ts';
 import { fastifyClientError, installDepthLimitedJsonParser, strictQueryTypes } from './request-boundary.ts';
@@ -48,6 +49,8 @@ export interface AppDeps {
   keys: KeysPort;
   /** The current policy set (PolicyWatcher swaps it on reload). */
   policies: { current(): PolicyPort };
+  /** Decision points behind the templates (docs/policy-engines.md); absent: templates alone. */
+  decisionPoints?: DecisionPoints;
   identity: {
     /** Authenticates workloads from the mTLS chain or a JWT-SVID. */
     agentAuth: WorkloadAuthenticator;
@@ -118,6 +121,7 @@ export function buildServices(deps: AppDeps): BrokerServices {
     store: deps.store,
     keys: deps.keys,
     policies: deps.policies,
+    decisionPoints: deps.decisionPoints,
     audit,
     metrics,
     now,

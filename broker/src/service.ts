@@ -19,10 +19,12 @@ import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
 import { mintToken } from './mint.ts';
+import { type DecisionPoints, type PdpVerdict, pdpInputOf } from './pdp/index.ts';
 import type {
   ApprovalRequirement,
   HistoryQueries,
   KeysPort,
+  PolicyAllow,
   PolicyPort,
   PolicyUser,
   TaskHistory,
@@ -110,8 +112,28 @@ export interface ServiceDeps {
   policies: { current(): PolicyPort };
   audit: AuditLog;
   metrics: BrokerMetrics;
+  /** Decision points behind the templates (docs/policy-engines.md); absent: templates alone. */
+  decisionPoints?: DecisionPoints | undefined;
   /** Epoch milliseconds. */
   now: () => number;
+}
+
+/** One call as the templates and decision points see it. */
+export interface CallRequest {
+  audience: string;
+  tool: string;
+  resource: string;
+  action: Action;
+}
+
+/** A decision point's denial as the agent gets it: like a template denial, naming the engine. */
+export function pdpDenial(v: Extract<PdpVerdict, { allow: false }>, template: string): BrokerError {
+  return new BrokerError(v.code, v.reason, {
+    template,
+    reason: v.reason,
+    engine: v.engine,
+    ...(v.policy !== undefined ? { policy: v.policy } : {}),
+  });
 }
 
 /** The user a task acts for, as templates see it (undefined for autonomous tasks). */
@@ -200,6 +222,52 @@ export class TaskService {
 
   private tokenExp(now: number, ttlSec: number, task: TaskRecord): number {
     return Math.min(now + Math.min(ttlSec, this.d.config.tokens.maxTtl), task.expiresAt);
+  }
+
+  /**
+   * The history lookups for a call: the templates' own, plus the tool's call count when decision
+   * points are configured (their input carries it).
+   */
+  private historyQueriesOf(policy: PolicyPort, req: CallRequest): HistoryQueries {
+    const q = policy.historyQueries(req);
+    if (!this.d.decisionPoints?.configured || q.counts.includes(req.tool)) return q;
+    return { ...q, counts: [...q.counts, req.tool] };
+  }
+
+  /**
+   * Asks the decision points a call allowed by the templates needs (the global one and those the
+   * allowing templates name). Templates stay the ceiling: this only ever takes an allow away.
+   */
+  private async askDecisionPoints(
+    agent: string,
+    task: TaskRecord,
+    req: CallRequest & { arguments?: Record<string, unknown> | undefined },
+    allow: PolicyAllow,
+    history: TaskHistory,
+    approval?: ApprovalClaim | undefined,
+  ): Promise<PdpVerdict> {
+    const dps = this.d.decisionPoints;
+    const names = dps?.needed(allow.decisionPoints ?? []) ?? [];
+    if (!dps || names.length === 0) return { allow: true, asked: [] };
+    let callsOfTool: number | undefined;
+    try {
+      callsOfTool = 0;
+      for (const n of history.callCounts(req.tool).values()) callsOfTool += n;
+    } catch {
+      callsOfTool = undefined;
+    }
+    const input = pdpInputOf({
+      agent,
+      user: taskUser(task),
+      task,
+      call: req,
+      templates: allow.template.split(' '),
+      callsOfTool,
+      arguments: allow.bindArguments ? req.arguments : undefined,
+      approval: approval ? { id: approval.id, approver: approval.approver } : undefined,
+      now: this.d.now(),
+    });
+    return dps.decide(names, input);
   }
 
   /**
@@ -335,12 +403,7 @@ export class TaskService {
     if (!grammar.ok) throw new BrokerError('TASKPASS_INVALID_RESOURCE', grammar.reason);
     const digest = this.boundDigest(req);
     const policy = this.d.policies.current();
-    const queries = policy.historyQueries({
-      audience: req.audience,
-      tool: req.tool,
-      action: req.action,
-      resource: req.resource,
-    });
+    const queries = this.historyQueriesOf(policy, req);
     const base = {
       agent: agent.id,
       user: task.sub,
@@ -398,6 +461,20 @@ export class TaskService {
         approval?.approver && approval.decidedAt !== undefined
           ? { id: approval.id, approver: approval.approver, approved_at: approval.decidedAt }
           : undefined;
+      // Past the templates (and a person, when one had to approve), the decision points behind them.
+      const pdp = await this.askDecisionPoints(agent.id, task, req, decision, history, claim);
+      if (!pdp.allow) {
+        this.d.metrics.decisions.inc({ result: 'deny', reason: pdp.code });
+        this.d.audit.record({
+          event: 'token.denied',
+          ...base,
+          template: decision.template,
+          code: pdp.code,
+          reason: pdp.reason,
+          engine: pdp.engine,
+        });
+        throw pdpDenial(pdp, decision.template);
+      }
       const now = this.nowSec();
       const exp = this.tokenExp(now, decision.ttlSec, task);
       const detail: AuthorizationDetail = {

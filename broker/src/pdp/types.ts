@@ -52,7 +52,14 @@ export interface PdpInput {
  * be reused for identical input while `version` is unchanged.
  */
 export type PdpDecision =
-  | { allow: true; engine: string; policy?: string | undefined; cacheable?: boolean | undefined }
+  | {
+      allow: true;
+      engine: string;
+      policy?: string | undefined;
+      cacheable?: boolean | undefined;
+      /** How long the engine said this answer may be reused (with `cacheable`); default 60 s. */
+      cacheTtlSec?: number | undefined;
+    }
   | {
       allow: false;
       code: 'TASKPASS_PDP_DENIED' | 'TASKPASS_PDP_UNAVAILABLE';
