@@ -26,6 +26,7 @@ import { fastifyClientError, installDepthLimitedJsonParser, strictQueryTypes } f
 import type { RevocationHub } from './revocation-hub.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { approvalRoutes } from './routes/approvals.ts';
+import { authzenRoutes } from './routes/authzen.ts';
 import {
   ALWAYS_FRESH,
   authenticateRequest,
@@ -234,6 +235,7 @@ export function buildApp(deps: AppDeps, services: BrokerServices = buildServices
   app.register(async (scope) => oauthRoutes(scope, ctx));
   app.register(async (scope) => adminRoutes(scope, ctx));
   app.register(async (scope) => approvalRoutes(scope, ctx, approvals));
+  app.register(async (scope) => authzenRoutes(scope, ctx));
   app.register(async (scope) => {
     const mode = config.feed.auth;
     const preHandler =

@@ -570,6 +570,59 @@ export class TaskService {
     }
   }
 
+  /**
+   * Decides a call as issuance would — templates, the task's workflow state, the decision points
+   * behind them — without minting, recording or asking anyone to approve (Taskpass as an AuthZEN
+   * PDP, routes/authzen.ts). A call that needs a person's approval is not allowed here: only the
+   * token request asks for it.
+   */
+  async evaluateCall(
+    agent: string,
+    taskId: string,
+    req: CallRequest & { arguments?: Record<string, unknown> | undefined },
+  ): Promise<{ allow: true } | { allow: false; code: string; reason: string; engine?: string | undefined }> {
+    const task = await this.d.store.getTask(taskId);
+    if (!task || task.agent !== agent) {
+      return { allow: false, code: 'TASKPASS_TASK_NOT_FOUND', reason: `no task ${taskId} of ${agent}` };
+    }
+    if (task.status !== 'open') {
+      return { allow: false, code: 'TASKPASS_TASK_CLOSED', reason: `task ${taskId} is ${task.status}` };
+    }
+    if (task.expiresAt <= this.nowSec()) {
+      return { allow: false, code: 'TASKPASS_TASK_EXPIRED', reason: `task ${taskId} has expired` };
+    }
+    const grammar = checkResource(req.resource);
+    if (!grammar.ok) return { allow: false, code: 'TASKPASS_INVALID_RESOURCE', reason: grammar.reason };
+    let digest: string | undefined;
+    try {
+      digest = this.boundDigest(req);
+    } catch (e) {
+      return { allow: false, code: (e as BrokerError).code, reason: (e as Error).message };
+    }
+    const policy = this.d.policies.current();
+    const history = await loadHistory(this.d.store, task.id, this.historyQueriesOf(policy, req));
+    const decision = policy.decide({
+      agent,
+      user: taskUser(task),
+      ...req,
+      history,
+      taskAgeSec: this.nowSec() - task.createdAt,
+      argsSha256: digest,
+    });
+    if (!decision.allow) return { allow: false, code: decision.code, reason: decision.reason };
+    if (decision.approval) {
+      return {
+        allow: false,
+        code: 'TASKPASS_APPROVAL_REQUIRED',
+        reason: `a person must approve this call first (template ${decision.approval.template}); its token request asks`,
+      };
+    }
+    const pdp = await this.askDecisionPoints(agent, task, req, decision, history);
+    return pdp.allow
+      ? { allow: true }
+      : { allow: false, code: pdp.code, reason: pdp.reason, engine: pdp.engine };
+  }
+
   /** Mints a session token (permits no tool call) for an audience in the task's ceiling. */
   async issueSession(agent: WorkloadIdentity, task: TaskRecord, audience: string): Promise<MintedToken> {
     const s = this.d.policies
