@@ -21,6 +21,8 @@ export interface Opa {
   putPolicy(id: string, rego: string): Promise<{ status: number; body: unknown }>;
   /** PUT /v1/data/{path}: replaces a data document. */
   putData(path: string, value: unknown): Promise<void>;
+  /** Data API queries OPA answered so far (POST /v1/data/…), from its Prometheus metrics. */
+  queries(): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -49,7 +51,7 @@ export async function startOpa(paths: readonly string[] = [TICKET_DESK_REGO]): P
       `127.0.0.1:${port}`,
       '--log-level',
       'error',
-      '--disable-telemetry',
+      '--skip-version-check',
       ...paths,
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
@@ -89,6 +91,16 @@ export async function startOpa(paths: readonly string[] = [TICKET_DESK_REGO]): P
         body: JSON.stringify(value),
       });
       if (r.status !== 204) throw new Error(`PUT /v1/data/${path}: HTTP ${r.status} ${await r.text()}`);
+    },
+    async queries() {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      let n = 0;
+      for (const m of text.matchAll(
+        /^http_request_duration_seconds_count\{[^}]*handler="v1\/data",method="post"[^}]*\} (\d+)/gm,
+      )) {
+        n += Number(m[1]);
+      }
+      return n;
     },
     async close() {
       if (child.exitCode === null) child.kill('SIGTERM');
