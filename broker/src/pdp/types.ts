@@ -2,6 +2,7 @@
 // stay the ceiling — a decision point is only ever asked about a call a template already allows, and
 // can only take it away. Every engine sees the same input, shaped after the AuthZEN 1.0 evaluation
 // request (subject, action, resource, context); docs/policy-engines.md writes the mapping down.
+import type { Action } from '@taskpass/contract';
 
 /** What every decision point is asked: one call, in AuthZEN 1.0's four parts. */
 export interface PdpInput {
@@ -18,7 +19,7 @@ export interface PdpInput {
   action: {
     /** The MCP tool name. */
     name: string;
-    properties: { action_class: 'read' | 'write' | 'admin' };
+    properties: { action_class: Action };
   };
   resource: {
     /** `mcp_resource`; the AuthZEN resource type. */
