@@ -1,11 +1,13 @@
 // Taskpass benchmarks (issues #3 and #4): `npm run bench`, `npm run bench -- --quick`,
-// `npm run bench -- --only issuance,verification,revocation,feed,spire,scale`; the soak (issue #7, 10 minutes by
-// default): `npm run bench -- soak [--minutes N]`; the guard (issue #14): `npm run bench -- guard`.
+// `npm run bench -- --only issuance,verification,revocation,feed,spire,scale`; the soak (issue #7, 10
+// minutes by default): `npm run bench -- soak [--minutes N]`; the guard (issue #14): `npm run bench --
+// guard`; decision points (issue #11): `npm run bench -- pdp`.
 // See bench/README.md.
 import { cpus, loadavg, totalmem } from 'node:os';
 import { runFeedSnapshot } from './feed-snapshot.ts';
 import { guardMain } from './guard.ts';
 import { runIssuance } from './issuance.ts';
+import { pdpMain } from './pdp.ts';
 import { startBenchEnv } from './lib/env.ts';
 import { fmtMs, fmtRate, table } from './lib/stats.ts';
 import { runRevocation } from './revocation.ts';
@@ -196,4 +198,5 @@ async function main(): Promise<void> {
 
 if (args[0] === 'soak') await soakMain(args.slice(1));
 else if (args[0] === 'guard') await guardMain(args.slice(1));
+else if (args[0] === 'pdp') await pdpMain(args.slice(1));
 else await main();

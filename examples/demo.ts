@@ -196,6 +196,10 @@ function spireLeft(dir: string): string[] {
   }
 }
 
+/** `--engine opa`: the ticket desk's Rego policy, on a real OPA, behind the templates. */
+const engineArg = process.argv.indexOf('--engine');
+const engine = engineArg >= 0 && process.argv[engineArg + 1] === 'opa' ? 'opa' : 'templates';
+
 async function main(): Promise<number> {
   const started = performance.now();
   out(bold('Taskpass demo: an agent acting for a user, one short-lived token per MCP tool call'));
@@ -207,6 +211,7 @@ async function main(): Promise<number> {
   let spireDir: string | undefined;
   try {
     stack = await startStack({
+      engine,
       progress: (l) => out(`  ${l}`),
       onSpire: (spire) => {
         spireDir = spire.dir;
@@ -223,6 +228,12 @@ async function main(): Promise<number> {
     });
     agentMs = performance.now() - a0;
     printStory(stack, transcript, agentMs);
+    if (stack.opa) {
+      section('Policy engine behind the templates');
+      out(
+        `  ${OK} OPA (policies/rego/ticket_desk.rego: refunds only in the user's region, writes in business hours) decided ${await stack.opa.queries()} calls after the templates allowed them`,
+      );
+    }
     if (keep) await keepUp(stack, transcript);
   } catch (e) {
     failure = e;

@@ -21,6 +21,7 @@ import {
   startBroker,
 } from '@taskpass/broker';
 import pino from 'pino';
+import { type Opa, startOpa, TICKET_DESK_REGO } from '../test/support/opa.ts';
 import { type SpireHarness, startSpire } from '../test/support/spire.ts';
 import { AGENT_ID, type AgentScriptOptions } from './ticket-desk/agent.ts';
 import { type Idp, startIdp } from './idp/idp.ts';
@@ -44,14 +45,22 @@ export interface DemoUser {
   sub: string;
   email: string;
   groups: string[];
+  /** Region claim: refunds only for tickets of the user's region under the ticket desk's OPA policy. */
+  region?: string;
 }
 
-export const ALICE: DemoUser = { sub: 'alice', email: 'alice@taskpass.local', groups: ['support'] };
+export const ALICE: DemoUser = {
+  sub: 'alice',
+  email: 'alice@taskpass.local',
+  groups: ['support'],
+  region: 'eu',
+};
 /** A support lead: approves refunds above the limit (policies/tickets-refunds.yaml). */
 export const BOB: DemoUser = {
   sub: 'bob',
   email: 'bob@taskpass.local',
   groups: ['support', 'support-leads'],
+  region: 'eu',
 };
 
 /** Options of {@link startStack}. */
@@ -60,6 +69,11 @@ export interface StackOptions {
   spireBinDir?: string;
   /** Scope templates. Default ./policies of the repository. */
   policiesDir?: string;
+  /**
+   * `opa`: a real OPA (built from tools/opa) with the ticket desk's Rego (policies/rego) behind
+   * every template (config `decisionPoint`), open around the clock. Default: templates alone.
+   */
+  engine?: 'templates' | 'opa';
   /** The agent's SPIFFE ID. Default spiffe://taskpass.local/agents/support/triage-bot. */
   agentId?: string;
   /** Broker log level; logs go to `broker.log` in the stack's temporary directory. Default `info`. */
@@ -99,6 +113,8 @@ export interface Stack extends AsyncDisposable {
   readonly spire: SpireHarness;
   readonly idp: Idp;
   readonly broker: RunningBroker;
+  /** The OPA behind the templates, with `engine: 'opa'`. */
+  readonly opa?: Opa | undefined;
   /**
    * The broker's validated configuration for another replica (`startBroker(brokerConfig)`): the
    * same, but its console listens on an ephemeral port.
@@ -228,6 +244,24 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     stops.push({ name: 'IdP', fn: () => idp.close() });
     const idpMs = since(t);
 
+    let opa: Opa | undefined;
+    if (opts.engine === 'opa') {
+      t = performance.now();
+      opa = await startOpa([TICKET_DESK_REGO]);
+      stops.push({ name: 'OPA', fn: () => opa!.close() });
+      // The demo runs at any hour: the desk's business hours (OPA data) cover the whole day.
+      await opa.putData('ticket_desk/business_hours', { start: 0, end: 24 });
+      progress(`OPA with the ticket desk's Rego on ${opa.url} in ${since(t)} ms`);
+    }
+    const decisionPoints = opa
+      ? {
+          decisionPoints: [
+            { name: 'ticket-desk', kind: 'opa', url: opa.url, path: 'taskpass/ticket_desk/decision' },
+          ],
+          decisionPoint: 'ticket-desk',
+        }
+      : {};
+
     t = performance.now();
     const logFile = join(dir, 'broker.log');
     const logger = pino(
@@ -275,6 +309,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           ],
         },
         policiesDir: opts.policiesDir ?? join(repoRoot, 'policies'),
+        ...decisionPoints,
         store: opts.redis ? { redis: opts.redis } : { sqlite: { path: join(dir, 'broker.db') } },
         feed: { heartbeatMs: opts.feedHeartbeatMs ?? 2000, auth: 'workloads' },
         // A fresh KEK per stack (its store lives in the stack's temporary directory, or under a
@@ -323,6 +358,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       spire,
       idp,
       broker,
+      opa,
       // Another replica on this host serves its console on a port of its own (same store: the
       // sessions are shared, so a person signed in at one console is signed in at every one).
       brokerConfig: config.console
@@ -342,7 +378,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       dir,
       timings,
       userToken: (user = ALICE) =>
-        idp.idToken({ sub: user.sub, email: user.email, groups: user.groups, audience: BROKER_ISSUER }),
+        idp.idToken({
+          sub: user.sub,
+          email: user.email,
+          groups: user.groups,
+          region: user.region,
+          audience: BROKER_ISSUER,
+        }),
       approverToken,
       async approvalsCli(argv, user = BOB) {
         const env = {

@@ -1,16 +1,18 @@
 #!/usr/bin/env node
-// The whole test suite: type-check, lint, build the packages, build (or reuse) SPIRE, then every
-// *.test.ts with Node's test runner. Integration tests (*.spire.test.ts, *.e2e.test.ts) start real
-// SPIRE, Redis-backed tests use 127.0.0.1:6379; none of them is skipped.
+// The whole test suite: type-check, lint, build the packages, build (or reuse) SPIRE and OPA, then
+// every *.test.ts with Node's test runner. Integration tests (*.spire.test.ts, *.e2e.test.ts) start
+// real SPIRE, *.opa.test.ts (and any test using test/support/opa.ts) a real OPA, Redis-backed tests
+// use 127.0.0.1:6379; none of them is skipped.
 //
 //   npm test                 everything
 //   npm test -- --unit       only unit tests (no SPIRE)
 //   npm test -- path/to/x.test.ts ...   just those files
 import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ensureOpa } from './build-opa.mjs';
 import { ensureSpire } from './build-spire.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -37,7 +39,9 @@ function findTests(dir, out = []) {
   return out;
 }
 
-const isIntegration = (f) => /\.(spire|e2e|redis)\.test\.ts$/.test(f);
+const isIntegration = (f) => /\.(spire|e2e|redis|opa)\.test\.ts$/.test(f);
+const needsOpa = (f) =>
+  /\.opa\.test\.ts$/.test(f) || readFileSync(join(root, f), 'utf8').includes('support/opa.ts');
 
 if (explicit.length === 0) {
   step('type-check (tsc --noEmit)', 'npx', ['tsc', '-p', 'tsconfig.json', '--noEmit']);
@@ -49,12 +53,17 @@ if (explicit.length === 0) {
 
 let files = explicit.length ? explicit : findTests(root).sort();
 if (unitOnly) files = files.filter((f) => !isIntegration(f));
-if (files.some(isIntegration)) {
+if (files.some((f) => isIntegration(f) && !/\.opa\.test\.ts$/.test(f))) {
   process.stderr.write('\n== SPIRE binaries\n');
   process.env.TASKPASS_SPIRE_BIN = await ensureSpire();
   process.stderr.write(`using ${process.env.TASKPASS_SPIRE_BIN}\n`);
 }
 
+if (!process.env.TASKPASS_OPA_BIN && files.some(needsOpa)) {
+  process.stderr.write('\n== OPA binary\n');
+  process.env.TASKPASS_OPA_BIN = await ensureOpa();
+  process.stderr.write(`using ${process.env.TASKPASS_OPA_BIN}\n`);
+}
 process.stderr.write(`\n== node --test (${files.length} files)\n`);
 const r = spawnSync(
   process.execPath,

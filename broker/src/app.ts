@@ -19,12 +19,14 @@ import type { BrokerConfig } from './config.ts';
 import { DecisionRecorder } from './decision-log.ts';
 import { BROKER_ERRORS, BrokerError } from './errors.ts';
 import { type BrokerMetrics, createMetrics } from './metrics.ts';
+import type { DecisionPoints } from './pdp/index.ts';
 import type { KeysPort, PolicyPort } from './ports.ts';
 import { limiterRedis, registerRateLimitStore } from './rate-limit.ts';
 import { fastifyClientError, installDepthLimitedJsonParser, strictQueryTypes } from './request-boundary.ts';
 import type { RevocationHub } from './revocation-hub.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { approvalRoutes } from './routes/approvals.ts';
+import { authzenRoutes } from './routes/authzen.ts';
 import {
   ALWAYS_FRESH,
   authenticateRequest,
@@ -50,6 +52,8 @@ export interface AppDeps {
   keys: KeysPort;
   /** The current policy set (PolicyWatcher swaps it on reload). */
   policies: { current(): PolicyPort };
+  /** Decision points behind the templates (docs/policy-engines.md); absent: templates alone. */
+  decisionPoints?: DecisionPoints;
   identity: {
     /** Authenticates workloads from the mTLS chain or a JWT-SVID. */
     agentAuth: WorkloadAuthenticator;
@@ -128,6 +132,7 @@ export function buildServices(deps: AppDeps): BrokerServices {
     }),
     keys: deps.keys,
     policies: deps.policies,
+    decisionPoints: deps.decisionPoints,
     audit,
     metrics,
     now,
@@ -240,6 +245,7 @@ export function buildApp(deps: AppDeps, services: BrokerServices = buildServices
   app.register(async (scope) => oauthRoutes(scope, ctx));
   app.register(async (scope) => adminRoutes(scope, ctx));
   app.register(async (scope) => approvalRoutes(scope, ctx, approvals));
+  app.register(async (scope) => authzenRoutes(scope, ctx));
   app.register(async (scope) => {
     const mode = config.feed.auth;
     const preHandler =

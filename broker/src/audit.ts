@@ -53,6 +53,8 @@ export interface AuditEvent {
   decision?: string | undefined;
   /** The call's argument digest (never the arguments: they may be personal data). */
   args_sha256?: string | undefined;
+  /** The decision point that denied a call (`opa/<name>`, `cedar/<name>`, `authzen/<name>`). */
+  engine?: string | undefined;
 }
 
 /** Writes audit records. */

@@ -161,6 +161,71 @@ const ConsoleSchema = z
     path: ['publicUrl'],
   });
 
+const DECISION_POINT_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+const decisionPointName = z
+  .string()
+  .regex(
+    DECISION_POINT_NAME,
+    'decision point names are 1-64 characters of [a-z0-9._-], starting alphanumeric',
+  );
+/** Bound of one decision: small by default, an engine is asked on the issuance path. */
+const pdpTimeoutMs = z.number().int().min(10).max(10_000).default(250);
+const httpUrl = z
+  .string()
+  .url()
+  .refine((u) => /^https?:\/\//.test(u), 'an http(s) URL')
+  .transform((u) => u.replace(/\/+$/, ''));
+// Header names as HTTP allows them; values are secrets (never logged) and must not break the line.
+const pdpHeaders = z.record(
+  z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$/, 'an HTTP header name'),
+  z.string().regex(/^[\t\x20-\x7e]{0,8192}$/, 'printable ASCII'),
+);
+/** The policy version decisions are cached under (docs/policy-engines.md); absent: never cached. */
+const pdpVersion = z.string().min(1).max(256).optional();
+
+/** A decision point behind the templates (docs/policy-engines.md). */
+export const DecisionPointSchema = z.discriminatedUnion('kind', [
+  z
+    .object({
+      name: decisionPointName,
+      kind: z.literal('opa'),
+      /** OPA's base URL, e.g. `http://127.0.0.1:8181`. */
+      url: httpUrl,
+      /** The rule asked, under /v1/data, e.g. `taskpass/allow`. */
+      path: z
+        .string()
+        .regex(/^[A-Za-z0-9_]+(\/[A-Za-z0-9_]+)*$/, 'a data path such as taskpass/allow (no leading slash)'),
+      timeoutMs: pdpTimeoutMs,
+      headers: pdpHeaders.optional(),
+      version: pdpVersion,
+    })
+    .strict(),
+  z
+    .object({
+      name: decisionPointName,
+      kind: z.literal('authzen'),
+      /** The PDP's base URL; requests go to `<url>/access/v1/evaluation`. */
+      url: httpUrl,
+      timeoutMs: pdpTimeoutMs,
+      headers: pdpHeaders.optional(),
+      /** A file holding a bearer token sent as `Authorization: Bearer …` (re-read on every call). */
+      tokenFile: z.string().min(1).optional(),
+      version: pdpVersion,
+    })
+    .strict(),
+  z
+    .object({
+      name: decisionPointName,
+      kind: z.literal('cedar'),
+      /** A directory of `.cedar` policy files (hot-reloaded, all-or-nothing). */
+      policies: z.string().min(1),
+      /** A Cedar schema file the policies are validated against. */
+      schema: z.string().min(1).optional(),
+    })
+    .strict(),
+]);
+export type DecisionPointConfig = z.output<typeof DecisionPointSchema>;
+
 /** The configuration schema (exported for tests and `taskpass config check`). */
 export const ConfigSchema = z
   .object({
@@ -215,6 +280,18 @@ export const ConfigSchema = z
       .strict()
       .prefault({}),
     policiesDir: z.string().min(1).default('policies'),
+    /** Engines a template (`decision_point:`) or every call (`decisionPoint`) must also satisfy. */
+    decisionPoints: z.array(DecisionPointSchema).max(16).default([]),
+    /** The decision point every call a template allows must also pass; absent: only named ones. */
+    decisionPoint: decisionPointName.optional(),
+    /** Taskpass as an AuthZEN 1.0 PDP (/access/v1/evaluation[s]): who may ask. */
+    authzen: z
+      .object({
+        /** SPIFFE IDs allowed to ask (exact). Empty: nobody; the discovery document stays public. */
+        callers: z.array(SpiffeIdString).default([]),
+      })
+      .strict()
+      .prefault({}),
     store: z
       .object({
         sqlite: z
@@ -420,6 +497,26 @@ export const ConfigSchema = z
       });
     }
   })
+  .superRefine((c, ctx) => {
+    const names = new Set<string>();
+    for (const [i, dp] of c.decisionPoints.entries()) {
+      if (names.has(dp.name)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['decisionPoints', i, 'name'],
+          message: `decision point "${dp.name}" is configured twice`,
+        });
+      }
+      names.add(dp.name);
+    }
+    if (c.decisionPoint !== undefined && !names.has(c.decisionPoint)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['decisionPoint'],
+        message: `no decision point is named "${c.decisionPoint}" (decisionPoints: ${[...names].join(', ') || 'none'})`,
+      });
+    }
+  })
   .refine((c) => c.tokens.defaultTtl <= c.tokens.maxTtl, {
     message: 'tokens.defaultTtl must not exceed tokens.maxTtl',
     path: ['tokens', 'defaultTtl'],
@@ -495,6 +592,8 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_JWT_SVID_AUDIENCE: { path: ['jwtSvidAudience'] },
     TASKPASS_ADMINS: { path: ['admins'], conv: list },
     TASKPASS_POLICIES_DIR: { path: ['policiesDir'] },
+    TASKPASS_DECISION_POINT: { path: ['decisionPoint'] },
+    TASKPASS_AUTHZEN_CALLERS: { path: ['authzen', 'callers'], conv: list },
     TASKPASS_STORE_SQLITE_PATH: { path: ['store', 'sqlite', 'path'] },
     TASKPASS_STORE_REDIS_URL: { path: ['store', 'redis', 'url'] },
     TASKPASS_STORE_REDIS_KEY_PREFIX: { path: ['store', 'redis', 'keyPrefix'] },

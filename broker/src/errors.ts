@@ -80,6 +80,16 @@ export const BROKER_ERRORS = {
     status: 400,
     description: 'The arguments sent with the token request do not hash to its args_sha256.',
   },
+  TASKPASS_PDP_DENIED: {
+    status: 403,
+    description:
+      'The templates allow this call, but a decision point behind them (OPA, Cedar, AuthZEN) denied it; the body names the engine and policy (`engine`, `policy`, `reason`).',
+  },
+  TASKPASS_PDP_UNAVAILABLE: {
+    status: 403,
+    description:
+      'A decision point behind the templates errored, did not answer in time, or answered something that is not a decision: the call is denied (fail closed). The body names the engine (`engine`, `reason`).',
+  },
   TASKPASS_APPROVAL_REQUIRED: {
     status: 403,
     description:

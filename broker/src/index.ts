@@ -61,6 +61,14 @@ export type {
   TaskHistory,
 } from './ports.ts';
 export {
+  createDecisionPoint,
+  type DecisionPoint,
+  DecisionPoints,
+  type PdpDecision,
+  type PdpInput,
+  pdpInputOf,
+} from './pdp/index.ts';
+export {
   compilePattern,
   loadPolicyDir,
   PolicyWatcher,

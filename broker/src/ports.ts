@@ -23,6 +23,8 @@ export interface PolicyAllow {
   bindArguments?: boolean | undefined;
   /** A person must approve this call before its token is issued. */
   approval?: ApprovalRequirement | undefined;
+  /** Decision points the allowing templates name; each must also allow (docs/policy-engines.md). */
+  decisionPoints?: readonly string[] | undefined;
 }
 
 /** Why and by whose rules a call needs a person's approval (docs/approvals.md). */

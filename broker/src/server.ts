@@ -17,6 +17,7 @@ import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
 import { keyWrapperFromConfig } from './key-wrap.ts';
 import { SigningKeys } from './keys.ts';
+import { DecisionPoints } from './pdp/index.ts';
 import { PolicyWatcher } from './policy/index.ts';
 import { RevocationHub } from './revocation-hub.ts';
 import { createStore } from './store/index.ts';
@@ -99,7 +100,9 @@ async function start(
     logger,
   });
   opened.push(() => keys.close?.());
-  const policies = new PolicyWatcher(config.policiesDir, { logger });
+  const decisionPoints = await DecisionPoints.fromConfig(config, { logger });
+  opened.push(() => decisionPoints.close());
+  const policies = new PolicyWatcher(config.policiesDir, { logger, decisionPoints: decisionPoints.names() });
   opened.push(() => policies.close());
   await policies.start();
   const hub = new RevocationHub({ store, logger, heartbeatMs: config.feed.heartbeatMs, keys });
@@ -221,6 +224,7 @@ async function start(
     store,
     keys,
     policies,
+    decisionPoints,
     identity: {
       agentAuth: createWorkloadAuthenticator({
         x509Bundles: x509,

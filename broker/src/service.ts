@@ -19,10 +19,12 @@ import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
 import { mintToken } from './mint.ts';
+import { type DecisionPoints, type PdpVerdict, pdpInputOf } from './pdp/index.ts';
 import type {
   ApprovalRequirement,
   HistoryQueries,
   KeysPort,
+  PolicyAllow,
   PolicyPort,
   PolicyUser,
   TaskHistory,
@@ -110,8 +112,28 @@ export interface ServiceDeps {
   policies: { current(): PolicyPort };
   audit: AuditLog;
   metrics: BrokerMetrics;
+  /** Decision points behind the templates (docs/policy-engines.md); absent: templates alone. */
+  decisionPoints?: DecisionPoints | undefined;
   /** Epoch milliseconds. */
   now: () => number;
+}
+
+/** One call as the templates and decision points see it. */
+export interface CallRequest {
+  audience: string;
+  tool: string;
+  resource: string;
+  action: Action;
+}
+
+/** A decision point's denial as the agent gets it: like a template denial, naming the engine. */
+export function pdpDenial(v: Extract<PdpVerdict, { allow: false }>, template: string): BrokerError {
+  return new BrokerError(v.code, v.reason, {
+    template,
+    reason: v.reason,
+    engine: v.engine,
+    ...(v.policy !== undefined ? { policy: v.policy } : {}),
+  });
 }
 
 /** The user a task acts for, as templates see it (undefined for autonomous tasks). */
@@ -200,6 +222,52 @@ export class TaskService {
 
   private tokenExp(now: number, ttlSec: number, task: TaskRecord): number {
     return Math.min(now + Math.min(ttlSec, this.d.config.tokens.maxTtl), task.expiresAt);
+  }
+
+  /**
+   * The history lookups for a call: the templates' own, plus the tool's call count when decision
+   * points are configured (their input carries it).
+   */
+  private historyQueriesOf(policy: PolicyPort, req: CallRequest): HistoryQueries {
+    const q = policy.historyQueries(req);
+    if (!this.d.decisionPoints?.configured || q.counts.includes(req.tool)) return q;
+    return { ...q, counts: [...q.counts, req.tool] };
+  }
+
+  /**
+   * Asks the decision points a call allowed by the templates needs (the global one and those the
+   * allowing templates name). Templates stay the ceiling: this only ever takes an allow away.
+   */
+  private async askDecisionPoints(
+    agent: string,
+    task: TaskRecord,
+    req: CallRequest & { arguments?: Record<string, unknown> | undefined },
+    allow: PolicyAllow,
+    history: TaskHistory,
+    approval?: ApprovalClaim | undefined,
+  ): Promise<PdpVerdict> {
+    const dps = this.d.decisionPoints;
+    const names = dps?.needed(allow.decisionPoints ?? []) ?? [];
+    if (!dps || names.length === 0) return { allow: true, asked: [] };
+    let callsOfTool: number | undefined;
+    try {
+      callsOfTool = 0;
+      for (const n of history.callCounts(req.tool).values()) callsOfTool += n;
+    } catch {
+      callsOfTool = undefined;
+    }
+    const input = pdpInputOf({
+      agent,
+      user: taskUser(task),
+      task,
+      call: req,
+      templates: allow.template.split(' '),
+      callsOfTool,
+      arguments: allow.bindArguments ? req.arguments : undefined,
+      approval: approval ? { id: approval.id, approver: approval.approver } : undefined,
+      now: this.d.now(),
+    });
+    return dps.decide(names, input);
   }
 
   /**
@@ -335,12 +403,7 @@ export class TaskService {
     if (!grammar.ok) throw new BrokerError('TASKPASS_INVALID_RESOURCE', grammar.reason);
     const digest = this.boundDigest(req);
     const policy = this.d.policies.current();
-    const queries = policy.historyQueries({
-      audience: req.audience,
-      tool: req.tool,
-      action: req.action,
-      resource: req.resource,
-    });
+    const queries = this.historyQueriesOf(policy, req);
     const base = {
       agent: agent.id,
       user: task.sub,
@@ -398,6 +461,20 @@ export class TaskService {
         approval?.approver && approval.decidedAt !== undefined
           ? { id: approval.id, approver: approval.approver, approved_at: approval.decidedAt }
           : undefined;
+      // Past the templates (and a person, when one had to approve), the decision points behind them.
+      const pdp = await this.askDecisionPoints(agent.id, task, req, decision, history, claim);
+      if (!pdp.allow) {
+        this.d.metrics.decisions.inc({ result: 'deny', reason: pdp.code });
+        this.d.audit.record({
+          event: 'token.denied',
+          ...base,
+          template: decision.template,
+          code: pdp.code,
+          reason: pdp.reason,
+          engine: pdp.engine,
+        });
+        throw pdpDenial(pdp, decision.template);
+      }
       const now = this.nowSec();
       const exp = this.tokenExp(now, decision.ttlSec, task);
       const detail: AuthorizationDetail = {
@@ -491,6 +568,59 @@ export class TaskService {
         detail,
       };
     }
+  }
+
+  /**
+   * Decides a call as issuance would — templates, the task's workflow state, the decision points
+   * behind them — without minting, recording or asking anyone to approve (Taskpass as an AuthZEN
+   * PDP, routes/authzen.ts). A call that needs a person's approval is not allowed here: only the
+   * token request asks for it.
+   */
+  async evaluateCall(
+    agent: string,
+    taskId: string,
+    req: CallRequest & { arguments?: Record<string, unknown> | undefined },
+  ): Promise<{ allow: true } | { allow: false; code: string; reason: string; engine?: string | undefined }> {
+    const task = await this.d.store.getTask(taskId);
+    if (!task || task.agent !== agent) {
+      return { allow: false, code: 'TASKPASS_TASK_NOT_FOUND', reason: `no task ${taskId} of ${agent}` };
+    }
+    if (task.status !== 'open') {
+      return { allow: false, code: 'TASKPASS_TASK_CLOSED', reason: `task ${taskId} is ${task.status}` };
+    }
+    if (task.expiresAt <= this.nowSec()) {
+      return { allow: false, code: 'TASKPASS_TASK_EXPIRED', reason: `task ${taskId} has expired` };
+    }
+    const grammar = checkResource(req.resource);
+    if (!grammar.ok) return { allow: false, code: 'TASKPASS_INVALID_RESOURCE', reason: grammar.reason };
+    let digest: string | undefined;
+    try {
+      digest = this.boundDigest(req);
+    } catch (e) {
+      return { allow: false, code: (e as BrokerError).code, reason: (e as Error).message };
+    }
+    const policy = this.d.policies.current();
+    const history = await loadHistory(this.d.store, task.id, this.historyQueriesOf(policy, req));
+    const decision = policy.decide({
+      agent,
+      user: taskUser(task),
+      ...req,
+      history,
+      taskAgeSec: this.nowSec() - task.createdAt,
+      argsSha256: digest,
+    });
+    if (!decision.allow) return { allow: false, code: decision.code, reason: decision.reason };
+    if (decision.approval) {
+      return {
+        allow: false,
+        code: 'TASKPASS_APPROVAL_REQUIRED',
+        reason: `a person must approve this call first (template ${decision.approval.template}); its token request asks`,
+      };
+    }
+    const pdp = await this.askDecisionPoints(agent, task, req, decision, history);
+    return pdp.allow
+      ? { allow: true }
+      : { allow: false, code: pdp.code, reason: pdp.reason, engine: pdp.engine };
   }
 
   /** Mints a session token (permits no tool call) for an audience in the task's ceiling. */

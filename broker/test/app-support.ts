@@ -489,6 +489,8 @@ export async function testBroker<S extends Store = MemoryStore>(
     audit?: Parameters<typeof buildApp>[0]['audit'];
     /** Adds to the fake authenticator (e.g. a `svidHealth` for readiness tests). */
     identity?: Omit<Parameters<typeof buildApp>[0]['identity'], 'agentAuth'>;
+    /** Decision points behind the templates (docs/policy-engines.md). */
+    decisionPoints?: AppDeps['decisionPoints'];
   } = {},
 ): Promise<TestBroker<S>> {
   const user = await userIssuer();
@@ -523,6 +525,7 @@ export async function testBroker<S extends Store = MemoryStore>(
     policies: { current: () => policy },
     identity: { agentAuth: fakeAuth(), ...opts.identity },
     ...(opts.audit ? { audit: opts.audit } : {}),
+    ...(opts.decisionPoints ? { decisionPoints: opts.decisionPoints } : {}),
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
     hub,
     logger: pino({ level: 'silent' }),

@@ -37,6 +37,8 @@ export interface Idp {
     sub: string;
     email?: string;
     groups?: string[];
+    /** The user's region (the ticket desk's Rego and Cedar rules compare it with the ticket's). */
+    region?: string;
     audience: string;
     ttlSec?: number;
   }): Promise<string>;
@@ -232,8 +234,13 @@ export async function startIdp(
     issuer,
     jwksUri: `${base}/jwks.json`,
     discoveryUrl: `${base}/.well-known/openid-configuration`,
-    async idToken({ sub, email, groups, audience, ttlSec = 600 }) {
-      return sign({ ...(email ? { email } : {}), ...(groups ? { groups } : {}) }, sub, audience, ttlSec);
+    async idToken({ sub, email, groups, region, audience, ttlSec = 600 }) {
+      const claims = {
+        ...(email ? { email } : {}),
+        ...(groups ? { groups } : {}),
+        ...(region ? { region } : {}),
+      };
+      return sign(claims, sub, audience, ttlSec);
     },
     registerClient({ clientId, redirectUris }) {
       const set = clients.get(clientId) ?? new Set<string>();

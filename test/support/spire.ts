@@ -191,7 +191,8 @@ export async function resolveSpireBin(binDir?: string): Promise<string> {
   return dir;
 }
 
-function freePort(): Promise<number> {
+/** A free TCP port on 127.0.0.1 (closed again before it is returned). */
+export function freePort(): Promise<number> {
   return new Promise((res, rej) => {
     const srv = createServer();
     srv.unref();

@@ -2,7 +2,6 @@
 // stay the ceiling — a decision point is only ever asked about a call a template already allows, and
 // can only take it away. Every engine sees the same input, shaped after the AuthZEN 1.0 evaluation
 // request (subject, action, resource, context); docs/policy-engines.md writes the mapping down.
-
 import type { Action } from '@taskpass/contract';
 
 /** What every decision point is asked: one call, in AuthZEN 1.0's four parts. */
@@ -54,7 +53,14 @@ export interface PdpInput {
  * be reused for identical input while `version` is unchanged.
  */
 export type PdpDecision =
-  | { allow: true; engine: string; policy?: string | undefined; cacheable?: boolean | undefined }
+  | {
+      allow: true;
+      engine: string;
+      policy?: string | undefined;
+      cacheable?: boolean | undefined;
+      /** How long the engine said this answer may be reused (with `cacheable`); default 60 s. */
+      cacheTtlSec?: number | undefined;
+    }
   | {
       allow: false;
       code: 'TASKPASS_PDP_DENIED' | 'TASKPASS_PDP_UNAVAILABLE';

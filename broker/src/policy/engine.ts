@@ -126,6 +126,14 @@ export interface Allow {
   bindArguments: boolean;
   /** Set when a person must approve this call first: the allowing rules that ask for it. */
   approval?: ApprovalRequirement | undefined;
+  /** The decision points the allowing templates name (sorted, distinct); every one must allow too. */
+  decisionPoints?: readonly string[];
+}
+
+/** `{ decisionPoints }` naming those of `templates` (sorted, distinct), or nothing when none does. */
+function decisionPointsOf(templates: readonly Template[]): { decisionPoints?: string[] } {
+  const names = [...new Set(templates.flatMap((t) => (t.decisionPoint ? [t.decisionPoint] : [])))].sort();
+  return names.length ? { decisionPoints: names } : {};
 }
 
 /** The ids named by a decision's or a recorded call's `template` (space-separated). */
@@ -326,6 +334,7 @@ export class PolicySet implements PolicyPort {
         singleUse: allowing.some((a) => a.singleUse),
         bindArguments,
         ...(approval ? { approval } : {}),
+        ...decisionPointsOf(allowing.map((a) => a.t.def)),
       };
     }
     if (!best) {

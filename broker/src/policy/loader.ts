@@ -132,7 +132,10 @@ function positionOf(
  * dot-files are ignored). Duplicate template ids across files, and `requires` naming a tool that no
  * template allows on the same audience, are errors. Never throws.
  */
-export async function loadPolicyDir(dir: string): Promise<LoadResult> {
+export async function loadPolicyDir(
+  dir: string,
+  opts: { decisionPoints?: readonly string[] | undefined } = {},
+): Promise<LoadResult> {
   let names: string[];
   try {
     names = (await readdir(dir)).filter((n) => !n.startsWith('.') && /\.ya?ml$/.test(n)).sort();
@@ -213,6 +216,18 @@ export async function loadPolicyDir(dir: string): Promise<LoadResult> {
       }
     }
   }
+  // A decision point the configuration does not define could never be asked: refuse the set.
+  if (opts.decisionPoints) {
+    const known = new Set(opts.decisionPoints);
+    for (const { template, at } of all) {
+      if (template.decisionPoint !== undefined && !known.has(template.decisionPoint)) {
+        errors.push({
+          ...at(['decision_point']),
+          message: `no decision point is named "${template.decisionPoint}" in the broker configuration (decisionPoints: ${[...known].join(', ') || 'none'})`,
+        });
+      }
+    }
+  }
   if (errors.length) return { ok: false, errors, files };
   const byId = new Map(all.map((a) => [a.template.id, a]));
   const set = PolicySet.from(
@@ -238,6 +253,8 @@ export interface PolicyWatcherOptions {
   watch?: boolean;
   /** Called after every reload attempt (also emitted as 'reloaded' / 'rejected'). */
   onReload?: (r: ReloadReport) => void;
+  /** The configured decision point names; a template naming another is an error. */
+  decisionPoints?: readonly string[];
 }
 
 /** Outcome of one reload attempt. */
@@ -331,7 +348,7 @@ export class PolicyWatcher extends EventEmitter {
   }
 
   private async doReload(): Promise<ReloadReport> {
-    const r = await loadPolicyDir(this.dir);
+    const r = await loadPolicyDir(this.dir, { decisionPoints: this.opts.decisionPoints });
     let report: ReloadReport;
     if (r.ok) {
       this.set = r.set;

@@ -205,6 +205,11 @@ export const TemplateSchema = z
     ttl: duration(MAX_TOKEN_TTL_SEC).default(60),
     max_task_ttl: duration(MAX_TASK_TTL_SEC).default(900),
     tools: z.array(ToolSchema).min(1, 'list at least one tool'),
+    /** A decision point (broker config `decisionPoints`) that must also allow this template's calls. */
+    decision_point: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'a decision point name from the broker configuration')
+      .optional(),
   })
   .superRefine((t, ctx) => {
     if (t.delegation === 'forbidden') {
@@ -271,6 +276,7 @@ export const TemplateSchema = z
       ttlSec: t.ttl,
       maxTaskTtlSec: t.max_task_ttl,
       tools: t.tools,
+      decisionPoint: t.decision_point,
     }),
   );
 
@@ -357,6 +363,8 @@ export interface Template {
   ttlSec: number;
   maxTaskTtlSec: number;
   tools: TemplateTool[];
+  /** The decision point that must also allow the calls this template allows (docs/policy-engines.md). */
+  decisionPoint?: string | undefined;
 }
 
 /** The YAML shape accepted by {@link TemplateSchema} (snake_case, durations as strings). */

@@ -82,6 +82,8 @@ const OAUTH_OF: Partial<Record<BrokerErrorCode, [string, number]>> = {
   TASKPASS_STORE_UNAVAILABLE: ['temporarily_unavailable', 503],
   TASKPASS_ARGUMENTS_REQUIRED: ['invalid_authorization_details', 400],
   TASKPASS_ARGUMENTS_MISMATCH: ['invalid_authorization_details', 400],
+  TASKPASS_PDP_DENIED: ['invalid_authorization_details', 400],
+  TASKPASS_PDP_UNAVAILABLE: ['invalid_authorization_details', 400],
   // A person must decide first. The device grant's error codes (RFC 8628 §3.5) say exactly this to
   // a polling client: pending (ask again later), denied, expired; approval_id / approval_url /
   // expires_at are extension members (RFC 6749 §5.2 allows them).

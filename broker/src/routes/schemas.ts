@@ -17,6 +17,9 @@ export const ErrorBody = {
     message: str,
     template: str,
     reason: str,
+    // TASKPASS_PDP_DENIED / _UNAVAILABLE: the decision point that said no (docs/policy-engines.md)
+    engine: str,
+    policy: str,
     issues: {
       type: 'array',
       items: { type: 'object', properties: { path: str, message: str } },
