@@ -49,7 +49,7 @@ export {
 } from './key-wrap.ts';
 export { SigningKeys, type SigningKeysOptions } from './keys.ts';
 export { type BrokerMetrics, createMetrics } from './metrics.ts';
-export { type MintInput, mintToken } from './mint.ts';
+export { type MintInput, mintToken, mintTokenWith, type TokenSigningKey } from './mint.ts';
 export type {
   ApprovalRequirement,
   ApproverCheck,

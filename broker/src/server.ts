@@ -16,9 +16,9 @@ import { pinPeerIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
 import { keyWrapperFromConfig } from './key-wrap.ts';
-import { SigningKeys } from './keys.ts';
 import { PolicyWatcher } from './policy/index.ts';
 import { RevocationHub } from './revocation-hub.ts';
+import { openSigner } from './signer.ts';
 import { createStore } from './store/index.ts';
 import { createUserTokenVerifier } from './user-tokens.ts';
 import { createWorkloadAuthenticator } from './workload-auth.ts';
@@ -81,24 +81,14 @@ async function start(
   trustDomains: readonly string[],
   opened: (() => Promise<void> | void)[],
 ): Promise<RunningBroker> {
-  // Before the store is touched: no KEK and no explicit plaintext opt-in refuses to start.
-  const wrapper = keyWrapperFromConfig(config.keys);
-  if (wrapper.protection === 'plaintext') {
-    logger.warn(
-      'signing keys are stored UNENCRYPTED (keys.allowPlaintext: true); anyone who can read the store can sign tokens',
-    );
-  }
+  // The local signer needs its KEK before the store is touched (keyWrapperFromConfig throws early).
+  if (config.signing.kind === 'local') keyWrapperFromConfig(config.keys);
   const store = createStore(config.store, { logger, decisionRetentionSec: config.audit.retention });
   opened.push(() => store.close());
   await store.init();
-  const keys = await SigningKeys.open(store, {
-    wrapper,
-    rotateEverySec: config.keys.rotateEvery,
-    prepublishSec: config.keys.prepublish,
-    maxTokenTtlSec: config.tokens.maxTtl,
-    logger,
-  });
-  opened.push(() => keys.close?.());
+  const signer = await openSigner(config, store, logger);
+  opened.push(...signer.closers);
+  const keys = signer.keys;
   const policies = new PolicyWatcher(config.policiesDir, { logger });
   opened.push(() => policies.close());
   await policies.start();
