@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The whole test suite: type-check, lint, build the packages, build (or reuse) SPIRE, then every
+// The whole test suite: type-check, lint, build the packages, build (or reuse) SPIRE and Vault, then every
 // *.test.ts with Node's test runner. Integration tests (*.spire.test.ts, *.e2e.test.ts) start real
 // SPIRE, Redis-backed tests use 127.0.0.1:6379; none of them is skipped.
 //
@@ -12,6 +12,7 @@ import { availableParallelism } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureSpire } from './build-spire.mjs';
+import { ensureVault } from './build-vault.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -53,6 +54,12 @@ if (files.some(isIntegration)) {
   process.stderr.write('\n== SPIRE binaries\n');
   process.env.TASKPASS_SPIRE_BIN = await ensureSpire();
   process.stderr.write(`using ${process.env.TASKPASS_SPIRE_BIN}\n`);
+}
+// Tests that start a real Vault server (test/support/vault-server.ts) get it built or reused first.
+if (files.some((f) => /vault/.test(f) && isIntegration(f))) {
+  process.stderr.write('\n== Vault binary\n');
+  process.env.TASKPASS_VAULT_BIN = await ensureVault();
+  process.stderr.write(`using ${process.env.TASKPASS_VAULT_BIN}\n`);
 }
 
 process.stderr.write(`\n== node --test (${files.length} files)\n`);

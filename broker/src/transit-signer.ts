@@ -293,7 +293,8 @@ export class TransitSigner {
     const out: Version[] = [];
     for (const [k, v] of Object.entries(raw)) {
       const version = Number(k);
-      const createdAt = Math.floor(Date.parse(v.creation_time ?? '') / 1000);
+      // Rounded up: a version is never taken as older than it is (publish-before-sign holds).
+      const createdAt = Math.ceil(Date.parse(v.creation_time ?? '') / 1000);
       if (!Number.isInteger(version) || !v.public_key || !Number.isFinite(createdAt)) {
         throw new Error(`vault transit key ${this.#o.key} version ${k} has no public key or creation time`);
       }
