@@ -9,6 +9,7 @@ import { runIssuance } from './issuance.ts';
 import { startBenchEnv } from './lib/env.ts';
 import { fmtMs, fmtRate, table } from './lib/stats.ts';
 import { runRevocation } from './revocation.ts';
+import { runTransit } from './transit.ts';
 import { soakMain } from './soak.ts';
 import { runVerification } from './verification.ts';
 
@@ -119,6 +120,16 @@ async function main(): Promise<void> {
           'info',
         ]);
       }
+    }
+    if (want('transit')) {
+      console.log(
+        '\n[5] signing — call tokens minted by Vault Transit vs the local signer (64 concurrent mints)',
+      );
+      const r = await runTransit({ ms: quick ? 2000 : 5000, concurrency: 64 });
+      console.log(
+        `  local ${fmtRate(r.localRate)}, Vault Transit ${fmtRate(r.transitRate)} (mean batch_input ${r.meanBatch.toFixed(1)} signatures)`,
+      );
+      rows.push(['Transit signing ÷ local signing (throughput)', '—', `${r.ratio.toFixed(3)}`, 'info']);
     }
   } finally {
     await env.close();

@@ -294,12 +294,12 @@ export const ConfigSchema = z
             /** Transit key name (created as ecdsa-p256 when missing). */
             key: z
               .string()
-              .regex(/^[\w.-]+$/)
+              .regex(/^[\w-][\w.-]*$/)
               .default('taskpass'),
             /** Transit mount. */
             mount: z
               .string()
-              .regex(/^[\w.\-/]+$/)
+              .regex(/^[\w-]+(\/[\w-]+)*$/)
               .default('transit'),
             /** Most signatures in one `batch_input` request. */
             maxBatch: z.number().int().min(1).max(1000).default(64),

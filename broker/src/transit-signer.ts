@@ -111,7 +111,7 @@ export class TransitSigner {
     if (o.prepublishSec >= o.rotateEverySec) {
       throw new RangeError('TransitSigner: prepublishSec must be shorter than rotateEverySec');
     }
-    if (!/^[\w.-]+$/.test(o.key) || !/^[\w.\-/]+$/.test(o.mount ?? 'transit')) {
+    if (!/^[\w-][\w.-]*$/.test(o.key) || !/^[\w-]+(\/[\w-]+)*$/.test(o.mount ?? 'transit')) {
       throw new RangeError('TransitSigner: key and mount must be plain Vault path segments');
     }
     this.#vault = vault;

@@ -90,6 +90,11 @@ function statusOf(err: unknown): number | undefined {
   return typeof r?.statusCode === 'number' ? r.statusCode : undefined;
 }
 
+function isStaleConnection(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === 'ECONNRESET' || code === 'EPIPE' || /socket hang up/i.test((err as Error).message ?? '');
+}
+
 /** Maps a node-vault failure onto the two kinds callers tell apart. Messages carry no secrets. */
 function classify(err: unknown, what: string): Error {
   const status = statusOf(err);
@@ -188,6 +193,14 @@ export class VaultClient {
     try {
       return (await fn()) ?? {};
     } catch (err) {
+      // A kept-alive connection that Vault closed (restart, idle timeout): once more on a new one.
+      if (isStaleConnection(err)) {
+        try {
+          return (await fn()) ?? {};
+        } catch (again) {
+          throw classify(again, what);
+        }
+      }
       // 403 with a token that has expired or was revoked: log in again, once.
       if (statusOf(err) === 403 && this.#opts.auth.method !== 'token') {
         await this.#login();
