@@ -39,9 +39,9 @@ describe('Vault Transit signer (real Vault, real SPIRE)', () => {
     resource: 'tickets/T-1002',
     action: 'read',
   });
-  /** A token for a read, and the ticket desk's answer to the call made with it. */
+  /** A fresh token for a read (not the plugin's cache), and the ticket desk's answer to the call made with it. */
   const readCall = async () => {
-    const t = await task.token(readReq());
+    const t = await broker.callToken(task.id, readReq());
     const r = await rawToolCall(asAgent, stack.urls.mcp, t.accessToken, 'get_ticket', {
       ticket_id: 'T-1002',
     });
@@ -97,7 +97,7 @@ describe('Vault Transit signer (real Vault, real SPIRE)', () => {
   test('Vault sealed: issuance refused with TASKPASS_SIGNER_UNAVAILABLE (503); unsealed: issued again', async () => {
     await vault.seal();
     try {
-      await assert.rejects(task.token(readReq()), refusedBySigner);
+      await assert.rejects(broker.callToken(task.id, readReq()), refusedBySigner);
     } finally {
       await vault.unseal();
     }
@@ -108,7 +108,7 @@ describe('Vault Transit signer (real Vault, real SPIRE)', () => {
   test('Vault down: issuance refused; back up: issued again', async () => {
     await vault.kill();
     try {
-      await assert.rejects(task.token(readReq()), refusedBySigner);
+      await assert.rejects(broker.callToken(task.id, readReq()), refusedBySigner);
     } finally {
       await vault.restart();
     }
@@ -151,7 +151,7 @@ describe('Vault Transit signer (real Vault, real SPIRE)', () => {
         cached = { jwks: signer.jwks(), at: Date.now() };
       const iat = Math.floor(Date.now() / 1000);
       const batch = await Promise.all(
-        Array.from({ length: 5 }, () =>
+        Array.from({ length: 20 }, () =>
           mintTokenWith(signer.current(), {
             issuer: 'https://broker.test',
             sub: 'alice',

@@ -284,7 +284,8 @@ async function start(
       await consoleApp?.close();
       await app.close();
       await policies.close();
-      await keys.close?.();
+      // The signer, and for Transit its Vault client and JWT source, in reverse order of opening.
+      for (const c of [...signer.closers].reverse()) await c();
       await x509.close();
       await bundles.close();
       await store.close();

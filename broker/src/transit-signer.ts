@@ -293,8 +293,10 @@ export class TransitSigner {
     const out: Version[] = [];
     for (const [k, v] of Object.entries(raw)) {
       const version = Number(k);
-      // Rounded up: a version is never taken as older than it is (publish-before-sign holds).
-      const createdAt = Math.ceil(Date.parse(v.creation_time ?? '') / 1000);
+      const createdMs = Date.parse(v.creation_time ?? '');
+      // A successor is rounded up (never taken as older than it is: publish-before-sign holds);
+      // the first version down (nothing was published before it, it must sign at once).
+      const createdAt = Number(k) === first ? Math.floor(createdMs / 1000) : Math.ceil(createdMs / 1000);
       if (!Number.isInteger(version) || !v.public_key || !Number.isFinite(createdAt)) {
         throw new Error(`vault transit key ${this.#o.key} version ${k} has no public key or creation time`);
       }

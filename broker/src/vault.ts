@@ -127,6 +127,7 @@ export class VaultClient {
   #timer: NodeJS.Timeout | undefined;
   #loggingIn: Promise<void> | undefined;
   #closed = false;
+  readonly #agents: [HttpAgent, HttpsAgent];
   /** The token's expiry (epoch ms), when known. */
   #expiresAt = Number.POSITIVE_INFINITY;
 
@@ -141,14 +142,15 @@ export class VaultClient {
       ...(opts.tls?.ca ? { ca: opts.tls.ca } : {}),
       ...(tls ? { cert: tls.cert, key: tls.key } : {}),
     };
+    this.#agents = [new HttpAgent({ keepAlive: true }), new HttpsAgent(agentOptions)];
     this.#vault = nodeVault({
       endpoint: opts.address.replace(/\/+$/, ''),
       ...(opts.namespace ? { namespace: opts.namespace } : {}),
       ...(opts.auth.method === 'token' ? { token: opts.auth.token } : {}),
       requestOptions: {
         timeout,
-        httpAgent: new HttpAgent({ keepAlive: true }),
-        httpsAgent: new HttpsAgent(agentOptions),
+        httpAgent: this.#agents[0],
+        httpsAgent: this.#agents[1],
         agentOptions,
       },
     });
@@ -185,6 +187,8 @@ export class VaultClient {
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#vault.token = '';
+    // Kept-alive sockets would otherwise hold the process open.
+    for (const a of this.#agents) a.destroy();
   }
 
   async #call(what: string, fn: () => Promise<VaultResponse>): Promise<VaultResponse> {

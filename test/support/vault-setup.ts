@@ -22,7 +22,7 @@ async function jwtBundlePems(spire: SpireHarness): Promise<string[]> {
   return set.keys
     .filter((k) => k.use === 'jwt-svid')
     .map((k) => {
-      const { use: _u, ...jwk } = k;
+      const { use: _u, kid: _k, ...jwk } = k as JsonWebKey & { use?: string; kid?: string };
       return createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString();
     });
 }
