@@ -12,6 +12,7 @@ import { startBenchEnv } from './lib/env.ts';
 import { fmtMs, fmtRate, table } from './lib/stats.ts';
 import { runRevocation } from './revocation.ts';
 import { runScale } from './scale.ts';
+import { runTransit } from './transit.ts';
 import { soakMain } from './soak.ts';
 import { formatSpireBench, runSpireBench } from './spire.ts';
 import { runVerification } from './verification.ts';
@@ -148,6 +149,16 @@ async function main(): Promise<void> {
         verdict(r.callToken.p50 < r.jwtSvidNewAudience.p50 && r.errors === 0),
       ]);
       if (r.errors) info.push(`next to SPIRE: ${r.errors} failed requests`);
+    }
+    if (want('transit')) {
+      console.log(
+        '\n[11] signing — call tokens minted by Vault Transit vs the local signer (64 concurrent mints)',
+      );
+      const r = await runTransit({ ms: quick ? 2000 : 5000, concurrency: 64 });
+      console.log(
+        `  local ${fmtRate(r.localRate)}, Vault Transit ${fmtRate(r.transitRate)} (mean batch_input ${r.meanBatch.toFixed(1)} signatures)`,
+      );
+      rows.push(['Transit signing ÷ local signing (throughput)', '—', `${r.ratio.toFixed(3)}`, 'info']);
     }
   } finally {
     await env.close();

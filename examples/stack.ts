@@ -96,6 +96,11 @@ export interface StackOptions {
   onSpire?: (spire: SpireHarness) => void;
   /** A test context: `stop()` is registered with its `after`. */
   t?: { after(fn: () => unknown): void };
+  /**
+   * More broker configuration, made once SPIRE runs (e.g. `signing` and `vault` for a Vault that
+   * trusts SPIRE's JWT bundle); merged over the stack's own at the top level.
+   */
+  brokerConfig?: (spire: SpireHarness) => Promise<Record<string, unknown>>;
 }
 
 /** Durations of start-up phases, ms. */
@@ -316,6 +321,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         // test's own Redis prefix); replicas started from brokerConfig share it.
         keys: { kek: generateKek('demo') },
         logLevel: opts.brokerLogLevel ?? 'info',
+        ...(opts.brokerConfig ? await opts.brokerConfig(spire) : {}),
       },
       'stack broker configuration',
     );

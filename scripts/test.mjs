@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// The whole test suite: type-check, lint, build the packages, build (or reuse) SPIRE and OPA, then
-// every *.test.ts with Node's test runner. Integration tests (*.spire.test.ts, *.e2e.test.ts) start
-// real SPIRE, *.opa.test.ts (and any test using test/support/opa.ts) a real OPA, Redis-backed tests
-// use 127.0.0.1:6379; none of them is skipped.
+// The whole test suite: type-check, lint, build the packages, build (or reuse) SPIRE, OPA and Vault,
+// then every *.test.ts with Node's test runner. Integration tests (*.spire.test.ts, *.e2e.test.ts)
+// start real SPIRE, *.opa.test.ts (and any test using test/support/opa.ts) a real OPA, the Vault
+// e2e tests a real Vault; Redis-backed tests use 127.0.0.1:6379; none of them is skipped.
 //
 //   npm test                 everything
 //   npm test -- --unit       only unit tests (no SPIRE)
@@ -14,6 +14,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureOpa } from './build-opa.mjs';
 import { ensureSpire } from './build-spire.mjs';
+import { ensureVault } from './build-vault.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -57,6 +58,12 @@ if (files.some((f) => isIntegration(f) && !/\.opa\.test\.ts$/.test(f))) {
   process.stderr.write('\n== SPIRE binaries\n');
   process.env.TASKPASS_SPIRE_BIN = await ensureSpire();
   process.stderr.write(`using ${process.env.TASKPASS_SPIRE_BIN}\n`);
+}
+// Tests that start a real Vault server (test/support/vault-server.ts) get it built or reused first.
+if (files.some((f) => /vault/.test(f) && isIntegration(f))) {
+  process.stderr.write('\n== Vault binary\n');
+  process.env.TASKPASS_VAULT_BIN = await ensureVault();
+  process.stderr.write(`using ${process.env.TASKPASS_VAULT_BIN}\n`);
 }
 
 if (!process.env.TASKPASS_OPA_BIN && files.some(needsOpa)) {

@@ -357,6 +357,73 @@ export const ConfigSchema = z
       .refine((k) => !(k.allowPlaintext && (k.kek !== undefined || k.kekFile !== undefined)), {
         message: 'keys.allowPlaintext contradicts a configured KEK (keys.kek / keys.kekFile)',
       }),
+    /**
+     * Who signs tokens. `local`: the broker's own keys in its store (wrapped under `keys.kek`).
+     * `vault-transit`: a Vault Transit key (ecdsa-p256) that never leaves Vault (docs/vault.md);
+     * `keys.rotateEvery` / `keys.prepublish` still set the schedule, and `vault` must be configured.
+     */
+    signing: z
+      .discriminatedUnion('kind', [
+        z.object({ kind: z.literal('local') }).strict(),
+        z
+          .object({
+            kind: z.literal('vault-transit'),
+            /** Transit key name (created as ecdsa-p256 when missing). */
+            key: z
+              .string()
+              .regex(/^[\w-][\w.-]*$/)
+              .default('taskpass'),
+            /** Transit mount. */
+            mount: z
+              .string()
+              .regex(/^[\w-]+(\/[\w-]+)*$/)
+              .default('transit'),
+            /** Most signatures in one `batch_input` request. */
+            maxBatch: z.number().int().min(1).max(1000).default(64),
+            /** Signatures waiting at most; more are refused (TASKPASS_SIGNER_UNAVAILABLE). */
+            maxQueue: z.number().int().min(1).max(100_000).default(1024),
+          })
+          .strict(),
+      ])
+      .prefault({ kind: 'local' }),
+    /** HashiCorp Vault / OpenBao (docs/vault.md): the Transit signer and leased downstream credentials. */
+    vault: z
+      .object({
+        address: z.string().url(),
+        auth: z.discriminatedUnion('method', [
+          z
+            .object({
+              /** Vault's JWT auth method with the broker's JWT-SVID (role bound to its SPIFFE ID). */
+              method: z.literal('jwt'),
+              role: z.string().min(1),
+              mount: z.string().min(1).default('jwt'),
+              /** Audience of the JWT-SVID (the role's `bound_audiences`). */
+              audience: z.string().min(1).default('vault'),
+            })
+            .strict(),
+          z
+            .object({
+              /** TLS cert auth with the broker's X.509-SVID. */
+              method: z.literal('cert'),
+              name: z.string().min(1).optional(),
+              mount: z.string().min(1).default('cert'),
+            })
+            .strict(),
+          z
+            .object({
+              /** Development only: a static token. */
+              method: z.literal('token'),
+              token: z.string().min(1),
+            })
+            .strict(),
+        ]),
+        /** CA certificate file (PEM) of Vault's TLS listener. */
+        caFile: z.string().min(1).optional(),
+        namespace: z.string().min(1).optional(),
+        timeoutMs: z.number().int().min(100).max(60_000).default(5000),
+      })
+      .strict()
+      .optional(),
     feed: z
       .object({
         heartbeatMs: z.number().int().min(100).default(5000),
@@ -448,6 +515,10 @@ export const ConfigSchema = z
   .refine((c) => c.keys.prepublish < c.keys.rotateEvery, {
     message: 'keys.prepublish must be shorter than keys.rotateEvery',
     path: ['keys', 'prepublish'],
+  })
+  .refine((c) => c.signing.kind !== 'vault-transit' || c.vault !== undefined, {
+    message: 'signing.kind vault-transit needs the vault section (address, auth)',
+    path: ['vault'],
   })
   .superRefine((c, ctx) => {
     // A verifier holding a JWKS fetched just before a key was published would meet tokens of that

@@ -169,6 +169,11 @@ export const BROKER_ERRORS = {
     status: 415,
     description: 'The request body has a content type this route does not accept.',
   },
+  TASKPASS_SIGNER_UNAVAILABLE: {
+    status: 503,
+    description:
+      'The Vault Transit signer could not sign (Vault unreachable, sealed or refusing, or its signing queue is full); no token was issued, and a retry is safe. Answered with `Retry-After: 1`.',
+  },
   TASKPASS_STORE_UNAVAILABLE: {
     status: 503,
     description:

@@ -48,8 +48,17 @@ export {
   parseKekRing,
 } from './key-wrap.ts';
 export { SigningKeys, type SigningKeysOptions } from './keys.ts';
+export { TransitSigner, type TransitSignerOptions, type VaultPort } from './transit-signer.ts';
+export {
+  type VaultAuth,
+  VaultClient,
+  type VaultClientOptions,
+  VaultRequestError,
+  type VaultResponse,
+  VaultUnavailableError,
+} from './vault.ts';
 export { type BrokerMetrics, createMetrics } from './metrics.ts';
-export { type MintInput, mintToken } from './mint.ts';
+export { type MintInput, mintToken, mintTokenWith, type TokenSigningKey } from './mint.ts';
 export type {
   ApprovalRequirement,
   ApproverCheck,

@@ -70,18 +70,50 @@ export function buildClaims(input: MintInput, jti: string): CallTokenClaims {
   return claims;
 }
 
-/** Signs a call/session token. Throws if exp is not after iat (never mint a dead or eternal token). */
-export function mintToken(input: MintInput): { token: string; jti: string; claims: CallTokenClaims } {
+/** A key that signs in-process, or a signer elsewhere (Vault Transit) that answers a JWS signature. */
+export type TokenSigningKey =
+  | { kid: string; privateKey: KeyObject | webcrypto.CryptoKey; sign?: undefined }
+  | {
+      kid: string;
+      privateKey?: undefined;
+      /** The ES256 JWS signature (IEEE P1363 r||s) of `signingInput`. */
+      sign(signingInput: Buffer): Promise<Buffer>;
+    };
+
+function prepare(input: Omit<MintInput, 'privateKey'>): {
+  signingInput: string;
+  jti: string;
+  claims: CallTokenClaims;
+} {
   if (!(Number.isInteger(input.iat) && Number.isInteger(input.exp) && input.exp > input.iat)) {
     throw new Error('mintToken: exp must be an integer after iat');
   }
   const jti = newJti();
-  const claims = buildClaims(input, jti);
+  const claims = buildClaims(input as MintInput, jti);
   const header = b64(JSON.stringify({ alg: 'ES256', typ: ACCESS_TOKEN_TYPE, kid: input.kid }));
-  const signingInput = `${header}.${b64(JSON.stringify(claims))}`;
+  return { signingInput: `${header}.${b64(JSON.stringify(claims))}`, jti, claims };
+}
+
+/** Signs a call/session token. Throws if exp is not after iat (never mint a dead or eternal token). */
+export function mintToken(input: MintInput): { token: string; jti: string; claims: CallTokenClaims } {
+  const { signingInput, jti, claims } = prepare(input);
   const sig = sign('sha256', Buffer.from(signingInput), {
     key: toKeyObject(input.privateKey),
     dsaEncoding: 'ieee-p1363',
   });
+  return { token: `${signingInput}.${sig.toString('base64url')}`, jti, claims };
+}
+
+/**
+ * Signs with whichever key signs now: in-process (synchronous underneath) or remote (Vault
+ * Transit). The same claims and header either way.
+ */
+export async function mintTokenWith(
+  key: TokenSigningKey,
+  input: Omit<MintInput, 'kid' | 'privateKey'>,
+): Promise<{ token: string; jti: string; claims: CallTokenClaims }> {
+  if (key.privateKey) return mintToken({ ...input, kid: key.kid, privateKey: key.privateKey });
+  const { signingInput, jti, claims } = prepare({ ...input, kid: key.kid });
+  const sig = await key.sign(Buffer.from(signingInput));
   return { token: `${signingInput}.${sig.toString('base64url')}`, jti, claims };
 }

@@ -138,11 +138,9 @@ export interface PolicyPort {
 
 /** What the broker needs from the signing keys. */
 export interface KeysPort {
-  current(): {
-    kid: string;
-    privateKey: import('node:crypto').webcrypto.CryptoKey | import('node:crypto').KeyObject;
-  };
+  /** The key that signs now: in-process, or a remote signer (Vault Transit). */
+  current(): import('./mint.ts').TokenSigningKey;
   jwks(): { keys: Record<string, unknown>[] } | Promise<{ keys: Record<string, unknown>[] }>;
   /** How the private keys are kept in the store; reported on /readyz. */
-  readonly protection?: 'encrypted' | 'plaintext';
+  readonly protection?: 'encrypted' | 'plaintext' | 'vault-transit';
 }

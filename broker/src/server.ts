@@ -16,10 +16,10 @@ import { pinPeerIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
 import { keyWrapperFromConfig } from './key-wrap.ts';
-import { SigningKeys } from './keys.ts';
 import { DecisionPoints } from './pdp/index.ts';
 import { PolicyWatcher } from './policy/index.ts';
 import { RevocationHub } from './revocation-hub.ts';
+import { openSigner } from './signer.ts';
 import { createStore } from './store/index.ts';
 import { createUserTokenVerifier } from './user-tokens.ts';
 import { createWorkloadAuthenticator } from './workload-auth.ts';
@@ -82,24 +82,14 @@ async function start(
   trustDomains: readonly string[],
   opened: (() => Promise<void> | void)[],
 ): Promise<RunningBroker> {
-  // Before the store is touched: no KEK and no explicit plaintext opt-in refuses to start.
-  const wrapper = keyWrapperFromConfig(config.keys);
-  if (wrapper.protection === 'plaintext') {
-    logger.warn(
-      'signing keys are stored UNENCRYPTED (keys.allowPlaintext: true); anyone who can read the store can sign tokens',
-    );
-  }
+  // The local signer needs its KEK before the store is touched (keyWrapperFromConfig throws early).
+  if (config.signing.kind === 'local') keyWrapperFromConfig(config.keys);
   const store = createStore(config.store, { logger, decisionRetentionSec: config.audit.retention });
   opened.push(() => store.close());
   await store.init();
-  const keys = await SigningKeys.open(store, {
-    wrapper,
-    rotateEverySec: config.keys.rotateEvery,
-    prepublishSec: config.keys.prepublish,
-    maxTokenTtlSec: config.tokens.maxTtl,
-    logger,
-  });
-  opened.push(() => keys.close?.());
+  const signer = await openSigner(config, store, logger);
+  opened.push(...signer.closers);
+  const keys = signer.keys;
   const decisionPoints = await DecisionPoints.fromConfig(config, { logger });
   opened.push(() => decisionPoints.close());
   const policies = new PolicyWatcher(config.policiesDir, { logger, decisionPoints: decisionPoints.names() });
@@ -298,7 +288,8 @@ async function start(
       await consoleApp?.close();
       await app.close();
       await policies.close();
-      await keys.close?.();
+      // The signer, and for Transit its Vault client and JWT source, in reverse order of opening.
+      for (const c of [...signer.closers].reverse()) await c();
       await x509.close();
       await bundles.close();
       await store.close();

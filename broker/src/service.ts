@@ -18,7 +18,7 @@ import type { WorkloadIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
-import { mintToken } from './mint.ts';
+import { mintTokenWith } from './mint.ts';
 import { type DecisionPoints, type PdpVerdict, pdpInputOf } from './pdp/index.ts';
 import type {
   ApprovalRequirement,
@@ -486,10 +486,8 @@ export class TaskService {
         ...(claim ? { approval: claim } : {}),
       };
       const key = this.d.keys.current();
-      const { token, jti } = mintToken({
+      const { token, jti } = await mintTokenWith(key, {
         issuer: this.d.config.issuer,
-        kid: key.kid,
-        privateKey: key.privateKey,
         sub: task.sub,
         agent: agent.id,
         audience: req.audience,
@@ -644,10 +642,8 @@ export class TaskService {
     const exp = this.tokenExp(now, s.ttlSec || this.d.config.tokens.defaultTtl, task);
     const detail: AuthorizationDetail = { type: 'mcp_session' };
     const key = this.d.keys.current();
-    const { token, jti } = mintToken({
+    const { token, jti } = await mintTokenWith(key, {
       issuer: this.d.config.issuer,
-      kid: key.kid,
-      privateKey: key.privateKey,
       sub: task.sub,
       agent: agent.id,
       audience,

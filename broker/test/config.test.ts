@@ -291,3 +291,38 @@ test('approvals: a distinct audience for approver tokens, and an approval URL te
     'apr',
   );
 });
+
+test('signing: local by default; vault-transit needs the vault section, with defaults for key and mount', () => {
+  assert.deepEqual(parseConfig(minimal).signing, { kind: 'local' });
+  assert.throws(
+    () => parseConfig({ ...minimal, signing: { kind: 'vault-transit' } }),
+    (e: unknown) =>
+      e instanceof BrokerError && e.code === 'TASKPASS_CONFIG_INVALID' && /vault/.test(e.message),
+  );
+  const c = parseConfig({
+    ...minimal,
+    signing: { kind: 'vault-transit' },
+    vault: { address: 'https://vault.test:8200', auth: { method: 'jwt', role: 'taskpass-broker' } },
+  });
+  assert.deepEqual(c.signing, {
+    kind: 'vault-transit',
+    key: 'taskpass',
+    mount: 'transit',
+    maxBatch: 64,
+    maxQueue: 1024,
+  });
+  assert.deepEqual(c.vault?.auth, {
+    method: 'jwt',
+    role: 'taskpass-broker',
+    mount: 'jwt',
+    audience: 'vault',
+  });
+  // A key name that is not one Vault path segment is refused.
+  assert.throws(() =>
+    parseConfig({
+      ...minimal,
+      signing: { kind: 'vault-transit', key: '../sys' },
+      vault: { address: 'https://vault.test:8200', auth: { method: 'token', token: 't' } },
+    }),
+  );
+});

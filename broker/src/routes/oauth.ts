@@ -80,6 +80,7 @@ const OAUTH_OF: Partial<Record<BrokerErrorCode, [string, number]>> = {
   TASKPASS_RATE_LIMITED: ['slow_down', 429],
   TASKPASS_RATE_LIMIT_UNAVAILABLE: ['temporarily_unavailable', 503],
   TASKPASS_STORE_UNAVAILABLE: ['temporarily_unavailable', 503],
+  TASKPASS_SIGNER_UNAVAILABLE: ['temporarily_unavailable', 503],
   TASKPASS_ARGUMENTS_REQUIRED: ['invalid_authorization_details', 400],
   TASKPASS_ARGUMENTS_MISMATCH: ['invalid_authorization_details', 400],
   TASKPASS_PDP_DENIED: ['invalid_authorization_details', 400],
