@@ -27,7 +27,12 @@ export interface CliIo {
 const USAGE = `usage:
   taskpass serve [--config <file>]
   taskpass policy validate <dir> [--strict]   (--strict: overlap warnings fail too)
-  taskpass policy test <dir>
+  taskpass policy test <dir>                  the templates' allow/deny fixtures (<dir>/fixtures)
+  taskpass policy test <dir> --engine cedar [--schema <file>]
+  taskpass policy test <dir> --engine opa [--opa-url <url>] [--opa-path <rule>]
+                                                 a decision point's fixtures (<dir>/fixtures/*.yaml)
+                                                 against Cedar (the .cedar files of <dir>) or a
+                                                 running OPA serving <dir>'s Rego
   taskpass tasks list [--broker <url>] [--status <status>] [--agent <id>]
   taskpass tasks revoke <task-id> [--broker <url>] [--reason <text>]
   taskpass token decode <jwt>
@@ -199,6 +204,10 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
         to: { type: 'string' },
         json: { type: 'boolean' },
         strict: { type: 'boolean' },
+        engine: { type: 'string' },
+        schema: { type: 'string' },
+        'opa-url': { type: 'string' },
+        'opa-path': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -315,6 +324,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
         );
         return values.strict && r.set.warnings.length ? 1 : 0;
       }
+      if (values.engine !== undefined) return await engineFixtures(arg, values, io);
       const result = await policy.runFixtures(arg);
       for (const f of result.failures) io.err(`FAIL ${f.file}: ${f.message}`);
       io.out(`${result.passed} passed, ${result.failures.length} failed`);
@@ -440,4 +450,61 @@ if (isMain && /cli\.(ts|js)$/.test(process.argv[1] ?? '')) {
   runCli(process.argv.slice(2)).then((code) => {
     if (code >= 0) process.exitCode = code;
   });
+}
+
+/**
+ * `taskpass policy test <dir> --engine cedar|opa`: a decision point's fixtures (docs/policy-engines.md
+ * "Fixtures") against the engine itself — Cedar loaded from `<dir>` in this process, or the OPA server
+ * at `--opa-url` that serves `<dir>`'s Rego — so a policy change is checked the way the broker will
+ * ask it.
+ */
+async function engineFixtures(
+  dir: string,
+  values: { engine?: string; schema?: string; 'opa-url'?: string; 'opa-path'?: string },
+  io: CliIo,
+): Promise<number> {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const { parsePdpFixtures, runPdpFixtures } = await import('./pdp/fixtures.ts');
+  const fixturesDir = join(dir, 'fixtures');
+  const files = (await readdir(fixturesDir).catch(() => [] as string[]))
+    .filter((f) => /\.ya?ml$/.test(f))
+    .sort();
+  if (files.length === 0) throw new UsageError(`no fixture files (*.yaml) in ${fixturesDir}`);
+  let dp: import('./pdp/types.ts').DecisionPoint;
+  if (values.engine === 'cedar') {
+    const { createCedarDecisionPoint } = await import('./pdp/cedar.ts');
+    dp = await createCedarDecisionPoint({
+      name: 'cedar',
+      policies: dir,
+      schema: values.schema,
+      watch: false,
+    });
+  } else if (values.engine === 'opa') {
+    const { createOpaDecisionPoint } = await import('./pdp/opa.ts');
+    dp = createOpaDecisionPoint({
+      name: 'opa',
+      kind: 'opa',
+      url: values['opa-url'] ?? 'http://127.0.0.1:8181',
+      path: values['opa-path'] ?? 'taskpass/ticket_desk/decision',
+      timeoutMs: 2000,
+    });
+  } else {
+    throw new UsageError(`--engine must be cedar or opa, not ${values.engine}`);
+  }
+  let passed = 0;
+  let failed = 0;
+  try {
+    for (const f of files) {
+      const cases = parsePdpFixtures(await readFile(join(fixturesDir, f), 'utf8'));
+      const failures = await runPdpFixtures(dp, cases);
+      for (const m of failures) io.err(`FAIL ${f}: ${m}`);
+      failed += failures.length;
+      passed += cases.length - failures.length;
+    }
+  } finally {
+    await dp.close();
+  }
+  io.out(`${values.engine}: ${passed} passed, ${failed} failed`);
+  return failed === 0 ? 0 : 1;
 }

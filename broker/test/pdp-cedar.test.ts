@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { Action } from '@taskpass/contract';
 import type { BrokerError } from '../src/errors.ts';
 import { type CedarReloadReport, createCedarDecisionPoint } from '../src/pdp/cedar.ts';
+import { runCli } from '../src/cli.ts';
 import { fixtureInput, parsePdpFixtures, runPdpFixtures } from '../src/pdp/fixtures.ts';
 import type { PdpInput } from '../src/pdp/types.ts';
 
@@ -348,6 +349,15 @@ when {
     assert.ok(cases.length >= 10);
     assert.deepEqual(await runPdpFixtures(dp, cases), []);
     await dp.close();
+    // The same fixtures through the admin CLI, as a policy author runs them.
+    const out: string[] = [];
+    const err: string[] = [];
+    const code = await runCli(
+      ['policy', 'test', dir, '--engine', 'cedar', '--schema', join(dir, 'tickets.cedarschema')],
+      { out: (s) => out.push(s), err: (s) => err.push(s), env: {} },
+    );
+    assert.equal(code, 0, err.join('\n'));
+    assert.deepEqual(out, [`cedar: ${cases.length} passed, 0 failed`]);
   });
 
   test('a long stateful run (thousands of decisions, reloads in between) exits cleanly', async () => {

@@ -213,3 +213,42 @@ test("ticket desk (Rego): refunds only for the user's own region, no writes outs
     await opa.putData('ticket_desk/business_hours', { start: 8, end: 18 });
   }
 });
+
+test('taskpass policy test --engine opa runs the Rego fixtures against the real OPA, and fails on a wrong expectation', async () => {
+  const { runCli } = await import('../src/cli.ts');
+  const { cp, mkdtemp, readFile, writeFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const run = async (dir: string) => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const code = await runCli(['policy', 'test', dir, '--engine', 'opa', '--opa-url', opa.url], {
+      out: (s) => out.push(s),
+      err: (s) => err.push(s),
+      env: {},
+    });
+    return { code, out: out.join('\n'), err: err.join('\n') };
+  };
+  const ok = await run(TICKET_DESK_REGO);
+  assert.equal(ok.code, 0, ok.err);
+  assert.match(ok.out, /^opa: 7 passed, 0 failed$/);
+
+  // A fixture that expects the opposite of what the policy says fails, naming the case and why.
+  const dir = await mkdtemp(join(tmpdir(), 'taskpass-rego-'));
+  await cp(TICKET_DESK_REGO, dir, { recursive: true });
+  const file = join(dir, 'fixtures', 'tickets.yaml');
+  const text = await readFile(file, 'utf8');
+  await writeFile(
+    file,
+    text.replace(/resource: tickets\/T-1003\n(.*\n){1}.*expect: deny/, (m) =>
+      m.replace('expect: deny', 'expect: allow'),
+    ),
+  );
+  const bad = await run(dir);
+  assert.equal(bad.code, 1);
+  assert.match(
+    bad.err,
+    /FAIL tickets\.yaml: a refund on a ticket of another region: expected allow, got TASKPASS_PDP_DENIED \(.*own region/,
+  );
+  assert.match(bad.out, /^opa: 6 passed, 1 failed$/);
+});
