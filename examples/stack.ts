@@ -8,7 +8,7 @@
 // All processes of this host run as one uid, so every workload matches `unix:uid:<uid>` and gets
 // all three SVIDs: each component picks its own by entry hint. Entry IDs are ordered so the
 // broker's SVID also comes first, i.e. is the default one.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -71,9 +71,10 @@ export interface StackOptions {
   policiesDir?: string;
   /**
    * `opa`: a real OPA (built from tools/opa) with the ticket desk's Rego (policies/rego) behind
-   * every template (config `decisionPoint`), open around the clock. Default: templates alone.
+   * every template (config `decisionPoint`), open around the clock. `cedar`: the same rules in
+   * Cedar (policies/cedar, evaluated in the broker), open around the clock. Default: templates alone.
    */
-  engine?: 'templates' | 'opa';
+  engine?: 'templates' | 'opa' | 'cedar';
   /** The agent's SPIFFE ID. Default spiffe://taskpass.local/agents/support/triage-bot. */
   agentId?: string;
   /** Broker log level; logs go to `broker.log` in the stack's temporary directory. Default `info`. */
@@ -164,6 +165,31 @@ const since = (t: number) => Math.round(performance.now() - t);
 
 /** The console's OIDC client id at the demo IdP. */
 export const CONSOLE_CLIENT_ID = 'taskpass-console';
+
+/** The ticket desk's Cedar rules (policies/cedar). */
+export const TICKET_DESK_CEDAR = join(dirname(fileURLToPath(import.meta.url)), '..', 'policies', 'cedar');
+
+/**
+ * A copy of the ticket desk's Cedar rules in `dir` whose business hours cover the whole week, so
+ * the demo's writes are allowed at any hour (as the OPA stack sets its hours in OPA's data).
+ */
+async function openAroundTheClock(dir: string): Promise<string> {
+  await cp(TICKET_DESK_CEDAR, dir, { recursive: true });
+  const file = join(dir, 'tickets.cedar');
+  const rules = await readFile(file, 'utf8');
+  const edits: [string, string][] = [
+    ['context.weekday <= 5', 'context.weekday <= 7'],
+    ['duration("8h")', 'duration("0h")'],
+    ['duration("18h")', 'duration("24h")'],
+  ];
+  let open = rules;
+  for (const [from, to] of edits) {
+    if (!open.includes(from)) throw new Error(`policies/cedar/tickets.cedar no longer says ${from}`);
+    open = open.replace(from, to);
+  }
+  await writeFile(file, open);
+  return dir;
+}
 
 /** A free loopback port (the console's public URL must be known before the broker starts). */
 async function freePort(): Promise<number> {
@@ -258,6 +284,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       await opa.putData('ticket_desk/business_hours', { start: 0, end: 24 });
       progress(`OPA with the ticket desk's Rego on ${opa.url} in ${since(t)} ms`);
     }
+    const cedarDir = opts.engine === 'cedar' ? await openAroundTheClock(join(dir, 'cedar')) : undefined;
     const decisionPoints = opa
       ? {
           decisionPoints: [
@@ -265,7 +292,19 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           ],
           decisionPoint: 'ticket-desk',
         }
-      : {};
+      : cedarDir
+        ? {
+            decisionPoints: [
+              {
+                name: 'ticket-desk',
+                kind: 'cedar',
+                policies: cedarDir,
+                schema: join(cedarDir, 'tickets.cedarschema'),
+              },
+            ],
+            decisionPoint: 'ticket-desk',
+          }
+        : {};
 
     t = performance.now();
     const logFile = join(dir, 'broker.log');
