@@ -125,7 +125,7 @@ export async function runPdpBench(o: { calls: number; log?: (l: string) => void 
 
 export async function pdpMain(argv: readonly string[]): Promise<void> {
   const { values } = parseArgs({ args: [...argv], options: { calls: { type: 'string', default: '2000' } } });
-  console.log('[8] decision cost per engine — templates alone vs templates + a decision point');
+  console.log('[10] decision cost per engine — templates alone vs templates + a decision point');
   const rows = await runPdpBench({ calls: Number(values.calls), log: (l) => console.log(l) });
   console.log(table(rows));
 }
