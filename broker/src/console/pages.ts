@@ -91,7 +91,8 @@ function chart(perMinute: readonly { at: number; counts: Record<string, number> 
       const hd = Math.round((b.denied / max) * H);
       return html`<rect x="${b.x * bw}" y="${H - hi - hd}" width="${bw - 1}" height="${hi}"><title>${b.issued} issued</title></rect><rect class="denied" x="${b.x * bw}" y="${H - hd}" width="${bw - 1}" height="${hd}"><title>${b.denied} denied</title></rect>`;
     });
-  return html`<svg class="chart" role="img" aria-label="tokens issued and denied per minute, last hour" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}">${rects}</svg>`;
+  return html`<figure class="chart"><svg class="chart" role="img" aria-label="tokens issued and denied per minute, last hour" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}"><line class="axis" x1="0" y1="${H - 0.5}" x2="${W}" y2="${H - 0.5}"></line>${rects}</svg>
+<figcaption>Tokens per minute over the last hour (60 min ago → now; the tallest bar is ${max}). Blue: issued, red: denied.</figcaption></figure>`;
 }
 
 function nowPage(n: Json): Html {

@@ -49,7 +49,8 @@ td.allowed, td.live { color: #17692c; } td.denied, td.revoked { color: #a4161a; 
 .error { background: #fde2e2; border: 1px solid #a4161a; padding: .7rem 1rem; }
 .ok { background: #e1f5e6; border: 1px solid #17692c; padding: .7rem 1rem; }
 pre { background: #fff; border: 1px solid #e3e6ea; padding: .5rem; white-space: pre-wrap; word-break: break-all; }
-svg.chart rect { fill: #3a6ea5; } svg.chart rect.denied { fill: #a4161a; }
+svg.chart rect { fill: #3a6ea5; } svg.chart rect.denied { fill: #a4161a; } svg.chart line.axis { stroke: #9ca3af; }
+figure.chart { margin: 0; } figure.chart svg { background: #fff; border: 1px solid #e3e6ea; } figcaption { color: #4b5563; font-size: .85rem; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1.2rem; background: #fff; border: 1px solid #e3e6ea; padding: .7rem 1rem; }
 dt { font-weight: 600; color: #4b5563; } dd { margin: 0; }
 label { display: inline-block; margin: .2rem .8rem .2rem 0; }
