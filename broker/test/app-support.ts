@@ -75,7 +75,7 @@ export class MemoryStore implements Store {
     return structuredClone(due.slice(0, limit));
   }
   async countDueLeases(now: number) {
-    return (await this.dueLeases(now, Number.MAX_SAFE_INTEGER)).length;
+    return [...this.leases.values()].filter((l) => l.dueAt <= now || l.state === 'revoking').length;
   }
   async leaseRevoked(taskId: string, path: string, leaseId: string) {
     const k = leaseKey({ taskId, path });
@@ -83,7 +83,8 @@ export class MemoryStore implements Store {
   }
   async leaseRetry(taskId: string, path: string, leaseId: string, retryAt: number) {
     const l = this.leases.get(leaseKey({ taskId, path }));
-    if (l?.leaseId === leaseId) Object.assign(l, { dueAt: retryAt, attempts: l.attempts + 1 });
+    if (l?.leaseId === leaseId)
+      Object.assign(l, { state: 'revoking', dueAt: retryAt, attempts: l.attempts + 1 });
   }
   async close() {}
   async createTask(t: TaskRecord) {

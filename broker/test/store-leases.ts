@@ -84,10 +84,11 @@ export function leaseContract(name: string, make: MakeStore): void {
       const due = await s.dueLeases(NOW + 100, 10);
       assert.deepEqual(due, [{ ...l, state: 'revoking', dueAt: NOW + 100, attempts: 0 }]);
       assert.equal(await s.countDueLeases(NOW + 100), 1);
-      assert.equal(await s.countDueLeases(NOW + 99), 0);
+      assert.equal(await s.countDueLeases(NOW + 99), 1, 'a lease of an ended task is pending');
 
       await s.leaseRetry(t.id, PATH, l.leaseId, NOW + 130);
       assert.deepEqual(await s.dueLeases(NOW + 129, 10), [], 'backing off');
+      assert.equal(await s.countDueLeases(NOW + 129), 1, 'and still pending');
       assert.equal((await s.dueLeases(NOW + 130, 10))[0]?.attempts, 1);
       await s.leaseRevoked(t.id, PATH, 'some-other-lease');
       assert.equal(await s.countDueLeases(NOW + 130), 1, 'another lease id settles nothing');
@@ -105,11 +106,17 @@ export function leaseContract(name: string, make: MakeStore): void {
       const long = await openTask(s, 200);
       await s.recordLease(lease(long.id), NOW);
       await s.recordLease(lease(short.id), NOW);
-      assert.equal(await s.countDueLeases(NOW + 99), 0);
+      assert.equal(await s.countDueLeases(NOW + 99), 0, 'open tasks: nothing pending before expiry');
+      await s.leaseRetry(short.id, PATH, (await s.getLease(short.id, PATH))!.leaseId, NOW + 100);
+      assert.equal(
+        (await s.getLease(short.id, PATH))?.state,
+        'revoking',
+        'a failed attempt makes it revoking',
+      );
       assert.deepEqual(
         (await s.dueLeases(NOW + 200, 10)).map((l) => [l.taskId, l.state, l.dueAt]),
         [
-          [short.id, 'active', NOW + 100],
+          [short.id, 'revoking', NOW + 100],
           [long.id, 'active', NOW + 200],
         ],
       );

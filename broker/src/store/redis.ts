@@ -34,6 +34,7 @@
 //   P csess:<id>           a console session or sign-in state, JSON (TTL: its expiry)
 //   P lease                hash [task, path] (JSON) -> JSON lease record (no TTL: a record lives until
 //                          Vault confirmed its revocation)     P lease:due  zset [task, path] -> dueAt
+//   P lease:ending         zset [task, path] -> dueAt of the leases `revoking` (a subset of lease:due)
 //   P tlease:<task>        set of the task's lease keys (its end marks them due; TTL: the task's)
 // The approval scripts reach P apr:<id> by ids read inside the script (keys not declared in KEYS):
 // fine on one Redis, one more reason this store is not for Cluster.
@@ -123,7 +124,8 @@ return 1`);
 // KEYS: task, seq, revs, revs:until, revdata, revoked marker
 // ARGV: status, at, reason, channel, id, retention, prefix, approvals channel
 // KEYS also: 7 the task's approval set, 8 the pending zset. The task's pending or approved approvals
-// are cancelled in the same step (returned as the 4th element). 9 tlease:<task>, 10 lease, 11 lease:due:
+// are cancelled in the same step (returned as the 4th element). 9 tlease:<task>, 10 lease, 11 lease:due,
+// 12 lease:ending:
 // the task's Vault leases become due for revocation in the same step.
 const FINISH_TASK = withDeadline(`
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -163,6 +165,7 @@ for _, lk in ipairs(redis.call('SMEMBERS', KEYS[9])) do
     if tonumber(ARGV[2]) < l.dueAt then l.dueAt = tonumber(ARGV[2]) end
     redis.call('HSET', KEYS[10], lk, cjson.encode(l))
     redis.call('ZADD', KEYS[11], l.dueAt, lk)
+    redis.call('ZADD', KEYS[12], l.dueAt, lk)
   end
 end
 return {'ok', tostring(seq), json, cancelled}`);
@@ -189,7 +192,7 @@ redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('EXPIREAT', KEYS[4], exp + tonumber(ARGV[4]))
 return {'ok', j}`);
 
-// KEYS: lease, lease:due. ARGV: lease key, lease id, 'revoked' | 'retry', retryAt
+// KEYS: lease, lease:due, lease:ending. ARGV: lease key, lease id, 'revoked' | 'retry', retryAt
 // Only while the record still holds that lease id (a later lease on the path is left alone).
 const SETTLE_LEASE = withDeadline(`
 local j = redis.call('HGET', KEYS[1], ARGV[1])
@@ -199,11 +202,14 @@ if l.leaseId ~= ARGV[2] then return 0 end
 if ARGV[3] == 'revoked' then
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
 else
+  l.state = 'revoking'
   l.dueAt = tonumber(ARGV[4])
   l.attempts = l.attempts + 1
   redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(l))
   redis.call('ZADD', KEYS[2], l.dueAt, ARGV[1])
+  redis.call('ZADD', KEYS[3], l.dueAt, ARGV[1])
 end
 return 1`);
 
@@ -858,6 +864,7 @@ export class RedisStore implements Store {
         this.#k('tlease', id),
         this.#k('lease'),
         this.#k('lease', 'due'),
+        this.#k('lease', 'ending'),
       ],
       [status, at, reason, this.#channel, id, this.#retention, this.prefix, this.#approvalChannel],
     )) as [string, string?, string?, string[]?];
@@ -1036,8 +1043,19 @@ export class RedisStore implements Store {
     return rows.map(parseLease).filter((l): l is LeaseRecord => l !== undefined);
   }
 
-  countDueLeases(now: number): Promise<number> {
-    return this.#r.zcount(this.#k('lease', 'due'), '-inf', now);
+  async countDueLeases(now: number): Promise<number> {
+    // Due now, plus the `revoking` ones (a subset of the due zset) waiting for a later attempt.
+    const res = await this.#r
+      .multi()
+      .zcount(this.#k('lease', 'due'), '-inf', now)
+      .zcount(this.#k('lease', 'ending'), `(${now}`, '+inf')
+      .exec();
+    let n = 0;
+    for (const [err, count] of res ?? []) {
+      if (err) throw err;
+      n += Number(count);
+    }
+    return n;
   }
 
   async leaseRevoked(taskId: string, path: string, leaseId: string): Promise<void> {
@@ -1057,7 +1075,7 @@ export class RedisStore implements Store {
   ): Promise<unknown> {
     return this.#mutate(
       SETTLE_LEASE,
-      [this.#k('lease'), this.#k('lease', 'due')],
+      [this.#k('lease'), this.#k('lease', 'due'), this.#k('lease', 'ending')],
       [leaseKey({ taskId, path }), leaseId, how, retryAt],
     );
   }

@@ -376,10 +376,10 @@ function prepareStatements(db: Database.Database) {
     ),
     endLeasesOf: p("UPDATE leases SET state = 'revoking', due_at = MIN(due_at, ?) WHERE task_id = ?"),
     dueLeases: p('SELECT * FROM leases WHERE due_at <= ? ORDER BY due_at LIMIT ?'),
-    countDueLeases: p('SELECT COUNT(*) AS n FROM leases WHERE due_at <= ?'),
+    countDueLeases: p("SELECT COUNT(*) AS n FROM leases WHERE due_at <= ? OR state = 'revoking'"),
     deleteLease: p('DELETE FROM leases WHERE task_id = ? AND path = ? AND lease_id = ?'),
     retryLease: p(
-      'UPDATE leases SET due_at = ?, attempts = attempts + 1 WHERE task_id = ? AND path = ? AND lease_id = ?',
+      "UPDATE leases SET state = 'revoking', due_at = ?, attempts = attempts + 1 WHERE task_id = ? AND path = ? AND lease_id = ?",
     ),
     sweepRevocations: p('DELETE FROM revocations WHERE until <= ? LIMIT ?'),
     sweepUsed: p('DELETE FROM used WHERE until <= ? LIMIT ?'),

@@ -259,11 +259,17 @@ export interface Store extends DecisionStore {
   getLease(taskId: string, path: string): Promise<LeaseRecord | undefined>;
   /** Leases due for revocation at `now` (earliest due first, at most `limit`). */
   dueLeases(now: number, limit: number): Promise<LeaseRecord[]>;
-  /** How many leases are due for revocation at `now` (the pending revocations metric). */
+  /**
+   * How many lease revocations are pending at `now` (the metric): leases due, and leases `revoking`
+   * (their task ended, or an attempt failed) that wait for their next attempt.
+   */
   countDueLeases(now: number): Promise<number>;
   /** Vault confirmed the revocation of this lease id: its record is deleted. */
   leaseRevoked(taskId: string, path: string, leaseId: string): Promise<void>;
-  /** A revocation attempt failed: the lease (if it is still this lease id) is due again at `retryAt`. */
+  /**
+   * A revocation attempt failed: the lease (if it is still this lease id) turns `revoking`, with one
+   * more attempt, due again at `retryAt`.
+   */
   leaseRetry(taskId: string, path: string, leaseId: string, retryAt: number): Promise<void>;
 
   /** Appends a durable token revocation (RFC 7009, admin). */
