@@ -51,7 +51,7 @@ export class LeasedCredentials {
       data: secret.data,
       expiresAt: now + secret.ttl,
     };
-    const { recorded } = await store
+    const { recorded, lease } = await store
       .recordLease(
         { taskId: task.id, path, leaseId: secret.leaseId, issuedAt: now, expiresAt: credential.expiresAt },
         now,
@@ -61,9 +61,10 @@ export class LeasedCredentials {
         throw e;
       });
     if (!recorded) {
-      // A concurrent request (or the task's end) came first: this lease is nobody's.
+      // A concurrent request, or the task's end, came first: this lease is nobody's.
       await this.#revokeUnrecorded(credential);
-      throw alreadyIssued(path);
+      if (lease && lease.state === 'active') throw alreadyIssued(path);
+      throw new BrokerError('TASKPASS_TASK_CLOSED', `task ${task.id} ended while its credential was leased`);
     }
     this.#o.audit?.record({
       event: 'lease.issued',
