@@ -60,7 +60,12 @@ describe('Vault leases on a task (real Vault, real PostgreSQL)', () => {
   };
   const credentials = () => new LeasedCredentials({ store, vault: client });
   const revoker = () => new LeaseRevoker({ store, revoke: (id) => client.revokeLease(id) });
-  const username = (c: LeasedCredential) => String(c.data.username);
+  const created = new Set<string>();
+  const username = (c: LeasedCredential) => {
+    const name = String(c.data.username);
+    created.add(name);
+    return name;
+  };
 
   before(async () => {
     await sql(`CREATE ROLE ${admin} WITH LOGIN CREATEROLE PASSWORD 'unused'`);
@@ -95,11 +100,8 @@ describe('Vault leases on a task (real Vault, real PostgreSQL)', () => {
     await store?.close();
     await vault?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
-    // Users Vault created and did not drop (a failed test) go with their creator's objects.
-    const left = await sql<{ rolname: string }>(
-      "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-token-%'",
-    );
-    for (const { rolname } of left) await sql(`DROP ROLE IF EXISTS "${rolname}"`).catch(() => {});
+    // Users Vault created for this run and did not drop (a failed test); the database is shared.
+    for (const name of created) await sql(`DROP ROLE IF EXISTS "${name}"`).catch(() => {});
     await sql(`DROP ROLE IF EXISTS ${admin}`);
   });
 
