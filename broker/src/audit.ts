@@ -25,7 +25,10 @@ export type AuditEventKind =
   | 'approval.decided'
   | 'approval.refused'
   | 'approval.used'
-  | 'approval.cancelled';
+  | 'approval.cancelled'
+  | 'lease.issued'
+  | 'lease.revoked'
+  | 'lease.revoke_failed';
 
 /** One audit record. Only these fields are written (the logger is given nothing else). */
 export interface AuditEvent {
@@ -55,6 +58,12 @@ export interface AuditEvent {
   args_sha256?: string | undefined;
   /** The decision point that denied a call (`opa/<name>`, `cedar/<name>`, `authzen/<name>`). */
   engine?: string | undefined;
+  /** A Vault secret path leased to a task (`database/creds/ticket-desk`). */
+  path?: string | undefined;
+  /** The Vault lease id (an identifier, not the secret: the secret is never recorded). */
+  lease?: string | undefined;
+  /** Failed revocation attempts of a lease so far. */
+  attempts?: number | undefined;
 }
 
 /** Writes audit records. */
@@ -93,6 +102,9 @@ export const AUDIT_FIELDS: readonly (keyof AuditEvent)[] = [
   'approver',
   'decision',
   'args_sha256',
+  'path',
+  'lease',
+  'attempts',
 ];
 
 /**

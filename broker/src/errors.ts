@@ -174,6 +174,16 @@ export const BROKER_ERRORS = {
     description:
       'The Vault Transit signer could not sign (Vault unreachable, sealed or refusing, or its signing queue is full); no token was issued, and a retry is safe. Answered with `Retry-After: 1`.',
   },
+  TASKPASS_CREDENTIAL_ALREADY_ISSUED: {
+    status: 409,
+    description:
+      'The task already holds a live lease on this Vault path; its secret was handed out once (to be cached by the MCP server until the lease ends) and is never stored or returned again.',
+  },
+  TASKPASS_CREDENTIAL_UNAVAILABLE: {
+    status: 503,
+    description:
+      'Vault could not lease the secret (unreachable, sealed or refusing), or not for at most the time the task has left; nothing was handed out, and a retry is safe.',
+  },
   TASKPASS_STORE_UNAVAILABLE: {
     status: 503,
     description:

@@ -50,6 +50,12 @@ export {
 export { SigningKeys, type SigningKeysOptions } from './keys.ts';
 export { TransitSigner, type TransitSignerOptions, type VaultPort } from './transit-signer.ts';
 export {
+  type LeasedCredential,
+  LeasedCredentials,
+  type LeasedCredentialsOptions,
+} from './leased-credentials.ts';
+export { backoffSec, LeaseRevoker, type LeaseRevokerOptions } from './lease-revoker.ts';
+export {
   type VaultAuth,
   VaultClient,
   type VaultClientOptions,

@@ -19,6 +19,8 @@ export interface BrokerMetrics {
   approvalDecisions: Counter<'result'>;
   /** Seconds from request to decision. */
   approvalTimeToDecide: Histogram<'result'>;
+  /** Vault leases due for revocation and not yet confirmed by Vault (set by the LeaseRevoker). */
+  vaultLeasesPending: Gauge<string>;
 }
 
 const SVID_STATES = ['fresh', 'stale', 'expired', 'missing'] as const;
@@ -110,6 +112,11 @@ export function createMetrics(
         const current = health().svid;
         for (const s of SVID_STATES) this.set({ state: s }, s === current ? 1 : 0);
       },
+    }),
+    vaultLeasesPending: new Gauge({
+      name: 'taskpass_vault_leases_pending',
+      help: 'Vault leases of ended or expired tasks whose revocation Vault has not confirmed yet.',
+      registers: [registry],
     }),
   };
 }

@@ -24,6 +24,9 @@ import {
   type DecisionRecord,
   GENESIS_HASH,
   type IssuedCall,
+  type LeaseRecord,
+  leaseKey,
+  type NewLease,
   type Store,
   type StoredSigningKey,
   type TaskRecord,
@@ -50,7 +53,39 @@ export class MemoryStore implements Store {
   keys: StoredSigningKey[] = [];
   listeners = new Set<(r: Revocation) => void>();
   failWrites = false;
+  leases = new Map<string, LeaseRecord>();
   async init() {}
+  async recordLease(l: NewLease, now: number) {
+    const t = this.tasks.get(l.taskId);
+    if (!t) throw new Error('no task');
+    const existing = this.leases.get(leaseKey(l));
+    if (t.status !== 'open' || t.expiresAt <= now || (existing && existing.expiresAt > now)) {
+      return { recorded: false, lease: existing && structuredClone(existing) };
+    }
+    const lease: LeaseRecord = { ...l, state: 'active', dueAt: t.expiresAt, attempts: 0 };
+    this.leases.set(leaseKey(l), lease);
+    return { recorded: true, lease: structuredClone(lease) };
+  }
+  async getLease(taskId: string, path: string) {
+    const l = this.leases.get(leaseKey({ taskId, path }));
+    return l && structuredClone(l);
+  }
+  async dueLeases(now: number, limit: number) {
+    const due = [...this.leases.values()].filter((l) => l.dueAt <= now).sort((a, b) => a.dueAt - b.dueAt);
+    return structuredClone(due.slice(0, limit));
+  }
+  async countDueLeases(now: number) {
+    return [...this.leases.values()].filter((l) => l.dueAt <= now || l.state === 'revoking').length;
+  }
+  async leaseRevoked(taskId: string, path: string, leaseId: string) {
+    const k = leaseKey({ taskId, path });
+    if (this.leases.get(k)?.leaseId === leaseId) this.leases.delete(k);
+  }
+  async leaseRetry(taskId: string, path: string, leaseId: string, retryAt: number) {
+    const l = this.leases.get(leaseKey({ taskId, path }));
+    if (l?.leaseId === leaseId)
+      Object.assign(l, { state: 'revoking', dueAt: retryAt, attempts: l.attempts + 1 });
+  }
   async close() {}
   async createTask(t: TaskRecord) {
     if (this.failWrites) throw new Error('disk full');
@@ -89,6 +124,9 @@ export class MemoryStore implements Store {
       }
     }
     for (const a of cancelledApprovals) this.approvalChanged(a);
+    for (const l of this.leases.values()) {
+      if (l.taskId === id) Object.assign(l, { state: 'revoking', dueAt: Math.min(l.dueAt, at) });
+    }
     return {
       task: structuredClone(t),
       revocation: this.push({ kind: 'task', id, until: t.expiresAt, reason }),

@@ -72,6 +72,26 @@ describe('template schema and defaults', () => {
     one(GOOD.replace('tools:', 'ttl: 2h\ntools:'), 'ttl', /exceeds/);
     one(GOOD.replace('tools:', 'ttl: 20m\nmax_task_ttl: 10m\ntools:'), 'ttl', /must not exceed max_task_ttl/);
   });
+  test('vault_secret: a plain Vault path, absent by default', () => {
+    const withSecret = (path: string) =>
+      GOOD.replace(
+        '    resources: ["items/*"]\n  - tool: put',
+        `    resources: ["items/*"]\n    vault_secret: ${path}\n  - tool: put`,
+      );
+    const r = parsePolicyText(withSecret('database/creds/ticket-desk'), 'f.yaml');
+    assert.ok(r.ok);
+    assert.equal(r.templates[0]!.tools[0]!.vaultSecret, 'database/creds/ticket-desk');
+    assert.equal(r.templates[0]!.tools[1]!.vaultSecret, undefined);
+    for (const bad of [
+      'database',
+      'database/../sys/raw',
+      '/database/creds/x',
+      'database/creds/x?y',
+      'a/./b',
+    ]) {
+      one(withSecret(JSON.stringify(bad)), 'tools[0].vault_secret', /Vault path/);
+    }
+  });
   test('strict: unknown keys are errors, with their path', () => {
     one(GOOD.replace('tools:', 'colour: blue\ntools:'), '', /colour/);
     one(

@@ -9,6 +9,7 @@ import { SqliteStore } from '../src/store/sqlite.ts';
 import { append } from './decision-chain.ts';
 import { approvalContract } from './store-approvals.ts';
 import { type MakeStore, storeContract } from './store-contract.ts';
+import { leaseContract } from './store-leases.ts';
 
 const memory: MakeStore = async () => {
   const store = new SqliteStore({ path: ':memory:' });
@@ -17,6 +18,7 @@ const memory: MakeStore = async () => {
 };
 storeContract('sqlite :memory:', memory);
 approvalContract('sqlite :memory:', memory);
+leaseContract('sqlite :memory:', memory);
 
 function tempDir(): { dir: string; [Symbol.dispose](): void } {
   const dir = mkdtempSync(join(tmpdir(), 'taskpass-store-'));
@@ -39,7 +41,7 @@ test('sqlite file: WAL journal, parent directories created, schema version recor
       2,
       'a new file is INCREMENTAL from its first table',
     );
-    assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 4);
+    assert.equal((db.prepare('SELECT version FROM schema_version').get() as { version: number }).version, 5);
   } finally {
     db.close();
   }
@@ -143,7 +145,7 @@ test('sqlite: upgrading a version-1 file backfills the workflow lookups from the
   // Back to what version 1 had: no lookup tables, and calls in the issued log only.
   const db = new Database(path);
   db.exec(
-    'DROP TABLE issued_counts; DROP TABLE issued_prior; DROP TABLE approvals; DROP TABLE approval_calls; DROP TABLE decisions; DROP TABLE decision_chain; DROP TABLE console_sessions; UPDATE schema_version SET version = 1',
+    'DROP TABLE issued_counts; DROP TABLE issued_prior; DROP TABLE approvals; DROP TABLE approval_calls; DROP TABLE decisions; DROP TABLE decision_chain; DROP TABLE console_sessions; DROP TABLE leases; UPDATE schema_version SET version = 1',
   );
   const ins = db.prepare(
     `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)

@@ -8,6 +8,7 @@ import type { Revocation } from '@taskpass/contract';
 import { REVOCATION_GRACE_SEC } from '../src/store/types.ts';
 import { approvalContract } from './store-approvals.ts';
 import { type MakeStore, storeContract } from './store-contract.ts';
+import { leaseContract } from './store-leases.ts';
 
 import { admin, dropPrefix, URL } from './redis-support.ts';
 
@@ -27,6 +28,7 @@ const fresh: MakeStore = async () => {
 };
 storeContract('redis', fresh);
 approvalContract('redis', fresh);
+leaseContract('redis', fresh);
 
 // Two replicas on one Redis: one approval per call, one decision, seen by both.
 approvalContract('redis, two replicas', async () => {

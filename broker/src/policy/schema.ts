@@ -152,6 +152,15 @@ const ApprovalSchema = z
     }),
   );
 
+/** A Vault path to read a leased secret from (`database/creds/ticket-desk`): plain segments only. */
+const vaultPath = z
+  .string()
+  .max(256)
+  .regex(
+    /^(?!.*(?:^|\/)\.{1,2}(?:\/|$))[A-Za-z0-9_-][A-Za-z0-9._-]*(?:\/[A-Za-z0-9._-]+)+$/,
+    'a Vault path of two or more segments of [A-Za-z0-9._-] (e.g. database/creds/ticket-desk), no "." or ".."',
+  );
+
 const ToolSchema = z
   .strictObject({
     tool: toolName,
@@ -162,6 +171,7 @@ const ToolSchema = z
     requires: z.array(RequireSchema).default([]),
     bind_arguments: z.boolean().optional(),
     approval: ApprovalSchema.optional(),
+    vault_secret: vaultPath.optional(),
   })
   .superRefine((t, ctx) => {
     if (t.bind_arguments === true && t.action === 'read') {
@@ -190,6 +200,8 @@ const ToolSchema = z
     // An approval is for one exact call: the token must carry the digest of that call's arguments.
     bindArguments: t.bind_arguments === true || t.approval !== undefined,
     approval: t.approval,
+    // The Vault secret the MCP server may get, leased to the task, for this call (docs/vault.md).
+    vaultSecret: t.vault_secret,
   }));
 
 /** One scope template, as written in YAML (before defaults and transforms). */
@@ -306,6 +318,8 @@ export interface TemplateTool {
   bindArguments: boolean;
   /** A person must approve each call (or those `approval.when` selects). */
   approval: ApprovalRule | undefined;
+  /** The Vault path whose leased secret the MCP server may get for this call (docs/vault.md). */
+  vaultSecret: string | undefined;
 }
 
 type Scalar = string | number | boolean;

@@ -32,6 +32,10 @@
 //   P dec:task:<task>      zset seq -> seq: a task's timeline (TTL: the retention)
 //   P dec:cnt:<minute>     hash count key -> records that minute (TTL: the retention)
 //   P csess:<id>           a console session or sign-in state, JSON (TTL: its expiry)
+//   P lease                hash [task, path] (JSON) -> JSON lease record (no TTL: a record lives until
+//                          Vault confirmed its revocation)     P lease:due  zset [task, path] -> dueAt
+//   P lease:ending         zset [task, path] -> dueAt of the leases `revoking` (a subset of lease:due)
+//   P tlease:<task>        set of the task's lease keys (its end marks them due; TTL: the task's)
 // The approval scripts reach P apr:<id> by ids read inside the script (keys not declared in KEYS):
 // fine on one Redis, one more reason this store is not for Cluster.
 //
@@ -58,6 +62,9 @@ import {
   type DecisionRecord,
   GENESIS_HASH,
   type IssuedCall,
+  type LeaseRecord,
+  leaseKey,
+  type NewLease,
   type Store,
   type StoredSigningKey,
   type TaskRecord,
@@ -117,7 +124,9 @@ return 1`);
 // KEYS: task, seq, revs, revs:until, revdata, revoked marker
 // ARGV: status, at, reason, channel, id, retention, prefix, approvals channel
 // KEYS also: 7 the task's approval set, 8 the pending zset. The task's pending or approved approvals
-// are cancelled in the same step (returned as the 4th element).
+// are cancelled in the same step (returned as the 4th element). 9 tlease:<task>, 10 lease, 11 lease:due,
+// 12 lease:ending:
+// the task's Vault leases become due for revocation in the same step.
 const FINISH_TASK = withDeadline(`
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing'} end
@@ -147,7 +156,62 @@ for _, aid in ipairs(redis.call('SMEMBERS', KEYS[7])) do
     cancelled[#cancelled + 1] = aid
   end
 end
+-- The revocation outbox: the task's Vault leases are due for revocation from its end.
+for _, lk in ipairs(redis.call('SMEMBERS', KEYS[9])) do
+  local j = redis.call('HGET', KEYS[10], lk)
+  if j then
+    local l = cjson.decode(j)
+    l.state = 'revoking'
+    if tonumber(ARGV[2]) < l.dueAt then l.dueAt = tonumber(ARGV[2]) end
+    redis.call('HSET', KEYS[10], lk, cjson.encode(l))
+    redis.call('ZADD', KEYS[11], l.dueAt, lk)
+    redis.call('ZADD', KEYS[12], l.dueAt, lk)
+  end
+end
 return {'ok', tostring(seq), json, cancelled}`);
+
+// KEYS: task, lease, lease:due, tlease:<task>
+// ARGV: lease key, the new lease (JSON), now, retention
+const RECORD_LEASE = withDeadline(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing'} end
+local exp = tonumber(redis.call('HGET', KEYS[1], 'expiresAt'))
+local existing = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+if st ~= 'open' or exp <= tonumber(ARGV[3]) then return {'closed', existing} end
+if existing ~= '' and cjson.decode(existing).expiresAt > tonumber(ARGV[3]) then
+  return {'exists', existing}
+end
+local l = cjson.decode(ARGV[2])
+l.state = 'active'
+l.dueAt = exp
+l.attempts = 0
+local j = cjson.encode(l)
+redis.call('HSET', KEYS[2], ARGV[1], j)
+redis.call('ZADD', KEYS[3], exp, ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('EXPIREAT', KEYS[4], exp + tonumber(ARGV[4]))
+return {'ok', j}`);
+
+// KEYS: lease, lease:due, lease:ending. ARGV: lease key, lease id, 'revoked' | 'retry', retryAt
+// Only while the record still holds that lease id (a later lease on the path is left alone).
+const SETTLE_LEASE = withDeadline(`
+local j = redis.call('HGET', KEYS[1], ARGV[1])
+if not j then return 0 end
+local l = cjson.decode(j)
+if l.leaseId ~= ARGV[2] then return 0 end
+if ARGV[3] == 'revoked' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+else
+  l.state = 'revoking'
+  l.dueAt = tonumber(ARGV[4])
+  l.attempts = l.attempts + 1
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(l))
+  redis.call('ZADD', KEYS[2], l.dueAt, ARGV[1])
+  redis.call('ZADD', KEYS[3], l.dueAt, ARGV[1])
+end
+return 1`);
 
 // KEYS: seq, revs, revs:until, revdata, revoked marker
 // ARGV: jti, until, reason, channel, retention
@@ -455,6 +519,21 @@ function taskFromHash(h: Record<string, string>): TaskRecord | undefined {
   if (h.userClaims !== undefined) t.userClaims = JSON.parse(h.userClaims) as Record<string, unknown>;
   if (h.finishedAt !== undefined) t.finishedAt = Number(h.finishedAt);
   return t;
+}
+
+function parseLease(json: string | null | undefined): LeaseRecord | undefined {
+  if (!json) return undefined;
+  const l = JSON.parse(json) as LeaseRecord;
+  return {
+    taskId: l.taskId,
+    path: l.path,
+    leaseId: l.leaseId,
+    issuedAt: l.issuedAt,
+    expiresAt: l.expiresAt,
+    state: l.state,
+    dueAt: l.dueAt,
+    attempts: l.attempts,
+  };
 }
 
 /** {@link Store} on Redis (ioredis), shared by several broker replicas. */
@@ -782,6 +861,10 @@ export class RedisStore implements Store {
         this.#k('revoked', 'task', id),
         this.#k('tapr', id),
         this.#k('apr', 'pending'),
+        this.#k('tlease', id),
+        this.#k('lease'),
+        this.#k('lease', 'due'),
+        this.#k('lease', 'ending'),
       ],
       [status, at, reason, this.#channel, id, this.#retention, this.prefix, this.#approvalChannel],
     )) as [string, string?, string?, string[]?];
@@ -932,6 +1015,69 @@ export class RedisStore implements Store {
 
   async listIssued(taskId: string): Promise<IssuedCall[]> {
     return (await this.#r.lrange(this.#k('issued', taskId), 0, -1)).map((j) => JSON.parse(j) as IssuedCall);
+  }
+
+  // ---- Vault leases and their revocation outbox ----
+
+  async recordLease(
+    l: NewLease,
+    now: number,
+  ): Promise<{ recorded: boolean; lease: LeaseRecord | undefined }> {
+    const res = (await this.#mutate(
+      RECORD_LEASE,
+      [this.#k('task', l.taskId), this.#k('lease'), this.#k('lease', 'due'), this.#k('tlease', l.taskId)],
+      [leaseKey(l), JSON.stringify(l), now, this.#retention],
+    )) as [string, string?];
+    if (res[0] === 'missing') throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${l.taskId}`);
+    return { recorded: res[0] === 'ok', lease: parseLease(res[1]) };
+  }
+
+  async getLease(taskId: string, path: string): Promise<LeaseRecord | undefined> {
+    return parseLease(await this.#r.hget(this.#k('lease'), leaseKey({ taskId, path })));
+  }
+
+  async dueLeases(now: number, limit: number): Promise<LeaseRecord[]> {
+    const keys = await this.#r.zrangebyscore(this.#k('lease', 'due'), '-inf', now, 'LIMIT', 0, limit);
+    if (keys.length === 0) return [];
+    const rows = await this.#r.hmget(this.#k('lease'), ...keys);
+    return rows.map(parseLease).filter((l): l is LeaseRecord => l !== undefined);
+  }
+
+  async countDueLeases(now: number): Promise<number> {
+    // Due now, plus the `revoking` ones (a subset of the due zset) waiting for a later attempt.
+    const res = await this.#r
+      .multi()
+      .zcount(this.#k('lease', 'due'), '-inf', now)
+      .zcount(this.#k('lease', 'ending'), `(${now}`, '+inf')
+      .exec();
+    let n = 0;
+    for (const [err, count] of res ?? []) {
+      if (err) throw err;
+      n += Number(count);
+    }
+    return n;
+  }
+
+  async leaseRevoked(taskId: string, path: string, leaseId: string): Promise<void> {
+    await this.#settleLease(taskId, path, leaseId, 'revoked', 0);
+  }
+
+  async leaseRetry(taskId: string, path: string, leaseId: string, retryAt: number): Promise<void> {
+    await this.#settleLease(taskId, path, leaseId, 'retry', retryAt);
+  }
+
+  #settleLease(
+    taskId: string,
+    path: string,
+    leaseId: string,
+    how: string,
+    retryAt: number,
+  ): Promise<unknown> {
+    return this.#mutate(
+      SETTLE_LEASE,
+      [this.#k('lease'), this.#k('lease', 'due'), this.#k('lease', 'ending')],
+      [leaseKey({ taskId, path }), leaseId, how, retryAt],
+    );
   }
 
   async revokeToken(jti: string, until: number, reason: string): Promise<Revocation> {

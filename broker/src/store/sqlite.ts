@@ -16,6 +16,8 @@ import {
   approvalCallKey,
   type ClosingStatus,
   type IssuedCall,
+  type LeaseRecord,
+  type NewLease,
   type ChainHead,
   type ConsoleSessionRecord,
   type DecisionFilter,
@@ -190,6 +192,22 @@ const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX console_sessions_expires ON console_sessions (expires_at);
   `,
+  // Vault leases held for tasks, and the revocation outbox (docs/vault.md): a row lives until Vault
+  // confirmed its revocation; due_at is when the revoker takes it (task end or expiry, then backoff).
+  `
+  CREATE TABLE leases (
+    task_id    TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    lease_id   TEXT NOT NULL,
+    issued_at  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    due_at     INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_id, path)
+  ) STRICT;
+  CREATE INDEX leases_due ON leases (due_at);
+  `,
 ];
 
 interface TaskRow {
@@ -230,6 +248,30 @@ interface KeyRow {
   created_at: number;
   active_from: number;
   retire_at: number;
+}
+
+interface LeaseRow {
+  task_id: string;
+  path: string;
+  lease_id: string;
+  issued_at: number;
+  expires_at: number;
+  state: LeaseRecord['state'];
+  due_at: number;
+  attempts: number;
+}
+
+function leaseFromRow(r: LeaseRow): LeaseRecord {
+  return {
+    taskId: r.task_id,
+    path: r.path,
+    leaseId: r.lease_id,
+    issuedAt: r.issued_at,
+    expiresAt: r.expires_at,
+    state: r.state,
+    dueAt: r.due_at,
+    attempts: r.attempts,
+  };
 }
 
 function taskFromRow(r: TaskRow): TaskRecord {
@@ -327,6 +369,18 @@ function prepareStatements(db: Database.Database) {
     sweepIssuedCountsOf: p('DELETE FROM issued_counts WHERE task_id = ? LIMIT ?'),
     sweepIssuedPriorOf: p('DELETE FROM issued_prior WHERE task_id = ? LIMIT ?'),
     sweepTask: p('DELETE FROM tasks WHERE id = ?'),
+    getLease: p('SELECT * FROM leases WHERE task_id = ? AND path = ?'),
+    putLease: p(
+      `INSERT OR REPLACE INTO leases (task_id, path, lease_id, issued_at, expires_at, state, due_at, attempts)
+       VALUES (?, ?, ?, ?, ?, 'active', ?, 0)`,
+    ),
+    endLeasesOf: p("UPDATE leases SET state = 'revoking', due_at = MIN(due_at, ?) WHERE task_id = ?"),
+    dueLeases: p('SELECT * FROM leases WHERE due_at <= ? ORDER BY due_at LIMIT ?'),
+    countDueLeases: p("SELECT COUNT(*) AS n FROM leases WHERE due_at <= ? OR state = 'revoking'"),
+    deleteLease: p('DELETE FROM leases WHERE task_id = ? AND path = ? AND lease_id = ?'),
+    retryLease: p(
+      "UPDATE leases SET state = 'revoking', due_at = ?, attempts = attempts + 1 WHERE task_id = ? AND path = ? AND lease_id = ?",
+    ),
     sweepRevocations: p('DELETE FROM revocations WHERE until <= ? LIMIT ?'),
     sweepUsed: p('DELETE FROM used WHERE until <= ? LIMIT ?'),
     freePages: p('PRAGMA freelist_count'),
@@ -622,6 +676,8 @@ export class SqliteStore implements Store {
         const revocation: Revocation = { seq, kind: 'task', id, until: row.expires_at, reason };
         this.#insertRevocation(revocation);
         s.completeTask.run(status, at, seq, id);
+        // The revocation outbox: the task's leases are due for revocation from its end.
+        s.endLeasesOf.run(at, id);
         // Nothing the task asked for may be approved or used once it is closed.
         const cancelled: string[] = [];
         for (const { data } of s.openApprovalsOfTask.all(id) as { data: string }[]) {
@@ -824,6 +880,52 @@ export class SqliteStore implements Store {
         : this.#s.issuedTemplatesOn.all(taskId, tool, resource)
     ) as { template: string }[];
     return new Set(rows.map((r) => r.template));
+  }
+
+  // ---- Vault leases and their revocation outbox ----
+
+  async recordLease(
+    l: NewLease,
+    now: number,
+  ): Promise<{ recorded: boolean; lease: LeaseRecord | undefined }> {
+    this.#commitBatch();
+    const s = this.#s;
+    return this.#conn
+      .transaction(() => {
+        const task = s.getTask.get(l.taskId) as TaskRow | undefined;
+        if (!task) throw new BrokerError('TASKPASS_TASK_NOT_FOUND', `no task ${l.taskId}`);
+        const existing = s.getLease.get(l.taskId, l.path) as LeaseRow | undefined;
+        if (task.status !== 'open' || task.expires_at <= now) {
+          return { recorded: false, lease: existing && leaseFromRow(existing) };
+        }
+        if (existing && existing.expires_at > now) return { recorded: false, lease: leaseFromRow(existing) };
+        s.putLease.run(l.taskId, l.path, l.leaseId, l.issuedAt, l.expiresAt, task.expires_at);
+        return { recorded: true, lease: leaseFromRow(s.getLease.get(l.taskId, l.path) as LeaseRow) };
+      })
+      .immediate();
+  }
+
+  async getLease(taskId: string, path: string): Promise<LeaseRecord | undefined> {
+    const r = this.#s.getLease.get(taskId, path) as LeaseRow | undefined;
+    return r && leaseFromRow(r);
+  }
+
+  async dueLeases(now: number, limit: number): Promise<LeaseRecord[]> {
+    return (this.#s.dueLeases.all(now, limit) as LeaseRow[]).map(leaseFromRow);
+  }
+
+  async countDueLeases(now: number): Promise<number> {
+    return (this.#s.countDueLeases.get(now) as { n: number }).n;
+  }
+
+  async leaseRevoked(taskId: string, path: string, leaseId: string): Promise<void> {
+    this.#commitBatch();
+    this.#s.deleteLease.run(taskId, path, leaseId);
+  }
+
+  async leaseRetry(taskId: string, path: string, leaseId: string, retryAt: number): Promise<void> {
+    this.#commitBatch();
+    this.#s.retryLease.run(retryAt, taskId, path, leaseId);
   }
 
   async revokeToken(jti: string, until: number, reason: string): Promise<Revocation> {

@@ -42,6 +42,37 @@ export interface IssuedCall {
   expiresAt: number;
 }
 
+/**
+ * A Vault lease held for a task (docs/vault.md, "Downstream credentials leased to a task"). The
+ * secret itself is never stored: only what is needed to find the lease again and to revoke it.
+ * A lease is `active` while its task is open; the task's end (complete, fail, cancel, revoke) turns
+ * it `revoking` with `dueAt` = the end, in the same atomic step; an active lease is due at its task's
+ * expiry. The revocation outbox hands out due leases ({@link Store.dueLeases}) until one is
+ * confirmed revoked in Vault ({@link Store.leaseRevoked}), which deletes the record.
+ */
+export interface LeaseRecord {
+  taskId: string;
+  /** The Vault path read, e.g. `database/creds/ticket-desk`. */
+  path: string;
+  leaseId: string;
+  /** Epoch seconds. */
+  issuedAt: number;
+  /** The lease's end (Vault revokes it by itself then). */
+  expiresAt: number;
+  state: 'active' | 'revoking';
+  /** Epoch seconds from which the outbox revokes it (the task's end or expiry, then backoff). */
+  dueAt: number;
+  /** Failed revocation attempts so far. */
+  attempts: number;
+}
+
+/** What the broker records after reading a leased secret. */
+export type NewLease = Pick<LeaseRecord, 'taskId' | 'path' | 'leaseId' | 'issuedAt' | 'expiresAt'>;
+
+/** The one string a lease is known by in the outbox. */
+export const leaseKey = (l: Pick<LeaseRecord, 'taskId' | 'path'>): string =>
+  JSON.stringify([l.taskId, l.path]);
+
 /** The call an approval is for: asking again for the same call finds the same approval. */
 export interface ApprovalCallKey {
   taskId: string;
@@ -215,6 +246,31 @@ export interface Store extends DecisionStore {
    * pub/sub; in-process for SQLite). Returns an unsubscribe function.
    */
   onApprovalChange(listener: (id: string) => void): () => void;
+
+  /**
+   * Records a lease on an open task, unless the task already holds a lease on that path that lives
+   * at `now` (one lease per task and path; compare-and-set across replicas). Resolves with the
+   * task's lease on the path and whether it is the one given (`recorded: false`: the caller revokes
+   * what it read and hands out the existing one). Rejects with TASKPASS_TASK_NOT_FOUND when the task
+   * does not exist, and resolves `{ recorded: false, lease: undefined }` when it is not open.
+   */
+  recordLease(l: NewLease, now: number): Promise<{ recorded: boolean; lease: LeaseRecord | undefined }>;
+  /** The task's lease on `path` (active or revoking), if any. */
+  getLease(taskId: string, path: string): Promise<LeaseRecord | undefined>;
+  /** Leases due for revocation at `now` (earliest due first, at most `limit`). */
+  dueLeases(now: number, limit: number): Promise<LeaseRecord[]>;
+  /**
+   * How many lease revocations are pending at `now` (the metric): leases due, and leases `revoking`
+   * (their task ended, or an attempt failed) that wait for their next attempt.
+   */
+  countDueLeases(now: number): Promise<number>;
+  /** Vault confirmed the revocation of this lease id: its record is deleted. */
+  leaseRevoked(taskId: string, path: string, leaseId: string): Promise<void>;
+  /**
+   * A revocation attempt failed: the lease (if it is still this lease id) turns `revoking`, with one
+   * more attempt, due again at `retryAt`.
+   */
+  leaseRetry(taskId: string, path: string, leaseId: string, retryAt: number): Promise<void>;
 
   /** Appends a durable token revocation (RFC 7009, admin). */
   revokeToken(jti: string, until: number, reason: string): Promise<Revocation>;
