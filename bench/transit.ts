@@ -2,9 +2,15 @@
 // loopback HTTP, kept-alive connections, batch_input) next to the broker's local signer, the same
 // claims and the same number of concurrent mints, in one run: the ratio is what signing in Vault
 // costs per token. The Vault is started with a root token (a bench, not a deployment).
-import { generateKek, mintTokenWith, SigningKeys, TransitSigner, VaultClient } from '@taskpass/broker';
-import { AesGcmKeyWrapper } from '../broker/src/key-wrap.ts';
-import { SqliteStore } from '../broker/src/store/sqlite.ts';
+import {
+  AesGcmKeyWrapper,
+  generateKek,
+  mintTokenWith,
+  SigningKeys,
+  SqliteStore,
+  TransitSigner,
+  VaultClient,
+} from '@taskpass/broker';
 import { startVault } from '../test/support/vault-server.ts';
 
 export interface TransitResult {
