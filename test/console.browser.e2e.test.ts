@@ -21,19 +21,17 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import {
   type ApprovalMode,
   argsSha256,
-  BrokerClient,
+  type BrokerClient,
   type Task,
   TaskpassApprovalRequiredError,
   taskpassFetch,
 } from '@taskpass/agent-plugin';
-import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
-import type { X509Source } from '@taskpass/spiffe/workload';
 import { type Browser, chromium, type Locator, type Page } from 'playwright-core';
 import { type Agent, fetch as undiciFetch } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { rawToolCall } from './support/mcp-raw.ts';
 import { pollUntil } from './support/poll.ts';
-import { sourceByHint } from './support/workloads.ts';
+import { agentSide } from './support/workloads.ts';
 
 /** The system browser (Debian's chromium); `.ci/run` installs it when it is missing. */
 const CHROMIUM = process.env.TASKPASS_CHROMIUM ?? '/usr/bin/chromium';
@@ -47,7 +45,6 @@ const EVIL = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2"
 describe('the console in headless Chromium (real SPIRE, demo IdP, ticket desk)', () => {
   let stack: Stack;
   let browser: Browser;
-  let agentSource: X509Source;
   let asAgent: Agent;
   let broker: BrokerClient;
   let origin: string;
@@ -61,15 +58,9 @@ describe('the console in headless Chromium (real SPIRE, demo IdP, ticket desk)',
     await mkdir(ARTIFACTS, { recursive: true });
     stack = await startStack({ brokerLogLevel: 'warn' });
     origin = new URL(stack.urls.console).origin;
-    agentSource = await sourceByHint(stack, stack.hints.agent);
-    cleanups.push(() => agentSource.close());
-    asAgent = createMtlsAgent(agentSource as TlsSource, matchId(stack.ids.tickets));
-    cleanups.push(() => asAgent.close());
-    broker = new BrokerClient({
-      url: stack.urls.broker,
-      auth: { kind: 'mtls', source: agentSource as TlsSource, brokerId: stack.ids.broker },
-    });
-    cleanups.push(() => broker.close());
+    const agent = await agentSide(stack);
+    cleanups.push(() => agent.close());
+    ({ toDesk: asAgent, broker } = agent);
     // Flags as the machine notes say: no background networking (this network is closed), a fresh
     // profile per launch (playwright's default), no sandbox (CI runs as root).
     browser = await chromium.launch({

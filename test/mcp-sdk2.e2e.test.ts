@@ -9,14 +9,12 @@ import { after, before, describe, test } from 'node:test';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { Client as ClientV1 } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport as StreamableHTTPClientTransportV1 } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { BrokerClient, type Task, TaskpassDeniedError, taskpassFetch } from '@taskpass/agent-plugin';
-import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
-import type { X509Source } from '@taskpass/spiffe/workload';
+import { type BrokerClient, type Task, TaskpassDeniedError, taskpassFetch } from '@taskpass/agent-plugin';
 import { type Agent, fetch as undiciFetch } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';
 import { assertAccepted, rawToolCall } from './support/mcp-raw.ts';
-import { sourceByHint } from './support/workloads.ts';
+import { agentSide } from './support/workloads.ts';
 
 interface Sent {
   method: string | undefined;
@@ -29,7 +27,6 @@ interface Sent {
 
 describe('SDK 2.x server and client with Taskpass (real SPIRE, HTTPS with mTLS)', () => {
   let stack: Stack;
-  let agentSource: X509Source;
   let asAgent: Agent;
   let broker: BrokerClient;
   let v2: RunningTicketDesk;
@@ -37,15 +34,9 @@ describe('SDK 2.x server and client with Taskpass (real SPIRE, HTTPS with mTLS)'
 
   before(async () => {
     stack = await startStack({ brokerLogLevel: 'warn' });
-    agentSource = await sourceByHint(stack, stack.hints.agent);
-    cleanups.push(() => agentSource.close());
-    asAgent = createMtlsAgent(agentSource as TlsSource, matchId(stack.ids.tickets));
-    cleanups.push(() => asAgent.close());
-    broker = new BrokerClient({
-      url: stack.urls.broker,
-      auth: { kind: 'mtls', source: agentSource as TlsSource, brokerId: stack.ids.broker },
-    });
-    cleanups.push(() => broker.close());
+    const agent = await agentSide(stack);
+    cleanups.push(() => agent.close());
+    ({ toDesk: asAgent, broker } = agent);
     // The same desk software on SDK 2.x, for the same resource URI, refusing requests without the
     // 2026-07-28 standard headers.
     v2 = await startTicketDesk({

@@ -4,10 +4,9 @@
 // bound to the broker's SPIFFE ID). The ticket desk verifies those tokens as it verifies any.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { BrokerClient, BrokerError, type CallTokenRequest, type Task } from '@taskpass/agent-plugin';
+import { type BrokerClient, BrokerError, type CallTokenRequest, type Task } from '@taskpass/agent-plugin';
 import { mintTokenWith, TransitSigner, VaultClient } from '@taskpass/broker';
-import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
-import { JwtSource, type X509Source } from '@taskpass/spiffe/workload';
+import { JwtSource } from '@taskpass/spiffe/workload';
 import {
   calculateJwkThumbprint,
   createLocalJWKSet,
@@ -22,12 +21,11 @@ import { rawToolCall } from './support/mcp-raw.ts';
 import { sleep } from './support/poll.ts';
 import { BROKER_ROLE, setUpBrokerVault, VAULT_AUDIENCE } from './support/vault-setup.ts';
 import { type OwnVault, startVault } from './support/vault-server.ts';
-import { sourceByHint } from './support/workloads.ts';
+import { agentSide } from './support/workloads.ts';
 
 describe('Vault Transit signer (real Vault, real SPIRE)', () => {
   let vault: OwnVault;
   let stack: Stack;
-  let agentSource: X509Source;
   let asAgent: Agent;
   let broker: BrokerClient;
   let task: Task;
@@ -58,15 +56,9 @@ describe('Vault Transit signer (real Vault, real SPIRE)', () => {
       brokerConfig: (spire) => setUpBrokerVault(vault, spire, 'spiffe://taskpass.local/broker'),
     });
     cleanups.push(() => stack.stop());
-    agentSource = await sourceByHint(stack, stack.hints.agent);
-    cleanups.push(() => agentSource.close());
-    asAgent = createMtlsAgent(agentSource as TlsSource, matchId(stack.ids.tickets));
-    cleanups.push(() => asAgent.close());
-    broker = new BrokerClient({
-      url: stack.urls.broker,
-      auth: { kind: 'mtls', source: agentSource as TlsSource, brokerId: stack.ids.broker },
-    });
-    cleanups.push(() => broker.close());
+    const agent = await agentSide(stack);
+    cleanups.push(() => agent.close());
+    ({ toDesk: asAgent, broker } = agent);
     task = await broker.openTask({
       purpose: 'vault e2e',
       userToken: await stack.userToken(),

@@ -155,6 +155,12 @@ export async function startIdp(
         'max-age=60',
       );
     }
+    // Browsers ask every origin for its icon; the demo IdP has none (204 instead of a 404 to log).
+    if (url.pathname === '/favicon.ico') {
+      res.writeHead(204, { 'cache-control': 'max-age=86400' });
+      res.end();
+      return;
+    }
     if (req.method === 'GET' && url.pathname === '/jwks.json')
       return json(res, 200, { keys: [jwk] }, 'max-age=60');
     if (url.pathname === '/authorize' && (req.method === 'GET' || req.method === 'POST')) {

@@ -184,7 +184,7 @@ export function buildConsole(deps: ConsoleDeps): FastifyInstance {
       return reply
         .type('text/html; charset=utf-8')
         .send(
-          `<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=${to}"><title>Signed in</title><a href="${to}">Continue to the console</a>`,
+          `<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=${to}"><link rel="icon" href="data:,"><title>Signed in</title><a href="${to}">Continue to the console</a>`,
         );
     });
 
