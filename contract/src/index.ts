@@ -31,6 +31,14 @@ export {
   type McpToolCallDetail,
 } from './claims.ts';
 export { COMPLETION_STATUSES, type CompletionStatus } from './completion.ts';
+export {
+  CREDENTIALS_PATH,
+  type CredentialRequest,
+  isVaultPath,
+  type LeasedCredentialResponse,
+  SUBJECT_TOKEN_TYPE_ACCESS,
+  VAULT_PATH_PATTERN,
+} from './credentials.ts';
 export { CONTRACT_ERRORS, ContractError, type ContractErrorCode } from './errors.ts';
 export { decodeMcpHeaderValue, encodeMcpHeaderValue, MCP_NAME_SOURCE, mcpNameOf } from './mcp-headers.ts';
 export { META_ACTION, META_ERROR, META_RESOURCE, META_TOKEN } from './meta.ts';

@@ -2,7 +2,7 @@
 // camelCase `Template` objects with defaults applied and durations in seconds; every pattern is
 // compiled once here so a template that loads is a template that can be matched.
 import { z } from 'zod';
-import { ACTIONS, type Action } from '@taskpass/contract';
+import { ACTIONS, type Action, VAULT_PATH_PATTERN } from '@taskpass/contract';
 import { compilePattern } from './pattern.ts';
 
 /** Longest token lifetime a template may grant (tokens are meant to live seconds, not hours). */
@@ -157,7 +157,7 @@ const vaultPath = z
   .string()
   .max(256)
   .regex(
-    /^(?!.*(?:^|\/)\.{1,2}(?:\/|$))[A-Za-z0-9_-][A-Za-z0-9._-]*(?:\/[A-Za-z0-9._-]+)+$/,
+    VAULT_PATH_PATTERN,
     'a Vault path of two or more segments of [A-Za-z0-9._-] (e.g. database/creds/ticket-desk), no "." or ".."',
   );
 
