@@ -86,26 +86,42 @@ describe('Vault Transit signer (real Vault, real SPIRE)', () => {
     assert.ok(kids.includes(decodeProtectedHeader(call.token).kid as string));
   });
 
-  test('Vault sealed: issuance refused with TASKPASS_SIGNER_UNAVAILABLE (503); unsealed: issued again', async () => {
+  /** The broker's /readyz once its Vault probe (cached for 1 s) has looked again. */
+  const readiness = async () => {
+    await sleep(1100);
+    const r = await stack.broker.app.inject('/readyz');
+    return { status: r.statusCode, vault: r.json().vault as { state: string } };
+  };
+
+  test('Vault sealed: issuance refused with TASKPASS_SIGNER_UNAVAILABLE (503) and not ready; unsealed: issued again', async () => {
+    assert.deepEqual(await readiness(), { status: 200, vault: { state: 'up' } });
     await vault.seal();
     try {
       await assert.rejects(broker.callToken(task.id, readReq()), refusedBySigner);
+      const ready = await readiness();
+      assert.equal(ready.status, 503);
+      assert.equal(ready.vault.state, 'sealed');
     } finally {
       await vault.unseal();
     }
     const call = await readCall();
     assert.equal(call.status, 200);
+    assert.equal((await readiness()).status, 200);
   });
 
-  test('Vault down: issuance refused; back up: issued again', async () => {
+  test('Vault down: issuance refused and not ready; back up: issued again', async () => {
     await vault.kill();
     try {
       await assert.rejects(broker.callToken(task.id, readReq()), refusedBySigner);
+      const ready = await readiness();
+      assert.equal(ready.status, 503);
+      assert.equal(ready.vault.state, 'down');
     } finally {
       await vault.restart();
     }
     const call = await readCall();
     assert.equal(call.status, 200);
+    assert.equal((await readiness()).status, 200);
   });
 
   test('Transit rotation with zero verification failures (JWKS cached by the verifier)', async () => {

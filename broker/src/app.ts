@@ -24,6 +24,7 @@ import type { KeysPort, PolicyPort } from './ports.ts';
 import { limiterRedis, registerRateLimitStore } from './rate-limit.ts';
 import { fastifyClientError, installDepthLimitedJsonParser, strictQueryTypes } from './request-boundary.ts';
 import type { RevocationHub } from './revocation-hub.ts';
+import type { LeasedCredentials } from './leased-credentials.ts';
 import { adminRoutes } from './routes/admin.ts';
 import { approvalRoutes } from './routes/approvals.ts';
 import { authzenRoutes } from './routes/authzen.ts';
@@ -34,6 +35,7 @@ import {
   type SvidHealth,
   socketPeerChain,
 } from './routes/context.ts';
+import { credentialRoutes } from './routes/credentials.ts';
 import { oauthRoutes } from './routes/oauth.ts';
 import { publicRoutes } from './routes/public.ts';
 import { revocationRoutes } from './routes/revocations.ts';
@@ -44,6 +46,7 @@ import { withOpenTaskCache } from './store/open-task-cache.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/types.ts';
 import { createUserTokenVerifier, type UserTokenVerifier } from './user-tokens.ts';
+import type { VaultHealth } from './vault.ts';
 
 /** Everything the app needs, handed in (live sources in server.ts, static ones in tests). */
 export interface AppDeps {
@@ -84,6 +87,13 @@ export interface AppDeps {
    * counters in memory). `false`: in memory even on the Redis store.
    */
   rateLimitRedis?: Redis | false;
+  /**
+   * Leases Vault secrets to tasks for their MCP servers (docs/vault.md): serves /v1/credentials.
+   * Absent (no `vault` configured): the route does not exist.
+   */
+  credentials?: LeasedCredentials;
+  /** Vault's health (readiness), when Vault is configured. */
+  vaultHealth?: () => Promise<VaultHealth>;
 }
 
 /** The services both listeners share (the agents' API and the console): one set per process. */
@@ -159,6 +169,7 @@ export function buildServices(deps: AppDeps): BrokerServices {
     now,
     peerChain: deps.peerCertificates ?? socketPeerChain,
     svidHealth,
+    vaultHealth: deps.vaultHealth,
   };
   return { ctx, service, approvals, recorder: audit, metrics };
 }
@@ -246,6 +257,8 @@ export function buildApp(deps: AppDeps, services: BrokerServices = buildServices
   app.register(async (scope) => adminRoutes(scope, ctx));
   app.register(async (scope) => approvalRoutes(scope, ctx, approvals));
   app.register(async (scope) => authzenRoutes(scope, ctx));
+  const { credentials } = deps;
+  if (credentials) app.register(async (scope) => credentialRoutes(scope, ctx, credentials));
   app.register(async (scope) => {
     const mode = config.feed.auth;
     const preHandler =

@@ -28,7 +28,8 @@ export type AuditEventKind =
   | 'approval.cancelled'
   | 'lease.issued'
   | 'lease.revoked'
-  | 'lease.revoke_failed';
+  | 'lease.revoke_failed'
+  | 'credential.denied';
 
 /** One audit record. Only these fields are written (the logger is given nothing else). */
 export interface AuditEvent {

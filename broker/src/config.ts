@@ -417,6 +417,22 @@ export const ConfigSchema = z
             })
             .strict(),
         ]),
+        /**
+         * MCP servers that may exchange a call token for the Vault secret its tool rule names
+         * (POST /v1/credentials): each SPIFFE ID with the resource URIs (token `aud`) it serves.
+         * A caller gets a credential only for a token whose audience is listed for it. Empty: nobody.
+         */
+        credentialClients: z
+          .array(
+            z
+              .object({
+                spiffeId: SpiffeIdString,
+                audiences: z.array(z.string().url()).min(1),
+              })
+              .strict(),
+          )
+          .max(1000)
+          .default([]),
         /** CA certificate file (PEM) of Vault's TLS listener. */
         caFile: z.string().min(1).optional(),
         namespace: z.string().min(1).optional(),

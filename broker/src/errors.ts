@@ -179,6 +179,21 @@ export const BROKER_ERRORS = {
     description:
       'The task already holds a live lease on this Vault path; its secret was handed out once (to be cached by the MCP server until the lease ends) and is never stored or returned again.',
   },
+  TASKPASS_CREDENTIAL_FORBIDDEN: {
+    status: 403,
+    description:
+      "The caller of /v1/credentials is not the call token's audience: its SPIFFE ID is not listed in `vault.credentialClients` for the token's `aud`. Nothing was leased.",
+  },
+  TASKPASS_CREDENTIAL_SUBJECT_INVALID: {
+    status: 400,
+    description:
+      'The subject_token of /v1/credentials is not a live call token of this broker (signature, issuer, `typ`, expiry, a tool call, not revoked).',
+  },
+  TASKPASS_CREDENTIAL_NOT_IN_TEMPLATE: {
+    status: 403,
+    description:
+      'No tool rule that allowed the call names this Vault path (`vault_secret:`), or the rules name several and the request named none of them.',
+  },
   TASKPASS_CREDENTIAL_UNAVAILABLE: {
     status: 503,
     description:

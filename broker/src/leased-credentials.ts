@@ -39,7 +39,13 @@ export class LeasedCredentials {
    * TASKPASS_TASK_EXPIRED, TASKPASS_CREDENTIAL_ALREADY_ISSUED while the task holds a live lease on
    * the path, and TASKPASS_CREDENTIAL_UNAVAILABLE when Vault cannot lease it within the task's time.
    */
-  async issue(task: TaskRecord, path: string, now: number): Promise<LeasedCredential> {
+  async issue(
+    task: TaskRecord,
+    path: string,
+    now: number,
+    /** For the audit: the MCP server it is handed to, and the call token it was exchanged for. */
+    on: { by?: string; jti?: string } = {},
+  ): Promise<LeasedCredential> {
     assertOpen(task, now);
     const { store } = this.#o;
     if (((await store.getLease(task.id, path))?.expiresAt ?? 0) > now) throw alreadyIssued(path);
@@ -73,6 +79,8 @@ export class LeasedCredentials {
       path,
       lease: secret.leaseId,
       exp: credential.expiresAt,
+      by: on.by,
+      jti: on.jti,
     });
     return credential;
   }

@@ -127,6 +127,17 @@ export interface PolicyPort {
   }): PolicyDecision;
   /** The history lookups `decide` may make for this call (superset allowed). */
   historyQueries(input: { audience: string; tool: string; action: Action; resource: string }): HistoryQueries;
+  /**
+   * The Vault paths (`vault_secret:`) of the rules for this tool and action in the templates that
+   * allowed a call token (`tpl`), where they still admit its agent and audience. Sorted, distinct.
+   */
+  vaultSecrets?(input: {
+    templates: readonly string[];
+    agent: string;
+    audience: string;
+    tool: string;
+    action: Action;
+  }): string[];
   /** A session token for this audience: which template allows it and its ttl; undefined if none. */
   session(
     agent: string,

@@ -19,7 +19,9 @@ import { keyWrapperFromConfig } from './key-wrap.ts';
 import { DecisionPoints } from './pdp/index.ts';
 import { PolicyWatcher } from './policy/index.ts';
 import { RevocationHub } from './revocation-hub.ts';
-import { openSigner } from './signer.ts';
+import { LeasedCredentials } from './leased-credentials.ts';
+import { LeaseRevoker } from './lease-revoker.ts';
+import { connectVault, openSigner } from './signer.ts';
 import { createStore } from './store/index.ts';
 import { createUserTokenVerifier } from './user-tokens.ts';
 import { createWorkloadAuthenticator } from './workload-auth.ts';
@@ -208,6 +210,15 @@ async function start(
 
   const audit = createAuditLog(logger, config.audit.destination);
   opened.push(() => audit.close?.());
+  // Vault, when configured, also leases downstream credentials to tasks (docs/vault.md): one client
+  // for signing and leasing. A Vault that cannot be reached fails the start (fail closed).
+  const vaultClosers: (() => Promise<void> | void)[] = [];
+  const vault = config.vault
+    ? (signer.vault ?? (await connectVault(config, logger, vaultClosers)))
+    : undefined;
+  opened.push(async () => {
+    for (const c of [...vaultClosers].reverse()) await c();
+  });
   const appDeps: AppDeps = {
     config,
     audit,
@@ -234,9 +245,24 @@ async function start(
     hub,
     logger,
     serverFactory,
+    ...(vault ? { vaultHealth: cachedFor(1000, () => vault.health()) } : {}),
   };
   const services = buildServices(appDeps);
+  // Lease events go through the recorder, like every audit event, into the decision records.
+  if (vault) appDeps.credentials = new LeasedCredentials({ store, vault, audit: services.recorder, logger });
   const app = buildApp(appDeps, services);
+  // The revocation outbox's worker: every lease of an ended task is revoked in Vault, retried until
+  // Vault confirms (also leases left by an earlier run or another replica).
+  const revoker = vault
+    ? new LeaseRevoker({
+        store,
+        revoke: (leaseId) => vault.revokeLease(leaseId),
+        onPending: (n) => services.metrics.vaultLeasesPending.set(n),
+        audit: services.recorder,
+        logger,
+      })
+    : undefined;
+  opened.push(() => revoker?.stop());
 
   opened.push(() => app.close());
   // Fastify does not know the factory's server speaks TLS and reports http://.
@@ -277,6 +303,7 @@ async function start(
     }
   };
   void sweep();
+  revoker?.start();
   const sweeper = setInterval(() => void sweep(), config.sweepEvery * 1000);
   sweeper.unref();
 
@@ -287,8 +314,10 @@ async function start(
       await hub.close();
       await consoleApp?.close();
       await app.close();
+      await revoker?.stop();
       await policies.close();
       // The signer, and for Transit its Vault client and JWT source, in reverse order of opening.
+      for (const c of [...vaultClosers].reverse()) await c();
       for (const c of [...signer.closers].reverse()) await c();
       await x509.close();
       await bundles.close();
@@ -332,5 +361,15 @@ async function start(
     ...(consoleApp && consoleUrl ? { console: { app: consoleApp, url: consoleUrl } } : {}),
     close,
     reloadPolicies,
+  };
+}
+
+/** `fn`'s last answer for `ms` (a probe behind a route anyone may hit, e.g. /readyz). */
+function cachedFor<T>(ms: number, fn: () => Promise<T>): () => Promise<T> {
+  let last: { at: number; value: Promise<T> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (!last || now - last.at >= ms) last = { at: now, value: fn() };
+    return last.value;
   };
 }

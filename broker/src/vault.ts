@@ -72,6 +72,12 @@ interface VaultAuthInfo {
 }
 
 /** A Vault response body (`data` for reads, `auth` for logins, `lease_id` for leased secrets). */
+/** What {@link VaultClient.health} found. */
+export interface VaultHealth {
+  state: 'up' | 'sealed' | 'down';
+  reason?: string;
+}
+
 export interface VaultResponse {
   data?: Record<string, unknown>;
   auth?: VaultAuthInfo;
@@ -179,6 +185,26 @@ export class VaultClient {
   /** Revokes a lease. Revoking a lease Vault no longer knows succeeds (Vault answers 204). */
   async revokeLease(leaseId: string): Promise<void> {
     await this.write('sys/leases/revoke', { lease_id: leaseId });
+  }
+
+  /**
+   * Vault's own health (`sys/health`, unauthenticated): `up` (unsealed; a standby counts), `sealed`
+   * (or not initialised), or `down` (no answer in `timeoutMs`). For readiness; never throws.
+   */
+  async health(): Promise<VaultHealth> {
+    if (this.#closed) return { state: 'down', reason: 'vault client closed' };
+    try {
+      const h = (await this.#vault.health({ standbyok: true, sealedcode: 200, uninitcode: 200 })) as {
+        sealed?: unknown;
+        initialized?: unknown;
+      };
+      if (h?.sealed === true || h?.initialized === false) {
+        return { state: 'sealed', reason: h.sealed === true ? 'sealed' : 'not initialised' };
+      }
+      return { state: 'up' };
+    } catch (err) {
+      return { state: 'down', reason: classify(err, 'health').message };
+    }
   }
 
   /** Stops renewal and drops the token (it is not revoked: it expires on its own). */

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { SvidHealth } from '../src/routes/context.ts';
+import type { VaultHealth } from '../src/vault.ts';
 import { testBroker } from './app-support.ts';
 
 function healthOf(state: { current: SvidHealth }): () => SvidHealth {
@@ -90,4 +91,40 @@ test('metrics: SVID expiry, SVID state and Workload API up, read at scrape time'
   body = await scrape();
   assert.equal(value(body, 'taskpass_svid_expiry_seconds'), 0, 'no SVID: nothing valid left');
   assert.match(body, /^taskpass_svid_state\{state="missing"\} 1$/m);
+});
+
+test('readiness reports Vault: not ready while Vault signs and is sealed or down; with leases alone it is reported only', async () => {
+  const vault: { current: VaultHealth } = { current: { state: 'up' } };
+  const vaultCfg = { address: 'http://127.0.0.1:1', auth: { method: 'token', token: 'dev' } };
+  const signing = await testBroker(
+    { vault: vaultCfg, signing: { kind: 'vault-transit' } },
+    { vaultHealth: async () => vault.current },
+  );
+  const leasing = await testBroker({ vault: vaultCfg }, { vaultHealth: async () => vault.current });
+
+  let r = await signing.app.inject('/readyz');
+  assert.equal(r.statusCode, 200, r.body);
+  assert.equal(r.json().checks.vault, true);
+  assert.deepEqual(r.json().vault, { state: 'up' });
+
+  for (const state of [
+    { state: 'sealed', reason: 'sealed' },
+    { state: 'down', reason: 'vault health: connect ECONNREFUSED' },
+  ] as const) {
+    vault.current = state;
+    r = await signing.app.inject('/readyz');
+    assert.equal(r.statusCode, 503, r.body);
+    assert.equal(r.json().checks.vault, false);
+    assert.deepEqual(r.json().vault, state);
+    r = await leasing.app.inject('/readyz');
+    assert.equal(r.statusCode, 200, r.body);
+    assert.equal(r.json().checks.vault, false);
+    assert.equal(r.json().vault.state, state.state);
+  }
+  // Without Vault configured, readiness says nothing about it.
+  const plain = await testBroker();
+  r = await plain.app.inject('/readyz');
+  assert.equal(r.json().checks.vault, undefined);
+  assert.equal(r.json().vault, undefined);
+  for (const b of [signing, leasing, plain]) await b.app.close();
 });

@@ -9,6 +9,7 @@ import { countKeyOf, outcomeOf } from '../src/decision-chain.ts';
 import type { WorkloadAuthenticator, WorkloadIdentity } from '../src/auth.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
 import { BrokerError } from '../src/errors.ts';
+import { LeasedCredentials, type LeasedCredentialsOptions } from '../src/leased-credentials.ts';
 import { historyOf } from '../src/policy/engine.ts';
 import type { HistoryQueries, PolicyDecision, PolicyDeny, PolicyPort, PolicyUser } from '../src/ports.ts';
 import { RevocationHub } from '../src/revocation-hub.ts';
@@ -43,6 +44,8 @@ export const ISSUER = 'https://broker.test';
 export const IDP = 'https://idp.test';
 export const TICKETS = 'https://tickets.test/mcp';
 export const OPS = 'https://ops.test/mcp';
+/** The Vault path TinyPolicy names for get_ticket. */
+export const TICKETS_DB = 'database/creds/tickets';
 
 /** In-memory Store (same contract as store/types.ts). */
 export class MemoryStore implements Store {
@@ -439,6 +442,11 @@ export class TinyPolicy implements PolicyPort {
       singleUse: i.action !== 'read',
     };
   }
+  /** `tickets-support` leases `database/creds/tickets` for get_ticket (docs/vault.md). */
+  vaultSecrets(i: Parameters<NonNullable<PolicyPort['vaultSecrets']>>[0]): string[] {
+    const named = i.templates.includes('tickets-support') && this.support(i.agent) && i.audience === TICKETS;
+    return named && i.tool === 'get_ticket' && i.action === 'read' ? [TICKETS_DB] : [];
+  }
   session(agent: string, _u: PolicyUser | undefined, audience: string) {
     const c = this.ceiling(agent).find((x) => x.audience === audience);
     return c ? { template: c.template, ttlSec: 120 } : undefined;
@@ -529,6 +537,10 @@ export async function testBroker<S extends Store = MemoryStore>(
     identity?: Omit<Parameters<typeof buildApp>[0]['identity'], 'agentAuth'>;
     /** Decision points behind the templates (docs/policy-engines.md). */
     decisionPoints?: AppDeps['decisionPoints'];
+    /** A (fake) Vault: the app then leases credentials at /v1/credentials (docs/vault.md). */
+    vault?: LeasedCredentialsOptions['vault'];
+    /** Vault's health as readiness sees it. */
+    vaultHealth?: AppDeps['vaultHealth'];
   } = {},
 ): Promise<TestBroker<S>> {
   const user = await userIssuer();
@@ -564,6 +576,7 @@ export async function testBroker<S extends Store = MemoryStore>(
     identity: { agentAuth: fakeAuth(), ...opts.identity },
     ...(opts.audit ? { audit: opts.audit } : {}),
     ...(opts.decisionPoints ? { decisionPoints: opts.decisionPoints } : {}),
+    ...(opts.vaultHealth ? { vaultHealth: opts.vaultHealth } : {}),
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
     hub,
     logger: pino({ level: 'silent' }),
@@ -574,6 +587,8 @@ export async function testBroker<S extends Store = MemoryStore>(
     },
   };
   const services = buildServices(deps);
+  if (opts.vault)
+    deps.credentials = new LeasedCredentials({ store, vault: opts.vault, audit: services.recorder });
   const app = buildApp(deps, services);
   app.addHook('onClose', () => hub.close());
   await app.ready();

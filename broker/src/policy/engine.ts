@@ -252,6 +252,32 @@ export class PolicySet implements PolicyPort {
   }
 
   /**
+   * The Vault paths a call token's templates name for its tool and action (PolicyPort). A rule is
+   * matched by tool and action only: the token already proves its resource was allowed, and a rule's
+   * resource patterns may need user claims the token does not carry. Templates reloaded since the
+   * token was issued count as they are now: a rule that no longer names a secret gets none.
+   */
+  vaultSecrets(input: {
+    templates: readonly string[];
+    agent: string;
+    audience: string;
+    tool: string;
+    action: Action;
+  }): string[] {
+    const agent = agentSegments(input.agent);
+    const paths = new Set<string>();
+    for (const t of this.compiled) {
+      if (!input.templates.includes(t.def.id) || t.def.audience !== input.audience) continue;
+      if (!agent || !t.agents.some((p) => p.matchSegments(agent))) continue;
+      for (const tool of t.tools) {
+        const d = tool.def;
+        if (d.tool === input.tool && d.action === input.action && d.vaultSecret) paths.add(d.vaultSecret);
+      }
+    }
+    return [...paths].sort();
+  }
+
+  /**
    * The history lookups {@link decide} may make for this call: call counts of the tool where a
    * template for this audience limits it, and the prerequisites such templates name. Agent, user
    * and resource are not matched here, so this is a superset of what a decision asks.

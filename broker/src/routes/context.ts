@@ -17,6 +17,7 @@ import type { KeysPort, PolicyPort } from '../ports.ts';
 import type { TaskService } from '../service.ts';
 import type { Store } from '../store/types.ts';
 import type { UserTokenVerifier } from '../user-tokens.ts';
+import type { VaultHealth } from '../vault.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -44,6 +45,8 @@ export interface RouteContext {
   /** The peer certificate chain of a request (socket, or the test seam). */
   peerChain: (req: FastifyRequest) => readonly X509Certificate[] | undefined;
   svidHealth: () => SvidHealth;
+  /** Vault's health, when Vault is configured (readiness). */
+  vaultHealth?: (() => Promise<VaultHealth>) | undefined;
 }
 
 /**

@@ -101,13 +101,21 @@ export async function publicRoutes(app: FastifyInstance, ctx: RouteContext): Pro
       try {
         checks.keys = ctx.keys.current().kid.length > 0;
       } catch {}
-      const ok = checks.store && checks.policies && checks.svid && checks.keys;
+      let ok = checks.store && checks.policies && checks.svid && checks.keys;
+      const vault = ctx.vaultHealth ? await ctx.vaultHealth() : undefined;
+      if (vault) {
+        const up = vault.state === 'up';
+        // Transit signs every token: without Vault nothing can be issued.
+        if (ctx.config.signing.kind === 'vault-transit') ok &&= up;
+        if (!up) req.log.warn({ vault: vault.state, reason: vault.reason }, 'readiness: vault not up');
+      }
       const atRest = ctx.keys.protection;
       return reply.code(ok ? 200 : 503).send({
         status: ok ? 'ready' : 'not_ready',
-        checks,
+        checks: vault ? { ...checks, vault: vault.state === 'up' } : checks,
         svid,
         ...(atRest ? { signing_keys_at_rest: atRest } : {}),
+        ...(vault ? { vault } : {}),
       });
     },
   );

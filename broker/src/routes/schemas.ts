@@ -524,10 +524,20 @@ export const Ready = {
         policies: { type: 'boolean' },
         svid: { type: 'boolean' },
         keys: { type: 'boolean' },
+        vault: { type: 'boolean' },
       },
     },
-    /** How the signing keys are kept in the store: `plaintext` only with keys.allowPlaintext. */
-    signing_keys_at_rest: { type: 'string', enum: ['encrypted', 'plaintext'] },
+    /** How the signing keys are kept: `plaintext` only with keys.allowPlaintext; `vault-transit`: in Vault. */
+    signing_keys_at_rest: { type: 'string', enum: ['encrypted', 'plaintext', 'vault-transit'] },
+    vault: {
+      type: 'object',
+      description:
+        'Vault (when configured): up, sealed or down. Not ready when Vault signs the tokens and is not up; with leases alone it is reported, and only calls needing a credential are refused.',
+      properties: {
+        state: { type: 'string', enum: ['up', 'sealed', 'down'] },
+        reason: { type: 'string' },
+      },
+    },
     svid: {
       type: 'object',
       description:
@@ -539,5 +549,31 @@ export const Ready = {
         expiresInSeconds: { type: 'integer' },
       },
     },
+  },
+} as const;
+
+/** POST /v1/credentials (contract CredentialRequest). */
+export const CredentialBody = {
+  type: 'object',
+  required: ['subject_token'],
+  additionalProperties: false,
+  properties: {
+    subject_token: { type: 'string', minLength: 1, maxLength: 16384 },
+    subject_token_type: { type: 'string', maxLength: 256 },
+    path: { type: 'string', minLength: 1, maxLength: 256 },
+  },
+} as const;
+
+/** The leased secret (contract LeasedCredentialResponse): `data` is passed through as Vault gave it. */
+export const CredentialResponse = {
+  type: 'object',
+  required: ['task_id', 'path', 'lease_id', 'lease_duration', 'expires_at', 'data'],
+  properties: {
+    task_id: str,
+    path: str,
+    lease_id: str,
+    lease_duration: int,
+    expires_at: int,
+    data: { type: 'object', additionalProperties: true },
   },
 } as const;
