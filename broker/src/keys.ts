@@ -18,34 +18,18 @@
 // so a broker start (or `taskpass keys rewrap`) completes a migration or a KEK rotation.
 import { createPrivateKey, type JsonWebKey, type KeyObject, type webcrypto } from 'node:crypto';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair } from 'jose';
-import type { Logger } from 'pino';
+import { KeySchedule, type KeyScheduleOptions } from './key-schedule.ts';
 import { BrokerError } from './errors.ts';
 import type { KeyWrapper } from './key-wrap.ts';
 import type { Store, StoredSigningKey } from './store/types.ts';
 
 /** Options of {@link SigningKeys.open}. */
-export interface SigningKeysOptions {
+export interface SigningKeysOptions extends KeyScheduleOptions {
   /**
    * How private keys are protected in the store. Required: there is no silent default (the broker
    * builds it from `keys.kek` / `keys.kekFile`, or plaintext only with `keys.allowPlaintext`).
    */
   wrapper: KeyWrapper;
-  /** How long a key signs (seconds). */
-  rotateEverySec: number;
-  /**
-   * How long a new key is published before it signs (seconds). Must be at least the verifiers'
-   * JWKS cache lifetime, and shorter than `rotateEverySec`.
-   */
-  prepublishSec: number;
-  /** Longest lifetime of any token the broker signs (seconds): how long a retired key stays published. */
-  maxTokenTtlSec: number;
-  /** Clock, epoch milliseconds (tests move time). Default `Date.now`. */
-  now?: () => number;
-  logger?: Logger;
-  /** Start the rotation timer in `open()` (default true; tests drive `rotateIfDue` themselves). */
-  autoStart?: boolean;
-  /** How often `start()` checks the schedule and reloads keys made by other replicas (ms). Default: min(prepublish/4, 60 s). */
-  checkEveryMs?: number;
 }
 
 /** A public signing key as served in the JWKS. */
@@ -82,35 +66,16 @@ function publicOf(stored: StoredSigningKey): PublicSigningJwk {
  * The broker's ES256 signing keys. `current()` and `jwks()` are synchronous reads of the loaded
  * set; `rotateIfDue()` (run by `start()`'s timer) publishes successors and deletes expired keys.
  */
-export class SigningKeys {
+export class SigningKeys extends KeySchedule {
   readonly #store: Store;
-  readonly #opts: Required<Omit<SigningKeysOptions, 'logger' | 'autoStart' | 'wrapper'>> & {
-    logger: Logger | undefined;
-  };
   readonly #wrapper: KeyWrapper;
   #keys: LoadedKey[] = [];
-  #timer: NodeJS.Timeout | undefined;
-  #rotating: Promise<void> = Promise.resolve();
   #warnedStale = false;
-  readonly #changeListeners = new Set<() => void>();
 
   private constructor(store: Store, opts: SigningKeysOptions) {
-    if (!(opts.rotateEverySec > 0 && opts.prepublishSec >= 0 && opts.maxTokenTtlSec > 0)) {
-      throw new RangeError('SigningKeys: rotateEverySec and maxTokenTtlSec must be > 0, prepublishSec >= 0');
-    }
-    if (opts.prepublishSec >= opts.rotateEverySec) {
-      throw new RangeError('SigningKeys: prepublishSec must be shorter than rotateEverySec');
-    }
+    super('SigningKeys', opts);
     this.#store = store;
     this.#wrapper = opts.wrapper;
-    this.#opts = {
-      rotateEverySec: opts.rotateEverySec,
-      prepublishSec: opts.prepublishSec,
-      maxTokenTtlSec: opts.maxTokenTtlSec,
-      now: opts.now ?? Date.now,
-      logger: opts.logger,
-      checkEveryMs: opts.checkEveryMs ?? Math.max(1000, Math.min((opts.prepublishSec * 1000) / 4, 60_000)),
-    };
   }
 
   /**
@@ -130,20 +95,16 @@ export class SigningKeys {
     return this.#wrapper.protection;
   }
 
-  #nowSec(): number {
-    return Math.floor(this.#opts.now() / 1000);
-  }
-
   /** The key that signs now (hot path, synchronous). */
   current(): { kid: string; privateKey: webcrypto.CryptoKey | KeyObject } {
-    const now = this.#nowSec();
+    const now = this.nowSec();
     let pick: LoadedKey | undefined;
     for (const k of this.#keys) if (k.stored.activeFrom <= now) pick = k; // sorted by activation
     if (!pick) throw new Error('SigningKeys: no signing key is active (open() not awaited?)');
     if (pick.stored.retireAt <= now && !this.#warnedStale) {
       // Keeps signing with a published key rather than failing; the timer publishes a successor.
       this.#warnedStale = true;
-      this.#opts.logger?.warn({ kid: pick.stored.kid }, 'signing key past its retireAt; rotation is late');
+      this.rotation.logger?.warn({ kid: pick.stored.kid }, 'signing key past its retireAt; rotation is late');
       void this.rotateIfDue().catch(() => {});
     }
     return { kid: pick.stored.kid, privateKey: pick.privateKey };
@@ -152,23 +113,6 @@ export class SigningKeys {
   /** Public keys to publish: next, current, and retired ones whose tokens may still be valid. */
   jwks(): { keys: PublicSigningJwk[] } {
     return { keys: this.#keys.map((k) => ({ ...k.publicJwk })) };
-  }
-
-  /** Kids of the published keys (the JWKS), in activation order. */
-  kids(): string[] {
-    return this.#keys.map((k) => k.stored.kid);
-  }
-
-  /**
-   * Calls `listener` whenever the published key set changes: a key published or removed by this
-   * process or, seen at the next check, by another replica sharing the store. The revocation feed
-   * pushes it to verifiers, so they load a new key long before it signs. Returns an unsubscribe.
-   */
-  onChange(listener: () => void): () => void {
-    this.#changeListeners.add(listener);
-    return () => {
-      this.#changeListeners.delete(listener);
-    };
   }
 
   /** The loaded schedule (no key material), for tests and diagnostics. */
@@ -182,18 +126,12 @@ export class SigningKeys {
   }
 
   /**
-   * Reloads the keys from the store, publishes a successor when the current key retires within
-   * `prepublishSec`, and deletes keys whose last token has expired. `nowMs` defaults to the clock.
-   * Runs one at a time (a call made during a run waits for it, then runs with its own time).
+   * The schedule's step (run by `rotateIfDue`): reloads the keys from the store, publishes a
+   * successor when the current key retires within `prepublishSec`, and deletes keys whose last
+   * token has expired.
    */
-  rotateIfDue(nowMs?: number): Promise<void> {
-    const run = this.#rotating.then(() => this.#rotate(Math.floor((nowMs ?? this.#opts.now()) / 1000)));
-    this.#rotating = run.catch(() => {});
-    return run;
-  }
-
-  async #rotate(now: number): Promise<void> {
-    const { prepublishSec, rotateEverySec, maxTokenTtlSec } = this.#opts;
+  protected async rotate(now: number): Promise<void> {
+    const { prepublishSec, rotateEverySec, maxTokenTtlSec } = this.rotation;
     let stored = await this.#rewrap((await this.#store.loadSigningKeys()).sort(byActivation));
 
     const activeAt = (keys: StoredSigningKey[], t: number) => keys.filter((k) => k.activeFrom <= t).at(-1);
@@ -216,7 +154,7 @@ export class SigningKeys {
       // newer than the current key (or, for the first key, nothing at all) was stored meanwhile,
       // in one atomic step. The loser drops its key and installs the winner's.
       if (await this.#store.addSigningKeyIfLatest(fresh, current?.activeFrom)) {
-        this.#opts.logger?.info(
+        this.rotation.logger?.info(
           { kid: fresh.kid, activeFrom: fresh.activeFrom, retireAt: fresh.retireAt },
           'signing key published',
         );
@@ -233,7 +171,7 @@ export class SigningKeys {
       const expired = k !== signer && stoppedAt !== undefined && stoppedAt + maxTokenTtlSec <= now;
       if (expired) {
         await this.#store.deleteSigningKey(k.kid);
-        this.#opts.logger?.info({ kid: k.kid }, 'signing key removed');
+        this.rotation.logger?.info({ kid: k.kid }, 'signing key removed');
       } else keep.push(k);
     }
     await this.#install(keep);
@@ -255,24 +193,19 @@ export class SigningKeys {
     }
     for (const { next, from } of changed.values()) {
       await this.#store.saveSigningKey(next);
-      this.#opts.logger?.info({ kid: next.kid, from, to: w.currentKekId }, 'signing key re-wrapped');
+      this.rotation.logger?.info({ kid: next.kid, from, to: w.currentKekId }, 'signing key re-wrapped');
     }
     return stored.map((s) => changed.get(s.kid)?.next ?? s);
   }
 
   /** Re-wraps every stored key under the current KEK now (also done by every reload); the count. */
   async rewrapAll(): Promise<number> {
-    const run = this.#rotating.then(async () => {
+    return this.exclusive(async () => {
       const stored = await this.#store.loadSigningKeys();
       const n = stored.filter((s) => this.#wrapper.needsRewrap(s.privateJwk)).length;
       await this.#rewrap(stored);
       return n;
     });
-    this.#rotating = run.then(
-      () => {},
-      () => {},
-    );
-    return run;
   }
 
   async #install(stored: StoredSigningKey[]): Promise<void> {
@@ -302,18 +235,9 @@ export class SigningKeys {
       }
       next.push({ stored: s, privateKey, publicJwk });
     }
-    const changed =
-      next.length !== this.#keys.length || next.some((k, i) => k.stored.kid !== this.#keys[i]?.stored.kid);
     this.#keys = next;
     this.#warnedStale = false;
-    if (!changed) return;
-    for (const l of this.#changeListeners) {
-      try {
-        l();
-      } catch (err) {
-        this.#opts.logger?.error({ err }, 'signing key change listener threw');
-      }
-    }
+    this.published(next.map((k) => k.stored.kid));
   }
 
   async #generate(createdAt: number, activeFrom: number, retireAt: number): Promise<StoredSigningKey> {
@@ -332,26 +256,7 @@ export class SigningKeys {
     };
   }
 
-  /** Checks the schedule every `checkEveryMs` (the timer does not keep the process alive). */
-  start(): void {
-    if (this.#timer) return;
-    this.#timer = setInterval(() => {
-      this.rotateIfDue().catch((err: unknown) =>
-        this.#opts.logger?.error({ err }, 'signing key rotation failed; retrying at the next check'),
-      );
-    }, this.#opts.checkEveryMs);
-    this.#timer.unref();
-  }
-
-  /** Stops the timer. */
-  stop(): void {
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = undefined;
-  }
-
-  /** Stops the timer and waits for a running rotation. */
-  async close(): Promise<void> {
-    this.stop();
-    await this.#rotating;
+  protected stepFailed(err: unknown): void {
+    this.rotation.logger?.error({ err }, 'signing key rotation failed; retrying at the next check');
   }
 }

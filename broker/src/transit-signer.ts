@@ -15,7 +15,7 @@
 // `batch_input`; the queue is bounded. Vault unreachable or sealed → TASKPASS_SIGNER_UNAVAILABLE.
 import { createHash, createPublicKey } from 'node:crypto';
 import { calculateJwkThumbprint, type JWK } from 'jose';
-import type { Logger } from 'pino';
+import { KeySchedule, type KeyScheduleOptions } from './key-schedule.ts';
 import { BrokerError } from './errors.ts';
 import type { PublicSigningJwk } from './keys.ts';
 import type { TokenSigningKey } from './mint.ts';
@@ -28,25 +28,17 @@ export interface VaultPort {
 }
 
 /** Options of {@link TransitSigner.open}. */
-export interface TransitSignerOptions {
+export interface TransitSignerOptions extends KeyScheduleOptions {
   /** Transit key name; created (ecdsa-p256) when missing. */
   key: string;
   /** Transit mount (default `transit`). */
   mount?: string;
-  rotateEverySec: number;
-  prepublishSec: number;
-  maxTokenTtlSec: number;
   /** Most signatures in one `batch_input` request (default 64). */
   maxBatch?: number;
   /** Sign requests in flight to Vault at once (default 4). */
   maxInFlight?: number;
   /** Signatures waiting at most; more are refused at once (default 1024). */
   maxQueue?: number;
-  now?: () => number;
-  logger?: Logger;
-  autoStart?: boolean;
-  /** How often the schedule is checked and versions reloaded (ms). Default: min(prepublish/4, 60 s). */
-  checkEveryMs?: number;
 }
 
 interface Version {
@@ -89,28 +81,18 @@ async function publicJwkOf(pem: string): Promise<PublicSigningJwk> {
  * `current()` and `jwks()` are synchronous reads of the loaded versions; `rotateIfDue()` (run by
  * `start()`'s timer) reloads them, rotates the Transit key when due and retires old versions.
  */
-export class TransitSigner {
+export class TransitSigner extends KeySchedule {
   readonly protection = 'vault-transit' as const;
   readonly #vault: VaultPort;
-  readonly #o: Required<Omit<TransitSignerOptions, 'logger' | 'autoStart'>> & { logger: Logger | undefined };
+  readonly #o: { key: string; mount: string; maxBatch: number; maxInFlight: number; maxQueue: number };
   #versions: Version[] = [];
   #queue: Pending[] = [];
   #inFlight = 0;
-  #timer: NodeJS.Timeout | undefined;
-  #rotating: Promise<void> = Promise.resolve();
-  readonly #changeListeners = new Set<() => void>();
   /** The batch sizes sent, for tests and metrics. */
   readonly batches: number[] = [];
 
   private constructor(vault: VaultPort, o: TransitSignerOptions) {
-    if (!(o.rotateEverySec > 0 && o.prepublishSec >= 0 && o.maxTokenTtlSec > 0)) {
-      throw new RangeError(
-        'TransitSigner: rotateEverySec and maxTokenTtlSec must be > 0, prepublishSec >= 0',
-      );
-    }
-    if (o.prepublishSec >= o.rotateEverySec) {
-      throw new RangeError('TransitSigner: prepublishSec must be shorter than rotateEverySec');
-    }
+    super('TransitSigner', o);
     if (!/^[\w-][\w.-]*$/.test(o.key) || !/^[\w-]+(\/[\w-]+)*$/.test(o.mount ?? 'transit')) {
       throw new RangeError('TransitSigner: key and mount must be plain Vault path segments');
     }
@@ -118,15 +100,9 @@ export class TransitSigner {
     this.#o = {
       key: o.key,
       mount: o.mount ?? 'transit',
-      rotateEverySec: o.rotateEverySec,
-      prepublishSec: o.prepublishSec,
-      maxTokenTtlSec: o.maxTokenTtlSec,
       maxBatch: o.maxBatch ?? 64,
       maxInFlight: o.maxInFlight ?? 4,
       maxQueue: o.maxQueue ?? 1024,
-      now: o.now ?? Date.now,
-      logger: o.logger,
-      checkEveryMs: o.checkEveryMs ?? Math.max(1000, Math.min((o.prepublishSec * 1000) / 4, 60_000)),
     };
   }
 
@@ -148,13 +124,9 @@ export class TransitSigner {
     return op === 'rotate' ? `${mount}/keys/${key}/rotate` : `${mount}/${op}/${key}`;
   }
 
-  #nowSec(): number {
-    return Math.floor(this.#o.now() / 1000);
-  }
-
   /** The version that signs now (hot path, synchronous): its kid and a `sign` that goes to Vault. */
   current(): TokenSigningKey {
-    const now = this.#nowSec();
+    const now = this.nowSec();
     let pick: Version | undefined;
     for (const v of this.#versions) if (v.activeFrom <= now) pick = v;
     if (!pick) throw unavailable('no vault transit key version is active (not loaded yet)');
@@ -167,10 +139,6 @@ export class TransitSigner {
     return { keys: this.#versions.map((v) => ({ ...v.jwk })) };
   }
 
-  kids(): string[] {
-    return this.#versions.map((v) => v.jwk.kid);
-  }
-
   /** The loaded schedule (no key material) with Transit version numbers, for tests and diagnostics. */
   schedule(): { kid: string; version: number; createdAt: number; activeFrom: number; retireAt: number }[] {
     return this.#versions.map(({ jwk, version, createdAt, activeFrom, retireAt }) => ({
@@ -180,14 +148,6 @@ export class TransitSigner {
       activeFrom,
       retireAt,
     }));
-  }
-
-  /** Calls `listener` whenever the published key set changes. Returns an unsubscribe. */
-  onChange(listener: () => void): () => void {
-    this.#changeListeners.add(listener);
-    return () => {
-      this.#changeListeners.delete(listener);
-    };
   }
 
   #sign(version: number, input: Buffer): Promise<Buffer> {
@@ -257,20 +217,9 @@ export class TransitSigner {
           ? err
           : unavailable(`vault transit signing failed: ${(err as Error).message}`, err);
       if (!(err instanceof BrokerError))
-        this.#o.logger?.warn({ err: (err as Error).message }, 'vault transit sign failed');
+        this.rotation.logger?.warn({ err: (err as Error).message }, 'vault transit sign failed');
       for (const p of batch) p.reject(e);
     }
-  }
-
-  /**
-   * Reloads the versions, rotates the Transit key when the signing version retires within
-   * `prepublishSec`, and drops versions whose last token has expired. One run at a time.
-   * Throws TASKPASS_SIGNER_UNAVAILABLE when Vault cannot be reached (the loaded set is kept).
-   */
-  rotateIfDue(nowMs?: number): Promise<void> {
-    const run = this.#rotating.then(() => this.#rotate(Math.floor((nowMs ?? this.#o.now()) / 1000)));
-    this.#rotating = run.catch(() => {});
-    return run;
   }
 
   async #load(): Promise<Version[]> {
@@ -280,7 +229,7 @@ export class TransitSigner {
     } catch (err) {
       if (!(err instanceof VaultRequestError && err.status === 404)) throw err;
       await this.#vault.write(this.#path('keys'), { type: 'ecdsa-p256' });
-      this.#o.logger?.info({ key: this.#o.key }, 'vault transit key created');
+      this.rotation.logger?.info({ key: this.#o.key }, 'vault transit key created');
       res = await this.#vault.read(this.#path('keys'));
     }
     if (res.data?.type !== 'ecdsa-p256') {
@@ -288,7 +237,7 @@ export class TransitSigner {
     }
     const raw = (res.data.keys ?? {}) as Record<string, { public_key?: string; creation_time?: string }>;
     const known = new Map(this.#versions.map((v) => [v.version, v]));
-    const { prepublishSec, rotateEverySec } = this.#o;
+    const { prepublishSec, rotateEverySec } = this.rotation;
     const first = Math.min(...Object.keys(raw).map(Number));
     const out: Version[] = [];
     for (const [k, v] of Object.entries(raw)) {
@@ -307,17 +256,22 @@ export class TransitSigner {
     return out.sort((a, b) => a.version - b.version);
   }
 
-  async #rotate(now: number): Promise<void> {
+  /**
+   * The schedule's step (run by `rotateIfDue`): reloads the versions, rotates the Transit key when
+   * the signing version retires within `prepublishSec`, and drops versions whose last token has
+   * expired. Throws TASKPASS_SIGNER_UNAVAILABLE when Vault cannot be reached (the loaded set is kept).
+   */
+  protected async rotate(now: number): Promise<void> {
     let versions: Version[];
     try {
       versions = await this.#load();
       const activeAt = (t: number) => versions.filter((v) => v.activeFrom <= t).at(-1);
       const current = activeAt(now);
-      if (current && current === versions.at(-1) && now >= current.retireAt - this.#o.prepublishSec) {
+      if (current && current === versions.at(-1) && now >= current.retireAt - this.rotation.prepublishSec) {
         // Another replica may rotate at the same moment: both versions get published before they
         // sign, and the later one simply takes over a little earlier.
         await this.#vault.write(this.#path('rotate'), {});
-        this.#o.logger?.info({ key: this.#o.key }, 'vault transit key rotated');
+        this.rotation.logger?.info({ key: this.#o.key }, 'vault transit key rotated');
         versions = await this.#load();
       }
     } catch (err) {
@@ -328,43 +282,17 @@ export class TransitSigner {
     const signer = versions.filter((v) => v.activeFrom <= now).at(-1);
     const keep = versions.filter((v, i) => {
       const successor = versions.slice(i + 1).find((s) => s.activeFrom <= now);
-      return v === signer || !successor || successor.activeFrom + this.#o.maxTokenTtlSec > now;
+      return v === signer || !successor || successor.activeFrom + this.rotation.maxTokenTtlSec > now;
     });
     this.#install(keep);
   }
 
   #install(next: Version[]): void {
-    const changed =
-      next.length !== this.#versions.length || next.some((v, i) => v.jwk.kid !== this.#versions[i]?.jwk.kid);
     this.#versions = next;
-    if (!changed) return;
-    for (const l of this.#changeListeners) {
-      try {
-        l();
-      } catch (err) {
-        this.#o.logger?.error({ err }, 'signing key change listener threw');
-      }
-    }
+    this.published(next.map((v) => v.jwk.kid));
   }
 
-  /** Checks the schedule every `checkEveryMs` (the timer does not keep the process alive). */
-  start(): void {
-    if (this.#timer) return;
-    this.#timer = setInterval(() => {
-      this.rotateIfDue().catch((err: unknown) =>
-        this.#o.logger?.warn({ err: (err as Error).message }, 'vault transit key check failed; retrying'),
-      );
-    }, this.#o.checkEveryMs);
-    this.#timer.unref();
-  }
-
-  stop(): void {
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = undefined;
-  }
-
-  async close(): Promise<void> {
-    this.stop();
-    await this.#rotating;
+  protected stepFailed(err: unknown): void {
+    this.rotation.logger?.warn({ err: (err as Error).message }, 'vault transit key check failed; retrying');
   }
 }
