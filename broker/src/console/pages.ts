@@ -139,8 +139,10 @@ function taskPage(id: string, d: Json, s: ConsoleSession): Html {
 <h2>Timeline</h2>
 <table><tr><th>#</th><th>At</th><th>Event</th><th>Outcome</th><th>Tool</th><th>Resource</th><th>Action</th><th>Template</th><th>Code</th><th>Reason</th><th>Approval</th></tr>
 ${timeline.map((r) => {
-  const denied = DENIED_EVENTS.test(str(r.event)) || str(r.code) !== '';
-  return html`<tr><td>${str(r.seq)}</td><td>${whenMs(r.at)}</td><td>${str(r.event)}</td><td class="${denied ? 'denied' : 'allowed'}">${denied ? 'denied' : 'allowed'}</td><td>${str(r.tool)}</td><td class="resource">${str(r.resource)}</td><td>${str(r.action)}</td><td>${str(r.template)}</td><td>${str(r.code)}</td><td>${str(r.reason)}</td><td>${str(r.approval)}${r.approver ? html` by ${str(r.approver)}` : ''}</td></tr>`;
+  const failed = /failed$/.test(str(r.event));
+  const denied = failed || DENIED_EVENTS.test(str(r.event)) || str(r.code) !== '';
+  // Lease events (docs/vault.md) name a Vault path where calls name a resource.
+  return html`<tr><td>${str(r.seq)}</td><td>${whenMs(r.at)}</td><td>${str(r.event)}</td><td class="${denied ? 'denied' : 'allowed'}">${failed ? 'failed' : denied ? 'denied' : 'allowed'}</td><td>${str(r.tool)}</td><td class="resource">${str(r.resource ?? r.path)}</td><td>${str(r.action)}</td><td>${str(r.template)}</td><td>${str(r.code)}</td><td>${str(r.reason)}</td><td>${str(r.approval)}${r.approver ? html` by ${str(r.approver)}` : ''}</td></tr>`;
 })}</table>
 <h2>Tokens issued (${issued.length})</h2>
 <table><tr><th>Token id</th><th>Tool</th><th>Resource</th><th>Action</th><th>Issued</th><th>Expires</th><th>State</th></tr>
