@@ -1,7 +1,7 @@
 // Which signer the broker uses (config `signing`): its own keys in the store (keys.ts), or a Vault
 // Transit key (transit-signer.ts) reached through the broker's one Vault client (vault.ts).
 import { readFileSync } from 'node:fs';
-import { JwtSource } from '@taskpass/spiffe/workload';
+import { JwtSource, pickByHint, X509Source } from '@taskpass/spiffe/workload';
 import type { Logger } from 'pino';
 import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
@@ -30,6 +30,7 @@ export async function connectVault(
   const v = config.vault;
   if (!v) throw new BrokerError('TASKPASS_CONFIG_INVALID', 'the vault section is not configured');
   let auth: VaultAuth;
+  let svid: (() => { cert: string; key: string }) | undefined;
   if (v.auth.method === 'jwt') {
     const address = config.workloadApi.address;
     const jwt = await JwtSource.create({
@@ -48,6 +49,22 @@ export async function connectVault(
       jwtSvid: async () => (await jwt.fetchJwtSvid({ audience })).token,
     };
   } else if (v.auth.method === 'cert') {
+    // The broker's own X.509-SVID (the same hint as its TLS server), read afresh at every login.
+    const address = config.workloadApi.address;
+    const picker = config.workloadApi.hint === undefined ? undefined : pickByHint(config.workloadApi.hint);
+    const x509 = await X509Source.create({
+      ...(address ? { address } : {}),
+      ...(picker ? { picker } : {}),
+      timeoutMs: config.workloadApi.timeoutMs,
+    });
+    closers.push(() => x509.close());
+    x509.on('error', (err: Error) =>
+      logger.warn({ err: err.message }, 'workload api error (x509 source for vault)'),
+    );
+    svid = () => {
+      const s = x509.getX509Svid();
+      return { cert: s.certChainPem(), key: s.privateKeyPem() };
+    };
     auth = { method: 'cert', mount: v.auth.mount, ...(v.auth.name ? { name: v.auth.name } : {}) };
   } else {
     logger.warn('vault: static token authentication is for development only');
@@ -59,7 +76,7 @@ export async function connectVault(
     auth,
     timeoutMs: v.timeoutMs,
     ...(v.namespace ? { namespace: v.namespace } : {}),
-    ...(ca ? { tls: { ca } } : {}),
+    ...(ca || svid ? { tls: { ...(ca ? { ca } : {}), ...(svid ? { cert: svid } : {}) } } : {}),
     logger,
   });
   closers.push(() => client.close());

@@ -23,7 +23,7 @@ export type VaultAuth =
       jwtSvid: () => Promise<string>;
     }
   | {
-      /** TLS cert auth with the broker's X.509-SVID (the client certificate of `tls`). */
+      /** TLS cert auth with the broker's X.509-SVID (`tls.cert`, read at every login). */
       method: 'cert';
       /** Name of the cert role (optional: Vault tries every role otherwise). */
       name?: string;
@@ -40,7 +40,7 @@ export interface VaultClientOptions {
   /** e.g. `https://vault.internal:8200`. */
   address: string;
   auth: VaultAuth;
-  /** TLS to Vault: CA to trust, and the client certificate (cert auth). PEM. */
+  /** TLS to Vault: the CA to trust, and for cert auth the current X.509-SVID (chain and key). PEM. */
   tls?: { ca?: string; cert?: () => { cert: string; key: string } };
   /** Bound of every call to Vault, ms (default 5000). */
   timeoutMs?: number;
@@ -141,13 +141,9 @@ export class VaultClient {
     this.#opts = opts;
     this.#log = opts.logger;
     const timeout = opts.timeoutMs ?? 5000;
-    const tls = opts.tls?.cert?.();
-    // Kept-alive agents: signing and lease calls reuse their connections.
-    const agentOptions = {
-      keepAlive: true,
-      ...(opts.tls?.ca ? { ca: opts.tls.ca } : {}),
-      ...(tls ? { cert: tls.cert, key: tls.key } : {}),
-    };
+    // Kept-alive agents: signing and lease calls reuse their connections. They carry no client
+    // certificate: only a cert-auth login presents one (the SVID current at that login, below).
+    const agentOptions = { keepAlive: true, ...(opts.tls?.ca ? { ca: opts.tls.ca } : {}) };
     this.#agents = [new HttpAgent({ keepAlive: true }), new HttpsAgent(agentOptions)];
     this.#vault = nodeVault({
       endpoint: opts.address.replace(/\/+$/, ''),
@@ -262,12 +258,7 @@ export class VaultClient {
           (await this.#vault.jwtLogin({ role: a.role, jwt, mount_point: a.mount ?? 'jwt' })) as VaultResponse
         ).auth;
       } else if (a.method === 'cert') {
-        auth = (
-          (await this.#vault.write(
-            `auth/${a.mount ?? 'cert'}/login`,
-            a.name ? { name: a.name } : {},
-          )) as VaultResponse
-        ).auth;
+        auth = (await this.#certLogin(a)).auth;
         if (auth) this.#vault.token = auth.client_token;
       } else {
         const self = (await this.#vault.tokenLookupSelf()) as {
@@ -286,6 +277,28 @@ export class VaultClient {
       throw new VaultRequestError(`vault login (${a.method}): no token in the answer`, 500);
     this.#log?.info({ method: a.method, ttl: auth.lease_duration }, 'logged in to vault');
     this.#schedule(auth);
+  }
+
+  /**
+   * TLS cert auth: the login request alone presents the X.509-SVID current now (an SVID rotates
+   * within the hour, so it is read at every login), on a connection of its own that is closed after.
+   */
+  async #certLogin(a: Extract<VaultAuth, { method: 'cert' }>): Promise<VaultResponse> {
+    const svid = this.#opts.tls?.cert?.();
+    if (!svid) throw new Error('cert auth needs the X.509-SVID (tls.cert)');
+    const agent = new HttpsAgent({
+      keepAlive: false,
+      cert: svid.cert,
+      key: svid.key,
+      ...(this.#opts.tls?.ca ? { ca: this.#opts.tls.ca } : {}),
+    });
+    try {
+      return (await this.#vault.write(`auth/${a.mount ?? 'cert'}/login`, a.name ? { name: a.name } : {}, {
+        httpsAgent: agent,
+      })) as VaultResponse;
+    } finally {
+      agent.destroy();
+    }
   }
 
   /** Schedules the next renewal (or login) at RENEW_AT of the token's lease. TTL 0: never expires. */
