@@ -64,6 +64,12 @@ function summary(step: Extract<Step, { kind: 'call' }>): string {
 function printStep(step: Step): void {
   if (step.kind === 'call') {
     const what = `${step.tool} ${argsText(step.args)}`;
+    if (step.outcome === 'error' && !step.refusal) {
+      // The token was accepted but the tool failed (e.g. no leased credential): say why.
+      out(`  ${red('!!')} ${bold(what)}`);
+      out(`      ${summary(step)}`);
+      return;
+    }
     if (step.outcome === 'allowed') {
       const tk = step.token;
       const facts = tk
@@ -268,7 +274,7 @@ function dbUsersOf(steps: readonly Step[]): string[] {
 function printVault(stack: Stack, f: VaultFacts): void {
   section('Vault: Transit signs the tokens, the desk runs as a database user leased to the task');
   const versions = [...f.tokenKids].map((k) => (f.transitKids.has(k) ? `v${f.transitKids.get(k)}` : '?'));
-  const all = [...f.tokenKids].every((k) => f.transitKids.has(k));
+  const all = f.tokenKids.size > 0 && [...f.tokenKids].every((k) => f.transitKids.has(k));
   out(
     `  ${all ? OK : NO} every call token was signed by Vault Transit key ${bold('taskpass')} ${versions.join(', ')} ${dim(`(kid ${[...f.tokenKids].map((k) => `${k.slice(0, 12)}…`).join(', ')}; the private key never left ${stack.vault?.address ?? 'Vault'})`)}`,
   );
@@ -283,7 +289,7 @@ function printVault(stack: Stack, f: VaultFacts): void {
   out(
     f.goneAfterMs !== undefined
       ? `  ${OK} it was gone from pg_roles ${msf(f.goneAfterMs)} after complete(): the broker revoked the lease`
-      : `  ${NO} it was still in pg_roles 10 s after complete()`,
+      : `  ${NO} ${first ? 'it was still in pg_roles 10 s after complete()' : 'no user to watch after complete()'}`,
   );
 }
 
