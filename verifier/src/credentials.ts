@@ -121,6 +121,11 @@ export interface TaskCredentialsOptions {
   timeoutMs?: number;
   /** The verifier's revocation source: a credential of a revoked task is dropped, never handed out. */
   revocation?: Pick<RevocationSource, 'isRevoked'>;
+  /**
+   * Drop the credentials of ended leases and revoked tasks at most this often, on calls (ms, default
+   * 30 000), so secrets of finished tasks do not stay in memory until the cache fills.
+   */
+  sweepEveryMs?: number;
   /** Clock (epoch ms), for tests. */
   now?: () => number;
 }
@@ -170,6 +175,8 @@ export class TaskCredentials {
   readonly #timeoutMs: number;
   readonly #revocation: Pick<RevocationSource, 'isRevoked'> | undefined;
   readonly #now: () => number;
+  readonly #sweepEveryMs: number;
+  #lastSweepAt: number;
   /** task → path (or {@link DEFAULT_PATH}) → entry. */
   readonly #tasks = new Map<string, Map<string, Entry>>();
   #size = 0;
@@ -188,6 +195,8 @@ export class TaskCredentials {
     this.#timeoutMs = opts.timeoutMs ?? 5000;
     this.#revocation = opts.revocation;
     this.#now = opts.now ?? Date.now;
+    this.#sweepEveryMs = opts.sweepEveryMs ?? 30_000;
+    this.#lastSweepAt = this.#now();
   }
 
   /** Credentials held or being fetched. */
@@ -205,6 +214,7 @@ export class TaskCredentials {
     const { token, auth } = subjectOf(call);
     if (path !== undefined && !isVaultPath(path)) throw new TypeError(`not a Vault path: ${path}`);
     const task = auth.task;
+    if (this.#now() - this.#lastSweepAt >= this.#sweepEveryMs) this.sweep();
     if (this.#revocation?.isRevoked(task, auth.jti)) {
       this.#forgetTask(task);
       throw new CredentialError('TASKPASS_VERIFY_REVOKED', 401, `task ${task} is revoked`);
@@ -246,6 +256,7 @@ export class TaskCredentials {
 
   /** Drops credentials whose lease ended and those of revoked tasks (also done when the cache is full). */
   sweep(): void {
+    this.#lastSweepAt = this.#now();
     for (const [task, paths] of this.#tasks) {
       if (this.#revocation?.isRevoked(task, '')) {
         this.#forgetTask(task);

@@ -331,6 +331,29 @@ describe('TaskCredentials', () => {
     assert.equal(creds.size, 1);
   });
 
+  test('credentials of revoked tasks and ended leases are swept on later calls', async () => {
+    let now = Date.now();
+    const revoked = new Set<string>();
+    const creds = new TaskCredentials({
+      brokerUrl: url,
+      now: () => now,
+      sweepEveryMs: 30_000,
+      revocation: { isRevoked: (task) => revoked.has(task) },
+    });
+    broker.leaseSec = 3600;
+    await creds.forCall(call('task-1'));
+    broker.leaseSec = 20;
+    await creds.forCall(call('task-2'));
+    revoked.add('task-1');
+    now += 29_000;
+    broker.leaseSec = 3600;
+    const four = await creds.forCall(call('task-4'));
+    assert.equal(creds.size, 3, 'not swept yet');
+    now += 1_000;
+    assert.equal(await creds.forCall(call('task-4')), four);
+    assert.equal(creds.size, 1, 'task-1 revoked and task-2 ended were dropped');
+  });
+
   test('the secret is left out of JSON and inspect', async () => {
     const creds = new TaskCredentials({ brokerUrl: url });
     const c = await creds.forCall(call());
