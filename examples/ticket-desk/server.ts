@@ -10,7 +10,9 @@
 //
 // Flags (or environment): --workload-api (SPIFFE_ENDPOINT_SOCKET), --hint (TICKETS_SVID_HINT),
 // --broker-url (TASKPASS_BROKER_URL), --broker-issuer (TASKPASS_BROKER_ISSUER, default the URL),
-// --broker-id (TASKPASS_BROKER_ID), --audience (TICKETS_AUDIENCE), --host/--port (TICKETS_HOST/_PORT).
+// --broker-id (TASKPASS_BROKER_ID), --audience (TICKETS_AUDIENCE), --host/--port (TICKETS_HOST/_PORT),
+// --db-schema (TICKETS_DB_SCHEMA: serve from that PostgreSQL schema on PGHOST/PGPORT/PGDATABASE as
+// per-task database users leased through the broker, docs/vault.md; default the in-memory desk).
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
@@ -561,6 +563,7 @@ async function main(): Promise<void> {
       audience: { type: 'string' },
       host: { type: 'string' },
       port: { type: 'string' },
+      'db-schema': { type: 'string' },
     },
   });
   const env = process.env;
@@ -571,6 +574,7 @@ async function main(): Promise<void> {
   const brokerIssuer = values['broker-issuer'] ?? env.TASKPASS_BROKER_ISSUER;
   const brokerId = values['broker-id'] ?? env.TASKPASS_BROKER_ID;
   const audience = values.audience ?? env.TICKETS_AUDIENCE;
+  const schema = values['db-schema'] ?? env.TICKETS_DB_SCHEMA;
   const tickets = await startTicketDesk({
     brokerUrl,
     ...(workloadApiAddress ? { workloadApiAddress } : {}),
@@ -578,6 +582,18 @@ async function main(): Promise<void> {
     ...(brokerIssuer ? { brokerIssuer } : {}),
     ...(brokerId ? { brokerId } : {}),
     ...(audience ? { audience } : {}),
+    ...(schema
+      ? {
+          database: {
+            schema,
+            location: {
+              host: env.PGHOST ?? '127.0.0.1',
+              port: Number(env.PGPORT ?? 5432),
+              database: env.PGDATABASE ?? 'postgres',
+            },
+          },
+        }
+      : {}),
     host: values.host ?? env.TICKETS_HOST ?? '127.0.0.1',
     port: Number(values.port ?? env.TICKETS_PORT ?? 8444),
     log: (event, data) => console.log(JSON.stringify({ t: new Date().toISOString(), event, ...data })),
