@@ -5,9 +5,13 @@
 // `taskpass approvals approve`, the completion and what happens to a leftover token, then stops
 // everything and checks that no SPIRE process of this run is left. Exit code 0 only when every step
 // went as expected. `--keep` keeps the stack up after the story (until Ctrl-C) so a person can follow
-// the task in the web console.
+// the task in the web console. `--vault` runs it on a real Vault: tokens signed by its Transit key,
+// and the ticket desk on PostgreSQL as a per-task database user that Vault creates for the task and
+// the broker has revoked once the task ended.
 import { execFileSync } from 'node:child_process';
 import type { TaskpassApprovalRequiredError } from '@taskpass/agent-plugin';
+import { calculateJwkThumbprint, exportJWK, importSPKI } from 'jose';
+import pg from 'pg';
 import { ALICE, BOB, type Stack, startStack } from './stack.ts';
 import { checkStory, runAgentScript, type Step, type Transcript } from './ticket-desk/agent.ts';
 
@@ -41,13 +45,14 @@ function summary(step: Extract<Step, { kind: 'call' }>): string {
     | {
         tickets?: { id: string }[];
         ticket?: { subject: string; status: string; order: { id: string; amount: number; currency: string } };
-        caller?: { user: string; agent: string; approval?: { approver: { sub: string } } };
+        caller?: { user: string; agent: string; approval?: { approver: { sub: string } }; db_user?: string };
       }
     | undefined;
   if (step.isError) return red(`tool error: ${JSON.stringify(r)}`);
   const c = r?.caller;
   const approved = c?.approval ? `, approved by ${c.approval.approver.sub}` : '';
-  const by = c ? dim(` (server saw ${c.user} via …/${c.agent.split('/').pop()}${approved})`) : '';
+  const asDb = c?.db_user ? `, as database user ${c.db_user}` : '';
+  const by = c ? dim(` (server saw ${c.user} via …/${c.agent.split('/').pop()}${approved}${asDb})`) : '';
   if (r?.tickets) return `${r.tickets.length} tickets: ${r.tickets.map((x) => x.id).join(', ')}${by}`;
   if (r?.ticket) {
     const t = r.ticket;
@@ -59,6 +64,12 @@ function summary(step: Extract<Step, { kind: 'call' }>): string {
 function printStep(step: Step): void {
   if (step.kind === 'call') {
     const what = `${step.tool} ${argsText(step.args)}`;
+    if (step.outcome === 'error' && !step.refusal) {
+      // The token was accepted but the tool failed (e.g. no leased credential): say why.
+      out(`  ${red('!!')} ${bold(what)}`);
+      out(`      ${summary(step)}`);
+      return;
+    }
     if (step.outcome === 'allowed') {
       const tk = step.token;
       const facts = tk
@@ -208,18 +219,109 @@ if (engineName !== 'templates' && engineName !== 'opa' && engineName !== 'cedar'
 }
 const engine: 'templates' | 'opa' | 'cedar' = engineName;
 
+/** `--vault`: Transit signs the tokens; the desk runs on PostgreSQL as per-task database users. */
+const withVault = process.argv.slice(2).includes('--vault');
+
+/** What the demo saw of Vault (`--vault`): the signing key and the task's database user. */
+interface VaultFacts {
+  /** Transit key `taskpass`: each version's kid (RFC 7638 thumbprint of its public key). */
+  transitKids: Map<string, number>;
+  /** The kids that signed the tokens of the allowed calls. */
+  tokenKids: Set<string>;
+  /** Every database user the desk's calls ran as, in order of first appearance. */
+  dbUsers: string[];
+  /** The first call's user was in pg_roles while the task was open. */
+  existedDuringTask?: boolean;
+  /** It was gone from pg_roles this long after complete() returned; undefined if it stayed. */
+  goneAfterMs?: number;
+}
+
+async function pgRoleExists(name: string): Promise<boolean> {
+  const c = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' });
+  await c.connect();
+  try {
+    return (await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [name])).rowCount === 1;
+  } finally {
+    await c.end();
+  }
+}
+
+/** The kid of every version of the Transit key, as the broker publishes them (JWK thumbprints). */
+async function transitKids(stack: Stack): Promise<Map<string, number>> {
+  const key = (await stack.vault?.api('GET', 'transit/keys/taskpass')) as
+    | { data: { keys: Record<string, { public_key: string }> } }
+    | undefined;
+  const kids = new Map<string, number>();
+  for (const [version, k] of Object.entries(key?.data.keys ?? {})) {
+    const jwk = await exportJWK(await importSPKI(k.public_key, 'ES256', { extractable: true }));
+    kids.set(await calculateJwkThumbprint(jwk), Number(version));
+  }
+  return kids;
+}
+
+function dbUsersOf(steps: readonly Step[]): string[] {
+  const users: string[] = [];
+  for (const s of steps) {
+    const u =
+      s.kind === 'call'
+        ? (s.result as { caller?: { db_user?: unknown } } | undefined)?.caller?.db_user
+        : undefined;
+    if (typeof u === 'string' && !users.includes(u)) users.push(u);
+  }
+  return users;
+}
+
+function printVault(stack: Stack, f: VaultFacts): void {
+  section('Vault: Transit signs the tokens, the desk runs as a database user leased to the task');
+  const versions = [...f.tokenKids].map((k) => (f.transitKids.has(k) ? `v${f.transitKids.get(k)}` : '?'));
+  const all = f.tokenKids.size > 0 && [...f.tokenKids].every((k) => f.transitKids.has(k));
+  out(
+    `  ${all ? OK : NO} every call token was signed by Vault Transit key ${bold('taskpass')} ${versions.join(', ')} ${dim(`(kid ${[...f.tokenKids].map((k) => `${k.slice(0, 12)}…`).join(', ')}; the private key never left ${stack.vault?.address ?? 'Vault'})`)}`,
+  );
+  const first = f.dbUsers[0];
+  out(
+    `  ${first ? OK : NO} the first desk call ran as ${bold(first ?? '(none)')} in schema ${stack.deskDatabase?.schema ?? '?'}, a user Vault created for this task`,
+  );
+  out(
+    `  ${f.dbUsers.length === 1 ? OK : NO} every call of the task ran as that one user ${dim(`(${f.dbUsers.length} user(s) seen: the desk caches the lease until it ends)`)}`,
+  );
+  out(`  ${f.existedDuringTask ? OK : NO} it was in pg_roles while the task was open`);
+  out(
+    f.goneAfterMs !== undefined
+      ? `  ${OK} it was gone from pg_roles ${msf(f.goneAfterMs)} after complete(): the broker revoked the lease`
+      : `  ${NO} ${first ? 'it was still in pg_roles 10 s after complete()' : 'no user to watch after complete()'}`,
+  );
+}
+
+function checkVault(f: VaultFacts): string[] {
+  const problems: string[] = [];
+  if (f.tokenKids.size === 0 || ![...f.tokenKids].every((k) => f.transitKids.has(k)))
+    problems.push('a call token was not signed by the Transit key');
+  if (f.dbUsers.length === 0) problems.push('no desk call reported the database user it ran as');
+  if (f.dbUsers.length > 1)
+    problems.push(`the task's calls ran as ${f.dbUsers.length} database users, not one`);
+  if (!f.existedDuringTask) problems.push("the task's database user was not in pg_roles during the task");
+  if (f.goneAfterMs === undefined)
+    problems.push("the task's database user was still there 10 s after complete");
+  return problems;
+}
+
 async function main(): Promise<number> {
   const started = performance.now();
   out(bold('Taskpass demo: an agent acting for a user, one short-lived token per MCP tool call'));
-  section('Starting the stack on 127.0.0.1 (real SPIRE, IdP, broker, ticket desk MCP server)');
+  section(
+    `Starting the stack on 127.0.0.1 (real SPIRE, IdP, broker, ticket desk MCP server${withVault ? ', Vault, PostgreSQL' : ''})`,
+  );
   let stack: Stack | undefined;
   let transcript: Transcript | undefined;
   let agentMs = 0;
   let failure: unknown;
   let spireDir: string | undefined;
+  let vaultFacts: VaultFacts | undefined;
   try {
     stack = await startStack({
       engine,
+      vault: withVault,
       progress: (l) => out(`  ${l}`),
       onSpire: (spire) => {
         spireDir = spire.dir;
@@ -233,9 +335,37 @@ async function main(): Promise<number> {
       userToken: await stack.userToken(ALICE),
       onApprovalRequired: (e) =>
         void approveAsLead(running, e).catch((err) => approverLines.push(red(String(err)))),
+      // With Vault: while the task is still open, its database user must exist.
+      ...(withVault
+        ? {
+            beforeComplete: async (_task: string, steps: readonly Step[]) => {
+              const users = dbUsersOf(steps);
+              vaultFacts = { transitKids: new Map(), tokenKids: new Set(), dbUsers: users };
+              if (users[0]) vaultFacts.existedDuringTask = await pgRoleExists(users[0]);
+            },
+          }
+        : {}),
     });
     agentMs = performance.now() - a0;
+    if (withVault) {
+      const f: VaultFacts = vaultFacts ?? { transitKids: new Map(), tokenKids: new Set(), dbUsers: [] };
+      vaultFacts = f;
+      const completedAt = performance.now();
+      // The broker's revoker runs every 2 s: the lease, and with it the user, goes soon after.
+      const user = f.dbUsers[0];
+      while (user && performance.now() - completedAt < 10_000) {
+        if (!(await pgRoleExists(user))) {
+          f.goneAfterMs = performance.now() - completedAt;
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      f.transitKids = await transitKids(stack);
+      for (const s of transcript.steps)
+        if (s.kind === 'call' && s.outcome === 'allowed' && s.token?.kid) f.tokenKids.add(s.token.kid);
+    }
     printStory(stack, transcript, agentMs);
+    if (vaultFacts) printVault(stack, vaultFacts);
     if (stack.opa) {
       section('Policy engine behind the templates');
       out(
@@ -257,7 +387,9 @@ async function main(): Promise<number> {
   const s0 = performance.now();
   if (stack) await stack.stop();
   const left = spireDir ? spireLeft(spireDir) : [];
-  out(`  ticket desk, broker, IdP and SPIRE stopped in ${msf(performance.now() - s0)}`);
+  out(
+    `  ticket desk, broker, IdP${withVault ? ', Vault (and the desk schema)' : ''} and SPIRE stopped in ${msf(performance.now() - s0)}`,
+  );
   out(
     left.length === 0
       ? `  ${OK} no SPIRE process of this run is left (pgrep -f ${spireDir ?? '(not started)'}: none)`
@@ -267,6 +399,7 @@ async function main(): Promise<number> {
   const problems = [
     ...(failure ? [`the run failed: ${(failure as Error).stack ?? failure}`] : []),
     ...(transcript ? checkStory(transcript) : []),
+    ...(withVault ? (vaultFacts ? checkVault(vaultFacts) : ['no Vault facts were gathered']) : []),
     ...(left.length ? ['SPIRE processes were left running'] : []),
   ];
   const total = secs(performance.now() - started);

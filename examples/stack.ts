@@ -5,6 +5,11 @@
 // authenticate each other by SPIFFE ID, never by host name, so the URLs can be bare addresses while
 // `iss` and `aud` keep their canonical names.
 //
+// With `vault: true` a real Vault (built by scripts/build-vault.mjs) signs the broker's tokens with
+// Transit, and the ticket desk keeps its tickets in a PostgreSQL schema of the stack's own (the
+// local PostgreSQL, 127.0.0.1:5432) which each call reaches as its task's database user, leased
+// through the broker from Vault's database engine and revoked when the task ends.
+//
 // All processes of this host run as one uid, so every workload matches `unix:uid:<uid>` and gets
 // all three SVIDs: each component picks its own by entry hint. Entry IDs are ordered so the
 // broker's SVID also comes first, i.e. is the default one.
@@ -23,6 +28,8 @@ import {
 import pino from 'pino';
 import { type Opa, startOpa, TICKET_DESK_REGO } from '../test/support/opa.ts';
 import { type SpireHarness, startSpire } from '../test/support/spire.ts';
+import { type DeskDatabase, setUpBrokerVault, setUpDeskDatabaseEngine } from '../test/support/vault-setup.ts';
+import { type OwnVault, startVault } from '../test/support/vault-server.ts';
 import { AGENT_ID, type AgentScriptOptions } from './ticket-desk/agent.ts';
 import { type Idp, startIdp } from './idp/idp.ts';
 import {
@@ -102,6 +109,13 @@ export interface StackOptions {
    * trusts SPIRE's JWT bundle); merged over the stack's own at the top level.
    */
   brokerConfig?: (spire: SpireHarness) => Promise<Record<string, unknown>>;
+  /**
+   * A real Vault ($TASKPASS_VAULT_BIN, else built or reused): the broker signs with its Transit key
+   * and logs in with its JWT-SVID; the ticket desk runs on PostgreSQL (a schema of this stack's own,
+   * dropped at stop) as per-task database users leased from Vault's database engine through the
+   * broker (`vault.credentialClients` lists the desk for its audience).
+   */
+  vault?: boolean;
 }
 
 /** Durations of start-up phases, ms. */
@@ -121,6 +135,10 @@ export interface Stack extends AsyncDisposable {
   readonly broker: RunningBroker;
   /** The OPA behind the templates, with `engine: 'opa'`. */
   readonly opa?: Opa | undefined;
+  /** The Vault signing the tokens and leasing the desk's database users, with `vault: true`. */
+  readonly vault?: OwnVault | undefined;
+  /** The desk's PostgreSQL schema and Vault's database engine, with `vault: true`. */
+  readonly deskDatabase?: DeskDatabase | undefined;
   /**
    * The broker's validated configuration for another replica (`startBroker(brokerConfig)`): the
    * same, but its console listens on an ephemeral port.
@@ -306,6 +324,31 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           }
         : {};
 
+    let vault: OwnVault | undefined;
+    let deskDatabase: DeskDatabase | undefined;
+    let vaultConfig: Record<string, unknown> = {};
+    if (opts.vault) {
+      t = performance.now();
+      const v = await startVault();
+      vault = v;
+      stops.push({ name: 'Vault', fn: () => v.stop() });
+      const brokerVault = await setUpBrokerVault(v, spire, ids.broker);
+      const db = await setUpDeskDatabaseEngine(v);
+      deskDatabase = db;
+      stops.push({ name: 'the desk database', fn: () => db.drop() });
+      vaultConfig = {
+        ...brokerVault,
+        vault: {
+          ...(brokerVault.vault as Record<string, unknown>),
+          // The desk may exchange call tokens for its audience at POST /v1/credentials.
+          credentialClients: [{ spiffeId: ids.tickets, audiences: [TICKETS_AUDIENCE] }],
+        },
+      };
+      progress(
+        `Vault on ${v.address} (Transit key, JWT auth for the broker, database engine on schema ${db.schema}) in ${since(t)} ms`,
+      );
+    }
+
     t = performance.now();
     const logFile = join(dir, 'broker.log');
     const logger = pino(
@@ -360,6 +403,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         // test's own Redis prefix); replicas started from brokerConfig share it.
         keys: { kek: generateKek('demo') },
         logLevel: opts.brokerLogLevel ?? 'info',
+        ...vaultConfig,
         ...(opts.brokerConfig ? await opts.brokerConfig(spire) : {}),
       },
       'stack broker configuration',
@@ -378,6 +422,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       brokerIssuer: BROKER_ISSUER,
       brokerId: ids.broker,
       audience: TICKETS_AUDIENCE,
+      ...(deskDatabase ? { database: { schema: deskDatabase.schema } } : {}),
     });
     stops.push({ name: 'ticket desk', fn: () => tickets.close() });
     const ticketsMs = since(t);
@@ -404,6 +449,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       idp,
       broker,
       opa,
+      vault,
+      deskDatabase,
       // Another replica on this host serves its console on a port of its own (same store: the
       // sessions are shared, so a person signed in at one console is signed in at every one).
       brokerConfig: config.console

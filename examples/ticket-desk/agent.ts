@@ -30,7 +30,7 @@ import {
 } from '@taskpass/agent-plugin';
 import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
 import { pickByHint, X509Source } from '@taskpass/spiffe/workload';
-import { decodeJwt } from 'jose';
+import { decodeJwt, decodeProtectedHeader } from 'jose';
 import { type Dispatcher, fetch as undiciFetch } from 'undici';
 import { BROKER_ID, TICKETS_AUDIENCE, TICKETS_ID } from './server.ts';
 
@@ -67,6 +67,11 @@ export interface AgentScriptOptions {
    */
   awaitRevocation?: (taskId: string) => Promise<number>;
   /**
+   * Awaited after the last tool call and before the task is completed, with the steps so far (e.g.
+   * for the demo to look at what the task's calls left in the world while the task is open).
+   */
+  beforeComplete?: (taskId: string, steps: readonly Step[]) => Promise<void>;
+  /**
    * Called (not awaited) when a call waits for a person's approval, e.g. to have the demo's support
    * lead decide it. Without it the agent waits for someone to decide at the approval URL.
    */
@@ -97,6 +102,8 @@ export interface Refusal {
 /** What the agent can see of a token (never the token itself). */
 export interface TokenFacts {
   jti: string;
+  /** The signing key's id (`kid` of the JWS header): which broker key, or Transit key version, signed it. */
+  kid?: string;
   lifetimeSec: number;
   singleUse: boolean;
   template?: string;
@@ -188,8 +195,10 @@ function factsOf(token: string): TokenFacts {
     }[];
   };
   const detail = c.authorization_details?.[0];
+  const kid = decodeProtectedHeader(token).kid;
   return {
     jti: String(c.jti),
+    ...(typeof kid === 'string' ? { kid } : {}),
     lifetimeSec: (c.exp ?? 0) - (c.iat ?? 0),
     singleUse: c.single_use === true,
     ...(typeof c.tpl === 'string' ? { template: c.tpl } : {}),
@@ -521,6 +530,7 @@ async function script(
       await mcp.close().catch(() => undefined);
     }
 
+    await opts.beforeComplete?.(task.id, steps);
     const c0 = performance.now();
     const done = await task.complete();
     completion = { status: done.status, revocationSeq: done.revocationSeq, ms: ms(c0) };

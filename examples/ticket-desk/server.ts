@@ -10,7 +10,9 @@
 //
 // Flags (or environment): --workload-api (SPIFFE_ENDPOINT_SOCKET), --hint (TICKETS_SVID_HINT),
 // --broker-url (TASKPASS_BROKER_URL), --broker-issuer (TASKPASS_BROKER_ISSUER, default the URL),
-// --broker-id (TASKPASS_BROKER_ID), --audience (TICKETS_AUDIENCE), --host/--port (TICKETS_HOST/_PORT).
+// --broker-id (TASKPASS_BROKER_ID), --audience (TICKETS_AUDIENCE), --host/--port (TICKETS_HOST/_PORT),
+// --db-schema (TICKETS_DB_SCHEMA: serve from that PostgreSQL schema on PGHOST/PGPORT/PGDATABASE as
+// per-task database users leased through the broker, docs/vault.md; default the in-memory desk).
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
@@ -32,11 +34,13 @@ import {
   protectedResourceMetadataUrl,
   type ReplayCache,
   RevocationFeedClient,
+  TaskCredentials,
   taskpassMiddleware,
   type Verifier,
 } from '@taskpass/verifier';
 import { z } from 'zod';
-import { TicketDesk } from './tickets.ts';
+import { memoryBackend, type TicketBackend, TicketDesk, type TicketOps } from './tickets.ts';
+import { type PgLocation, PgTicketDesk } from './tickets-pg.ts';
 
 export const TICKETS_AUDIENCE = 'https://tickets.taskpass.local/mcp';
 export const TICKETS_ID = 'spiffe://taskpass.local/mcp/tickets';
@@ -123,6 +127,11 @@ export interface TicketDeskOptions {
   port?: number;
   /** The data; default a fresh seeded desk. */
   desk?: TicketDesk;
+  /**
+   * Serve the tickets from PostgreSQL instead (tickets-pg.ts: a schema made by setUpDeskDatabase),
+   * each call connecting as its task's database user leased through the broker (TaskCredentials).
+   */
+  database?: { schema: string; location?: PgLocation; path?: string };
   /** Wait this long for the first revocation snapshot before serving (default 10 s). */
   feedReadyTimeoutMs?: number;
   /**
@@ -158,7 +167,12 @@ export interface RunningTicketDesk {
   readonly audience: string;
   /** The SPIFFE ID the server presents. */
   readonly spiffeId: string;
+  /** The in-memory data (left untouched when the desk runs on PostgreSQL). */
   readonly desk: TicketDesk;
+  /** Where the tools' data lives: the in-memory desk, or a {@link PgTicketDesk}. */
+  readonly backend: TicketBackend;
+  /** The leased credentials of the calls, when the desk runs on PostgreSQL. */
+  readonly credentials?: TaskCredentials | undefined;
   readonly verifier: Verifier;
   readonly feed: RevocationFeedClient;
   /** What `GET /readyz` answers (its SVID and the feed), without a TLS connection. */
@@ -186,7 +200,7 @@ function actor(who: CallAuth | undefined): string {
   return `${who.user} via ${who.agent}${approved}`;
 }
 
-function callerView(who: CallAuth | undefined) {
+function callerView(who: CallAuth | undefined, dbUser: string | undefined) {
   return who
     ? {
         user: who.user,
@@ -196,64 +210,79 @@ function callerView(who: CallAuth | undefined) {
         action: who.action,
         // The person who approved this exact call, as the token names them (docs/approvals.md).
         ...(who.approval ? { approval: who.approval } : {}),
+        // The database user the call ran as (the PostgreSQL desk: the task's leased user).
+        ...(dbUser ? { db_user: dbUser } : {}),
       }
     : undefined;
 }
 
 type ToolName = keyof typeof TOOLS;
 
-/** What each tool does, given its arguments and the verified caller. */
-function ticketActions(desk: TicketDesk): {
-  [K in ToolName]: (args: never, who: CallAuth | undefined) => unknown;
-} {
-  return {
-    list_tickets: ({ status }: { status?: 'open' | 'pending' | 'closed' }) => ({
-      tickets: desk.list(status),
-    }),
-    get_ticket: ({ ticket_id }: { ticket_id: string }) => ({ ticket: desk.get(ticket_id) }),
-    update_ticket: ({ ticket_id, comment }: { ticket_id: string; comment: string }, who) => ({
-      ticket: desk.comment(ticket_id, actor(who), comment),
-    }),
-    close_ticket: ({ ticket_id }: { ticket_id: string }, who) => ({
-      ticket: desk.close(ticket_id, actor(who)),
-    }),
-    issue_refund: ({ ticket_id, amount }: { ticket_id: string; amount: number }, who) => ({
-      ticket: desk.refund(ticket_id, amount, actor(who)),
-    }),
-    delete_ticket: ({ ticket_id }: { ticket_id: string }) => {
-      desk.delete(ticket_id);
-      return { deleted: ticket_id };
-    },
-  };
-}
+type Action = (ops: TicketOps, args: never, who: CallAuth | undefined) => Promise<object>;
+
+/** What each tool does, given the call's data, its arguments and the verified caller. */
+const ACTIONS: { [K in ToolName]: Action } = {
+  list_tickets: async (ops, { status }: { status?: 'open' | 'pending' | 'closed' }) => ({
+    tickets: await ops.list(status),
+  }),
+  get_ticket: async (ops, { ticket_id }: { ticket_id: string }) => ({ ticket: await ops.get(ticket_id) }),
+  update_ticket: async (ops, { ticket_id, comment }: { ticket_id: string; comment: string }, who) => ({
+    ticket: await ops.comment(ticket_id, actor(who), comment),
+  }),
+  close_ticket: async (ops, { ticket_id }: { ticket_id: string }, who) => ({
+    ticket: await ops.close(ticket_id, actor(who)),
+  }),
+  issue_refund: async (ops, { ticket_id, amount }: { ticket_id: string; amount: number }, who) => ({
+    ticket: await ops.refund(ticket_id, amount, actor(who)),
+  }),
+  delete_ticket: async (ops, { ticket_id }: { ticket_id: string }) => {
+    await ops.delete(ticket_id);
+    return { deleted: ticket_id };
+  },
+};
 
 // The caller is read from the SDK 1.x `extra` or the SDK 2.x `ctx` alike (callerOf takes both).
-function guarded(fn: (args: never, who: CallAuth | undefined) => unknown) {
+// The data is opened for this call alone (the PostgreSQL desk: a connection as the task's user)
+// and released when the call is done, whatever happened.
+function guarded(backend: TicketBackend, action: Action) {
   return async (args: unknown, extra: Parameters<typeof callerOf>[0]): Promise<CallToolResult> => {
     const who = callerOf(extra);
     try {
-      return text({ ...(fn(args as never, who) as object), caller: callerView(who) });
+      const session = await backend.open(extra);
+      try {
+        const result = await action(session.ops, args as never, who);
+        return text({ ...result, caller: callerView(who, session.dbUser) });
+      } finally {
+        await session.close().catch(() => {});
+      }
     } catch (e) {
-      return fail((e as Error).message);
+      // A CredentialError names its code (e.g. TASKPASS_CREDENTIAL_UNAVAILABLE): say it first.
+      const code = (e as { code?: unknown }).code;
+      const message = (e as Error).message;
+      return fail(typeof code === 'string' && code.startsWith('TASKPASS_') ? `${code}: ${message}` : message);
     }
   };
 }
 
+const backendOf = (desk: TicketDesk | TicketBackend): TicketBackend =>
+  desk instanceof TicketDesk ? memoryBackend(desk) : desk;
+
 /** Registers the ticket tools on an MCP server (SDK 1.x); handlers read the verified caller. */
-export function registerTicketTools(mcp: McpServer, desk: TicketDesk): void {
-  const actions = ticketActions(desk);
+export function registerTicketTools(mcp: McpServer, desk: TicketDesk | TicketBackend): void {
+  const backend = backendOf(desk);
   // One loop over six differently typed tools: the per-tool schema typing is TOOLS' own.
   const register = mcp.registerTool.bind(mcp) as (name: string, config: object, cb: unknown) => unknown;
-  for (const name of Object.keys(TOOLS) as ToolName[]) register(name, TOOLS[name], guarded(actions[name]));
+  for (const name of Object.keys(TOOLS) as ToolName[])
+    register(name, TOOLS[name], guarded(backend, ACTIONS[name]));
 }
 
 /** The same tools on an SDK 2.x server (it takes object schemas, not zod raw shapes). */
-export function registerTicketToolsV2(mcp: McpServerV2, desk: TicketDesk): void {
-  const actions = ticketActions(desk);
+export function registerTicketToolsV2(mcp: McpServerV2, desk: TicketDesk | TicketBackend): void {
+  const backend = backendOf(desk);
   const register = mcp.registerTool.bind(mcp) as (name: string, config: object, cb: unknown) => unknown;
   for (const name of Object.keys(TOOLS) as ToolName[]) {
     const { inputSchema, ...config } = TOOLS[name];
-    register(name, { ...config, inputSchema: z.object(inputSchema) }, guarded(actions[name]));
+    register(name, { ...config, inputSchema: z.object(inputSchema) }, guarded(backend, ACTIONS[name]));
   }
 }
 
@@ -322,6 +351,21 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
       ...(opts.replayCache ? { replayCache: opts.replayCache } : {}),
       ...(opts.requireMcpHeaders ? { requireMcpHeaders: true } : {}),
     });
+    // On PostgreSQL each call runs as its task's database user, leased through the broker over the
+    // same mTLS connection (the broker checks this server is the call token's audience); a task
+    // the feed revoked gets no credential from the cache.
+    const credentials = opts.database
+      ? new TaskCredentials({ brokerUrl, dispatcher: brokerDispatcher, revocation: feed })
+      : undefined;
+    const backend: TicketBackend =
+      opts.database && credentials
+        ? new PgTicketDesk({
+            schema: opts.database.schema,
+            credentials,
+            ...(opts.database.location ? { location: opts.database.location } : {}),
+            ...(opts.database.path ? { path: opts.database.path } : {}),
+          })
+        : memoryBackend(desk);
     const resourceMetadataUrl = protectedResourceMetadataUrl(audience);
     const guard = taskpassMiddleware(verifier, { resourceMetadataUrl });
     const servePrm = prmHandler(
@@ -336,7 +380,7 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
             createMcpHandler(
               () => {
                 const mcp = new McpServerV2({ name: 'ticket-desk', version: '2.0.0' });
-                registerTicketToolsV2(mcp, desk);
+                registerTicketToolsV2(mcp, backend);
                 return mcp;
               },
               { onerror: (e) => log('mcp.error', { message: e.message }) },
@@ -391,7 +435,7 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
         }
         // Stateless Streamable HTTP: one McpServer and transport per request.
         const mcp = new McpServer({ name: 'ticket-desk', version: '1.0.0' });
-        registerTicketTools(mcp, desk);
+        registerTicketTools(mcp, backend);
         const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
         res.once('close', () => {
           void transport.close();
@@ -432,6 +476,8 @@ export async function startTicketDesk(opts: TicketDeskOptions): Promise<RunningT
       audience,
       spiffeId: spiffeId.toString(),
       desk,
+      backend,
+      credentials,
       verifier,
       feed,
       readiness: () => readiness(source, feed),
@@ -517,6 +563,7 @@ async function main(): Promise<void> {
       audience: { type: 'string' },
       host: { type: 'string' },
       port: { type: 'string' },
+      'db-schema': { type: 'string' },
     },
   });
   const env = process.env;
@@ -527,6 +574,7 @@ async function main(): Promise<void> {
   const brokerIssuer = values['broker-issuer'] ?? env.TASKPASS_BROKER_ISSUER;
   const brokerId = values['broker-id'] ?? env.TASKPASS_BROKER_ID;
   const audience = values.audience ?? env.TICKETS_AUDIENCE;
+  const schema = values['db-schema'] ?? env.TICKETS_DB_SCHEMA;
   const tickets = await startTicketDesk({
     brokerUrl,
     ...(workloadApiAddress ? { workloadApiAddress } : {}),
@@ -534,6 +582,18 @@ async function main(): Promise<void> {
     ...(brokerIssuer ? { brokerIssuer } : {}),
     ...(brokerId ? { brokerId } : {}),
     ...(audience ? { audience } : {}),
+    ...(schema
+      ? {
+          database: {
+            schema,
+            location: {
+              host: env.PGHOST ?? '127.0.0.1',
+              port: Number(env.PGPORT ?? 5432),
+              database: env.PGDATABASE ?? 'postgres',
+            },
+          },
+        }
+      : {}),
     host: values.host ?? env.TICKETS_HOST ?? '127.0.0.1',
     port: Number(values.port ?? env.TICKETS_PORT ?? 8444),
     log: (event, data) => console.log(JSON.stringify({ t: new Date().toISOString(), event, ...data })),

@@ -1,5 +1,6 @@
-// The ticket desk's own data: a few support tickets with their orders, in memory. Nothing here
-// knows about Taskpass; the MCP server in server.ts puts the tools in front of it.
+// The ticket desk's own data: a few support tickets with their orders, in memory (the default) or
+// in PostgreSQL (tickets-pg.ts). Nothing here knows about Taskpass; the MCP server in server.ts
+// puts the tools in front of it.
 
 export interface Ticket {
   id: string;
@@ -68,4 +69,41 @@ export class TicketDesk {
     this.get(id);
     this.tickets.delete(id);
   }
+}
+
+/** The desk's operations as a tool call runs them (the PostgreSQL desk's are asynchronous). */
+export interface TicketOps {
+  list(status?: Ticket['status']): Promise<Pick<Ticket, 'id' | 'subject' | 'status'>[]>;
+  get(id: string): Promise<Ticket>;
+  comment(id: string, by: string, text: string): Promise<Ticket>;
+  close(id: string, by: string): Promise<Ticket>;
+  refund(id: string, amount: number, by: string): Promise<Ticket>;
+  delete(id: string): Promise<void>;
+}
+
+/** The data one tool call works on; `close()` releases it when the call is done. */
+export interface TicketSession {
+  ops: TicketOps;
+  /** The database user the call runs as (the PostgreSQL desk: the task's leased user). */
+  dbUser?: string;
+  close(): Promise<void>;
+}
+
+/** Where the tools' data lives: opened once per tool call with the handler's SDK `extra`. */
+export interface TicketBackend {
+  open(extra: unknown): Promise<TicketSession>;
+}
+
+/** The in-memory desk as a backend: every call works on the same objects. */
+export function memoryBackend(desk: TicketDesk): TicketBackend {
+  const ops: TicketOps = {
+    list: async (status) => desk.list(status),
+    get: async (id) => desk.get(id),
+    comment: async (id, by, text) => desk.comment(id, by, text),
+    close: async (id, by) => desk.close(id, by),
+    refund: async (id, amount, by) => desk.refund(id, amount, by),
+    delete: async (id) => desk.delete(id),
+  };
+  const session: TicketSession = { ops, close: async () => {} };
+  return { open: async () => session };
 }

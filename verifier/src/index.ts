@@ -32,6 +32,13 @@ export {
   type VerifierOptions,
 } from './core.ts';
 export {
+  CredentialError,
+  LeasedCredential,
+  TaskCredentials,
+  type TaskCredentialsOptions,
+  type VerifiedCall,
+} from './credentials.ts';
+export {
   JSONRPC_HEADER_MISMATCH,
   JSONRPC_INVALID_REQUEST,
   JSONRPC_PARSE_ERROR,
