@@ -5,8 +5,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { type BrokerClient, BrokerError, type CallTokenRequest, type Task } from '@taskpass/agent-plugin';
-import { mintTokenWith, TransitSigner, VaultClient } from '@taskpass/broker';
-import { JwtSource } from '@taskpass/spiffe/workload';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connectVault, mintTokenWith, parseConfig, TransitSigner, VaultClient } from '@taskpass/broker';
+import pino from 'pino';
+import { JwtSource, X509Source } from '@taskpass/spiffe/workload';
 import {
   calculateJwkThumbprint,
   createLocalJWKSet,
@@ -18,7 +22,7 @@ import {
 import type { Agent } from 'undici';
 import { type Stack, startStack } from '../examples/stack.ts';
 import { rawToolCall } from './support/mcp-raw.ts';
-import { sleep } from './support/poll.ts';
+import { pollUntil, sleep } from './support/poll.ts';
 import { BROKER_ROLE, setUpBrokerVault, VAULT_AUDIENCE } from './support/vault-setup.ts';
 import { type OwnVault, startVault } from './support/vault-server.ts';
 import { agentSide } from './support/workloads.ts';
@@ -122,6 +126,67 @@ describe('Vault Transit signer (real Vault, real SPIRE)', () => {
     const call = await readCall();
     assert.equal(call.status, 200);
     assert.equal((await readiness()).status, 200);
+  });
+
+  test('TLS cert auth: the broker logs in with its X.509-SVID; an SVID the role does not name is refused', async () => {
+    const tlsVault = await startVault({ tls: true });
+    cleanups.push(() => tlsVault.stop());
+    const dir = mkdtempSync(join(tmpdir(), 'taskpass-vault-cert-'));
+    cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const caFile = join(dir, 'vault-ca.pem');
+    writeFileSync(caFile, tlsVault.caPem ?? '');
+    // The cert role trusts SPIRE's X.509 bundle and names one SPIFFE ID (a URI SAN).
+    const bundle = await stack.spire.serverCli('bundle', 'show');
+    await tlsVault.api('POST', 'sys/auth/cert', { type: 'cert' });
+    await tlsVault.api('PUT', 'sys/policies/acl/reader', {
+      policy: 'path "sys/mounts" { capabilities = ["read"] }',
+    });
+    const role = (name: string, id: string) =>
+      tlsVault.api('POST', `auth/cert/certs/${name}`, {
+        certificate: bundle,
+        allowed_uri_sans: [id],
+        token_policies: ['reader'],
+        token_ttl: '5m',
+      });
+    await role('taskpass-broker', stack.ids.broker);
+    await role('someone-else', 'spiffe://taskpass.local/elsewhere');
+    // Vault 1.14's cert auth names the login by the certificate's CN, and an X.509-SVID has one only
+    // when its entry has a DNS name (SPIRE makes the first one the CN): the broker's SVID for Vault
+    // is such an entry (docs/vault.md).
+    await stack.spire.createEntry({
+      spiffeId: stack.ids.broker,
+      hint: 'broker-vault',
+      dnsNames: ['broker.taskpass.local'],
+      entryId: 'taskpass-9-broker-vault',
+      // Another selector set than the broker's own entry (SPIRE refuses a "similar entry").
+      selectors: [`unix:uid:${process.getuid?.()}`, `unix:gid:${process.getgid?.()}`],
+    });
+    const svids = await X509Source.create({ address: stack.spire.address });
+    try {
+      await pollUntil('the broker-vault SVID', 20_000, 100, () =>
+        svids.getX509Context().svids.some((v) => v.hint === 'broker-vault') ? true : undefined,
+      );
+    } finally {
+      await svids.close();
+    }
+    const configFor = (name: string) =>
+      parseConfig({
+        issuer: stack.issuer,
+        trustDomain: 'taskpass.local',
+        workloadApi: { address: stack.spire.address, hint: 'broker-vault' },
+        vault: { address: tlsVault.address, caFile, auth: { method: 'cert', name } },
+      });
+    const logger = pino({ level: 'silent' });
+    const closers: (() => Promise<void> | void)[] = [];
+    try {
+      const client = await connectVault(configFor('taskpass-broker'), logger, closers);
+      assert.equal(client.authenticated, true);
+      const mounts = await client.read('sys/mounts');
+      assert.ok(mounts.data && 'sys/' in mounts.data);
+      await assert.rejects(connectVault(configFor('someone-else'), logger, closers), /HTTP 4\d\d/);
+    } finally {
+      for (const c of closers.reverse()) await c();
+    }
   });
 
   test('Transit rotation with zero verification failures (JWKS cached by the verifier)', async () => {

@@ -59,10 +59,12 @@ export {
   type VaultAuth,
   VaultClient,
   type VaultClientOptions,
+  type VaultHealth,
   VaultRequestError,
   type VaultResponse,
   VaultUnavailableError,
 } from './vault.ts';
+export { connectVault } from './signer.ts';
 export { type BrokerMetrics, createMetrics } from './metrics.ts';
 export { type MintInput, mintToken, mintTokenWith, type TokenSigningKey } from './mint.ts';
 export type {

@@ -2,13 +2,14 @@
 // storage in a temp dir, on a free loopback port, initialised with one unseal key, so a test may
 // seal it, unseal it, kill it and start it again with everything it stored (restart tests).
 // Every call here is Vault's HTTP API with the root token; the broker talks to it as a workload.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Agent as UndiciAgent, fetch as undiciFetch } from 'undici';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -22,7 +23,10 @@ export async function vaultBinary(): Promise<string> {
 
 /** A vault server child process under the test's control. */
 export interface OwnVault {
+  /** `http://127.0.0.1:<port>`, or `https://…` when started with `tls`. */
   readonly address: string;
+  /** With `tls`: the listener's self-signed certificate, the CA to trust. */
+  readonly caPem: string | undefined;
   readonly rootToken: string;
   /** Calls Vault's HTTP API as root; rejects on a status other than 2xx. */
   api(method: string, path: string, body?: unknown): Promise<Record<string, unknown> | undefined>;
@@ -49,17 +53,56 @@ async function freePort(): Promise<number> {
 }
 
 /** Starts, initialises and unseals a Vault server. */
-export async function startVault(opts: { binary?: string } = {}): Promise<OwnVault> {
+export async function startVault(opts: { binary?: string; tls?: boolean } = {}): Promise<OwnVault> {
   const binary = opts.binary ?? (await vaultBinary());
   const dir = mkdtempSync(join(tmpdir(), 'taskpass-vault-'));
   const port = await freePort();
-  const address = `http://127.0.0.1:${port}`;
+  const address = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   const config = join(dir, 'vault.json');
+  // TLS (cert auth needs it): a self-signed P-256 certificate for 127.0.0.1, which is its own CA.
+  let caPem: string | undefined;
+  let dispatcher: UndiciAgent | undefined;
+  if (opts.tls) {
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=127.0.0.1',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+        '-keyout',
+        join(dir, 'tls.key'),
+        '-out',
+        join(dir, 'tls.pem'),
+      ],
+      { stdio: 'ignore' },
+    );
+    caPem = readFileSync(join(dir, 'tls.pem'), 'utf8');
+    dispatcher = new UndiciAgent({ connect: { ca: caPem } });
+  }
+  const listener = opts.tls
+    ? {
+        address: `127.0.0.1:${port}`,
+        tls_cert_file: join(dir, 'tls.pem'),
+        tls_key_file: join(dir, 'tls.key'),
+      }
+    : { address: `127.0.0.1:${port}`, tls_disable: true };
+  const get = (url: string, init: Parameters<typeof undiciFetch>[1] = {}) =>
+    undiciFetch(url, { ...init, ...(dispatcher ? { dispatcher } : {}) });
   writeFileSync(
     config,
     JSON.stringify({
       storage: { file: { path: join(dir, 'data') } },
-      listener: { tcp: { address: `127.0.0.1:${port}`, tls_disable: true } },
+      listener: { tcp: listener },
       disable_mlock: true,
       api_addr: address,
       ui: false,
@@ -73,7 +116,7 @@ export async function startVault(opts: { binary?: string } = {}): Promise<OwnVau
   let unsealKey = '';
 
   const api: OwnVault['api'] = async (method, path, body) => {
-    const res = await fetch(`${address}/v1/${path}`, {
+    const res = await get(`${address}/v1/${path}`, {
       method,
       headers: { ...(rootToken ? { 'x-vault-token': rootToken } : {}), 'content-type': 'application/json' },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
@@ -107,7 +150,7 @@ export async function startVault(opts: { binary?: string } = {}): Promise<OwnVau
     await api('PUT', 'sys/unseal', { key: unsealKey });
     // Active once it answers health as unsealed and active (200).
     for (let i = 0; i < 300; i++) {
-      const res = await fetch(`${address}/v1/sys/health`);
+      const res = await get(`${address}/v1/sys/health`);
       if (res.status === 200) return;
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -137,6 +180,7 @@ export async function startVault(opts: { binary?: string } = {}): Promise<OwnVau
   }
   return {
     address,
+    caPem,
     get rootToken() {
       return rootToken;
     },
@@ -153,6 +197,7 @@ export async function startVault(opts: { binary?: string } = {}): Promise<OwnVau
     logTail: () => log.split('\n').slice(-30).join('\n'),
     async stop() {
       await kill();
+      await dispatcher?.close();
       process.off('exit', killOnExit);
       rmSync(dir, { recursive: true, force: true });
     },
