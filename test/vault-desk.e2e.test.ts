@@ -16,6 +16,7 @@ import { PgTicketDesk } from '../examples/ticket-desk/tickets-pg.ts';
 import { type Stack, startStack } from '../examples/stack.ts';
 import { assertAccepted, rawToolCall } from './support/mcp-raw.ts';
 import { DESK_SECRET_PATH, type DeskDatabase, setUpDeskDatabaseEngine } from './support/vault-setup.ts';
+import { pollUntil } from './support/poll.ts';
 import { type OwnVault, startVault } from './support/vault-server.ts';
 import { agentSide, registerWorkload } from './support/workloads.ts';
 
@@ -138,6 +139,12 @@ describe('ticket desk on PostgreSQL as per-task users leased through the broker 
     for (const c of cleanups.reverse()) await c().catch(() => undefined);
   });
 
+  /** Waits until the broker's gauge of pending lease revocations (set after each revoker pass) reads `n`. */
+  const pendingLeases = (n: number, timeoutMs: number) =>
+    pollUntil(`taskpass_vault_leases_pending ${n}`, timeoutMs, 200, async () => {
+      const text = (await stack.broker.app.inject('/metrics')).body;
+      return new RegExp(`^taskpass_vault_leases_pending ${n}$`, 'm').test(text) ? true : undefined;
+    });
   const openTask = (purpose: string): Promise<Task> =>
     stack.userToken().then((userToken) => broker.openTask({ purpose, userToken, ttlSeconds: 600 }));
   const deskCall = async (task: Task, ticket: string) => {
@@ -220,5 +227,23 @@ describe('ticket desk on PostgreSQL as per-task users leased through the broker 
     assert.ok(user && (await roleExists(user)));
     await task.complete();
     assert.ok((await goneWithin(user, 10_000)) !== undefined);
+  });
+
+  test('a lease of a task ended while Vault is down stays pending (gauge, user kept) and is revoked once Vault is back', async () => {
+    const task = await openTask('vault desk e2e, Vault outage');
+    const user = dbUserOf(await deskCall(task, 'T-1001'));
+    assert.ok(user && (await roleExists(user)));
+    const vault = stack.vault!;
+    await vault.kill();
+    try {
+      await task.complete();
+      // The revoker's pass after complete fails, puts the lease back with backoff and reports it.
+      await pendingLeases(1, 10_000);
+      assert.ok(await roleExists(user), 'the user is still there: nobody could revoke it');
+    } finally {
+      await vault.restart();
+    }
+    assert.ok((await goneWithin(user, 20_000)) !== undefined, 'revoked at the next attempt');
+    await pendingLeases(0, 10_000);
   });
 });
