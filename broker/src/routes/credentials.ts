@@ -11,6 +11,7 @@
 //   a rule of `tpl` names the path  → TASKPASS_CREDENTIAL_NOT_IN_TEMPLATE
 //   task open, Vault leases         → TASKPASS_TASK_CLOSED / _EXPIRED, TASKPASS_CREDENTIAL_*
 import {
+  type Action,
   type CredentialRequest,
   CREDENTIALS_PATH,
   isAction,
@@ -35,7 +36,7 @@ interface CallSubject {
   audience: string;
   agent: string;
   tool: string;
-  action: 'read' | 'write' | 'admin';
+  action: Action;
   templates: string[];
 }
 
