@@ -191,9 +191,16 @@ export async function serveBroker(env: ServeEnv, o: ServeOptions): Promise<Serve
         resolve(l.url as string);
       }
     };
-    void exited.then(({ code, signal }) => {
+    void exited.then((exit) => {
       clearTimeout(timer);
-      reject(new Error(`taskpass serve exited (${signal ?? code}) before listening: ${err}`));
+      reject(
+        Object.assign(
+          new Error(`taskpass serve exited (${exit.signal ?? exit.code}) before listening:\n${err}`),
+          {
+            exit,
+          },
+        ),
+      );
     });
   }).catch(async (e) => {
     child.kill('SIGKILL');
