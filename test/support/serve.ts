@@ -33,6 +33,8 @@ export interface ServeEnv {
   idp: Idp;
   agent: Pem;
   verifier: Pem;
+  /** The KEK every broker of this environment wraps its signing keys under (same store, same KEK). */
+  kek: string;
   /** A fresh ID token of a support user. */
   userToken(sub?: string): Promise<string>;
   close(): Promise<void>;
@@ -62,6 +64,7 @@ export async function startServeEnv(): Promise<ServeEnv> {
     idp,
     agent: pem(agent),
     verifier: pem(verifier),
+    kek: generateKek('serve'),
     userToken: (sub = 'alice') =>
       idp.idToken({ sub, groups: ['support'], audience: 'taskpass', ttlSec: 3600 }),
     async close() {
@@ -97,6 +100,11 @@ export interface ServeOptions {
   config?: Record<string, unknown>;
   /** Rejects unless it listens within this (default 60 s). */
   timeoutMs?: number;
+  /**
+   * Stop parsing stdout once it listens (log lines are read and dropped): a benchmark's request
+   * lines would cost this process CPU the broker competes for.
+   */
+  dropLogsAfterStart?: boolean;
 }
 
 /** Starts `taskpass serve --workers N` and resolves once it listens (all workers up). */
@@ -142,7 +150,7 @@ export async function serveBroker(env: ServeEnv, o: ServeOptions): Promise<Serve
       cwd: ROOT,
       env: {
         ...process.env,
-        TASKPASS_KEK: generateKek('serve'),
+        TASKPASS_KEK: env.kek,
         TASKPASS_LOG_LEVEL: o.logLevel ?? 'info',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -155,7 +163,9 @@ export async function serveBroker(env: ServeEnv, o: ServeOptions): Promise<Serve
     child.once('exit', (code, signal) => r({ code, signal })),
   );
   let onLine: ((l: Record<string, unknown>) => void) | undefined;
+  let dropping = false;
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+    if (dropping) return;
     partial += chunk;
     const parts = partial.split('\n');
     partial = parts.pop()!;
@@ -207,6 +217,7 @@ export async function serveBroker(env: ServeEnv, o: ServeOptions): Promise<Serve
     rmSync(dir, { recursive: true, force: true });
     throw e;
   });
+  if (o.dropLogsAfterStart) dropping = true;
   return {
     url: url.replace('://localhost', '://127.0.0.1'),
     child,
