@@ -12,6 +12,7 @@ import { pollUntil } from './support/poll.ts';
 import {
   AUDIENCE,
   connection,
+  dropKeys,
   type ServedBroker,
   type ServeEnv,
   serveBroker,
@@ -196,6 +197,24 @@ describe('taskpass serve --workers 2 on one Redis store', () => {
     assert.equal((await issue(fresh, await openTask(a), 'R-1')).status, 200);
   });
 
+  test('SIGHUP reaches every worker: each reloads its policies', async () => {
+    const reloaded = () =>
+      new Set(
+        broker
+          .logs()
+          .filter((l) => l.msg === 'policies reloaded')
+          .map((l) => l.pid as number),
+      );
+    const before = reloaded().size;
+    broker.child.kill('SIGHUP');
+    const pids = await pollUntil('both workers reloaded', 10_000, 50, () => {
+      const r = reloaded();
+      return r.size >= before + 2 ? r : undefined;
+    });
+    assert.equal(pids.size, 2);
+    assert.equal(broker.child.exitCode, null, 'the primary keeps running');
+  });
+
   test('SIGTERM stops every worker cleanly', async () => {
     const pids = broker.workerPids();
     // The feed stream stays open: draining ends it (the hub closes its streams).
@@ -230,6 +249,7 @@ test('workers that cannot start: one clear error, exit 1', async () => {
       /^taskpass: TASKPASS_CONFIG_INVALID: workloadApi.hint "no-such-hint" matches no X.509-SVID/,
     );
   } finally {
+    await dropKeys('redis://127.0.0.1:6379', `${keyPrefix}fail:`);
     await env.close();
   }
 });

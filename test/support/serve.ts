@@ -233,20 +233,23 @@ export async function serveBroker(env: ServeEnv, o: ServeOptions): Promise<Serve
       rmSync(dir, { recursive: true, force: true });
       return r;
     },
-    async dropKeys() {
-      const redis = new Redis(redisUrl);
-      try {
-        let cursor = '0';
-        do {
-          const [next, keys] = await redis.scan(cursor, 'MATCH', `${o.keyPrefix}*`, 'COUNT', 1000);
-          cursor = next;
-          if (keys.length) await redis.del(...keys);
-        } while (cursor !== '0');
-      } finally {
-        redis.disconnect();
-      }
-    },
+    dropKeys: () => dropKeys(redisUrl, o.keyPrefix),
   };
+}
+
+/** Deletes every Redis key under `prefix`. */
+export async function dropKeys(redisUrl: string, prefix: string): Promise<void> {
+  const redis = new Redis(redisUrl);
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length) await redis.del(...keys);
+    } while (cursor !== '0');
+  } finally {
+    redis.disconnect();
+  }
 }
 
 const connectOpts = (p: Pem) => ({
