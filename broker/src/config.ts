@@ -622,7 +622,7 @@ export const ConfigSchema = z
         code: 'custom',
         path: ['workers'],
         message:
-          `workers: ${c.workers} needs the Redis store: a SQLite file has one writer (the processes would ` +
+          `${c.workers} processes need the Redis store: a SQLite file has one writer (the processes would ` +
           "block each other's event loops on its lock, and each would count open tasks' calls the " +
           'others also record), and its revocation events stay in the process that wrote them, so ' +
           'feed subscribers of the other workers would not hear of a revocation. Configure store.redis ' +

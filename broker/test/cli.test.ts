@@ -127,6 +127,6 @@ test('serve --workers 2 on the SQLite store is refused before anything starts', 
   const r = io({ TASKPASS_ISSUER: 'https://broker.test:8443', TASKPASS_TRUST_DOMAIN: 'taskpass.local' });
   assert.equal(await runCli(['serve', '--workers', '2'], r.io), 1);
   const msg = r.err.join('\n');
-  assert.match(msg, /^taskpass: TASKPASS_CONFIG_INVALID: .*workers: 2 needs the Redis store/);
+  assert.match(msg, /^taskpass: TASKPASS_CONFIG_INVALID: .*workers: 2 processes need the Redis store/);
   assert.match(msg, /Configure store\.redis/);
 });

@@ -341,7 +341,7 @@ test('workers: 1 by default, auto is the available parallelism, more than one ne
       (e: unknown) =>
         e instanceof BrokerError &&
         e.code === 'TASKPASS_CONFIG_INVALID' &&
-        /workers: 2 needs the Redis store/.test(e.message) &&
+        /workers: 2 processes need the Redis store/.test(e.message) &&
         /one writer/.test(e.message) &&
         /revocation events/.test(e.message) &&
         /Configure store\.redis/.test(e.message),
@@ -351,7 +351,7 @@ test('workers: 1 by default, auto is the available parallelism, more than one ne
   assert.equal(loadConfig({ env: { ...envOf(minimal), TASKPASS_WORKERS: '1' } }).workers, 1);
   assert.throws(
     () => loadConfig({ env: { ...envOf(minimal), TASKPASS_WORKERS: '2' } }),
-    /workers: 2 needs the Redis store/,
+    /workers: 2 processes need the Redis store/,
   );
 });
 
