@@ -1,5 +1,5 @@
 // Taskpass benchmarks (issues #3 and #4): `npm run bench`, `npm run bench -- --quick`,
-// `npm run bench -- --only issuance,verification,revocation,feed,spire,scale`; the soak (issue #7, 10
+// `npm run bench -- --only issuance,verification,revocation,feed,spire,scale,workers`; the soak (issue #7, 10
 // minutes by default): `npm run bench -- soak [--minutes N]`; the guard (issue #14): `npm run bench --
 // guard`; decision points (issue #11): `npm run bench -- pdp`.
 // See bench/README.md.
@@ -16,6 +16,7 @@ import { runTransit } from './transit.ts';
 import { soakMain } from './soak.ts';
 import { formatSpireBench, runSpireBench } from './spire.ts';
 import { runVerification } from './verification.ts';
+import { runWorkers } from './workers.ts';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -199,6 +200,32 @@ async function main(): Promise<void> {
       `${growth.toFixed(2)}× (${fmtMs(last.latency.p99)} vs ${fmtMs(first.latency.p99)})`,
       sustained ? verdict(growth <= 1.5 && scale.every((r) => r.errors === 0)) : 'n/a: 200/s not sustained',
     ]);
+  }
+  if (want('workers')) {
+    console.log(
+      '\n[12] several cores — issuance saturation, taskpass serve --workers 1 vs --workers 2 (Redis store)',
+    );
+    const r = await runWorkers(
+      {
+        rounds: quick ? 4 : 6,
+        roundMs: quick ? 1500 : 3000,
+        warmupMs: 500,
+        tasks: quick ? 300 : 1000,
+        concurrency: 16,
+      },
+      (l) => console.log(`  ${l}`),
+    );
+    rows.push([
+      'issuance saturation, 2 workers ÷ 1 (Redis)',
+      '—',
+      `${r.ratio.toFixed(2)} (${fmtRate(r.two)} vs ${fmtRate(r.one)}; load ${r.load[0].toFixed(1)})`,
+      r.errors ? `info (${r.errors} errors)` : 'info',
+    ]);
+    if (r.cpuUs[0] !== undefined && r.cpuUs[1] !== undefined) {
+      info.push(
+        `several cores: broker CPU per token (all processes) ${Math.round(r.cpuUs[0])} µs with 1 worker, ${Math.round(r.cpuUs[1])} µs with 2`,
+      );
+    }
   }
   console.log(`\nSummary — ${machine}; ${((performance.now() - started) / 1000).toFixed(0)} s`);
   console.log(table([['measure', 'target', 'measured', 'result'], ...rows]));

@@ -30,3 +30,18 @@ export async function withCpu<T>(fn: () => Promise<T>): Promise<{ result: T; cpu
   const after = mainThreadCpuMs();
   return { result, cpuMs: before === undefined || after === undefined ? undefined : after - before };
 }
+
+/** CPU milliseconds (user + system, all threads) processes `pids` have used so far, or undefined. */
+export function processesCpuMs(pids: readonly number[]): number | undefined {
+  try {
+    let ms = 0;
+    for (const pid of pids) {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ms += (Number(f[11]) + Number(f[12])) * TICK_MS;
+    }
+    return ms;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // `taskpass` — run and operate the broker.
-//   taskpass serve [--config file]
+//   taskpass serve [--config file] [--workers N|auto]
 //   taskpass policy validate <dir> [--strict] | policy test <dir>
 //   taskpass tasks list [--broker URL] [--status s] | tasks revoke <id> [--broker URL] [--reason r]
 //   taskpass token decode <jwt> | token explain <jwt> [--broker URL]
@@ -25,7 +25,10 @@ export interface CliIo {
 }
 
 const USAGE = `usage:
-  taskpass serve [--config <file>]
+  taskpass serve [--config <file>] [--workers <n>|auto]
+                                                 run the broker; --workers (config workers,
+                                                 TASKPASS_WORKERS): that many processes on the
+                                                 same ports, auto = one per core (Redis store only)
   taskpass policy validate <dir> [--strict]   (--strict: overlap warnings fail too)
   taskpass policy test <dir>                  the templates' allow/deny fixtures (<dir>/fixtures)
   taskpass policy test <dir> --engine cedar [--schema <file>]
@@ -208,6 +211,7 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
         schema: { type: 'string' },
         'opa-url': { type: 'string' },
         'opa-path': { type: 'string' },
+        workers: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -224,9 +228,19 @@ export async function runCli(argv: readonly string[], io: CliIo = defaultIo()): 
       return values.help ? 0 : 2;
     }
     if (cmd === 'serve') {
-      const { loadConfig } = await import('./config.ts');
+      const { loadConfigInput, parseConfig } = await import('./config.ts');
       const { startBroker } = await import('./server.ts');
-      const config = loadConfig({ ...(values.config ? { file: values.config } : {}), env: io.env });
+      const { default: cluster } = await import('node:cluster');
+      const { servePrimary, serveWorker, WORKER_ENV } = await import('./cluster.ts');
+      // A worker forked by `serve --workers N`: its configuration comes from the primary.
+      if (cluster.isWorker && io.env[WORKER_ENV] === '1') {
+        await serveWorker(startBroker);
+        return -1; // keep running
+      }
+      const env = values.workers === undefined ? io.env : { ...io.env, TASKPASS_WORKERS: values.workers };
+      const input = loadConfigInput({ ...(values.config ? { file: values.config } : {}), env });
+      const config = parseConfig(input.raw, input.source);
+      if (config.workers > 1) return await servePrimary(input, config, io);
       await startBroker(config);
       return -1; // keep running
     }

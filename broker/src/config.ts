@@ -2,6 +2,7 @@
 // environment, validated, then deep-frozen. Invalid configuration fails at start-up with
 // TASKPASS_CONFIG_INVALID and the path of every offending field, never on the first request.
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -523,6 +524,14 @@ export const ConfigSchema = z
     openTaskCache: z.number().int().min(0).max(10_000_000).default(20_000),
     /** How often expired tasks, replay entries and stale revocations are dropped from the store. */
     sweepEvery: Duration.default(60),
+    /**
+     * Broker processes (node:cluster) sharing the listening ports, one per core: a number, or
+     * `auto` for the machine's available parallelism. More than one needs the Redis store.
+     */
+    workers: z
+      .union([z.literal('auto'), z.number().int().min(1).max(256)])
+      .default(1)
+      .transform((w) => (w === 'auto' ? availableParallelism() : w)),
     /** Ceiling on every request body; each route has a smaller limit of its own (request-boundary.ts). */
     bodyLimit: z.number().int().min(1024).max(10_485_760).default(65536),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -601,6 +610,23 @@ export const ConfigSchema = z
         code: 'custom',
         path: ['decisionPoint'],
         message: `no decision point is named "${c.decisionPoint}" (decisionPoints: ${[...names].join(', ') || 'none'})`,
+      });
+    }
+  })
+  .superRefine((c, ctx) => {
+    // One SQLite file has one writer: several processes would wait on each other's lock inside
+    // the event loop, each would hold open-task counters the others change, and the revocation
+    // events the feed streams are emitted in the process that wrote them (docs/decisions.md).
+    if (c.workers > 1 && c.store.sqlite) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['workers'],
+        message:
+          `${c.workers} processes need the Redis store: a SQLite file has one writer (the processes would ` +
+          "block each other's event loops on its lock, and each would count open tasks' calls the " +
+          'others also record), and its revocation events stay in the process that wrote them, so ' +
+          'feed subscribers of the other workers would not hear of a revocation. Configure store.redis ' +
+          '(shared by every worker and replica), or keep workers: 1',
       });
     }
   })
@@ -695,6 +721,7 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
     TASKPASS_APPROVALS_AUDIENCE: { path: ['approvals', 'audience'] },
     TASKPASS_APPROVALS_URL: { path: ['approvals', 'url'] },
     TASKPASS_SWEEP_EVERY: { path: ['sweepEvery'] },
+    TASKPASS_WORKERS: { path: ['workers'], conv: int },
     TASKPASS_BODY_LIMIT: { path: ['bodyLimit'], conv: int },
     TASKPASS_LOG_LEVEL: { path: ['logLevel'] },
     TASKPASS_KEK: { path: ['keys', 'kek'] },
@@ -709,6 +736,18 @@ export const ENV_VARS: Readonly<Record<string, { path: readonly string[]; conv?:
 export function loadConfig(
   opts: { argv?: readonly string[]; env?: NodeJS.ProcessEnv; file?: string } = {},
 ): BrokerConfig {
+  const { raw, source } = loadConfigInput(opts);
+  return parseConfig(raw, source);
+}
+
+/**
+ * What {@link loadConfig} validates: the file's contents with the environment on top, and where it
+ * came from. `taskpass serve --workers N` hands this to its workers, so that every worker (and a
+ * restarted one) parses what the primary validated, not the file as it may read later.
+ */
+export function loadConfigInput(
+  opts: { argv?: readonly string[]; env?: NodeJS.ProcessEnv; file?: string } = {},
+): { raw: Record<string, unknown>; source: string } {
   const env = opts.env ?? process.env;
   let file = opts.file;
   if (!file && opts.argv) {
@@ -757,5 +796,5 @@ export function loadConfig(
     if (v === undefined || v === '') continue;
     setPath(raw, spec.path, spec.conv ? spec.conv(v) : v);
   }
-  return parseConfig(raw, file ?? 'configuration');
+  return { raw, source: file ?? 'configuration' };
 }

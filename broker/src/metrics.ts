@@ -1,4 +1,7 @@
-// Prometheus metrics. One registry per app (tests build many apps in one process).
+// Prometheus metrics. One registry per app (tests build many apps in one process). Under
+// `taskpass serve --workers N` every worker keeps its own registry and /metrics answers the sum over
+// the workers (cluster.ts): counters and histograms add up; each per-process gauge says below how
+// its values combine (prom-client's `aggregator`, which one process ignores).
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { SvidHealth } from './routes/context.ts';
 
@@ -21,6 +24,11 @@ export interface BrokerMetrics {
   approvalTimeToDecide: Histogram<'result'>;
   /** Vault leases due for revocation and not yet confirmed by Vault (set by the LeaseRevoker). */
   vaultLeasesPending: Gauge<string>;
+  /**
+   * What /metrics answers, when not this registry alone: a cluster worker's asks the primary for
+   * the aggregate over every worker (cluster.ts).
+   */
+  exposition?: () => Promise<string>;
 }
 
 const SVID_STATES = ['fresh', 'stale', 'expired', 'missing'] as const;
@@ -72,6 +80,8 @@ export function createMetrics(
       name: 'taskpass_svid_expiry_seconds',
       help: "Seconds until the broker's served X.509-SVID expires (negative once expired, 0 without one).",
       registers: [registry],
+      // Workers: the SVID that expires first.
+      aggregator: 'min',
       collect() {
         const at = health().expiresAt;
         this.set(at ? (at.getTime() - Date.now()) / 1000 : 0);
@@ -81,6 +91,8 @@ export function createMetrics(
       name: 'taskpass_workload_api_up',
       help: 'Whether the SPIFFE Workload API stream of the broker is up (1) or failing (0).',
       registers: [registry],
+      // Workers: down as soon as one worker's stream is.
+      aggregator: 'min',
       collect() {
         this.set(health().workloadApi === 'up' ? 1 : 0);
       },
@@ -108,6 +120,9 @@ export function createMetrics(
       help: "1 for the state of the broker's X.509-SVID: fresh, stale (valid, Workload API down or rotation overdue), expired, missing.",
       labelNames: ['state'],
       registers: [registry],
+      // Workers: how many are in each state (one process: 1 for its state), so that an alert on
+      // `{state="expired"} > 0` fires when any worker serves an expired SVID.
+      aggregator: 'sum',
       collect() {
         const current = health().svid;
         for (const s of SVID_STATES) this.set({ state: s }, s === current ? 1 : 0);
@@ -117,6 +132,8 @@ export function createMetrics(
       name: 'taskpass_vault_leases_pending',
       help: 'Vault leases of ended or expired tasks whose revocation Vault has not confirmed yet.',
       registers: [registry],
+      // Every worker counts the same outbox in the shared store: the largest (latest) count.
+      aggregator: 'max',
     }),
   };
 }

@@ -16,6 +16,7 @@ import { pinPeerIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
 import { keyWrapperFromConfig } from './key-wrap.ts';
+import type { BrokerMetrics } from './metrics.ts';
 import { DecisionPoints } from './pdp/index.ts';
 import { PolicyWatcher } from './policy/index.ts';
 import { RevocationHub } from './revocation-hub.ts';
@@ -37,6 +38,8 @@ export interface RunningBroker {
   reloadPolicies(): Promise<void>;
   /** The console, when configured: its app and the URL people open. */
   console?: { app: FastifyInstance; url: string };
+  /** Its metrics (a cluster worker hands its registry to the primary, cluster.ts). */
+  metrics: BrokerMetrics;
 }
 
 /** Picks the broker's own X.509-SVID: the one with `hint`, else the default (first) one. */
@@ -358,6 +361,7 @@ async function start(
   return {
     app,
     url,
+    metrics: services.metrics,
     ...(consoleApp && consoleUrl ? { console: { app: consoleApp, url: consoleUrl } } : {}),
     close,
     reloadPolicies,

@@ -122,3 +122,11 @@ test('keys generate-kek prints a usable KEK; keys rewrap migrates a store to it'
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('serve --workers 2 on the SQLite store is refused before anything starts', async () => {
+  const r = io({ TASKPASS_ISSUER: 'https://broker.test:8443', TASKPASS_TRUST_DOMAIN: 'taskpass.local' });
+  assert.equal(await runCli(['serve', '--workers', '2'], r.io), 1);
+  const msg = r.err.join('\n');
+  assert.match(msg, /^taskpass: TASKPASS_CONFIG_INVALID: .*workers: 2 processes need the Redis store/);
+  assert.match(msg, /Configure store\.redis/);
+});

@@ -326,3 +326,36 @@ test('signing: local by default; vault-transit needs the vault section, with def
     }),
   );
 });
+
+test('workers: 1 by default, auto is the available parallelism, more than one needs Redis', async () => {
+  const { availableParallelism } = await import('node:os');
+  assert.equal(parseConfig(minimal).workers, 1);
+  const redis = { redis: { url: 'redis://127.0.0.1:6379' } };
+  assert.equal(parseConfig({ ...minimal, store: redis, workers: 4 }).workers, 4);
+  assert.equal(parseConfig({ ...minimal, store: redis, workers: 'auto' }).workers, availableParallelism());
+  assert.throws(() => parseConfig({ ...minimal, store: redis, workers: 0 }), /workers/);
+  // The SQLite store (also the default) has one writer and in-process revocation events.
+  for (const store of [undefined, { sqlite: { path: 'x.db' } }]) {
+    assert.throws(
+      () => parseConfig({ ...minimal, ...(store ? { store } : {}), workers: 2 }),
+      (e: unknown) =>
+        e instanceof BrokerError &&
+        e.code === 'TASKPASS_CONFIG_INVALID' &&
+        /workers: 2 processes need the Redis store/.test(e.message) &&
+        /one writer/.test(e.message) &&
+        /revocation events/.test(e.message) &&
+        /Configure store\.redis/.test(e.message),
+    );
+  }
+  // TASKPASS_WORKERS (and `serve --workers`, which sets it) on top of the file.
+  assert.equal(loadConfig({ env: { ...envOf(minimal), TASKPASS_WORKERS: '1' } }).workers, 1);
+  assert.throws(
+    () => loadConfig({ env: { ...envOf(minimal), TASKPASS_WORKERS: '2' } }),
+    /workers: 2 processes need the Redis store/,
+  );
+});
+
+/** The minimal configuration as environment variables. */
+function envOf(c: typeof minimal): NodeJS.ProcessEnv {
+  return { TASKPASS_ISSUER: c.issuer, TASKPASS_TRUST_DOMAIN: c.trustDomain };
+}

@@ -132,7 +132,8 @@ export async function publicRoutes(app: FastifyInstance, ctx: RouteContext): Pro
     },
     async (_req, reply) => {
       reply.header('content-type', ctx.metrics.registry.contentType);
-      return ctx.metrics.registry.metrics();
+      // Several workers: the whole broker's figures, not this worker's share.
+      return ctx.metrics.exposition ? ctx.metrics.exposition() : ctx.metrics.registry.metrics();
     },
   );
 }
