@@ -57,6 +57,10 @@ export interface SqliteStoreOptions {
   busyTimeoutMs?: number;
   /** Seconds decision records are kept (`audit.retention`). Default 30 days. */
   decisionRetentionSec?: number;
+  /** SQLite's page cache, MiB (default 64). */
+  cacheMiB?: number;
+  /** Bytes of the file read through mmap, MiB (default 1024; 0: off). */
+  mmapMiB?: number;
   /**
    * How a group-commit batch becomes durable (docs/performance.md). `background` (default): its
    * COMMIT writes the WAL without an fsync (synchronous = NORMAL for that one commit), and one
@@ -477,6 +481,8 @@ export class SqliteStore implements Store {
   readonly #batchRows: number;
   readonly #vacuumPages: number;
   readonly #busyTimeoutMs: number;
+  readonly #cacheMiB: number;
+  readonly #mmapMiB: number;
   #sweeping: Promise<void> | undefined;
   readonly #events = new EventEmitter();
   #db: Database.Database | undefined;
@@ -501,6 +507,8 @@ export class SqliteStore implements Store {
     this.#batchRows = Math.max(1, Math.floor(opts.sweepBatchRows ?? 100));
     this.#vacuumPages = Math.max(1, Math.floor(opts.vacuumStepPages ?? 64));
     this.#busyTimeoutMs = Math.max(0, Math.floor(opts.busyTimeoutMs ?? 5000));
+    this.#cacheMiB = Math.max(2, Math.floor(opts.cacheMiB ?? 64));
+    this.#mmapMiB = Math.max(0, Math.floor(opts.mmapMiB ?? 1024));
     this.#background = (opts.batchSync ?? 'background') === 'background' && this.path !== ':memory:';
     this.#syncWalSeam = opts.syncWal;
     // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
@@ -527,6 +535,9 @@ export class SqliteStore implements Store {
       db.pragma('synchronous = FULL');
       db.pragma('foreign_keys = ON');
       db.pragma(`busy_timeout = ${this.#busyTimeoutMs}`);
+      // A large store's hot index pages in memory, the rest read through mmap (no read() per page).
+      db.pragma(`cache_size = ${-1024 * this.#cacheMiB}`);
+      db.pragma(`mmap_size = ${1024 * 1024 * this.#mmapMiB}`);
       this.#migrate(db);
       const s = prepareStatements(db);
       // Nested in the group-commit transaction, this runs as a savepoint: a record is all or nothing.
