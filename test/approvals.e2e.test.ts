@@ -164,7 +164,7 @@ describe('approvals end to end (real SPIRE, mTLS, two replicas on Redis)', () =>
       {
         ...stack.brokerConfig,
         policiesDir: await shortApprovalPolicies(join(stack.dir, 'policies-short')),
-        store: { sqlite: { path: join(stack.dir, 'broker-c.db') } },
+        store: { sqlite: { ...stack.brokerConfig.store.sqlite!, path: join(stack.dir, 'broker-c.db') } },
       },
       { logger: logger('broker-c'), installSignalHandlers: false },
     );

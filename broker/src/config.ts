@@ -296,7 +296,19 @@ export const ConfigSchema = z
     store: z
       .object({
         sqlite: z
-          .object({ path: z.string().min(1) })
+          .object({
+            path: z.string().min(1),
+            /**
+             * SQLite's page cache, MiB (per connection, in the broker's memory). The hot index pages
+             * of a large store stay here (docs/performance.md "A growing store").
+             */
+            cacheMiB: z.number().int().min(2).max(16_384).default(64),
+            /**
+             * Bytes of the file read through mmap, MiB (0: off): reads of pages not in the cache are
+             * memory accesses on the OS page cache instead of read() calls.
+             */
+            mmapMiB: z.number().int().min(0).max(1_048_576).default(1024),
+          })
           .strict()
           .optional(),
         redis: z
@@ -311,7 +323,9 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({})
-      .transform((s) => (s.sqlite || s.redis ? s : { sqlite: { path: 'taskpass.db' } }))
+      .transform((s) =>
+        s.sqlite || s.redis ? s : { sqlite: { path: 'taskpass.db', cacheMiB: 64, mmapMiB: 1024 } },
+      )
       .refine((s) => !(s.sqlite && s.redis), { message: 'choose one of store.sqlite or store.redis' }),
     tokens: z
       .object({

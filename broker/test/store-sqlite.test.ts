@@ -261,6 +261,131 @@ test('sqlite: decision records join the issued-call group commit, durable before
   }
 });
 
+test('sqlite: a batch resolves only once the WAL sync after its COMMIT finished; one sync serves the batches committed while it runs', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  // The seam stands for the WAL fdatasync on the thread pool: each call waits until released.
+  const syncs: (() => void)[] = [];
+  const s = new SqliteStore({ path, syncWal: () => new Promise<void>((r) => syncs.push(r)) });
+  await s.init();
+  const other = new Database(path, { readonly: true });
+  const settled = new Set<string>();
+  const now = nowSec();
+  const record = (jti: string) =>
+    s
+      .recordIssued({
+        taskId: 't1',
+        jti,
+        tool: 'get_ticket',
+        resource: 'tickets/T-1',
+        action: 'read',
+        template: 'support',
+        issuedAt: now,
+        expiresAt: now + 60,
+      })
+      .then(() => void settled.add(jti));
+  const committed = () => (other.prepare('SELECT COUNT(*) AS n FROM issued').get() as { n: number }).n;
+  const turn = () => new Promise((r) => setImmediate(r));
+  try {
+    const a = record('j1');
+    await turn();
+    await turn();
+    // Committed (the event loop went on), but its WAL not yet synced: nothing resolved.
+    assert.equal(committed(), 1);
+    assert.equal(syncs.length, 1);
+    assert.deepEqual([...settled], []);
+    // Two more batches commit while the first sync runs; they wait for a sync that starts after them.
+    const b = record('j2');
+    await turn();
+    const c = record('j3');
+    await turn();
+    await turn();
+    assert.equal(committed(), 3);
+    assert.equal(syncs.length, 1, 'one sync at a time');
+    syncs.shift()?.();
+    await a;
+    assert.deepEqual([...settled], ['j1']);
+    await turn();
+    assert.equal(syncs.length, 1, 'one more sync, for both later batches');
+    syncs.shift()?.();
+    await Promise.all([b, c]);
+    assert.deepEqual([...settled].sort(), ['j1', 'j2', 'j3']);
+  } finally {
+    for (const r of syncs) r();
+    other.close();
+    await s.close();
+  }
+});
+
+test('sqlite: a failed WAL sync rejects its batches (no token handed out) and later batches fsync inline', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  let calls = 0;
+  const s = new SqliteStore({
+    path,
+    syncWal: async () => {
+      calls++;
+      throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+    },
+  });
+  await s.init();
+  const now = nowSec();
+  const call = (jti: string) => ({
+    taskId: 't1',
+    jti,
+    tool: 'get_ticket',
+    resource: 'tickets/T-1',
+    action: 'read' as const,
+    template: 'support',
+    issuedAt: now,
+    expiresAt: now + 60,
+  });
+  try {
+    await assert.rejects(s.recordIssued(call('j1')), /EIO/);
+    await s.recordIssued(call('j2'));
+    assert.equal(calls, 1, 'no second background sync after a failure');
+  } finally {
+    await s.close();
+  }
+  const db = new Database(path, { readonly: true });
+  try {
+    assert.equal((db.prepare('SELECT COUNT(*) AS n FROM issued').get() as { n: number }).n, 2);
+  } finally {
+    db.close();
+  }
+});
+
+test('sqlite: with the real WAL sync, batches resolve and survive a reopen; the connection is back at synchronous = FULL', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const s = new SqliteStore({ path });
+  await s.init();
+  const now = nowSec();
+  await Promise.all(
+    ['j1', 'j2', 'j3'].map((jti) =>
+      s.recordIssued({
+        taskId: 't1',
+        jti,
+        tool: 'get_ticket',
+        resource: 'tickets/T-1',
+        action: 'read',
+        template: 'support',
+        issuedAt: now,
+        expiresAt: now + 60,
+      }),
+    ),
+  );
+  assert.equal(s.synchronousMode(), 2, 'FULL (2) between batches');
+  await s.close();
+  const again = new SqliteStore({ path });
+  await again.init();
+  try {
+    assert.equal((await again.listIssued('t1')).length, 3);
+  } finally {
+    await again.close();
+  }
+});
+
 // Finding: the sweep ran as one synchronous transaction (1M stored tasks, 50k expiring: the broker
 // stalled 8.5 s). It now runs in bounded transactions and yields between them.
 test('sqlite sweep: a large backlog goes in many small transactions; the event loop runs in between', async () => {

@@ -13,7 +13,7 @@ export type StoreConfig = { kind: 'sqlite'; path: string } | { kind: 'redis'; ur
 
 /** The `store` section of the broker configuration file (exactly one of the two is set). */
 export interface StoreConfigSection {
-  sqlite?: { path: string } | undefined;
+  sqlite?: { path: string; cacheMiB?: number | undefined; mmapMiB?: number | undefined } | undefined;
   redis?: { url: string; keyPrefix?: string | undefined; timeoutMs?: number | undefined } | undefined;
 }
 
@@ -47,5 +47,11 @@ export function createStore(
       ...logger,
     });
   }
-  return new SqliteStore({ ...(config.sqlite ? { path: config.sqlite.path } : {}), ...logger });
+  const sqlite = config.sqlite;
+  return new SqliteStore({
+    ...(sqlite?.path ? { path: sqlite.path } : {}),
+    ...(sqlite?.cacheMiB !== undefined ? { cacheMiB: sqlite.cacheMiB } : {}),
+    ...(sqlite?.mmapMiB !== undefined ? { mmapMiB: sqlite.mmapMiB } : {}),
+    ...logger,
+  });
 }
