@@ -5,7 +5,6 @@
 // returning its promise, which keeps each call atomic with respect to the others in this process.
 import { EventEmitter } from 'node:events';
 import { mkdirSync } from 'node:fs';
-import { type FileHandle, open } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
@@ -61,17 +60,6 @@ export interface SqliteStoreOptions {
   cacheMiB?: number;
   /** Bytes of the file read through mmap, MiB (default 1024; 0: off). */
   mmapMiB?: number;
-  /**
-   * How a group-commit batch becomes durable (docs/performance.md). `background` (default): its
-   * COMMIT writes the WAL without an fsync (synchronous = NORMAL for that one commit), and one
-   * fdatasync of the WAL file on libuv's thread pool, shared by every batch committed while it
-   * runs, makes it durable before any of its waiters resolves — the event loop never waits for the
-   * disk. `inline`: the COMMIT fsyncs on the event loop (synchronous = FULL). Every other write is
-   * FULL either way.
-   */
-  batchSync?: 'background' | 'inline';
-  /** Test seam: makes the WAL file durable (default: fdatasync of `<path>-wal`). */
-  syncWal?: () => Promise<void>;
 }
 
 /** `$TASKPASS_DATA_DIR/taskpass.db`, or `./taskpass.db` when the variable is unset. */
@@ -491,13 +479,6 @@ export class SqliteStore implements Store {
   #recordIssued: ((call: IssuedCall, used?: ApprovalRecord) => void) | undefined;
   // Waiters of the open group-commit batch (undefined: no batch open).
   #batch: { resolve: () => void; reject: (e: unknown) => void }[] | undefined;
-  // Background batch sync: batches committed so far, batches known durable, the WAL sync running.
-  #background: boolean;
-  readonly #syncWalSeam: (() => Promise<void>) | undefined;
-  #walFile: FileHandle | undefined;
-  #committed = 0;
-  #durable = 0;
-  #syncing: Promise<void> | undefined;
 
   constructor(opts: SqliteStoreOptions = {}) {
     this.path = opts.path ?? defaultSqlitePath();
@@ -509,8 +490,6 @@ export class SqliteStore implements Store {
     this.#busyTimeoutMs = Math.max(0, Math.floor(opts.busyTimeoutMs ?? 5000));
     this.#cacheMiB = Math.max(2, Math.floor(opts.cacheMiB ?? 64));
     this.#mmapMiB = Math.max(0, Math.floor(opts.mmapMiB ?? 1024));
-    this.#background = (opts.batchSync ?? 'background') === 'background' && this.path !== ':memory:';
-    this.#syncWalSeam = opts.syncWal;
     // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
     this.#events.setMaxListeners(0);
   }
@@ -603,10 +582,6 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     this.#commitBatch();
-    // The last batches' waiters resolve once their WAL sync is done; the file is closed after.
-    while (this.#syncing) await this.#syncing.catch(() => {});
-    await this.#walFile?.close().catch(() => {});
-    this.#walFile = undefined;
     const db = this.#db;
     this.#db = undefined;
     this.#stmts = undefined;
@@ -615,16 +590,12 @@ export class SqliteStore implements Store {
     db?.close();
   }
 
-  /**
-   * Commits the open group-commit batch (if any) and settles its waiters: at once when the COMMIT
-   * fsynced (inline), or once a WAL sync that started after it finished (background).
-   */
+  /** Commits the open group-commit batch (if any) and settles its waiters. */
   #commitBatch(): void {
     const batch = this.#batch;
     if (!batch) return;
     this.#batch = undefined;
     const db = this.#db;
-    const background = this.#background;
     try {
       if (!db || !this.#stmts) throw new Error('SqliteStore: closed with issued calls not committed');
       this.#stmts.commit.run();
@@ -637,56 +608,8 @@ export class SqliteStore implements Store {
       this.#logger?.error({ err: e, records: batch.length }, 'issued-call batch not committed');
       for (const w of batch) w.reject(e);
       return;
-    } finally {
-      // Every write but a batch's COMMIT fsyncs inline.
-      if (background) db?.pragma('synchronous = FULL');
     }
-    if (!background) {
-      for (const w of batch) w.resolve();
-      return;
-    }
-    this.#durableThrough(++this.#committed).then(
-      () => {
-        for (const w of batch) w.resolve();
-      },
-      (e: unknown) => {
-        this.#logger?.error({ err: e, records: batch.length }, 'issued-call batch not made durable');
-        for (const w of batch) w.reject(e);
-      },
-    );
-  }
-
-  /** The connection's `PRAGMA synchronous` now (2 = FULL), for tests. */
-  synchronousMode(): number {
-    return this.#conn.pragma('synchronous', { simple: true }) as number;
-  }
-
-  /** Resolves once the WAL holding the `n`-th committed batch is on disk (one sync at a time). */
-  async #durableThrough(n: number): Promise<void> {
-    while (this.#durable < n) {
-      this.#syncing ??= this.#syncWal().finally(() => {
-        this.#syncing = undefined;
-      });
-      await this.#syncing;
-    }
-  }
-
-  async #syncWal(): Promise<void> {
-    const through = this.#committed;
-    try {
-      if (this.#syncWalSeam) await this.#syncWalSeam();
-      else {
-        // The WAL file is `<db>-wal` and stays while this connection is open (SQLite's file layout).
-        this.#walFile ??= await open(`${this.path}-wal`, 'r');
-        await this.#walFile.datasync();
-      }
-    } catch (e) {
-      // After a failed fsync the kernel may have dropped the dirty pages: a retry could "succeed"
-      // without them. Every later batch fsyncs inline, where a broken disk fails the COMMIT itself.
-      this.#background = false;
-      throw e;
-    }
-    this.#durable = through;
+    for (const w of batch) w.resolve();
   }
 
   async createTask(task: TaskRecord): Promise<void> {
@@ -940,14 +863,7 @@ export class SqliteStore implements Store {
    */
   async #inBatch<T>(write: () => T): Promise<T> {
     if (!this.#batch) {
-      // Background sync: this COMMIT writes the WAL only; #commitBatch syncs it off the event loop.
-      if (this.#background) this.#conn.pragma('synchronous = NORMAL');
-      try {
-        this.#s.begin.run();
-      } catch (e) {
-        if (this.#background) this.#conn.pragma('synchronous = FULL');
-        throw e;
-      }
+      this.#s.begin.run();
       this.#batch = [];
       setImmediate(() => this.#commitBatch());
     }
