@@ -7,7 +7,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyRequest, type FastifyServerFactory } from 'fastify';
 import { mintToken, peerChainFromSocket } from '@taskpass/broker';
-import { AUDIENCE, AGENT_ID, type BenchEnv, ISSUER, openTasks } from './lib/env.ts';
+import { AUDIENCE, AGENT_ID, type BenchEnv, ISSUER, openTasks, tokenRequests } from './lib/env.ts';
 import { withCpu } from './lib/cpu.ts';
 import { LoadClient, type LoadResult, type PreparedRequest } from './lib/load.ts';
 import { fmtMs, fmtRate, median, type Percentiles, percentiles, table } from './lib/stats.ts';
@@ -116,19 +116,7 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
     `  opened ${tasks.length} tasks in ${((performance.now() - t0) / 1000).toFixed(1)} s (POST /v1/tasks)`,
   );
 
-  // One request per task, round-robin: each task sees get_ticket calls on its own ticket, so the
-  // per-task history the policy looks at grows slowly and evenly (≈ total calls / tasks).
-  const brokerReqs: PreparedRequest[] = tasks.map((id, i) => ({
-    method: 'POST',
-    path: `/v1/tasks/${id}/tokens`,
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({
-      audience: AUDIENCE,
-      tool: 'get_ticket',
-      resource: `tickets/T-${i}`,
-      action: 'read',
-    }),
-  }));
+  const brokerReqs: PreparedRequest[] = tokenRequests(tasks);
   const baselineReqs: PreparedRequest[] = tasks.map((_id, i) => ({
     method: 'POST',
     path: '/sign',

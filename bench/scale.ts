@@ -8,7 +8,7 @@ import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { SqliteStore } from '@taskpass/broker';
-import { AGENT_ID, AUDIENCE, benchDir, openTasks, startBenchEnv } from './lib/env.ts';
+import { AGENT_ID, benchDir, openTasks, startBenchEnv, tokenRequests } from './lib/env.ts';
 import { LoadClient, type PreparedRequest } from './lib/load.ts';
 import { type Percentiles, percentiles } from './lib/stats.ts';
 
@@ -96,17 +96,7 @@ export async function runScale(o: {
       const env = await startBenchEnv({ storePath: path });
       try {
         const tasks = await openTasks(env, 200);
-        const requests: PreparedRequest[] = tasks.map((id, i) => ({
-          method: 'POST',
-          path: `/v1/tasks/${id}/tokens`,
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({
-            audience: AUDIENCE,
-            tool: 'get_ticket',
-            resource: `tickets/T-${i}`,
-            action: 'read',
-          }),
-        }));
+        const requests: PreparedRequest[] = tokenRequests(tasks);
         const load = new LoadClient({
           origin: env.brokerUrl,
           tls: { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca },

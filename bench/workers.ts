@@ -7,14 +7,9 @@
 import { randomUUID } from 'node:crypto';
 import { loadavg } from 'node:os';
 import { Pool } from 'undici';
-import {
-  AUDIENCE,
-  type ServedBroker,
-  type ServeEnv,
-  serveBroker,
-  startServeEnv,
-} from '../test/support/serve.ts';
+import { type ServedBroker, type ServeEnv, serveBroker, startServeEnv } from '../test/support/serve.ts';
 import { processesCpuMs } from './lib/cpu.ts';
+import { tokenRequests } from './lib/env.ts';
 import { LoadClient, type LoadResult, type PreparedRequest } from './lib/load.ts';
 import { fmtRate, median, table } from './lib/stats.ts';
 
@@ -99,17 +94,7 @@ export async function runWorkers(o: WorkersOptions, log: (l: string) => void): P
     const t0 = performance.now();
     const tasks = await openTasks(env, one.url, o.tasks);
     log(`opened ${tasks.length} tasks in ${((performance.now() - t0) / 1000).toFixed(1)} s (POST /v1/tasks)`);
-    const requests: PreparedRequest[] = tasks.map((id, i) => ({
-      method: 'POST',
-      path: `/v1/tasks/${id}/tokens`,
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        audience: AUDIENCE,
-        tool: 'get_ticket',
-        resource: `tickets/T-${i}`,
-        action: 'read',
-      }),
-    }));
+    const requests: PreparedRequest[] = tokenRequests(tasks);
     const tls = { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca };
     const load1 = new LoadClient({ origin: one.url, tls, connections: o.concurrency });
     const load2 = new LoadClient({ origin: two.url, tls, connections: o.concurrency });

@@ -11,9 +11,9 @@
 import { execFileSync } from 'node:child_process';
 import type { TaskpassApprovalRequiredError } from '@taskpass/agent-plugin';
 import { calculateJwkThumbprint, exportJWK, importSPKI } from 'jose';
-import pg from 'pg';
 import { ALICE, BOB, type Stack, startStack } from './stack.ts';
 import { checkStory, runAgentScript, type Step, type Transcript } from './ticket-desk/agent.ts';
+import { pgRoleExists } from './ticket-desk/tickets-pg.ts';
 
 const tty = process.stdout.isTTY && !process.env.NO_COLOR;
 const paint = (code: string) => (s: string) => (tty ? `\x1b[${code}m${s}\x1b[0m` : s);
@@ -234,16 +234,6 @@ interface VaultFacts {
   existedDuringTask?: boolean;
   /** It was gone from pg_roles this long after complete() returned; undefined if it stayed. */
   goneAfterMs?: number;
-}
-
-async function pgRoleExists(name: string): Promise<boolean> {
-  const c = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' });
-  await c.connect();
-  try {
-    return (await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [name])).rowCount === 1;
-  } finally {
-    await c.end();
-  }
 }
 
 /** The kid of every version of the Transit key, as the broker publishes them (JWK thumbprints). */

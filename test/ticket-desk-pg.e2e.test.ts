@@ -12,10 +12,15 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
 import type { CallAuth, FetchLike } from '@taskpass/verifier';
 import { TaskCredentials } from '@taskpass/verifier';
-import pg from 'pg';
+import type pg from 'pg';
 import { registerTicketTools } from '../examples/ticket-desk/server.ts';
 import type { Ticket } from '../examples/ticket-desk/tickets.ts';
-import { PgTicketDesk, setUpDeskDatabase, vaultRoleStatements } from '../examples/ticket-desk/tickets-pg.ts';
+import {
+  PgTicketDesk,
+  pgQuery,
+  setUpDeskDatabase,
+  vaultRoleStatements,
+} from '../examples/ticket-desk/tickets-pg.ts';
 
 /** A tool's answer: its JSON result, or the text of its error. */
 interface Answer {
@@ -26,17 +31,8 @@ interface Answer {
   deleted?: string;
 }
 
-const PG = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' };
-
-async function sql<T extends pg.QueryResultRow>(text: string, values: unknown[] = [], user = 'postgres') {
-  const c = new pg.Client({ ...PG, user });
-  await c.connect();
-  try {
-    return (await c.query<T>(text, values)).rows;
-  } finally {
-    await c.end();
-  }
-}
+const sql = <T extends pg.QueryResultRow>(text: string, values: unknown[] = [], user = 'postgres') =>
+  pgQuery<T>(text, values, { user });
 
 const callAuth = (task: string, tool = 'get_ticket'): CallAuth => ({
   kind: 'call',

@@ -10,9 +10,8 @@ import type { BrokerClient, Task } from '@taskpass/agent-plugin';
 import { createMtlsAgent, matchId, type TlsSource } from '@taskpass/spiffe';
 import type { X509Source } from '@taskpass/spiffe/workload';
 import { type CallAuth, type FetchLike, TaskCredentials } from '@taskpass/verifier';
-import pg from 'pg';
 import { type Agent, fetch as undiciFetch } from 'undici';
-import { PgTicketDesk } from '../examples/ticket-desk/tickets-pg.ts';
+import { PgTicketDesk, pgQuery, pgRoleExists } from '../examples/ticket-desk/tickets-pg.ts';
 import { type Stack, startStack } from '../examples/stack.ts';
 import { assertAccepted, rawToolCall } from './support/mcp-raw.ts';
 import { DESK_SECRET_PATH, type DeskDatabase, setUpDeskDatabaseEngine } from './support/vault-setup.ts';
@@ -20,19 +19,8 @@ import { pollUntil } from './support/poll.ts';
 import { type OwnVault, startVault } from './support/vault-server.ts';
 import { agentSide, registerWorkload } from './support/workloads.ts';
 
-const PG = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' };
-
-async function sql<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client(PG);
-  await c.connect();
-  try {
-    return (await c.query<T>(text, values)).rows;
-  } finally {
-    await c.end();
-  }
-}
-const roleExists = async (name: string) =>
-  (await sql('SELECT 1 FROM pg_roles WHERE rolname = $1', [name])).length === 1;
+const sql = pgQuery;
+const roleExists = (name: string) => pgRoleExists(name);
 
 /** Polls until the role is gone (the broker's revoker runs every 2 s); the ms it took, or undefined. */
 async function goneWithin(name: string, ms: number): Promise<number | undefined> {

@@ -18,23 +18,12 @@ import {
   type TaskRecord,
   VaultClient,
 } from '@taskpass/broker';
-import pg from 'pg';
+import { pgQuery, pgRoleExists } from '../examples/ticket-desk/tickets-pg.ts';
 import { type OwnVault, startVault } from './support/vault-server.ts';
 
-const PG = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' };
 const ROLE_PATH = 'database/creds/ticket-desk';
-
-async function sql<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client(PG);
-  await c.connect();
-  try {
-    return (await c.query<T>(text, values)).rows;
-  } finally {
-    await c.end();
-  }
-}
-const roleExists = async (name: string) =>
-  (await sql('SELECT 1 FROM pg_roles WHERE rolname = $1', [name])).length === 1;
+const sql = pgQuery;
+const roleExists = (name: string) => pgRoleExists(name);
 
 describe('Vault leases on a task (real Vault, real PostgreSQL)', () => {
   let vault: OwnVault;

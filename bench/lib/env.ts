@@ -33,6 +33,7 @@ import {
   type Store,
 } from '@taskpass/broker';
 import { type Idp, startIdp } from '../../examples/idp/idp.ts';
+import type { PreparedRequest } from './load.ts';
 
 export const TRUST_DOMAIN = 'taskpass.local';
 export const AGENT_ID = `spiffe://${TRUST_DOMAIN}/agents/support/bench`;
@@ -260,6 +261,24 @@ export async function agentCall<T>(env: BenchEnv, method: string, path: string, 
 }
 
 /** Opens `n` tasks for the benchmark agent (real POST /v1/tasks with a user token). */
+/**
+ * One call token request per task (`get_ticket` on its own ticket, read): round-robin over them,
+ * each task's history grows slowly and evenly (≈ total calls / tasks).
+ */
+export function tokenRequests(tasks: readonly string[]): PreparedRequest[] {
+  return tasks.map((id, i) => ({
+    method: 'POST',
+    path: `/v1/tasks/${id}/tokens`,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      audience: AUDIENCE,
+      tool: 'get_ticket',
+      resource: `tickets/T-${i}`,
+      action: 'read',
+    }),
+  }));
+}
+
 export async function openTasks(env: BenchEnv, n: number, parallel = 16): Promise<string[]> {
   const userToken = await env.userToken();
   const out: string[] = [];

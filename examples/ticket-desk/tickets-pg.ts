@@ -45,6 +45,20 @@ async function asAdmin<T>(
   }
 }
 
+/** Runs one statement on a connection of its own, as `postgres` unless `where.user` says otherwise. */
+export function pgQuery<T extends pg.QueryResultRow>(
+  text: string,
+  values: unknown[] = [],
+  where: PgLocation & { user?: string } = {},
+): Promise<T[]> {
+  return asAdmin(where, async (c) => (await c.query<T>(text, values)).rows);
+}
+
+/** Is there a PostgreSQL role of this name (e.g. a per-task user Vault created)? */
+export async function pgRoleExists(name: string, where: PgLocation = {}): Promise<boolean> {
+  return (await pgQuery('SELECT 1 FROM pg_roles WHERE rolname = $1', [name], where)).length === 1;
+}
+
 /**
  * Creates the desk's schema, its tables with the seeded tickets, and the role `<schema>_desk` that
  * may read and write them (and nothing else). Run once by the operator as `postgres`. `adminRole`

@@ -4,9 +4,9 @@
 // PostgreSQL, the database secrets engine whose role creates per-task users. Used by the Vault e2e
 // tests, the stack (`vault: true`) and the demo (`--vault`).
 import { createPublicKey, type JsonWebKey, randomUUID } from 'node:crypto';
-import pg from 'pg';
 import {
   type PgLocation,
+  pgQuery,
   setUpDeskDatabase,
   vaultRoleStatements,
 } from '../../examples/ticket-desk/tickets-pg.ts';
@@ -99,15 +99,8 @@ export async function setUpDeskDatabaseEngine(
   const schema = opts.schema ?? `taskpass_desk_${run}`;
   const adminRole = `taskpass_vault_${run}`;
   const where = { host: '127.0.0.1', port: 5432, database: 'postgres', ...opts.location };
-  const asPostgres = async (text: string, values: unknown[] = []) => {
-    const c = new pg.Client({ ...where, user: 'postgres' });
-    await c.connect();
-    try {
-      return (await c.query<{ rolname: string }>(text, values)).rows;
-    } finally {
-      await c.end();
-    }
-  };
+  const asPostgres = (text: string, values: unknown[] = []) =>
+    pgQuery<{ rolname: string }>(text, values, where);
   await asPostgres(`CREATE ROLE "${adminRole}" WITH LOGIN CREATEROLE PASSWORD 'unused'`);
   let desk: Awaited<ReturnType<typeof setUpDeskDatabase>> | undefined;
   const drop = async () => {
