@@ -152,13 +152,11 @@ export function servePrimary(
   };
 
   return new Promise<number>((resolve) => {
+    const signals: [NodeJS.Signals, () => void][] = [];
     const finish = () => {
       if (alive.size > 0) return;
       for (const t of timers) clearTimeout(t);
-      process.off('SIGTERM', onTerm);
-      process.off('SIGINT', onInt);
-      process.off('SIGHUP', onHup);
-      process.off('SIGUSR2', onUsr2);
+      for (const [sig, handler] of signals) process.off(sig, handler);
       cluster.off('exit', onExit);
       logger.info({ code: exitCode }, 'stopped');
       resolve(exitCode);
@@ -217,18 +215,17 @@ export function servePrimary(
       }, delay);
       timers.add(t);
     };
-    const onTerm = () => stopAll('SIGTERM');
-    const onInt = () => stopAll('SIGINT');
     const forward = (sig: NodeJS.Signals) => () => {
       for (const w of alive.values()) w.process.kill(sig);
     };
     // SIGHUP: every worker reloads its policies; SIGUSR2: every worker reopens the audit file.
-    const onHup = forward('SIGHUP');
-    const onUsr2 = forward('SIGUSR2');
-    process.on('SIGTERM', onTerm);
-    process.on('SIGINT', onInt);
-    process.on('SIGHUP', onHup);
-    process.on('SIGUSR2', onUsr2);
+    signals.push(
+      ['SIGTERM', () => stopAll('SIGTERM')],
+      ['SIGINT', () => stopAll('SIGINT')],
+      ['SIGHUP', forward('SIGHUP')],
+      ['SIGUSR2', forward('SIGUSR2')],
+    );
+    for (const [sig, handler] of signals) process.on(sig, handler);
     cluster.on('exit', onExit);
     logger.info({ workers: n }, 'starting workers');
     for (let i = 0; i < n; i++) fork();
