@@ -170,16 +170,18 @@ async function main(): Promise<void> {
       sizes: quick ? [1_000, 100_000] : [1_000, 100_000, 1_000_000],
       rate: 200,
       durationMs: quick ? 3000 : 6000,
+      rounds: quick ? 2 : 3,
       log: (l) => console.log(`  ${l}`),
     });
     console.log(
       indent(
         table([
-          ['tasks stored', 'p50', 'p99', 'max', 'errors', 'store file', 'process RSS'],
+          ['tasks stored', 'p50', 'p99', 'p99 per round', 'max', 'errors', 'store file', 'process RSS'],
           ...scale.map((r) => [
             r.stored.toLocaleString('en'),
             fmtMs(r.latency.p50),
             fmtMs(r.latency.p99),
+            r.roundP99s.map((v) => fmtMs(v)).join(', '),
             fmtMs(r.latency.max),
             String(r.errors),
             `${r.fileMiB.toFixed(0)} MiB`,

@@ -7,15 +7,18 @@ import { randomBytes } from 'node:crypto';
 import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { SqliteStore } from '@taskpass/broker';
+import { generateKek, SqliteStore } from '@taskpass/broker';
 import { AGENT_ID, benchDir, openTasks, startBenchEnv, tokenRequests } from './lib/env.ts';
-import { LoadClient, type PreparedRequest } from './lib/load.ts';
+import { LoadClient } from './lib/load.ts';
 import { type Percentiles, percentiles } from './lib/stats.ts';
 
 export interface ScaleRow {
   stored: number;
   seedSec: number;
+  /** Over every round's samples. */
   latency: Percentiles;
+  /** p99 of each round, in round order. */
+  roundP99s: number[];
   errors: number;
   fileMiB: number;
   rssMiB: number;
@@ -77,57 +80,84 @@ export async function runScale(o: {
   sizes: number[];
   rate: number;
   durationMs: number;
+  /** Rounds over all sizes, in an order rotated every round, so that drift (the disk's fsync tail, a
+   *  neighbour) hits every size alike; percentiles are over all rounds' samples. */
+  rounds: number;
   log: (line: string) => void;
 }): Promise<ScaleRow[]> {
+  const stores: {
+    n: number;
+    dir: string;
+    path: string;
+    seedSec: number;
+    latencies: number[];
+    p99s: number[];
+  }[] = [];
   const rows: ScaleRow[] = [];
-  for (const n of o.sizes) {
-    const dir = benchDir();
-    const path = join(dir, 'taskpass.db');
-    try {
+  try {
+    for (const n of o.sizes) {
+      const dir = benchDir();
+      const path = join(dir, 'taskpass.db');
+      stores.push({ n, dir, path, seedSec: 0, latencies: [], p99s: [] });
       const schema = new SqliteStore({ path });
       await schema.init();
       await schema.close();
       const t0 = performance.now();
       seed(path, n);
-      const seedSec = (performance.now() - t0) / 1000;
+      stores.at(-1)!.seedSec = (performance.now() - t0) / 1000;
       o.log(
-        `${n.toLocaleString('en')} tasks seeded in ${seedSec.toFixed(1)} s (${fileMiB(path).toFixed(0)} MiB)`,
+        `${n.toLocaleString('en')} tasks seeded in ${stores.at(-1)!.seedSec.toFixed(1)} s (${fileMiB(path).toFixed(0)} MiB)`,
       );
-      const env = await startBenchEnv({ storePath: path });
-      try {
-        const tasks = await openTasks(env, 200);
-        const requests: PreparedRequest[] = tokenRequests(tasks);
-        const load = new LoadClient({
-          origin: env.brokerUrl,
-          tls: { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca },
-          connections: 16,
-        });
-        try {
-          const r = await load.run({
-            kind: 'open',
-            rate: o.rate,
-            warmupMs: 500,
-            durationMs: o.durationMs,
-            requests,
-            offset: 0,
-          });
-          rows.push({
-            stored: n,
-            seedSec,
-            latency: percentiles(r.latencies),
-            errors: r.errors,
-            fileMiB: fileMiB(path),
-            rssMiB: process.memoryUsage().rss / 2 ** 20,
-          });
-        } finally {
-          await load.close();
-        }
-      } finally {
-        await env.close();
-      }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
     }
+    // One KEK for the run: each store is served again in every round, with the keys it holds.
+    const kek = generateKek('bench');
+    let errors = new Map<number, number>();
+    let rss = new Map<number, number>();
+    for (let round = 0; round < o.rounds; round++) {
+      for (let k = 0; k < stores.length; k++) {
+        const st = stores[(round + k) % stores.length]!;
+        const env = await startBenchEnv({ storePath: st.path, kek });
+        try {
+          const tasks = await openTasks(env, 200);
+          const load = new LoadClient({
+            origin: env.brokerUrl,
+            tls: { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca },
+            connections: 16,
+          });
+          try {
+            const r = await load.run({
+              kind: 'open',
+              rate: o.rate,
+              warmupMs: 500,
+              durationMs: o.durationMs,
+              requests: tokenRequests(tasks),
+              offset: 0,
+            });
+            st.latencies.push(...r.latencies);
+            st.p99s.push(percentiles(r.latencies).p99);
+            errors = errors.set(st.n, (errors.get(st.n) ?? 0) + r.errors);
+            rss = rss.set(st.n, process.memoryUsage().rss / 2 ** 20);
+          } finally {
+            await load.close();
+          }
+        } finally {
+          await env.close();
+        }
+      }
+    }
+    for (const st of stores) {
+      rows.push({
+        stored: st.n,
+        seedSec: st.seedSec,
+        latency: percentiles(st.latencies),
+        roundP99s: st.p99s,
+        errors: errors.get(st.n) ?? 0,
+        fileMiB: fileMiB(st.path),
+        rssMiB: rss.get(st.n) ?? 0,
+      });
+    }
+  } finally {
+    for (const st of stores) rmSync(st.dir, { recursive: true, force: true });
   }
   return rows;
 }

@@ -94,6 +94,8 @@ export async function startBenchEnv(
     logFile?: string;
     /** An existing SQLite file to serve from (scale runs); default: a fresh one in a temp dir. */
     storePath?: string;
+    /** The KEK ring wrapping the signing keys (a store served again needs the same one); default: a new one. */
+    kek?: string;
   } = {},
 ): Promise<BenchEnv> {
   const dir = benchDir();
@@ -139,7 +141,7 @@ export async function startBenchEnv(
   await store.init();
   const keys = await SigningKeys.open(store, {
     // As a broker with a KEK: keys are unwrapped once at load, signing does not touch the wrapper.
-    wrapper: new AesGcmKeyWrapper(generateKek('bench')),
+    wrapper: new AesGcmKeyWrapper(opts.kek ?? generateKek('bench')),
     rotateEverySec: config.keys.rotateEvery,
     prepublishSec: config.keys.prepublish,
     maxTokenTtlSec: config.tokens.maxTtl,
