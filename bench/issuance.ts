@@ -117,17 +117,7 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
   );
 
   const brokerReqs: PreparedRequest[] = tokenRequests(tasks);
-  const baselineReqs: PreparedRequest[] = tasks.map((_id, i) => ({
-    method: 'POST',
-    path: '/sign',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({
-      audience: AUDIENCE,
-      tool: 'get_ticket',
-      resource: `tickets/T-${i}`,
-      action: 'read',
-    }),
-  }));
+  const baselineReqs: PreparedRequest[] = tokenRequests(tasks, () => '/sign');
 
   const conns = o.concurrency;
   const brokerLoad = new LoadClient({ origin: brokerOrigin, tls, connections: conns });

@@ -265,12 +265,16 @@ export async function agentCall<T>(env: BenchEnv, method: string, path: string, 
 /** Opens `n` tasks for the benchmark agent (real POST /v1/tasks with a user token). */
 /**
  * One call token request per task (`get_ticket` on its own ticket, read): round-robin over them,
- * each task's history grows slowly and evenly (≈ total calls / tasks).
+ * each task's history grows slowly and evenly (≈ total calls / tasks). `pathOf` sends the same body
+ * elsewhere (the bare route).
  */
-export function tokenRequests(tasks: readonly string[]): PreparedRequest[] {
+export function tokenRequests(
+  tasks: readonly string[],
+  pathOf: (task: string) => string = (task) => `/v1/tasks/${task}/tokens`,
+): PreparedRequest[] {
   return tasks.map((id, i) => ({
     method: 'POST',
-    path: `/v1/tasks/${id}/tokens`,
+    path: pathOf(id),
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({
       audience: AUDIENCE,
