@@ -5,7 +5,7 @@
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { currentSecureContextOptions, isSpiffeError, type X509Svid } from '@taskpass/spiffe';
-import { BundleSource, pickByHint, svidState, X509Source } from '@taskpass/spiffe/workload';
+import { BundleSource, svidState } from '@taskpass/spiffe/workload';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import pino, { type Logger } from 'pino';
 import type { TLSSocket } from 'node:tls';
@@ -26,6 +26,9 @@ import { connectVault, openSigner } from './signer.ts';
 import { createStore } from './store/index.ts';
 import { createUserTokenVerifier } from './user-tokens.ts';
 import { createWorkloadAuthenticator } from './workload-auth.ts';
+import { openX509Source, svidPicker } from './workload-sources.ts';
+
+export { svidPicker };
 
 /** A running broker. */
 export interface RunningBroker {
@@ -40,14 +43,6 @@ export interface RunningBroker {
   console?: { app: FastifyInstance; url: string };
   /** Its metrics (a cluster worker hands its registry to the primary, cluster.ts). */
   metrics: BrokerMetrics;
-}
-
-/** Picks the broker's own X.509-SVID: the one with `hint`, else the default (first) one. */
-export function svidPicker(
-  hint: string | undefined,
-): ((svids: readonly X509Svid[]) => X509Svid | undefined) | undefined {
-  if (hint === undefined) return undefined;
-  return pickByHint(hint);
 }
 
 /**
@@ -105,20 +100,8 @@ async function start(
 
   const address = config.workloadApi.address;
   const hint = config.workloadApi.hint;
-  const picker = svidPicker(hint);
-  const x509 = await X509Source.create({
-    ...(address ? { address } : {}),
-    ...(picker ? { picker } : {}),
-    timeoutMs: config.workloadApi.timeoutMs,
-  });
+  const x509 = await openX509Source(config, logger, 'keeping the cached SVID');
   opened.push(() => x509.close());
-  // The 'error' listener also keeps a Workload API hiccup from becoming an unhandled 'error' event.
-  x509.on('error', (err: Error) =>
-    logger.warn(
-      { err: err.message, code: isSpiffeError(err) ? err.code : undefined },
-      'workload api error (keeping the cached SVID)',
-    ),
-  );
   let own: X509Svid;
   try {
     own = x509.getX509Svid();

@@ -1,7 +1,6 @@
 // Which signer the broker uses (config `signing`): its own keys in the store (keys.ts), or a Vault
 // Transit key (transit-signer.ts) reached through the broker's one Vault client (vault.ts).
 import { readFileSync } from 'node:fs';
-import { JwtSource, pickByHint, X509Source } from '@taskpass/spiffe/workload';
 import type { Logger } from 'pino';
 import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
@@ -9,6 +8,7 @@ import { keyWrapperFromConfig } from './key-wrap.ts';
 import { SigningKeys } from './keys.ts';
 import type { Store } from './store/types.ts';
 import { TransitSigner } from './transit-signer.ts';
+import { openJwtSource, openX509Source } from './workload-sources.ts';
 import { type VaultAuth, VaultClient } from './vault.ts';
 
 /** The opened signer and what to close, in reverse order, on shutdown. */
@@ -32,15 +32,8 @@ export async function connectVault(
   let auth: VaultAuth;
   let svid: (() => { cert: string; key: string }) | undefined;
   if (v.auth.method === 'jwt') {
-    const address = config.workloadApi.address;
-    const jwt = await JwtSource.create({
-      ...(address ? { address } : {}),
-      timeoutMs: config.workloadApi.timeoutMs,
-    });
+    const jwt = await openJwtSource(config, logger, 'jwt source for vault');
     closers.push(() => jwt.close());
-    jwt.on('error', (err: Error) =>
-      logger.warn({ err: err.message }, 'workload api error (jwt source for vault)'),
-    );
     const audience = v.auth.audience;
     auth = {
       method: 'jwt',
@@ -50,17 +43,8 @@ export async function connectVault(
     };
   } else if (v.auth.method === 'cert') {
     // The broker's own X.509-SVID (the same hint as its TLS server), read afresh at every login.
-    const address = config.workloadApi.address;
-    const picker = config.workloadApi.hint === undefined ? undefined : pickByHint(config.workloadApi.hint);
-    const x509 = await X509Source.create({
-      ...(address ? { address } : {}),
-      ...(picker ? { picker } : {}),
-      timeoutMs: config.workloadApi.timeoutMs,
-    });
+    const x509 = await openX509Source(config, logger, 'x509 source for vault');
     closers.push(() => x509.close());
-    x509.on('error', (err: Error) =>
-      logger.warn({ err: err.message }, 'workload api error (x509 source for vault)'),
-    );
     svid = () => {
       const s = x509.getX509Svid();
       return { cert: s.certChainPem(), key: s.privateKeyPem() };
