@@ -12,42 +12,33 @@ import { ensureVault, vaultVersion } from './build-vault.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
-const t0 = Date.now();
-let built = false;
-let bin;
-try {
-  bin = await ensureSpire({
-    log: (s) => {
-      built = true;
-      process.stdout.write(`  ${s.trimStart()}`);
-    },
-  });
-} catch (e) {
-  console.error(`cannot build SPIRE: ${e instanceof Error ? e.message : e}`);
-  process.exit(1);
-}
-process.stdout.write(
-  `SPIRE ${spireVersion()} binaries ${built ? `built in ${Math.round((Date.now() - t0) / 1000)} s` : 'cached'}: ${bin}\n`,
-);
-
-const env = { ...process.env, TASKPASS_SPIRE_BIN: bin };
-if (process.argv.slice(2).includes('--vault')) {
-  const v0 = Date.now();
-  let vaultBuilt = false;
+/** Builds (with progress) or reuses a pinned tool; prints where it is and exits 1 if it cannot be had. */
+async function ensureTool(name, version, ensure, noun) {
+  const t0 = Date.now();
+  let built = false;
+  let path;
   try {
-    env.TASKPASS_VAULT_BIN = await ensureVault({
+    path = await ensure({
       log: (s) => {
-        vaultBuilt = true;
+        built = true;
         process.stdout.write(`  ${s.trimStart()}`);
       },
     });
   } catch (e) {
-    console.error(`cannot build Vault: ${e instanceof Error ? e.message : e}`);
+    console.error(`cannot build ${name}: ${e instanceof Error ? e.message : e}`);
     process.exit(1);
   }
-  process.stdout.write(
-    `Vault ${vaultVersion()} binary ${vaultBuilt ? `built in ${Math.round((Date.now() - v0) / 1000)} s` : 'cached'}: ${env.TASKPASS_VAULT_BIN}\n`,
-  );
+  const how = built ? `built in ${Math.round((Date.now() - t0) / 1000)} s` : 'cached';
+  process.stdout.write(`${name} ${version} ${noun} ${how}: ${path}\n`);
+  return path;
+}
+
+const env = {
+  ...process.env,
+  TASKPASS_SPIRE_BIN: await ensureTool('SPIRE', spireVersion(), ensureSpire, 'binaries'),
+};
+if (process.argv.slice(2).includes('--vault')) {
+  env.TASKPASS_VAULT_BIN = await ensureTool('Vault', vaultVersion(), ensureVault, 'binary');
 }
 
 const child = spawn(
