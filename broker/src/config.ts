@@ -308,6 +308,12 @@ export const ConfigSchema = z
              * memory accesses on the OS page cache instead of read() calls.
              */
             mmapMiB: z.number().int().min(0).max(1_048_576).default(1024),
+            /**
+             * Where WAL checkpoints run: `background` (a worker thread with its own connection, so
+             * requests never wait for one) or `inline` (SQLite's automatic checkpoint, in the
+             * COMMIT that crosses 1000 pages). docs/performance.md "Checkpoints off the event loop".
+             */
+            checkpoint: z.enum(['background', 'inline']).default('background'),
           })
           .strict()
           .optional(),
@@ -324,7 +330,11 @@ export const ConfigSchema = z
       .strict()
       .prefault({})
       .transform((s) =>
-        s.sqlite || s.redis ? s : { sqlite: { path: 'taskpass.db', cacheMiB: 64, mmapMiB: 1024 } },
+        s.sqlite || s.redis
+          ? s
+          : {
+              sqlite: { path: 'taskpass.db', cacheMiB: 64, mmapMiB: 1024, checkpoint: 'background' as const },
+            },
       )
       .refine((s) => !(s.sqlite && s.redis), { message: 'choose one of store.sqlite or store.redis' }),
     tokens: z

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -457,3 +457,83 @@ test('sqlite: a database held by another writer answers TASKPASS_STORE_UNAVAILAB
     await s.close();
   }
 });
+
+// Checkpoints off the event loop (store/checkpointer.ts): the store's own connection never
+// checkpoints, so a WAL that stays small under many commits was checkpointed by the worker.
+test('sqlite: WAL checkpoints run on a worker thread; inline when asked; none lost at close', async () => {
+  using tmp = tempDir();
+  const now = nowSec();
+  const walPages = async (checkpoint: 'background' | 'inline') => {
+    const path = join(tmp.dir, `${checkpoint}.db`);
+    const s = new SqliteStore({ path, checkpoint, checkpointIntervalMs: 5 });
+    await s.init();
+    let most = 0;
+    try {
+      // 400 commits of ~40 KiB each: about 4,000 WAL frames, four times the inline threshold.
+      for (let i = 0; i < 400; i++) {
+        await s.revokeToken(`${'x'.repeat(40_000)}-${i}`, now + 60, 'test');
+        most = Math.max(most, walFrames(path));
+        if (i % 20 === 0) await new Promise((r) => setTimeout(r, 10));
+      }
+      const stats = await s.checkpointStats();
+      return { most, stats };
+    } finally {
+      await s.close();
+      // Closing the last connection checkpointed everything: the WAL is gone or empty.
+      assert.equal(walFrames(path), 0);
+      const again = new SqliteStore({ path, checkpoint: 'inline' });
+      await again.init();
+      assert.equal((await again.revocationsSince(0, now)).length, 400, 'every revocation is in the file');
+      await again.close();
+    }
+  };
+  const background = await walPages('background');
+  assert.ok(
+    background.stats && background.stats.runs > 0 && background.stats.frames > 0,
+    'the worker checkpointed',
+  );
+  assert.equal(background.stats?.errors, 0);
+  const inline = await walPages('inline');
+  assert.equal(inline.stats, undefined, 'no worker when asked for inline');
+  // Both keep the WAL bounded; without any checkpoint it would hold all ~4,000 frames.
+  assert.ok(background.most < 2_000, `background: WAL at most ${background.most} frames`);
+  assert.ok(inline.most < 2_000, `inline: WAL at most ${inline.most} frames`);
+});
+
+test('sqlite: with the checkpoint worker stopped the store checkpoints inline again', async () => {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const s = new SqliteStore({ path, checkpointIntervalMs: 60_000 });
+  await s.init();
+  try {
+    assert.ok(await s.checkpointStats(), 'worker running');
+    const db = new Database(path);
+    try {
+      assert.equal(
+        Number(db.pragma('wal_autocheckpoint', { simple: true })),
+        1000,
+        'a new connection has its own',
+      );
+    } finally {
+      db.close();
+    }
+    s.stopCheckpointWorkerForTest();
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(await s.checkpointStats(), undefined, 'the failure was seen');
+    const now = nowSec();
+    for (let i = 0; i < 200; i++) await s.revokeToken(`${'y'.repeat(40_000)}-${i}`, now + 60, 'test');
+    assert.ok(walFrames(path) < 2_000, `WAL at ${walFrames(path)} frames: inline checkpoints are back`);
+  } finally {
+    await s.close();
+  }
+});
+
+/** Frames in the WAL file by its size (header 32 bytes, each frame a 24-byte header and a page). */
+function walFrames(path: string): number {
+  try {
+    const size = statSync(`${path}-wal`).size;
+    return size <= 32 ? 0 : Math.round((size - 32) / (24 + 4096));
+  } catch {
+    return 0;
+  }
+}

@@ -13,7 +13,14 @@ export type StoreConfig = { kind: 'sqlite'; path: string } | { kind: 'redis'; ur
 
 /** The `store` section of the broker configuration file (exactly one of the two is set). */
 export interface StoreConfigSection {
-  sqlite?: { path: string; cacheMiB?: number | undefined; mmapMiB?: number | undefined } | undefined;
+  sqlite?:
+    | {
+        path: string;
+        cacheMiB?: number | undefined;
+        mmapMiB?: number | undefined;
+        checkpoint?: 'background' | 'inline' | undefined;
+      }
+    | undefined;
   redis?: { url: string; keyPrefix?: string | undefined; timeoutMs?: number | undefined } | undefined;
 }
 
@@ -52,6 +59,7 @@ export function createStore(
     ...(sqlite?.path ? { path: sqlite.path } : {}),
     ...(sqlite?.cacheMiB !== undefined ? { cacheMiB: sqlite.cacheMiB } : {}),
     ...(sqlite?.mmapMiB !== undefined ? { mmapMiB: sqlite.mmapMiB } : {}),
+    ...(sqlite?.checkpoint ? { checkpoint: sqlite.checkpoint } : {}),
     ...logger,
   });
 }

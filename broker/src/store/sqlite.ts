@@ -30,6 +30,7 @@ import {
   type TaskStatus,
 } from './types.ts';
 import { countKeyOf, outcomeOf } from '../decision-chain.ts';
+import { Checkpointer, type CheckpointStats } from './checkpointer.ts';
 import { mapStoreFailures } from './unavailable.ts';
 
 /** Options of {@link SqliteStore}. */
@@ -60,6 +61,14 @@ export interface SqliteStoreOptions {
   cacheMiB?: number;
   /** Bytes of the file read through mmap, MiB (default 1024; 0: off). */
   mmapMiB?: number;
+  /**
+   * Where WAL checkpoints run: `background` (default for a file: a worker thread with its own
+   * connection, so the event loop never copies the WAL; store/checkpointer.ts) or `inline`
+   * (SQLite's automatic checkpoint in the COMMIT that crosses 1000 pages; always for `:memory:`).
+   */
+  checkpoint?: 'background' | 'inline';
+  /** How often the background checkpoint runs, ms (default 100). */
+  checkpointIntervalMs?: number;
 }
 
 /** `$TASKPASS_DATA_DIR/taskpass.db`, or `./taskpass.db` when the variable is unset. */
@@ -471,6 +480,9 @@ export class SqliteStore implements Store {
   readonly #busyTimeoutMs: number;
   readonly #cacheMiB: number;
   readonly #mmapMiB: number;
+  readonly #checkpoint: 'background' | 'inline';
+  readonly #checkpointIntervalMs: number;
+  #checkpointer: Checkpointer | undefined;
   #sweeping: Promise<void> | undefined;
   readonly #events = new EventEmitter();
   #db: Database.Database | undefined;
@@ -490,6 +502,8 @@ export class SqliteStore implements Store {
     this.#busyTimeoutMs = Math.max(0, Math.floor(opts.busyTimeoutMs ?? 5000));
     this.#cacheMiB = Math.max(2, Math.floor(opts.cacheMiB ?? 64));
     this.#mmapMiB = Math.max(0, Math.floor(opts.mmapMiB ?? 1024));
+    this.#checkpoint = this.path === ':memory:' ? 'inline' : (opts.checkpoint ?? 'background');
+    this.#checkpointIntervalMs = Math.max(1, Math.floor(opts.checkpointIntervalMs ?? 100));
     // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
     this.#events.setMaxListeners(0);
   }
@@ -541,6 +555,40 @@ export class SqliteStore implements Store {
       throw e;
     }
     this.#db = db;
+    if (this.#checkpoint === 'background') await this.#startCheckpointer(db);
+  }
+
+  /** Automatic checkpoints off, a worker thread's instead; inline again if it cannot start or stops. */
+  async #startCheckpointer(db: Database.Database): Promise<void> {
+    const inline = () => db.open && db.pragma('wal_autocheckpoint = 1000');
+    try {
+      this.#checkpointer = await Checkpointer.start({
+        path: this.path,
+        intervalMs: this.#checkpointIntervalMs,
+        logger: this.#logger,
+        onFailure: () => {
+          this.#checkpointer = undefined;
+          inline();
+        },
+      });
+      db.pragma('wal_autocheckpoint = 0');
+    } catch (err) {
+      this.#logger?.warn(
+        { err, store: 'sqlite' },
+        'background checkpoint worker did not start; checkpointing inline',
+      );
+      inline();
+    }
+  }
+
+  /** Test seam: the checkpoint worker stops as if it had crashed. */
+  stopCheckpointWorkerForTest(): void {
+    this.#checkpointer?.terminateForTest();
+  }
+
+  /** The background checkpointer's statistics (undefined: checkpoints run inline). */
+  async checkpointStats(): Promise<CheckpointStats | undefined> {
+    return this.#checkpointer?.stats();
   }
 
   // Swept rows leave free pages; with auto_vacuum = INCREMENTAL the sweep hands them back to the
@@ -581,6 +629,10 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    // The worker goes first: closing the last connection checkpoints the WAL into the file.
+    const checkpointer = this.#checkpointer;
+    this.#checkpointer = undefined;
+    await checkpointer?.close();
     this.#commitBatch();
     const db = this.#db;
     this.#db = undefined;
