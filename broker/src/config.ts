@@ -314,6 +314,12 @@ export const ConfigSchema = z
              * COMMIT that crosses 1000 pages). docs/performance.md "Checkpoints off the event loop".
              */
             checkpoint: z.enum(['background', 'inline']).default('background'),
+            /**
+             * Where issued-call and decision records are committed: `thread` (a writer thread with
+             * its own connection; the event loop never waits for the fsync) or `inline` (on the
+             * event loop). Either way a token is answered only after its record is durable.
+             */
+            writer: z.enum(['thread', 'inline']).default('thread'),
           })
           .strict()
           .optional(),
@@ -333,7 +339,13 @@ export const ConfigSchema = z
         s.sqlite || s.redis
           ? s
           : {
-              sqlite: { path: 'taskpass.db', cacheMiB: 64, mmapMiB: 1024, checkpoint: 'background' as const },
+              sqlite: {
+                path: 'taskpass.db',
+                cacheMiB: 64,
+                mmapMiB: 1024,
+                writer: 'thread' as const,
+                checkpoint: 'background' as const,
+              },
             },
       )
       .refine((s) => !(s.sqlite && s.redis), { message: 'choose one of store.sqlite or store.redis' }),

@@ -130,7 +130,10 @@ test("the loop revokes an expired task's lease and reports what is pending; stop
     },
   });
   revoker.start();
+  // The revoker's timer is unref'd (it never keeps a broker alive): hold the loop while waiting.
+  const alive = setInterval(() => {}, 1000);
   await done;
+  clearInterval(alive);
   await revoker.stop();
   assert.deepEqual(revoked, ['lease-2']);
   assert.equal(pendingSeen, 0);

@@ -19,6 +19,7 @@ export interface StoreConfigSection {
         cacheMiB?: number | undefined;
         mmapMiB?: number | undefined;
         checkpoint?: 'background' | 'inline' | undefined;
+        writer?: 'thread' | 'inline' | undefined;
       }
     | undefined;
   redis?: { url: string; keyPrefix?: string | undefined; timeoutMs?: number | undefined } | undefined;
@@ -60,6 +61,7 @@ export function createStore(
     ...(sqlite?.cacheMiB !== undefined ? { cacheMiB: sqlite.cacheMiB } : {}),
     ...(sqlite?.mmapMiB !== undefined ? { mmapMiB: sqlite.mmapMiB } : {}),
     ...(sqlite?.checkpoint ? { checkpoint: sqlite.checkpoint } : {}),
+    ...(sqlite?.writer ? { writer: sqlite.writer } : {}),
     ...logger,
   });
 }

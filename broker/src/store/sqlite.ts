@@ -30,7 +30,7 @@ import {
   type TaskStatus,
 } from './types.ts';
 import { countKeyOf, outcomeOf } from '../decision-chain.ts';
-import { Checkpointer, type CheckpointStats } from './checkpointer.ts';
+import { SqliteWriter, type WriterOp, type WriterStats } from './sqlite-writer.ts';
 import { mapStoreFailures } from './unavailable.ts';
 
 /** Options of {@link SqliteStore}. */
@@ -62,13 +62,19 @@ export interface SqliteStoreOptions {
   /** Bytes of the file read through mmap, MiB (default 1024; 0: off). */
   mmapMiB?: number;
   /**
-   * Where WAL checkpoints run: `background` (default for a file: a worker thread with its own
-   * connection, so the event loop never copies the WAL; store/checkpointer.ts) or `inline`
+   * Where WAL checkpoints run: `background` (default for a file: the writer thread, with its own
+   * connection, so the event loop never copies the WAL; store/sqlite-writer.ts) or `inline`
    * (SQLite's automatic checkpoint in the COMMIT that crosses 1000 pages; always for `:memory:`).
    */
   checkpoint?: 'background' | 'inline';
   /** How often the background checkpoint runs, ms (default 100). */
   checkpointIntervalMs?: number;
+  /**
+   * Where the hot path's group commits (issued calls, decision records) run: `thread` (default
+   * for a file: the writer thread's connection; store/sqlite-writer.ts) or `inline` (this
+   * connection, on the event loop; always for `:memory:`).
+   */
+  writer?: 'thread' | 'inline';
 }
 
 /** `$TASKPASS_DATA_DIR/taskpass.db`, or `./taskpass.db` when the variable is unset. */
@@ -323,6 +329,54 @@ const issuedFromRow = (r: IssuedRow): IssuedCall => ({
 });
 
 // Every statement the store runs, prepared once per connection.
+/** The statements of the hot path's records, shared with the writer thread (sqlite-writer.ts). */
+const WRITER_SQL = {
+  insertIssued: `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+  bumpIssuedCount: `INSERT INTO issued_counts (task_id, tool, template, n) VALUES (?, ?, ?, 1)
+       ON CONFLICT (task_id, tool, template) DO UPDATE SET n = n + 1`,
+  insertIssuedPrior:
+    'INSERT OR IGNORE INTO issued_prior (task_id, tool, resource, template) VALUES (?, ?, ?, ?)',
+  insertDecision: `INSERT INTO decisions (seq, at, event, task, agent, user, code, outcome, count_key, hash, data)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  setDecisionHead: "UPDATE decision_chain SET seq = ?, hash = ? WHERE name = 'head'",
+  // The last batch the writer thread committed, in the same transaction (#withPending).
+  setMark: `INSERT INTO counters (name, value) VALUES ('writer_batch', ?)
+       ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
+} as const;
+
+/** insertDecision's parameters for one record. */
+function decisionRow(r: DecisionRecord): unknown[] {
+  const str = (v: unknown) => (typeof v === 'string' ? v : null);
+  return [
+    r.seq,
+    r.at,
+    r.event,
+    str(r.task),
+    str(r.agent),
+    str(r.user),
+    str(r.code),
+    outcomeOf(r.event) ?? null,
+    countKeyOf(r) ?? null,
+    r.hash,
+    JSON.stringify(r),
+  ];
+}
+
+/** A batch for the writer thread, filled during one event-loop turn. */
+interface OutgoingBatch {
+  id: number;
+  epoch: number;
+  ops: WriterOp[];
+  waiters: { resolve: () => void; reject: (e: Error) => void }[];
+}
+
+/** An issued call sent to the writer thread, by the batch it went in. */
+interface PendingCall {
+  batch: number;
+  call: IssuedCall;
+}
+
 function prepareStatements(db: Database.Database) {
   const p = (sql: string) => db.prepare(sql);
   return {
@@ -343,17 +397,10 @@ function prepareStatements(db: Database.Database) {
     revocationSeqsPage: p('SELECT seq, until FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?'),
     revocationsBetween: p('SELECT * FROM revocations WHERE seq > ? AND seq <= ? AND until > ? ORDER BY seq'),
     revokedSubject: p('SELECT 1 FROM revocations WHERE kind = ? AND id = ? LIMIT 1'),
-    insertIssued: p(
-      `INSERT INTO issued (jti, task_id, tool, resource, action, template, issued_at, expires_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-    ),
-    bumpIssuedCount: p(
-      `INSERT INTO issued_counts (task_id, tool, template, n) VALUES (?, ?, ?, 1)
-       ON CONFLICT (task_id, tool, template) DO UPDATE SET n = n + 1`,
-    ),
-    insertIssuedPrior: p(
-      'INSERT OR IGNORE INTO issued_prior (task_id, tool, resource, template) VALUES (?, ?, ?, ?)',
-    ),
+    insertIssued: p(WRITER_SQL.insertIssued),
+    bumpIssuedCount: p(WRITER_SQL.bumpIssuedCount),
+    insertIssuedPrior: p(WRITER_SQL.insertIssuedPrior),
+    writerMark: p("SELECT value FROM counters WHERE name = 'writer_batch'"),
     listIssued: p('SELECT * FROM issued WHERE task_id = ? ORDER BY rowid'),
     countIssued: p('SELECT template, n FROM issued_counts WHERE task_id = ? AND tool = ?'),
     totalIssuedOfTool: p('SELECT COALESCE(SUM(n), 0) AS n FROM issued_counts WHERE task_id = ? AND tool = ?'),
@@ -416,11 +463,8 @@ function prepareStatements(db: Database.Database) {
     sweepApprovalCallsOf: p('DELETE FROM approval_calls WHERE task_id = ? LIMIT ?'),
     decisionHead: p("SELECT seq, hash FROM decision_chain WHERE name = 'head'"),
     decisionAnchor: p("SELECT seq, hash FROM decision_chain WHERE name = 'anchor'"),
-    setDecisionHead: p("UPDATE decision_chain SET seq = ?, hash = ? WHERE name = 'head'"),
-    insertDecision: p(
-      `INSERT INTO decisions (seq, at, event, task, agent, user, code, outcome, count_key, hash, data)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-    ),
+    setDecisionHead: p(WRITER_SQL.setDecisionHead),
+    insertDecision: p(WRITER_SQL.insertDecision),
     decisionsRange: p('SELECT data FROM decisions WHERE seq > ? AND seq <= ? ORDER BY seq'),
     decisionsOfTask: p('SELECT data FROM decisions WHERE task = ? ORDER BY seq LIMIT ?'),
     decisionCounts: p(
@@ -482,7 +526,17 @@ export class SqliteStore implements Store {
   readonly #mmapMiB: number;
   readonly #checkpoint: 'background' | 'inline';
   readonly #checkpointIntervalMs: number;
-  #checkpointer: Checkpointer | undefined;
+  readonly #writerMode: 'thread' | 'inline';
+  // The writer thread (undefined: everything inline). With it, the turn's records wait in #out,
+  // are sent at the end of the turn, and stay in #pendingIssued until their batch was answered.
+  #writer: SqliteWriter | undefined;
+  #wantsWrites = false;
+  #out: OutgoingBatch | undefined;
+  #idleWaiters: (() => void)[] = [];
+  readonly #pendingIssued = new Map<string, PendingCall[]>();
+  readonly #pendingJtis = new Set<string>();
+  // The decision chain's head including records sent and not yet answered (undefined: read it).
+  #chainHead: ChainHead | undefined;
   #sweeping: Promise<void> | undefined;
   readonly #events = new EventEmitter();
   #db: Database.Database | undefined;
@@ -504,6 +558,7 @@ export class SqliteStore implements Store {
     this.#mmapMiB = Math.max(0, Math.floor(opts.mmapMiB ?? 1024));
     this.#checkpoint = this.path === ':memory:' ? 'inline' : (opts.checkpoint ?? 'background');
     this.#checkpointIntervalMs = Math.max(1, Math.floor(opts.checkpointIntervalMs ?? 100));
+    this.#writerMode = this.path === ':memory:' ? 'inline' : (opts.writer ?? 'thread');
     // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
     this.#events.setMaxListeners(0);
   }
@@ -555,40 +610,143 @@ export class SqliteStore implements Store {
       throw e;
     }
     this.#db = db;
-    if (this.#checkpoint === 'background') await this.#startCheckpointer(db);
+    await this.#startWriter(db);
   }
 
-  /** Automatic checkpoints off, a worker thread's instead; inline again if it cannot start or stops. */
-  async #startCheckpointer(db: Database.Database): Promise<void> {
-    const inline = () => db.open && db.pragma('wal_autocheckpoint = 1000');
+  /**
+   * Starts the writer thread when it has work (group commits, checkpoints); inline again if it
+   * cannot start, or when it stops.
+   */
+  async #startWriter(db: Database.Database): Promise<void> {
+    const writes = this.#writerMode === 'thread';
+    const background = this.#checkpoint === 'background';
+    if (!writes && !background) return;
+    const inline = () => {
+      this.#writer = undefined;
+      this.#chainHead = undefined;
+      if (db.open) db.pragma('wal_autocheckpoint = 1000');
+    };
     try {
-      this.#checkpointer = await Checkpointer.start({
-        path: this.path,
-        intervalMs: this.#checkpointIntervalMs,
-        logger: this.#logger,
-        onFailure: () => {
-          this.#checkpointer = undefined;
-          inline();
+      const mark = this.#s.writerMark.get() as { value: number } | undefined;
+      this.#writer = await SqliteWriter.start(
+        {
+          path: this.path,
+          writes,
+          sql: WRITER_SQL,
+          checkpointIntervalMs: background ? this.#checkpointIntervalMs : 0,
+          busyTimeoutMs: this.#busyTimeoutMs,
+          logger: this.#logger,
+          onFailure: inline,
         },
-      });
-      db.pragma('wal_autocheckpoint = 0');
-    } catch (err) {
-      this.#logger?.warn(
-        { err, store: 'sqlite' },
-        'background checkpoint worker did not start; checkpointing inline',
+        (mark?.value ?? 0) + 1,
       );
+      this.#wantsWrites = writes;
+      if (background) db.pragma('wal_autocheckpoint = 0');
+    } catch (err) {
+      this.#logger?.warn({ err, store: 'sqlite' }, 'store writer thread did not start; writing inline');
       inline();
     }
   }
 
-  /** Test seam: the checkpoint worker stops as if it had crashed. */
-  stopCheckpointWorkerForTest(): void {
-    this.#checkpointer?.terminateForTest();
+  /** Test seam: the writer thread stops as if it had crashed. */
+  stopWriterForTest(): void {
+    this.#writer?.terminateForTest();
   }
 
-  /** The background checkpointer's statistics (undefined: checkpoints run inline). */
-  async checkpointStats(): Promise<CheckpointStats | undefined> {
-    return this.#checkpointer?.stats();
+  /** The writer thread's statistics (undefined: no writer thread). */
+  async writerStats(): Promise<WriterStats | undefined> {
+    return this.#writer?.stats();
+  }
+
+  /** Group commits go to the writer thread (else: this connection's batch). */
+  get #threaded(): SqliteWriter | undefined {
+    return this.#wantsWrites ? this.#writer : undefined;
+  }
+
+  /**
+   * Before any other write: the records of this turn and every earlier one are committed (and
+   * their promises settled), so that writes land in the order they were made. Undefined when
+   * nothing is outstanding.
+   */
+  #settle(): Promise<void> | undefined {
+    const writer = this.#threaded;
+    if (!writer) {
+      this.#commitBatch();
+      return undefined;
+    }
+    this.#send();
+    if (writer.inFlight === 0) return undefined;
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /** Adds `op` to this turn's batch for the writer thread (sent at the end of the turn). */
+  #enqueue(writer: SqliteWriter, op: WriterOp): { batch: number; done: Promise<void> } {
+    let out = this.#out;
+    if (!out) {
+      out = { id: writer.nextId(), epoch: writer.epoch, ops: [], waiters: [] };
+      this.#out = out;
+      setImmediate(() => this.#send());
+    }
+    out.ops.push(op);
+    const batch = out;
+    const done = new Promise<void>((resolve, reject) => batch.waiters.push({ resolve, reject }));
+    return { batch: batch.id, done };
+  }
+
+  #send(): void {
+    const out = this.#out;
+    const writer = this.#threaded;
+    if (!out || !writer) return;
+    this.#out = undefined;
+    void writer.send(out.id, out.epoch, out.ops).then((o) => {
+      this.#forgetPending(out.id);
+      if (!o.ok) {
+        // Records built on this batch's chain head are refused by the worker; start from the file.
+        this.#chainHead = undefined;
+        this.#logger?.error(
+          { err: new Error(o.error), records: out.ops.length },
+          'store batch not committed',
+        );
+        for (const w of out.waiters) w.reject(new Error(o.error));
+      } else {
+        out.waiters.forEach((w, i) => {
+          const error = o.errors[i];
+          if (error) w.reject(new Error(error));
+          else w.resolve();
+        });
+      }
+      if (writer.inFlight === 0 && !this.#out) for (const r of this.#idleWaiters.splice(0)) r();
+    });
+  }
+
+  #addPending(batch: number, call: IssuedCall): void {
+    const list = this.#pendingIssued.get(call.taskId);
+    if (list) list.push({ batch, call });
+    else this.#pendingIssued.set(call.taskId, [{ batch, call }]);
+    this.#pendingJtis.add(call.jti);
+  }
+
+  #forgetPending(batch: number): void {
+    for (const [taskId, list] of this.#pendingIssued) {
+      const rest = list.filter((p) => p.batch !== batch);
+      if (rest.length === list.length) continue;
+      for (const p of list) if (p.batch === batch) this.#pendingJtis.delete(p.call.jti);
+      if (rest.length === 0) this.#pendingIssued.delete(taskId);
+      else this.#pendingIssued.set(taskId, rest);
+    }
+  }
+
+  /**
+   * `read` against the file, and the task's calls sent to the writer thread and not in the file
+   * yet (both from one read transaction: the writer's mark says which batches the file holds).
+   */
+  #withPending<T>(taskId: string, read: () => T): { value: T; pending: IssuedCall[] } {
+    const list = this.#pendingIssued.get(taskId);
+    if (!list) return { value: read(), pending: [] };
+    return this.#conn.transaction(() => {
+      const mark = (this.#s.writerMark.get() as { value: number } | undefined)?.value ?? 0;
+      return { value: read(), pending: list.filter((p) => p.batch > mark).map((p) => p.call) };
+    })();
   }
 
   // Swept rows leave free pages; with auto_vacuum = INCREMENTAL the sweep hands them back to the
@@ -629,10 +787,11 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
-    // The worker goes first: closing the last connection checkpoints the WAL into the file.
-    const checkpointer = this.#checkpointer;
-    this.#checkpointer = undefined;
-    await checkpointer?.close();
+    await this.#settle();
+    // The writer goes first: closing the last connection checkpoints the WAL into the file.
+    const writer = this.#writer;
+    this.#writer = undefined;
+    await writer?.close();
     this.#commitBatch();
     const db = this.#db;
     this.#db = undefined;
@@ -665,7 +824,7 @@ export class SqliteStore implements Store {
   }
 
   async createTask(task: TaskRecord): Promise<void> {
-    this.#commitBatch();
+    await this.#settle();
     this.#s.insertTask.run(
       task.id,
       task.agent,
@@ -720,7 +879,7 @@ export class SqliteStore implements Store {
     alreadyCompleted: boolean;
     cancelledApprovals: string[];
   }> {
-    this.#commitBatch();
+    await this.#settle();
     const db = this.#conn;
     const s = this.#s;
     const result = db
@@ -782,7 +941,7 @@ export class SqliteStore implements Store {
     a: ApprovalRecord,
     now: number,
   ): Promise<{ approval: ApprovalRecord; created: boolean }> {
-    this.#commitBatch();
+    await this.#settle();
     const s = this.#s;
     const key = approvalCallKey(a);
     return this.#conn
@@ -823,7 +982,7 @@ export class SqliteStore implements Store {
     d: ApprovalDecisionInput,
     now: number,
   ): Promise<{ decided: boolean; approval: ApprovalRecord } | undefined> {
-    this.#commitBatch();
+    await this.#settle();
     const r = this.#conn
       .transaction(() => {
         const a = this.#approval(id);
@@ -888,13 +1047,22 @@ export class SqliteStore implements Store {
     call: IssuedCall,
     opts: { ifToolCount?: number; consumeApproval?: { id: string; now: number } } = {},
   ): Promise<boolean> {
-    const s = this.#s;
     const record = this.#recordIssued as (call: IssuedCall, consume?: ApprovalRecord) => void;
-    if (opts.ifToolCount !== undefined) {
-      // Checked and written in one synchronous step (the batch's uncommitted rows are visible on
-      // this connection), so no other decision of this process can slip in between.
-      const { n } = s.totalIssuedOfTool.get(call.taskId, call.tool) as { n: number };
-      if (n !== opts.ifToolCount) return false;
+    // A call that uses an approval is written here, in its own transaction, after everything sent
+    // to the writer thread (rare: one per approval).
+    const writer = opts.consumeApproval ? undefined : this.#threaded;
+    if (opts.consumeApproval) await this.#settle();
+    // Checked and written (or queued) in one synchronous step, counting the calls decided and not
+    // yet committed, so that no other decision of this process can slip in between.
+    if (opts.ifToolCount !== undefined && this.#totalOfTool(call.taskId, call.tool) !== opts.ifToolCount) {
+      return false;
+    }
+    if (writer) {
+      if (this.#pendingJtis.has(call.jti)) throw new Error('UNIQUE constraint failed: issued.jti');
+      const { batch, done } = this.#enqueue(writer, { kind: 'issued', call });
+      this.#addPending(batch, call);
+      await done;
+      return true;
     }
     let used: ApprovalRecord | undefined;
     if (opts.consumeApproval) {
@@ -903,9 +1071,27 @@ export class SqliteStore implements Store {
       if (a?.status !== 'approved' || a.expiresAt <= opts.consumeApproval.now) return false;
       used = { ...a, status: 'used', usedAt: opts.consumeApproval.now, jti: call.jti };
     }
-    await this.#inBatch(() => record(call, used));
+    if (this.#threaded) this.#recordAlone(call, used);
+    else await this.#inBatch(() => record(call, used));
     if (used) this.#approvalChanged(used.id);
     return true;
+  }
+
+  /** One issued call in its own transaction on this connection (writer thread running). */
+  #recordAlone(call: IssuedCall, used: ApprovalRecord | undefined): void {
+    const record = this.#recordIssued as ((c: IssuedCall, u?: ApprovalRecord) => void) & {
+      immediate(c: IssuedCall, u?: ApprovalRecord): void;
+    };
+    record.immediate(call, used);
+  }
+
+  /** Calls of `tool` in the task: in the file, and sent to the writer thread but not in it yet. */
+  #totalOfTool(taskId: string, tool: string): number {
+    const { value, pending } = this.#withPending(
+      taskId,
+      () => (this.#s.totalIssuedOfTool.get(taskId, tool) as { n: number }).n,
+    );
+    return value + pending.filter((c) => c.tool === tool).length;
   }
 
   /**
@@ -927,22 +1113,38 @@ export class SqliteStore implements Store {
     return result;
   }
 
+  // Reads of the issued calls include those sent to the writer thread and not committed yet, as
+  // they include the open batch's rows when the batch is this connection's.
   async listIssued(taskId: string): Promise<IssuedCall[]> {
-    return (this.#s.listIssued.all(taskId) as IssuedRow[]).map(issuedFromRow);
+    const { value, pending } = this.#withPending(taskId, () =>
+      (this.#s.listIssued.all(taskId) as IssuedRow[]).map(issuedFromRow),
+    );
+    return [...value, ...pending];
   }
 
   async countIssued(taskId: string, tool: string): Promise<Map<string, number>> {
-    const rows = this.#s.countIssued.all(taskId, tool) as { template: string; n: number }[];
-    return new Map(rows.map((r) => [r.template, r.n]));
+    const { value, pending } = this.#withPending(
+      taskId,
+      () => this.#s.countIssued.all(taskId, tool) as { template: string; n: number }[],
+    );
+    const counts = new Map(value.map((r) => [r.template, r.n]));
+    for (const c of pending) if (c.tool === tool) counts.set(c.template, (counts.get(c.template) ?? 0) + 1);
+    return counts;
   }
 
   async issuedTemplates(taskId: string, tool: string, resource?: string): Promise<Set<string>> {
-    const rows = (
-      resource === undefined
-        ? this.#s.countIssued.all(taskId, tool)
-        : this.#s.issuedTemplatesOn.all(taskId, tool, resource)
-    ) as { template: string }[];
-    return new Set(rows.map((r) => r.template));
+    const { value, pending } = this.#withPending(
+      taskId,
+      () =>
+        (resource === undefined
+          ? this.#s.countIssued.all(taskId, tool)
+          : this.#s.issuedTemplatesOn.all(taskId, tool, resource)) as { template: string }[],
+    );
+    const templates = new Set(value.map((r) => r.template));
+    for (const c of pending) {
+      if (c.tool === tool && (resource === undefined || c.resource === resource)) templates.add(c.template);
+    }
+    return templates;
   }
 
   // ---- Vault leases and their revocation outbox ----
@@ -951,7 +1153,7 @@ export class SqliteStore implements Store {
     l: NewLease,
     now: number,
   ): Promise<{ recorded: boolean; lease: LeaseRecord | undefined }> {
-    this.#commitBatch();
+    await this.#settle();
     const s = this.#s;
     return this.#conn
       .transaction(() => {
@@ -982,17 +1184,17 @@ export class SqliteStore implements Store {
   }
 
   async leaseRevoked(taskId: string, path: string, leaseId: string): Promise<void> {
-    this.#commitBatch();
+    await this.#settle();
     this.#s.deleteLease.run(taskId, path, leaseId);
   }
 
   async leaseRetry(taskId: string, path: string, leaseId: string, retryAt: number): Promise<void> {
-    this.#commitBatch();
+    await this.#settle();
     this.#s.retryLease.run(retryAt, taskId, path, leaseId);
   }
 
   async revokeToken(jti: string, until: number, reason: string): Promise<Revocation> {
-    this.#commitBatch();
+    await this.#settle();
     const db = this.#conn;
     const revocation = db
       .transaction(() => {
@@ -1039,7 +1241,7 @@ export class SqliteStore implements Store {
   }
 
   async markUsed(jti: string, until: number): Promise<boolean> {
-    this.#commitBatch();
+    await this.#settle();
     return this.#s.markUsed.run(jti, until).changes === 1;
   }
 
@@ -1056,7 +1258,7 @@ export class SqliteStore implements Store {
   }
 
   async saveSigningKey(key: StoredSigningKey): Promise<void> {
-    this.#commitBatch();
+    await this.#settle();
     this.#scrubbing(() => this.#s.saveKey.run(...keyArgs(key)));
   }
 
@@ -1083,7 +1285,7 @@ export class SqliteStore implements Store {
   }
 
   async addSigningKeyIfLatest(key: StoredSigningKey, activeAfter: number | undefined): Promise<boolean> {
-    this.#commitBatch();
+    await this.#settle();
     const db = this.#conn;
     const s = this.#s;
     return db
@@ -1099,7 +1301,7 @@ export class SqliteStore implements Store {
   }
 
   async deleteSigningKey(kid: string): Promise<void> {
-    this.#commitBatch();
+    await this.#settle();
     this.#scrubbing(() => this.#s.deleteKey.run(kid));
   }
 
@@ -1113,24 +1315,23 @@ export class SqliteStore implements Store {
   // durable makes the records appended in that turn durable too (docs/decisions.md).
   async appendDecisions(build: (head: ChainHead) => DecisionRecord[]): Promise<DecisionRecord[]> {
     const s = this.#s;
+    const writer = this.#threaded;
+    if (writer) {
+      // Built on the head of every record sent so far; the writer thread inserts them.
+      const records = build(this.#chainHead ?? this.#head(s));
+      const last = records.at(-1);
+      if (!last) return records;
+      this.#chainHead = { seq: last.seq, hash: last.hash };
+      await this.#enqueue(writer, {
+        kind: 'decisions',
+        rows: records.map(decisionRow),
+        head: this.#chainHead,
+      }).done;
+      return records;
+    }
     const append = this.#conn.transaction(() => {
       const records = build(this.#head(s));
-      for (const r of records) {
-        const str = (v: unknown) => (typeof v === 'string' ? v : null);
-        s.insertDecision.run(
-          r.seq,
-          r.at,
-          r.event,
-          str(r.task),
-          str(r.agent),
-          str(r.user),
-          str(r.code),
-          outcomeOf(r.event) ?? null,
-          countKeyOf(r) ?? null,
-          r.hash,
-          JSON.stringify(r),
-        );
-      }
+      for (const r of records) s.insertDecision.run(...decisionRow(r));
       const last = records.at(-1);
       if (last) s.setDecisionHead.run(last.seq, last.hash);
       return records;
@@ -1216,7 +1417,7 @@ export class SqliteStore implements Store {
   }
 
   async sweepDecisions(beforeMs: number): Promise<number> {
-    this.#commitBatch();
+    await this.#settle();
     const s = this.#s;
     const db = this.#conn;
     db.pragma('synchronous = NORMAL');
@@ -1238,7 +1439,7 @@ export class SqliteStore implements Store {
   }
 
   async putConsoleSession(r: ConsoleSessionRecord): Promise<void> {
-    this.#commitBatch();
+    await this.#settle();
     this.#s.putSession.run(r.id, r.expiresAt, JSON.stringify(r.data));
   }
 
@@ -1248,7 +1449,7 @@ export class SqliteStore implements Store {
   }
 
   async takeConsoleSession(id: string, now: number): Promise<ConsoleSessionRecord | undefined> {
-    this.#commitBatch();
+    await this.#settle();
     return this.#conn
       .transaction(() => {
         const r = this.#s.getSession.get(id, now) as
@@ -1263,7 +1464,7 @@ export class SqliteStore implements Store {
   }
 
   async deleteConsoleSession(id: string): Promise<void> {
-    this.#commitBatch();
+    await this.#settle();
     this.#s.deleteSession.run(id);
   }
 

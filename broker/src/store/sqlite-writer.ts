@@ -1,0 +1,315 @@
+// The SQLite store's writer thread (issue #13). Two kinds of work left the event loop here:
+//
+// - Group commits of the hot path's records: issued calls (one per token) and decision records.
+//   The store sends one message per event-loop turn; the worker writes every message that arrived
+//   while it was busy in one transaction and answers once its COMMIT (synchronous = FULL: the WAL
+//   fsynced) returned. A token is still handed out only after its record is durable; the event
+//   loop no longer executes the statements, waits for the fsync or hashes nothing for them.
+// - WAL checkpoints: SQLite's automatic checkpoint copies the WAL into the database file inside
+//   the COMMIT that crosses 1000 pages, on the thread that committed. Here both connections have it
+//   off and the worker runs a PASSIVE checkpoint every `checkpointIntervalMs` between its commits:
+//   it never waits for a lock and never blocks the store's connection.
+//
+// The worker's code is a short CommonJS script run with `eval`, so that it loads the same way from
+// the TypeScript sources (tests) and from the published package with no loader in the worker. It
+// is given better-sqlite3's resolved path and the SQL of its statements (the store's own text).
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
+import type { Logger } from 'pino';
+import type { IssuedCall } from './types.ts';
+
+/** One record of a batch. */
+export type WriterOp =
+  | { kind: 'issued'; call: IssuedCall }
+  | {
+      kind: 'decisions';
+      /** insertDecision's parameters, one row per record. */
+      rows: unknown[][];
+      head: { seq: number; hash: string };
+    };
+
+/** What the worker answers for one batch. */
+export type BatchOutcome =
+  | {
+      ok: true /** Per op: undefined, or the message of the record that failed alone. */;
+      errors: (string | null)[];
+    }
+  | { ok: false; error: string };
+
+export interface WriterOptions {
+  path: string;
+  /** Group commits on the worker (`false`: the worker only checkpoints). */
+  writes: boolean;
+  /** The statements' SQL, by name: insertIssued, bumpIssuedCount, insertIssuedPrior, insertDecision, setDecisionHead, setMark. */
+  sql: Record<string, string>;
+  /** How often the worker checkpoints, ms; 0: SQLite's automatic checkpoint on its commits. */
+  checkpointIntervalMs: number;
+  busyTimeoutMs: number;
+  logger?: Logger | undefined;
+  /** Called once when the worker stopped unexpectedly. */
+  onFailure(err: Error): void;
+}
+
+const WORKER = `
+const { parentPort, workerData: w } = require('node:worker_threads');
+const Database = require(w.betterSqlite3);
+const db = new Database(w.path, { fileMustExist: true });
+db.pragma('synchronous = FULL');
+db.pragma('wal_autocheckpoint = ' + (w.checkpointIntervalMs > 0 ? 0 : 1000));
+db.pragma('busy_timeout = ' + w.busyTimeoutMs);
+const st = {};
+for (const [name, sql] of Object.entries(w.sql)) st[name] = db.prepare(sql);
+const begin = db.prepare('BEGIN IMMEDIATE');
+const commit = db.prepare('COMMIT');
+const checkpoint = db.prepare('PRAGMA wal_checkpoint(PASSIVE)');
+const message = (e) => String(e && e.message ? e.message : e);
+// Nested in the batch's transaction this is a savepoint: an issued call is all or nothing.
+const issued = db.transaction((c) => {
+  st.insertIssued.run(c.jti, c.taskId, c.tool, c.resource, c.action, c.template, c.issuedAt, c.expiresAt);
+  st.bumpIssuedCount.run(c.taskId, c.tool, c.template);
+  st.insertIssuedPrior.run(c.taskId, c.tool, c.resource, c.template);
+});
+const stats = { runs: 0, frames: 0, errors: 0, lastError: undefined, commits: 0, batches: 0 };
+let queue = [];
+let scheduled = false;
+let refuseBelow = 0;
+
+function write() {
+  scheduled = false;
+  const batches = queue;
+  queue = [];
+  const live = [];
+  const answers = [];
+  for (const b of batches) {
+    if (b.epoch < refuseBelow) answers.push({ id: b.id, ok: false, error: 'refused: an earlier batch failed' });
+    else live.push(b);
+  }
+  if (live.length > 0) {
+    const done = [];
+    try {
+      begin.run();
+      for (const b of live) {
+        const errors = [];
+        for (const op of b.ops) {
+          if (op.kind === 'issued') {
+            try {
+              issued(op.call);
+              errors.push(null);
+            } catch (e) {
+              errors.push(message(e));
+            }
+          } else {
+            for (const row of op.rows) st.insertDecision.run(...row);
+            st.setDecisionHead.run(op.head.seq, op.head.hash);
+            errors.push(null);
+          }
+        }
+        done.push({ id: b.id, ok: true, errors });
+      }
+      st.setMark.run(live[live.length - 1].id);
+      commit.run();
+      stats.commits++;
+      stats.batches += live.length;
+      answers.push(...done);
+    } catch (e) {
+      try {
+        if (db.inTransaction) db.exec('ROLLBACK');
+      } catch {}
+      // Later batches may build on this one (the decision chain): refuse them until the store saw it.
+      for (const b of live) refuseBelow = Math.max(refuseBelow, b.epoch + 1);
+      for (const b of live) answers.push({ id: b.id, ok: false, error: message(e) });
+    }
+  }
+  parentPort.postMessage({ answers, refuseBelow });
+}
+
+function runCheckpoint() {
+  try {
+    const r = checkpoint.get();
+    stats.runs++;
+    stats.frames += r.checkpointed > 0 ? r.checkpointed : 0;
+  } catch (e) {
+    // Retried at the next tick; reported through stats.
+    stats.errors++;
+    stats.lastError = message(e);
+  }
+}
+const timer = w.checkpointIntervalMs > 0 ? setInterval(runCheckpoint, w.checkpointIntervalMs) : undefined;
+
+parentPort.on('message', (m) => {
+  if (m.ops) {
+    queue.push(m);
+    if (!scheduled) {
+      scheduled = true;
+      setImmediate(write);
+    }
+  } else if (m === 'stats') parentPort.postMessage({ stats });
+  else if (m === 'close') {
+    if (scheduled) write();
+    clearInterval(timer);
+    db.close();
+    parentPort.close();
+  }
+});
+parentPort.postMessage('ready');
+`;
+
+/** Statistics of the worker so far. */
+export interface WriterStats {
+  /** Checkpoints run, WAL frames they copied into the database file, and failed ones. */
+  runs: number;
+  frames: number;
+  errors: number;
+  lastError?: string | undefined;
+  /** Transactions committed, and the batches (event-loop turns of the store) they held. */
+  commits: number;
+  batches: number;
+}
+
+interface Pending {
+  resolve(o: BatchOutcome): void;
+}
+
+/** The worker thread of one SQLite file. */
+export class SqliteWriter {
+  readonly #worker: Worker;
+  readonly #pending = new Map<number, Pending>();
+  readonly #statsWaiters: ((s: WriterStats) => void)[] = [];
+  #nextId: number;
+  #closing = false;
+  /** Batches with a lower epoch are refused by the worker (set after a failed one). */
+  epoch = 0;
+
+  private constructor(worker: Worker, firstId: number) {
+    this.#worker = worker;
+    this.#nextId = firstId;
+  }
+
+  /**
+   * Starts the worker; resolves once its connection is open. `firstId`: above every batch id
+   * already marked in the file.
+   */
+  static async start(o: WriterOptions, firstId: number): Promise<SqliteWriter> {
+    const betterSqlite3 = createRequire(import.meta.url).resolve('better-sqlite3');
+    const worker = new Worker(WORKER, {
+      eval: true,
+      workerData: {
+        path: o.path,
+        sql: o.writes ? o.sql : {},
+        checkpointIntervalMs: o.checkpointIntervalMs,
+        busyTimeoutMs: o.busyTimeoutMs,
+        betterSqlite3,
+      },
+    });
+    const early = (code: number) => new Error(`store writer thread exited with code ${code}`);
+    let onError: (e: Error) => void = () => {};
+    let onExit: (code: number) => void = () => {};
+    try {
+      await new Promise<void>((resolve, reject) => {
+        onError = reject;
+        onExit = (code) => reject(early(code));
+        worker.once('message', () => resolve());
+        worker.once('error', onError);
+        worker.once('exit', onExit);
+      });
+    } finally {
+      worker.off('error', onError);
+      worker.off('exit', onExit);
+    }
+    const writer = new SqliteWriter(worker, firstId);
+    worker.unref();
+    worker.on(
+      'message',
+      (m: { answers?: ({ id: number } & BatchOutcome)[]; refuseBelow?: number; stats?: WriterStats }) =>
+        writer.#answer(m),
+    );
+    const failed = (err: Error) => {
+      if (writer.#closing) return;
+      writer.#closing = true;
+      o.logger?.error(
+        { err, store: 'sqlite' },
+        'store writer thread stopped; writing and checkpointing inline',
+      );
+      writer.#failAll(err.message);
+      o.onFailure(err);
+    };
+    worker.on('error', failed);
+    worker.on('exit', (code) => failed(early(code)));
+    return writer;
+  }
+
+  /** Batches sent and not answered yet. */
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * Sends batch `id` (from {@link nextId}), built in `epoch`; resolves with its outcome (never
+   * rejects). The worker refuses it when a batch failed since that epoch.
+   */
+  send(id: number, epoch: number, ops: WriterOp[]): Promise<BatchOutcome> {
+    if (this.#closing) return Promise.resolve({ ok: false, error: 'the store writer thread is stopped' });
+    if (this.#pending.size === 0) this.#worker.ref();
+    return new Promise((resolve) => {
+      this.#pending.set(id, { resolve });
+      this.#worker.postMessage({ id, epoch, ops });
+    });
+  }
+
+  /** The id of the next batch. */
+  nextId(): number {
+    return this.#nextId++;
+  }
+
+  #answer(m: {
+    answers?: ({ id: number } & BatchOutcome)[];
+    refuseBelow?: number;
+    stats?: WriterStats;
+  }): void {
+    if (m.stats) {
+      for (const w of this.#statsWaiters.splice(0)) w(m.stats);
+      this.#unrefWhenIdle();
+      return;
+    }
+    if (m.refuseBelow !== undefined && m.refuseBelow > this.epoch) this.epoch = m.refuseBelow;
+    for (const a of m.answers ?? []) {
+      const p = this.#pending.get(a.id);
+      this.#pending.delete(a.id);
+      p?.resolve(a);
+    }
+    this.#unrefWhenIdle();
+  }
+
+  #unrefWhenIdle(): void {
+    if (this.#pending.size === 0 && this.#statsWaiters.length === 0) this.#worker.unref();
+  }
+
+  #failAll(error: string): void {
+    for (const [, p] of this.#pending) p.resolve({ ok: false, error });
+    this.#pending.clear();
+  }
+
+  /** The worker's statistics so far. */
+  stats(): Promise<WriterStats> {
+    this.#worker.ref();
+    return new Promise((resolve) => {
+      this.#statsWaiters.push(resolve);
+      this.#worker.postMessage('stats');
+    });
+  }
+
+  /** Test seam: ends the worker as a crash would (the failure path runs). */
+  terminateForTest(): void {
+    void this.#worker.terminate();
+  }
+
+  /** Stops the worker once every batch sent was answered (closing the store's connection last checkpoints). */
+  async close(): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    const exited = new Promise((r) => this.#worker.once('exit', r));
+    this.#worker.ref();
+    this.#worker.postMessage('close');
+    await exited;
+  }
+}
