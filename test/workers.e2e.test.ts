@@ -48,7 +48,7 @@ describe('taskpass serve --workers 2 on one Redis store', () => {
         .logs()
         .find(
           (l) =>
-            l.msg === 'incoming request' &&
+            l.msg === 'request completed' &&
             String((l.req as { url?: unknown } | undefined)?.url).includes(marker),
         ),
     );

@@ -14,13 +14,13 @@ import { join, resolve } from 'node:path';
 import { JwtBundleSet, X509BundleSet } from '@taskpass/spiffe';
 import { TestCa } from '@taskpass/spiffe/testing';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
-import pino from 'pino';
 import { Agent, Pool } from 'undici';
 import {
   AesGcmKeyWrapper,
   type AppDeps,
   type BrokerConfig,
   buildApp,
+  createBrokerLogger,
   createStore,
   createUserTokenVerifier,
   createWorkloadAuthenticator,
@@ -110,13 +110,10 @@ export async function startBenchEnv(
   const verifier = await svidPem(VERIFIER_ID);
 
   const idp = await startIdp();
-  // Everything the broker logs (fastify request lines at info, the audit trail) goes to /dev/null
-  // through the same kind of asynchronous pino destination the CLI would use for a file.
+  // Everything the broker logs (the request lines at info, the audit trail) goes to /dev/null
+  // through the destination `taskpass serve` writes its log with (broker/src/log.ts).
   const logDest = opts.logFile ?? '/dev/null';
-  const logger = pino(
-    { level: 'info', base: { service: 'taskpass-broker' } },
-    pino.destination({ dest: logDest, sync: false }),
-  );
+  const logger = createBrokerLogger({ level: 'info', base: { service: 'taskpass-broker' } }, logDest);
   const config = parseConfig({
     issuer: ISSUER,
     trustDomain: TRUST_DOMAIN,

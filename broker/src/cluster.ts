@@ -11,7 +11,8 @@
 // Several workers need the Redis store (config.ts refuses SQLite): counters, replay entries, the
 // rate limiter and the revocation stream are shared there, as between replicas on several hosts.
 import cluster, { type Worker } from 'node:cluster';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { createBrokerLogger } from './log.ts';
 import {
   AggregatorRegistry,
   Gauge,
@@ -71,7 +72,8 @@ export function servePrimary(
 ): Promise<number> {
   const n = config.workers;
   const logger =
-    io.logger ?? pino({ level: config.logLevel, base: { service: 'taskpass-broker', role: 'primary' } });
+    io.logger ??
+    createBrokerLogger({ level: config.logLevel, base: { service: 'taskpass-broker', role: 'primary' } });
   /** Worker ids that report listening. */
   const ready = new Set<number>();
   /** What a worker reported before it exited (its start-up error). */
@@ -259,7 +261,7 @@ export async function serveWorker(
   try {
     const config = parseConfig(input.raw, input.source);
     // Every line says which worker wrote it.
-    const logger = pino({
+    const logger = createBrokerLogger({
       level: config.logLevel,
       base: { service: 'taskpass-broker', worker: cluster.worker?.id, pid: process.pid },
     });

@@ -95,6 +95,7 @@ export {
 export { FeedOverflowError, RevocationHub, type RevocationHubOptions } from './revocation-hub.ts';
 export { authorizationServerMetadata } from './routes/public.ts';
 export { type RevocationRoutesOptions, revocationRoutes } from './routes/revocations.ts';
+export { createBrokerLogger } from './log.ts';
 export { type RunningBroker, startBroker } from './server.ts';
 export { type MintedToken, TaskService } from './service.ts';
 export {

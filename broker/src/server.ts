@@ -7,7 +7,8 @@ import { createServer as createHttpsServer } from 'node:https';
 import { currentSecureContextOptions, isSpiffeError, type X509Svid } from '@taskpass/spiffe';
 import { BundleSource, svidState } from '@taskpass/spiffe/workload';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { createBrokerLogger } from './log.ts';
 import type { TLSSocket } from 'node:tls';
 import { type AppDeps, buildApp, buildServices } from './app.ts';
 import { buildConsole } from './console/app.ts';
@@ -53,7 +54,8 @@ export async function startBroker(
   config: BrokerConfig,
   opts: { logger?: Logger; installSignalHandlers?: boolean } = {},
 ): Promise<RunningBroker> {
-  const logger = opts.logger ?? pino({ level: config.logLevel, base: { service: 'taskpass-broker' } });
+  const logger =
+    opts.logger ?? createBrokerLogger({ level: config.logLevel, base: { service: 'taskpass-broker' } });
   const trustDomains = [config.trustDomain, ...config.federatedTrustDomains];
 
   // Everything opened so far, closed in reverse order if start-up fails half-way.

@@ -1,10 +1,15 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import pino from 'pino';
 import { createAuditLog } from '../src/audit.ts';
 import { parseConfig } from '../src/config.ts';
+import { createBrokerLogger } from '../src/log.ts';
 import { createUserTokenVerifier } from '../src/user-tokens.ts';
+import { testBroker } from './app-support.ts';
 
 test('audit records whitelisted fields only, never a token', () => {
   const lines: string[] = [];
@@ -120,6 +125,53 @@ test('audit file: appended, and reopened under its path after logrotate moved it
     assert.deepEqual(await until(path, 1), ['task.opened t2']);
     audit.close?.();
     assert.deepEqual(events(`${path}.1`), ['task.opened t1', 'task.completed t1']);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('one log line per request, written when it is answered, with method, URL, status and time', async () => {
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'info' }, { write: (s: string) => lines.push(JSON.parse(s)) });
+  const b = await testBroker({}, { logger });
+  try {
+    await b.app.inject({ method: 'GET', url: '/healthz' });
+    await b.app.inject({ method: 'POST', url: '/v1/tasks', payload: {} });
+    const requests = lines.filter((l) => String(l.msg).startsWith('request') || l.msg === 'incoming request');
+    assert.deepEqual(
+      requests.map((l) => [
+        l.msg,
+        (l.req as { method?: string }).method,
+        (l.req as { url?: string }).url,
+        (l.res as { statusCode?: number }).statusCode,
+        typeof l.responseTime,
+      ]),
+      [
+        ['request completed', 'GET', '/healthz', 200, 'number'],
+        ['request completed', 'POST', '/v1/tasks', 401, 'number'],
+      ],
+    );
+    assert.ok(requests.every((l) => typeof l.reqId === 'string'));
+  } finally {
+    await b.app.close();
+  }
+});
+
+test('the broker log reaches its file within 100 ms of a line, without waiting for 4 KiB', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'taskpass-log-'));
+  try {
+    const path = join(dir, 'broker.log');
+    const logger = createBrokerLogger({ level: 'info' }, path);
+    logger.info({ n: 1 }, 'first');
+    await new Promise((r) => setTimeout(r, 400));
+    const written = () => readFileSync(path, 'utf8').trim().split('\n').filter(Boolean);
+    assert.deepEqual(
+      written().map((l) => JSON.parse(l).msg),
+      ['first'],
+    );
+    for (let i = 0; i < 3; i++) logger.info({ i }, 'burst');
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(written().length, 4);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

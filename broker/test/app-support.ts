@@ -541,6 +541,8 @@ export async function testBroker<S extends Store = MemoryStore>(
     vault?: LeasedCredentialsOptions['vault'];
     /** Vault's health as readiness sees it. */
     vaultHealth?: AppDeps['vaultHealth'];
+    /** The broker's logger (default: silent). */
+    logger?: AppDeps['logger'];
   } = {},
 ): Promise<TestBroker<S>> {
   const user = await userIssuer();
@@ -579,7 +581,7 @@ export async function testBroker<S extends Store = MemoryStore>(
     ...(opts.vaultHealth ? { vaultHealth: opts.vaultHealth } : {}),
     userTokens: createUserTokenVerifier(config.users.trustedIssuers, { now: () => clock.now }),
     hub,
-    logger: pino({ level: 'silent' }),
+    logger: opts.logger ?? pino({ level: 'silent' }),
     now: () => clock.now,
     peerCertificates: (req: FastifyRequest) => {
       const id = req.headers['x-test-peer'];
