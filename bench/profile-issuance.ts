@@ -1,0 +1,68 @@
+// Profiles the broker's main thread while the issuance route is under closed-loop load (16
+// keep-alive mTLS connections), the measured window only, and prints where its time went: self
+// time by package or source file, and the top functions. The profile is written for DevTools.
+//   node --conditions=taskpass:source --import tsx bench/profile-issuance.ts [seconds] [out.cpuprofile]
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import { SqliteStore } from '@taskpass/broker';
+import { openTasks, startBenchEnv, tokenRequests } from './lib/env.ts';
+import { LoadClient } from './lib/load.ts';
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+}
+interface Profile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
+const seconds = Number(process.argv[2] ?? 6);
+const out = process.argv[3] ?? 'issuance.cpuprofile';
+const env = await startBenchEnv();
+const requests = tokenRequests(await openTasks(env, 500));
+const tls = { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca };
+const load = new LoadClient({ origin: env.brokerUrl, tls, connections: 16 });
+const job = (durationMs: number, offset: number) =>
+  ({ kind: 'closed', concurrency: 16, warmupMs: 0, durationMs, requests, offset }) as const;
+const warm = await load.run(job(2000, 0));
+
+const session = new Session();
+session.connect();
+await session.post('Profiler.enable');
+await session.post('Profiler.setSamplingInterval', { interval: 100 });
+await session.post('Profiler.start');
+const r = await load.run(job(seconds * 1000, warm.sent));
+const { profile } = (await session.post('Profiler.stop')) as { profile: Profile };
+writeFileSync(out, JSON.stringify(profile));
+console.log(`${((r.ok / r.elapsedMs) * 1000).toFixed(0)} tokens/s, ${r.errors} errors; profile in ${out}`);
+if (env.store instanceof SqliteStore) console.log('writer thread:', await env.store.writerStats());
+
+const where = (url: string) =>
+  url === ''
+    ? '(native)'
+    : (url.match(/node_modules\/((@[^/]+\/)?[^/]+)/)?.[1] ?? url.replace(/^.*\/work\/[^/]+\//, ''));
+const byNode = new Map(profile.nodes.map((n) => [n.id, n]));
+const files = new Map<string, number>();
+const fns = new Map<string, number>();
+let total = 0;
+profile.samples.forEach((id, i) => {
+  const dt = profile.timeDeltas[i] ?? 0;
+  const f = byNode.get(id)!.callFrame;
+  total += dt;
+  const file = f.url === '' ? `(native) ${f.functionName}` : where(f.url);
+  files.set(file, (files.get(file) ?? 0) + dt);
+  const fn = `${f.functionName || '(anonymous)'} ${where(f.url)}:${f.lineNumber + 1}`;
+  fns.set(fn, (fns.get(fn) ?? 0) + dt);
+});
+const top = (m: Map<string, number>, n: number) =>
+  [...m]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, n)
+    .map(([k, t]) => `  ${((100 * t) / total).toFixed(1).padStart(5)} %  ${k}`)
+    .join('\n');
+console.log(`\nself time by package or file:\n${top(files, 25)}\n\ntop functions:\n${top(fns, 25)}`);
+await load.close();
+await env.close();
+process.exit(0);
