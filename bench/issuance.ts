@@ -5,10 +5,12 @@
 import type { X509Certificate } from 'node:crypto';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { dirname } from 'node:path';
 import Fastify, { type FastifyRequest, type FastifyServerFactory } from 'fastify';
 import { mintToken, peerChainFromSocket } from '@taskpass/broker';
 import { AUDIENCE, AGENT_ID, type BenchEnv, ISSUER, openTasks, tokenRequests } from './lib/env.ts';
 import { withCpu } from './lib/cpu.ts';
+import { fdatasyncLatency } from './lib/disk.ts';
 import { LoadClient, type LoadResult, type PreparedRequest } from './lib/load.ts';
 import { fmtMs, fmtRate, median, type Percentiles, percentiles, table } from './lib/stats.ts';
 
@@ -33,6 +35,8 @@ export interface IssuanceResult {
   latencyRate: number;
   brokerLatency: Percentiles;
   baselineLatency: Percentiles;
+  /** The disk's own 4 KiB write + fdatasync on the store's directory, right after the latency run. */
+  fdatasync: Percentiles;
   /** Main-thread CPU per request (µs, medians over rounds; undefined where not measurable). */
   brokerCpuUs: number | undefined;
   baselineCpuUs: number | undefined;
@@ -251,6 +255,10 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
       ]),
     ),
   );
+  const fdatasync = fdatasyncLatency(dirname(env.config.store.sqlite?.path ?? '.'));
+  console.log(
+    `  the disk under the store: 4 KiB write + fdatasync, ${fdatasync.n} times: p50 ${fmtMs(fdatasync.p50)}, p99 ${fmtMs(fdatasync.p99)}, max ${fmtMs(fdatasync.max)} (every token waits for one sync)`,
+  );
   console.log(`  calls per task at the end: ~${Math.round(brokerOffset / tasks.length)}`);
 
   await brokerLoad.close();
@@ -267,6 +275,7 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
     latencyRate,
     brokerLatency,
     baselineLatency,
+    fdatasync,
     brokerCpuUs,
     baselineCpuUs,
     errors,

@@ -460,7 +460,7 @@ test('sqlite: a database held by another writer answers TASKPASS_STORE_UNAVAILAB
 
 // Checkpoints off the event loop (store/checkpointer.ts): the store's own connection never
 // checkpoints, so a WAL that stays small under many commits was checkpointed by the worker.
-test('sqlite: WAL checkpoints run on a worker thread; inline when asked; none lost at close', async () => {
+test('sqlite: WAL checkpoints run on a thread of their own; inline when asked; none lost at close', async () => {
   using tmp = tempDir();
   const now = nowSec();
   const walPages = async (checkpoint: 'background' | 'inline') => {
@@ -475,7 +475,7 @@ test('sqlite: WAL checkpoints run on a worker thread; inline when asked; none lo
         most = Math.max(most, walFrames(path));
         if (i % 20 === 0) await new Promise((r) => setTimeout(r, 10));
       }
-      const stats = await s.writerStats();
+      const stats = await s.checkpointStats();
       return { most, stats };
     } finally {
       await s.close();
@@ -494,19 +494,19 @@ test('sqlite: WAL checkpoints run on a worker thread; inline when asked; none lo
   );
   assert.equal(background.stats?.errors, 0);
   const inline = await walPages('inline');
-  assert.equal(inline.stats?.runs, 0, 'no background checkpoint when asked for inline');
+  assert.equal(inline.stats, undefined, 'no checkpoint thread when asked for inline');
   // Both keep the WAL bounded; without any checkpoint it would hold all ~4,000 frames.
   assert.ok(background.most < 2_000, `background: WAL at most ${background.most} frames`);
   assert.ok(inline.most < 2_000, `inline: WAL at most ${inline.most} frames`);
 });
 
-test('sqlite: with the checkpoint worker stopped the store checkpoints inline again', async () => {
+test('sqlite: with the checkpoint thread stopped, both connections checkpoint inline again', async () => {
   using tmp = tempDir();
   const path = join(tmp.dir, 'broker.db');
   const s = new SqliteStore({ path, checkpointIntervalMs: 60_000 });
   await s.init();
   try {
-    assert.ok(await s.writerStats(), 'worker running');
+    assert.ok(await s.checkpointStats(), 'checkpoint thread running');
     const db = new Database(path);
     try {
       assert.equal(
@@ -517,12 +517,19 @@ test('sqlite: with the checkpoint worker stopped the store checkpoints inline ag
     } finally {
       db.close();
     }
-    s.stopWriterForTest();
+    s.stopWriterForTest('checkpointer');
     await new Promise((r) => setTimeout(r, 200));
-    assert.equal(await s.writerStats(), undefined, 'the failure was seen');
+    assert.equal(await s.checkpointStats(), undefined, 'the failure was seen');
+    assert.ok(await s.writerStats(), 'the writer thread goes on');
     const now = nowSec();
+    // Written on the store's own connection…
     for (let i = 0; i < 200; i++) await s.revokeToken(`${'y'.repeat(40_000)}-${i}`, now + 60, 'test');
     assert.ok(walFrames(path) < 2_000, `WAL at ${walFrames(path)} frames: inline checkpoints are back`);
+    // …and on the writer thread's (decision records of ~40 KiB each).
+    for (let i = 0; i < 200; i++) {
+      await append(s, [{ at: Date.now(), event: 'token.denied', task: 't', reason: 'z'.repeat(40_000) }]);
+    }
+    assert.ok(walFrames(path) < 2_000, `WAL at ${walFrames(path)} frames: the writer checkpoints too`);
   } finally {
     await s.close();
   }

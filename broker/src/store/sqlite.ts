@@ -530,6 +530,7 @@ export class SqliteStore implements Store {
   // The writer thread (undefined: everything inline). With it, the turn's records wait in #out,
   // are sent at the end of the turn, and stay in #pendingIssued until their batch was answered.
   #writer: SqliteWriter | undefined;
+  #checkpointer: SqliteWriter | undefined;
   #wantsWrites = false;
   #out: OutgoingBatch | undefined;
   #idleWaiters: (() => void)[] = [];
@@ -614,48 +615,69 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Starts the writer thread when it has work (group commits, checkpoints); inline again if it
-   * cannot start, or when it stops.
+   * Starts the writer thread (group commits) and the checkpoint thread, as configured. Either one
+   * that cannot start, or stops, hands its work back to this connection (the writer thread's
+   * checkpoints to itself while it runs).
    */
   async #startWriter(db: Database.Database): Promise<void> {
     const writes = this.#writerMode === 'thread';
     const background = this.#checkpoint === 'background';
-    if (!writes && !background) return;
-    const inline = () => {
-      this.#writer = undefined;
-      this.#chainHead = undefined;
-      if (db.open) db.pragma('wal_autocheckpoint = 1000');
-    };
-    try {
-      const mark = this.#s.writerMark.get() as { value: number } | undefined;
-      this.#writer = await SqliteWriter.start(
+    const start = (role: 'writer' | 'checkpointer', onFailure: () => void, firstId = 1) =>
+      SqliteWriter.start(
         {
           path: this.path,
-          writes,
+          writes: role === 'writer',
           sql: WRITER_SQL,
-          checkpointIntervalMs: background ? this.#checkpointIntervalMs : 0,
+          checkpointIntervalMs: role === 'checkpointer' ? this.#checkpointIntervalMs : 0,
+          autocheckpoint: role === 'writer' && !background,
           busyTimeoutMs: this.#busyTimeoutMs,
           logger: this.#logger,
-          onFailure: inline,
+          onFailure,
+        },
+        firstId,
+      ).catch((err) => {
+        this.#logger?.warn(
+          { err, store: 'sqlite', role },
+          `store ${role} thread did not start; working inline`,
+        );
+        return undefined;
+      });
+    if (background) {
+      this.#checkpointer = await start('checkpointer', () => {
+        this.#checkpointer = undefined;
+        if (db.open) db.pragma('wal_autocheckpoint = 1000');
+        this.#writer?.checkpointInline();
+      });
+      if (this.#checkpointer) db.pragma('wal_autocheckpoint = 0');
+    }
+    if (writes) {
+      const mark = this.#s.writerMark.get() as { value: number } | undefined;
+      this.#writer = await start(
+        'writer',
+        () => {
+          this.#writer = undefined;
+          this.#chainHead = undefined;
         },
         (mark?.value ?? 0) + 1,
       );
-      this.#wantsWrites = writes;
-      if (background) db.pragma('wal_autocheckpoint = 0');
-    } catch (err) {
-      this.#logger?.warn({ err, store: 'sqlite' }, 'store writer thread did not start; writing inline');
-      inline();
+      if (this.#writer && !this.#checkpointer) this.#writer.checkpointInline();
+      this.#wantsWrites = this.#writer !== undefined;
     }
   }
 
-  /** Test seam: the writer thread stops as if it had crashed. */
-  stopWriterForTest(): void {
-    this.#writer?.terminateForTest();
+  /** Test seam: the writer thread (or the checkpoint thread) stops as if it had crashed. */
+  stopWriterForTest(which: 'writer' | 'checkpointer' = 'writer'): void {
+    (which === 'writer' ? this.#writer : this.#checkpointer)?.terminateForTest();
   }
 
   /** The writer thread's statistics (undefined: no writer thread). */
   async writerStats(): Promise<WriterStats | undefined> {
     return this.#writer?.stats();
+  }
+
+  /** The checkpoint thread's statistics (undefined: checkpoints run inline). */
+  async checkpointStats(): Promise<WriterStats | undefined> {
+    return this.#checkpointer?.stats();
   }
 
   /** Group commits go to the writer thread (else: this connection's batch). */
@@ -788,10 +810,11 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     await this.#settle();
-    // The writer goes first: closing the last connection checkpoints the WAL into the file.
-    const writer = this.#writer;
+    // The threads go first: closing the last connection checkpoints the WAL into the file.
+    const threads = [this.#writer, this.#checkpointer];
     this.#writer = undefined;
-    await writer?.close();
+    this.#checkpointer = undefined;
+    for (const t of threads) await t?.close();
     this.#commitBatch();
     const db = this.#db;
     this.#db = undefined;
