@@ -1,19 +1,13 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { AuditEvent } from '../src/audit.ts';
 import { backoffSec, LeaseRevoker } from '../src/lease-revoker.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
+import { tempDir } from './sqlite-support.ts';
 
 const NOW = Math.floor(Date.now() / 1000);
 const PATH = 'database/creds/ticket-desk';
-
-function tempDir(): { dir: string; [Symbol.dispose](): void } {
-  const dir = mkdtempSync(join(tmpdir(), 'taskpass-leases-'));
-  return { dir, [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }) };
-}
 
 async function openStore(path: string): Promise<SqliteStore> {
   const s = new SqliteStore({ path });

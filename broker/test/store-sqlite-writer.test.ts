@@ -6,19 +6,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import Database from 'better-sqlite3';
 import { chainAfter, verifyChain } from '../src/decision-chain.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { IssuedCall } from '../src/store/types.ts';
 import { append, decisionContract, inputs } from './decision-chain.ts';
 import { approvalContract } from './store-approvals.ts';
 import { type MakeStore, storeContract } from './store-contract.ts';
+import { tempDir, withFileStore } from './sqlite-support.ts';
 import { leaseContract } from './store-leases.ts';
-
-function tempDir(): { dir: string; [Symbol.dispose](): void } {
-  const dir = mkdtempSync(join(tmpdir(), 'taskpass-writer-'));
-  return { dir, [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }) };
-}
 
 const threaded: MakeStore = async () => {
   const dir = mkdtempSync(join(tmpdir(), 'taskpass-writer-'));
@@ -51,14 +46,9 @@ const call = (jti: string, tool = 'get_ticket'): IssuedCall => ({
 });
 const turn = () => new Promise((r) => setImmediate(r));
 
-test('writer thread: a cap counts the calls decided and not committed yet', async () => {
-  using tmp = tempDir();
-  const path = join(tmp.dir, 'broker.db');
-  const s = new SqliteStore({ path });
-  await s.init();
-  const other = new Database(path, { readonly: true });
-  try {
-    const committed = () => (other.prepare('SELECT COUNT(*) AS n FROM issued').get() as { n: number }).n;
+test('writer thread: a cap counts the calls decided and not committed yet', () =>
+  withFileStore({}, async (s, view) => {
+    const committed = () => view.committed('issued');
     // Both decided on a count of 0, in one turn: one compare-and-set wins.
     const results = await Promise.all([
       s.recordIssued(call('a'), { ifToolCount: 0 }),
@@ -80,17 +70,10 @@ test('writer thread: a cap counts the calls decided and not committed yet', asyn
       (await s.listIssued('t1')).map((c) => c.jti),
       ['a', 'c'],
     );
-  } finally {
-    other.close();
-    await s.close();
-  }
-});
+  }));
 
-test('writer thread: a failed batch fails alone; later records land on an unbroken chain', async () => {
-  using tmp = tempDir();
-  const s = new SqliteStore({ path: join(tmp.dir, 'broker.db') });
-  await s.init();
-  try {
+test('writer thread: a failed batch fails alone; later records land on an unbroken chain', () =>
+  withFileStore({}, async (s) => {
     await append(s, inputs(1));
     // A record whose seq is taken: the whole batch (with the issued call beside it) is rolled back.
     const bad = s.appendDecisions((head) => chainAfter({ seq: head.seq - 1, hash: 'x' }, inputs(1)));
@@ -124,18 +107,10 @@ test('writer thread: a failed batch fails alone; later records land on an unbrok
     for (const o of settled.filter((x) => x.ok)) {
       assert.equal((await s.decisionsRange(o.seq - 1, 1))[0]?.seq, o.seq);
     }
-  } finally {
-    await s.close();
-  }
-});
+  }));
 
-test('writer thread: when it dies, batches in flight fail and the store goes on inline', async () => {
-  using tmp = tempDir();
-  const path = join(tmp.dir, 'broker.db');
-  const s = new SqliteStore({ path });
-  await s.init();
-  const other = new Database(path, { readonly: true });
-  try {
+test('writer thread: when it dies, batches in flight fail and the store goes on inline', () =>
+  withFileStore({}, async (s, view) => {
     await s.recordIssued(call('before'));
     await append(s, inputs(2));
     s.stopWriterForTest();
@@ -143,15 +118,10 @@ test('writer thread: when it dies, batches in flight fail and the store goes on 
     assert.equal(await s.writerStats(), undefined, 'no writer thread any more');
     assert.equal(await s.recordIssued(call('after')), true);
     await append(s, inputs(2, 'tsk_after'));
-    const n = (other.prepare('SELECT COUNT(*) AS n FROM issued').get() as { n: number }).n;
-    assert.equal(n, 2, 'written inline');
+    assert.equal(view.committed('issued'), 2, 'written inline');
     assert.equal((await verifyChain(s)).ok, true);
     assert.equal((await s.decisionHead()).seq, 4);
-  } finally {
-    other.close();
-    await s.close();
-  }
-});
+  }));
 
 test('writer thread: batch ids continue after a restart, so calls in flight are never taken as committed', async () => {
   using tmp = tempDir();

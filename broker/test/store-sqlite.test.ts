@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
@@ -9,6 +8,7 @@ import { SqliteStore } from '../src/store/sqlite.ts';
 import { append } from './decision-chain.ts';
 import { approvalContract } from './store-approvals.ts';
 import { type MakeStore, storeContract } from './store-contract.ts';
+import { tempDir, withFileStore } from './sqlite-support.ts';
 import { leaseContract } from './store-leases.ts';
 
 const memory: MakeStore = async () => {
@@ -19,11 +19,6 @@ const memory: MakeStore = async () => {
 storeContract('sqlite :memory:', memory);
 approvalContract('sqlite :memory:', memory);
 leaseContract('sqlite :memory:', memory);
-
-function tempDir(): { dir: string; [Symbol.dispose](): void } {
-  const dir = mkdtempSync(join(tmpdir(), 'taskpass-store-'));
-  return { dir, [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }) };
-}
 
 const nowSec = () => Math.floor(Date.now() / 1000);
 
@@ -165,13 +160,8 @@ test('sqlite: upgrading a version-1 file backfills the workflow lookups from the
   }
 });
 
-test('sqlite: issued calls are group-committed, durable before they resolve, failures kept apart', async () => {
-  using tmp = tempDir();
-  const path = join(tmp.dir, 'broker.db');
-  const s = new SqliteStore({ path });
-  await s.init();
-  const other = new Database(path, { readonly: true });
-  try {
+test('sqlite: issued calls are group-committed, durable before they resolve, failures kept apart', () =>
+  withFileStore({}, async (s, view) => {
     const now = nowSec();
     const call = (jti: string) => ({
       taskId: 't1',
@@ -183,8 +173,7 @@ test('sqlite: issued calls are group-committed, durable before they resolve, fai
       issuedAt: now,
       expiresAt: now + 60,
     });
-    const committed = () =>
-      (other.prepare("SELECT COUNT(*) AS n FROM issued WHERE task_id = 't1'").get() as { n: number }).n;
+    const committed = () => view.committed('issued');
     const a = s.recordIssued(call('j1'));
     const b = s.recordIssued(call('j2'));
     const dup = s.recordIssued(call('j1')).then(
@@ -214,22 +203,12 @@ test('sqlite: issued calls are group-committed, durable before they resolve, fai
     await s.close();
     await d;
     assert.equal(committed(), 4);
-  } finally {
-    other.close();
-    await s.close();
-  }
-});
+  }));
 
-test('sqlite: decision records join the issued-call group commit, durable before either resolves', async () => {
-  using tmp = tempDir();
-  const path = join(tmp.dir, 'broker.db');
-  const s = new SqliteStore({ path });
-  await s.init();
-  const other = new Database(path, { readonly: true });
-  try {
+test('sqlite: decision records join the issued-call group commit, durable before either resolves', () =>
+  withFileStore({}, async (s, view) => {
     const now = nowSec();
-    const count = (table: string) =>
-      (other.prepare(`SELECT COUNT(*) AS n FROM ${table}`).get() as { n: number }).n;
+    const count = view.committed;
     const issued = s.recordIssued({
       taskId: 't1',
       jti: 'j1',
@@ -255,11 +234,7 @@ test('sqlite: decision records join the issued-call group commit, durable before
     assert.equal(count('decisions'), 1);
     assert.match(String(await bad), /cannot build/, 'only the failed append is rejected');
     assert.equal((await s.decisionHead()).seq, 1);
-  } finally {
-    other.close();
-    await s.close();
-  }
-});
+  }));
 
 // Finding: the sweep ran as one synchronous transaction (1M stored tasks, 50k expiring: the broker
 // stalled 8.5 s). It now runs in bounded transactions and yields between them.
