@@ -39,3 +39,18 @@ export async function withFileStore(
     await store.close();
   }
 }
+
+/**
+ * Takes the file's write lock from another connection until `release()`: a batch sent to the
+ * writer thread meanwhile stays in flight (its BEGIN waits), deterministically.
+ */
+export function holdWriteLock(path: string): { release(): void } {
+  const db = new Database(path);
+  db.exec('BEGIN IMMEDIATE');
+  return {
+    release() {
+      db.exec('COMMIT');
+      db.close();
+    },
+  };
+}
