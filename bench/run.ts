@@ -1,7 +1,8 @@
 // Taskpass benchmarks (issues #3 and #4): `npm run bench`, `npm run bench -- --quick`,
 // `npm run bench -- --only issuance,verification,revocation,feed,spire,scale,workers`; the soak (issue #7, 10
 // minutes by default): `npm run bench -- soak [--minutes N]`; the guard (issue #14): `npm run bench --
-// guard`; decision points (issue #11): `npm run bench -- pdp`.
+// guard`; decision points (issue #11): `npm run bench -- pdp`; where to sign (issue #13): `npm run bench --
+// signing`.
 // See bench/README.md.
 import { cpus, loadavg, totalmem } from 'node:os';
 import { runFeedSnapshot } from './feed-snapshot.ts';
@@ -13,6 +14,7 @@ import { fmtMs, fmtRate, table } from './lib/stats.ts';
 import { runRevocation } from './revocation.ts';
 import { runScale } from './scale.ts';
 import { runTransit } from './transit.ts';
+import { signingMain } from './signing.ts';
 import { soakMain } from './soak.ts';
 import { formatSpireBench, runSpireBench } from './spire.ts';
 import { runVerification } from './verification.ts';
@@ -239,4 +241,5 @@ async function main(): Promise<void> {
 if (args[0] === 'soak') await soakMain(args.slice(1));
 else if (args[0] === 'guard') await guardMain(args.slice(1));
 else if (args[0] === 'pdp') await pdpMain(args.slice(1));
+else if (args[0] === 'signing') await signingMain(args.slice(1));
 else await main();
