@@ -47,6 +47,7 @@ export async function runRevocation(env: BenchEnv, o: RevocationOptions): Promis
   const data: RevocationWorkerData = {
     brokerUrl: env.brokerUrl,
     tls: env.verifier,
+    agentCert: env.agent.cert,
     issuer: ISSUER,
     audience: AUDIENCE,
     jwks: env.jwks(),

@@ -2,6 +2,7 @@
 // own RevocationFeedClient with its own mTLS connection to the broker's SSE feed, and its own
 // verifier. For each task the main thread arms us with a fresh token; we check that every verifier
 // accepts it, then watch until each one refuses it, and report when that happened.
+import { X509Certificate } from 'node:crypto';
 import { setImmediate as tick } from 'node:timers/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Agent } from 'undici';
@@ -10,6 +11,8 @@ import { createVerifier, RevocationFeedClient, type Verifier, VerifierError } fr
 export interface RevocationWorkerData {
   brokerUrl: string;
   tls: { key: string; cert: string; ca: string };
+  /** The agent's certificate (PEM): its call tokens are bound to it (cnf), so calls present it. */
+  agentCert: string;
   issuer: string;
   audience: string;
   jwks: { keys: Record<string, unknown>[] };
@@ -33,6 +36,7 @@ export type RevocationWorkerReply =
   | { type: 'error'; message: string };
 
 const d = workerData as RevocationWorkerData;
+const clientCertificate = new X509Certificate(d.agentCert);
 const now = () => performance.timeOrigin + performance.now();
 const dispatchers: Agent[] = [];
 const feeds: RevocationFeedClient[] = [];
@@ -70,7 +74,7 @@ parentPort!.on('message', async (m: RevocationWorkerMsg) => {
     parentPort!.close();
     return;
   }
-  const call = { tool: 'get_ticket', args: { ticket_id: m.ticket } };
+  const call = { tool: 'get_ticket', args: { ticket_id: m.ticket }, clientCertificate };
   try {
     await Promise.all(verifiers.map((v) => v.verifyCall(m.token, call)));
   } catch (e) {
