@@ -531,7 +531,6 @@ export class SqliteStore implements Store {
   // are sent at the end of the turn, and stay in #pendingIssued until their batch was answered.
   #writer: SqliteWriter | undefined;
   #checkpointer: SqliteWriter | undefined;
-  #wantsWrites = false;
   #out: OutgoingBatch | undefined;
   #idleWaiters: (() => void)[] = [];
   readonly #pendingIssued = new Map<string, PendingCall[]>();
@@ -661,7 +660,6 @@ export class SqliteStore implements Store {
         (mark?.value ?? 0) + 1,
       );
       if (this.#writer && !this.#checkpointer) this.#writer.checkpointInline();
-      this.#wantsWrites = this.#writer !== undefined;
     }
   }
 
@@ -680,18 +678,13 @@ export class SqliteStore implements Store {
     return this.#checkpointer?.stats();
   }
 
-  /** Group commits go to the writer thread (else: this connection's batch). */
-  get #threaded(): SqliteWriter | undefined {
-    return this.#wantsWrites ? this.#writer : undefined;
-  }
-
   /**
    * Before any other write: the records of this turn and every earlier one are committed (and
    * their promises settled), so that writes land in the order they were made. Undefined when
    * nothing is outstanding.
    */
   #settle(): Promise<void> | undefined {
-    const writer = this.#threaded;
+    const writer = this.#writer;
     if (!writer) {
       this.#commitBatch();
       return undefined;
@@ -717,11 +710,11 @@ export class SqliteStore implements Store {
 
   #send(): void {
     const out = this.#out;
-    const writer = this.#threaded;
+    const writer = this.#writer;
     if (!out || !writer) return;
     this.#out = undefined;
     void writer.send(out.id, out.epoch, out.ops).then((o) => {
-      this.#forgetPending(out.id);
+      this.#forgetPending(out);
       if (!o.ok) {
         // Records built on this batch's chain head are refused by the worker; start from the file.
         this.#chainHead = undefined;
@@ -748,13 +741,14 @@ export class SqliteStore implements Store {
     this.#pendingJtis.add(call.jti);
   }
 
-  #forgetPending(batch: number): void {
-    for (const [taskId, list] of this.#pendingIssued) {
-      const rest = list.filter((p) => p.batch !== batch);
-      if (rest.length === list.length) continue;
-      for (const p of list) if (p.batch === batch) this.#pendingJtis.delete(p.call.jti);
-      if (rest.length === 0) this.#pendingIssued.delete(taskId);
-      else this.#pendingIssued.set(taskId, rest);
+  /** The batch's calls are in the file now (or never will be): reads stop adding them. */
+  #forgetPending(out: OutgoingBatch): void {
+    for (const op of out.ops) {
+      if (op.kind !== 'issued') continue;
+      this.#pendingJtis.delete(op.call.jti);
+      const rest = this.#pendingIssued.get(op.call.taskId)?.filter((p) => p.batch !== out.id) ?? [];
+      if (rest.length === 0) this.#pendingIssued.delete(op.call.taskId);
+      else this.#pendingIssued.set(op.call.taskId, rest);
     }
   }
 
@@ -1073,7 +1067,7 @@ export class SqliteStore implements Store {
     const record = this.#recordIssued as (call: IssuedCall, consume?: ApprovalRecord) => void;
     // A call that uses an approval is written here, in its own transaction, after everything sent
     // to the writer thread (rare: one per approval).
-    const writer = opts.consumeApproval ? undefined : this.#threaded;
+    const writer = opts.consumeApproval ? undefined : this.#writer;
     if (opts.consumeApproval) await this.#settle();
     // Checked and written (or queued) in one synchronous step, counting the calls decided and not
     // yet committed, so that no other decision of this process can slip in between.
@@ -1094,7 +1088,7 @@ export class SqliteStore implements Store {
       if (a?.status !== 'approved' || a.expiresAt <= opts.consumeApproval.now) return false;
       used = { ...a, status: 'used', usedAt: opts.consumeApproval.now, jti: call.jti };
     }
-    if (this.#threaded) this.#recordAlone(call, used);
+    if (this.#writer) this.#recordAlone(call, used);
     else await this.#inBatch(() => record(call, used));
     if (used) this.#approvalChanged(used.id);
     return true;
@@ -1338,7 +1332,7 @@ export class SqliteStore implements Store {
   // durable makes the records appended in that turn durable too (docs/decisions.md).
   async appendDecisions(build: (head: ChainHead) => DecisionRecord[]): Promise<DecisionRecord[]> {
     const s = this.#s;
-    const writer = this.#threaded;
+    const writer = this.#writer;
     if (writer) {
       // Built on the head of every record sent so far; the writer thread inserts them.
       const records = build(this.#chainHead ?? this.#head(s));
