@@ -1,7 +1,10 @@
 // Profiles the broker's main thread while the issuance route is under closed-loop load (16
-// keep-alive mTLS connections), the measured window only, and prints where its time went: self
-// time by package or source file, and the top functions. The profile is written for DevTools.
-//   node --conditions=taskpass:source --import tsx bench/profile-issuance.ts [seconds] [out.cpuprofile]
+// keep-alive mTLS connections, or CONNS), the measured window only, and prints where its time
+// went: self time by package or source file, the top functions, and the inclusive time of
+// Taskpass's own functions. The profile is written for DevTools. Like `npm run bench`, it runs the
+// built packages (what users run; build first):
+//   npm run build && node --import tsx bench/profile-issuance.ts [seconds] [out.cpuprofile]
+// With `--conditions=taskpass:source` it profiles the TypeScript sources through tsx instead.
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { SqliteStore } from '@taskpass/broker';
@@ -11,6 +14,7 @@ import { LoadClient } from './lib/load.ts';
 interface ProfileNode {
   id: number;
   callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
 }
 interface Profile {
   nodes: ProfileNode[];
@@ -23,9 +27,10 @@ const out = process.argv[3] ?? 'issuance.cpuprofile';
 const env = await startBenchEnv();
 const requests = tokenRequests(await openTasks(env, 500));
 const tls = { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca };
-const load = new LoadClient({ origin: env.brokerUrl, tls, connections: 16 });
+const conns = Number(process.env.CONNS ?? 16);
+const load = new LoadClient({ origin: env.brokerUrl, tls, connections: conns });
 const job = (durationMs: number, offset: number) =>
-  ({ kind: 'closed', concurrency: 16, warmupMs: 0, durationMs, requests, offset }) as const;
+  ({ kind: 'closed', concurrency: conns, warmupMs: 0, durationMs, requests, offset }) as const;
 const warm = await load.run(job(2000, 0));
 
 const session = new Session();
@@ -56,6 +61,22 @@ profile.samples.forEach((id, i) => {
   const fn = `${f.functionName || '(anonymous)'} ${where(f.url)}:${f.lineNumber + 1}`;
   fns.set(fn, (fns.get(fn) ?? 0) + dt);
 });
+// Inclusive time: each sample counts once for every distinct function on its stack.
+const parent = new Map<number, number>();
+for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+const inclusive = new Map<string, number>();
+profile.samples.forEach((id, i) => {
+  const dt = profile.timeDeltas[i] ?? 0;
+  const seen = new Set<string>();
+  for (let n: number | undefined = id; n !== undefined; n = parent.get(n)) {
+    const f = byNode.get(n)!.callFrame;
+    if (!/\/(src|dist)\//.test(f.url) || f.url.includes('node_modules')) continue;
+    const fn = `${f.functionName || '(anonymous)'} ${where(f.url)}:${f.lineNumber + 1}`;
+    if (seen.has(fn)) continue;
+    seen.add(fn);
+    inclusive.set(fn, (inclusive.get(fn) ?? 0) + dt);
+  }
+});
 const top = (m: Map<string, number>, n: number) =>
   [...m]
     .sort((a, b) => b[1] - a[1])
@@ -63,6 +84,7 @@ const top = (m: Map<string, number>, n: number) =>
     .map(([k, t]) => `  ${((100 * t) / total).toFixed(1).padStart(5)} %  ${k}`)
     .join('\n');
 console.log(`\nself time by package or file:\n${top(files, 25)}\n\ntop functions:\n${top(fns, 25)}`);
+console.log(`\ninclusive time, Taskpass's own functions:\n${top(inclusive, 40)}`);
 await load.close();
 await env.close();
 process.exit(0);

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { test } from 'node:test';
 import { createLocalJWKSet, decodeProtectedHeader, exportJWK, generateKeyPair, jwtVerify } from 'jose';
-import { mintToken } from '../src/mint.ts';
+import { mintToken, newJti } from '../src/mint.ts';
 
 const base = {
   issuer: 'https://broker.test',
@@ -63,4 +63,30 @@ test('mintToken refuses exp <= iat and unique jtis', () => {
   const a = mintToken({ ...base, privateKey }).jti;
   const b = mintToken({ ...base, privateKey }).jti;
   assert.notEqual(a, b);
+});
+
+test('jtis are 128 random bits, never repeated across refills of their pool', () => {
+  const seen = new Set<string>();
+  const bytes = new Set<number>();
+  // 4 000 ids: the pool (256 ids) is refilled 15 times.
+  for (let i = 0; i < 4000; i++) {
+    const jti = newJti();
+    assert.match(jti, /^[A-Za-z0-9_-]{22}$/);
+    const raw = Buffer.from(jti, 'base64url');
+    assert.equal(raw.length, 16);
+    for (const b of raw) bytes.add(b);
+    assert.ok(!seen.has(jti), `jti ${jti} repeated after ${i} ids`);
+    seen.add(jti);
+  }
+  // 64 000 random bytes take every value (a pool served without refilling would not).
+  assert.equal(bytes.size, 256);
+});
+
+test('tokens signed by different keys carry their own kid', () => {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  for (const kid of ['k1', 'k2', 'k1']) {
+    const { token } = mintToken({ ...base, kid, privateKey });
+    assert.equal(decodeProtectedHeader(token).kid, kid);
+    assert.equal(decodeProtectedHeader(token).typ, 'at+jwt');
+  }
 });

@@ -221,5 +221,15 @@ describe('agent patterns', () => {
       assert.equal(parseSpiffeId(s), undefined, s);
     }
     assert.equal(parseSpiffeId(`spiffe://td/${'a'.repeat(2100)}`), undefined);
+    // Parsed once and shared: the same frozen value every time, and asked again, still refused.
+    const a = parseSpiffeId('spiffe://td/agents/x')!;
+    assert.equal(parseSpiffeId('spiffe://td/agents/x'), a);
+    assert.ok(Object.isFrozen(a) && Object.isFrozen(a.path));
+    assert.throws(() => (a.path as string[]).push('y'));
+    assert.equal(parseSpiffeId('spiffe://TD/x'), undefined);
+    assert.equal(parseSpiffeId('spiffe://TD/x'), undefined);
+    // Past its bound the memo starts over; answers stay the same.
+    for (let i = 0; i < 1100; i++) parseSpiffeId(`spiffe://td/agents/n${i}`);
+    assert.deepEqual(parseSpiffeId('spiffe://td/agents/x'), { trustDomain: 'td', path: ['agents', 'x'] });
   });
 });

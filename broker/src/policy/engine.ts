@@ -210,6 +210,8 @@ export class PolicySet implements PolicyPort {
    */
   readonly warnings: readonly PolicyWarning[];
   private readonly compiled: readonly CompiledTemplate[];
+  /** The compiled templates of each audience, in the same order (decide's first pass). */
+  private readonly byAudience: ReadonlyMap<string, readonly CompiledTemplate[]>;
   private readonly audienceOf: ReadonlyMap<string, string>;
 
   private constructor(templates: readonly Template[], locate?: Locate) {
@@ -228,6 +230,13 @@ export class PolicySet implements PolicyPort {
         resources: tool.resources.map((r) => mustCompile(r, 'resource')),
       })),
     }));
+    const byAudience = new Map<string, CompiledTemplate[]>();
+    for (const t of this.compiled) {
+      const list = byAudience.get(t.def.audience);
+      if (list) list.push(t);
+      else byAudience.set(t.def.audience, [t]);
+    }
+    this.byAudience = byAudience;
     this.audienceOf = new Map(this.templates.map((t) => [t.id, t.audience]));
     this.warnings = deepFreeze(findWidenings(this.templates, locate));
   }
@@ -314,19 +323,23 @@ export class PolicySet implements PolicyPort {
     const agent = agentSegments(input.agent);
     const resource = input.resource.split('/');
     const ctx: PatternContext = { user: input.user, agent: input.agent };
-    let best: { verdict: Verdict; rank: number; template: CompiledTemplate } | undefined;
-    const considered: string[] = [];
     const allowing: { t: CompiledTemplate; singleUse: boolean; ttlSec: number; rule: TemplateTool }[] = [];
     // Every template is weighed, not just the first that allows: the token's facts combine all
-    // allowing templates (see the module comment), so they cannot depend on template order.
-    for (const t of this.compiled) {
+    // allowing templates (see the module comment), so they cannot depend on template order. Only a
+    // template for the call's audience can allow it, so those are weighed first; the others only
+    // matter to explain a denial (the full walk below).
+    for (const t of this.byAudience.get(input.audience) ?? []) {
+      if (!agent || !t.agents.some((p) => p.matchSegments(agent))) continue;
+      const v = this.evaluate(t, resource, ctx, input, history);
+      if (!v.principal && !v.call)
+        allowing.push({ t, singleUse: v.singleUse, ttlSec: v.ttlSec, rule: v.rule! });
+    }
+    let best: { verdict: Verdict; rank: number; template: CompiledTemplate } | undefined;
+    const considered: string[] = [];
+    for (const t of allowing.length ? [] : this.compiled) {
       if (!agent || !t.agents.some((p) => p.matchSegments(agent))) continue;
       considered.push(t.def.id);
       const v = this.evaluate(t, resource, ctx, input, history);
-      if (!v.principal && !v.call) {
-        allowing.push({ t, singleUse: v.singleUse, ttlSec: v.ttlSec, rule: v.rule! });
-        continue;
-      }
       const rank = v.callDepth * 2 + (v.principal ? 0 : 1);
       if (!best || rank > best.rank) best = { verdict: v, rank, template: t };
     }

@@ -66,19 +66,33 @@ export function validateResource(
   return r.ok ? r : { ok: false, code: 'TASKPASS_INVALID_RESOURCE', reason: r.reason };
 }
 
-/** A SPIFFE ID split for matching: the trust domain first, then the path segments. */
+/** A SPIFFE ID split for matching: the trust domain first, then the path segments. Frozen. */
 export interface ParsedSpiffeId {
-  trustDomain: string;
-  path: string[];
+  readonly trustDomain: string;
+  readonly path: readonly string[];
 }
+
+// Agents are few and every request asks about one: each ID is parsed once (bounded: cleared when
+// full). The parsed values are frozen, so sharing them is safe.
+const parsedIds = new Map<string, ParsedSpiffeId | null>();
 
 /**
  * Parses a SPIFFE ID strictly (lower-case scheme and trust domain, non-empty path, segments of
  * [A-Za-z0-9._-], no "." / ".." segments, no query/fragment/port/userinfo). Undefined if invalid.
  */
 export function parseSpiffeId(id: string): ParsedSpiffeId | undefined {
-  if (typeof id !== 'string' || id.length > MAX_SPIFFE_ID_BYTES || !id.startsWith('spiffe://'))
-    return undefined;
+  if (typeof id !== 'string') return undefined;
+  let parsed = parsedIds.get(id);
+  if (parsed === undefined) {
+    parsed = parseSpiffeIdOnce(id) ?? null;
+    if (parsedIds.size >= 1024) parsedIds.clear();
+    parsedIds.set(id, parsed);
+  }
+  return parsed ?? undefined;
+}
+
+function parseSpiffeIdOnce(id: string): ParsedSpiffeId | undefined {
+  if (id.length > MAX_SPIFFE_ID_BYTES || !id.startsWith('spiffe://')) return undefined;
   const parts = id.slice('spiffe://'.length).split('/');
   const td = parts[0]!;
   if (td.length === 0 || !allIn(td, TRUST_DOMAIN_CHARS)) return undefined;
@@ -87,7 +101,7 @@ export function parseSpiffeId(id: string): ParsedSpiffeId | undefined {
   for (const seg of path) {
     if (seg.length === 0 || seg === '.' || seg === '..' || !allIn(seg, SPIFFE_PATH_CHARS)) return undefined;
   }
-  return { trustDomain: td, path };
+  return Object.freeze({ trustDomain: td, path: Object.freeze(path) });
 }
 
 /** Verified values placeholders are replaced with. */
@@ -326,7 +340,7 @@ function compileSegment(raw: string, kind: 'resource' | 'agent', last: boolean):
   return { kind: 'text', parts, star };
 }
 
-function agentPath(ctx: PatternContext | undefined): string[] | undefined {
+function agentPath(ctx: PatternContext | undefined): readonly string[] | undefined {
   if (!ctx?.agent) return undefined;
   const id = parseSpiffeId(ctx.agent);
   // SPIFFE path segments are a subset of resource segments, so each is a safe literal.
