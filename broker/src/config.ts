@@ -315,6 +315,11 @@ export const ConfigSchema = z
              */
             checkpoint: z.enum(['background', 'inline']).default('background'),
             /**
+             * With background checkpoints: the WAL's size, MiB, past which the checkpoint thread
+             * also starts it over (under steady load nothing else does). docs/performance.md.
+             */
+            walLimitMiB: z.number().int().min(1).max(65_536).default(64),
+            /**
              * Where issued-call and decision records are committed: `thread` (a writer thread with
              * its own connection; the event loop never waits for the fsync) or `inline` (on the
              * event loop). Either way a token is answered only after its record is durable.
@@ -345,6 +350,7 @@ export const ConfigSchema = z
                 mmapMiB: 1024,
                 writer: 'thread' as const,
                 checkpoint: 'background' as const,
+                walLimitMiB: 64,
               },
             },
       )

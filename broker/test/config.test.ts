@@ -15,7 +15,14 @@ test('defaults are applied and the result is deeply frozen', () => {
   assert.equal(c.tls.mode, 'spiffe');
   assert.equal(c.jwtSvidAudience, 'https://broker.test:8443');
   assert.deepEqual(c.store, {
-    sqlite: { path: 'taskpass.db', cacheMiB: 64, mmapMiB: 1024, writer: 'thread', checkpoint: 'background' },
+    sqlite: {
+      path: 'taskpass.db',
+      cacheMiB: 64,
+      mmapMiB: 1024,
+      writer: 'thread',
+      checkpoint: 'background',
+      walLimitMiB: 64,
+    },
   });
   assert.equal(c.tokens.defaultTtl, 60);
   assert.equal(c.keys.rotateEvery, 86400);

@@ -19,6 +19,7 @@ export interface StoreConfigSection {
         cacheMiB?: number | undefined;
         mmapMiB?: number | undefined;
         checkpoint?: 'background' | 'inline' | undefined;
+        walLimitMiB?: number | undefined;
         writer?: 'thread' | 'inline' | undefined;
       }
     | undefined;
@@ -61,6 +62,7 @@ export function createStore(
     ...(sqlite?.cacheMiB !== undefined ? { cacheMiB: sqlite.cacheMiB } : {}),
     ...(sqlite?.mmapMiB !== undefined ? { mmapMiB: sqlite.mmapMiB } : {}),
     ...(sqlite?.checkpoint ? { checkpoint: sqlite.checkpoint } : {}),
+    ...(sqlite?.walLimitMiB !== undefined ? { walLimitMiB: sqlite.walLimitMiB } : {}),
     ...(sqlite?.writer ? { writer: sqlite.writer } : {}),
     ...logger,
   });

@@ -11,6 +11,14 @@
 //   statements, runs a PASSIVE checkpoint every `checkpointIntervalMs`: it never waits for a lock
 //   and never blocks a writer. (Run between the writer's own commits, a checkpoint held every
 //   token of its 10–40 ms for as long as it copied: p99 at half load 65 ms in one run.)
+//   A PASSIVE checkpoint copies frames but never starts the WAL over: only a writer does, when
+//   its transaction begins with every frame already copied, and with a commit every millisecond
+//   that almost never happens — under steady load the WAL grew by the megabyte a second (512 MB
+//   in 22 s at 1,200 tokens/s) and every commit extended the file. So once the WAL holds
+//   `restartFrames` frames, the checkpoint thread follows its PASSIVE run with a RESTART one: it
+//   copies the few frames committed since, waits (briefly; its busy timeout is short) for the
+//   WAL's readers and makes the next commit write from the start of the file, which then stays
+//   at about that size.
 //
 // The worker's code is a short CommonJS script run with `eval`, so that it loads the same way from
 // the TypeScript sources (tests) and from the published package with no loader in the worker. It
@@ -46,6 +54,8 @@ export interface WriterOptions {
   sql: Record<string, string>;
   /** How often the worker runs a PASSIVE checkpoint, ms (0: never). */
   checkpointIntervalMs: number;
+  /** WAL frames past which a checkpoint also restarts the WAL (0: never). */
+  restartFrames: number;
   /** SQLite's automatic checkpoint on this worker's own commits. */
   autocheckpoint: boolean;
   busyTimeoutMs: number;
@@ -66,6 +76,7 @@ for (const [name, sql] of Object.entries(w.sql)) st[name] = db.prepare(sql);
 const begin = db.prepare('BEGIN IMMEDIATE');
 const commit = db.prepare('COMMIT');
 const checkpoint = db.prepare('PRAGMA wal_checkpoint(PASSIVE)');
+const restart = db.prepare('PRAGMA wal_checkpoint(RESTART)');
 const message = (e) => String(e && e.message ? e.message : e);
 // Nested in the batch's transaction this is a savepoint: an issued call is all or nothing.
 const issued = db.transaction((c) => {
@@ -73,10 +84,11 @@ const issued = db.transaction((c) => {
   st.bumpIssuedCount.run(c.taskId, c.tool, c.template);
   st.insertIssuedPrior.run(c.taskId, c.tool, c.resource, c.template);
 });
-const stats = { runs: 0, frames: 0, errors: 0, lastError: undefined, commits: 0, batches: 0 };
+const stats = { runs: 0, frames: 0, restarts: 0, errors: 0, lastError: undefined, commits: 0, batches: 0 };
 let queue = [];
 let scheduled = false;
 let refuseBelow = 0;
+let copied = 0;
 
 function write() {
   scheduled = false;
@@ -131,7 +143,23 @@ function runCheckpoint() {
   try {
     const r = checkpoint.get();
     stats.runs++;
-    stats.frames += r.checkpointed > 0 ? r.checkpointed : 0;
+    // r.checkpointed counts from the start of the WAL: what is new since the last run was copied now.
+    if (r.checkpointed > 0) stats.frames += r.checkpointed >= copied ? r.checkpointed - copied : r.checkpointed;
+    copied = Math.max(0, r.checkpointed);
+    if (w.restartFrames > 0 && r.log >= w.restartFrames && r.checkpointed === r.log) {
+      // A writer waits while this runs: at most the short busy timeout, then the next tick retries.
+      db.pragma('busy_timeout = ' + Math.min(w.busyTimeoutMs, 20));
+      try {
+        const again = restart.get();
+        if (again.busy === 0) {
+          stats.restarts++;
+          stats.frames += Math.max(0, again.checkpointed - copied);
+          copied = 0;
+        }
+      } finally {
+        db.pragma('busy_timeout = ' + w.busyTimeoutMs);
+      }
+    }
   } catch (e) {
     // Retried at the next tick; reported through stats.
     stats.errors++;
@@ -161,9 +189,10 @@ parentPort.postMessage('ready');
 
 /** Statistics of the worker so far. */
 export interface WriterStats {
-  /** Checkpoints run, WAL frames they copied into the database file, and failed ones. */
+  /** Checkpoints run, WAL frames they copied into the database file, WAL restarts, and failed ones. */
   runs: number;
   frames: number;
+  restarts: number;
   errors: number;
   lastError?: string | undefined;
   /** Transactions committed, and the batches (event-loop turns of the store) they held. */
@@ -202,6 +231,7 @@ export class SqliteWriter {
         path: o.path,
         sql: o.writes ? o.sql : {},
         checkpointIntervalMs: o.checkpointIntervalMs,
+        restartFrames: o.restartFrames,
         autocheckpoint: o.autocheckpoint,
         busyTimeoutMs: o.busyTimeoutMs,
         betterSqlite3,

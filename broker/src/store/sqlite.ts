@@ -70,6 +70,11 @@ export interface SqliteStoreOptions {
   /** How often the background checkpoint runs, ms (default 100). */
   checkpointIntervalMs?: number;
   /**
+   * The WAL's size, MiB, past which the background checkpoint also starts it over (default 64; a
+   * PASSIVE checkpoint alone never does under steady load, see store/sqlite-writer.ts).
+   */
+  walLimitMiB?: number;
+  /**
    * Where the hot path's group commits (issued calls, decision records) run: `thread` (default
    * for a file: the writer thread's connection; store/sqlite-writer.ts) or `inline` (this
    * connection, on the event loop; always for `:memory:`).
@@ -526,6 +531,7 @@ export class SqliteStore implements Store {
   readonly #mmapMiB: number;
   readonly #checkpoint: 'background' | 'inline';
   readonly #checkpointIntervalMs: number;
+  readonly #walLimitMiB: number;
   readonly #writerMode: 'thread' | 'inline';
   // The writer thread (undefined: everything inline). With it, the turn's records wait in #out,
   // are sent at the end of the turn, and stay in #pendingIssued until their batch was answered.
@@ -558,6 +564,7 @@ export class SqliteStore implements Store {
     this.#mmapMiB = Math.max(0, Math.floor(opts.mmapMiB ?? 1024));
     this.#checkpoint = this.path === ':memory:' ? 'inline' : (opts.checkpoint ?? 'background');
     this.#checkpointIntervalMs = Math.max(1, Math.floor(opts.checkpointIntervalMs ?? 100));
+    this.#walLimitMiB = Math.max(0, opts.walLimitMiB ?? 64);
     this.#writerMode = this.path === ':memory:' ? 'inline' : (opts.writer ?? 'thread');
     // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
     this.#events.setMaxListeners(0);
@@ -628,6 +635,9 @@ export class SqliteStore implements Store {
           writes: role === 'writer',
           sql: WRITER_SQL,
           checkpointIntervalMs: role === 'checkpointer' ? this.#checkpointIntervalMs : 0,
+          restartFrames: Math.ceil(
+            (this.#walLimitMiB * 1024 * 1024) / (db.pragma('page_size', { simple: true }) as number),
+          ),
           autocheckpoint: role === 'writer' && !background,
           busyTimeoutMs: this.#busyTimeoutMs,
           logger: this.#logger,

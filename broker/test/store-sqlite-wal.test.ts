@@ -1,0 +1,55 @@
+// The WAL under steady load (store/sqlite-writer.ts): PASSIVE checkpoints copy every frame, but
+// only a writer whose transaction begins with every frame copied starts the WAL over, which
+// commits back to back almost never allow. Past `walLimitMiB` the checkpoint thread restarts it.
+import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { chainAfter } from '../src/decision-chain.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
+import { tempDir } from './sqlite-support.ts';
+
+const walBytes = (path: string) => {
+  try {
+    return statSync(`${path}-wal`).size;
+  } catch {
+    return 0;
+  }
+};
+
+/** Decision records of ~40 KiB, appended back to back (each waits for its commit): ~10 frames each. */
+async function load(limitMiB: number): Promise<{ most: number; restarts: number; stored: number }> {
+  using tmp = tempDir();
+  const path = join(tmp.dir, 'broker.db');
+  const s = new SqliteStore({ path, checkpointIntervalMs: 5, walLimitMiB: limitMiB });
+  await s.init();
+  let most = 0;
+  try {
+    for (let i = 0; i < 600; i++) {
+      await s.appendDecisions((head) =>
+        chainAfter(head, [
+          { at: Date.now(), event: 'token.denied', task: `t${i}`, reason: 'z'.repeat(40_000) },
+        ]),
+      );
+      most = Math.max(most, walBytes(path));
+    }
+    const stats = await s.checkpointStats();
+    return { most, restarts: stats?.restarts ?? 0, stored: (await s.decisionHead()).seq };
+  } finally {
+    await s.close();
+  }
+}
+
+test('sqlite: under back-to-back commits the checkpoint thread keeps the WAL near its limit', async () => {
+  const limited = await load(1);
+  assert.equal(limited.stored, 600, 'every record stored');
+  assert.ok(limited.restarts > 0, 'the WAL was started over');
+  // 600 records of ~10 frames: ~25 MiB of WAL without restarts; the limit is 1 MiB.
+  assert.ok(limited.most < 4 * 1024 * 1024, `WAL at most ${limited.most} bytes with a 1 MiB limit`);
+  const unlimited = await load(0);
+  assert.equal(unlimited.restarts, 0);
+  assert.ok(
+    unlimited.most > 2 * limited.most,
+    `without restarts the WAL grows (${unlimited.most} bytes against ${limited.most})`,
+  );
+});
