@@ -28,6 +28,9 @@ export interface IssuanceResult {
   /** What-if: the broker with the peer chain parsed once per TLS connection (see README). */
   cachedChainRate: number;
   cachedChainRatio: number;
+  /** What-if: the broker with its records off (no issued-call write, audit, decision record or request line). */
+  recordsOffRate: number;
+  recordsOffRatio: number;
   brokerRate: number;
   baselineRate: number;
   ratio: number;
@@ -35,6 +38,8 @@ export interface IssuanceResult {
   latencyRate: number;
   brokerLatency: Percentiles;
   baselineLatency: Percentiles;
+  recordsOffLatency: Percentiles;
+  recordsOffCpuUs: number | undefined;
   /** The disk's own 4 KiB write + fdatasync on the store's directory, right after the latency run. */
   fdatasync: Percentiles;
   /** Main-thread CPU per request (µs, medians over rounds; undefined where not measurable). */
@@ -44,7 +49,7 @@ export interface IssuanceResult {
 }
 
 /** The bare route: parse the JSON body, sign one token with the broker's key, answer JSON. */
-async function startBaseline(env: BenchEnv): Promise<{ origin: string; close(): Promise<void> }> {
+export async function startBaseline(env: BenchEnv): Promise<{ origin: string; close(): Promise<void> }> {
   const serverFactory: FastifyServerFactory = (handler) =>
     createHttpsServer(env.httpsOptions, handler) as unknown as ReturnType<FastifyServerFactory>;
   const app = Fastify({ logger: false, serverFactory });
@@ -126,8 +131,10 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
   const conns = o.concurrency;
   const brokerLoad = new LoadClient({ origin: brokerOrigin, tls, connections: conns });
   const baseLoad = new LoadClient({ origin: baseline.origin, tls, connections: conns });
-  const cachedOrigin = await env.startVariant(cachedPeerChain());
+  const cachedOrigin = await env.startVariant({ peerCertificates: cachedPeerChain() });
   const cachedLoad = new LoadClient({ origin: cachedOrigin, tls, connections: conns });
+  const recordsOffOrigin = await env.startVariant({ records: false });
+  const recordsOffLoad = new LoadClient({ origin: recordsOffOrigin, tls, connections: conns });
   let brokerOffset = 0;
   let errors = 0;
   const runBroker = async (job: Parameters<LoadClient['run']>[0]) => {
@@ -142,6 +149,13 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
     brokerOffset += r.sent;
     errors += r.errors;
     check('broker (chain cached)', r);
+    return r;
+  };
+  const runRecordsOff = async (job: Parameters<LoadClient['run']>[0]) => {
+    const r = await recordsOffLoad.run({ ...job, offset: brokerOffset });
+    brokerOffset += r.sent;
+    errors += r.errors;
+    check('broker (records off)', r);
     return r;
   };
   const runBase = async (job: Parameters<LoadClient['run']>[0]) => {
@@ -165,10 +179,13 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
   const brokerRates: number[] = [];
   const baseRates: number[] = [];
   const cachedRates: number[] = [];
+  const recordsOffRates: number[] = [];
   const roundRatios: number[] = [];
   const cachedRatios: number[] = [];
+  const recordsOffRatios: number[] = [];
   const baseCpu: number[] = [];
   const brokerCpu: number[] = [];
+  const recordsOffCpu: number[] = [];
   const rows: string[][] = [
     [
       'round',
@@ -177,8 +194,11 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
       'ratio',
       'verify every request',
       'ratio',
+      'records off',
+      'ratio',
       'CPU/req bare',
       'CPU/req broker',
+      'CPU/req records off',
     ],
   ];
   for (let i = 0; i < o.rounds; i++) {
@@ -186,13 +206,16 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
       () => measured(() => runBase(closedJob(baselineReqs)), baseRates, baseCpu),
       () => measured(() => runBroker(closedJob(brokerReqs)), brokerRates, brokerCpu),
       async () => cachedRates.push(rate(await runCached(closedJob(brokerReqs)))),
+      () => measured(() => runRecordsOff(closedJob(brokerReqs)), recordsOffRates, recordsOffCpu),
     ];
     for (let k = 0; k < runs.length; k++) await runs[(i + k) % runs.length]!();
     const b = baseRates[i]!;
     const s1 = brokerRates[i]!;
     const s2 = cachedRates[i]!;
+    const s3 = recordsOffRates[i]!;
     roundRatios.push(s1 / b);
     cachedRatios.push(s2 / b);
+    recordsOffRatios.push(s3 / b);
     rows.push([
       String(i + 1),
       fmtRate(b),
@@ -200,15 +223,20 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
       (s1 / b).toFixed(2),
       fmtRate(s2),
       (s2 / b).toFixed(2),
+      fmtRate(s3),
+      (s3 / b).toFixed(2),
       fmtUs(baseCpu[i]),
       fmtUs(brokerCpu[i]),
+      fmtUs(recordsOffCpu[i]),
     ]);
   }
   const baselineCpuUs = baseCpu.length ? median(baseCpu) : undefined;
   const brokerCpuUs = brokerCpu.length ? median(brokerCpu) : undefined;
+  const recordsOffCpuUs = recordsOffCpu.length ? median(recordsOffCpu) : undefined;
   const brokerRate = median(brokerRates);
   const baselineRate = median(baseRates);
   const cachedChainRate = median(cachedRates);
+  const recordsOffRate = median(recordsOffRates);
   rows.push([
     'median',
     fmtRate(baselineRate),
@@ -216,8 +244,11 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
     median(roundRatios).toFixed(2),
     fmtRate(cachedChainRate),
     median(cachedRatios).toFixed(2),
+    fmtRate(recordsOffRate),
+    median(recordsOffRatios).toFixed(2),
     fmtUs(baselineCpuUs),
     fmtUs(brokerCpuUs),
+    fmtUs(recordsOffCpuUs),
   ]);
   console.log(
     `  saturation, closed loop, ${conns} keep-alive mTLS connections, ${o.roundMs / 1000} s per run:`,
@@ -241,8 +272,10 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
   });
   const sl = await runBroker(openJob(brokerReqs));
   const bl = await runBase(openJob(baselineReqs));
+  const rl = await runRecordsOff(openJob(brokerReqs));
   const brokerLatency = percentiles(sl.latencies);
   const baselineLatency = percentiles(bl.latencies);
+  const recordsOffLatency = percentiles(rl.latencies);
   console.log(
     `  latency at ${fmtRate(latencyRate)} (half the broker's saturation), open loop, ${o.latencyMs / 1000} s:`,
   );
@@ -252,6 +285,7 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
         ['target', 'n', 'p50', 'p90', 'p99', 'max'],
         latRow('bare sign route', baselineLatency),
         latRow('broker issuance', brokerLatency),
+        latRow('records off', recordsOffLatency),
       ]),
     ),
   );
@@ -264,10 +298,15 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
   await brokerLoad.close();
   await baseLoad.close();
   await cachedLoad.close();
+  await recordsOffLoad.close();
   await baseline.close();
   return {
     cachedChainRate,
     cachedChainRatio: median(cachedRatios),
+    recordsOffRate,
+    recordsOffRatio: median(recordsOffRatios),
+    recordsOffLatency,
+    recordsOffCpuUs,
     brokerRate,
     baselineRate,
     ratio: median(roundRatios),

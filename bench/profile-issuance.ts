@@ -3,11 +3,12 @@
 // went: self time by package or source file, the top functions, and the inclusive time of
 // Taskpass's own functions. The profile is written for DevTools. Like `npm run bench`, it runs the
 // built packages (what users run; build first):
-//   npm run build && node --import tsx bench/profile-issuance.ts [seconds] [out.cpuprofile]
+//   npm run build && node --import tsx bench/profile-issuance.ts [--bare] [seconds] [out.cpuprofile]
 // With `--conditions=taskpass:source` it profiles the TypeScript sources through tsx instead.
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import { SqliteStore } from '@taskpass/broker';
+import { startBaseline } from './issuance.ts';
 import { openTasks, startBenchEnv, tokenRequests } from './lib/env.ts';
 import { LoadClient } from './lib/load.ts';
 
@@ -22,13 +23,18 @@ interface Profile {
   timeDeltas: number[];
 }
 
-const seconds = Number(process.argv[2] ?? 6);
-const out = process.argv[3] ?? 'issuance.cpuprofile';
+const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
+const seconds = Number(args[0] ?? 6);
+const out = args[1] ?? 'issuance.cpuprofile';
+const bare = process.argv.includes('--bare');
 const env = await startBenchEnv();
-const requests = tokenRequests(await openTasks(env, 500));
+const tasks = await openTasks(env, 500);
+// --bare: the bench's bare route (parse, sign, answer) instead of the broker, for comparison.
+const baseline = bare ? await startBaseline(env) : undefined;
+const requests = bare ? tokenRequests(tasks, () => '/sign') : tokenRequests(tasks);
 const tls = { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca };
 const conns = Number(process.env.CONNS ?? 16);
-const load = new LoadClient({ origin: env.brokerUrl, tls, connections: conns });
+const load = new LoadClient({ origin: baseline?.origin ?? env.brokerUrl, tls, connections: conns });
 const job = (durationMs: number, offset: number) =>
   ({ kind: 'closed', concurrency: conns, warmupMs: 0, durationMs, requests, offset }) as const;
 const warm = await load.run(job(2000, 0));
@@ -86,5 +92,6 @@ const top = (m: Map<string, number>, n: number) =>
 console.log(`\nself time by package or file:\n${top(files, 25)}\n\ntop functions:\n${top(fns, 25)}`);
 console.log(`\ninclusive time, Taskpass's own functions:\n${top(inclusive, 40)}`);
 await load.close();
+await baseline?.close();
 await env.close();
 process.exit(0);

@@ -71,6 +71,7 @@ async function main(): Promise<void> {
       }
       info.push(
         `for comparison, chain parsed once per connection but verified on every request (no identity cache): issuance ÷ bare = ${r.cachedChainRatio.toFixed(2)} (${fmtRate(r.cachedChainRate)})`,
+        `what-if, records off (no issued-call write, audit line, decision record or request line): issuance ÷ bare = ${r.recordsOffRatio.toFixed(2)} (${fmtRate(r.recordsOffRate)}), main-thread CPU ${r.recordsOffCpuUs === undefined ? '—' : `${Math.round(r.recordsOffCpuUs)} µs`} per request, p99 at half load ${fmtMs(r.recordsOffLatency.p99)}`,
       );
       if (r.errors) info.push(`issuance: ${r.errors} failed requests`);
     }

@@ -74,12 +74,31 @@ export interface BenchEnv {
   verifierDispatcher(): Agent;
   /**
    * Another broker app on its own port, sharing store, keys, policies, hub and logs with the main
-   * one, but with its own peer-certificate lookup (for what-if measurements). Returns its origin.
+   * one, for what-if measurements: with its own peer-certificate lookup, or with its records off
+   * (see {@link withoutRecords}). Returns its origin.
    */
-  startVariant(peerCertificates: AppDeps['peerCertificates']): Promise<string>;
+  startVariant(o: { peerCertificates?: AppDeps['peerCertificates']; records?: false }): Promise<string>;
   /** The broker's public JWKS. */
   jwks(): { keys: Record<string, unknown>[] };
   close(): Promise<void>;
+}
+
+/**
+ * What-if, never for serving: the store as the broker sees it, except that issued calls and
+ * decision records are not written (they resolve at once, nothing hashed or sent to the writer).
+ * With the audit and request lines off too, it shows what the issuance path costs without its
+ * records: the part of the gap to the bare route that durability and audit do not explain.
+ */
+function withoutRecords(store: Store): Store {
+  return new Proxy(store, {
+    get(target, prop) {
+      if (prop === 'recordIssued') return async () => true;
+      if (prop === 'appendDecisions') return async () => [];
+      const v = Reflect.get(target, prop, target);
+      // Bound to the store itself: its methods use private fields, which a proxy does not have.
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
 }
 
 const pemOf = (certs: readonly X509Certificate[]): string => certs.map((c) => c.toString()).join('');
@@ -172,18 +191,20 @@ export async function startBenchEnv(
     audience: config.jwtSvidAudience ?? config.issuer,
     trustDomains: [TRUST_DOMAIN],
   });
-  const build = (peerCertificates?: AppDeps['peerCertificates']) =>
+  const build = (o: { peerCertificates?: AppDeps['peerCertificates']; records?: false } = {}) =>
     buildApp({
       config,
-      store,
+      store: o.records === false ? withoutRecords(store) : store,
       keys,
       policies,
       identity: { agentAuth },
       userTokens: createUserTokenVerifier(config.users.trustedIssuers),
       hub,
-      logger,
+      // Records off: no audit line and no request line either (info level).
+      logger: o.records === false ? logger.child({}, { level: 'warn' }) : logger,
+      ...(o.records === false ? { audit: { record() {} } } : {}),
       serverFactory,
-      ...(peerCertificates ? { peerCertificates } : {}),
+      ...(o.peerCertificates ? { peerCertificates: o.peerCertificates } : {}),
     });
   const brokerApp = build();
   const variants: FastifyInstance[] = [];
@@ -223,8 +244,8 @@ export async function startBenchEnv(
       return d;
     },
     jwks: () => keys.jwks() as unknown as { keys: Record<string, unknown>[] },
-    async startVariant(peerCertificates) {
-      const app = build(peerCertificates);
+    async startVariant(o) {
+      const app = build(o);
       variants.push(app);
       await app.listen({ host: '127.0.0.1', port: 0 });
       return `https://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
