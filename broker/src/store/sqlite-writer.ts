@@ -14,11 +14,15 @@
 //   A PASSIVE checkpoint copies frames but never starts the WAL over: only a writer does, when
 //   its transaction begins with every frame already copied, and with a commit every millisecond
 //   that almost never happens — under steady load the WAL grew by the megabyte a second (512 MB
-//   in 22 s at 1,200 tokens/s) and every commit extended the file. So once the WAL holds
-//   `restartFrames` frames, the checkpoint thread follows its PASSIVE run with a RESTART one: it
-//   copies the few frames committed since, waits (briefly; its busy timeout is short) for the
-//   WAL's readers and makes the next commit write from the start of the file, which then stays
-//   at about that size.
+//   in 22 s at 1,200 tokens/s) and every commit extended the file. So once a PASSIVE run finds
+//   `restartFrames` frames, the checkpoint thread raises a flag shared with the committing
+//   connection (a SharedArrayBuffer), which after its next COMMIT runs a RESTART checkpoint itself
+//   — the writer thread, or the store's own connection with `writer: inline`: it copies the
+//   frames committed since, waits (briefly) for the WAL's readers, and its next commit writes from
+//   the start of the file, which then stays at about that size. The committer does it, not the
+//   checkpoint thread: a RESTART holds the write lock, and a writer waiting for a lock sleeps in
+//   SQLite's busy handler in steps of 1, 2, 5, 10… ms (tried that way, the checkpoint thread's
+//   restarts mostly gave up on a busy writer).
 //
 // The worker's code is a short CommonJS script run with `eval`, so that it loads the same way from
 // the TypeScript sources (tests) and from the published package with no loader in the worker. It
@@ -56,6 +60,8 @@ export interface WriterOptions {
   checkpointIntervalMs: number;
   /** WAL frames past which a checkpoint also restarts the WAL (0: never). */
   restartFrames: number;
+  /** One Int32 shared by the store's connections: the checkpoint thread asks for a WAL restart. */
+  restartFlag: SharedArrayBuffer;
   /** SQLite's automatic checkpoint on this worker's own commits. */
   autocheckpoint: boolean;
   busyTimeoutMs: number;
@@ -85,6 +91,7 @@ const issued = db.transaction((c) => {
   st.insertIssuedPrior.run(c.taskId, c.tool, c.resource, c.template);
 });
 const stats = { runs: 0, frames: 0, restarts: 0, errors: 0, lastError: undefined, commits: 0, batches: 0 };
+const restartWanted = new Int32Array(w.restartFlag);
 let queue = [];
 let scheduled = false;
 let refuseBelow = 0;
@@ -127,6 +134,7 @@ function write() {
       stats.commits++;
       stats.batches += live.length;
       answers.push(...done);
+      if (Atomics.exchange(restartWanted, 0, 0) === 1) restartWal();
     } catch (e) {
       try {
         if (db.inTransaction) db.exec('ROLLBACK');
@@ -139,6 +147,25 @@ function write() {
   parentPort.postMessage({ answers, refuseBelow });
 }
 
+// Copies what is left of the WAL and starts it over; waits at most 20 ms for its readers (the
+// event loop's read transactions are short). Busy (a checkpoint running): asked again next tick.
+function restartWal() {
+  db.pragma('busy_timeout = ' + Math.min(w.busyTimeoutMs, 20));
+  try {
+    const r = restart.get();
+    if (r.busy === 0) {
+      stats.restarts++;
+      stats.frames += Math.max(0, r.checkpointed - copied);
+      copied = 0;
+    }
+  } catch (e) {
+    stats.errors++;
+    stats.lastError = message(e);
+  } finally {
+    db.pragma('busy_timeout = ' + w.busyTimeoutMs);
+  }
+}
+
 function runCheckpoint() {
   try {
     const r = checkpoint.get();
@@ -146,19 +173,10 @@ function runCheckpoint() {
     // r.checkpointed counts from the start of the WAL: what is new since the last run was copied now.
     if (r.checkpointed > 0) stats.frames += r.checkpointed >= copied ? r.checkpointed - copied : r.checkpointed;
     copied = Math.max(0, r.checkpointed);
-    if (w.restartFrames > 0 && r.log >= w.restartFrames && r.checkpointed === r.log) {
-      // A writer waits while this runs: at most the short busy timeout, then the next tick retries.
-      db.pragma('busy_timeout = ' + Math.min(w.busyTimeoutMs, 20));
-      try {
-        const again = restart.get();
-        if (again.busy === 0) {
-          stats.restarts++;
-          stats.frames += Math.max(0, again.checkpointed - copied);
-          copied = 0;
-        }
-      } finally {
-        db.pragma('busy_timeout = ' + w.busyTimeoutMs);
-      }
+    if (w.restartFrames > 0 && r.log >= w.restartFrames) {
+      // The connection that commits starts it over (an idle WAL is started over by its next
+      // commit anyway: that transaction begins with every frame copied).
+      Atomics.store(restartWanted, 0, 1);
     }
   } catch (e) {
     // Retried at the next tick; reported through stats.
@@ -232,6 +250,7 @@ export class SqliteWriter {
         sql: o.writes ? o.sql : {},
         checkpointIntervalMs: o.checkpointIntervalMs,
         restartFrames: o.restartFrames,
+        restartFlag: o.restartFlag,
         autocheckpoint: o.autocheckpoint,
         busyTimeoutMs: o.busyTimeoutMs,
         betterSqlite3,

@@ -532,6 +532,8 @@ export class SqliteStore implements Store {
   readonly #checkpoint: 'background' | 'inline';
   readonly #checkpointIntervalMs: number;
   readonly #walLimitMiB: number;
+  /** Raised by the checkpoint thread: the committing connection starts the WAL over (store/sqlite-writer.ts). */
+  readonly #restartWanted = new Int32Array(new SharedArrayBuffer(4));
   readonly #writerMode: 'thread' | 'inline';
   // The writer thread (undefined: everything inline). With it, the turn's records wait in #out,
   // are sent at the end of the turn, and stay in #pendingIssued until their batch was answered.
@@ -635,6 +637,7 @@ export class SqliteStore implements Store {
           writes: role === 'writer',
           sql: WRITER_SQL,
           checkpointIntervalMs: role === 'checkpointer' ? this.#checkpointIntervalMs : 0,
+          restartFlag: this.#restartWanted.buffer as SharedArrayBuffer,
           restartFrames: Math.ceil(
             (this.#walLimitMiB * 1024 * 1024) / (db.pragma('page_size', { simple: true }) as number),
           ),
@@ -828,6 +831,22 @@ export class SqliteStore implements Store {
     db?.close();
   }
 
+  /**
+   * With `writer: inline` and background checkpoints: starts the WAL over when the checkpoint
+   * thread asked (what the writer thread does otherwise; store/sqlite-writer.ts). Waits at most
+   * 20 ms for the WAL's readers; busy, it is asked again.
+   */
+  #restartWal(db: Database.Database): void {
+    db.pragma(`busy_timeout = ${Math.min(this.#busyTimeoutMs, 20)}`);
+    try {
+      db.pragma('wal_checkpoint(RESTART)');
+    } catch (err) {
+      this.#logger?.warn({ err, store: 'sqlite' }, 'WAL restart failed (asked again later)');
+    } finally {
+      db.pragma(`busy_timeout = ${this.#busyTimeoutMs}`);
+    }
+  }
+
   /** Commits the open group-commit batch (if any) and settles its waiters. */
   #commitBatch(): void {
     const batch = this.#batch;
@@ -837,6 +856,7 @@ export class SqliteStore implements Store {
     try {
       if (!db || !this.#stmts) throw new Error('SqliteStore: closed with issued calls not committed');
       this.#stmts.commit.run();
+      if (Atomics.exchange(this.#restartWanted, 0, 0) === 1) this.#restartWal(db);
     } catch (e) {
       try {
         if (db?.inTransaction) db.exec('ROLLBACK');
