@@ -137,27 +137,17 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
   const recordsOffLoad = new LoadClient({ origin: recordsOffOrigin, tls, connections: conns });
   let brokerOffset = 0;
   let errors = 0;
-  const runBroker = async (job: Parameters<LoadClient['run']>[0]) => {
-    const r = await brokerLoad.run({ ...job, offset: brokerOffset });
+  // The broker apps share one store and one list of requests: each run goes on where the last stopped.
+  const brokerRunner = (load: LoadClient, what: string) => async (job: Parameters<LoadClient['run']>[0]) => {
+    const r = await load.run({ ...job, offset: brokerOffset });
     brokerOffset += r.sent;
     errors += r.errors;
-    check('broker', r);
+    check(what, r);
     return r;
   };
-  const runCached = async (job: Parameters<LoadClient['run']>[0]) => {
-    const r = await cachedLoad.run({ ...job, offset: brokerOffset });
-    brokerOffset += r.sent;
-    errors += r.errors;
-    check('broker (chain cached)', r);
-    return r;
-  };
-  const runRecordsOff = async (job: Parameters<LoadClient['run']>[0]) => {
-    const r = await recordsOffLoad.run({ ...job, offset: brokerOffset });
-    brokerOffset += r.sent;
-    errors += r.errors;
-    check('broker (records off)', r);
-    return r;
-  };
+  const runBroker = brokerRunner(brokerLoad, 'broker');
+  const runCached = brokerRunner(cachedLoad, 'broker (chain cached)');
+  const runRecordsOff = brokerRunner(recordsOffLoad, 'broker (records off)');
   const runBase = async (job: Parameters<LoadClient['run']>[0]) => {
     const r = await baseLoad.run(job);
     errors += r.errors;
