@@ -49,19 +49,16 @@ test('sqlite: under back-to-back commits the WAL is started over near its limit'
   const limited = await load(1);
   assert.equal(limited.stored, 600, 'every record stored');
   assert.ok(limited.restarts > 0, 'the WAL was started over');
-  // 600 records of ~10 frames: ~25 MiB of WAL without restarts; the limit is 1 MiB.
+  // 600 records of ~10 frames: ~25 MiB of WAL if it is never started over; the limit is 1 MiB.
+  // (With `walLimitMiB: 0` on a quiet machine: 21 MB, against 2.6 MB here. On a busy one the gaps
+  // between commits let SQLite start it over by itself now and then, so that is not asserted.)
   assert.ok(limited.most < 4 * 1024 * 1024, `WAL at most ${limited.most} bytes with a 1 MiB limit`);
-  const unlimited = await load(0);
-  assert.equal(unlimited.restarts, 0);
-  assert.ok(
-    unlimited.most > 2 * limited.most,
-    `without restarts the WAL grows (${unlimited.most} bytes against ${limited.most})`,
-  );
+  assert.equal((await load(0)).restarts, 0, 'no restart asked for without a limit');
 });
 
 test("sqlite: with the writer inline, the store's own connection starts the WAL over", async () => {
   const limited = await load(1, 'inline');
   assert.equal(limited.stored, 600, 'every record stored');
-  // ~25 MiB of WAL without restarts (as the first test shows for the writer thread).
+  // ~25 MiB of WAL if it is never started over (40 MB measured with `walLimitMiB: 0`, quiet machine).
   assert.ok(limited.most < 4 * 1024 * 1024, `WAL at most ${limited.most} bytes with a 1 MiB limit`);
 });

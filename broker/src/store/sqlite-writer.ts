@@ -134,7 +134,6 @@ function write() {
       stats.commits++;
       stats.batches += live.length;
       answers.push(...done);
-      if (Atomics.exchange(restartWanted, 0, 0) === 1) restartWal();
     } catch (e) {
       try {
         if (db.inTransaction) db.exec('ROLLBACK');
@@ -145,6 +144,8 @@ function write() {
     }
   }
   parentPort.postMessage({ answers, refuseBelow });
+  // After the answers are out: the tokens of this batch do not wait for it, the next batch does.
+  if (Atomics.exchange(restartWanted, 0, 0) === 1) restartWal();
 }
 
 // Copies what is left of the WAL and starts it over; waits at most 20 ms for its readers (the

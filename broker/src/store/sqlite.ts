@@ -856,7 +856,6 @@ export class SqliteStore implements Store {
     try {
       if (!db || !this.#stmts) throw new Error('SqliteStore: closed with issued calls not committed');
       this.#stmts.commit.run();
-      if (Atomics.exchange(this.#restartWanted, 0, 0) === 1) this.#restartWal(db);
     } catch (e) {
       try {
         if (db?.inTransaction) db.exec('ROLLBACK');
@@ -868,6 +867,8 @@ export class SqliteStore implements Store {
       return;
     }
     for (const w of batch) w.resolve();
+    // The waiters are settled first (they continue after this turn); the next batch waits for it.
+    if (Atomics.exchange(this.#restartWanted, 0, 0) === 1) this.#restartWal(db);
   }
 
   async createTask(task: TaskRecord): Promise<void> {
