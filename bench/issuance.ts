@@ -3,6 +3,7 @@
 // same kind of connection: HTTPS with the same server certificate, the client presenting its
 // X.509-SVID, keep-alive connections reused from an undici Pool in a worker thread.
 import type { X509Certificate } from 'node:crypto';
+import { statSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { dirname } from 'node:path';
@@ -284,6 +285,11 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
     `  the disk under the store: 4 KiB write + fdatasync, ${fdatasync.n} times: p50 ${fmtMs(fdatasync.p50)}, p99 ${fmtMs(fdatasync.p99)}, max ${fmtMs(fdatasync.max)} (every token waits for one sync)`,
   );
   console.log(`  calls per task at the end: ~${Math.round(brokerOffset / tasks.length)}`);
+  // Under steady load only the WAL restarts keep this near store.sqlite.walLimitMiB (default 64).
+  const wal = statSync(`${env.config.store.sqlite?.path}-wal`, { throwIfNoEntry: false })?.size ?? 0;
+  console.log(
+    `  the store's WAL file at the end: ${(wal / 2 ** 20).toFixed(1)} MiB (started over past 64 MiB)`,
+  );
 
   await brokerLoad.close();
   await baseLoad.close();
