@@ -72,8 +72,9 @@ export interface ParsedSpiffeId {
   readonly path: readonly string[];
 }
 
-// Agents are few and every request asks about one: each ID is parsed once (bounded: cleared when
-// full). The parsed values are frozen, so sharing them is safe.
+// Agents are few and every request asks about one: each ID is parsed once. Bounded: at most 1024
+// IDs of at most 2048 bytes (longer ones are refused before), cleared when full. The parsed values
+// are frozen, so sharing them is safe.
 const parsedIds = new Map<string, ParsedSpiffeId | null>();
 
 /**
@@ -81,7 +82,7 @@ const parsedIds = new Map<string, ParsedSpiffeId | null>();
  * [A-Za-z0-9._-], no "." / ".." segments, no query/fragment/port/userinfo). Undefined if invalid.
  */
 export function parseSpiffeId(id: string): ParsedSpiffeId | undefined {
-  if (typeof id !== 'string') return undefined;
+  if (typeof id !== 'string' || id.length > MAX_SPIFFE_ID_BYTES) return undefined;
   let parsed = parsedIds.get(id);
   if (parsed === undefined) {
     parsed = parseSpiffeIdOnce(id) ?? null;
@@ -92,7 +93,7 @@ export function parseSpiffeId(id: string): ParsedSpiffeId | undefined {
 }
 
 function parseSpiffeIdOnce(id: string): ParsedSpiffeId | undefined {
-  if (id.length > MAX_SPIFFE_ID_BYTES || !id.startsWith('spiffe://')) return undefined;
+  if (!id.startsWith('spiffe://')) return undefined;
   const parts = id.slice('spiffe://'.length).split('/');
   const td = parts[0]!;
   if (td.length === 0 || !allIn(td, TRUST_DOMAIN_CHARS)) return undefined;
