@@ -2,6 +2,7 @@
 // tests build it with static sources and use inject(). Each group of routes lives in its own
 // encapsulated scope with its own authentication hook, so nothing leaks onto /healthz and friends.
 import type { X509Certificate } from 'node:crypto';
+import { statSync } from 'node:fs';
 import swagger from '@fastify/swagger';
 import Fastify, {
   type FastifyError,
@@ -128,6 +129,18 @@ export function buildServices(deps: AppDeps): BrokerServices {
       registers: [metrics.registry],
       collect() {
         this.set(audit.queued);
+      },
+    });
+  }
+  const WAL = 'taskpass_store_wal_bytes';
+  const { store } = deps;
+  if (store instanceof SqliteStore && store.path !== ':memory:' && !metrics.registry.getSingleMetric(WAL)) {
+    new Gauge({
+      name: WAL,
+      help: "Size of the SQLite store's WAL file, bytes (under load it stays near store.sqlite.walLimitMiB).",
+      registers: [metrics.registry],
+      collect() {
+        this.set(statSync(`${store.path}-wal`, { throwIfNoEntry: false })?.size ?? 0);
       },
     });
   }

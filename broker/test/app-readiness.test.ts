@@ -1,10 +1,14 @@
 // Readiness and metrics report the broker's own SVID: a stale one (Workload API down, SVID still
 // valid) keeps the broker ready and says so; an expired or missing one makes it not ready.
 import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import type { SvidHealth } from '../src/routes/context.ts';
 import type { VaultHealth } from '../src/vault.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
 import { testBroker } from './app-support.ts';
+import { tempDir } from './sqlite-support.ts';
 
 function healthOf(state: { current: SvidHealth }): () => SvidHealth {
   return () => state.current;
@@ -127,4 +131,32 @@ test('readiness reports Vault: not ready while Vault signs and is sealed or down
   assert.equal(r.json().checks.vault, undefined);
   assert.equal(r.json().vault, undefined);
   for (const b of [signing, leasing, plain]) await b.app.close();
+});
+
+test("metrics: the SQLite store's WAL size, read at scrape time (none for other stores)", async () => {
+  using tmp = tempDir();
+  const store = new SqliteStore({ path: join(tmp.dir, 'broker.db') });
+  await store.init();
+  const b = await testBroker({}, { store });
+  try {
+    const wal = async () => {
+      const m = /^taskpass_store_wal_bytes (\d+)$/m.exec((await b.app.inject('/metrics')).body);
+      return m ? Number(m[1]) : undefined;
+    };
+    const size = () => statSync(join(tmp.dir, 'broker.db-wal')).size;
+    const before = await wal();
+    assert.equal(before, size(), 'the gauge is the file size');
+    assert.ok(before! > 0 && before! < 2_000_000);
+    // 2 MB in one record: the file grows past any size it had, wherever the WAL starts over.
+    await store.revokeToken(`jti-${'x'.repeat(2_000_000)}`, Math.floor(Date.now() / 1000) + 60, 'test');
+    const after = await wal();
+    assert.ok(after! > 2_000_000, `read again at the next scrape (${before} → ${after})`);
+    assert.equal(after, size());
+  } finally {
+    await b.app.close();
+    await store.close();
+  }
+  const memory = await testBroker();
+  assert.doesNotMatch((await memory.app.inject('/metrics')).body, /taskpass_store_wal_bytes/);
+  await memory.app.close();
 });
