@@ -285,10 +285,10 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
     `  the disk under the store: 4 KiB write + fdatasync, ${fdatasync.n} times: p50 ${fmtMs(fdatasync.p50)}, p99 ${fmtMs(fdatasync.p99)}, max ${fmtMs(fdatasync.max)} (every token waits for one sync)`,
   );
   console.log(`  calls per task at the end: ~${Math.round(brokerOffset / tasks.length)}`);
-  // Under steady load only the WAL restarts keep this near store.sqlite.walLimitMiB (default 64).
+  // Under steady load only the WAL restarts keep this near store.sqlite.walLimitMiB.
   const wal = statSync(`${env.config.store.sqlite?.path}-wal`, { throwIfNoEntry: false })?.size ?? 0;
   console.log(
-    `  the store's WAL file at the end: ${(wal / 2 ** 20).toFixed(1)} MiB (started over past 64 MiB)`,
+    `  the store's WAL file at the end: ${(wal / 2 ** 20).toFixed(1)} MiB (started over past store.sqlite.walLimitMiB, ${env.config.store.sqlite?.walLimitMiB ?? 64} MiB)`,
   );
 
   await brokerLoad.close();

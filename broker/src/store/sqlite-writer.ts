@@ -18,8 +18,9 @@
 //   `restartFrames` frames, the checkpoint thread raises a flag shared with the committing
 //   connection (a SharedArrayBuffer), which after its next COMMIT runs a RESTART checkpoint itself
 //   — the writer thread, or the store's own connection with `writer: inline`: it copies the
-//   frames committed since, waits (briefly) for the WAL's readers, and its next commit writes from
-//   the start of the file, which then stays at about that size. The committer does it, not the
+//   frames committed since and, unless a read is on the WAL (then it is asked again after the next
+//   commit: it never waits), its next commit writes from the start of the file, which then stays
+//   at about that size. The committer does it, not the
 //   checkpoint thread: a RESTART holds the write lock, and a writer waiting for a lock sleeps in
 //   SQLite's busy handler in steps of 1, 2, 5, 10… ms (tried that way, the checkpoint thread's
 //   restarts mostly gave up on a busy writer).
@@ -148,13 +149,16 @@ function write() {
   if (Atomics.exchange(restartWanted, 0, 0) === 1) restartWal();
 }
 
-// Copies what is left of the WAL and starts it over; waits at most 20 ms for its readers (the
-// event loop's read transactions are short). Busy (a checkpoint running): asked again next tick.
+// Copies what is left of the WAL and starts it over, without waiting: the tokens of the next
+// batch wait for it. Busy (the checkpoint thread copying, a read on the WAL): asked again after
+// the next commit. (Waiting up to 20 ms for a busy checkpoint thread held every token that long.)
 function restartWal() {
-  db.pragma('busy_timeout = ' + Math.min(w.busyTimeoutMs, 20));
+  db.pragma('busy_timeout = 0');
+  let done = false;
   try {
     const r = restart.get();
     if (r.busy === 0) {
+      done = true;
       stats.restarts++;
       stats.frames += Math.max(0, r.checkpointed - copied);
       copied = 0;
@@ -165,6 +169,7 @@ function restartWal() {
   } finally {
     db.pragma('busy_timeout = ' + w.busyTimeoutMs);
   }
+  if (!done) Atomics.store(restartWanted, 0, 1);
 }
 
 function runCheckpoint() {
