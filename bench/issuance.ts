@@ -280,6 +280,10 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
       ]),
     ),
   );
+  const late = [bl, sl, rl].map((r) => percentiles(r.sendLate));
+  console.log(
+    `  the load generator's own lateness in sending (counted in the latencies above; its thread shares the cores): p99 ${late.map((p) => fmtMs(p.p99)).join(' / ')}, max ${late.map((p) => fmtMs(p.max)).join(' / ')} (bare / broker / records off)`,
+  );
   const fdatasync = fdatasyncLatency(dirname(env.config.store.sqlite?.path ?? '.'));
   console.log(
     `  the disk under the store: 4 KiB write + fdatasync, ${fdatasync.n} times: p50 ${fmtMs(fdatasync.p50)}, p99 ${fmtMs(fdatasync.p99)}, max ${fmtMs(fdatasync.max)} (every token waits for one sync)`,

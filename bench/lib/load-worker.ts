@@ -87,7 +87,7 @@ async function closed(job: Extract<LoadJob, { kind: 'closed' }>): Promise<LoadRe
   stop = true;
   const elapsedMs = performance.now() - start;
   await Promise.all(callers);
-  return { ...t, elapsedMs, latencies: lat, sent: next - job.offset };
+  return { ...t, elapsedMs, latencies: lat, sendLate: [], sent: next - job.offset };
 }
 
 async function open(job: Extract<LoadJob, { kind: 'open' }>): Promise<LoadResult> {
@@ -97,6 +97,7 @@ async function open(job: Extract<LoadJob, { kind: 'open' }>): Promise<LoadResult
   const total = Math.floor(((job.warmupMs + job.durationMs) / 1000) * job.rate);
   const warm = Math.floor((job.warmupMs / 1000) * job.rate);
   const lat: number[] = [];
+  const sendLate: number[] = [];
   const pending: Promise<void>[] = [];
   const start = performance.now();
   let i = 0;
@@ -106,6 +107,7 @@ async function open(job: Extract<LoadJob, { kind: 'open' }>): Promise<LoadResult
       const scheduled = start + i * interval;
       const measured = i >= warm;
       const r = reqs[(job.offset + i) % reqs.length]!;
+      if (measured) sendLate.push(performance.now() - scheduled);
       pending.push(
         send(r, t).then((ok) => {
           if (!measured) return;
@@ -121,7 +123,7 @@ async function open(job: Extract<LoadJob, { kind: 'open' }>): Promise<LoadResult
     await new Promise((r) => setTimeout(r, Math.max(0, wait)));
   }
   await Promise.all(pending);
-  return { ...t, elapsedMs: job.durationMs, latencies: lat, sent: total };
+  return { ...t, elapsedMs: job.durationMs, latencies: lat, sendLate, sent: total };
 }
 
 parentPort!.on('message', async (msg: { id: number; job: LoadJob } | { close: true }) => {

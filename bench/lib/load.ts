@@ -48,6 +48,11 @@ export interface LoadResult {
   elapsedMs: number;
   /** Per-request latency (ms) of the measured 2xx answers. */
   latencies: number[];
+  /**
+   * Open loop: how late the generator itself started each measured request after its scheduled
+   * time (ms; part of its latency). Its own stalls show here. Closed loop: empty.
+   */
+  sendLate: number[];
   /** Requests started in total (warm-up included); advance the next offset by this. */
   sent: number;
 }
