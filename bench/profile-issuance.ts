@@ -3,7 +3,7 @@
 // went: self time by package or source file, the top functions, and the inclusive time of
 // Taskpass's own functions. The profile is written for DevTools. Like `npm run bench`, it runs the
 // built packages (what users run; build first):
-//   npm run build && node --import tsx bench/profile-issuance.ts [--bare] [seconds] [out.cpuprofile]
+//   npm run build && node --import tsx bench/profile-issuance.ts [--bare | --records-off] [seconds] [out.cpuprofile]
 // With `--conditions=taskpass:source` it profiles the TypeScript sources through tsx instead.
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
@@ -27,6 +27,7 @@ const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
 const seconds = Number(args[0] ?? 6);
 const out = args[1] ?? 'issuance.cpuprofile';
 const bare = process.argv.includes('--bare');
+const recordsOff = process.argv.includes('--records-off');
 const env = await startBenchEnv();
 const tasks = await openTasks(env, 500);
 // --bare: the bench's bare route (parse, sign, answer) instead of the broker, for comparison.
@@ -34,7 +35,9 @@ const baseline = bare ? await startBaseline(env) : undefined;
 const requests = bare ? tokenRequests(tasks, () => '/sign') : tokenRequests(tasks);
 const tls = { key: env.agent.key, cert: env.agent.cert, ca: env.agent.ca };
 const conns = Number(process.env.CONNS ?? 16);
-const load = new LoadClient({ origin: baseline?.origin ?? env.brokerUrl, tls, connections: conns });
+// --records-off: the bench's records-off broker (nothing written, no log lines; bench/lib/env.ts).
+const origin = baseline?.origin ?? (recordsOff ? await env.startVariant({ records: false }) : env.brokerUrl);
+const load = new LoadClient({ origin, tls, connections: conns });
 const job = (durationMs: number, offset: number) =>
   ({ kind: 'closed', concurrency: conns, warmupMs: 0, durationMs, requests, offset }) as const;
 const warm = await load.run(job(2000, 0));

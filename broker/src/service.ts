@@ -18,7 +18,7 @@ import type { WorkloadIdentity } from './auth.ts';
 import type { BrokerConfig } from './config.ts';
 import { BrokerError } from './errors.ts';
 import type { BrokerMetrics } from './metrics.ts';
-import { mintTokenWith } from './mint.ts';
+import { mintTokenWith, prepareToken } from './mint.ts';
 import { type DecisionPoints, type PdpVerdict, pdpInputOf } from './pdp/index.ts';
 import type {
   ApprovalRequirement,
@@ -486,7 +486,7 @@ export class TaskService {
         ...(claim ? { approval: claim } : {}),
       };
       const key = this.d.keys.current();
-      const { token, jti } = await mintTokenWith(key, {
+      const prepared = prepareToken(key, {
         issuer: this.d.config.issuer,
         sub: task.sub,
         agent: agent.id,
@@ -504,7 +504,9 @@ export class TaskService {
         toolCount = 0;
         for (const n of history.callCounts(req.tool).values()) toolCount += n;
       }
-      const recorded = await durable(
+      const { jti } = prepared;
+      // The record is queued for the store first, then the token is signed (mint.ts, prepareToken).
+      const recording = durable(
         'record the issued call',
         this.d.store.recordIssued(
           {
@@ -524,6 +526,10 @@ export class TaskService {
           },
         ),
       );
+      const signing = prepared.sign();
+      // Not awaited when the record fails (and a local signature does not fail).
+      signing.catch(() => {});
+      const recorded = await recording;
       if (!recorded) {
         // The minted token was never handed out; it dies here. (Had its approval been used by a
         // concurrent request, the next attempt finds it used and asks for a new one.)
@@ -533,6 +539,7 @@ export class TaskService {
           'the task changed concurrently on every attempt to record this call; try again',
         );
       }
+      const token = await signing;
       this.d.metrics.decisions.inc({ result: 'allow', reason: 'allowed' });
       this.d.metrics.issuance.observe((performance.now() - started) / 1000);
       this.d.audit.record({

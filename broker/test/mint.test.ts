@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, sign } from 'node:crypto';
 import { test } from 'node:test';
 import { createLocalJWKSet, decodeProtectedHeader, exportJWK, generateKeyPair, jwtVerify } from 'jose';
-import { mintToken, newJti } from '../src/mint.ts';
+import { mintToken, newJti, prepareToken } from '../src/mint.ts';
 
 const base = {
   issuer: 'https://broker.test',
@@ -89,4 +89,54 @@ test('tokens signed by different keys carry their own kid', () => {
     assert.equal(decodeProtectedHeader(token).kid, kid);
     assert.equal(decodeProtectedHeader(token).typ, 'at+jwt');
   }
+});
+
+test('prepareToken: the id and claims first, the signatures of a turn together at its end', async () => {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const order: string[] = [];
+  // What the store does: its batch is queued for the end of the turn before the tokens are signed.
+  setImmediate(() => order.push('store batch sent'));
+  const prepared = ['t/1', 't/2', 't/3'].map((resource) =>
+    prepareToken({ kid: 'k1', privateKey }, { ...base, detail: { ...base.detail, resource } }),
+  );
+  const signing = prepared.map(async (p) => {
+    const t = await p.sign();
+    order.push(`signed ${p.jti}`);
+    return t;
+  });
+  await Promise.resolve();
+  assert.deepEqual(order, [], 'nothing is signed within the turn');
+  const tokens = await Promise.all(signing);
+  assert.deepEqual(order, ['store batch sent', ...prepared.map((p) => `signed ${p.jti}`)]);
+  for (const [i, token] of tokens.entries()) {
+    const { payload } = await jwtVerify(token, publicKey, {
+      typ: 'at+jwt',
+      algorithms: ['ES256'],
+      currentDate: new Date((base.iat + 1) * 1000),
+    });
+    assert.deepEqual(payload, prepared[i]!.claims);
+    assert.equal(payload.jti, prepared[i]!.jti);
+  }
+});
+
+test('prepareToken: a remote signer signs the same input; a key that cannot sign fails its token alone', async () => {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const inputs: string[] = [];
+  const remote = {
+    kid: 'k1',
+    sign: async (input: Buffer) => {
+      inputs.push(input.toString());
+      return sign('sha256', input, { key: privateKey, dsaEncoding: 'ieee-p1363' });
+    },
+  };
+  const token = await prepareToken(remote, base).sign();
+  assert.equal(inputs.length, 1);
+  assert.equal(token.slice(0, token.lastIndexOf('.')), inputs[0]);
+  await jwtVerify(token, publicKey, { currentDate: new Date((base.iat + 1) * 1000) });
+
+  const ed = generateKeyPairSync('ed25519').privateKey;
+  const bad = prepareToken({ kid: 'k2', privateKey: ed }, base).sign();
+  const good = prepareToken({ kid: 'k1', privateKey }, base).sign();
+  await assert.rejects(bad);
+  await jwtVerify(await good, publicKey, { currentDate: new Date((base.iat + 1) * 1000) });
 });
