@@ -189,9 +189,9 @@ export interface PreparedToken {
 
 /**
  * {@link mintTokenWith} in two steps, so that the caller can act on the token's id before it is
- * signed: the broker sends the issued call's record to the store first, and at the end of the
- * turn the store's batch leaves for the writer thread before the turn's tokens are signed, while
- * it commits.
+ * signed: with an in-process key the broker queues the issued call's record first, and at the end
+ * of the turn the store's batch leaves for the writer thread before the turn's tokens are signed,
+ * while it commits. (A remote signer can fail; the broker has it sign before recording.)
  */
 export function prepareToken(
   key: TokenSigningKey,

@@ -505,7 +505,10 @@ export class TaskService {
         for (const n of history.callCounts(req.tool).values()) toolCount += n;
       }
       const { jti } = prepared;
-      // The record is queued for the store first, then the token is signed (mint.ts, prepareToken).
+      // A remote signer (Vault Transit) can fail: it signs before the call is recorded, so that a
+      // failure leaves nothing behind. An in-process key signs at the end of the turn, after the
+      // record has left for the store (mint.ts, prepareToken).
+      const signedFirst = key.privateKey ? undefined : await prepared.sign();
       const recording = durable(
         'record the issued call',
         this.d.store.recordIssued(
@@ -526,7 +529,7 @@ export class TaskService {
           },
         ),
       );
-      const signing = prepared.sign();
+      const signing = signedFirst === undefined ? prepared.sign() : Promise.resolve(signedFirst);
       // Not awaited when the record fails (and a local signature does not fail).
       signing.catch(() => {});
       const recorded = await recording;

@@ -531,6 +531,8 @@ export async function testBroker<S extends Store = MemoryStore>(
     store?: S;
     policy?: PolicyPort;
     keysProtection?: 'encrypted' | 'plaintext';
+    /** The signing key the broker uses (default: an in-process P-256 key, kid `k1`). */
+    signingKey?: ReturnType<AppDeps['keys']['current']>;
     /** Receives the audit records (default: the silent logger). */
     audit?: Parameters<typeof buildApp>[0]['audit'];
     /** Adds to the fake authenticator (e.g. a `svidHealth` for readiness tests). */
@@ -570,7 +572,7 @@ export async function testBroker<S extends Store = MemoryStore>(
     config,
     store,
     keys: {
-      current: () => ({ kid: 'k1', privateKey }),
+      current: () => opts.signingKey ?? { kid: 'k1', privateKey },
       jwks: () => ({ keys: [publicJwk] }),
       ...(opts.keysProtection ? { protection: opts.keysProtection } : {}),
     },

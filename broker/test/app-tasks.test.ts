@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
+import { generateKeyPairSync, sign } from 'node:crypto';
 import { test } from 'node:test';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
+import { BrokerError } from '../src/errors.ts';
 import {
   AGENT,
   ISSUER,
@@ -302,4 +304,34 @@ test('an authenticated workload that is not an allowed agent gets 403 TASKPASS_F
   assert.equal(fr.json().code, 'TASKPASS_FORBIDDEN');
   assert.equal((await f.app.inject({ url: '/v1/revocations', headers: f.mtls(AGENT) })).statusCode, 200);
   assert.equal((await f.app.inject('/v1/revocations')).statusCode, 401);
+});
+
+test('a remote signer that fails leaves no issued call behind; one that works signs what is recorded', async () => {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  let up = false;
+  const b = await testBroker(
+    {},
+    {
+      signingKey: {
+        kid: 'k1',
+        sign: async (input: Buffer) => {
+          if (!up) throw new BrokerError('TASKPASS_SIGNER_UNAVAILABLE', 'Vault is sealed');
+          return sign('sha256', input, { key: privateKey, dsaEncoding: 'ieee-p1363' });
+        },
+      },
+    },
+  );
+  const t = await openTask(b);
+  const down = await token(b, t.task_id, read);
+  assert.equal(down.statusCode, 503, down.body);
+  assert.equal(down.json().code, 'TASKPASS_SIGNER_UNAVAILABLE');
+  assert.deepEqual(await b.store.listIssued(t.task_id), [], 'nothing recorded for a token never signed');
+  up = true;
+  const ok = await token(b, t.task_id, read);
+  assert.equal(ok.statusCode, 200, ok.body);
+  const { payload } = await jwtVerify(ok.json().access_token, publicKey);
+  assert.deepEqual(
+    (await b.store.listIssued(t.task_id)).map((c) => c.jti),
+    [payload.jti],
+  );
 });
