@@ -20,10 +20,9 @@
 //   — the writer thread, or the store's own connection with `writer: inline`: it copies the
 //   frames committed since and, unless a read is on the WAL (then it is asked again after the next
 //   commit: it never waits), its next commit writes from the start of the file, which then stays
-//   at about that size. The committer does it, not the
-//   checkpoint thread: a RESTART holds the write lock, and a writer waiting for a lock sleeps in
-//   SQLite's busy handler in steps of 1, 2, 5, 10… ms (tried that way, the checkpoint thread's
-//   restarts mostly gave up on a busy writer).
+//   at about that size. The committer does it, not the checkpoint thread: a RESTART holds the
+//   write lock, and a writer waiting for a lock sleeps in SQLite's busy handler in steps of 1, 2,
+//   5, 10… ms (tried that way, the checkpoint thread's restarts mostly gave up on a busy writer).
 //
 // The worker's code is a short CommonJS script run with `eval`, so that it loads the same way from
 // the TypeScript sources (tests) and from the published package with no loader in the worker. It
@@ -151,25 +150,24 @@ function write() {
 
 // Copies what is left of the WAL and starts it over, without waiting: the tokens of the next
 // batch wait for it. Busy (the checkpoint thread copying, a read on the WAL): asked again after
-// the next commit. (Waiting up to 20 ms for a busy checkpoint thread held every token that long.)
+// the next commit; failed: at the checkpoint thread's next run. (Waiting up to 20 ms for a busy
+// checkpoint thread held every token that long.)
 function restartWal() {
   db.pragma('busy_timeout = 0');
-  let done = false;
   try {
     const r = restart.get();
     if (r.busy === 0) {
-      done = true;
       stats.restarts++;
       stats.frames += Math.max(0, r.checkpointed - copied);
       copied = 0;
-    }
+    } else Atomics.store(restartWanted, 0, 1);
   } catch (e) {
+    // Asked again by the checkpoint thread's next run, not after every commit.
     stats.errors++;
     stats.lastError = message(e);
   } finally {
     db.pragma('busy_timeout = ' + w.busyTimeoutMs);
   }
-  if (!done) Atomics.store(restartWanted, 0, 1);
 }
 
 function runCheckpoint() {

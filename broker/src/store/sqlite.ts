@@ -566,7 +566,7 @@ export class SqliteStore implements Store {
     this.#mmapMiB = Math.max(0, Math.floor(opts.mmapMiB ?? 1024));
     this.#checkpoint = this.path === ':memory:' ? 'inline' : (opts.checkpoint ?? 'background');
     this.#checkpointIntervalMs = Math.max(1, Math.floor(opts.checkpointIntervalMs ?? 100));
-    this.#walLimitMiB = Math.max(0, Number(process.env.WALMIB ?? opts.walLimitMiB ?? 64));
+    this.#walLimitMiB = Math.max(0, opts.walLimitMiB ?? 64);
     this.#writerMode = this.path === ':memory:' ? 'inline' : (opts.writer ?? 'thread');
     // Every feed subscriber (SSE stream) goes through the hub, not here; a handful of listeners.
     this.#events.setMaxListeners(0);
@@ -834,19 +834,20 @@ export class SqliteStore implements Store {
   /**
    * With `writer: inline` and background checkpoints: starts the WAL over when the checkpoint
    * thread asked (what the writer thread does otherwise; store/sqlite-writer.ts). Never waits:
-   * busy (the checkpoint thread copying, a read on the WAL), it is asked again after the next commit.
+   * busy (the checkpoint thread copying, a read on the WAL), it is asked again after the next
+   * commit; failed, at the checkpoint thread's next run.
    */
   #restartWal(db: Database.Database): void {
     db.pragma('busy_timeout = 0');
-    let done = false;
     try {
-      done = (db.pragma('wal_checkpoint(RESTART)') as { busy: number }[])[0]?.busy === 0;
+      const busy = (db.pragma('wal_checkpoint(RESTART)') as { busy: number }[])[0]?.busy !== 0;
+      if (busy) Atomics.store(this.#restartWanted, 0, 1);
     } catch (err) {
+      // Asked again by the checkpoint thread's next run, not after every commit.
       this.#logger?.warn({ err, store: 'sqlite' }, 'WAL restart failed (asked again later)');
     } finally {
       db.pragma(`busy_timeout = ${this.#busyTimeoutMs}`);
     }
-    if (!done) Atomics.store(this.#restartWanted, 0, 1);
   }
 
   /** Commits the open group-commit batch (if any) and settles its waiters. */
