@@ -4,7 +4,9 @@
 // `taskpass audit verify`.
 import { createHash } from 'node:crypto';
 import { canonicalJson } from '@taskpass/contract';
-import type { ChainHead, DecisionRecord, DecisionStore } from './store/types.ts';
+import type { ChainHead, DecisionInput, DecisionRecord, DecisionStore } from './store/types.ts';
+
+export type { DecisionInput };
 
 /** Events that issued a token (the `allowed` filter; counted as `issued`). */
 export const ALLOWED_EVENTS: ReadonlySet<string> = new Set(['token.issued', 'session.issued']);
@@ -23,9 +25,6 @@ export function countKeyOf(r: { event: string; code?: unknown }): string | undef
   if (typeof r.code === 'string') return r.code;
   return ALLOWED_EVENTS.has(r.event) ? 'issued' : undefined;
 }
-
-/** A record before it is chained: the event, its fields and when. */
-export type DecisionInput = Omit<DecisionRecord, 'seq' | 'prev_hash' | 'hash'>;
 
 /** SHA-256 (hex) of the canonical JSON of the record without its `hash`. */
 export function recordHash(r: Omit<DecisionRecord, 'hash'> | DecisionRecord): string {

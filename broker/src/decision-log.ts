@@ -11,8 +11,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { AUDIT_FIELDS, type AuditEvent, type AuditLog } from './audit.ts';
-import { chainAfter, type DecisionInput } from './decision-chain.ts';
-import type { DecisionRecord, DecisionStore } from './store/types.ts';
+import type { DecisionInput, DecisionRecord, DecisionStore } from './store/types.ts';
 
 export interface DecisionRecorderOptions {
   store: DecisionStore;
@@ -171,7 +170,7 @@ export class DecisionRecorder implements AuditLog {
     if (batch.length === 0) return;
     let stored: DecisionRecord[];
     try {
-      stored = await this.#store.appendDecisions((head) => chainAfter(head, batch));
+      stored = await this.#store.appendDecisions(batch);
     } catch (e) {
       this.#queue.unshift(...batch);
       throw e;

@@ -5,7 +5,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { exportJWK, SignJWT } from 'jose';
 import pino from 'pino';
 import { type AppDeps, type BrokerServices, buildApp, buildServices } from '../src/app.ts';
-import { countKeyOf, outcomeOf } from '../src/decision-chain.ts';
+import { chainAfter, countKeyOf, outcomeOf } from '../src/decision-chain.ts';
 import type { WorkloadAuthenticator, WorkloadIdentity } from '../src/auth.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
 import { BrokerError } from '../src/errors.ts';
@@ -22,6 +22,7 @@ import {
   type ClosingStatus,
   type ConsoleSessionRecord,
   type DecisionFilter,
+  type DecisionInput,
   type DecisionRecord,
   GENESIS_HASH,
   type IssuedCall,
@@ -263,9 +264,9 @@ export class MemoryStore implements Store {
   decisions: DecisionRecord[] = [];
   anchor: ChainHead = { seq: 0, hash: GENESIS_HASH };
   sessions = new Map<string, ConsoleSessionRecord>();
-  async appendDecisions(build: (head: ChainHead) => DecisionRecord[]) {
+  async appendDecisions(inputs: readonly DecisionInput[]) {
     if (this.failWrites) throw new Error('disk full');
-    const recs = build(await this.decisionHead());
+    const recs = chainAfter(await this.decisionHead(), inputs);
     this.decisions.push(...recs.map((r) => structuredClone(r)));
     return recs;
   }

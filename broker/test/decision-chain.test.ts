@@ -110,9 +110,9 @@ test('a store that refuses records: flush rejects, the batch stays queued in ord
   const flaky = new Proxy(store, {
     get(target, prop, receiver) {
       if (prop === 'appendDecisions') {
-        return (build: Parameters<SqliteStore['appendDecisions']>[0]) => {
+        return (inputs: Parameters<SqliteStore['appendDecisions']>[0]) => {
           if (refuse-- > 0) return Promise.reject(new Error('disk full'));
-          return target.appendDecisions(build);
+          return target.appendDecisions(inputs);
         };
       }
       const v = Reflect.get(target, prop, receiver);

@@ -2,7 +2,7 @@
 // against every store: SQLite in decision-chain.test.ts, Redis in decision-chain.redis.test.ts.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { chainAfter, type DecisionInput, verifyChain } from '../src/decision-chain.ts';
+import { type DecisionInput, verifyChain } from '../src/decision-chain.ts';
 import { DecisionRecorder } from '../src/decision-log.ts';
 import { GENESIS_HASH, type Store } from '../src/store/types.ts';
 import type { MakeStore } from './store-contract.ts';
@@ -26,7 +26,7 @@ export function inputs(n: number, task = 'tsk_1', at = T0): DecisionInput[] {
   ) as DecisionInput[];
 }
 
-export const append = (s: Store, recs: DecisionInput[]) => s.appendDecisions((h) => chainAfter(h, recs));
+export const append = (s: Store, recs: DecisionInput[]) => s.appendDecisions(recs);
 
 async function withStore(make: MakeStore, fn: (s: Store) => Promise<void>): Promise<void> {
   const { store, cleanup } = await make();

@@ -6,7 +6,6 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
-import { chainAfter } from '../src/decision-chain.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import { tempDir } from './sqlite-support.ts';
 
@@ -30,11 +29,9 @@ async function load(
   let most = 0;
   try {
     for (let i = 0; i < 600; i++) {
-      await s.appendDecisions((head) =>
-        chainAfter(head, [
-          { at: Date.now(), event: 'token.denied', task: `t${i}`, reason: 'z'.repeat(40_000) },
-        ]),
-      );
+      await s.appendDecisions([
+        { at: Date.now(), event: 'token.denied', task: `t${i}`, reason: 'z'.repeat(40_000) },
+      ]);
       most = Math.max(most, walBytes(path));
     }
     // Whichever thread restarted it: the writer thread when asked, else the checkpoint thread.
@@ -72,11 +69,9 @@ for (const writer of ['thread', 'inline'] as const) {
     await s.init();
     let n = 0;
     const append = (bytes: number) =>
-      s.appendDecisions((head) =>
-        chainAfter(head, [
-          { at: Date.now(), event: 'token.denied', task: `t${n++}`, reason: 'z'.repeat(bytes) },
-        ]),
-      );
+      s.appendDecisions([
+        { at: Date.now(), event: 'token.denied', task: `t${n++}`, reason: 'z'.repeat(bytes) },
+      ]);
     try {
       const commitsIn500ms = async () => {
         let k = 0;

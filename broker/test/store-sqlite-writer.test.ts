@@ -6,9 +6,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { chainAfter, verifyChain } from '../src/decision-chain.ts';
+import { chainAfter, type DecisionInput, recordHash, verifyChain } from '../src/decision-chain.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import type { IssuedCall } from '../src/store/types.ts';
+import { GENESIS_HASH, type IssuedCall } from '../src/store/types.ts';
 import { append, decisionContract, inputs } from './decision-chain.ts';
 import { approvalContract } from './store-approvals.ts';
 import { type MakeStore, storeContract } from './store-contract.ts';
@@ -75,33 +75,29 @@ test('writer thread: a cap counts the calls decided and not committed yet', () =
   }));
 
 test('writer thread: a failed batch fails alone; later records land on an unbroken chain', () =>
-  withFileStore({}, async (s) => {
+  withFileStore({ busyTimeoutMs: 20 }, async (s, view) => {
     await append(s, inputs(1));
-    // A record whose seq is taken: the whole batch (with the issued call beside it) is rolled back.
     const failure = (p: Promise<unknown>) =>
       p.then(
         () => undefined,
         (e: Error) => e.message,
       );
-    const bad = failure(s.appendDecisions((head) => chainAfter({ seq: head.seq - 1, hash: 'x' }, inputs(1))));
+    // Another connection holds the write lock past the writer's busy timeout: the whole batch
+    // (records and the issued call beside them) fails, and nothing of it is written.
+    const lock = holdWriteLock(view.path);
+    const bad = failure(append(s, inputs(2, 'tsk_lost')));
     const beside = failure(s.recordIssued(call('lost')));
-    const outcomes = [];
-    // Batches sent before and after the store learned of the failure, each in its own turn.
+    assert.match(String(await bad), /locked|busy/i);
+    assert.match(String(await beside), /locked|busy/i, 'the call in the same batch failed with it');
+    lock.release();
+    // Batches of later turns chain on the head the file has: every one of them is stored.
+    const later = [];
     for (let i = 0; i < 6; i++) {
+      later.push(append(s, inputs(1, `tsk_${i}`)));
       await turn();
-      outcomes.push(
-        append(s, inputs(1, `tsk_${i}`)).then(
-          (r) => ({ ok: true, seq: r[0]!.seq }),
-          () => ({ ok: false, seq: 0 }),
-        ),
-      );
     }
-    assert.match(String(await bad), /UNIQUE/);
-    assert.match(String(await beside), /UNIQUE/, 'the call in the same batch failed with it');
-    // Those sent before the store saw the failure are refused (they may chain on the lost record).
-    const settled = await Promise.all(outcomes);
-    const after = await append(s, inputs(1, 'tsk_after'));
-    settled.push({ ok: true, seq: after[0]!.seq });
+    const seqs = (await Promise.all(later)).map((r) => r[0]!.seq);
+    assert.deepEqual(seqs, [2, 3, 4, 5, 6, 7]);
     assert.deepEqual(
       await s.countIssued('t1', 'get_ticket'),
       new Map(),
@@ -109,11 +105,34 @@ test('writer thread: a failed batch fails alone; later records land on an unbrok
     );
     const verdict = await verifyChain(s);
     assert.equal(verdict.ok, true, JSON.stringify(verdict));
-    const head = await s.decisionHead();
-    assert.equal(head.seq, 1 + settled.filter((o) => o.ok).length, 'every append that resolved is stored');
-    for (const o of settled.filter((x) => x.ok)) {
-      assert.equal((await s.decisionsRange(o.seq - 1, 1))[0]?.seq, o.seq);
-    }
+    assert.equal((await s.decisionHead()).seq, 7);
+  }));
+
+test('writer thread: it chains and hashes records exactly as decision-chain.ts does', () =>
+  withFileStore({}, async (s) => {
+    // Fields whose canonical JSON is easy to get wrong: key order by UTF-16 code units, escapes,
+    // non-ASCII, numbers in exponent form, negative zero, empty strings.
+    const tricky = [
+      {
+        at: 1,
+        event: 'token.denied',
+        Zeta: 'upper first',
+        alpha: 'ä\u0000"\\\n',
+        é: 'é',
+        '😀': '𝄞',
+        code: 'X',
+      },
+      { at: 2, event: 'token.issued', n: 1e21, m: -0, small: 5e-7, empty: '', task: 'tsk_ü' },
+      // Keys that look like array indices go first in an object: the writer must not rely on order.
+      { at: 3, event: 'task.opened', '10': 'ten', '9': 'nine', 'a"b': 'q', 'a\\b': 'r', ab: 's', A: 't' },
+    ] as DecisionInput[];
+    const stored = await append(s, tricky);
+    assert.deepEqual(stored, chainAfter({ seq: 0, hash: GENESIS_HASH }, tricky));
+    // As JSON, as the file keeps them (-0 is 0 there, and in the hash).
+    assert.deepEqual(await s.decisionsRange(0, 10), JSON.parse(JSON.stringify(stored)));
+    for (const r of stored) assert.equal(recordHash(r), r.hash);
+    assert.equal((await verifyChain(s)).ok, true);
+    assert.deepEqual(await s.decisionCounts(0, 10), { X: 1, issued: 1 });
   }));
 
 test('writer thread: when it dies, batches in flight fail and the store goes on inline', () =>

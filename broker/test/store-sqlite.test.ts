@@ -220,10 +220,9 @@ test('sqlite: decision records join the issued-call group commit, durable before
       expiresAt: now + 60,
     });
     const records = append(s, [{ at: Date.now(), event: 'token.issued', task: 't1', jti: 'j1' }]);
+    // A field with no JSON form cannot be hashed: that append fails, nothing of it is written.
     const bad = s
-      .appendDecisions(() => {
-        throw new Error('cannot build');
-      })
+      .appendDecisions([{ at: Date.now(), event: 'token.denied', n: 1n as unknown as number }])
       .then(
         () => undefined,
         (e: Error) => e,
@@ -232,7 +231,7 @@ test('sqlite: decision records join the issued-call group commit, durable before
     await Promise.all([issued, records]);
     assert.equal(count('issued'), 1);
     assert.equal(count('decisions'), 1);
-    assert.match(String(await bad), /cannot build/, 'only the failed append is rejected');
+    assert.match(String(await bad), /BigInt/, 'only the failed append is rejected');
     assert.equal((await s.decisionHead()).seq, 1);
   }));
 
@@ -470,9 +469,11 @@ test('sqlite: WAL checkpoints run on a thread of their own; inline when asked; n
   assert.equal(background.stats?.errors, 0);
   const inline = await walPages('inline');
   assert.equal(inline.stats, undefined, 'no checkpoint thread when asked for inline');
-  // Both keep the WAL bounded; without any checkpoint it would hold all ~4,000 frames.
-  assert.ok(background.most < 2_000, `background: WAL at most ${background.most} frames`);
-  assert.ok(inline.most < 2_000, `inline: WAL at most ${inline.most} frames`);
+  // Both keep the WAL bounded; without any checkpoint it would hold all ~4,000 frames. (The
+  // thread every 5 ms kept it under 2,000 on a quiet machine, and went to ~2,300 with both cores
+  // busy compiling; the bound is what tells "checkpointed" from "not".)
+  assert.ok(background.most < 3_000, `background: WAL at most ${background.most} frames`);
+  assert.ok(inline.most < 3_000, `inline: WAL at most ${inline.most} frames`);
 });
 
 test('sqlite: with the checkpoint thread stopped, both connections checkpoint inline again', async () => {

@@ -59,6 +59,7 @@ import {
   type ClosingStatus,
   type ConsoleSessionRecord,
   type DecisionFilter,
+  type DecisionInput,
   type DecisionRecord,
   GENESIS_HASH,
   type IssuedCall,
@@ -70,7 +71,7 @@ import {
   type TaskRecord,
   type TaskStatus,
 } from './types.ts';
-import { countKeyOf, outcomeOf } from '../decision-chain.ts';
+import { chainAfter, countKeyOf, outcomeOf } from '../decision-chain.ts';
 import { mapStoreFailures } from './unavailable.ts';
 
 /** Options of {@link RedisStore}. */
@@ -1177,11 +1178,12 @@ export class RedisStore implements Store {
     return [this.#k('dec', 'head'), this.#k('dec', 'rec'), this.#k('dec', 'time'), this.#k('dec', 'anchor')];
   }
 
-  async appendDecisions(build: (head: ChainHead) => DecisionRecord[]): Promise<DecisionRecord[]> {
+  async appendDecisions(inputs: readonly DecisionInput[]): Promise<DecisionRecord[]> {
+    if (inputs.length === 0) return [];
     let head = await this.decisionHead();
     // Bounded: each retry means another replica appended; one of them always wins.
     for (let attempt = 0; attempt < 20; attempt++) {
-      const records = build(head);
+      const records = chainAfter(head, inputs);
       const last = records.at(-1);
       if (!last) return [];
       const args: (string | number)[] = [

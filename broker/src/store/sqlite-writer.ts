@@ -30,23 +30,30 @@
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import type { IssuedCall } from './types.ts';
+import { ALLOWED_EVENTS, DENIED_EVENTS } from '../decision-chain.ts';
+import type { DecisionInput, IssuedCall } from './types.ts';
 
 /** One record of a batch. */
 export type WriterOp =
   | { kind: 'issued'; call: IssuedCall }
-  | {
-      kind: 'decisions';
-      /** insertDecision's parameters, one row per record. */
-      rows: unknown[][];
-      head: { seq: number; hash: string };
-    };
+  /** Decision records, chained by the worker after the head it finds in its transaction. */
+  | { kind: 'decisions'; inputs: readonly DecisionInput[] };
+
+/** Where the worker chained one `decisions` op: the first seq, its prev_hash, every record's hash. */
+export interface Chained {
+  seq: number;
+  prev: string;
+  hashes: string[];
+}
 
 /** What the worker answers for one batch. */
 export type BatchOutcome =
   | {
-      ok: true /** Per op: undefined, or the message of the record that failed alone. */;
+      ok: true;
+      /** Per op: null, or the message of the op that failed alone (nothing of it written). */
       errors: (string | null)[];
+      /** Per op: for `decisions`, where they were chained; null otherwise. */
+      chained: (Chained | null)[];
     }
   | { ok: false; error: string };
 
@@ -54,7 +61,7 @@ export interface WriterOptions {
   path: string;
   /** Group commits on the worker (`false`: the worker only checkpoints). */
   writes: boolean;
-  /** The statements' SQL, by name: insertIssued, bumpIssuedCount, insertIssuedPrior, insertDecision, setDecisionHead, setMark. */
+  /** The statements' SQL, by name: insertIssued, bumpIssuedCount, insertIssuedPrior, decisionHead, insertDecision, setDecisionHead, setMark. */
   sql: Record<string, string>;
   /** How often the worker runs a PASSIVE checkpoint, ms (0: never). */
   checkpointIntervalMs: number;
@@ -71,6 +78,7 @@ export interface WriterOptions {
 }
 
 const WORKER = `
+const crypto = require('node:crypto');
 const { parentPort, workerData: w } = require('node:worker_threads');
 const Database = require(w.betterSqlite3);
 const db = new Database(w.path, { fileMustExist: true });
@@ -84,68 +92,155 @@ const commit = db.prepare('COMMIT');
 const checkpoint = db.prepare('PRAGMA wal_checkpoint(PASSIVE)');
 const restart = db.prepare('PRAGMA wal_checkpoint(RESTART)');
 const message = (e) => String(e && e.message ? e.message : e);
-// Nested in the batch's transaction this is a savepoint: an issued call is all or nothing.
-const issued = db.transaction((c) => {
+function writeIssued(c) {
   st.insertIssued.run(c.jti, c.taskId, c.tool, c.resource, c.action, c.template, c.issuedAt, c.expiresAt);
   st.bumpIssuedCount.run(c.taskId, c.tool, c.template);
   st.insertIssuedPrior.run(c.taskId, c.tool, c.resource, c.template);
-});
+}
+// Nested in the batch's transaction this is a savepoint: an issued call is all or nothing.
+const issuedAlone = db.transaction(writeIssued);
+// Thrown when a call fails without its savepoint: the batch is written again, with savepoints.
+const RETRY_WITH_SAVEPOINTS = new Error('retry with savepoints');
 const stats = { runs: 0, frames: 0, restarts: 0, errors: 0, lastError: undefined, commits: 0, batches: 0 };
 const restartWanted = new Int32Array(w.restartFlag);
 let queue = [];
 let scheduled = false;
-let refuseBelow = 0;
 let copied = 0;
+
+// The decision chain (decision-chain.ts chainAfter and recordHash; the cross-check is
+// store-sqlite-writer.test.ts): SHA-256 over the canonical JSON of the record without its hash.
+// canonical() is @taskpass/contract's canonicalJson, which this script cannot import; flat() is
+// the same for a record of strings and numbers (all of them), in one JSON.stringify of the
+// fields in sorted order: an object keeps string keys in insertion order, except keys that look
+// like array indices, which go first (those, and __proto__, take canonical()).
+function canonical(v) {
+  if (v === null || typeof v !== 'object') {
+    const s = JSON.stringify(v);
+    if (s === undefined) throw new TypeError('a decision record field has no JSON form');
+    return s;
+  }
+  if (Array.isArray(v)) return '[' + v.map(canonical).join(',') + ']';
+  const keys = Object.keys(v).sort();
+  let out = '';
+  for (const k of keys) {
+    if (v[k] === undefined) continue;
+    out += (out ? ',' : '') + JSON.stringify(k) + ':' + canonical(v[k]);
+  }
+  return '{' + out + '}';
+}
+const INDEX = /^(?:0|[1-9][0-9]*)$/;
+function flat(r) {
+  const keys = Object.keys(r).sort();
+  const o = {};
+  for (const k of keys) {
+    const v = r[k];
+    if (v === undefined) continue;
+    if ((v !== null && typeof v === 'object') || INDEX.test(k) || k === '__proto__') return canonical(r);
+    o[k] = v;
+  }
+  return JSON.stringify(o);
+}
+// crypto.hash (Node 20.12 and later) hashes a string in one call, without a Hash object.
+const sha256 = crypto.hash
+  ? (s) => crypto.hash('sha256', s, 'hex')
+  : (s) => crypto.createHash('sha256').update(s).digest('hex');
+const allowed = new Set(w.allowedEvents);
+const denied = new Set(w.deniedEvents);
+const str = (v) => (typeof v === 'string' ? v : null);
+// insertDecision's parameters for the records of one op, chained after head (nothing written).
+function chain(head, inputs) {
+  let seq = head.seq;
+  let prev = head.hash;
+  const rows = [];
+  const hashes = [];
+  for (const input of inputs) {
+    const r = { ...input, seq: ++seq, prev_hash: prev };
+    const body = flat(r);
+    prev = sha256(body);
+    const outcome = allowed.has(r.event) ? 'allowed' : denied.has(r.event) ? 'denied' : null;
+    const countKey = typeof r.code === 'string' ? r.code : outcome === 'allowed' ? 'issued' : null;
+    // The stored JSON is the hashed one with the hash added last (no second serialization).
+    const data = body.slice(0, -1) + ',"hash":"' + prev + '"}';
+    rows.push([r.seq, r.at, r.event, str(r.task), str(r.agent), str(r.user), str(r.code), outcome, countKey, prev, data]);
+    hashes.push(prev);
+  }
+  return { rows, chained: { seq: head.seq + 1, prev: head.hash, hashes }, head: { seq, hash: prev } };
+}
 
 function write() {
   scheduled = false;
   const batches = queue;
   queue = [];
-  const live = [];
-  const answers = [];
-  for (const b of batches) {
-    if (b.epoch < refuseBelow) answers.push({ id: b.id, ok: false, error: 'refused: an earlier batch failed' });
-    else live.push(b);
-  }
-  if (live.length > 0) {
-    const done = [];
-    try {
-      begin.run();
-      for (const b of live) {
-        const errors = [];
-        for (const op of b.ops) {
-          if (op.kind === 'issued') {
-            try {
-              issued(op.call);
-              errors.push(null);
-            } catch (e) {
-              errors.push(message(e));
-            }
-          } else {
-            for (const row of op.rows) st.insertDecision.run(...row);
-            st.setDecisionHead.run(op.head.seq, op.head.hash);
-            errors.push(null);
-          }
-        }
-        done.push({ id: b.id, ok: true, errors });
-      }
-      st.setMark.run(live[live.length - 1].id);
-      commit.run();
-      stats.commits++;
-      stats.batches += live.length;
-      answers.push(...done);
-    } catch (e) {
-      try {
-        if (db.inTransaction) db.exec('ROLLBACK');
-      } catch {}
-      // Later batches may build on this one (the decision chain): refuse them until the store saw it.
-      for (const b of live) refuseBelow = Math.max(refuseBelow, b.epoch + 1);
-      for (const b of live) answers.push({ id: b.id, ok: false, error: message(e) });
-    }
-  }
-  parentPort.postMessage({ answers, refuseBelow });
+  // Issued calls are written without a savepoint each (two statements fewer per token); one that
+  // fails (a duplicate jti, never seen in practice) rolls the batch back, which is then written
+  // again with a savepoint per call, so that the call fails alone.
+  let answers = commitBatches(batches, false);
+  if (answers === RETRY_WITH_SAVEPOINTS) answers = commitBatches(batches, true);
+  parentPort.postMessage({ answers });
   // After the answers are out: the tokens of this batch do not wait for it, the next batch does.
   if (Atomics.exchange(restartWanted, 0, 0) === 1) restartWal();
+}
+
+function commitBatches(batches, savepoints) {
+  const answers = [];
+  const done = [];
+  try {
+    begin.run();
+    // The chain's head as this transaction finds it: a batch that failed left it as it was.
+    let head;
+    for (const b of batches) {
+      const errors = [];
+      const chained = [];
+      for (const op of b.ops) {
+        if (op.kind === 'issued') {
+          chained.push(null);
+          if (!savepoints) {
+            try {
+              writeIssued(op.call);
+            } catch {
+              throw RETRY_WITH_SAVEPOINTS;
+            }
+            errors.push(null);
+            continue;
+          }
+          try {
+            issuedAlone(op.call);
+            errors.push(null);
+          } catch (e) {
+            errors.push(message(e));
+          }
+          continue;
+        }
+        head ??= st.decisionHead.get();
+        let c;
+        try {
+          c = chain(head, op.inputs);
+        } catch (e) {
+          errors.push(message(e));
+          chained.push(null);
+          continue;
+        }
+        for (const row of c.rows) st.insertDecision.run(...row);
+        head = c.head;
+        errors.push(null);
+        chained.push(c.chained);
+      }
+      done.push({ id: b.id, ok: true, errors, chained });
+    }
+    if (head) st.setDecisionHead.run(head.seq, head.hash);
+    st.setMark.run(batches[batches.length - 1].id);
+    commit.run();
+    stats.commits++;
+    stats.batches += batches.length;
+    answers.push(...done);
+  } catch (e) {
+    try {
+      if (db.inTransaction) db.exec('ROLLBACK');
+    } catch {}
+    if (e === RETRY_WITH_SAVEPOINTS) return e;
+    for (const b of batches) answers.push({ id: b.id, ok: false, error: message(e) });
+  }
+  return answers;
 }
 
 // Copies what is left of the WAL and starts it over, without waiting: the tokens of the next
@@ -233,8 +328,6 @@ export class SqliteWriter {
   readonly #statsWaiters: ((s: WriterStats) => void)[] = [];
   #nextId: number;
   #closing = false;
-  /** Batches with a lower epoch are refused by the worker (set after a failed one). */
-  epoch = 0;
 
   private constructor(worker: Worker, firstId: number) {
     this.#worker = worker;
@@ -258,6 +351,8 @@ export class SqliteWriter {
         autocheckpoint: o.autocheckpoint,
         busyTimeoutMs: o.busyTimeoutMs,
         betterSqlite3,
+        allowedEvents: [...ALLOWED_EVENTS],
+        deniedEvents: [...DENIED_EVENTS],
       },
     });
     const early = (code: number) => new Error(`store writer thread exited with code ${code}`);
@@ -277,10 +372,8 @@ export class SqliteWriter {
     }
     const writer = new SqliteWriter(worker, firstId);
     worker.unref();
-    worker.on(
-      'message',
-      (m: { answers?: ({ id: number } & BatchOutcome)[]; refuseBelow?: number; stats?: WriterStats }) =>
-        writer.#answer(m),
+    worker.on('message', (m: { answers?: ({ id: number } & BatchOutcome)[]; stats?: WriterStats }) =>
+      writer.#answer(m),
     );
     const failed = (err: Error) => {
       if (writer.#closing) return;
@@ -302,16 +395,13 @@ export class SqliteWriter {
     return this.#pending.size;
   }
 
-  /**
-   * Sends batch `id` (from {@link nextId}), built in `epoch`; resolves with its outcome (never
-   * rejects). The worker refuses it when a batch failed since that epoch.
-   */
-  send(id: number, epoch: number, ops: WriterOp[]): Promise<BatchOutcome> {
+  /** Sends batch `id` (from {@link nextId}); resolves with its outcome (never rejects). */
+  send(id: number, ops: WriterOp[]): Promise<BatchOutcome> {
     if (this.#closing) return Promise.resolve({ ok: false, error: 'the store writer thread is stopped' });
     if (this.#pending.size === 0) this.#worker.ref();
     return new Promise((resolve) => {
       this.#pending.set(id, { resolve });
-      this.#worker.postMessage({ id, epoch, ops });
+      this.#worker.postMessage({ id, ops });
     });
   }
 
@@ -320,17 +410,12 @@ export class SqliteWriter {
     return this.#nextId++;
   }
 
-  #answer(m: {
-    answers?: ({ id: number } & BatchOutcome)[];
-    refuseBelow?: number;
-    stats?: WriterStats;
-  }): void {
+  #answer(m: { answers?: ({ id: number } & BatchOutcome)[]; stats?: WriterStats }): void {
     if (m.stats) {
       for (const w of this.#statsWaiters.splice(0)) w(m.stats);
       this.#unrefWhenIdle();
       return;
     }
-    if (m.refuseBelow !== undefined && m.refuseBelow > this.epoch) this.epoch = m.refuseBelow;
     for (const a of m.answers ?? []) {
       const p = this.#pending.get(a.id);
       this.#pending.delete(a.id);

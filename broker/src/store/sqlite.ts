@@ -21,6 +21,7 @@ import {
   type ChainHead,
   type ConsoleSessionRecord,
   type DecisionFilter,
+  type DecisionInput,
   type DecisionRecord,
   GENESIS_HASH,
   REVOCATION_GRACE_SEC,
@@ -29,8 +30,8 @@ import {
   type TaskRecord,
   type TaskStatus,
 } from './types.ts';
-import { countKeyOf, outcomeOf } from '../decision-chain.ts';
-import { SqliteWriter, type WriterOp, type WriterStats } from './sqlite-writer.ts';
+import { chainAfter, countKeyOf, outcomeOf } from '../decision-chain.ts';
+import { type Chained, SqliteWriter, type WriterOp, type WriterStats } from './sqlite-writer.ts';
 import { mapStoreFailures } from './unavailable.ts';
 
 /** Options of {@link SqliteStore}. */
@@ -342,6 +343,7 @@ const WRITER_SQL = {
        ON CONFLICT (task_id, tool, template) DO UPDATE SET n = n + 1`,
   insertIssuedPrior:
     'INSERT OR IGNORE INTO issued_prior (task_id, tool, resource, template) VALUES (?, ?, ?, ?)',
+  decisionHead: "SELECT seq, hash FROM decision_chain WHERE name = 'head'",
   insertDecision: `INSERT INTO decisions (seq, at, event, task, agent, user, code, outcome, count_key, hash, data)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
   setDecisionHead: "UPDATE decision_chain SET seq = ?, hash = ? WHERE name = 'head'",
@@ -371,9 +373,9 @@ function decisionRow(r: DecisionRecord): unknown[] {
 /** A batch for the writer thread, filled during one event-loop turn. */
 interface OutgoingBatch {
   id: number;
-  epoch: number;
   ops: WriterOp[];
-  waiters: { resolve: () => void; reject: (e: Error) => void }[];
+  /** Per op: resolved with where its records were chained (decisions), or null. */
+  waiters: { resolve: (chained: Chained | null) => void; reject: (e: Error) => void }[];
 }
 
 /** An issued call sent to the writer thread, by the batch it went in. */
@@ -543,8 +545,6 @@ export class SqliteStore implements Store {
   #idleWaiters: (() => void)[] = [];
   readonly #pendingIssued = new Map<string, PendingCall[]>();
   readonly #pendingJtis = new Set<string>();
-  // The decision chain's head including records sent and not yet answered (undefined: read it).
-  #chainHead: ChainHead | undefined;
   #sweeping: Promise<void> | undefined;
   readonly #events = new EventEmitter();
   #db: Database.Database | undefined;
@@ -668,7 +668,6 @@ export class SqliteStore implements Store {
         'writer',
         () => {
           this.#writer = undefined;
-          this.#chainHead = undefined;
         },
         (mark?.value ?? 0) + 1,
       );
@@ -708,16 +707,16 @@ export class SqliteStore implements Store {
   }
 
   /** Adds `op` to this turn's batch for the writer thread (sent at the end of the turn). */
-  #enqueue(writer: SqliteWriter, op: WriterOp): { batch: number; done: Promise<void> } {
+  #enqueue(writer: SqliteWriter, op: WriterOp): { batch: number; done: Promise<Chained | null> } {
     let out = this.#out;
     if (!out) {
-      out = { id: writer.nextId(), epoch: writer.epoch, ops: [], waiters: [] };
+      out = { id: writer.nextId(), ops: [], waiters: [] };
       this.#out = out;
       setImmediate(() => this.#send());
     }
     out.ops.push(op);
     const batch = out;
-    const done = new Promise<void>((resolve, reject) => batch.waiters.push({ resolve, reject }));
+    const done = new Promise<Chained | null>((resolve, reject) => batch.waiters.push({ resolve, reject }));
     return { batch: batch.id, done };
   }
 
@@ -726,11 +725,9 @@ export class SqliteStore implements Store {
     const writer = this.#writer;
     if (!out || !writer) return;
     this.#out = undefined;
-    void writer.send(out.id, out.epoch, out.ops).then((o) => {
+    void writer.send(out.id, out.ops).then((o) => {
       this.#forgetPending(out);
       if (!o.ok) {
-        // Records built on this batch's chain head are refused by the worker; start from the file.
-        this.#chainHead = undefined;
         this.#logger?.error(
           { err: new Error(o.error), records: out.ops.length },
           'store batch not committed',
@@ -740,7 +737,7 @@ export class SqliteStore implements Store {
         out.waiters.forEach((w, i) => {
           const error = o.errors[i];
           if (error) w.reject(new Error(error));
-          else w.resolve();
+          else w.resolve(o.chained[i] ?? null);
         });
       }
       if (writer.inFlight === 0 && !this.#out) for (const r of this.#idleWaiters.splice(0)) r();
@@ -1363,25 +1360,26 @@ export class SqliteStore implements Store {
   }
 
   // Decision records join the issued-call group commit: the fsync that makes a turn's tokens
-  // durable makes the records appended in that turn durable too (docs/decisions.md).
-  async appendDecisions(build: (head: ChainHead) => DecisionRecord[]): Promise<DecisionRecord[]> {
+  // durable makes the records appended in that turn durable too (docs/decisions.md). With the
+  // writer thread, the thread chains and hashes them, after the head its transaction finds.
+  async appendDecisions(inputs: readonly DecisionInput[]): Promise<DecisionRecord[]> {
+    if (inputs.length === 0) return [];
     const s = this.#s;
     const writer = this.#writer;
     if (writer) {
-      // Built on the head of every record sent so far; the writer thread inserts them.
-      const records = build(this.#chainHead ?? this.#head(s));
-      const last = records.at(-1);
-      if (!last) return records;
-      this.#chainHead = { seq: last.seq, hash: last.hash };
-      await this.#enqueue(writer, {
-        kind: 'decisions',
-        rows: records.map(decisionRow),
-        head: this.#chainHead,
-      }).done;
-      return records;
+      const at = (await this.#enqueue(writer, { kind: 'decisions', inputs }).done) as Chained;
+      return inputs.map(
+        (input, i) =>
+          ({
+            ...input,
+            seq: at.seq + i,
+            prev_hash: i === 0 ? at.prev : at.hashes[i - 1],
+            hash: at.hashes[i],
+          }) as DecisionRecord,
+      );
     }
     const append = this.#conn.transaction(() => {
-      const records = build(this.#head(s));
+      const records = chainAfter(this.#head(s), inputs);
       for (const r of records) s.insertDecision.run(...decisionRow(r));
       const last = records.at(-1);
       if (last) s.setDecisionHead.run(last.seq, last.hash);

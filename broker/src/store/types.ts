@@ -339,6 +339,9 @@ export interface DecisionRecord {
   hash: string;
 }
 
+/** A record before it is chained: the event, its fields and when. */
+export type DecisionInput = Omit<DecisionRecord, 'seq' | 'prev_hash' | 'hash'>;
+
 /** The last record of the chain (or, before any, the anchor: the last swept one, or genesis). */
 export interface ChainHead {
   seq: number;
@@ -374,12 +377,13 @@ export interface ConsoleSessionRecord {
 /** Decision records and console sessions. */
 export interface DecisionStore {
   /**
-   * Appends records to the chain in one atomic step (serialized on SQLite, a compare-and-set on
-   * the head in Redis, retried when another replica appended first): `build` gets the current
-   * head and returns the chained records (seq = head.seq + 1 ..., first prev_hash = head.hash).
-   * Resolves with what was stored, once durable.
+   * Chains `inputs` after the current head (seq = head.seq + 1 ..., the first prev_hash =
+   * head.hash, each hash as decision-chain.ts `recordHash`) and appends them in one atomic step: serialized on
+   * SQLite (where the writer thread does the hashing), a compare-and-set on the head in Redis,
+   * retried when another replica appended first. Resolves with what was stored, once durable;
+   * inputs that cannot be hashed (no JSON form) reject this append only.
    */
-  appendDecisions(build: (head: ChainHead) => DecisionRecord[]): Promise<DecisionRecord[]>;
+  appendDecisions(inputs: readonly DecisionInput[]): Promise<DecisionRecord[]>;
   /** The chain's last record (or the anchor when none is left). */
   decisionHead(): Promise<ChainHead>;
   /** The hash of the last swept record, which the first remaining record links to. */
