@@ -92,15 +92,12 @@ const commit = db.prepare('COMMIT');
 const checkpoint = db.prepare('PRAGMA wal_checkpoint(PASSIVE)');
 const restart = db.prepare('PRAGMA wal_checkpoint(RESTART)');
 const message = (e) => String(e && e.message ? e.message : e);
-function writeIssued(c) {
+// Nested in the batch's transaction this is a savepoint: an issued call is all or nothing.
+const issued = db.transaction((c) => {
   st.insertIssued.run(c.jti, c.taskId, c.tool, c.resource, c.action, c.template, c.issuedAt, c.expiresAt);
   st.bumpIssuedCount.run(c.taskId, c.tool, c.template);
   st.insertIssuedPrior.run(c.taskId, c.tool, c.resource, c.template);
-}
-// Nested in the batch's transaction this is a savepoint: an issued call is all or nothing.
-const issuedAlone = db.transaction(writeIssued);
-// Thrown when a call fails without its savepoint: the batch is written again, with savepoints.
-const RETRY_WITH_SAVEPOINTS = new Error('retry with savepoints');
+});
 const stats = { runs: 0, frames: 0, restarts: 0, errors: 0, lastError: undefined, commits: 0, batches: 0 };
 const restartWanted = new Int32Array(w.restartFlag);
 let queue = [];
@@ -171,17 +168,12 @@ function write() {
   scheduled = false;
   const batches = queue;
   queue = [];
-  // Issued calls are written without a savepoint each (two statements fewer per token); one that
-  // fails (a duplicate jti, never seen in practice) rolls the batch back, which is then written
-  // again with a savepoint per call, so that the call fails alone.
-  let answers = commitBatches(batches, false);
-  if (answers === RETRY_WITH_SAVEPOINTS) answers = commitBatches(batches, true);
-  parentPort.postMessage({ answers });
+  parentPort.postMessage({ answers: commitBatches(batches) });
   // After the answers are out: the tokens of this batch do not wait for it, the next batch does.
   if (Atomics.exchange(restartWanted, 0, 0) === 1) restartWal();
 }
 
-function commitBatches(batches, savepoints) {
+function commitBatches(batches) {
   const answers = [];
   const done = [];
   try {
@@ -194,17 +186,8 @@ function commitBatches(batches, savepoints) {
       for (const op of b.ops) {
         if (op.kind === 'issued') {
           chained.push(null);
-          if (!savepoints) {
-            try {
-              writeIssued(op.call);
-            } catch {
-              throw RETRY_WITH_SAVEPOINTS;
-            }
-            errors.push(null);
-            continue;
-          }
           try {
-            issuedAlone(op.call);
+            issued(op.call);
             errors.push(null);
           } catch (e) {
             errors.push(message(e));
@@ -237,7 +220,6 @@ function commitBatches(batches, savepoints) {
     try {
       if (db.inTransaction) db.exec('ROLLBACK');
     } catch {}
-    if (e === RETRY_WITH_SAVEPOINTS) return e;
     for (const b of batches) answers.push({ id: b.id, ok: false, error: message(e) });
   }
   return answers;
