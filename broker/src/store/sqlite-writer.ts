@@ -137,10 +137,8 @@ function flat(r) {
   }
   return JSON.stringify(o);
 }
-// crypto.hash (Node 20.12 and later) hashes a string in one call, without a Hash object.
-const sha256 = crypto.hash
-  ? (s) => crypto.hash('sha256', s, 'hex')
-  : (s) => crypto.createHash('sha256').update(s).digest('hex');
+// One call per record, without a Hash object (crypto.hash: Node 20.12 and later; engines says 20.19).
+const sha256 = (s) => crypto.hash('sha256', s, 'hex');
 const allowed = new Set(w.allowedEvents);
 const denied = new Set(w.deniedEvents);
 const str = (v) => (typeof v === 'string' ? v : null);
