@@ -171,8 +171,8 @@ function write() {
   if (Atomics.exchange(restartWanted, 0, 0) === 1) restartWal();
 }
 
+// One transaction for every batch queued: the answers (a batch that failed fails them all).
 function commitBatches(batches) {
-  const answers = [];
   const done = [];
   try {
     begin.run();
@@ -213,14 +213,13 @@ function commitBatches(batches) {
     commit.run();
     stats.commits++;
     stats.batches += batches.length;
-    answers.push(...done);
+    return done;
   } catch (e) {
     try {
       if (db.inTransaction) db.exec('ROLLBACK');
     } catch {}
-    for (const b of batches) answers.push({ id: b.id, ok: false, error: message(e) });
+    return batches.map((b) => ({ id: b.id, ok: false, error: message(e) }));
   }
-  return answers;
 }
 
 // Copies what is left of the WAL and starts it over, without waiting: the tokens of the next
