@@ -23,12 +23,23 @@ export function mainThreadCpuMs(): number | undefined {
   }
 }
 
-/** Runs `fn`, returning its result and the main thread's CPU milliseconds spent meanwhile. */
-export async function withCpu<T>(fn: () => Promise<T>): Promise<{ result: T; cpuMs: number | undefined }> {
+/**
+ * Runs `fn`, returning its result, the main thread's CPU milliseconds spent meanwhile, and the
+ * whole process's (every thread: the event loop, worker threads, V8's GC helpers, libuv's pool).
+ */
+export async function withCpu<T>(
+  fn: () => Promise<T>,
+): Promise<{ result: T; cpuMs: number | undefined; processCpuMs: number }> {
   const before = mainThreadCpuMs();
+  const all = process.cpuUsage();
   const result = await fn();
   const after = mainThreadCpuMs();
-  return { result, cpuMs: before === undefined || after === undefined ? undefined : after - before };
+  const used = process.cpuUsage(all);
+  return {
+    result,
+    cpuMs: before === undefined || after === undefined ? undefined : after - before,
+    processCpuMs: (used.user + used.system) / 1000,
+  };
 }
 
 /** CPU milliseconds (user + system, all threads) processes `pids` have used so far, or undefined. */
