@@ -100,17 +100,22 @@ function rate(r: LoadResult): number {
   return (r.ok / r.elapsedMs) * 1000;
 }
 
-/** CPU per request sent (µs), one entry per run: the main thread's, and every thread's of the process. */
+/**
+ * CPU per request sent (µs), one entry per run: the main thread's, and every thread's of the
+ * process; and the event loop's utilisation in each run.
+ */
 interface CpuLists {
   main: number[];
   all: number[];
+  loop: number[];
 }
-const cpuLists = (): CpuLists => ({ main: [], all: [] });
+const cpuLists = (): CpuLists => ({ main: [], all: [], loop: [] });
 
-/** Runs one load job and pushes its rate, and its CPU per request sent, to the lists. */
+/** Runs one load job and pushes its rate, its CPU per request sent and its loop utilisation. */
 async function measured(run: () => Promise<LoadResult>, rates: number[], cpu: CpuLists): Promise<void> {
-  const { result, cpuMs, processCpuMs } = await withCpu(run);
+  const { result, cpuMs, processCpuMs, loopUtilisation } = await withCpu(run);
   rates.push(rate(result));
+  cpu.loop.push(loopUtilisation);
   if (result.sent === 0) return;
   if (cpuMs !== undefined) cpu.main.push((cpuMs * 1000) / result.sent);
   cpu.all.push((processCpuMs * 1000) / result.sent);
@@ -266,6 +271,17 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
   );
   console.log(
     `  CPU per request, every thread of the process (event loop, store writer and checkpoints, GC helpers, the load generator): bare ${allCpu[0]}, broker ${allCpu[1]}, records off ${allCpu[2]}`,
+  );
+  // The throughput ratio is about the CPU ratio times the ratio of the two event loops' busy
+  // shares: a loop that waits for commits with every caller's request in them sits idle.
+  const loops = [baseCpu, brokerCpu, recordsOffCpu].map((c) => (c.loop.length ? median(c.loop) : 0));
+  const [bareLoop = 0, brokerLoop = 0, offLoop = 0] = loops;
+  console.log(
+    `  event-loop utilisation (the share of time not spent waiting): bare ${bareLoop.toFixed(2)}, broker ${brokerLoop.toFixed(2)}, records off ${offLoop.toFixed(2)}${
+      baselineCpuUs !== undefined && brokerCpuUs !== undefined && bareLoop > 0
+        ? `; CPU ratio × utilisation ratio = ${(baselineCpuUs / brokerCpuUs).toFixed(2)} × ${(brokerLoop / bareLoop).toFixed(2)} = ${((baselineCpuUs / brokerCpuUs) * (brokerLoop / bareLoop)).toFixed(2)}`
+        : ''
+    }`,
   );
 
   // Latency at half the broker's saturation rate (open loop, scheduled sends), both targets.

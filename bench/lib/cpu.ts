@@ -24,14 +24,16 @@ export function mainThreadCpuMs(): number | undefined {
 }
 
 /**
- * Runs `fn`, returning its result, the main thread's CPU milliseconds spent meanwhile, and the
- * whole process's (every thread: the event loop, worker threads, V8's GC helpers, libuv's pool).
+ * Runs `fn`, returning its result, the main thread's CPU milliseconds spent meanwhile, the whole
+ * process's (every thread: the event loop, worker threads, V8's GC helpers, libuv's pool), and the
+ * event loop's utilisation (the share of the time it was not waiting for I/O or a timer).
  */
 export async function withCpu<T>(
   fn: () => Promise<T>,
-): Promise<{ result: T; cpuMs: number | undefined; processCpuMs: number }> {
+): Promise<{ result: T; cpuMs: number | undefined; processCpuMs: number; loopUtilisation: number }> {
   const before = mainThreadCpuMs();
   const all = process.cpuUsage();
+  const elu = performance.eventLoopUtilization();
   const result = await fn();
   const after = mainThreadCpuMs();
   const used = process.cpuUsage(all);
@@ -39,6 +41,7 @@ export async function withCpu<T>(
     result,
     cpuMs: before === undefined || after === undefined ? undefined : after - before,
     processCpuMs: (used.user + used.system) / 1000,
+    loopUtilisation: performance.eventLoopUtilization(elu).utilization,
   };
 }
 
