@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createDecisionPoint, type DecisionPoint, loadPolicyDir, pdpInputOf } from '@taskpass/broker';
-import { startOpa } from '../test/support/opa.ts';
+import { startOpa } from '../harness/opa.ts';
 import { fmtMs, percentiles, table } from './lib/stats.ts';
 
 const root = resolve(import.meta.dirname, '..');

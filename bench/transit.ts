@@ -11,7 +11,7 @@ import {
   TransitSigner,
   VaultClient,
 } from '@taskpass/broker';
-import { startVault } from '../test/support/vault-server.ts';
+import { startVault } from '../harness/vault.ts';
 
 export interface TransitResult {
   localRate: number;

@@ -26,10 +26,10 @@ import {
   startBroker,
 } from '@taskpass/broker';
 import pino from 'pino';
-import { type Opa, startOpa, TICKET_DESK_REGO } from '../test/support/opa.ts';
-import { type SpireHarness, startSpire } from '../test/support/spire.ts';
-import { type DeskDatabase, setUpBrokerVault, setUpDeskDatabaseEngine } from '../test/support/vault-setup.ts';
-import { type OwnVault, startVault } from '../test/support/vault-server.ts';
+import { type Opa, startOpa, TICKET_DESK_REGO } from '../harness/opa.ts';
+import { type SpireHarness, startSpire } from '../harness/spire.ts';
+import { type DeskDatabase, setUpBrokerVault, setUpDeskDatabaseEngine } from './vault-setup.ts';
+import { type OwnVault, startVault } from '../harness/vault.ts';
 import { AGENT_ID, type AgentScriptOptions } from './ticket-desk/agent.ts';
 import { type Idp, startIdp } from './idp/idp.ts';
 import {

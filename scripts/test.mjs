@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The whole test suite: type-check, lint, build the packages, build (or reuse) SPIRE, OPA and Vault,
 // then every *.test.ts with Node's test runner. Integration tests (*.spire.test.ts, *.e2e.test.ts)
-// start real SPIRE, *.opa.test.ts (and any test using test/support/opa.ts) a real OPA, the Vault
+// start real SPIRE, *.opa.test.ts (and any test using harness/opa.ts) a real OPA, the Vault
 // e2e tests a real Vault; Redis-backed tests use 127.0.0.1:6379; none of them is skipped.
 //
 //   npm test                 everything
@@ -42,7 +42,7 @@ function findTests(dir, out = []) {
 
 const isIntegration = (f) => /\.(spire|e2e|redis|opa)\.test\.ts$/.test(f);
 const needsOpa = (f) =>
-  /\.opa\.test\.ts$/.test(f) || readFileSync(join(root, f), 'utf8').includes('support/opa.ts');
+  /\.opa\.test\.ts$/.test(f) || readFileSync(join(root, f), 'utf8').includes('harness/opa.ts');
 
 if (explicit.length === 0) {
   step('type-check (tsc --noEmit)', 'npx', ['tsc', '-p', 'tsconfig.json', '--noEmit']);
@@ -59,7 +59,7 @@ if (files.some((f) => isIntegration(f) && !/\.opa\.test\.ts$/.test(f))) {
   process.env.TASKPASS_SPIRE_BIN = await ensureSpire();
   process.stderr.write(`using ${process.env.TASKPASS_SPIRE_BIN}\n`);
 }
-// Tests that start a real Vault server (test/support/vault-server.ts) get it built or reused first.
+// Tests that start a real Vault server (harness/vault.ts) get it built or reused first.
 if (files.some((f) => /vault/.test(f) && isIntegration(f))) {
   process.stderr.write('\n== Vault binary\n');
   process.env.TASKPASS_VAULT_BIN = await ensureVault();

@@ -5,7 +5,7 @@
 //   node --conditions=taskpass:source --import tsx scripts/whoami.ts
 import { TrustDomain } from '@taskpass/spiffe';
 import { WorkloadApiClient, X509Source } from '@taskpass/spiffe/workload';
-import { startSpire } from '../test/support/spire.ts';
+import { startSpire } from '../harness/spire.ts';
 
 const ID = 'spiffe://taskpass.local/whoami';
 const AUDIENCE = 'taskpass-demo';

@@ -44,7 +44,7 @@ import pino from 'pino';
 import { type Agent, fetch as undiciFetch } from 'undici';
 import { ALICE, BOB, type DemoUser, type Stack, startStack } from '../examples/stack.ts';
 import { assertRefused, rawToolCall } from './support/mcp-raw.ts';
-import { sleep } from './support/poll.ts';
+import { sleep } from '../harness/poll.ts';
 import { sourceByHint } from './support/workloads.ts';
 
 const REDIS_URL = 'redis://127.0.0.1:6379';

@@ -30,7 +30,7 @@ import { type Browser, chromium, type Locator, type Page } from 'playwright-core
 import { type Agent, fetch as undiciFetch } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { rawToolCall } from './support/mcp-raw.ts';
-import { pollUntil } from './support/poll.ts';
+import { pollUntil } from '../harness/poll.ts';
 import { agentSide } from './support/workloads.ts';
 
 /** The system browser (Debian's chromium); `.ci/run` installs it when it is missing. */

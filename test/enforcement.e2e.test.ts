@@ -14,7 +14,7 @@ import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';
 import { assertAccepted, assertRefused, rawToolCall } from './support/mcp-raw.ts';
 import { registerWorkload, sourceByHint } from './support/workloads.ts';
-import { pollUntil } from './support/poll.ts';
+import { pollUntil } from '../harness/poll.ts';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 
 /** Another support agent: a legitimate workload of the trust domain, but not the one tokens are bound to. */

@@ -21,7 +21,7 @@ import { type Agent, fetch } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type NotesGo, startNotesGo } from './support/notes-go.ts';
 import { assertAccepted, assertRefused, rawToolCall } from './support/mcp-raw.ts';
-import { pollUntil } from './support/poll.ts';
+import { pollUntil } from '../harness/poll.ts';
 import { registerWorkload, sourceByHint } from './support/workloads.ts';
 
 const NOTES_AUDIENCE = 'https://notes.taskpass.local/mcp';

@@ -22,7 +22,7 @@ import { dirname, join, resolve } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { generateKek } from '@taskpass/broker';
-import { type SpireHarness, startSpire } from './support/spire.ts';
+import { type SpireHarness, startSpire } from '../harness/spire.ts';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const readJson = (p: string) => JSON.parse(readFileSync(p, 'utf8'));

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ALICE, BOB, type Stack, startStack } from '../examples/stack.ts';
 import { checkStory, runAgentScript, type Step, type Transcript } from '../examples/ticket-desk/agent.ts';
-import { pollUntil } from './support/poll.ts';
+import { pollUntil } from '../harness/poll.ts';
 
 type CallStep = Extract<Step, { kind: 'call' }>;
 

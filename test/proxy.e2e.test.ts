@@ -24,7 +24,7 @@ import type { Dispatcher } from 'undici';
 import { stringify as toYaml } from 'yaml';
 import { ALICE, BOB, type Stack, startStack } from '../examples/stack.ts';
 import { assertRefused, rawToolCall } from './support/mcp-raw.ts';
-import { pollUntil } from './support/poll.ts';
+import { pollUntil } from '../harness/poll.ts';
 
 const repoRoot = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
 const captureTokens = join(repoRoot, 'test/fixtures/proxy/capture-tokens.ts');

@@ -32,7 +32,7 @@ import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { type RunningTicketDesk, startTicketDesk } from '../examples/ticket-desk/server.ts';
 import { assertAccepted, assertRefused, rawToolCall } from './support/mcp-raw.ts';
 import { registerWorkload, sourceByHint } from './support/workloads.ts';
-import { pollUntil, sleep } from './support/poll.ts';
+import { pollUntil, sleep } from '../harness/poll.ts';
 
 const REDIS_URL = 'redis://127.0.0.1:6379';
 const OTHER_AGENT_ID = 'spiffe://taskpass.local/agents/support/other-bot';

@@ -23,7 +23,7 @@ import type { X509Source } from '@taskpass/spiffe/workload';
 import { Agent, fetch, request } from 'undici';
 import { ALICE, type Stack, startStack } from '../examples/stack.ts';
 import { rawToolCall } from './support/mcp-raw.ts';
-import { pollUntil, sleep } from './support/poll.ts';
+import { pollUntil, sleep } from '../harness/poll.ts';
 import { sourceByHint } from './support/workloads.ts';
 
 const SVID_TTL_S = 50;

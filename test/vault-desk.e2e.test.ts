@@ -14,9 +14,9 @@ import { type Agent, fetch as undiciFetch } from 'undici';
 import { PgTicketDesk, pgQuery, pgRoleExists } from '../examples/ticket-desk/tickets-pg.ts';
 import { type Stack, startStack } from '../examples/stack.ts';
 import { assertAccepted, rawToolCall } from './support/mcp-raw.ts';
-import { DESK_SECRET_PATH, type DeskDatabase, setUpDeskDatabaseEngine } from './support/vault-setup.ts';
-import { pollUntil } from './support/poll.ts';
-import { type OwnVault, startVault } from './support/vault-server.ts';
+import { DESK_SECRET_PATH, type DeskDatabase, setUpDeskDatabaseEngine } from '../examples/vault-setup.ts';
+import { pollUntil } from '../harness/poll.ts';
+import { type OwnVault, startVault } from '../harness/vault.ts';
 import { agentSide, registerWorkload } from './support/workloads.ts';
 
 const sql = pgQuery;

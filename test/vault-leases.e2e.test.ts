@@ -19,7 +19,7 @@ import {
   VaultClient,
 } from '@taskpass/broker';
 import { pgQuery, pgRoleExists } from '../examples/ticket-desk/tickets-pg.ts';
-import { type OwnVault, startVault } from './support/vault-server.ts';
+import { type OwnVault, startVault } from '../harness/vault.ts';
 
 const ROLE_PATH = 'database/creds/ticket-desk';
 const sql = pgQuery;

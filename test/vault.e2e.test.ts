@@ -22,9 +22,9 @@ import {
 import type { Agent } from 'undici';
 import { type Stack, startStack } from '../examples/stack.ts';
 import { rawToolCall } from './support/mcp-raw.ts';
-import { pollUntil, sleep } from './support/poll.ts';
-import { BROKER_ROLE, setUpBrokerVault, VAULT_AUDIENCE } from './support/vault-setup.ts';
-import { type OwnVault, startVault } from './support/vault-server.ts';
+import { pollUntil, sleep } from '../harness/poll.ts';
+import { BROKER_ROLE, setUpBrokerVault, VAULT_AUDIENCE } from '../examples/vault-setup.ts';
+import { type OwnVault, startVault } from '../harness/vault.ts';
 import { agentSide } from './support/workloads.ts';
 
 describe('Vault Transit signer (real Vault, real SPIRE)', () => {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type { Client } from 'undici';
-import { pollUntil } from './support/poll.ts';
+import { pollUntil } from '../harness/poll.ts';
 import {
   AUDIENCE,
   connection,

@@ -20,7 +20,7 @@ import pino from 'pino';
 import { type Dispatcher, request } from 'undici';
 import { type JsonResponse, jsonRequest } from '../../test/support/http.ts';
 import { type Idp, startIdp } from '../../examples/idp/idp.ts';
-import { runAs, type SpireHarness, startSpire } from '../../test/support/spire.ts';
+import { runAs, type SpireHarness, startSpire } from '../../harness/spire.ts';
 import { type BrokerConfig, parseConfig } from '../src/config.ts';
 import { generateKek } from '../src/key-wrap.ts';
 import { type RunningBroker, startBroker } from '../src/server.ts';

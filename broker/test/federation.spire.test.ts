@@ -30,7 +30,7 @@ import { createLocalJWKSet, type JWTPayload, jwtVerify } from 'jose';
 import pino from 'pino';
 import type { Dispatcher } from 'undici';
 import { type JsonResponse, jsonRequest } from '../../test/support/http.ts';
-import { type SpireHarness, startSpire } from '../../test/support/spire.ts';
+import { type SpireHarness, startSpire } from '../../harness/spire.ts';
 import { parseConfig } from '../src/config.ts';
 import { generateKek } from '../src/key-wrap.ts';
 import { type RunningBroker, startBroker } from '../src/server.ts';

@@ -1,4 +1,4 @@
-// Decision points behind the templates, on a real OPA (test/support/opa.ts): the templates allow a
+// Decision points behind the templates, on a real OPA (harness/opa.ts): the templates allow a
 // call, then OPA may take it away. Denials, an engine that is down, slow or answers garbage, a bad
 // policy push (OPA keeps the last good one), caching, and the ticket desk's Rego rules.
 import assert from 'node:assert/strict';
@@ -7,8 +7,8 @@ import { after, before, test } from 'node:test';
 import type { AuditEvent } from '../src/audit.ts';
 import { DecisionPoints, pdpInputOf } from '../src/pdp/index.ts';
 import { createOpaDecisionPoint, type OpaConfig } from '../src/pdp/opa.ts';
-import { type Opa, startOpa, TICKET_DESK_REGO } from '../../test/support/opa.ts';
-import { freePort } from '../../test/support/spire.ts';
+import { type Opa, startOpa, TICKET_DESK_REGO } from '../../harness/opa.ts';
+import { freePort } from '../../harness/spire.ts';
 import { AGENT, type TestBroker, TICKETS, testBroker } from './app-support.ts';
 
 const GATE = `package gate

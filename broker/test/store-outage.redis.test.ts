@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import type { InjectOptions, LightMyRequestResponse as Response } from 'fastify';
-import { pollUntil } from '../../test/support/poll.ts';
+import { pollUntil } from '../../harness/poll.ts';
 import { type OwnRedis, startRedisServer } from '../../test/support/redis-server.ts';
 import { RedisStore } from '../src/store/redis.ts';
 import type { ClosingStatus, IssuedCall, TaskRecord } from '../src/store/types.ts';

@@ -16,7 +16,7 @@ import {
   mtlsServerOptions,
 } from '../src/index.ts';
 import { X509Source } from '../src/workload/index.ts';
-import { type SpireHarness, startSpire } from '../../test/support/spire.ts';
+import { type SpireHarness, startSpire } from '../../harness/spire.ts';
 
 const SERVER = 'spiffe://taskpass.local/svc/server';
 const CLIENT = 'spiffe://taskpass.local/svc/client';

@@ -11,7 +11,7 @@ import {
   verifyX509Svid,
 } from '../src/index.ts';
 import { WorkloadApiClient, X509Source } from '../src/workload/index.ts';
-import { runAs, type SpireHarness, startSpire } from '../../test/support/spire.ts';
+import { runAs, type SpireHarness, startSpire } from '../../harness/spire.ts';
 
 const TD = TrustDomain.parse('taskpass.local');
 const APP = 'spiffe://taskpass.local/app';

@@ -9,7 +9,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { pollUntil } from './poll.ts';
 import { freePort } from './spire.ts';
 
-const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 /** The ticket desk's Rego policy and its data (policies/rego). */
 export const TICKET_DESK_REGO = join(repoRoot, 'policies', 'rego');

@@ -11,7 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Agent as UndiciAgent, fetch as undiciFetch } from 'undici';
 
-const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 /** The path of the vault binary: $TASKPASS_VAULT_BIN, else built or reused (scripts/build-vault.mjs). */
 export async function vaultBinary(): Promise<string> {

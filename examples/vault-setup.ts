@@ -9,9 +9,9 @@ import {
   pgQuery,
   setUpDeskDatabase,
   vaultRoleStatements,
-} from '../../examples/ticket-desk/tickets-pg.ts';
-import type { SpireHarness } from './spire.ts';
-import type { OwnVault } from './vault-server.ts';
+} from './ticket-desk/tickets-pg.ts';
+import type { SpireHarness } from '../harness/spire.ts';
+import type { OwnVault } from '../harness/vault.ts';
 
 /** The audience of the broker's JWT-SVID for Vault (the role's `bound_audiences`). */
 export const VAULT_AUDIENCE = 'vault';

@@ -34,7 +34,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { isSpiffeError } from '@taskpass/spiffe';
 import { WorkloadApiClient } from '@taskpass/spiffe/workload';
 
-const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 /** Options of {@link startSpire}. */
 export interface StartSpireOptions {
