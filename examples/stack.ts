@@ -39,6 +39,7 @@ import {
   TICKETS_AUDIENCE,
   TICKETS_ID,
 } from './ticket-desk/server.ts';
+import { freePort } from '../harness/net.ts';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -207,19 +208,6 @@ async function openAroundTheClock(dir: string): Promise<string> {
   }
   await writeFile(file, open);
   return dir;
-}
-
-/** A free loopback port (the console's public URL must be known before the broker starts). */
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as import('node:net').AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /**

@@ -27,12 +27,12 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { accessSync, constants, closeSync, existsSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { isSpiffeError } from '@taskpass/spiffe';
 import { WorkloadApiClient } from '@taskpass/spiffe/workload';
+import { freePort } from './net.ts';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -189,20 +189,6 @@ export async function resolveSpireBin(binDir?: string): Promise<string> {
     }
   }
   return dir;
-}
-
-/** A free TCP port on 127.0.0.1 (closed again before it is returned). */
-export function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => res(port));
-    });
-  });
 }
 
 function run(cmd: string, args: readonly string[], timeoutMs = 15_000): Promise<CommandResult> {

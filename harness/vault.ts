@@ -3,13 +3,13 @@
 // seal it, unseal it, kill it and start it again with everything it stored (restart tests).
 // Every call here is Vault's HTTP API with the root token; the broker talks to it as a workload.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Agent as UndiciAgent, fetch as undiciFetch } from 'undici';
+import { freePort } from './net.ts';
+import { killAndWait } from './child.ts';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -40,16 +40,6 @@ export interface OwnVault {
   logTail(): string;
   /** Kills it and removes its dir. Idempotent. */
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const { port } = srv.address() as { port: number };
-  srv.close();
-  await once(srv, 'close');
-  return port;
 }
 
 /** Starts, initialises and unseals a Vault server. */
@@ -156,13 +146,7 @@ export async function startVault(opts: { binary?: string; tls?: boolean } = {}):
     }
     throw new Error(`vault did not become active:\n${log}`);
   };
-  const kill = async () => {
-    const c = child;
-    if (!c || c.exitCode !== null || c.signalCode !== null) return;
-    const gone = once(c, 'exit');
-    c.kill('SIGKILL');
-    await gone;
-  };
+  const kill = () => killAndWait(child);
 
   try {
     await start();

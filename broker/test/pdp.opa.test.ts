@@ -8,7 +8,7 @@ import type { AuditEvent } from '../src/audit.ts';
 import { DecisionPoints, pdpInputOf } from '../src/pdp/index.ts';
 import { createOpaDecisionPoint, type OpaConfig } from '../src/pdp/opa.ts';
 import { type Opa, startOpa, TICKET_DESK_REGO } from '../../harness/opa.ts';
-import { freePort } from '../../harness/spire.ts';
+import { freePort } from '../../harness/net.ts';
 import { AGENT, type TestBroker, TICKETS, testBroker } from './app-support.ts';
 
 const GATE = `package gate

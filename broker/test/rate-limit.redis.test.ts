@@ -4,7 +4,6 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -12,6 +11,7 @@ import { Redis } from 'ioredis';
 import { AGENT, OTHER_AGENT, type TestBroker, testBroker } from './app-support.ts';
 
 import { admin, dropPrefix, URL } from './redis-support.ts';
+import { freePort } from '../../harness/net.ts';
 
 const onRedis = (url: string, keyPrefix: string, rateLimit: Record<string, number>) =>
   testBroker({ store: { redis: { url, keyPrefix } }, rateLimit });
@@ -42,14 +42,6 @@ test('two broker instances on one Redis prefix share each agent budget', async (
     await dropPrefix(p);
   }
 });
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
-  const { port } = s.address() as { port: number };
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 /** A private redis-server (this test freezes and kills it; the shared one is never touched). */
 async function ownRedis(): Promise<{ url: string; proc: ChildProcess; dir: string }> {

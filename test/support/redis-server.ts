@@ -2,11 +2,12 @@
 // (SIGSTOP), thaw, kill and restart — never the shared one on 6379. AOF with fsync always, as the
 // broker requires in production, so that what Redis acknowledged survives a kill.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '../../harness/net.ts';
+import { killAndWait } from '../../harness/child.ts';
 
 const REDIS_SERVER = process.env.TASKPASS_REDIS_SERVER ?? '/usr/bin/redis-server';
 
@@ -24,16 +25,6 @@ export interface OwnRedis {
   restart(): Promise<void>;
   /** Kills it and removes its dir. Idempotent. */
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const { port } = srv.address() as { port: number };
-  srv.close();
-  await once(srv, 'close');
-  return port;
 }
 
 async function answersPing(port: number): Promise<boolean> {
@@ -89,13 +80,7 @@ export async function startRedisServer(): Promise<OwnRedis> {
     }
     throw new Error(`redis-server on port ${port} did not start`);
   };
-  const kill = async () => {
-    const c = child;
-    if (!c || c.exitCode !== null || c.signalCode !== null) return;
-    const gone = once(c, 'exit');
-    c.kill('SIGKILL');
-    await gone;
-  };
+  const kill = () => killAndWait(child);
   await start();
   return {
     url: `redis://127.0.0.1:${port}`,
