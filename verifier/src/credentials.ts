@@ -16,7 +16,7 @@ import { type Dispatcher, fetch as undiciFetch } from 'undici';
 import { z } from 'zod';
 import type { CallAuth, FetchLike } from './core.ts';
 import type { RevocationSource } from './revocation.ts';
-import { callerOf, type ExtraLike } from './sdk.ts';
+import { callerOf, type ExtraLike } from './sdk-v1.ts';
 
 /** A verified call given directly: its raw call token and what the verifier made of it. */
 export interface VerifiedCall {

@@ -83,7 +83,7 @@ export {
   protectedResourceMetadataPath,
   protectedResourceMetadataUrl,
   registerProtectedResourceMetadata,
-} from './prm.ts';
+} from './resource-metadata.ts';
 export {
   DEFAULT_REPLAY_MAX_ENTRIES,
   MemoryReplayCache,
@@ -109,4 +109,4 @@ export {
   type RevocationFeedOptions,
   type RevocationSource,
 } from './revocation.ts';
-export { callerOf, type ExtraLike, taskpassTokenVerifier, withTaskpass } from './sdk.ts';
+export { callerOf, type ExtraLike, taskpassTokenVerifier, withTaskpass } from './sdk-v1.ts';

@@ -11,7 +11,7 @@ import {
 } from '@modelcontextprotocol/server';
 import type { Verifier } from './core.ts';
 import { VerifierError } from './errors.ts';
-import { sessionAuthInfo } from './sdk.ts';
+import { sessionAuthInfo } from './sdk-v1.ts';
 
 /**
  * An `OAuthTokenVerifier` for SDK 2.x `requireBearerAuth` (fetch gate or `@modelcontextprotocol/express`).

@@ -10,8 +10,8 @@ import {
   protectedResourceMetadata,
   protectedResourceMetadataUrl,
   registerProtectedResourceMetadata,
-} from '../src/prm.ts';
-import { callerOf } from '../src/sdk.ts';
+} from '../src/resource-metadata.ts';
+import { callerOf } from '../src/sdk-v1.ts';
 import { AUDIENCE, ISSUER, jwksOf, type Key, mint, newKey } from './support.ts';
 
 let key: Key;

@@ -9,8 +9,8 @@ import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/
 import { z } from 'zod';
 import { type CallAuth, createVerifier } from '../src/core.ts';
 import { type TaskpassRequest, taskpassMiddleware } from '../src/http.ts';
-import { prmHandler, protectedResourceMetadata, protectedResourceMetadataUrl } from '../src/prm.ts';
-import { callerOf } from '../src/sdk.ts';
+import { prmHandler, protectedResourceMetadata, protectedResourceMetadataUrl } from '../src/resource-metadata.ts';
+import { callerOf } from '../src/sdk-v1.ts';
 import { AGENT, AUDIENCE, ISSUER, jwksOf, type Key, listen, mint, newKey, USER } from './support.ts';
 
 let key: Key;

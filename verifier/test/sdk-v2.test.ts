@@ -10,7 +10,7 @@ import { argsSha256 } from '@taskpass/contract';
 import { z } from 'zod';
 import { type CallAuth, createVerifier } from '../src/core.ts';
 import { type TaskpassRequest, taskpassMiddleware } from '../src/http.ts';
-import { callerOf, taskpassTokenVerifier as taskpassTokenVerifierV1, withTaskpass } from '../src/sdk.ts';
+import { callerOf, taskpassTokenVerifier as taskpassTokenVerifierV1, withTaskpass } from '../src/sdk-v1.ts';
 import { taskpassTokenVerifier } from '../src/sdk-v2.ts';
 import { AGENT, AUDIENCE, ISSUER, jwksOf, type Key, listen, mint, newKey, USER } from './support.ts';
 

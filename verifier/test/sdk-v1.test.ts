@@ -8,7 +8,7 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { argsSha256 } from '@taskpass/contract';
 import { z } from 'zod';
 import { createVerifier, type Verifier } from '../src/core.ts';
-import { callerOf, taskpassTokenVerifier, withTaskpass } from '../src/sdk.ts';
+import { callerOf, taskpassTokenVerifier, withTaskpass } from '../src/sdk-v1.ts';
 import { AGENT, AUDIENCE, ISSUER, jwksOf, type Key, mint, newKey, USER } from './support.ts';
 
 let key: Key;
