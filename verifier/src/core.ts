@@ -1,6 +1,6 @@
 // The framework-neutral verifier: one call token against the call actually being made
-// (docs/design.md §2, §6). Adapters (http.ts, fastify.ts, sdk-v1.ts, sdk-v2.ts) only extract the token, the call
-// and the client certificate, and turn a VerifierError into the transport's refusal.
+// (docs/design.md §2, §6). Adapters (http.ts, fastify.ts, sdk-v1.ts, sdk-v2.ts) only extract the
+// token, the call and the client certificate, and turn a VerifierError into the transport's refusal.
 //
 // Check order: first what needs no token and no crypto (tool declared, resource derivable, feed
 // fresh enough for this action class), then the strict compact-JWS form (jws.ts: one spelling per
