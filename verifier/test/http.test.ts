@@ -9,7 +9,11 @@ import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/
 import { z } from 'zod';
 import { type CallAuth, createVerifier } from '../src/core.ts';
 import { type TaskpassRequest, taskpassMiddleware } from '../src/http.ts';
-import { prmHandler, protectedResourceMetadata, protectedResourceMetadataUrl } from '../src/resource-metadata.ts';
+import {
+  prmHandler,
+  protectedResourceMetadata,
+  protectedResourceMetadataUrl,
+} from '../src/resource-metadata.ts';
 import { callerOf } from '../src/sdk-v1.ts';
 import { AGENT, AUDIENCE, ISSUER, jwksOf, type Key, listen, mint, newKey, USER } from './support.ts';
 
