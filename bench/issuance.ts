@@ -274,14 +274,17 @@ export async function runIssuance(env: BenchEnv, o: IssuanceOptions): Promise<Is
   );
   // The throughput ratio is about the CPU ratio times the ratio of the two event loops' busy
   // shares: a loop that waits for commits with every caller's request in them sits idle.
-  const loops = [baseCpu, brokerCpu, recordsOffCpu].map((c) => (c.loop.length ? median(c.loop) : 0));
-  const [bareLoop = 0, brokerLoop = 0, offLoop = 0] = loops;
+  const [bareLoop = 0, brokerLoop = 0, offLoop = 0] = [baseCpu, brokerCpu, recordsOffCpu].map((c) =>
+    c.loop.length ? median(c.loop) : 0,
+  );
+  let factors = '';
+  if (baselineCpuUs !== undefined && brokerCpuUs !== undefined && bareLoop > 0) {
+    const cpuRatio = baselineCpuUs / brokerCpuUs;
+    const loopRatio = brokerLoop / bareLoop;
+    factors = `; CPU ratio × utilisation ratio = ${cpuRatio.toFixed(2)} × ${loopRatio.toFixed(2)} = ${(cpuRatio * loopRatio).toFixed(2)}`;
+  }
   console.log(
-    `  event-loop utilisation (the share of time not spent waiting): bare ${bareLoop.toFixed(2)}, broker ${brokerLoop.toFixed(2)}, records off ${offLoop.toFixed(2)}${
-      baselineCpuUs !== undefined && brokerCpuUs !== undefined && bareLoop > 0
-        ? `; CPU ratio × utilisation ratio = ${(baselineCpuUs / brokerCpuUs).toFixed(2)} × ${(brokerLoop / bareLoop).toFixed(2)} = ${((baselineCpuUs / brokerCpuUs) * (brokerLoop / bareLoop)).toFixed(2)}`
-        : ''
-    }`,
+    `  event-loop utilisation (the share of time not spent waiting): bare ${bareLoop.toFixed(2)}, broker ${brokerLoop.toFixed(2)}, records off ${offLoop.toFixed(2)}${factors}`,
   );
 
   // Latency at half the broker's saturation rate (open loop, scheduled sends), both targets.
