@@ -42,17 +42,22 @@ function fakeBroker() {
   let answer: ((body: Record<string, unknown>) => { status: number; body: unknown }) | undefined;
   let delayMs = 0;
   let leaseSec = 600;
+  // A request still delayed when its test ended (the client gave up) must not issue into the next
+  // test's state: reset() starts a new generation, and an older request answers without issuing.
+  let generation = 0;
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     let raw = '';
     req.on('data', (d) => {
       raw += d;
     });
     req.on('end', () => {
+      const arrived = generation;
       const body = JSON.parse(raw) as Record<string, unknown>;
       requests.push({ body });
       const send = (status: number, b: unknown) =>
         res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(b));
       setTimeout(() => {
+        if (arrived !== generation) return send(503, { code: 'TASKPASS_TEST_STALE', message: 'stale' });
         if (req.url !== '/v1/credentials' || req.method !== 'POST') return send(404, { error: 'not_found' });
         if (answer) {
           const a = answer(body);
@@ -90,6 +95,7 @@ function fakeBroker() {
       leaseSec = s;
     },
     reset() {
+      generation++;
       issued.clear();
       requests.length = 0;
       answer = undefined;
