@@ -179,6 +179,11 @@ export async function authorizeMcpRequest(verifier: Verifier, req: McpHttpReques
   } else {
     auth = await verifier.verifySession(credential, { clientCertificate: req.clientCertificate });
   }
+  return authInfoOf(verifier, token, auth);
+}
+
+/** The SDK's `AuthInfo` for a verified token: `expiresAt` always set, the grant in `extra.taskpass`. */
+export function authInfoOf(verifier: Verifier, token: string, auth: CallAuth | SessionAuth): AuthInfo {
   const extra: TaskpassAuthExtra = { taskpass: auth };
   return {
     token,

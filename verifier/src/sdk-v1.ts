@@ -9,9 +9,9 @@ import type { OAuthTokenVerifier } from '@modelcontextprotocol/sdk/server/auth/p
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { META_ERROR, META_TOKEN } from '@taskpass/contract';
-import type { CallAuth, SessionAuth, Verifier } from './core.ts';
+import type { CallAuth, Verifier } from './core.ts';
 import { VerifierError } from './errors.ts';
-import type { TaskpassAuthExtra } from './request.ts';
+import { authInfoOf, type TaskpassAuthExtra } from './request.ts';
 import type { ToolArgs } from './resource.ts';
 
 /**
@@ -49,16 +49,7 @@ export function taskpassTokenVerifier(verifier: Verifier): OAuthTokenVerifier {
  * `expiresAt` and `extra.taskpass`) for a token, or a {@link VerifierError}.
  */
 export async function sessionAuthInfo(verifier: Verifier, token: string): Promise<AuthInfo> {
-  const auth: SessionAuth = await verifier.verifySession(token);
-  const extra: TaskpassAuthExtra = { taskpass: auth };
-  return {
-    token,
-    clientId: auth.clientId,
-    scopes: [],
-    expiresAt: auth.expiresAt,
-    resource: new URL(verifier.audience),
-    extra: extra as unknown as Record<string, unknown>,
-  };
+  return authInfoOf(verifier, token, await verifier.verifySession(token));
 }
 
 /**
