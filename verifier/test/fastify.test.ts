@@ -4,7 +4,6 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { createVerifier } from '../src/core.ts';
 import { taskpassFastify } from '../src/fastify.ts';
 import {
   protectedResourceMetadata,
@@ -12,7 +11,7 @@ import {
   registerProtectedResourceMetadata,
 } from '../src/resource-metadata.ts';
 import { callerOf } from '../src/sdk-v1.ts';
-import { AUDIENCE, ISSUER, jwksOf, type Key, mint, newKey } from './support.ts';
+import { AUDIENCE, ISSUER, type Key, mint, newKey, verifierFor } from './support.ts';
 
 let key: Key;
 let app: FastifyInstance;
@@ -20,10 +19,7 @@ const PRM_URL = protectedResourceMetadataUrl(AUDIENCE);
 
 before(async () => {
   key = await newKey('k1');
-  const verifier = createVerifier({
-    issuer: ISSUER,
-    audience: AUDIENCE,
-    jwks: jwksOf(key),
+  const verifier = verifierFor(key, {
     tools: { get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } } },
   });
   app = Fastify();
@@ -114,10 +110,7 @@ test('fastify: a request without a valid token is refused before fastify parses 
     parsed++;
     done(null, JSON.parse(body as string));
   });
-  const verifier = createVerifier({
-    issuer: ISSUER,
-    audience: AUDIENCE,
-    jwks: jwksOf(key),
+  const verifier = verifierFor(key, {
     tools: { get_ticket: { resource: 'tickets/{ticket_id}', action: 'read' } },
   });
   await guarded.register(async (scope) => {

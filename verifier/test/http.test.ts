@@ -7,7 +7,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { z } from 'zod';
-import { type CallAuth, createVerifier } from '../src/core.ts';
+import type { CallAuth } from '../src/core.ts';
 import { type TaskpassRequest, taskpassMiddleware } from '../src/http.ts';
 import {
   prmHandler,
@@ -15,7 +15,7 @@ import {
   protectedResourceMetadataUrl,
 } from '../src/resource-metadata.ts';
 import { callerOf } from '../src/sdk-v1.ts';
-import { AGENT, AUDIENCE, ISSUER, jwksOf, type Key, listen, mint, newKey, USER } from './support.ts';
+import { AGENT, AUDIENCE, ISSUER, type Key, listen, mint, newKey, USER, verifierFor } from './support.ts';
 
 let key: Key;
 let server: Awaited<ReturnType<typeof listen>>;
@@ -44,10 +44,7 @@ function mcpServer(): McpServer {
 
 before(async () => {
   key = await newKey('k1');
-  const verifier = createVerifier({
-    issuer: ISSUER,
-    audience: AUDIENCE,
-    jwks: jwksOf(key),
+  const verifier = verifierFor(key, {
     tools: {
       get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } },
       close_ticket: { resource: 'tickets/{ticket_id}', annotations: { destructiveHint: true } },
@@ -316,10 +313,7 @@ test('a client-chosen tool name never breaks the challenge header', async () => 
 
 test('onRefusal is told of each refusal (error and answer) before it is sent, and of nothing else', async () => {
   const told: { code: unknown; status: number }[] = [];
-  const verifier = createVerifier({
-    issuer: ISSUER,
-    audience: AUDIENCE,
-    jwks: jwksOf(key),
+  const verifier = verifierFor(key, {
     tools: { get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } } },
   });
   const guard = taskpassMiddleware(verifier, {

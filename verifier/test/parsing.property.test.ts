@@ -6,10 +6,10 @@
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { createVerifier, type Verifier } from '../src/core.ts';
+import type { Verifier } from '../src/core.ts';
 import { VERIFIER_ERRORS, VerifierError } from '../src/errors.ts';
 import { parseCompactJws } from '../src/jws.ts';
-import { AUDIENCE, ISSUER, jwksOf, type Key, mint, newKey, runMiddleware } from './support.ts';
+import { type Key, mint, newKey, runMiddleware, verifierFor } from './support.ts';
 
 const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 const read = { tool: 'get_ticket', args: { ticket_id: 'T-1' } };
@@ -20,10 +20,7 @@ let token: string;
 
 before(async () => {
   key = await newKey('k1');
-  verifier = createVerifier({
-    issuer: ISSUER,
-    audience: AUDIENCE,
-    jwks: jwksOf(key),
+  verifier = verifierFor(key, {
     tools: { get_ticket: { resource: 'tickets/{ticket_id}', action: 'read' } },
   });
   token = await mint({ key, ttl: 300 });

@@ -3,9 +3,9 @@
 // new single-use tokens instead of forgetting a spent one.
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
-import { createVerifier, type VerifierOptions } from '../src/core.ts';
+import type { VerifierOptions } from '../src/core.ts';
 import { MemoryReplayCache, ReplayCacheFullError } from '../src/replay.ts';
-import { AUDIENCE, ISSUER, jwksOf, type Key, mint, newKey } from './support.ts';
+import { type Key, mint, newKey, verifierFor } from './support.ts';
 
 let key: Key;
 before(async () => {
@@ -17,10 +17,7 @@ const write = { tool: 'close_ticket', args: { ticket_id: 'T-1' } };
 const writeDetail = { tool: 'close_ticket', action: 'write' };
 
 function verifier(o: Partial<VerifierOptions>) {
-  return createVerifier({
-    issuer: ISSUER,
-    audience: AUDIENCE,
-    jwks: jwksOf(key),
+  return verifierFor(key, {
     tools: { close_ticket: { resource: 'tickets/{ticket_id}', action: 'write' } },
     ...o,
   });

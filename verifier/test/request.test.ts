@@ -7,29 +7,16 @@ import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { request as httpRequest } from 'node:http';
 import { before, describe, test } from 'node:test';
-import { createVerifier, type Verifier } from '../src/core.ts';
+import type { Verifier } from '../src/core.ts';
 import { taskpassMiddleware } from '../src/http.ts';
-import {
-  AUDIENCE,
-  fakeRequest,
-  ISSUER,
-  jwksOf,
-  type Key,
-  listen,
-  mint,
-  newKey,
-  runMiddleware,
-} from './support.ts';
+import { fakeRequest, type Key, listen, mint, newKey, runMiddleware, verifierFor } from './support.ts';
 
 let key: Key;
 let verifier: Verifier;
 
 before(async () => {
   key = await newKey('k1');
-  verifier = createVerifier({
-    issuer: ISSUER,
-    audience: AUDIENCE,
-    jwks: jwksOf(key),
+  verifier = verifierFor(key, {
     tools: { get_ticket: { resource: 'tickets/{ticket_id}', action: 'read' } },
   });
 });
@@ -317,10 +304,7 @@ describe('client certificate: the TLS connection, or Client-Cert (RFC 9440) from
 describe('MCP 2026-07-28 standard headers (Mcp-Method, Mcp-Name)', () => {
   let strict: Verifier;
   before(() => {
-    strict = createVerifier({
-      issuer: ISSUER,
-      audience: AUDIENCE,
-      jwks: jwksOf(key),
+    strict = verifierFor(key, {
       tools: { get_ticket: { resource: 'tickets/{ticket_id}', action: 'read' } },
       requireMcpHeaders: true,
     });

@@ -14,6 +14,7 @@ import {
   mint,
   newKey,
   until,
+  verifierFor,
 } from './support.ts';
 
 let key: Key;
@@ -214,10 +215,7 @@ describe('verifier with a live feed', () => {
     try {
       await client.ready(3000);
       let clock = Date.now();
-      const v = createVerifier({
-        issuer: ISSUER,
-        audience: AUDIENCE,
-        jwks: jwksOf(key),
+      const v = verifierFor(key, {
         tools: {
           get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } },
           close_ticket: { resource: 'tickets/{ticket_id}', action: 'write' },

@@ -7,18 +7,15 @@ import { requireBearerAuth } from '@modelcontextprotocol/sdk/server/auth/middlew
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { argsSha256 } from '@taskpass/contract';
 import { z } from 'zod';
-import { createVerifier, type Verifier } from '../src/core.ts';
+import type { Verifier } from '../src/core.ts';
 import { callerOf, taskpassTokenVerifier, withTaskpass } from '../src/sdk-v1.ts';
-import { AGENT, AUDIENCE, ISSUER, jwksOf, type Key, mint, newKey, USER } from './support.ts';
+import { AGENT, AUDIENCE, type Key, mint, newKey, USER, verifierFor } from './support.ts';
 
 let key: Key;
 let verifier: Verifier;
 before(async () => {
   key = await newKey('k1');
-  verifier = createVerifier({
-    issuer: ISSUER,
-    audience: AUDIENCE,
-    jwks: jwksOf(key),
+  verifier = verifierFor(key, {
     tools: {
       get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } },
       close_ticket: { resource: 'tickets/{ticket_id}', action: 'write' },

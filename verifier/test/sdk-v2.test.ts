@@ -8,11 +8,11 @@ import { toNodeHandler } from '@modelcontextprotocol/node';
 import { createMcpHandler, McpServer, requireBearerAuth } from '@modelcontextprotocol/server';
 import { argsSha256 } from '@taskpass/contract';
 import { z } from 'zod';
-import { type CallAuth, createVerifier } from '../src/core.ts';
+import type { CallAuth } from '../src/core.ts';
 import { type TaskpassRequest, taskpassMiddleware } from '../src/http.ts';
 import { callerOf, taskpassTokenVerifier as taskpassTokenVerifierV1, withTaskpass } from '../src/sdk-v1.ts';
 import { taskpassTokenVerifier } from '../src/sdk-v2.ts';
-import { AGENT, AUDIENCE, ISSUER, jwksOf, type Key, listen, mint, newKey, USER } from './support.ts';
+import { AGENT, AUDIENCE, type Key, listen, mint, newKey, USER, verifierFor } from './support.ts';
 
 let key: Key;
 const servers: Awaited<ReturnType<typeof listen>>[] = [];
@@ -35,10 +35,7 @@ function mcpServer(): McpServer {
 }
 
 async function start(requireMcpHeaders: boolean): Promise<string> {
-  const verifier = createVerifier({
-    issuer: ISSUER,
-    audience: AUDIENCE,
-    jwks: jwksOf(key),
+  const verifier = verifierFor(key, {
     tools: { get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } } },
     requireMcpHeaders,
   });
@@ -201,10 +198,7 @@ describe('SDK 2.x requireBearerAuth with taskpassTokenVerifier (@taskpass/verifi
   const request = (token: string) =>
     new Request(AUDIENCE, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
   const verifier = () =>
-    createVerifier({
-      issuer: ISSUER,
-      audience: AUDIENCE,
-      jwks: jwksOf(key),
+    verifierFor(key, {
       tools: { get_ticket: { resource: 'tickets/{ticket_id}', annotations: { readOnlyHint: true } } },
     });
   const resourceMetadataUrl = `${AUDIENCE}/.well-known/oauth-protected-resource`;
@@ -238,10 +232,7 @@ describe('SDK 2.x requireBearerAuth with taskpassTokenVerifier (@taskpass/verifi
 
 describe('withTaskpass on an SDK 2.x server over an in-memory (stdio-like) transport', () => {
   test('the token in _meta (ctx.mcpReq._meta) authorizes exactly the call it names', async () => {
-    const verifier = createVerifier({
-      issuer: ISSUER,
-      audience: AUDIENCE,
-      jwks: jwksOf(key),
+    const verifier = verifierFor(key, {
       tools: { close_ticket: { resource: 'tickets/{ticket_id}', action: 'write' } },
     });
     const mcp = new McpServer({ name: 'tickets', version: '2.0.0' });

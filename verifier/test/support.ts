@@ -5,7 +5,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { exportJWK, generateKeyPair, type JSONWebKeySet, type JWK, SignJWT } from 'jose';
-import type { Verifier } from '../src/core.ts';
+import { createVerifier, type Verifier, type VerifierOptions } from '../src/core.ts';
 import { type MiddlewareOptions, taskpassMiddleware } from '../src/http.ts';
 import type { Revocation } from '@taskpass/contract';
 
@@ -27,6 +27,14 @@ export async function newKey(kid: string = randomUUID()): Promise<Key> {
 }
 
 export const jwksOf = (...keys: Key[]): JSONWebKeySet => ({ keys: keys.map((k) => k.jwk) });
+
+/** A verifier for this file's issuer and audience, trusting `key`. */
+export function verifierFor(
+  key: Key,
+  options: Omit<VerifierOptions, 'issuer' | 'audience' | 'jwks'>,
+): Verifier {
+  return createVerifier({ issuer: ISSUER, audience: AUDIENCE, jwks: jwksOf(key), ...options });
+}
 
 export interface MintOptions {
   key: Key;
