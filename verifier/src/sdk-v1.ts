@@ -9,7 +9,7 @@ import type { OAuthTokenVerifier } from '@modelcontextprotocol/sdk/server/auth/p
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { META_ERROR, META_TOKEN } from '@taskpass/contract';
-import type { CallAuth, Verifier } from './core.ts';
+import type { CallAuth, SessionAuth, Verifier } from './core.ts';
 import { VerifierError } from './errors.ts';
 import { authInfoOf, type TaskpassAuthExtra } from './request.ts';
 import type { ToolArgs } from './resource.ts';
@@ -27,29 +27,39 @@ import type { ToolArgs } from './resource.ts';
  * ```
  */
 export function taskpassTokenVerifier(verifier: Verifier): OAuthTokenVerifier {
+  const errors = {
+    invalid_token: InvalidTokenError,
+    insufficient_scope: InsufficientScopeError,
+    server_error: ServerError,
+  } as const;
   return {
-    async verifyAccessToken(token: string): Promise<AuthInfo> {
-      try {
-        return await sessionAuthInfo(verifier, token);
-      } catch (e) {
-        if (e instanceof VerifierError) {
-          const msg = `${e.code}: ${e.message}`;
-          if (e.status === 403) throw new InsufficientScopeError(msg);
-          if (e.status >= 500) throw new ServerError(msg);
-          throw new InvalidTokenError(msg);
-        }
-        throw new ServerError('token verification failed');
-      }
-    },
+    verifyAccessToken: (token: string): Promise<AuthInfo> =>
+      sessionAuthInfo(verifier, token, (refusal, message) => new errors[refusal](message)),
   };
 }
 
+/** A refusal in the OAuth error codes both SDKs' bearer-auth gates answer with (401, 403, 500). */
+export type SessionRefusal = 'invalid_token' | 'insufficient_scope' | 'server_error';
+
 /**
  * The session-level check behind both SDKs' token verifier interfaces: the `AuthInfo` (with
- * `expiresAt` and `extra.taskpass`) for a token, or a {@link VerifierError}.
+ * `expiresAt` and `extra.taskpass`) for a token, or the error `refuse` makes of the refusal.
  */
-export async function sessionAuthInfo(verifier: Verifier, token: string): Promise<AuthInfo> {
-  return authInfoOf(verifier, token, await verifier.verifySession(token));
+export async function sessionAuthInfo(
+  verifier: Verifier,
+  token: string,
+  refuse: (refusal: SessionRefusal, message: string) => Error,
+): Promise<AuthInfo> {
+  let auth: SessionAuth;
+  try {
+    auth = await verifier.verifySession(token);
+  } catch (e) {
+    if (!(e instanceof VerifierError)) throw refuse('server_error', 'token verification failed');
+    const refusal: SessionRefusal =
+      e.status === 403 ? 'insufficient_scope' : e.status >= 500 ? 'server_error' : 'invalid_token';
+    throw refuse(refusal, `${e.code}: ${e.message}`);
+  }
+  return authInfoOf(verifier, token, auth);
 }
 
 /**

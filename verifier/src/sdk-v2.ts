@@ -10,7 +10,6 @@ import {
   type OAuthTokenVerifier,
 } from '@modelcontextprotocol/server';
 import type { Verifier } from './core.ts';
-import { VerifierError } from './errors.ts';
 import { sessionAuthInfo } from './sdk-v1.ts';
 
 /**
@@ -27,19 +26,13 @@ import { sessionAuthInfo } from './sdk-v1.ts';
  * ```
  */
 export function taskpassTokenVerifier(verifier: Verifier): OAuthTokenVerifier {
+  const codes = {
+    invalid_token: OAuthErrorCode.InvalidToken,
+    insufficient_scope: OAuthErrorCode.InsufficientScope,
+    server_error: OAuthErrorCode.ServerError,
+  } as const;
   return {
-    async verifyAccessToken(token: string): Promise<AuthInfo> {
-      try {
-        return await sessionAuthInfo(verifier, token);
-      } catch (e) {
-        if (!(e instanceof VerifierError)) {
-          throw new OAuthError(OAuthErrorCode.ServerError, 'token verification failed');
-        }
-        const msg = `${e.code}: ${e.message}`;
-        if (e.status === 403) throw new OAuthError(OAuthErrorCode.InsufficientScope, msg);
-        if (e.status >= 500) throw new OAuthError(OAuthErrorCode.ServerError, msg);
-        throw new OAuthError(OAuthErrorCode.InvalidToken, msg);
-      }
-    },
+    verifyAccessToken: (token: string): Promise<AuthInfo> =>
+      sessionAuthInfo(verifier, token, (refusal, message) => new OAuthError(codes[refusal], message)),
   };
 }
